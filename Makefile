@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`. Both create and reuse .venv.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.ddk-setup
+export DDK_CACHE ?= $(HOME)/.cache/ddk
+
+.PHONY: setup test test-fast lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/setup_env.sh
+	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
+	touch $(STAMP)
+
+# The whole suite, vLLM and the real S3 server included.
+test: setup lint
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# One-way imports (stage1 -> ddk_store <- stage2) and no torch/transformers/vllm in ddk_store.
+lint: setup
+	$(VENV)/bin/lint-imports
+
+demo: setup
+	bash examples/demo.sh
+
+bench: setup
+	$(PY) bench/store_codec.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,47 @@
+"""Typed errors for ddk: every user-facing failure is a DdkError subclass with an actionable message."""
+
+from __future__ import annotations
+
+
+class DdkError(ValueError):
+    """Root of all ddk errors. CLIs print ``str(err)`` on one line and exit non-zero, without a traceback."""
+
+
+class StoreFormatError(DdkError):
+    """Store metadata or array layout does not match docs/store-format.md."""
+
+
+class StoreVersionError(StoreFormatError):
+    """The store was written with a format major version or an encoding this reader does not know."""
+
+
+class StoreNotFoundError(DdkError, FileNotFoundError):
+    """No ddk store at the given URL."""
+
+
+class StoreExistsError(DdkError, FileExistsError):
+    """A store (or other data) already exists where a new store should be created."""
+
+
+class StoreIncompleteError(DdkError):
+    """The store is still being written (or its writer died): it must be resumed or finalized first."""
+
+
+class StoreCorruptError(DdkError):
+    """Stored data fails its checksums or invariants."""
+
+
+class ReadOnlyError(DdkError, PermissionError):
+    """A write was attempted through a read-only handle."""
+
+
+class InvalidNameError(DdkError):
+    """A name that becomes a path component (domain, split) is not allowed."""
+
+
+class ConfigError(DdkError):
+    """A configuration value (flag, YAML field) is invalid."""
+
+
+class MissingDependencyError(DdkError, ImportError):
+    """An optional dependency needed by the requested feature is not installed."""

@@ -1,0 +1,336 @@
+"""Store metadata: frozen dataclasses with to_dict/from_dict and one parse function per field."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Mapping
+
+from . import spec
+from .errors import InvalidNameError, StoreFormatError, StoreVersionError
+
+
+def validate_domain_name(name: object) -> str:
+    """Return ``name`` if it is a valid domain name (it becomes a path component), else raise InvalidNameError."""
+    if not isinstance(name, str) or not spec.DOMAIN_NAME_RE.match(name):
+        raise InvalidNameError(
+            f"invalid domain name {name!r}: use 1-64 characters from [a-z0-9_.-], starting with a letter or digit "
+            "(domain names become paths in the store)"
+        )
+    return name
+
+
+def _where(ctx: str, key: str) -> str:
+    return f"{ctx}.{key}" if ctx else key
+
+
+def parse_str(d: Mapping[str, Any], key: str, ctx: str = "", *, allow_empty: bool = True) -> str:
+    value = _require(d, key, ctx)
+    if not isinstance(value, str) or (not allow_empty and not value):
+        raise StoreFormatError(f"field '{_where(ctx, key)}': expected a {'non-empty ' if not allow_empty else ''}string, got {value!r}")
+    return value
+
+
+def parse_int(d: Mapping[str, Any], key: str, ctx: str = "", *, lo: int | None = None, hi: int | None = None,
+              optional: bool = False) -> int | None:
+    if optional and d.get(key) is None:
+        return None
+    value = _require(d, key, ctx)
+    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise StoreFormatError(f"field '{_where(ctx, key)}': expected int{rng}, got {value!r}")
+    return value
+
+
+def parse_float(d: Mapping[str, Any], key: str, ctx: str = "", *, optional: bool = False) -> float | None:
+    if optional and d.get(key) is None:
+        return None
+    value = _require(d, key, ctx)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise StoreFormatError(f"field '{_where(ctx, key)}': expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _require(d: Mapping[str, Any], key: str, ctx: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise StoreFormatError(f"field '{ctx or '<root>'}': expected an object, got {type(d).__name__}")
+    if key not in d:
+        raise StoreFormatError(f"field '{_where(ctx, key)}' is missing")
+    return d[key]
+
+
+def _reject_unknown(d: Mapping[str, Any], cls: type, ctx: str) -> None:
+    known = {f.name for f in fields(cls)}
+    # Extensions are allowed under "x_..." keys (readers that do not understand them MUST ignore them).
+    unknown = sorted(k for k in d if k not in known and not str(k).startswith("x_"))
+    if unknown:
+        raise StoreFormatError(
+            f"unknown field(s) {unknown} in '{ctx or '<root>'}': this store was written by a newer ddk or edited by hand; "
+            "extensions must be named 'x_...'"
+        )
+
+
+@dataclass(frozen=True)
+class TeacherInfo:
+    """Which teacher produced the log-probabilities, and how."""
+
+    name: str  #: hub id or local path as given by the user
+    revision: str  #: hub revision, or "sha256:<hex>" content hash of the weight files
+    dtype: str  #: compute dtype of the teacher, e.g. "float32", "bfloat16"
+    backend: str  #: "vllm" or "hf"
+    engine: str  #: engine and version, e.g. "vllm 0.32.0"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], ctx: str = "teacher") -> "TeacherInfo":
+        _reject_unknown(d, cls, ctx)
+        return cls(**{f.name: parse_str(d, f.name, ctx) for f in fields(cls)})
+
+
+_FINGERPRINT_RE = re.compile(r"^[a-z0-9]+:[0-9a-zA-Z_.-]+$")
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """The teacher tokenizer; stage 2 refuses a student whose fingerprint differs."""
+
+    name: str
+    vocab_size: int  #: V: number of token ids the teacher can emit (ids are in [0, V))
+    fingerprint: str  #: "sha256:<hex>" of the vocabulary and special tokens (see fingerprint.py)
+    eos_token_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], ctx: str = "tokenizer") -> "TokenizerInfo":
+        _reject_unknown(d, cls, ctx)
+        fp = parse_str(d, "fingerprint", ctx, allow_empty=False)
+        if not _FINGERPRINT_RE.match(fp):
+            raise StoreFormatError(f"field '{ctx}.fingerprint': expected '<algo>:<hex>', got {fp!r}")
+        vocab = parse_int(d, "vocab_size", ctx, lo=1, hi=2**31 - 1)
+        return cls(
+            name=parse_str(d, "name", ctx),
+            vocab_size=vocab,
+            fingerprint=fp,
+            eos_token_id=parse_int(d, "eos_token_id", ctx, lo=0, hi=vocab - 1, optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """One corpus source of a domain: a file (with its hash) or a dataset reference."""
+
+    uri: str
+    sha256: str = ""
+    bytes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"uri": self.uri, "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], ctx: str = "source") -> "SourceInfo":
+        _reject_unknown(d, cls, ctx)
+        return cls(uri=parse_str(d, "uri", ctx, allow_empty=False), sha256=parse_str(d, "sha256", ctx),
+                   bytes=parse_int(d, "bytes", ctx, lo=0))
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """Provenance and teacher statistics of one domain."""
+
+    name: str
+    sources: tuple[SourceInfo, ...] = ()
+    n_documents: int = 0
+    n_tokens: int = 0  #: tokens of the domain's corpus after tokenization (before packing/truncation)
+    n_skipped: int = 0  #: documents skipped (e.g. invalid UTF-8)
+    heldout_nll: float | None = None  #: teacher mean NLL (nats/token) over the held-out split; set by finalize
+    heldout_ppl: float | None = None  #: exp(heldout_nll)
+
+    def __post_init__(self) -> None:
+        validate_domain_name(self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "sources": [s.to_dict() for s in self.sources],
+            "n_documents": self.n_documents,
+            "n_tokens": self.n_tokens,
+            "n_skipped": self.n_skipped,
+            "heldout_nll": self.heldout_nll,
+            "heldout_ppl": self.heldout_ppl,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], ctx: str = "domain") -> "DomainInfo":
+        _reject_unknown(d, cls, ctx)
+        name = parse_str(d, "name", ctx)
+        try:
+            validate_domain_name(name)
+        except InvalidNameError as e:
+            raise StoreFormatError(f"field '{ctx}.name': {e}") from None
+        ctx = f"domains[{name}]"
+        srcs = _require(d, "sources", ctx)
+        if not isinstance(srcs, list):
+            raise StoreFormatError(f"field '{ctx}.sources': expected a list, got {type(srcs).__name__}")
+        return cls(
+            name=name,
+            sources=tuple(SourceInfo.from_dict(s, f"{ctx}.sources[{i}]") for i, s in enumerate(srcs)),
+            n_documents=parse_int(d, "n_documents", ctx, lo=0),
+            n_tokens=parse_int(d, "n_tokens", ctx, lo=0),
+            n_skipped=parse_int(d, "n_skipped", ctx, lo=0),
+            heldout_nll=parse_float(d, "heldout_nll", ctx, optional=True),
+            heldout_ppl=parse_float(d, "heldout_ppl", ctx, optional=True),
+        )
+
+
+def parse_format(d: Mapping[str, Any]) -> str:
+    fmt = parse_str(d, "format", "")
+    if fmt != spec.FORMAT_NAME:
+        raise StoreFormatError(f"field 'format': expected {spec.FORMAT_NAME!r}, got {fmt!r}: not a ddk teacher store")
+    return fmt
+
+
+def parse_format_version(d: Mapping[str, Any]) -> str:
+    version = parse_str(d, "format_version", "")
+    m = re.match(r"^(\d+)\.(\d+)$", version)
+    if not m:
+        raise StoreFormatError(f"field 'format_version': expected 'MAJOR.MINOR', got {version!r}")
+    if int(m.group(1)) != spec.FORMAT_MAJOR:
+        raise StoreVersionError(
+            f"store format version {version} is not supported: this ddk reads major version {spec.FORMAT_MAJOR} "
+            f"(format {spec.FORMAT_VERSION}); use a ddk release that supports version {m.group(1)}.x"
+        )
+    return version
+
+
+def parse_encoding(d: Mapping[str, Any]) -> str:
+    enc = parse_str(d, "encoding", "")
+    if enc not in spec.ENCODINGS:
+        raise StoreVersionError(
+            f"field 'encoding': unknown top-k encoding {enc!r}; this ddk knows {list(spec.ENCODINGS)}: "
+            "upgrade ddk to read this store"
+        )
+    return enc
+
+
+def parse_status(d: Mapping[str, Any]) -> str:
+    status = parse_str(d, "status", "")
+    if status not in spec.STATUSES:
+        raise StoreFormatError(f"field 'status': expected one of {list(spec.STATUSES)}, got {status!r}")
+    return status
+
+
+@dataclass(frozen=True)
+class StoreMeta:
+    """The root metadata document of a store (the ``ddk`` attribute of the root group)."""
+
+    teacher: TeacherInfo
+    tokenizer: TokenizerInfo
+    seq_len: int  #: T: tokens per row; a row has P = T - 1 teacher positions
+    top_k: int  #: K
+    domains: tuple[DomainInfo, ...]
+    encoding: str = spec.DEFAULT_ENCODING
+    logprob_scale: int = spec.DEFAULT_LOGPROB_SCALE
+    settings: Mapping[str, Any] = field(default_factory=dict)  #: stage-1 settings that must match on resume
+    status: str = spec.STATUS_WRITING
+    tool_version: str = ""
+    created_at: str = ""
+    format: str = spec.FORMAT_NAME
+    format_version: str = spec.FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        names = [d.name for d in self.domains]
+        if len(set(names)) != len(names):
+            raise StoreFormatError(f"field 'domains': duplicate domain names in {names}")
+        if not names:
+            raise StoreFormatError("field 'domains': a store needs at least one domain")
+        if self.seq_len < 2:
+            raise StoreFormatError(f"field 'seq_len': expected int >= 2, got {self.seq_len}")
+        if not 1 <= self.top_k <= self.tokenizer.vocab_size:
+            raise StoreFormatError(
+                f"field 'top_k': expected int in [1, vocab_size={self.tokenizer.vocab_size}], got {self.top_k}"
+            )
+        if self.encoding not in spec.ENCODINGS:
+            raise StoreVersionError(f"field 'encoding': unknown top-k encoding {self.encoding!r}; known: {list(spec.ENCODINGS)}")
+        if not 1 <= self.logprob_scale <= 1024:
+            raise StoreFormatError(f"field 'logprob_scale': expected int in [1, 1024], got {self.logprob_scale}")
+
+    @property
+    def domain_names(self) -> tuple[str, ...]:
+        return tuple(d.name for d in self.domains)
+
+    @property
+    def positions(self) -> int:
+        """P: teacher positions per row."""
+        return self.seq_len - 1
+
+    def domain(self, name: str) -> DomainInfo:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(f"no domain {name!r} in this store; domains: {list(self.domain_names)}")
+
+    def replace(self, **changes: Any) -> "StoreMeta":
+        return replace(self, **changes)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define *what* the store holds (used to decide whether a rerun may resume it)."""
+        d = self.to_dict()
+        for volatile in ("status", "tool_version", "created_at"):
+            d.pop(volatile)
+        for dom in d["domains"]:
+            dom.pop("heldout_nll")
+            dom.pop("heldout_ppl")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "format_version": self.format_version,
+            "status": self.status,
+            "teacher": self.teacher.to_dict(),
+            "tokenizer": self.tokenizer.to_dict(),
+            "seq_len": self.seq_len,
+            "top_k": self.top_k,
+            "encoding": self.encoding,
+            "logprob_scale": self.logprob_scale,
+            "domains": [d.to_dict() for d in self.domains],
+            "settings": dict(self.settings),
+            "tool_version": self.tool_version,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "StoreMeta":
+        if not isinstance(d, Mapping):
+            raise StoreFormatError(f"store metadata: expected an object, got {type(d).__name__}")
+        # Format and version first, so a newer store fails with the version message, not an unknown-field one.
+        fmt = parse_format(d)
+        version = parse_format_version(d)
+        _reject_unknown(d, cls, "")
+        doms = _require(d, "domains", "")
+        if not isinstance(doms, list):
+            raise StoreFormatError(f"field 'domains': expected a list, got {type(doms).__name__}")
+        settings = _require(d, "settings", "")
+        if not isinstance(settings, Mapping):
+            raise StoreFormatError(f"field 'settings': expected an object, got {type(settings).__name__}")
+        tokenizer = TokenizerInfo.from_dict(_require(d, "tokenizer", ""))
+        return cls(
+            teacher=TeacherInfo.from_dict(_require(d, "teacher", "")),
+            tokenizer=tokenizer,
+            seq_len=parse_int(d, "seq_len", "", lo=2, hi=2**24),
+            top_k=parse_int(d, "top_k", "", lo=1, hi=tokenizer.vocab_size),
+            domains=tuple(DomainInfo.from_dict(x, f"domains[{i}]") for i, x in enumerate(doms)),
+            encoding=parse_encoding(d),
+            logprob_scale=parse_int(d, "logprob_scale", "", lo=1, hi=1024),
+            settings=dict(settings),
+            status=parse_status(d),
+            tool_version=parse_str(d, "tool_version", ""),
+            created_at=parse_str(d, "created_at", ""),
+            format=fmt,
+            format_version=version,
+        )

@@ -1,0 +1,54 @@
+"""Every constant of the on-disk store format, defined once (see docs/store-format.md, the normative spec)."""
+
+from __future__ import annotations
+
+import re
+
+FORMAT_NAME = "ddk-teacher-store"
+#: Major.minor. Readers MUST refuse a different major version; minor bumps only add optional fields.
+FORMAT_VERSION = "1.0"
+FORMAT_MAJOR = 1
+
+#: Key of the root group attribute holding the store metadata document.
+ROOT_ATTR = "ddk"
+#: Key of the group attribute describing a (domain, split) group.
+GROUP_ATTR = "ddk_group"
+
+STATUS_WRITING = "writing"
+STATUS_COMPLETE = "complete"
+STATUSES = (STATUS_WRITING, STATUS_COMPLETE)
+
+SPLIT_TRAIN = "train"
+SPLIT_HELDOUT = "heldout"
+SPLITS = (SPLIT_TRAIN, SPLIT_HELDOUT)
+
+# Array names inside each <domain>/<split> group.
+ARR_TOKENS = "tokens"  # [N, T]       packed token ids
+ARR_TOPK_IDS = "topk_ids"  # [N, P, K]    teacher top-k token ids (encoded, see ENCODINGS)
+ARR_TOPK_LOGPROBS = "topk_logprobs"  # [N, P, K]    teacher top-k log-probabilities (encoded)
+ARR_TARGET_LOGPROBS = "target_logprobs"  # [N, P]  teacher log-prob of the realized next token, float32
+ARR_UNITS = "units"  # [U, 1 + len(CHECKSUMMED_ARRAYS)] uint32: done flag, then crc32 per array
+#: Order of the crc32 columns in ARR_UNITS (column 0 is the done flag).
+CHECKSUMMED_ARRAYS = (ARR_TOKENS, ARR_TOPK_IDS, ARR_TOPK_LOGPROBS, ARR_TARGET_LOGPROBS)
+DATA_ARRAYS = CHECKSUMMED_ARRAYS
+UNIT_DONE = 1
+
+# Top-k encodings. Each names how topk_ids / topk_logprobs are stored; readers refuse unknown names.
+#: ids in rank order (descending log-prob), log-probs as float16 in rank order.
+ENC_RANK_F16 = "topk-rank-f16"
+#: per position, entries sorted by ascending token id; ids stored as deltas (first = id itself);
+#: log-probs in the same order, quantized: stored v means log-prob = -v / logprob_scale (uint8, saturating).
+ENC_IDSORT_Q8 = "topk-idsort-q8"
+ENCODINGS = (ENC_IDSORT_Q8, ENC_RANK_F16)
+DEFAULT_ENCODING = ENC_IDSORT_Q8
+#: Default quantization scale of ENC_IDSORT_Q8: steps of 1/16 nat, max rounding error 1/32 nat.
+DEFAULT_LOGPROB_SCALE = 16
+#: Largest stored quantized value (log-probs below -Q8_MAX/scale saturate there); Q8_FILL marks missing data.
+Q8_MAX = 254
+Q8_FILL = 255
+
+#: Valid domain names (they become path components). Splits are fixed (SPLITS).
+DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+#: Vocabularies smaller than this store token ids as uint16 (65535 stays free as fill), larger ones as uint32.
+UINT16_VOCAB_LIMIT = 65535

@@ -1,0 +1,243 @@
+"""StoreWriter/StoreReader: round trips, resume, overwrite safety, concurrency, corruption, CLI."""
+
+import json
+import multiprocessing as mp
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ddk_store import (StoreCorruptError, StoreExistsError, StoreIncompleteError, StoreNotFoundError, StoreWriter,
+                       open_store, spec)
+from ddk_store.cli import main as store_cli
+from ddk_store.testing import make_tiny_store, synth_rows, tiny_meta
+from ddk_store.validate import validate_store
+
+ROWS = {"alpha": {"train": 10, "heldout": 3}, "beta": {"train": 7, "heldout": 2}}
+
+
+def _write_all(url, meta, rows, seed=0, shard=None, unit_rows=2):
+    w = StoreWriter.open_or_create(url, meta, rows, unit_rows=unit_rows, chunk_rows=1)
+    data = _data(meta, rows, seed)
+    for u in w.pending_units(shard=shard):
+        w.write_unit(u, **{k: v[u.start:u.stop] for k, v in data[(u.domain, u.split)].items()})
+    return w, data
+
+
+def _data(meta, rows, seed):
+    rng = np.random.default_rng(seed)
+    return {(d, s): synth_rows(rng, n, meta.seq_len, meta.top_k, meta.tokenizer.vocab_size)
+            for d, splits in rows.items() for s, n in sorted(splits.items())}
+
+
+def _assert_same_store(a, b):
+    ra, rb = open_store(a), open_store(b)
+    assert ra.meta.identity() == rb.meta.identity()
+    for d in ra.domains:
+        assert ra.meta.domain(d).heldout_nll == rb.meta.domain(d).heldout_nll
+        for s in spec.SPLITS:
+            n = ra.num_rows(d, s)
+            for name, x in ra.read_stored(d, s, np.arange(n)).items():
+                np.testing.assert_array_equal(x, rb.read_stored(d, s, np.arange(n))[name])
+
+
+@settings(max_examples=12, deadline=None)
+@given(seq_len=st.integers(2, 40), k=st.integers(1, 12), vocab=st.sampled_from([12, 1000, 70000]),
+       enc=st.sampled_from(spec.ENCODINGS), seed=st.integers(0, 1000), n_train=st.integers(0, 9))
+def test_roundtrip_property(seq_len, k, vocab, enc, seed, n_train):
+    k = min(k, vocab)
+    url = f"memory://rt-{seed}-{seq_len}-{k}-{vocab}-{enc}-{n_train}"
+    meta = tiny_meta(domains=("x", "y"), seq_len=seq_len, top_k=k, vocab_size=vocab, encoding=enc)
+    rows = {"x": {"train": n_train, "heldout": 2}, "y": {"train": 3, "heldout": 1}}
+    w, data = _write_all(url, meta, rows, seed=seed, unit_rows=2)
+    w.finalize()
+    r = open_store(url)
+    for (d, s), want in data.items():
+        idx = np.random.default_rng(seed).integers(0, max(1, rows[d][s]), size=5) if rows[d][s] else []
+        b = r.read_rows(d, s, idx, order="rank")
+        np.testing.assert_array_equal(b.tokens, want["tokens"][idx])
+        np.testing.assert_array_equal(b.target_logprobs, want["target_logprobs"][idx].astype(np.float32))
+        for n_, pos in np.ndindex(len(idx), seq_len - 1):
+            wi, wl = want["topk_ids"][idx][n_, pos], want["topk_logprobs"][idx][n_, pos]
+            assert set(b.topk_ids[n_, pos].tolist()) == set(wi.tolist())
+            got = dict(zip(b.topk_ids[n_, pos].tolist(), b.topk_logprobs[n_, pos].tolist()))
+            for i, lp in zip(wi.tolist(), wl.tolist()):
+                assert abs(got[i] - lp) <= (1 / 32 + 1e-6 if enc == spec.ENC_IDSORT_Q8 else 1e-2)
+    nll = -np.mean(data[("x", "heldout")]["target_logprobs"].astype(np.float32), dtype=np.float64)
+    assert r.meta.domain("x").heldout_nll == pytest.approx(nll, rel=1e-6)
+
+
+def test_incomplete_store_is_refused_and_resumes(tmp_path):
+    url = str(tmp_path / "s")
+    meta = tiny_meta(domains=tuple(ROWS))
+    w = StoreWriter.open_or_create(url, meta, ROWS, unit_rows=2, chunk_rows=1)
+    data = _data(meta, ROWS, 0)
+    units = w.pending_units()
+    for u in units[:3]:  # "killed" after three units
+        w.write_unit(u, **{k: v[u.start:u.stop] for k, v in data[(u.domain, u.split)].items()})
+    with pytest.raises(StoreIncompleteError, match="incomplete.*rerunning the same"):
+        open_store(url)
+    with pytest.raises(StoreIncompleteError, match="not written yet"):
+        w.finalize()
+    w2 = StoreWriter.open_or_create(url, meta, ROWS, unit_rows=2, chunk_rows=1)
+    assert w2.resumed and not w2.complete
+    assert w2.pending_units() == units[3:]
+    for u in w2.pending_units():
+        w2.write_unit(u, **{k: v[u.start:u.stop] for k, v in data[(u.domain, u.split)].items()})
+    w2.finalize()
+    ref, _ = _write_all(str(tmp_path / "ref"), meta, ROWS)
+    ref.finalize()
+    _assert_same_store(url, str(tmp_path / "ref"))
+    again = StoreWriter.open_or_create(url, meta, ROWS, unit_rows=2, chunk_rows=1)
+    assert again.complete and again.pending_units() == []
+
+
+def test_existing_store_is_never_clobbered(tmp_path):
+    url = str(tmp_path / "stores" / "s")
+    make_tiny_store(url)
+    sibling = tmp_path / "stores" / "keep.txt"
+    sibling.write_text("precious")
+    before = open_store(url).read_stored("alpha", "train", np.arange(4))
+    other = tiny_meta(seq_len=8)
+    rows = {d: {"train": 2, "heldout": 1} for d in other.domain_names}
+    with pytest.raises(StoreExistsError, match="different settings.*seq_len: store has 16, this run has 8.*--overwrite"):
+        StoreWriter.open_or_create(url, other, rows)
+    after = open_store(url).read_stored("alpha", "train", np.arange(4))
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
+    # --overwrite replaces only the store's own directory.
+    w = StoreWriter.open_or_create(url, other, rows, overwrite=True)
+    assert not w.resumed and sibling.read_text() == "precious"
+    # A non-empty directory that is not a store is refused even with overwrite.
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "data.bin").write_bytes(b"x")
+    with pytest.raises(StoreExistsError, match="not empty and holds no ddk store"):
+        StoreWriter.open_or_create(str(junk), other, rows, overwrite=True)
+    assert (junk / "data.bin").exists()
+
+
+def _shard_worker(url, shard, n):
+    meta = tiny_meta(domains=tuple(ROWS))
+    _write_all(url, meta, ROWS, shard=(shard, n))
+
+
+def test_two_processes_writing_disjoint_units_equal_one(tmp_path):
+    url = str(tmp_path / "sharded")
+    meta = tiny_meta(domains=tuple(ROWS))
+    StoreWriter.open_or_create(url, meta, ROWS, unit_rows=2, chunk_rows=1)  # metadata before the workers start
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_shard_worker, args=(url, i, 2)) for i in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    res = CliRunner().invoke(store_cli, ["finalize", url])
+    assert res.exit_code == 0, res.output
+    ref, _ = _write_all(str(tmp_path / "single"), meta, ROWS)
+    ref.finalize()
+    _assert_same_store(url, str(tmp_path / "single"))
+    assert validate_store(url) == []
+
+
+def _chunk(store_dir, path, idx, nd):
+    return Path(store_dir) / path / "c" / str(idx) / Path(*(["0"] * (nd - 1)))
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "metadata", "done_without_data", "marker_crc"])
+def test_verify_locates_every_corruption(tmp_path, damage):
+    url = str(tmp_path / "s")
+    make_tiny_store(url, unit_rows=4)
+    assert validate_store(url) == []
+    chunk = _chunk(url, "beta/train/topk_logprobs", 5, 3)  # unit 1, rows 4-7
+    expect = "beta/train unit 1 (rows 4-7) topk_logprobs"
+    if damage == "flip":
+        b = bytearray(chunk.read_bytes())
+        b[len(b) // 2] ^= 0x01
+        chunk.write_bytes(bytes(b))
+    elif damage == "truncate":
+        chunk.write_bytes(chunk.read_bytes()[:-7])
+    elif damage in ("missing", "done_without_data"):
+        chunk.unlink()
+    elif damage == "metadata":
+        zj = Path(url) / "zarr.json"
+        doc = json.loads(zj.read_text())
+        doc["attributes"]["ddk"]["domains"][0]["heldout_nll"] = 0.123
+        zj.write_text(json.dumps(doc))
+        expect = "metadata.domains[alpha].heldout_nll"
+    elif damage == "marker_crc":
+        w = StoreWriter.resume(url)
+        arr = w._arrays_of("beta", "train")[spec.ARR_UNITS]
+        row = arr[1]
+        row[3] ^= 1
+        arr[1] = row
+    issues = validate_store(url)
+    assert issues, damage
+    assert any(str(i).startswith(expect) for i in issues), [str(i) for i in issues]
+    res = CliRunner().invoke(store_cli, ["verify", url])
+    assert res.exit_code == 1 and expect in res.output
+    if damage in ("flip", "truncate", "missing"):
+        with pytest.raises(StoreCorruptError, match="beta/train"):
+            open_store(url).read_rows("beta", "train", [5])
+        open_store(url).read_rows("beta", "train", [0, 1, 9])  # undamaged rows still read
+
+
+def test_cli_info_json_and_errors(tmp_path):
+    url = str(tmp_path / "s")
+    make_tiny_store(url)
+    res = CliRunner().invoke(store_cli, ["info", url, "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.output)
+    assert info["status"] == "complete" and info["top_k"] == 4
+    assert [d["name"] for d in info["domains"]] == ["alpha", "beta", "gamma"]
+    assert info["domains"][0]["train_rows"] == 16 and info["bytes"] > 0 and info["bytes_per_token"] > 0
+    assert info["domains"][1]["teacher_heldout_ppl"] == pytest.approx(np.exp(info["domains"][1]["teacher_heldout_nll"]))
+    res = CliRunner().invoke(store_cli, ["info", url])
+    assert "bytes/token" in res.output and "gamma" in res.output
+    res = CliRunner().invoke(store_cli, ["info", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and res.output.startswith("error: no ddk store at") and "Traceback" not in res.output
+    with pytest.raises(StoreNotFoundError):
+        open_store(str(tmp_path / "nope"))
+
+
+def test_file_url_and_memory_url(tmp_path):
+    r = make_tiny_store(f"file://{tmp_path}/f")
+    assert open_store(str(tmp_path / "f")).meta == r.meta
+    assert os.path.exists(tmp_path / "f" / "zarr.json")
+    r2 = make_tiny_store("memory://test-memory-url")
+    assert open_store("memory://test-memory-url").num_rows("gamma", "heldout") == 4
+    assert r2.meta.domain_names == ("alpha", "beta", "gamma")
+
+
+@pytest.mark.s3
+def test_s3_roundtrip(s3_server):
+    url = "s3://ddk/team-a/stores/tiny"
+    opts = s3_server["storage_options"]
+    meta = tiny_meta(domains=tuple(ROWS))
+    w = StoreWriter.open_or_create(url, meta, ROWS, storage_options=opts, unit_rows=2, chunk_rows=1)
+    data = _data(meta, ROWS, 0)
+    for u in w.pending_units():
+        w.write_unit(u, **{k: v[u.start:u.stop] for k, v in data[(u.domain, u.split)].items()})
+    w.finalize()
+    r = open_store(url, storage_options=opts)
+    b = r.read_rows("alpha", "train", [9, 0, 4])
+    np.testing.assert_array_equal(b.tokens, data[("alpha", "train")]["tokens"][[9, 0, 4]])
+    assert validate_store(url, storage_options=opts) == []
+    # A neighbour prefix in the same bucket survives an --overwrite of this store.
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    fs.pipe("ddk/team-a/stores/tiny-other/keep", b"keep")
+    StoreWriter.open_or_create(url, tiny_meta(seq_len=8), {d: {"train": 1, "heldout": 1} for d in tiny_meta().domain_names},
+                               storage_options=opts, overwrite=True)
+    assert fs.cat("ddk/team-a/stores/tiny-other/keep") == b"keep"
+    res = CliRunner().invoke(store_cli, ["info", url, "--json"] + sum((["--storage-option", f"{k}={v}"]
+                                                                        for k, v in opts.items()), []))
+    assert res.exit_code == 0 and json.loads(res.output)["status"] == "writing"
+    with pytest.raises(Exception, match="give a bucket and a prefix"):
+        open_store("s3://ddk", storage_options=opts)
