@@ -1,0 +1,95 @@
+"""Per-domain held-out perplexity of a student (and the teacher's, from the store): the inputs of Eq. 1 and Eq. 2.
+
+Perplexity = exp(token-weighted mean next-token NLL over the domain's held-out rows) (ddk-method.md §11.1): NLL and
+token counts are summed over all rows first, then divided, never averaged per batch. Under DDP each rank scores a
+strided share of the rows and the sums are all-reduced, so every rank gets the same numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ddk_store import spec
+
+from .data import read_batch
+from .losses import token_nll_sum
+
+
+def heldout_row_count(reader, domain: str, limit: int | None) -> int:
+    n = reader.num_rows(domain, spec.SPLIT_HELDOUT)
+    return n if limit is None else min(n, limit)
+
+
+def teacher_heldout_ppl(reader, domains: Sequence[str], limit: int | None) -> list[float]:
+    """Teacher perplexity per domain on the same held-out rows the student is scored on.
+
+    With all rows it is the value stage 1 recorded in the store meta (computed once at dump time). With
+    ``limit`` it is recomputed from the stored ``target_logprobs`` of the first ``limit`` rows, so student and teacher
+    are always compared on identical rows.
+    """
+    out = []
+    for d in domains:
+        info = reader.meta.domain(d)
+        n_all = reader.num_rows(d, spec.SPLIT_HELDOUT)
+        n = heldout_row_count(reader, d, limit)
+        if n == n_all and info.heldout_ppl is not None:
+            out.append(float(info.heldout_ppl))
+            continue
+        lp = reader.read_rows(d, spec.SPLIT_HELDOUT, np.arange(n)).target_logprobs  # (n, P)
+        out.append(math.exp(-float(lp.astype(np.float64).mean())))
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module,
+    reader,
+    domains: Sequence[str],
+    *,
+    vocab_size: int,
+    batch_size: int = 8,
+    heldout_rows: int | None = None,
+    device: torch.device | str = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+) -> dict[str, list[float]]:
+    """Student held-out NLL and perplexity per domain.
+
+    Returns:
+        {"nll": [D floats], "ppl": [D floats], "tokens": [D ints]} in ``domains`` order.
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    sums = torch.zeros((len(domains), 2), dtype=torch.float64)  # (D, [nll_sum, tokens])
+    for i, d in enumerate(domains):
+        rows = np.arange(heldout_row_count(reader, d, heldout_rows))[rank::world_size]  # this rank's share
+        for s in range(0, len(rows), batch_size):
+            pairs = np.stack([np.full(len(rows[s : s + batch_size]), i), rows[s : s + batch_size]], axis=1)
+            batch = read_batch(reader, domains, pairs, split=spec.SPLIT_HELDOUT).to(device)
+            ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+            with ctx:
+                logits = model(input_ids=batch.tokens, use_cache=False).logits  # (b, T, Vm)
+            nll, n = token_nll_sum(logits, batch.tokens[:, 1:], vocab_size=vocab_size)
+            sums[i, 0] += nll
+            sums[i, 1] += n
+            del logits
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        sums_dev = sums.to(backend_device)
+        dist.all_reduce(sums_dev, op=dist.ReduceOp.SUM)
+        sums = sums_dev.cpu()
+    if was_training:
+        model.train()
+    nll = [float(s / max(n, 1.0)) for s, n in sums.tolist()]
+    for d, (_, n) in zip(domains, sums.tolist()):
+        if n == 0:
+            raise ValueError(f"domain {d!r} has no held-out rows to evaluate; the store must hold a held-out split")
+    return {"nll": nll, "ppl": [math.exp(x) for x in nll], "tokens": [int(n) for _, n in sums.tolist()]}

@@ -1,0 +1,177 @@
+"""Pure domain-reweighting math of DDK (arXiv 2407.16154): Eq. 1, Eq. 2 and the ablation mixtures.
+
+Numpy in, numpy out; no I/O, no torch, no globals. See docs/reweighting.md for the equations and every
+decision taken where the paper is silent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ddk_store.errors import ConfigError
+
+#: Every value of ``Stage2Config.mixing``.
+MIXING_MODES = ("ddk", "wo-fs", "uniform", "natural", "static")
+#: How close to 1 user-given static weights must sum.
+WEIGHT_SUM_TOL = 1e-6
+
+
+def perplexity_ratio(ppl_student: Sequence[float], ppl_teacher: Sequence[float]) -> np.ndarray:
+    """q[i] = PPL_S[i] / PPL_T[i], the per-domain gap signal of Eq. 1 and Eq. 2 (a ratio, not a difference)."""
+    s = np.asarray(ppl_student, dtype=np.float64)
+    t = np.asarray(ppl_teacher, dtype=np.float64)
+    if s.shape != t.shape or s.ndim != 1 or s.size == 0:
+        raise ValueError(f"ppl_student {s.shape} and ppl_teacher {t.shape} must be equal, non-empty 1-d shapes")
+    if not (np.all(np.isfinite(s)) and np.all(np.isfinite(t)) and np.all(s > 0) and np.all(t > 0)):
+        raise ValueError(f"perplexities must be finite and > 0, got student={s.tolist()} teacher={t.tolist()}")
+    return s / t
+
+
+def discrepancy_factor(ratio: Sequence[float]) -> np.ndarray:
+    """Eq. 1: r[i] = exp(q[i]) / sum_j exp(q[j]), a softmax over domains at temperature 1.
+
+    Args:
+        ratio: q, shape (D,), the student/teacher perplexity ratios.
+    Returns:
+        r, shape (D,), float64, sums to 1.
+    """
+    q = np.asarray(ratio, dtype=np.float64)
+    # Subtracting the max changes nothing mathematically (softmax is shift-invariant) but keeps exp() finite
+    # for a student that is, early on, thousands of times worse than its teacher.
+    e = np.exp(q - q.max())
+    return e / e.sum()
+
+
+def smooth_update(r_prev: Sequence[float], ratio: Sequence[float], alpha: float) -> np.ndarray:
+    """Eq. 2, factor smooth updating: psi = r_t * exp(q); r_{t+1} = alpha * psi / sum(psi) + (1 - alpha) / D.
+
+    ``r_prev`` is the previous *smoothed* factor, floor included (ddk-method.md §11.5): no separate accumulator.
+
+    Args:
+        r_prev: r_t, shape (D,), a distribution.
+        ratio: q at the start of interval t+1, shape (D,).
+        alpha: smoothing coefficient in [0, 1]; the paper fixes 0.5.
+    Returns:
+        r_{t+1}, shape (D,), float64; every entry >= (1 - alpha) / D and the sum is 1.
+    """
+    r = np.asarray(r_prev, dtype=np.float64)
+    q = np.asarray(ratio, dtype=np.float64)
+    if r.shape != q.shape:
+        raise ValueError(f"r_prev {r.shape} and ratio {q.shape} must have the same shape")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    # psi in log space: log r + q, shifted by its max. With r >= (1-alpha)/D > 0 the log is finite; a zero
+    # entry (possible only with alpha = 1) stays exactly zero through exp(-inf) = 0.
+    with np.errstate(divide="ignore"):
+        log_psi = np.log(r) + q
+    psi = np.exp(log_psi - log_psi.max())
+    return alpha * psi / psi.sum() + (1.0 - alpha) / r.size
+
+
+def uniform_weights(num_domains: int) -> np.ndarray:
+    """The paper's ES ablation: 1/D for every domain."""
+    return np.full(num_domains, 1.0 / num_domains)
+
+
+def natural_weights(num_rows: Sequence[int]) -> np.ndarray:
+    """Proportional to each domain's training rows: the pooled corpus, i.e. plain KD / CPT sampling."""
+    n = np.asarray(num_rows, dtype=np.float64)
+    if n.ndim != 1 or n.size == 0 or np.any(n < 0) or n.sum() <= 0:
+        raise ValueError(f"num_rows must be non-negative with a positive sum, got {n.tolist()}")
+    return n / n.sum()
+
+
+def parse_static_weights(text: str) -> dict[str, float]:
+    """Parse ``"python=0.5,wiki=0.5"`` into ``{"python": 0.5, "wiki": 0.5}``; check syntax and the sum.
+
+    Raises:
+        ConfigError: naming the offending item, a duplicate, a negative weight or a sum other than 1.
+    """
+    out: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        try:
+            if not sep or not name:
+                raise ValueError
+            w = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"static_weights: cannot parse {item!r}; expected DOMAIN=WEIGHT items separated by commas, "
+                f"e.g. 'python=0.6,wiki=0.4'"
+            ) from None
+        if name in out:
+            raise ConfigError(f"static_weights: domain {name!r} is given twice")
+        if not np.isfinite(w) or w < 0:
+            raise ConfigError(f"static_weights: weight of {name!r} must be finite and >= 0, got {value!r}")
+        out[name] = w
+    if not out:
+        raise ConfigError("static_weights: empty; give DOMAIN=WEIGHT items, e.g. 'python=0.6,wiki=0.4'")
+    total = sum(out.values())
+    if abs(total - 1.0) > WEIGHT_SUM_TOL:
+        raise ConfigError(f"static_weights: weights must sum to 1, got {total:.6g} from {text!r}")
+    return out
+
+
+def static_weights_vector(weights: Mapping[str, float], domains: Sequence[str]) -> np.ndarray:
+    """Order user weights by the store's domains; a domain missing from ``weights`` gets 0.
+
+    Raises:
+        ConfigError: a name in ``weights`` is not a domain of the store (lists the store's domains).
+    """
+    unknown = sorted(set(weights) - set(domains))
+    if unknown:
+        raise ConfigError(
+            f"static_weights: unknown domain(s) {', '.join(map(repr, unknown))}; the store has: {', '.join(domains)}"
+        )
+    return np.array([float(weights.get(d, 0.0)) for d in domains], dtype=np.float64)
+
+
+def initial_weights(
+    mixing: str,
+    *,
+    ratio: Sequence[float],
+    num_rows: Sequence[int],
+    static: np.ndarray | None = None,
+    init_mixture: str = "natural",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Interval-0 state: (factor r_0, sampling weights for D_0).
+
+    r_0 is Eq. 1 on the initial student for ``ddk`` and ``wo-fs`` (Algorithm 1, line 1). D_0 is "randomly sampled"
+    (line 2); ``init_mixture`` picks natural (default, the literal reading), uniform, or r0. The fixed mixtures
+    return their weights as both values.
+    """
+    n = len(num_rows)
+    if mixing in ("ddk", "wo-fs"):
+        r0 = discrepancy_factor(ratio)
+        init = {"natural": natural_weights(num_rows), "uniform": uniform_weights(n), "r0": r0}[init_mixture]
+        return r0, init
+    if mixing == "uniform":
+        w = uniform_weights(n)
+    elif mixing == "natural":
+        w = natural_weights(num_rows)
+    elif mixing == "static":
+        if static is None:
+            raise ValueError("mixing 'static' needs the static weight vector")
+        w = np.asarray(static, dtype=np.float64)
+    else:
+        raise ValueError(f"unknown mixing {mixing!r}; expected one of {MIXING_MODES}")
+    return w, w
+
+
+def next_weights(mixing: str, r_prev: np.ndarray, ratio: Sequence[float], alpha: float) -> np.ndarray:
+    """The factor for the next interval, which is also its sampling distribution.
+
+    ddk: Eq. 2 from r_prev. wo-fs: Eq. 1 afresh (no history, no floor). uniform/natural/static: unchanged.
+    """
+    if mixing == "ddk":
+        return smooth_update(r_prev, ratio, alpha)
+    if mixing == "wo-fs":
+        return discrepancy_factor(ratio)
+    if mixing in ("uniform", "natural", "static"):
+        return np.asarray(r_prev, dtype=np.float64).copy()
+    raise ValueError(f"unknown mixing {mixing!r}; expected one of {MIXING_MODES}")

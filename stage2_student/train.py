@@ -1,0 +1,295 @@
+"""train(cfg): the whole DDK stage-2 run, top to bottom (house-style rule 11).
+
+open store -> checks -> student -> optimizer/schedule/sampler -> restore or evaluate r_0 -> loop:
+sample -> forward -> loss -> backward -> clip -> step -> log -> (every K steps) evaluate -> reweight -> checkpoint
+-> final evaluation and save_pretrained. Only tested pieces live elsewhere: the reweighting math, the sampler, the
+loss, the schedule, evaluation and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from tqdm import tqdm
+
+from ddk_store import open_store
+from ddk_store.errors import ConfigError
+
+from . import reweighting as rw
+from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Stage2Config, write_yaml
+from .data import Prefetcher
+from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
+from .losses import distill_loss
+from .sampler import DomainSampler
+from .schedule import lr_at
+from .student import load_student
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+#: Fields that change how a run executes but not what it computes: they may differ on --resume.
+RUNTIME_ONLY_FIELDS = {"resume", "overwrite", "prefetch", "log_every", "keep_checkpoints", "save_every", "device",
+                       "eval_batch_size"}
+
+
+# ----------------------------------------------------------------------------------------------- small helpers
+def dist_env() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def prepare_out_dir(cfg: Stage2Config) -> bool:
+    """Check --out against --resume/--overwrite before anything is loaded; return True if a run is to be resumed.
+
+    Only rank 0 deletes anything; callers barrier afterwards.
+    """
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    is_run = (out / CONFIG_FILE).is_file() or (out / CHECKPOINTS_DIR).is_dir()
+    if not entries:
+        return False
+    if not is_run:
+        raise ConfigError(
+            f"--out {out}: directory is not empty and holds no ddk-student run ({', '.join(entries[:5])}...); "
+            f"choose a new or empty directory"
+        )
+    if cfg.resume:
+        saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
+        if saved is not None:
+            mine = cfg.to_dict()
+            diffs = [f"{k}: run has {saved.get(k)!r}, given {mine[k]!r}" for k in mine
+                     if k not in RUNTIME_ONLY_FIELDS and saved.get(k) != mine[k]]
+            if diffs:
+                raise ConfigError(f"--resume {out}: the settings differ from the saved run ({'; '.join(diffs)}); "
+                                  f"resume with the original settings or use --overwrite")
+        return latest_checkpoint(out) is not None
+    if cfg.overwrite:
+        if dist_env()[0] == 0:
+            shutil.rmtree(out)
+        return False
+    raise ConfigError(
+        f"--out {out}: already holds a ddk-student run; pass --resume to continue it or --overwrite to replace it"
+    )
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines written after checkpoint ``step`` (they will be written again), atomically."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("event") != "final" and json.loads(ln)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decay matrices (weights, embeddings); not vectors (norm scales, biases), as in nanoGPT and most LM recipes."""
+    seen: set[int] = set()
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:  # tied embeddings appear once
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def interval_record(step: int, interval: int, domains: list[str], ev: dict[str, list[float]],
+                    ppl_teacher: list[float], ratio: np.ndarray, weights: np.ndarray, factor: np.ndarray,
+                    event: str = "interval") -> dict[str, Any]:
+    """The PRODUCT.md ``interval`` line (plus nll_student and the DDK factor r_t, which differs from weights only
+    in interval 0 when --init-mixture is not r0)."""
+    return {"event": event, "step": step, "interval": interval, "domains": list(domains),
+            "ppl_student": ev["ppl"], "ppl_teacher": list(ppl_teacher), "ratio": [float(x) for x in ratio],
+            "weights": [float(x) for x in weights], "factor": [float(x) for x in factor],
+            "nll_student": ev["nll"]}
+
+
+# ----------------------------------------------------------------------------------------------------- train
+def train(cfg: Stage2Config) -> Path:
+    """Run stage 2 as configured; return the output directory. Raises DdkError for any bad input, before training."""
+    rank, world, local_rank = dist_env()
+    out = Path(cfg.out)
+    K, B, A = cfg.interval_steps, cfg.batch_size, cfg.grad_accum
+
+    # -- 1. every check that needs no model, cheapest first
+    if B % (world * A):
+        raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
+    resuming = prepare_out_dir(cfg)
+    reader = open_store(cfg.store)  # refuses incomplete stores, unknown versions and encodings
+    domains = reader.domains
+    D = len(domains)
+    static = rw.static_weights_vector(cfg.static_weight_map(), domains) if cfg.mixing == "static" else None
+    num_rows = [reader.num_rows(d, "train") for d in domains]
+    for d, n in zip(domains, num_rows):
+        if n == 0 and cfg.mixing in ("ddk", "wo-fs", "uniform"):
+            raise ConfigError(f"store {cfg.store}: domain {d!r} has no training rows; mixing {cfg.mixing!r} samples "
+                              f"every domain")
+        if heldout_row_count(reader, d, cfg.heldout_rows) == 0:
+            raise ConfigError(f"store {cfg.store}: domain {d!r} has no held-out rows; Eq. 1 needs them")
+
+    # -- 2. distributed setup, device, student
+    if cfg.device == "auto":
+        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(f"cuda:{local_rank}" if cfg.device == "cuda" else "cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.barrier()  # rank 0 may have just wiped --out (--overwrite)
+    torch.manual_seed(cfg.seed)
+    model, tokenizer = load_student(cfg.student, reader.meta, store=cfg.store,
+                                    trust_remote_code=cfg.trust_remote_code, device=device)
+    model.train()
+    V = reader.vocab_size
+    # bf16 autocast on CUDA (fp32 master weights and optimizer); plain fp32 on CPU, where bf16 matmuls are slow.
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+    autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    sampler = DomainSampler(num_rows, rows_per_interval=K * B, seed=cfg.seed)
+    ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
+    metrics_path = out / METRICS_FILE
+
+    def log(record: dict[str, Any]) -> None:
+        if rank == 0:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run_eval() -> tuple[dict[str, list[float]], np.ndarray]:
+        ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
+                      heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=rank,
+                      world_size=world)
+        return ev, rw.perplexity_ratio(ev["ppl"], ppl_teacher)
+
+    def checkpoint(step: int) -> None:
+        save_checkpoint(out, step, model=model, optimizer=optimizer, rank=rank, world_size=world,
+                        keep=cfg.keep_checkpoints,
+                        state={"factor": factor.tolist(), "weights": weights.tolist(), "sampler": sampler.state_dict(),
+                               "ppl_teacher": ppl_teacher, "config": cfg.to_dict()})
+
+    # -- 3. restore, or start: evaluate the initial student, r_0 by Eq. 1, interval-0 mixture
+    if resuming:
+        ckpt = latest_checkpoint(out)
+        doc = load_checkpoint(ckpt, model=model, optimizer=optimizer, rank=rank, world_size=world)
+        step = int(doc["step"])
+        factor, weights = np.asarray(doc["factor"]), np.asarray(doc["weights"])
+        sampler.load_state_dict(doc["sampler"])
+        if rank == 0:
+            truncate_metrics(metrics_path, step)
+    else:
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_yaml(cfg, out / CONFIG_FILE)
+            metrics_path.write_text("")
+        step = 0
+        ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows
+        factor, weights = rw.initial_weights(cfg.mixing, ratio=ratio, num_rows=num_rows, static=static,
+                                             init_mixture=cfg.init_mixture)
+        sampler.start_interval(0, weights)
+        log(interval_record(0, 0, domains, ev, ppl_teacher, ratio, weights, factor))
+        checkpoint(0)
+
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def interval_batches(step: int) -> Prefetcher:
+        """This rank's micro-batches from ``step`` to the end of its interval (or of the run)."""
+        first, last = step % K, min(K, step % K + (cfg.steps - step))
+        plans = [sampler.rows_for(s, batch_size=B, chunk=rank * A + m, num_chunks=world * A)
+                 for s in range(first, last) for m in range(A)]
+        return Prefetcher(reader, domains, plans, depth=cfg.prefetch, pin=device.type == "cuda")
+
+    # -- 4. the loop
+    tokens_per_step = B * reader.seq_len
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, desc="ddk-student", dynamic_ncols=True)
+    prefetch = interval_batches(step)
+    batches = iter(prefetch)
+    t_last = time.perf_counter()
+    try:
+        while step < cfg.steps:
+            lr = lr_at(step, peak_lr=cfg.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup,
+                       final_lr_ratio=cfg.final_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sums = torch.zeros(3, dtype=torch.float64)  # total, ce, kl summed over micro-steps
+            for micro in range(A):
+                batch = next(batches).to(device)
+                # Skip DDP's all-reduce on all but the last micro-step: gradients accumulate locally first.
+                sync = contextlib.nullcontext() if (world == 1 or micro == A - 1) else train_model.no_sync()
+                with sync:
+                    with autocast():
+                        logits = train_model(input_ids=batch.tokens, use_cache=False).logits  # (b, T, Vm)
+                    parts = distill_loss(logits, batch.tokens[:, 1:], batch.topk_ids, batch.topk_logprobs,
+                                         vocab_size=V, gamma=cfg.gamma, temperature=cfg.temperature,
+                                         tail=cfg.kl_tail, t2_scale=cfg.kl_t2_scale, chunk_size=cfg.loss_chunk_size)
+                    (parts.total / A).backward()
+                sums += torch.tensor([float(parts.total.detach()), float(parts.ce), float(parts.kl)], dtype=torch.float64) / A
+                del logits, parts
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
+                         else torch.tensor(float("nan")))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                if world > 1:
+                    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
+                    sums /= world
+                now = time.perf_counter()
+                tok_s = tokens_per_step * cfg.log_every / max(now - t_last, 1e-9) if step % cfg.log_every == 0 else 0.0
+                t_last = now
+                loss, ce, kl = sums.tolist()
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"step {step}: loss is {loss} (ce={ce}, kl={kl}); lower --lr or check "
+                                             f"the store with `ddk-store verify`")
+                log({"event": "step", "step": step, "loss": loss, "ce": ce, "kl": kl, "lr": lr,
+                     "grad_norm": float(grad_norm), "tokens_per_s": tok_s})
+                bar.set_postfix_str(f"loss={loss:.3f} tok/s={tok_s:,.0f} w=[" +
+                                    " ".join(f"{d}:{w:.2f}" for d, w in zip(domains, weights)) + "]")
+
+            if step % K == 0 and step < cfg.steps:
+                # Interval boundary (Algorithm 1, lines 8-13): measure, reweight, draw the next K steps.
+                prefetch.close()
+                ev, ratio = run_eval()
+                factor = rw.next_weights(cfg.mixing, factor, ratio, cfg.alpha)
+                weights = factor  # after interval 0 the factor is the sampling distribution in every mode
+                sampler.start_interval(step // K, weights)
+                log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor))
+                checkpoint(step)
+                prefetch = interval_batches(step)
+                batches = iter(prefetch)
+            elif cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                checkpoint(step)
+    finally:
+        prefetch.close()
+        bar.close()
+
+    # -- 5. final evaluation, export, last checkpoint
+    ev, ratio = run_eval()
+    log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor, event="final"))
+    if rank == 0:
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+    checkpoint(step)
+    if world > 1:
+        dist.barrier()
+    return out

@@ -1,0 +1,126 @@
+"""Config <-> CLI mirror, precedence, and every bad input refused in one line before any training."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from ddk_store.errors import ConfigError
+from stage2_student.cli import cli
+from stage2_student.config import Stage2Config
+
+from .helpers import make_store, train_args
+
+REQUIRED = dict(store="s", student="m", out="o")
+
+
+def test_flags_mirror_config_fields():
+    train = cli.commands["train"]
+    flags = {p.name for p in train.params}
+    fields = {f.name for f in dataclasses.fields(Stage2Config)}
+    assert flags - {"config_file"} == fields
+    for p in train.params:  # flag spelling is the field name with dashes
+        assert p.opts[0] == "--" + ("config" if p.name == "config_file" else p.name.replace("_", "-"))
+    for f in dataclasses.fields(Stage2Config):
+        assert f.metadata["help"], f"field {f.name} has no help text"
+
+
+def test_product_contract_flags_exist():
+    opts = {o for p in cli.commands["train"].params for o in p.opts}
+    for flag in ["--store", "--student", "--out", "--mixing", "--interval", "--alpha", "--gamma", "--temperature",
+                 "--steps", "--batch-size", "--lr", "--seed", "--resume", "--config"]:
+        assert flag in opts
+    eval_opts = {o for p in cli.commands["eval"].params for o in p.opts}
+    assert {"--store", "--model", "--json"} <= eval_opts
+
+
+def test_defaults_and_derived():
+    cfg = Stage2Config(**REQUIRED, steps=300)
+    assert (cfg.mixing, cfg.alpha, cfg.gamma, cfg.temperature, cfg.kl_tail) == ("ddk", 0.5, 0.2, 1.0, "bucket")
+    assert cfg.interval_steps == 10 and cfg.warmup == 10  # steps // 30
+    assert Stage2Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_all_problems_reported_at_once():
+    with pytest.raises(ConfigError) as e:
+        Stage2Config(**REQUIRED, alpha=2.0, gamma=-1.0, steps=10, interval=20, batch_size=6, grad_accum=4)
+    msg = str(e.value)
+    for part in ["--alpha", "--gamma", "--interval 20 is larger than the run", "divisible by --grad-accum"]:
+        assert part in msg
+
+
+def test_yaml_precedence_and_unknown_keys(tmp_path):
+    from stage2_student.cli import resolve_config
+
+    y = tmp_path / "c.yaml"
+    y.write_text("store: s\nstudent: m\nout: o\nlr: 3e-4\nsteps: 50\nalpha: 0.3\n")
+    cmd = cli.commands["train"]
+    ctx = cmd.make_context("train", ["--config", str(y), "--steps", "70"])
+    params = {k: v for k, v in ctx.params.items() if k != "config_file"}
+    cfg = resolve_config(ctx, str(y), params)
+    assert (cfg.steps, cfg.alpha, cfg.lr, cfg.gamma) == (70, 0.3, 3e-4, 0.2)  # flag > YAML > default
+    y.write_text("store: s\nstudent: m\nout: o\nbatchsize: 3\n")
+    res = CliRunner().invoke(cli, ["train", "--config", str(y)])
+    assert res.exit_code == 2 and "unknown key(s) batchsize" in res.output
+
+
+def _err(args: list[str]) -> str:
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output  # one line, no traceback
+    assert res.exception is None or isinstance(res.exception, SystemExit)
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def bad_stores(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("bad")
+    make_store(root / "incomplete", tiny_tokenizer, finalize=False)
+    make_store(root / "othertok", tiny_tokenizer, fingerprint="sha256:someone-else")
+    for name, key, value in [("version", "format_version", "9.0"), ("encoding", "encoding", "topk-zip-q3")]:
+        make_store(root / name, tiny_tokenizer)
+        g = zarr.open_group(str(root / name), mode="r+")
+        doc = dict(g.attrs["ddk"])
+        doc[key] = value
+        g.attrs["ddk"] = doc
+    return root
+
+
+def test_bad_inputs_one_line_each(tmp_path, bad_stores, store_url, student_dir):
+    out = tmp_path / "out"
+    msg = _err(train_args(str(bad_stores / "incomplete"), student_dir, out))
+    assert "incomplete" in msg.lower() or "not finalized" in msg.lower() or "writing" in msg.lower()
+    msg = _err(train_args(str(bad_stores / "version"), student_dir, out))
+    assert "9.0" in msg
+    msg = _err(train_args(str(bad_stores / "encoding"), student_dir, out))
+    assert "topk-zip-q3" in msg
+    msg = _err(train_args(str(bad_stores / "othertok"), student_dir, out))
+    assert "sha256:someone-else" in msg and "fingerprint" in msg and str(student_dir) in msg
+    msg = _err(train_args(store_url, student_dir, out, mixing="static", static_weights="alpha=0.5,zeta=0.5"))
+    assert "zeta" in msg and "alpha, beta, gamma" in msg
+    msg = _err(train_args(store_url, student_dir, out, mixing="static", static_weights="alpha=0.5,beta=0.4"))
+    assert "sum to 1" in msg
+    msg = _err(train_args(store_url, student_dir, out, steps=10, interval=11))
+    assert "--interval 11 is larger than the run" in msg
+    msg = _err(train_args(str(tmp_path / "nowhere"), student_dir, out))
+    assert "nowhere" in msg
+    assert not out.exists() or not any(out.iterdir())  # nothing was trained or written
+
+
+def test_out_dir_with_another_run_is_refused(tmp_path, store_url, student_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("store: x\n")
+    (out / "metrics.jsonl").write_text("")
+    msg = _err(train_args(store_url, student_dir, out))
+    assert "already holds a ddk-student run" in msg and "--resume" in msg and "--overwrite" in msg
+    other = tmp_path / "notarun"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    msg = _err(train_args(store_url, student_dir, other, overwrite=True))
+    assert "holds no ddk-student run" in msg
+    assert (other / "precious.txt").read_text() == "keep me"

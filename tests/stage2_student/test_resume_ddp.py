@@ -1,0 +1,94 @@
+"""Kill a real training process with SIGKILL, --resume it, and get the uninterrupted run's result; DDP vs 1 process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from .helpers import REPO, cli_env, run_cli, train_args
+
+
+def interval_lines(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()
+            if json.loads(ln)["event"] in ("interval", "final")]
+
+
+def params(out):
+    return load_file(str(out / "model.safetensors"))
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, store_url, student_dir):
+    flags = dict(steps=40, interval=8, save_every=3, log_every=1)
+    ref_out, run_out = tmp_path / "ref", tmp_path / "killed"
+    # The uninterrupted reference runs concurrently with the run we kill (two cores).
+    ref = subprocess.Popen([sys.executable, "-m", "stage2_student.cli", *train_args(store_url, student_dir, ref_out,
+                                                                                    **flags)],
+                           cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen([sys.executable, "-m", "stage2_student.cli",
+                               *train_args(store_url, student_dir, run_out, **flags)],
+                              cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = run_out / "checkpoints"
+    deadline = time.time() + 120
+    # Kill as soon as a mid-interval checkpoint (step 3: not a multiple of 8) exists.
+    while time.time() < deadline and victim.poll() is None:
+        if ckpts.is_dir() and any(p.name.startswith("step-") and not p.name.endswith(".tmp") and int(p.name[5:13]) >= 3
+                                  for p in ckpts.iterdir()):
+            break
+        time.sleep(0.01)
+    assert victim.poll() is None, "the run finished before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert not (run_out / "model.safetensors").exists()  # it really died mid-run
+    killed_at = max(int(p.name[5:13]) for p in ckpts.iterdir() if not p.name.endswith(".tmp"))
+    assert killed_at < 40
+
+    run_cli(*train_args(store_url, student_dir, run_out, **flags, resume=True))
+    assert ref.wait(timeout=180) == 0, ref.stderr.read()[-2000:]
+
+    a, b = interval_lines(ref_out), interval_lines(run_out)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 8, 16, 24, 32, 40]
+    for ra, rb in zip(a, b):
+        assert ra["weights"] == rb["weights"] and ra["ppl_student"] == rb["ppl_student"]
+    pa, pb = params(ref_out), params(run_out)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), f"{k} differs after resume"
+    steps = [json.loads(ln)["step"] for ln in (run_out / "metrics.jsonl").read_text().splitlines()
+             if json.loads(ln)["event"] == "step"]
+    assert steps == list(range(1, 41))  # no duplicated or missing step lines after the resume
+
+
+def test_ddp_two_gloo_ranks_agree_with_one_process(tmp_path, store_url, student_dir):
+    if shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None:
+        pytest.skip("torchrun not installed next to this interpreter")
+    flags = dict(steps=8, interval=4, batch_size=4)
+    single, ddp = tmp_path / "single", tmp_path / "ddp"
+    # One process with grad_accum=2 reads the same two half-batches per step as two ranks with grad_accum=1.
+    p1 = subprocess.Popen([sys.executable, "-m", "stage2_student.cli",
+                           *train_args(store_url, student_dir, single, grad_accum=2, **flags)],
+                          cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    p2 = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stage2_student.cli",
+                         *train_args(store_url, student_dir, ddp, **flags)],
+                        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    assert p1.wait(timeout=240) == 0, p1.stderr.read()[-2000:]
+    a, b = interval_lines(single), interval_lines(ddp)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 4, 8]
+    for ra, rb in zip(a, b):
+        assert rb["weights"] == pytest.approx(ra["weights"], rel=1e-6, abs=1e-9)
+        assert rb["ppl_student"] == pytest.approx(ra["ppl_student"], rel=1e-5)
+    pa, pb = params(single), params(ddp)
+    for k in pa:
+        torch.testing.assert_close(pb[k], pa[k], atol=1e-5, rtol=1e-4)
+    ranks = {p.name for p in (ddp / "checkpoints" / "step-00000008").iterdir()}
+    assert {"rng-rank0.safetensors", "rng-rank1.safetensors"} <= ranks

@@ -1,0 +1,111 @@
+"""End to end on a tiny store + tiny real student: CLI train -> exact artifacts -> eval -> report; padded vocab."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stage2_student.cli import cli
+from stage2_student.config import Stage2Config
+
+from .helpers import train_args
+
+PRODUCT_KEYS = {"event", "step", "interval", "domains", "ppl_student", "ppl_teacher", "ratio", "weights"}
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+RUN_FILES = MODEL_FILES | {"config.yaml", "metrics.jsonl", "checkpoints"}
+
+
+def read_metrics(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, store_url, student_dir):
+    out = tmp_path_factory.mktemp("e2e") / "run"
+    res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, steps=12, interval=4, log_every=1))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_exact_output_files(trained):
+    assert {p.name for p in trained.iterdir()} == RUN_FILES
+    ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    assert ckpts == ["step-00000008", "step-00000012"]  # keep_checkpoints=2, no *.tmp left behind
+    assert {p.name for p in (trained / "checkpoints" / "step-00000012").iterdir()} == {
+        "model.safetensors", "optimizer.pt", "state.json", "rng-rank0.safetensors"}
+    cfg = Stage2Config.from_dict(__import__("yaml").safe_load((trained / "config.yaml").read_text()))
+    assert cfg.steps == 12 and cfg.interval == 4 and cfg.mixing == "ddk"
+
+
+def test_metrics_interval_lines(trained):
+    lines = read_metrics(trained)
+    intervals = [r for r in lines if r["event"] == "interval"]
+    steps = [r for r in lines if r["event"] == "step"]
+    assert [r["step"] for r in intervals] == [0, 4, 8] and [r["interval"] for r in intervals] == [0, 1, 2]
+    assert [r["step"] for r in steps] == list(range(1, 13))
+    for r in intervals:
+        assert PRODUCT_KEYS <= set(r)
+        assert r["domains"] == ["alpha", "beta", "gamma"]
+        assert sum(r["weights"]) == pytest.approx(1.0, abs=1e-9)
+        assert r["ratio"] == pytest.approx([s / t for s, t in zip(r["ppl_student"], r["ppl_teacher"])])
+    # interval 0 samples the natural mixture (equal sizes -> uniform); r_0 is Eq. 1 of the initial ratios
+    assert intervals[0]["weights"] == pytest.approx([1 / 3] * 3)
+    from stage2_student.reweighting import discrepancy_factor, smooth_update
+    assert intervals[0]["factor"] == pytest.approx(discrepancy_factor(intervals[0]["ratio"]))
+    assert intervals[1]["weights"] == pytest.approx(smooth_update(intervals[0]["factor"], intervals[1]["ratio"], 0.5))
+    assert min(intervals[2]["weights"]) >= 0.5 / 3 - 1e-12
+    for r in steps:
+        assert all(math.isfinite(r[k]) for k in ("loss", "ce", "kl", "lr", "tokens_per_s"))
+        assert r["loss"] == pytest.approx(r["ce"] + 0.2 * r["kl"], rel=1e-5)
+    final = [r for r in lines if r["event"] == "final"]
+    assert len(final) == 1 and final[0]["step"] == 12
+    # (the tiny store's tokens are random, so held-out NLL cannot fall below log V: no "it learned" check here)
+    assert np.isfinite(final[0]["ppl_student"]).all()
+
+
+def test_output_loads_and_eval_report(trained, store_url, student_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(trained)
+    before = AutoModelForCausalLM.from_pretrained(student_dir)
+    assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, before.model.layers[0].mlp.up_proj.weight)
+    logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+    res = CliRunner().invoke(cli, ["eval", "--store", store_url, "--model", str(trained), "--json"])
+    assert res.exit_code == 0, res.output
+    ev = json.loads(res.stdout)
+    final = [r for r in read_metrics(trained) if r["event"] == "final"][0]
+    assert ev["domains"] == final["domains"]
+    assert ev["ppl_student"] == pytest.approx(final["ppl_student"], rel=1e-4)  # same model, same rows
+    res = CliRunner().invoke(cli, ["report", str(trained)])
+    assert res.exit_code == 0, res.output
+    assert {p.name for p in trained.iterdir()} == RUN_FILES | {"report.md", "weights.png", "ratios.png"}
+    md = (trained / "report.md").read_text()
+    assert "| alpha |" in md and "teacher ppl" in md and "student ppl before" in md
+    assert (trained / "weights.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_padded_student_and_ablation_modes(tmp_path, store_url, padded_student_dir):
+    """A student with 64 padding logits trains; each ablation is one flag; static weights are honoured."""
+    for mixing, extra in [("wo-fs", {}), ("uniform", {}), ("natural", {"gamma": 0}),
+                          ("static", {"static_weights": "alpha=0.5,gamma=0.5"})]:
+        out = tmp_path / mixing
+        res = CliRunner().invoke(cli, train_args(store_url, padded_student_dir, out, steps=4, interval=2,
+                                                 mixing=mixing, **extra))
+        assert res.exit_code == 0, res.output
+        iv = [r for r in read_metrics(out) if r["event"] == "interval"]
+        if mixing == "static":
+            assert all(r["weights"] == pytest.approx([0.5, 0.0, 0.5]) for r in iv)
+        if mixing == "uniform":
+            assert all(r["weights"] == pytest.approx([1 / 3] * 3) for r in iv)
+        if mixing == "wo-fs":
+            from stage2_student.reweighting import discrepancy_factor
+            assert iv[1]["weights"] == pytest.approx(discrepancy_factor(iv[1]["ratio"]))
+        if mixing == "natural":
+            steps = [r for r in read_metrics(out) if r["event"] == "step"]
+            assert all(r["loss"] == pytest.approx(r["ce"]) for r in steps)  # gamma 0: CE only
