@@ -128,6 +128,22 @@ def report_cmd(run_dir: str) -> None:
     click.echo(str(path))
 
 
+@cli.command("init")
+@click.option("--teacher", required=True, help="Hugging Face directory of a Llama-style teacher.")
+@click.option("--layers", default="6", show_default=True,
+              help="Decoder layers to keep: a count (evenly spaced, first and last kept) or indices like 0,6,29.")
+@click.option("--out", required=True, help="Directory for the student (save_pretrained + the teacher's tokenizer).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@_user_errors
+def init_cmd(teacher: str, layers: str, out: str, seed: int, overwrite: bool) -> None:
+    """Initialise a student from a teacher by keeping a subset of its layers (same tokenizer)."""
+    from .init_student import init_student_from_teacher
+
+    path = init_student_from_teacher(teacher, out, layers=layers, seed=seed, overwrite=overwrite)
+    click.echo(str(path))
+
+
 def main() -> None:
     """Console entry point (``ddk-student``)."""
     cli(prog_name="ddk-student")

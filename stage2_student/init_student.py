@@ -1,0 +1,247 @@
+"""Initialise a distillation student from its teacher by keeping a subset of the teacher's decoder layers.
+
+This is the usual way to start a student (DistilBERT-style layer selection): same tokenizer, same embeddings, same
+final norm and output head, and every k-th transformer block, so the student starts close to the teacher instead of
+from noise. It works for any Llama-style Hugging Face causal LM, that is one whose decoder keeps its blocks in an
+``nn.ModuleList`` at ``<base_model_prefix>.layers`` (Llama, SmolLM2, Mistral, Qwen2/3, Gemma, Phi-3, ...).
+
+    init_student_from_teacher("teacher/", "student/", layers=6)          # 6 evenly spaced layers, first and last kept
+    init_student_from_teacher("teacher/", "student/", layers=[0, 10, 29])
+
+Command line: ``python -m stage2_student.init_student --teacher DIR --layers 6 --out DIR``.
+
+The student is written with ``save_pretrained`` (safetensors) plus the teacher's tokenizer and a small
+``ddk-student-init.json`` recording where it came from. It is built in a temporary sibling directory and renamed into
+place, so ``out_dir`` never holds half a model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from ddk_store.errors import ConfigError, DdkError
+
+PROVENANCE = "ddk-student-init.json"
+# Config attributes that hold one entry per decoder layer and must be subset with the layers.
+PER_LAYER_CONFIG_KEYS = ("layer_types", "no_rope_layers", "swa_layers", "sliding_window_pattern_layers")
+
+
+def evenly_spaced_layers(num_teacher_layers: int, num_student_layers: int) -> list[int]:
+    """``num_student_layers`` indices spread evenly over ``range(num_teacher_layers)``, first and last included
+    (only the first when keeping one layer). E.g. (30, 6) -> [0, 6, 12, 17, 23, 29]."""
+    if isinstance(num_student_layers, bool) or not isinstance(num_student_layers, int):
+        raise ConfigError(f"layers must be an int or a list of ints, got {num_student_layers!r}")
+    if not 1 <= num_student_layers <= num_teacher_layers:
+        raise ConfigError(
+            f"layers={num_student_layers}: the teacher has {num_teacher_layers} layers, so a student can keep "
+            f"between 1 and {num_teacher_layers}"
+        )
+    if num_student_layers == 1:
+        return [0]
+    step = (num_teacher_layers - 1) / (num_student_layers - 1)
+    return [int(round(i * step)) for i in range(num_student_layers)]
+
+
+def resolve_layers(num_teacher_layers: int, layers: int | list[int] | tuple[int, ...] | str) -> list[int]:
+    """Validate ``layers`` (a count, a list of indices, or a string "6" / "0,5,29") into sorted teacher indices."""
+    if isinstance(layers, str):
+        text = layers.strip()
+        try:
+            parts = [int(p) for p in re.split(r"[,\s]+", text) if p]
+        except ValueError:
+            raise ConfigError(f"layers={layers!r}: expected a count like 6 or indices like 0,6,12,29") from None
+        layers = parts[0] if len(parts) == 1 and "," not in text else parts
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        return evenly_spaced_layers(num_teacher_layers, layers)
+    if not isinstance(layers, (list, tuple)) or not layers:
+        raise ConfigError(f"layers={layers!r}: expected a count like 6 or a non-empty list of layer indices")
+    bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_teacher_layers]
+    if bad:
+        raise ConfigError(
+            f"layers={list(layers)}: indices {bad} are not layers of the teacher, which has layers "
+            f"0..{num_teacher_layers - 1}"
+        )
+    if len(set(layers)) != len(layers):
+        raise ConfigError(f"layers={list(layers)}: an index appears twice; each teacher layer can be kept once")
+    if list(layers) != sorted(layers):
+        raise ConfigError(f"layers={list(layers)}: indices must be in increasing order (e.g. {sorted(layers)})")
+    return list(layers)
+
+
+def _decoder_layers(model, where: str):
+    """(dotted name, ModuleList) of the model's decoder blocks, or a ConfigError explaining what is supported."""
+    import torch.nn as nn
+
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    layers = getattr(base, "layers", None) if base is not None else None
+    if not isinstance(layers, nn.ModuleList) or len(layers) == 0 or model.get_output_embeddings() is None:
+        model_type = getattr(model.config, "model_type", "?")
+        raise ConfigError(
+            f"{where} is a {type(model).__name__} (model_type {model_type!r}), not a Llama-style decoder: "
+            f"init_student needs a causal LM whose blocks are an nn.ModuleList at model.layers and an output head "
+            f"(Llama, SmolLM2, Mistral, Qwen2, ...); build this student another way"
+        )
+    return f"{prefix}.layers", layers
+
+
+def _subset_config(config, keep: list[int], n_teacher: int) -> list[str]:
+    """Set num_hidden_layers and subset per-layer config lists; return the names of the lists changed."""
+    changed = []
+    for key in PER_LAYER_CONFIG_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, (list, tuple)) and len(value) == n_teacher:
+            setattr(config, key, type(value)(value[i] for i in keep))
+            changed.append(key)
+    config.num_hidden_layers = len(keep)
+    return changed
+
+
+def init_student_from_teacher(
+    teacher_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    layers: int | list[int],
+    seed: int = 0,
+    dtype=None,
+    overwrite: bool = False,
+) -> Path:
+    """Build a student from the Llama-style HF teacher in ``teacher_dir`` by keeping the decoder ``layers``
+    (a count, evenly spaced with the first and last kept, or a list of teacher layer indices) and save it to
+    ``out_dir`` with the teacher's tokenizer. Returns ``out_dir``.
+
+    Embeddings, final norm and output head are copied; ``config.num_hidden_layers`` (and ``layer_types`` if
+    present) are updated. ``seed`` seeds torch before the student is built (nothing is randomly initialised when the
+    teacher is Llama-style, but it makes the build reproducible regardless). ``dtype`` (e.g. ``torch.float32``)
+    defaults to the teacher's stored dtype. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    teacher_dir = Path(teacher_dir).expanduser()
+    out = Path(out_dir).expanduser().absolute()
+    if not (teacher_dir / "config.json").is_file():
+        raise ConfigError(
+            f"teacher {teacher_dir} is not a Hugging Face model directory (no config.json there); "
+            "pass the directory written by save_pretrained (e.g. the built-in teacher from "
+            "`python -m stage1_teacher.builtin_teacher`)"
+        )
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise ConfigError(f"student output {out} already exists and is not empty; choose another --out or overwrite it")
+    if out.resolve() == teacher_dir.resolve():
+        raise ConfigError(f"student output {out} is the teacher directory; choose another --out")
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(
+            f"teacher {teacher_dir} has no loadable tokenizer ({err}); the student must share the teacher's "
+            "tokenizer, so save it into the teacher directory first"
+        ) from err
+    config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=False)
+    n_config = getattr(config, "num_hidden_layers", None)
+    if isinstance(n_config, int) and n_config > 0:
+        resolve_layers(n_config, layers)  # bad choices fail before the weights are loaded
+    teacher = AutoModelForCausalLM.from_pretrained(
+        str(teacher_dir), dtype=dtype if dtype is not None else "auto", trust_remote_code=False
+    )
+    layers_name, teacher_layers = _decoder_layers(teacher, str(teacher_dir))
+    n_teacher = len(teacher_layers)
+    keep = resolve_layers(n_teacher, layers)
+
+    changed = _subset_config(config, keep, n_teacher)
+    torch.manual_seed(seed)
+    student = AutoModelForCausalLM.from_config(config, dtype=next(teacher.parameters()).dtype, trust_remote_code=False)
+    _decoder_layers(student, f"the student built from {teacher_dir}")
+
+    # Map teacher keys to student keys: layer `keep[j]` becomes layer `j`; everything outside the layers is shared.
+    layer_key = re.compile(rf"^{re.escape(layers_name)}\.(\d+)\.(.*)$")
+    new_index = {old: new for new, old in enumerate(keep)}
+    state = {}
+    for key, tensor in teacher.state_dict().items():
+        m = layer_key.match(key)
+        if m is None:
+            state[key] = tensor
+        elif int(m.group(1)) in new_index:
+            state[f"{layers_name}.{new_index[int(m.group(1))]}.{m.group(2)}"] = tensor
+    result = student.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    missing = sorted(set(result.missing_keys) - tied)
+    if missing or result.unexpected_keys:
+        raise DdkError(
+            f"building a student from {teacher_dir}: its weights do not map onto a {len(keep)}-layer "
+            f"{type(student).__name__} (missing {missing[:5]}, unexpected {sorted(result.unexpected_keys)[:5]}); "
+            "this architecture needs a dedicated initialiser"
+        )
+    if tied:
+        student.tie_weights()
+    student.generation_config = teacher.generation_config
+    student.eval()
+    n_params = sum(p.numel() for p in student.parameters())
+    n_teacher_params = sum(p.numel() for p in teacher.parameters())
+    del teacher, state
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        student.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        provenance = {
+            "teacher": str(teacher_dir.resolve()),
+            "teacher_layers": n_teacher,
+            "kept_layers": keep,
+            "per_layer_config_subset": changed,
+            "seed": seed,
+            "parameters": n_params,
+            "teacher_parameters": n_teacher_params,
+        }
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        for path in [tmp, *tmp.rglob("*")]:
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            old.rmdir()
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m stage2_student.init_student --teacher DIR --layers 6 --out DIR [--seed 0] [--overwrite]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Initialise a student by keeping a subset of a teacher's layers.")
+    parser.add_argument("--teacher", required=True, help="Hugging Face model directory of a Llama-style teacher")
+    parser.add_argument("--layers", required=True, help="how many layers to keep (evenly spaced), or indices 0,6,29")
+    parser.add_argument("--out", required=True, help="directory for the student")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    args = parser.parse_args(argv)
+    try:
+        out = init_student_from_teacher(
+            args.teacher, args.out, layers=args.layers, seed=args.seed, overwrite=args.overwrite
+        )
+    except DdkError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    info = json.loads((out / PROVENANCE).read_text())
+    print(f"{out}: kept layers {info['kept_layers']} of {info['teacher_layers']}, {info['parameters']:,} parameters")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
