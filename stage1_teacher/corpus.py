@@ -1,0 +1,283 @@
+"""CORPORA.yaml parsing and the per-format document readers, in a deterministic order."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ddk_store.errors import ConfigError, DdkError
+
+FORMATS = ("lines", "files", "jsonl", "parquet")
+_FILE_KEYS = {"paths", "format", "text_field"}
+_DATASET_KEYS = {"dataset", "config", "split", "text_field"}
+
+
+@dataclass(frozen=True)
+class DomainSource:
+    """One domain of CORPORA.yaml: either local files (paths + format) or a `datasets` dataset."""
+
+    name: str
+    format: str  # one of FORMATS, or "dataset"
+    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated file paths (file formats)
+    patterns: tuple[str, ...] = ()  # the patterns as written, for messages and provenance
+    text_field: str | None = None
+    dataset: str | None = None
+    dataset_config: str | None = None
+    split: str = "train"
+
+    def spec_dict(self) -> dict[str, Any]:
+        """The definition as written (no file contents): part of the store's resume-identity settings."""
+        return {"format": self.format, "patterns": list(self.patterns), "text_field": self.text_field,
+                "dataset": self.dataset, "config": self.dataset_config, "split": self.split}
+
+
+@dataclass
+class ReadStats:
+    """Counters filled while a domain's documents are read."""
+
+    n_documents: int = 0
+    n_skipped: int = 0  # documents dropped for invalid UTF-8 (on_bad_utf8="skip")
+    skipped_where: list[str] = field(default_factory=list)  # first few locations, for the summary
+
+
+def load_corpora(path: str | Path) -> list[DomainSource]:
+    """Parse CORPORA.yaml; every problem (bad name, unknown key, no matching file) is collected into one ConfigError.
+
+    Relative paths and globs are resolved against the YAML file's directory, so a corpora file works from any cwd.
+    """
+    import yaml
+
+    from ddk_store import validate_domain_name
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--corpora {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"--corpora {path}: cannot read it as YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(doc, dict) or set(doc) != {"domains"} or not isinstance(doc["domains"], dict):
+        raise ConfigError(f"--corpora {path}: expected exactly one top-level key 'domains' mapping names to sources")
+    if not doc["domains"]:
+        raise ConfigError(f"--corpora {path}: 'domains' is empty; define at least one domain")
+    base = path.parent
+    out: list[DomainSource] = []
+    problems: list[str] = []
+    for name, spec in doc["domains"].items():
+        where = f"{path}: domain {name!r}"
+        try:
+            validate_domain_name(str(name))
+        except DdkError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if not isinstance(spec, dict):
+            problems.append(f"{where}: expected a mapping like {{paths: [...], format: lines}}, got {spec!r}")
+            continue
+        try:
+            out.append(_parse_domain(str(name), spec, base, where))
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return out
+
+
+def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource:
+    if "dataset" in spec:
+        unknown = set(spec) - _DATASET_KEYS
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for a dataset source "
+                              f"(allowed: {sorted(_DATASET_KEYS)})")
+        tf = spec.get("text_field", "text")
+        return DomainSource(name=name, format="dataset", dataset=str(spec["dataset"]),
+                            dataset_config=None if spec.get("config") is None else str(spec["config"]),
+                            split=str(spec.get("split", "train")), text_field=str(tf))
+    unknown = set(spec) - _FILE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {sorted(_FILE_KEYS)}, "
+                          f"or {sorted(_DATASET_KEYS)} for a datasets source)")
+    fmt = spec.get("format")
+    if fmt not in FORMATS:
+        raise ConfigError(f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    patterns = spec.get("paths")
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not patterns or not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+        raise ConfigError(f"{where}: field 'paths' must be a non-empty list of paths or globs, got {patterns!r}")
+    text_field = spec.get("text_field")
+    if fmt in ("jsonl", "parquet") and not isinstance(text_field, str):
+        raise ConfigError(f"{where}: format {fmt} needs field 'text_field' (the column holding the text)")
+    if fmt in ("lines", "files") and text_field is not None:
+        raise ConfigError(f"{where}: 'text_field' only applies to jsonl/parquet, not format {fmt}")
+    files: list[str] = []
+    for pat in patterns:
+        full = os.path.expanduser(pat if os.path.isabs(os.path.expanduser(pat)) else str(base / pat))
+        # sorted(): glob order depends on the filesystem; the document order must not.
+        matches = sorted(m for m in glob.glob(full, recursive=True) if os.path.isfile(m))
+        if not matches:
+            kind = "matches no file" if glob.has_magic(full) else "does not exist or is not a file"
+            raise ConfigError(f"{where}: path {pat!r} ({full}) {kind}; fix 'paths' in the corpora file")
+        for m in matches:
+            if not os.access(m, os.R_OK):
+                raise ConfigError(f"{where}: file {m} is not readable (check its permissions)")
+        files.extend(matches)
+    files = list(dict.fromkeys(files))  # overlapping globs: keep the first occurrence only
+    return DomainSource(name=name, format=fmt, files=tuple(files), patterns=tuple(patterns), text_field=text_field)
+
+
+def file_sha256(path: str) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def _decode(raw: bytes, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if on_bad_utf8 == "fail":
+            raise ConfigError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); fix the file, "
+                              f"or pass --on-bad-utf8 skip to skip and count such documents") from None
+        stats.n_skipped += 1
+        if len(stats.skipped_where) < 5:
+            stats.skipped_where.append(where)
+        return None
+
+
+def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
+                   stats: ReadStats | None = None) -> Iterator[str]:
+    """Yield the documents of one domain in a deterministic order (files sorted; rows in file order).
+
+    Empty documents (blank lines, empty files) are not documents and are silently dropped.
+    """
+    stats = stats if stats is not None else ReadStats()
+    if src.format == "dataset":
+        yield from _read_dataset(src, stats)
+        return
+    for path in src.files:
+        if src.format == "lines":
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    text = _decode(raw, f"{path}:{lineno}", on_bad_utf8, stats)
+                    text = text.rstrip("\r\n") if text is not None else None
+                    if text and text.strip():
+                        stats.n_documents += 1
+                        yield text
+        elif src.format == "files":
+            with open(path, "rb") as f:
+                text = _decode(f.read(), path, on_bad_utf8, stats)
+            if text and text.strip():
+                stats.n_documents += 1
+                yield text
+        elif src.format == "jsonl":
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, 1):
+                    where = f"{path}:{lineno}"
+                    line = _decode(raw, where, on_bad_utf8, stats)
+                    if line is None or not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ConfigError(f"domain {src.name!r}: {where}: not valid JSON ({e.msg})") from None
+                    text = _field(rec, src, where)
+                    if text.strip():
+                        stats.n_documents += 1
+                        yield text
+        elif src.format == "parquet":
+            yield from _read_parquet(path, src, stats)
+        else:  # pragma: no cover - _parse_domain admits only FORMATS
+            raise AssertionError(src.format)
+
+
+def _field(rec: Any, src: DomainSource, where: str) -> str:
+    if not isinstance(rec, dict) or src.text_field not in rec:
+        keys = sorted(rec) if isinstance(rec, dict) else type(rec).__name__
+        raise ConfigError(f"domain {src.name!r}: {where}: no text field {src.text_field!r} (found: {keys}); "
+                          f"fix 'text_field' in the corpora file")
+    text = rec[src.text_field]
+    if not isinstance(text, str):
+        raise ConfigError(f"domain {src.name!r}: {where}: field {src.text_field!r} is "
+                          f"{type(text).__name__}, expected a string")
+    return text
+
+
+def _read_parquet(path: str, src: DomainSource, stats: ReadStats) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises several types for a non-parquet file
+        raise ConfigError(f"domain {src.name!r}: {path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    if src.text_field not in names:
+        raise ConfigError(f"domain {src.name!r}: {path}: no column {src.text_field!r} (columns: {names}); "
+                          f"fix 'text_field' in the corpora file")
+    # Row groups one at a time: memory stays bounded for large files; order is the file's order.
+    for i in range(pf.num_row_groups):
+        for text in pf.read_row_group(i, columns=[src.text_field]).column(0).to_pylist():
+            if isinstance(text, str) and text.strip():
+                stats.n_documents += 1
+                yield text
+
+
+def _read_dataset(src: DomainSource, stats: ReadStats) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError:
+        from ddk_store.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"domain {src.name!r} uses a datasets source: pip install datasets") from None
+    label = f"dataset {src.dataset!r} (config {src.dataset_config!r}, split {src.split!r})"
+    if not os.path.exists(os.path.expanduser(src.dataset or "")):
+        _check_hub_reachable(src, label)
+    try:
+        ds = datasets.load_dataset(src.dataset, src.dataset_config, split=src.split, streaming=True)
+    except Exception as e:  # offline hub lookups, bad names, bad configs: all one user-facing error
+        raise ConfigError(f"domain {src.name!r}: cannot open {label}: {' '.join(str(e).split())[:300]} "
+                          f"(offline? use local files, or set HF_DATASETS_OFFLINE=0 with network access)") from None
+    first = True
+    for rec in ds:  # streaming datasets iterate in their stored order: deterministic for a fixed revision
+        if first and src.text_field not in rec:
+            raise ConfigError(f"domain {src.name!r}: {label} has no field {src.text_field!r} "
+                              f"(fields: {sorted(rec)}); fix 'text_field' in the corpora file")
+        first = False
+        text = rec.get(src.text_field)
+        if isinstance(text, str) and text.strip():
+            stats.n_documents += 1
+            yield text
+
+
+def _check_hub_reachable(src: DomainSource, label: str) -> None:
+    """Fail in seconds, not after the hub client's minute of retries, when a hub dataset cannot be reached."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return  # offline mode: datasets answers from its cache, or fails at once by itself
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"domain {src.name!r}: cannot open {label}: the hub at {constants.ENDPOINT} is unreachable "
+                          f"({e}); offline, point 'dataset' at a local dataset directory or use local files, or set "
+                          f"HF_HUB_OFFLINE=1 to read a cached copy") from None
+
+
+def check_dataset_source(src: DomainSource) -> None:
+    """Fail fast (before any model load) when a datasets source cannot be opened or lacks its text field."""
+    for _ in _read_dataset(src, ReadStats()):
+        break

@@ -1,0 +1,131 @@
+"""Bad input: one clear `error: ...` line, exit 2, and (where possible) no model load.
+
+The teacher used here has garbage in place of its weights: any of these runs that got as far as loading the model
+would fail with a weights error instead of the expected message, so each test proves the check runs first.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+
+from ddk_store import open_store
+from tests.stage1_teacher.conftest import HELDOUT, dump_argv, run_cli, write_corpus
+
+
+@pytest.fixture(scope="module")
+def broken_teacher(tiny_teacher, tmp_path_factory):
+    d = tmp_path_factory.mktemp("broken") / "teacher"
+    shutil.copytree(tiny_teacher, d)
+    (d / "model.safetensors").write_bytes(b"these are not weights")
+    return d
+
+
+def expect_error(argv, *needles):
+    code, err = run_cli(argv)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err and "Loading weights" not in err
+    for n in needles:
+        assert n in lines[-1], (n, lines[-1])
+    return lines[-1]
+
+
+def corpora(tmp_path, body: str, files: dict[str, str | bytes]):
+    for name, content in files.items():
+        p = tmp_path / name
+        p.write_bytes(content if isinstance(content, bytes) else content.encode())
+    y = tmp_path / "corpora.yaml"
+    y.write_text(body)
+    return y
+
+
+def test_missing_source(broken_teacher, tmp_path):
+    y = corpora(tmp_path, "domains:\n  prose: {paths: [gone.txt], format: lines}\n", {})
+    expect_error(dump_argv(broken_teacher, y, tmp_path / "s"), "domain 'prose'", "gone.txt", "does not exist")
+
+
+def test_empty_domain(broken_teacher, tmp_path):
+    y = corpora(tmp_path, "domains:\n  prose: {paths: [a.txt], format: lines}\n  void: {paths: [b.txt], format: lines}\n",
+                {"a.txt": "some words here\n" * 200, "b.txt": "\n\n   \n"})
+    expect_error(dump_argv(broken_teacher, y, tmp_path / "s"), "domain 'void' is empty")
+
+
+def test_domain_too_small_for_heldout_rows(broken_teacher, corpora_yaml, tmp_path):
+    msg = expect_error(dump_argv(broken_teacher, corpora_yaml, tmp_path / "s", "--heldout-seqs", "100000"),
+                       "is too small", "--heldout-seqs 100000")
+    assert all(f"domain '{d}'" in msg for d in ("scripture", "python", "legal"))  # every domain, one error
+
+
+def test_unknown_text_field(broken_teacher, tmp_path):
+    y = corpora(tmp_path, "domains:\n  rec: {paths: [r.jsonl], format: jsonl, text_field: text}\n",
+                {"r.jsonl": json.dumps({"content": "x"}) + "\n"})
+    expect_error(dump_argv(broken_teacher, y, tmp_path / "s"), "no text field 'text'", "r.jsonl:1", "content")
+
+
+def test_non_utf8_fails_by_flag(broken_teacher, tmp_path):
+    y = corpora(tmp_path, "domains:\n  prose: {paths: [a.txt], format: lines}\n", {"a.txt": b"ok\n\xff\xfe\n"})
+    expect_error(dump_argv(broken_teacher, y, tmp_path / "s", "--on-bad-utf8", "fail"), "a.txt:2: not valid UTF-8")
+
+
+def test_top_k_above_vocabulary(broken_teacher, corpora_yaml, tmp_path):
+    expect_error(dump_argv(broken_teacher, corpora_yaml, tmp_path / "s", "--top-k", "100000"),
+                 "--top-k 100000 exceeds", "use --top-k <=")
+
+
+def test_seq_len_above_model_context(broken_teacher, corpora_yaml, tmp_path):
+    expect_error(dump_argv(broken_teacher, corpora_yaml, tmp_path / "s", "--seq-len", "600", "--batch-tokens", "600"),
+                 "--seq-len 600 exceeds the teacher's context of 512", "use --seq-len <= 512")
+
+
+def test_invalid_domain_name(broken_teacher, tmp_path):
+    y = corpora(tmp_path, "domains:\n  '../evil': {paths: [a.txt], format: lines}\n", {"a.txt": "x\n"})
+    expect_error(dump_argv(broken_teacher, y, tmp_path / "s"), "domain '../evil'")
+
+
+def test_missing_teacher(corpora_yaml, tmp_path):
+    expect_error(dump_argv(tmp_path / "no-such-model", corpora_yaml, tmp_path / "s"), "--teacher", "no-such-model")
+
+
+def test_non_store_data_at_store_location(broken_teacher, corpora_yaml, tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "precious.txt").write_text("keep me")
+    expect_error(dump_argv(broken_teacher, corpora_yaml, tmp_path / "s"), "holds no ddk store")
+    assert (tmp_path / "s" / "precious.txt").read_text() == "keep me"
+
+
+def test_existing_store_with_other_settings_needs_overwrite(reference_store, tiny_teacher, corpora_yaml, tmp_path):
+    store = tmp_path / "s"
+    shutil.copytree(reference_store, store)
+    expect_error(dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4"),
+                 "already holds a ddk store made with different settings", "--top-k was 8, this run has 4",
+                 "--overwrite")
+    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite",
+                                  "--max-rows-per-domain", "2"))
+    assert code == 0, err
+    assert open_store(str(store)).top_k == 4
+
+
+def test_resumed_store_with_different_settings(tiny_teacher, corpora_yaml, tmp_path):
+    store = tmp_path / "s"
+    # A half-written store: shard 0 of 2 only (status "writing").
+    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "0/2", "--max-rows-per-domain", "20"))
+    assert code == 0, err
+    msg = expect_error(dump_argv(tiny_teacher, corpora_yaml, store, "--max-rows-per-domain", "20",
+                                 "--heldout-seqs", str(HELDOUT + 1)), "different settings")
+    assert f"--heldout-seqs was {HELDOUT}, this run has {HELDOUT + 1}" in msg
+    # Changing a corpus file is a different store too (its hash is part of the provenance).
+    other = write_corpus(tmp_path / "corpus2", n_docs=121)
+    expect_error(dump_argv(tiny_teacher, other, store, "--max-rows-per-domain", "20"), "different settings",
+                 "--corpora (source files or their contents)")
+
+
+def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # fake the package's absence (imports now raise ImportError)
+    argv = dump_argv(broken_teacher, corpora_yaml, tmp_path / "s")
+    argv[argv.index("--backend") + 1] = "vllm"
+    expect_error(argv, "backend 'vllm' needs: pip install ddk[vllm]", "--backend hf")

@@ -1,0 +1,108 @@
+"""End to end on CPU: `ddk-teacher dump` with the hf backend on a 3-domain corpus, checked against the teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from ddk_store import open_store, tokenizer_fingerprint
+from ddk_store.cli import main as store_cli
+from ddk_store.validate import validate_store
+from stage1_teacher.corpus import load_corpora, read_documents
+from stage1_teacher.packing import heldout_indices, pack_rows
+from tests.stage1_teacher.conftest import HELDOUT, SEQ_LEN, TOP_K, dump_argv, run_cli
+
+DOMAINS = ["scripture", "python", "legal"]
+
+
+def expected_rows(corpora_yaml: Path, tok) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Packed rows and stream length (tokens + one EOS per document) of every domain, rebuilt without run.py."""
+    rows, n_tokens = {}, {}
+    for src in load_corpora(corpora_yaml):
+        ids = [tok(d, add_special_tokens=False)["input_ids"] for d in read_documents(src)]
+        rows[src.name] = pack_rows(ids, SEQ_LEN, tok.eos_token_id).rows
+        n_tokens[src.name] = sum(len(x) + 1 for x in ids)
+    return rows, n_tokens
+
+
+def test_store_contents_provenance_and_teacher_values(reference_store, tiny_teacher, corpora_yaml):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_teacher)
+    r = open_store(str(reference_store))
+    assert validate_store(str(reference_store)) == []
+    res = CliRunner().invoke(store_cli, ["verify", str(reference_store)])
+    assert res.exit_code == 0, res.output
+
+    m = r.meta
+    assert r.domains == DOMAINS and (r.seq_len, r.top_k) == (SEQ_LEN, TOP_K)
+    assert m.teacher.backend == "hf" and m.teacher.engine.startswith("transformers ")
+    assert m.teacher.revision.startswith("sha256:") and m.teacher.dtype == "float32"
+    assert m.tokenizer.fingerprint == tokenizer_fingerprint(tok)
+    assert m.tokenizer.eos_token_id == tok.eos_token_id and m.tokenizer.vocab_size == len(tok)
+    assert m.settings["heldout_seqs"] == HELDOUT and set(m.settings["corpora"]) == set(DOMAINS)
+
+    srcs = {s.name: s for s in load_corpora(corpora_yaml)}
+    rows, n_tokens = expected_rows(corpora_yaml, tok)
+    for d in DOMAINS:
+        info = m.domain(d)
+        # Provenance: every file with its real hash and size, document counts as written by the fixture.
+        assert [Path(s.uri[len("file://"):]) for s in info.sources] == [Path(p) for p in srcs[d].files]
+        first = Path(srcs[d].files[0]).read_bytes()
+        assert info.sources[0].sha256 == hashlib.sha256(first).hexdigest() and info.sources[0].bytes == len(first)
+        assert info.n_documents == 120 and info.n_skipped == 0
+        assert info.n_tokens == n_tokens[d] and rows[d].size <= n_tokens[d] < rows[d].size + SEQ_LEN
+        # Rows: held-out rows are the evenly spaced ones, training rows the rest, in corpus order.
+        n = rows[d].shape[0]
+        held = heldout_indices(n, HELDOUT)
+        assert r.num_rows(d, "heldout") == HELDOUT and r.num_rows(d, "train") == n - HELDOUT
+        got_held = r.read_rows(d, "heldout", range(HELDOUT))
+        assert np.array_equal(got_held.tokens, rows[d][held])
+        train_mask = np.ones(n, bool)
+        train_mask[held] = False
+        assert np.array_equal(r.read_rows(d, "train", range(n - HELDOUT)).tokens, rows[d][train_mask])
+        # Teacher perplexity is exp(mean held-out NLL) of the stored realized-token log-probs.
+        nll = -got_held.target_logprobs.astype(np.float64).mean()
+        assert info.heldout_nll == pytest.approx(nll, rel=1e-6) and info.heldout_ppl == pytest.approx(math.exp(nll))
+        assert 1.0 < info.heldout_ppl < 2 * len(tok)  # a random teacher is near-uniform, never better than 1
+
+    # Teacher values: a direct transformers forward on stored rows gives the same top-k (store quantizes log-probs
+    # to 1/16 nat, so compare within half a step) and the same realized-token log-probs (stored as float32).
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval()
+    b = r.read_rows("python", "train", [0, 5], order="rank")
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.from_numpy(b.tokens).long()).logits[:, :-1].float(), -1)
+    top = torch.topk(lp, TOP_K, -1)
+    assert np.abs(b.topk_logprobs - top.values.numpy()).max() <= 1 / 32 + 1e-6
+    same = [set(a) == set(c) for a, c in zip(b.topk_ids.reshape(-1, TOP_K).tolist(),
+                                            top.indices.numpy().reshape(-1, TOP_K).tolist())]
+    assert np.mean(same) > 0.95  # differences only where near-ties straddle rank K
+    tgt = lp.gather(-1, torch.from_numpy(b.tokens[:, 1:]).long().unsqueeze(-1))[..., 0].numpy()
+    assert np.abs(b.target_logprobs - tgt).max() < 1e-4
+
+
+def test_rerun_of_a_finished_dump_is_a_noop_that_says_so(reference_store, tiny_teacher, corpora_yaml):
+    root_json = reference_store / "zarr.json"
+    before = (root_json.read_bytes(), root_json.stat().st_mtime_ns)
+    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, reference_store))
+    assert code == 0, err
+    assert "already complete with these settings: nothing to do" in err
+    assert "Loading weights" not in err  # the teacher was not even loaded
+    assert (root_json.read_bytes(), root_json.stat().st_mtime_ns) == before
+
+
+def test_summary_reports_tokens_bytes_and_perplexity(tiny_teacher, corpora_yaml, tmp_path):
+    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, tmp_path / "s", "--max-rows-per-domain", "3"))
+    assert code == 0, err
+    assert "backend: hf (requested)" in err
+    assert f"summary: {3 * 3 * SEQ_LEN + 3 * HELDOUT * SEQ_LEN:,} tokens scored by hf" in err
+    assert "bytes/token" in err
+    for d in DOMAINS:
+        assert f"teacher held-out perplexity {d}:" in err
+    assert open_store(str(tmp_path / "s")).num_rows("legal", "train") == 3

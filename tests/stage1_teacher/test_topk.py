@@ -1,0 +1,57 @@
+"""topk_logprobs: hand-checked values, fp32 upcast, realized-token log-prob, and a naive full-vocab reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stage1_teacher.topk import topk_logprobs
+
+
+def test_hand_checked_distribution():
+    logits = torch.log(torch.tensor([[[0.1, 0.2, 0.3, 0.4]]]))  # [1, 1, 4], already normalized
+    tk = topk_logprobs(logits, k=2, targets=torch.tensor([[0]]))
+    assert tk.ids.tolist() == [[[3, 2]]]
+    assert tk.logprobs[0, 0].tolist() == pytest.approx([math.log(0.4), math.log(0.3)], abs=1e-6)
+    assert tk.target_logprobs.item() == pytest.approx(math.log(0.1), abs=1e-6)
+    assert tk.logprobs.dtype == torch.float32
+
+
+def test_shift_invariance_and_temperature():
+    logits = torch.tensor([[[1.0, 2.0, 3.0]]])
+    a = topk_logprobs(logits, 3)
+    b = topk_logprobs(logits + 100.0, 3)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    t2 = topk_logprobs(logits, 3, temperature=2.0)
+    z = math.log(sum(math.exp(x / 2) for x in (1.0, 2.0, 3.0)))
+    assert t2.logprobs[0, 0, 0].item() == pytest.approx(1.5 - z, abs=1e-6)
+
+
+def test_matches_naive_reference_and_upcasts_bf16():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 50, generator=g) * 4
+    targets = torch.randint(0, 50, (3, 5), generator=g)
+    tk = topk_logprobs(logits.bfloat16(), 7, targets=targets)
+    ref = torch.log_softmax(logits.bfloat16().float(), -1)  # the same bf16 inputs, normalized in fp32
+    assert tk.logprobs.dtype == torch.float32
+    for b in range(3):
+        for p in range(5):
+            order = sorted(range(50), key=lambda i: -ref[b, p, i].item())[:7]
+            assert set(tk.ids[b, p].tolist()) == set(order) or torch.allclose(
+                tk.logprobs[b, p], ref[b, p, order], atol=1e-6)  # ties may swap ids, never values
+            assert tk.logprobs[b, p].tolist() == pytest.approx(ref[b, p, order].tolist(), abs=1e-6)
+            assert tk.target_logprobs[b, p].item() == pytest.approx(ref[b, p, targets[b, p]].item(), abs=1e-6)
+    assert (tk.logprobs[..., :-1] >= tk.logprobs[..., 1:]).all()  # rank order
+
+
+def test_realized_token_outside_topk_is_kept_and_bad_args_fail():
+    logits = torch.tensor([[[5.0, 4.0, 3.0, -9.0]]])
+    tk = topk_logprobs(logits, 1, targets=torch.tensor([[3]]))
+    assert tk.ids.tolist() == [[[0]]]
+    assert tk.target_logprobs.item() < -10
+    with pytest.raises(ValueError, match="k must be in"):
+        topk_logprobs(logits, 5)
+    with pytest.raises(ValueError, match=r"\[B, P, V\]"):
+        topk_logprobs(logits[0], 1)
