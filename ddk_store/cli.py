@@ -1,4 +1,4 @@
-"""`ddk-store info | verify | finalize`: thin command-line wrappers over the reader, validator and writer."""
+"""`ddk-store info | verify | finalize | repair`: thin command-line wrappers over the reader, validator and writer."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from . import spec
-from .errors import DdkError
+from .errors import DdkError, StoreCorruptError
 from .storage import open_zarr_store
 
 
@@ -148,6 +148,50 @@ def finalize(url: str, storage_options: tuple[str, ...]) -> None:
         click.echo(f"finalized {url}: {len(meta.domains)} domains complete")
 
     run_cli(_finalize)
+
+
+@main.command()
+@click.argument("url")
+@storage_option
+def repair(url: str, storage_options: tuple[str, ...]) -> None:
+    """Verify, then clear the completion marker of every unit whose data is damaged so the dump rewrites it.
+
+    Rerun the same `ddk-teacher dump` command afterwards: it rewrites only those units and finalizes the store.
+    Problems outside unit data (metadata, array schema) cannot be repaired in place: the store must be re-dumped.
+    """
+    from .layout import Unit, unit_range
+    from .validate import validate_store
+    from .writer import StoreWriter
+
+    def _repair() -> int:
+        opts = parse_storage_options(storage_options)
+        issues = validate_store(url, storage_options=opts)
+        data = [i for i in issues if i.unit is not None]
+        other = [i for i in issues if i.unit is None and not i.where.startswith("metadata.status")
+                 and not i.where.startswith("metadata.domains[")]
+        if other:
+            for issue in other:
+                click.echo(f"FAIL {issue}", err=True)
+            raise StoreCorruptError(f"{url}: {len(other)} problem(s) outside unit data cannot be repaired in place; "
+                                    "dump the store again (ddk-teacher dump ... --overwrite)")
+        writer = StoreWriter.resume(url, storage_options=opts)
+        damaged = sorted({i.unit for i in data})
+        units = []
+        for dom, split, index in damaged:
+            lay = writer.layout(dom, split)
+            units.append(Unit(dom, split, index, *unit_range(index, lay.n_rows, lay.unit_rows)))
+        done_damaged = [u for u in units if writer.is_done(u)]
+        writer.reset_units(done_damaged)
+        for u in done_damaged:
+            click.echo(f"reset {u}")
+        return len(done_damaged)
+
+    n = run_cli(_repair)
+    if n:
+        click.echo(f"{n} unit(s) marked for rewriting; rerun the same `ddk-teacher dump` command to rewrite them "
+                   "and finalize the store")
+    else:
+        click.echo(f"nothing to repair in {url}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ FORMAT_MAJOR = 1
 ROOT_ATTR = "ddk"
 #: Key of the group attribute describing a (domain, split) group.
 GROUP_ATTR = "ddk_group"
+#: Root attribute holding a random token of the process that created the store (detects two creators racing).
+CLAIM_ATTR = "ddk_claim"
 
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"

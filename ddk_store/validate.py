@@ -21,6 +21,7 @@ class Issue:
 
     where: str
     what: str
+    unit: tuple[str, str, int] | None = None  # (domain, split, unit index) when the problem lies in one unit's data
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
@@ -73,8 +74,9 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
             for u in range(lay.num_units):
                 start, stop = u * lay.unit_rows, min(lay.n_rows, (u + 1) * lay.unit_rows)
                 where = f"{path} unit {u} (rows {start}-{stop - 1})"
+                uid = (dom, split, u)
                 if units[u, 0] != spec.UNIT_DONE:
-                    issues.append(Issue(where, "not written (no completion marker)"))
+                    issues.append(Issue(where, "not written (no completion marker)", uid))
                     continue
                 for col, name in enumerate(spec.CHECKSUMMED_ARRAYS, start=1):
                     arr = arrays[name]
@@ -82,19 +84,20 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                     missing = [c for c in range(start // lay.chunk_rows, -(-stop // lay.chunk_rows))
                                if f"{path}/{name}/c/{c}" + "/0" * (nd - 1) not in present[name]]
                     if missing:
-                        issues.append(Issue(f"{where} {name}", f"chunk(s) {missing} missing"))
+                        issues.append(Issue(f"{where} {name}", f"chunk(s) {missing} missing", uid))
                         continue
                     try:
                         data = arr[start:stop]
                     except ValueError as e:
                         issues.append(Issue(f"{where} {name}", f"chunk fails its crc32c checksum or cannot be "
-                                                              f"decoded (flipped or truncated bytes): {e}"))
+                                                              f"decoded (flipped or truncated bytes): {e}", uid))
                         continue
                     if crc32_of(data) != int(units[u, col]):
                         issues.append(Issue(f"{where} {name}", "content does not match the unit's crc32 "
-                                                              "(chunk replaced or data altered)"))
+                                                              "(chunk replaced or data altered)", uid))
                         continue
-                    issues.extend(Issue(f"{where} {name}", msg) for msg in _invariants(name, data, meta.encoding, v))
+                    issues.extend(Issue(f"{where} {name}", msg, uid)
+                                  for msg in _invariants(name, data, meta.encoding, v))
             if split == spec.SPLIT_HELDOUT and lay.n_rows and meta.status == spec.STATUS_COMPLETE:
                 issues.extend(_check_heldout_stats(reader, dom, arrays))
     return issues

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import time
+import uuid
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import zarr
 from zarr.core.sync import sync
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.group import GroupMetadata
+from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from . import codec, spec
 from ._version import __version__
@@ -21,10 +26,18 @@ from .storage import delete_store_prefix, normalize_url, open_zarr_store
 Rows = Mapping[str, Mapping[str, int]]
 
 
+# Settings a user chooses on the command line come first in a difference message: they are what to fix.
+_DIFF_FIRST = ("seq_len", "top_k", "encoding", "logprob_scale", "settings", "teacher", "tokenizer", "domains")
+
+
+def _diff_order(key: Any) -> tuple[int, str]:
+    return (_DIFF_FIRST.index(key) if key in _DIFF_FIRST else len(_DIFF_FIRST), str(key))
+
+
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """Dotted path and values of the first difference between two JSON-like values."""
+    """Dotted path and values of the first difference between two JSON-like values (command-line settings first)."""
     if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for key in sorted(set(a) | set(b), key=str):
+        for key in sorted(set(a) | set(b), key=_diff_order):
             sub = f"{path}.{key}" if path else str(key)
             if key not in a or key not in b:
                 return f"{sub}: store has {a.get(key, '<absent>')!r}, this run has {b.get(key, '<absent>')!r}"
@@ -59,18 +72,52 @@ def _check_rows(meta: StoreMeta, rows: Rows) -> dict[str, dict[str, int]]:
 
 
 def _ensure_nodes(root: zarr.Group, meta: StoreMeta, rows: Rows, chunk_rows: int, unit_rows: int) -> None:
-    """Create every domain/split group and array that does not exist yet."""
+    """Create every domain/split group and array that does not exist yet.
+
+    Another process may be creating the same nodes at the same moment (two dumps, or shards, started together):
+    a node that appears between the check and the creation is taken as it is; `_layout_difference` then checks it.
+    """
+    def group(parent: zarr.Group, name: str, **kwargs: Any) -> zarr.Group:
+        if name not in parent:
+            try:
+                return parent.create_group(name, **kwargs)
+            except ContainsGroupError:
+                pass
+        return parent[name]
+
     for dom in meta.domain_names:
-        dgrp = root[dom] if dom in root else root.create_group(dom)
+        dgrp = group(root, dom)
         for split in spec.SPLITS:
             layout = GroupLayout(rows[dom][split], chunk_rows, unit_rows)
-            if split in dgrp:
-                sgrp = dgrp[split]
-            else:
-                sgrp = dgrp.create_group(split, attributes={spec.GROUP_ATTR: layout.to_dict()})
+            sgrp = group(dgrp, split, attributes={spec.GROUP_ATTR: layout.to_dict()})
             for name, kwargs in array_specs(meta, layout).items():
                 if name not in sgrp:
-                    sgrp.create_array(name, **kwargs)
+                    try:
+                        sgrp.create_array(name, **kwargs)
+                    except (ContainsArrayError, ContainsGroupError):
+                        pass
+
+
+def _layout_difference(root: zarr.Group, meta: StoreMeta, wanted: Mapping[str, Mapping[str, dict]]) -> str | None:
+    """First difference between the groups and arrays on disk and the layout this run wants (None if they match)."""
+    for dom in meta.domain_names:
+        for split in spec.SPLITS:
+            try:
+                have = read_group_layout(root, dom, split)
+            except (KeyError, StoreFormatError) as e:
+                return f"{dom}/{split}: {e}"
+            diff = _first_difference({"rows": {dom: {split: have.to_dict()}}}, {"rows": {dom: {split: wanted[dom][split]}}})
+            if diff:
+                return diff
+            grp = root[group_path(dom, split)]
+            for name, kwargs in array_specs(meta, have).items():
+                if name not in grp:
+                    return f"{dom}/{split}/{name}: array missing"
+                arr = grp[name]
+                if tuple(arr.shape) != tuple(kwargs["shape"]) or np.dtype(arr.dtype) != np.dtype(kwargs["dtype"]):
+                    return (f"{dom}/{split}/{name}: store has shape {tuple(arr.shape)} {arr.dtype}, this run has "
+                            f"{tuple(kwargs['shape'])} {np.dtype(kwargs['dtype'])}")
+    return None
 
 
 class StoreWriter:
@@ -89,7 +136,7 @@ class StoreWriter:
     @classmethod
     def open_or_create(cls, url: str, meta: StoreMeta, rows: Rows, *, overwrite: bool = False,
                        storage_options: Mapping[str, Any] | None = None, unit_rows: int | None = None,
-                       chunk_rows: int | None = None) -> "StoreWriter":
+                       chunk_rows: int | None = None, _retry: bool = False) -> "StoreWriter":
         """Create a new store, resume an identical unfinished one, or return a finished identical one.
 
         Raises:
@@ -106,10 +153,17 @@ class StoreWriter:
 
         doc = read_root_doc(store)
         if doc is None and not sync(store.is_empty("")):
-            raise StoreExistsError(
-                f"{url} is not empty and holds no ddk store; refusing to write there (and to delete it even with "
-                "--overwrite): choose an empty or new location"
-            )
+            # Another writer may be creating the store this instant (its root document is being written).
+            for _ in range(20):
+                time.sleep(0.1)
+                doc = read_root_doc(store)
+                if doc is not None:
+                    break
+            if doc is None:
+                raise StoreExistsError(
+                    f"{url} is not empty and holds no ddk store; refusing to write there (and to delete it even with "
+                    "--overwrite): choose an empty or new location"
+                )
         if doc is not None:
             try:
                 existing = root_meta_from_doc(doc, url)
@@ -122,8 +176,7 @@ class StoreWriter:
                 # A writer killed while creating the store leaves groups or arrays missing: add them (idempotent).
                 if existing.status == spec.STATUS_WRITING:
                     _ensure_nodes(root, existing, rows, chunk_rows, unit_rows)
-                have = {d: {s: read_group_layout(root, d, s).to_dict() for s in spec.SPLITS} for d in existing.domain_names}
-                diff = _first_difference({"rows": have}, {"rows": wanted})
+                diff = _layout_difference(root, existing, wanted)
             if diff is None:
                 return cls(url, store, root, existing, resumed=True)
             if not overwrite:
@@ -138,9 +191,35 @@ class StoreWriter:
         meta = meta.replace(status=spec.STATUS_WRITING, tool_version=f"ddk {__version__}", created_at=now)
         # Root metadata (status 'writing') first: from then on readers refuse the store and a rerun recognizes it
         # as its own, even if this process dies before every group and array exists.
-        root = zarr.create_group(store, attributes={spec.ROOT_ATTR: meta.to_dict()})
+        claim = uuid.uuid4().hex
+        # Exclusive create where the storage has one (local disks: a hard link that fails if the file exists);
+        # object stores check then write, and the read-back below catches the rest of the race.
+        doc = {spec.ROOT_ATTR: meta.to_dict(), spec.CLAIM_ATTR: claim}
+        sync(store.set_if_not_exists("zarr.json", GroupMetadata(attributes=doc).to_buffer_dict(
+            default_buffer_prototype())["zarr.json"]))
+        if ((read_root_doc(store) or {}).get("attributes") or {}).get(spec.CLAIM_ATTR) != claim:
+            if _retry:
+                raise StoreExistsError(f"{url}: another process keeps recreating this store; stop the other dump")
+            # Another process created it between our look and our write: decide as for any existing store.
+            return cls.open_or_create(url, meta, rows, overwrite=False, storage_options=storage_options,
+                                      unit_rows=unit_rows, chunk_rows=chunk_rows, _retry=True)
+        root = zarr.open_group(store, mode="r+")
         _ensure_nodes(root, meta, rows, chunk_rows, unit_rows)
-        return cls(url, store, root, meta, resumed=False)
+        # Two processes may have created this store at the same moment (a second dump pointed at the same new
+        # store by mistake). The last root write wins; check what is there now before writing any data.
+        doc = read_root_doc(store) or {}
+        winner = root_meta_from_doc(doc, url)
+        ours = (doc.get("attributes") or {}).get(spec.CLAIM_ATTR) == claim
+        diff = _first_difference({"meta": winner.identity()}, {"meta": meta.identity()})
+        if diff is None:
+            diff = _layout_difference(zarr.open_group(store, mode="r+"), meta, wanted)
+        if diff is not None:
+            raise StoreExistsError(
+                f"another process created a ddk store at {url} at the same moment with different settings ({diff}); "
+                "nothing was written by this run. Stop one of the two dumps, then rerun the other"
+                + ("" if ours else " with --overwrite")
+            )
+        return cls(url, store, zarr.open_group(store, mode="r+"), winner, resumed=not ours)
 
     @classmethod
     def resume(cls, url: str, meta: StoreMeta | None = None, *,
@@ -232,6 +311,20 @@ class StoreWriter:
             arrays[name][unit.start:unit.stop] = stored[name]
         marker = np.array([spec.UNIT_DONE] + [crc32_of(stored[name]) for name in spec.CHECKSUMMED_ARRAYS], dtype="<u4")
         arrays[spec.ARR_UNITS][unit.index] = marker
+
+    def reset_units(self, units: list[Unit]) -> None:
+        """Clear the completion marker of ``units`` (and the store's 'complete' status) so a rerun rewrites them.
+
+        Used by ``ddk-store repair`` on units whose data fails verification. The status flips to 'writing' first, so
+        readers refuse the store from the moment any marker is cleared until it is finalized again.
+        """
+        if not units:
+            return
+        if self.meta.status != spec.STATUS_WRITING:
+            self.meta = self.meta.replace(status=spec.STATUS_WRITING)
+            self._root.attrs[spec.ROOT_ATTR] = self.meta.to_dict()
+        for unit in units:
+            self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS][unit.index] = np.zeros(5, dtype="<u4")
 
     # ----------------------------------------------------------------- finalize
     def missing_units(self) -> list[Unit]:
