@@ -11,7 +11,9 @@ from .errors import (
     StoreExistsError,
     StoreFormatError,
     StoreIncompleteError,
+    StoreNoSpaceError,
     StoreNotFoundError,
+    StoreUnreachableError,
     StoreVersionError,
 )
 from .fingerprint import tokenizer_fingerprint
@@ -22,7 +24,7 @@ from .writer import StoreWriter
 
 __all__ = [
     "__version__", "ConfigError", "DdkError", "InvalidNameError", "MissingDependencyError", "ReadOnlyError",
-    "StoreCorruptError", "StoreExistsError", "StoreFormatError", "StoreIncompleteError", "StoreNotFoundError",
+    "StoreCorruptError", "StoreExistsError", "StoreFormatError", "StoreIncompleteError", "StoreNoSpaceError", "StoreNotFoundError", "StoreUnreachableError",
     "StoreVersionError", "tokenizer_fingerprint", "Unit", "DomainInfo", "SourceInfo", "StoreMeta", "TeacherInfo",
     "TokenizerInfo", "validate_domain_name", "RowBatch", "StoreReader", "open_store", "StoreWriter",
 ]

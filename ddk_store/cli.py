@@ -10,6 +10,7 @@ import click
 
 from . import spec
 from .errors import DdkError, StoreCorruptError
+from .retry import retry_call
 from .storage import open_zarr_store
 
 
@@ -119,7 +120,9 @@ def verify(url: str, storage_options: tuple[str, ...]) -> None:
     if issues:
         for issue in issues:
             click.echo(f"FAIL {issue}", err=True)
-        click.echo(f"error: {len(issues)} problem(s) in {url}", err=True)
+        hint = (f"; `ddk-store repair {url}` marks the damaged units for rewriting by the same dump command"
+                if any(i.unit is not None for i in issues) else "")
+        click.echo(f"error: {len(issues)} problem(s) in {url} (first: {issues[0].where}){hint}", err=True)
         sys.exit(1)
     click.echo(f"ok: {url} passes every checksum and invariant")
 
@@ -134,7 +137,8 @@ def finalize(url: str, storage_options: tuple[str, ...]) -> None:
 
     def _finalize() -> None:
         opts = parse_storage_options(storage_options)
-        doc = read_root_doc(open_zarr_store(url, read_only=True, storage_options=opts))
+        zstore = open_zarr_store(url, read_only=True, storage_options=opts)
+        doc = retry_call(lambda: read_root_doc(zstore, url), what="reading the root metadata", url=url)
         if doc is None:
             from .errors import StoreNotFoundError
 

@@ -45,3 +45,19 @@ class ConfigError(DdkError):
 
 class MissingDependencyError(DdkError, ImportError):
     """An optional dependency needed by the requested feature is not installed."""
+
+
+class StoreUnreachableError(DdkError, ConnectionError):
+    """The store (usually an object store) kept failing with transient errors for longer than the retry budget."""
+
+    def __init__(self, detail: str, hint: str = "rerun the same command to resume once it is reachable") -> None:
+        self.detail, self.hint = detail, hint
+        super().__init__(f"{detail}; {hint}")
+
+    def with_hint(self, hint: str) -> "StoreUnreachableError":
+        """The same error with another way to resume (the trainer's is ``--resume``)."""
+        return StoreUnreachableError(self.detail, hint)
+
+
+class StoreNoSpaceError(DdkError, OSError):
+    """A write failed because the filesystem holding the store is full (or over quota)."""

@@ -79,25 +79,34 @@ def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any
     }
 
 
-def read_root_doc(store: Store) -> Mapping[str, Any] | None:
-    """The root group's zarr.json as a dict, or None when there is none."""
+def read_root_doc(store: Store, where: str | None = None) -> Mapping[str, Any] | None:
+    """The root group's zarr.json as a dict, or None when there is none (``where`` names the store in errors)."""
     try:
         buf = sync(store.get("zarr.json", prototype=default_buffer_prototype()))
     except FileNotFoundError:  # a read-only LocalStore whose directory does not exist
         return None
     if buf is None:
         return None
+    name = where or "the store"
     try:
-        return json.loads(buf.to_bytes())
+        doc = json.loads(buf.to_bytes())
     except ValueError as e:
-        raise StoreFormatError(f"root zarr.json is not valid JSON: {e}") from None
+        raise StoreFormatError(f"{name}: root zarr.json is not valid JSON: {e}") from None
+    except RecursionError:
+        raise StoreFormatError(f"{name}: root zarr.json is nested too deeply to be a store's metadata") from None
+    if not isinstance(doc, Mapping):
+        raise StoreFormatError(f"{name}: root zarr.json is a JSON {type(doc).__name__}, not an object")
+    return doc
 
 
 def root_meta_from_doc(doc: Mapping[str, Any], where: str) -> StoreMeta:
     attrs = doc.get("attributes") if isinstance(doc, Mapping) else None
     if not isinstance(attrs, Mapping) or spec.ROOT_ATTR not in attrs:
         raise StoreFormatError(f"{where} is a zarr group but not a ddk store (no '{spec.ROOT_ATTR}' attribute)")
-    return StoreMeta.from_dict(attrs[spec.ROOT_ATTR])
+    try:
+        return StoreMeta.from_dict(attrs[spec.ROOT_ATTR])
+    except StoreFormatError as e:
+        raise type(e)(f"{where}: {e}") from None
 
 
 def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:

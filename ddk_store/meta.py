@@ -13,12 +13,22 @@ from .errors import InvalidNameError, StoreFormatError, StoreVersionError
 
 def validate_domain_name(name: object) -> str:
     """Return ``name`` if it is a valid domain name (it becomes a path component), else raise InvalidNameError."""
-    if not isinstance(name, str) or not spec.DOMAIN_NAME_RE.match(name):
+    # fullmatch: with match(), the pattern's "$" also accepts a trailing newline ("alpha\n" would become a path).
+    if not isinstance(name, str) or not spec.DOMAIN_NAME_RE.fullmatch(name):
         raise InvalidNameError(
             f"invalid domain name {name!r}: use 1-64 characters from [a-z0-9_.-], starting with a letter or digit "
             "(domain names become paths in the store)"
         )
     return name
+
+
+def _short(value: Any) -> str:
+    """repr of a received value for a message, cut short (a damaged field can be huge)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # ints beyond Python's digit limit, absurdly nested containers
+        return f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _where(ctx: str, key: str) -> str:
@@ -28,7 +38,8 @@ def _where(ctx: str, key: str) -> str:
 def parse_str(d: Mapping[str, Any], key: str, ctx: str = "", *, allow_empty: bool = True) -> str:
     value = _require(d, key, ctx)
     if not isinstance(value, str) or (not allow_empty and not value):
-        raise StoreFormatError(f"field '{_where(ctx, key)}': expected a {'non-empty ' if not allow_empty else ''}string, got {value!r}")
+        kind = "a non-empty string" if not allow_empty else "a string"
+        raise StoreFormatError(f"field '{_where(ctx, key)}': expected {kind}, got {_short(value)}")
     return value
 
 
@@ -39,7 +50,7 @@ def parse_int(d: Mapping[str, Any], key: str, ctx: str = "", *, lo: int | None =
     value = _require(d, key, ctx)
     if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (hi is not None and value > hi):
         rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise StoreFormatError(f"field '{_where(ctx, key)}': expected int{rng}, got {value!r}")
+        raise StoreFormatError(f"field '{_where(ctx, key)}': expected int{rng}, got {_short(value)}")
     return value
 
 
@@ -47,9 +58,13 @@ def parse_float(d: Mapping[str, Any], key: str, ctx: str = "", *, optional: bool
     if optional and d.get(key) is None:
         return None
     value = _require(d, key, ctx)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise StoreFormatError(f"field '{_where(ctx, key)}': expected a finite number, got {value!r}")
-    return float(value)
+    try:
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:  # an int beyond float range
+        number = math.nan
+    if not math.isfinite(number):
+        raise StoreFormatError(f"field '{_where(ctx, key)}': expected a finite number, got {_short(value)}")
+    return number
 
 
 def _require(d: Mapping[str, Any], key: str, ctx: str) -> Any:
@@ -61,6 +76,8 @@ def _require(d: Mapping[str, Any], key: str, ctx: str) -> Any:
 
 
 def _reject_unknown(d: Mapping[str, Any], cls: type, ctx: str) -> None:
+    if not isinstance(d, Mapping):
+        raise StoreFormatError(f"field '{ctx or '<root>'}': expected an object, got {type(d).__name__}")
     known = {f.name for f in fields(cls)}
     # Extensions are allowed under "x_..." keys (readers that do not understand them MUST ignore them).
     unknown = sorted(k for k in d if k not in known and not str(k).startswith("x_"))
@@ -109,8 +126,8 @@ class TokenizerInfo:
     def from_dict(cls, d: Mapping[str, Any], ctx: str = "tokenizer") -> "TokenizerInfo":
         _reject_unknown(d, cls, ctx)
         fp = parse_str(d, "fingerprint", ctx, allow_empty=False)
-        if not _FINGERPRINT_RE.match(fp):
-            raise StoreFormatError(f"field '{ctx}.fingerprint': expected '<algo>:<hex>', got {fp!r}")
+        if not _FINGERPRINT_RE.fullmatch(fp):
+            raise StoreFormatError(f"field '{ctx}.fingerprint': expected '<algo>:<hex>', got {_short(fp)}")
         vocab = parse_int(d, "vocab_size", ctx, lo=1, hi=2**31 - 1)
         return cls(
             name=parse_str(d, "name", ctx),
@@ -190,19 +207,23 @@ class DomainInfo:
 def parse_format(d: Mapping[str, Any]) -> str:
     fmt = parse_str(d, "format", "")
     if fmt != spec.FORMAT_NAME:
-        raise StoreFormatError(f"field 'format': expected {spec.FORMAT_NAME!r}, got {fmt!r}: not a ddk teacher store")
+        raise StoreFormatError(f"field 'format': expected {spec.FORMAT_NAME!r}, got {_short(fmt)}: "
+                               "not a ddk teacher store")
     return fmt
 
 
 def parse_format_version(d: Mapping[str, Any]) -> str:
     version = parse_str(d, "format_version", "")
-    m = re.match(r"^(\d+)\.(\d+)$", version)
+    m = re.fullmatch(r"([0-9]+)\.([0-9]+)", version)
     if not m:
-        raise StoreFormatError(f"field 'format_version': expected 'MAJOR.MINOR', got {version!r}")
-    if int(m.group(1)) != spec.FORMAT_MAJOR:
+        raise StoreFormatError(f"field 'format_version': expected 'MAJOR.MINOR', got {_short(version)}")
+    # Compared as text: int() of thousands of digits raises (Python's int-string limit).
+    major = m.group(1).lstrip("0") or "0"
+    if major != str(spec.FORMAT_MAJOR):
+        shown = version if len(version) <= 20 else version[:17] + "..."
         raise StoreVersionError(
-            f"store format version {version} is not supported: this ddk reads major version {spec.FORMAT_MAJOR} "
-            f"(format {spec.FORMAT_VERSION}); use a ddk release that supports version {m.group(1)}.x"
+            f"store format version {shown} is not supported: this ddk reads major version {spec.FORMAT_MAJOR} "
+            f"(format {spec.FORMAT_VERSION}); use a ddk release that supports version {shown.split('.')[0]}.x"
         )
     return version
 
@@ -211,7 +232,7 @@ def parse_encoding(d: Mapping[str, Any]) -> str:
     enc = parse_str(d, "encoding", "")
     if enc not in spec.ENCODINGS:
         raise StoreVersionError(
-            f"field 'encoding': unknown top-k encoding {enc!r}; this ddk knows {list(spec.ENCODINGS)}: "
+            f"field 'encoding': unknown top-k encoding {_short(enc)}; this ddk knows {list(spec.ENCODINGS)}: "
             "upgrade ddk to read this store"
         )
     return enc
@@ -220,7 +241,7 @@ def parse_encoding(d: Mapping[str, Any]) -> str:
 def parse_status(d: Mapping[str, Any]) -> str:
     status = parse_str(d, "status", "")
     if status not in spec.STATUSES:
-        raise StoreFormatError(f"field 'status': expected one of {list(spec.STATUSES)}, got {status!r}")
+        raise StoreFormatError(f"field 'status': expected one of {list(spec.STATUSES)}, got {_short(status)}")
     return status
 
 

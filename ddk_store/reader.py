@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
+import zarr.errors
 from zarr.core.sync import sync
 
 from . import codec, spec
 from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, StoreNotFoundError
 from .groups import GroupLayout, group_path, read_group_layout, read_root_doc, root_meta_from_doc
 from .meta import StoreMeta
+from .retry import is_transient, retry_call
 from .storage import normalize_url, open_zarr_store
 
 
@@ -37,6 +40,15 @@ def _contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
+#: What zarr raises for metadata it cannot turn into a node (wrong node type, unknown codec, bad field).
+_ZARR_METADATA_ERRORS = (zarr.errors.BaseZarrError, zarr.errors.UnknownCodecError, TypeError, ValueError,
+                         AttributeError)
+
+
+def describe_zarr(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"[:200]
+
 class StoreReader:
     """Read-only view of a complete store."""
 
@@ -44,7 +56,7 @@ class StoreReader:
                  allow_incomplete: bool = False) -> None:
         self.url = normalize_url(url)
         self._zstore = open_zarr_store(self.url, read_only=True, storage_options=storage_options)
-        doc = read_root_doc(self._zstore)
+        doc = retry_call(lambda: read_root_doc(self._zstore), what="reading the root metadata", url=self.url)
         if doc is None:
             raise StoreNotFoundError(
                 f"no ddk store at {self.url} (no root zarr.json); check the URL, or create one with `ddk-teacher dump`"
@@ -56,7 +68,14 @@ class StoreReader:
                 "running. Resume it by rerunning the same `ddk-teacher dump ... --store` command; after sharded dumps "
                 f"run `ddk-store finalize {self.url}`"
             )
-        self._root = zarr.open_group(self._zstore, mode="r")
+        def open_root() -> zarr.Group:
+            try:
+                return zarr.open_group(self._zstore, mode="r")
+            except _ZARR_METADATA_ERRORS as e:
+                raise StoreFormatError(f"store {self.url}: root zarr.json is not a zarr group ({describe_zarr(e)}); "
+                                       "this is not a ddk store, or its metadata was damaged") from None
+
+        self._root = retry_call(open_root, what="opening the root group", url=self.url)
         self._layouts: dict[tuple[str, str], GroupLayout] = {}
         self._arrays: dict[tuple[str, str], dict[str, Any]] = {}
 
@@ -82,32 +101,120 @@ class StoreReader:
         if key not in self._layouts:
             if domain not in self.meta.domain_names:
                 raise KeyError(f"no domain {domain!r} in store {self.url}; domains: {self.domains}")
-            self._layouts[key] = read_group_layout(self._root, domain, split)
+            self._layouts[key] = retry_call(lambda: read_group_layout(self._root, domain, split), url=self.url,
+                                            what=f"reading the layout of {domain}/{split}")
         return self._layouts[key]
 
     def num_rows(self, domain: str, split: str) -> int:
         return self.layout(domain, split).n_rows
 
     def arrays(self, domain: str, split: str) -> dict[str, zarr.Array]:
+        """The five arrays of a group, opened once; their shapes are checked against the group layout."""
         key = (domain, split)
         if key not in self._arrays:
             lay = self.layout(domain, split)
-            grp = self._root[group_path(domain, split)]
-            arrs = {}
-            for name in (*spec.DATA_ARRAYS, spec.ARR_UNITS):
-                try:
-                    arrs[name] = grp[name]
-                except KeyError:
-                    raise StoreFormatError(f"array '{group_path(domain, split)}/{name}' is missing") from None
-            if arrs[spec.ARR_TOKENS].shape[0] != lay.n_rows:
-                raise StoreFormatError(f"array '{group_path(domain, split)}/tokens' has {arrs[spec.ARR_TOKENS].shape[0]} "
-                                       f"rows, layout says {lay.n_rows}")
+            path = group_path(domain, split)
+
+            def open_arrays() -> dict[str, Any]:
+                grp = self._root[path]
+                arrs = {}
+                for name in (*spec.DATA_ARRAYS, spec.ARR_UNITS):
+                    try:
+                        arrs[name] = grp[name]
+                    except KeyError:
+                        raise StoreFormatError(f"store {self.url}: array '{path}/{name}' is missing; "
+                                               f"{self._verify_hint()}") from None
+                    except _ZARR_METADATA_ERRORS as e:
+                        raise StoreFormatError(f"store {self.url}: array '{path}/{name}' has metadata this reader "
+                                               f"refuses ({describe_zarr(e)}); {self._verify_hint()}") from None
+                    # Allowlist: only the spec's codecs are ever decoded (no pickle or third-party codec can run).
+                    names = [c.to_dict()["name"] for c in arrs[name].metadata.codecs]
+                    bad = [n for n in names if n not in spec.ALLOWED_CODECS]
+                    if bad:
+                        raise StoreFormatError(f"store {self.url}: array '{path}/{name}' declares codec(s) {bad}, "
+                                               f"outside the store format's {sorted(spec.ALLOWED_CODECS)}; refusing "
+                                               f"to decode it. {self._verify_hint()}")
+                return arrs
+
+            arrs = retry_call(open_arrays, what=f"opening the arrays of {path}", url=self.url)
+            t, p, k = self.meta.seq_len, self.meta.positions, self.meta.top_k
+            want = {spec.ARR_TOKENS: (lay.n_rows, t), spec.ARR_TOPK_IDS: (lay.n_rows, p, k),
+                    spec.ARR_TOPK_LOGPROBS: (lay.n_rows, p, k), spec.ARR_TARGET_LOGPROBS: (lay.n_rows, p),
+                    spec.ARR_UNITS: (lay.num_units, 1 + len(spec.CHECKSUMMED_ARRAYS))}
+            for name, shape in want.items():
+                if tuple(arrs[name].shape) != shape:
+                    raise StoreFormatError(
+                        f"store {self.url}: array '{path}/{name}' has shape {tuple(arrs[name].shape)} but the group "
+                        f"layout ({spec.GROUP_ATTR}: {lay.n_rows} rows, {lay.num_units} units) and the root metadata "
+                        f"(seq_len {t}, top_k {k}) give {shape}: the metadata was edited or the store is damaged; "
+                        f"{self._verify_hint()}")
             self._arrays[key] = arrs
         return self._arrays[key]
 
+    def _verify_hint(self) -> str:
+        return (f"run `ddk-store verify {self.url}` to list every problem, then `ddk-store repair {self.url}` and "
+                f"rerun the dump (or dump the store again)")
+
+    def _where(self, domain: str, split: str, name: str, rows: tuple[int, int]) -> str:
+        lay = self.layout(domain, split)
+        units = sorted({r // lay.unit_rows for r in range(rows[0], rows[1])})
+        unit = f"unit {units[0]}" if len(units) == 1 else f"units {units[0]}-{units[-1]}"
+        return f"{group_path(domain, split)}/{name} rows {rows[0]}-{rows[1] - 1} ({unit})"
+
+    def check_structure(self) -> None:
+        """Cheap checks before a store is used: metadata documents only, no chunk data (a few small reads per group).
+
+        Every group's arrays exist and have the shapes its layout and the root metadata give. Chunk data is checked
+        as it is read (crc32c, fill values), held-out statistics by :meth:`heldout_nll`, and everything by
+        ``ddk-store verify``.
+
+        Raises:
+            StoreFormatError: a group or array is missing or does not match the metadata (names which and how).
+        """
+        for dom in self.domains:
+            for split in spec.SPLITS:
+                self.arrays(dom, split)
+
+    def heldout_nll(self, domain: str) -> float | None:
+        """Teacher mean NLL over the domain's held-out split, computed from the data and checked against the metadata.
+
+        Raises:
+            StoreCorruptError: the data is damaged, or the metadata's ``heldout_nll``/``heldout_ppl`` disagree with it
+                (relative tolerance 1e-6, as ``ddk-store verify``).
+        """
+        n = self.num_rows(domain, spec.SPLIT_HELDOUT)
+        info = self.meta.domain(domain)
+        if n == 0:
+            return None
+        # Only target_logprobs (4 bytes per position), not the top-k arrays: a few MB per domain even for big stores.
+        split, name = spec.SPLIT_HELDOUT, spec.ARR_TARGET_LOGPROBS
+        arr = self.arrays(domain, split)[name]
+        try:
+            target = retry_call(lambda: arr[:n], what=f"reading {group_path(domain, split)}/{name}", url=self.url)
+        except (ValueError, RuntimeError) as e:  # crc32c mismatch or undecodable chunk
+            raise StoreCorruptError(self._locate_bad_chunk(domain, split, name, np.arange(n), e)) from None
+        missing = np.flatnonzero(np.isnan(target).any(axis=1))  # (n, P): NaN is the fill value
+        if missing.size:
+            raise StoreCorruptError(self._missing_chunk_message(domain, split, name, int(missing[0])))
+        nll = float(-np.mean(target, dtype=np.float64))
+        where = f"store {self.url}: metadata domains[{domain}]"
+        if info.heldout_nll is None or not math.isclose(info.heldout_nll, nll, rel_tol=1e-6, abs_tol=1e-9):
+            raise StoreCorruptError(
+                f"{where}.heldout_nll records {info.heldout_nll} but {domain}/heldout/{spec.ARR_TARGET_LOGPROBS} "
+                f"rows 0-{n - 1} give {nll:.6f}: the metadata was edited or the data altered; {self._verify_hint()}")
+        if info.heldout_ppl is None or not math.isclose(info.heldout_ppl, math.exp(nll), rel_tol=1e-6):
+            raise StoreCorruptError(
+                f"{where}.heldout_ppl records {info.heldout_ppl} but exp(heldout_nll) from "
+                f"{domain}/heldout/{spec.ARR_TARGET_LOGPROBS} rows 0-{n - 1} is {math.exp(nll):.6f}: the metadata "
+                f"was edited; {self._verify_hint()}")
+        return nll
+
     # ------------------------------------------------------------- reading
     def read_stored(self, domain: str, split: str, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw stored (encoded) arrays for sorted unique ``rows``: one concurrent fetch for all four arrays."""
+        """Raw stored (encoded) arrays for sorted unique ``rows``: one concurrent fetch for all four arrays.
+
+        Transient object-store failures are retried (retry.py); a chunk that fails its crc32c is located and named.
+        """
         arrays = self.arrays(domain, split)
         runs = _contiguous_runs(rows)
 
@@ -117,17 +224,51 @@ class StoreReader:
                 return await arr.getitem(slice(*runs[0]))
             return await arr.get_orthogonal_selection((rows,) + (slice(None),) * (len(arr.shape) - 1))
 
-        async def fetch_all() -> list[np.ndarray]:
-            return await asyncio.gather(*(fetch(name) for name in spec.DATA_ARRAYS))
+        async def fetch_all() -> list[Any]:
+            return await asyncio.gather(*(fetch(name) for name in spec.DATA_ARRAYS), return_exceptions=True)
 
-        try:
+        def attempt() -> list[Any]:
             out = sync(fetch_all())
-        except ValueError as e:  # crc32c mismatch or undecodable chunk
-            raise StoreCorruptError(
-                f"{group_path(domain, split)} rows {rows[:8].tolist()}{'...' if rows.size > 8 else ''}: "
-                f"corrupt chunk ({e}); run `ddk-store verify {self.url}` to locate every damaged unit"
-            ) from None
+            for r in out:
+                if isinstance(r, Exception) and is_transient(r):
+                    raise r  # retry the whole read
+            return out
+
+        span = f"{rows[0]}-{rows[-1]}" if rows.size else "none"
+        out = retry_call(attempt, what=f"reading {group_path(domain, split)} rows {span}", url=self.url)
+        for name, r in zip(spec.DATA_ARRAYS, out):
+            if isinstance(r, (ValueError, RuntimeError)):  # crc32c mismatch or undecodable chunk
+                raise StoreCorruptError(self._locate_bad_chunk(domain, split, name, rows, r)) from None
+            if isinstance(r, BaseException):
+                raise r
         return dict(zip(spec.DATA_ARRAYS, out))
+
+    def _locate_bad_chunk(self, domain: str, split: str, name: str, rows: np.ndarray, err: BaseException) -> str:
+        """The message for a chunk that cannot be decoded: read the requested chunks one by one to find it."""
+        lay = self.layout(domain, split)
+        arr = self.arrays(domain, split)[name]
+        bad = None
+        for c in np.unique(rows // lay.chunk_rows):
+            span = (int(c) * lay.chunk_rows, min(lay.n_rows, (int(c) + 1) * lay.chunk_rows))
+            try:
+                retry_call(lambda: arr[span[0]:span[1]], what=f"reading {group_path(domain, split)}/{name}",
+                           url=self.url)
+            except (ValueError, RuntimeError):
+                bad = span
+                break
+        span = bad or (int(rows[0]), int(rows[-1]) + 1)
+        detail = " ".join(str(err).split())[:120]
+        return (f"store {self.url}: {self._where(domain, split, name, span)}: chunk fails its crc32c checksum or "
+                f"cannot be decoded (flipped or truncated bytes: {detail}); {self._verify_hint()}")
+
+    def _missing_chunk_message(self, domain: str, split: str, name: str, row: int, also: Sequence[str] = ()) -> str:
+        """The message for fill values read at ``row``: the chunk holding it is missing (or was never written)."""
+        lay = self.layout(domain, split)
+        c = row // lay.chunk_rows
+        span = (c * lay.chunk_rows, min(lay.n_rows, (c + 1) * lay.chunk_rows))
+        more = f" (also damaged in these rows: {', '.join(also)})" if also else ""
+        return (f"store {self.url}: {self._where(domain, split, name, span)}: chunk missing or never written (fill "
+                f"values read where a unit marked done must hold data){more}; {self._verify_hint()}")
 
     def read_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray, *, order: str = "stored") -> RowBatch:
         """Decode rows (any order, repeats allowed) of one domain/split.
@@ -146,22 +287,21 @@ class StoreReader:
         st = self.read_stored(domain, split, uniq)
         meta = self.meta
         v = meta.tokenizer.vocab_size
-        bad = []
-        if st[spec.ARR_TOKENS].size and st[spec.ARR_TOKENS].max() >= v:
-            bad.append(spec.ARR_TOKENS)
-        if np.isnan(st[spec.ARR_TARGET_LOGPROBS]).any():
-            bad.append(spec.ARR_TARGET_LOGPROBS)
+        # A missing chunk decodes to fill values, all of them invalid (store-format.md section 6): find them by row.
         lp = st[spec.ARR_TOPK_LOGPROBS]
-        if lp.size and (np.isnan(lp).any() if lp.dtype.kind == "f" else lp.max() > spec.Q8_MAX):
-            bad.append(spec.ARR_TOPK_LOGPROBS)
-        topk = codec.decode_topk(st[spec.ARR_TOPK_IDS], lp, encoding=meta.encoding, scale=meta.logprob_scale)
-        if topk.ids.size and topk.ids.max() >= v:
-            bad.append(spec.ARR_TOPK_IDS)
+        bad_rows = {
+            spec.ARR_TOKENS: (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1),
+            # raw: ids (rank encoding) and deltas (idsort) are both < V in valid data; the fill is the dtype max
+            spec.ARR_TOPK_IDS: (st[spec.ARR_TOPK_IDS] >= v).reshape(len(uniq), -1).any(axis=1),
+            spec.ARR_TOPK_LOGPROBS: (np.isnan(lp) if lp.dtype.kind == "f" else lp > spec.Q8_MAX
+                                     ).reshape(len(uniq), -1).any(axis=1),
+            spec.ARR_TARGET_LOGPROBS: np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1),
+        } if uniq.size else {}
+        bad = [name for name, mask in bad_rows.items() if mask.any()]
         if bad:
-            raise StoreCorruptError(
-                f"{group_path(domain, split)} rows {uniq[:8].tolist()}: missing chunk(s) in {bad} (fill values read); "
-                f"run `ddk-store verify {self.url}` to locate every damaged unit"
-            )
+            row = int(uniq[np.flatnonzero(bad_rows[bad[0]])[0]])
+            raise StoreCorruptError(self._missing_chunk_message(domain, split, bad[0], row, also=bad[1:]))
+        topk = codec.decode_topk(st[spec.ARR_TOPK_IDS], lp, encoding=meta.encoding, scale=meta.logprob_scale)
         if order == "rank":
             topk = codec.sort_by_rank(topk)
         elif order != "stored":

