@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import queue
 import sys
 import threading
@@ -366,6 +367,12 @@ def score_units(cfg: Stage1Config, backend, writer: StoreWriter, pending, plans)
     failure: list[BaseException] = []
 
     def write_loop() -> None:
+        # The writer needs ~1% of a core; at the lowest CPU priority it never takes a core from a CPU teacher
+        # (Linux sets niceness per thread; elsewhere this is a no-op).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         while (item := q.get()) is not None:
             if failure:
                 continue  # drain so the producer never blocks after a failure
