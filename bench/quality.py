@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -157,6 +158,7 @@ def summarize(args) -> dict:
             "seeds": seeds,
             "per_domain": [[r[i] for r in ratios] for i in range(len(domains))],
             "mean": [statistics.mean(r) for r in ratios],
+            "geo": [math.exp(statistics.mean(math.log(x) for x in r)) for r in ratios],
             "worst": [max(r) for r in ratios],
             "ppl_student": [runs[(arm, s)]["final"]["ppl_student"] for s in seeds],
             "weights": {s: [iv["weights"] for iv in runs[(arm, s)]["intervals"]] for s in seeds},
@@ -213,11 +215,11 @@ def plot(summary: dict, fig_dir: Path) -> list[str]:
 
 def markdown(args, summary: dict, figs: list[str], fig_rel: str) -> str:
     domains, table = summary["domains"], summary["table"]
-    lines = ["| arm | " + " | ".join(domains) + " | mean | worst |", "|---" * (len(domains) + 3) + "|"]
+    lines = ["| arm | " + " | ".join(domains) + " | mean | geo. mean | worst |", "|---" * (len(domains) + 4) + "|"]
     for arm, row in table.items():
         cells = [mean_sd(v) for v in row["per_domain"]]
         lines.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(cells) + f" | **{mean_sd(row['mean'])}** | "
-                     f"**{mean_sd(row['worst'])}** |")
+                     f"{mean_sd(row['geo'])} | **{mean_sd(row['worst'])}** |")
     traj = []
     for arm in ("ddk", "wo-fs"):
         if arm not in table:
@@ -240,7 +242,8 @@ def markdown(args, summary: dict, figs: list[str], fig_rel: str) -> str:
         "## Final student/teacher perplexity ratio on each domain's held-out rows (lower is better)",
         "",
         f"Mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}. `mean` is the mean over domains of "
-        "each run's ratios, `worst` the largest domain ratio of each run.",
+        "each run's ratios, `geo. mean` their geometric mean (exp of the mean per-token log-loss gap to the teacher), "
+        "`worst` the largest domain ratio of each run.",
         "",
         *lines,
         "",
