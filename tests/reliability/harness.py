@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from tests.stage2_student.helpers import train_argv  # noqa: F401 (re-exported for the chaos scripts)
+
 REPO = Path(__file__).resolve().parents[2]
 
 #: Dump settings of every campaign: tiny rows and small units, so a dump has dozens of resume points.
@@ -426,17 +428,6 @@ def dump_kill_chain(argv: list[str], store: Path, moments: list[DumpMoment], ref
 
 
 # ------------------------------------------------------------------------------------------------ train kills
-def train_argv(store: str, student: Path, out: Path, **flags: Any) -> list[str]:
-    args = ["train", "--store", store, "--student", str(student), "--out", str(out)]
-    for k, v in flags.items():
-        flag = "--" + k.replace("_", "-")
-        if v is True:
-            args.append(flag)
-        elif v is not False and v is not None:
-            args += [flag, str(v)]
-    return args
-
-
 @dataclass(frozen=True)
 class TrainMoment:
     """When to kill training. ``kind``:

@@ -36,11 +36,17 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
         raise AssertionError(f"ddk-student {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
 
+
 def train_args(store: str, student: Path, out: Path, **flags) -> list[str]:
     base = {"steps": 12, "interval": 4, "batch_size": 4, "lr": 3e-3, "seed": 0, "eval_batch_size": 4}
     base.update(flags)
+    return train_argv(store, student, out, **base)
+
+
+def train_argv(store: str, student: Path, out: Path, **flags) -> list[str]:
+    """`ddk-student train` arguments: each keyword becomes --flag VALUE (True: bare flag; False/None: left out)."""
     args = ["train", "--store", store, "--student", str(student), "--out", str(out)]
-    for k, v in base.items():
+    for k, v in flags.items():
         flag = "--" + k.replace("_", "-")
         if v is True:
             args.append(flag)
