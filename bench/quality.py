@@ -77,11 +77,43 @@ def prepare(args) -> tuple[Path, Path, Path]:
     student = cache / "student" / f"smollm2-{args.layers}l"
     if not (student / "config.json").is_file():
         sh([BIN / "ddk-student", "init", "--teacher", teacher, "--layers", args.layers, "--out", student])
-    store = cache / "stores" / f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
-    sh([BIN / "ddk-teacher", "dump", "--teacher", teacher, "--corpora", cache / "corpus" / "CORPORA.yaml",
+    corpora = cache / "corpus" / "CORPORA.yaml"
+    tag = f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
+    if args.domain_rows:  # unequal domain sizes: a copy of the corpora file with per-domain max_rows
+        corpora = natural_corpora(corpora, args.domain_rows, Path(args.out))
+        tag += "-" + "-".join(f"{d}{n}" for d, n in args.domain_rows.items())
+    store = cache / "stores" / tag
+    sh([BIN / "ddk-teacher", "dump", "--teacher", teacher, "--corpora", corpora,
         "--store", store, "--seq-len", args.seq_len, "--top-k", 64, "--heldout-seqs", args.heldout,
         "--max-rows-per-domain", args.train_rows, "--backend", args.backend])
     return teacher, store, student
+
+
+def parse_domain_rows(text: str) -> dict[str, int]:
+    """'scripture=400,python=40' -> {'scripture': 400, 'python': 40} (argparse type)."""
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, _, n = item.partition("=")
+        if not n.isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(f"--domain-rows: expected name=ROWS with ROWS >= 1, got {item!r}")
+        out[name.strip()] = int(n)
+    return out
+
+
+def natural_corpora(corpora: Path, rows: dict[str, int], out: Path) -> Path:
+    """The built-in CORPORA.yaml with ``max_rows`` set per domain (absolute paths, so it can live anywhere)."""
+    import yaml
+
+    doc = yaml.safe_load(corpora.read_text(encoding="utf-8"))
+    unknown = set(rows) - set(doc["domains"])
+    if unknown:
+        sys.exit(f"--domain-rows: unknown domain(s) {sorted(unknown)}; the corpus has {sorted(doc['domains'])}")
+    for name, n in rows.items():
+        doc["domains"][name]["max_rows"] = n
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "CORPORA.natural.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def train_cmd(args, store: Path, student: Path, out: Path, steps: int, seed: int, extra: list[str]) -> list:
@@ -270,6 +302,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--train-rows", type=int, default=160, help="training rows per domain in the store")
     p.add_argument("--heldout", type=int, default=24, help="held-out rows per domain")
+    p.add_argument("--domain-rows", type=parse_domain_rows, default={},
+                   help="unequal domain sizes, e.g. scripture=400,python=40 (others keep --train-rows); the "
+                        "natural mixture follows them")
     p.add_argument("--max-mb", type=float, default=2.0, help="corpus MB per domain")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--backend", default="auto")
@@ -289,7 +324,7 @@ def main() -> None:
         run_all(args, store, student)
     summary = summarize(args)
     results = Path(args.results)
-    fig_dir = results.parent / "results"
+    fig_dir = results.parent / results.stem  # docs/results.md -> docs/results/*.png
     figs = plot(summary, fig_dir)
     body = markdown(args, summary, figs, os.path.relpath(fig_dir, results.parent))
     out = Path(args.out) / "results_tables.md"

@@ -14,8 +14,8 @@ from typing import Any
 from ddk_store.errors import ConfigError, DdkError
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
-_FILE_KEYS = {"paths", "format", "text_field"}
-_DATASET_KEYS = {"dataset", "config", "split", "text_field"}
+_FILE_KEYS = {"paths", "format", "text_field", "max_rows"}
+_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows"}
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,19 @@ class DomainSource:
     dataset: str | None = None
     dataset_config: str | None = None
     split: str = "train"
+    max_rows: int | None = None  # this domain's cap on training rows; None = the command's --max-rows-per-domain
 
     def spec_dict(self) -> dict[str, Any]:
         """The definition as written (no file contents): part of the store's resume-identity settings."""
-        return {"format": self.format, "patterns": list(self.patterns), "text_field": self.text_field,
-                "dataset": self.dataset, "config": self.dataset_config, "split": self.split}
+        d = {"format": self.format, "patterns": list(self.patterns), "text_field": self.text_field,
+             "dataset": self.dataset, "config": self.dataset_config, "split": self.split}
+        if self.max_rows is not None:  # only when set, so stores dumped before the key existed still resume
+            d["max_rows"] = self.max_rows
+        return d
+
+    def row_cap(self, default: int) -> int:
+        """Training-row cap for this domain: its own ``max_rows``, else the command's default (0 = no cap)."""
+        return default if self.max_rows is None else self.max_rows
 
 
 @dataclass
@@ -83,7 +91,18 @@ def load_corpora(path: str | Path) -> list[DomainSource]:
     return out
 
 
+def _max_rows(spec: dict, where: str) -> int | None:
+    value = spec.get("max_rows")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: field 'max_rows' must be a positive integer (training rows kept for this "
+                          f"domain), got {value!r}; remove it to use --max-rows-per-domain")
+    return value
+
+
 def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource:
+    max_rows = _max_rows(spec, where)
     if "dataset" in spec:
         unknown = set(spec) - _DATASET_KEYS
         if unknown:
@@ -94,7 +113,8 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
             if not (isinstance(value, str) and value.strip()) and not (optional and value is None):
                 raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
         return DomainSource(name=name, format="dataset", dataset=spec["dataset"], dataset_config=spec.get("config"),
-                            split=spec.get("split") or "train", text_field=spec.get("text_field") or "text")
+                            split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
+                            max_rows=max_rows)
     unknown = set(spec) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
@@ -126,7 +146,8 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
                 raise ConfigError(f"{where}: file {m} is not readable (check its permissions)")
         files.extend(matches)
     files = list(dict.fromkeys(files))  # overlapping globs: keep the first occurrence only
-    return DomainSource(name=name, format=fmt, files=tuple(files), patterns=tuple(patterns), text_field=text_field)
+    return DomainSource(name=name, format=fmt, files=tuple(files), patterns=tuple(patterns), text_field=text_field,
+                        max_rows=max_rows)
 
 
 def file_sha256(path: str) -> tuple[str, int]:

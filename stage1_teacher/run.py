@@ -148,9 +148,10 @@ def plan_domain(cfg: Stage1Config, src: DomainSource, tok) -> DomainPlan:
     def encode(texts: list[str]) -> list[list[int]]:
         return tok(texts, add_special_tokens=False)["input_ids"]
 
-    cap = cfg.heldout_seqs + cfg.max_rows_per_domain if cfg.max_rows_per_domain else 0
+    max_train = src.row_cap(cfg.max_rows_per_domain)
+    cap = cfg.heldout_seqs + max_train if max_train else 0
     packed = pack_rows(tokenize_batched(docs, encode), cfg.seq_len, tok.eos_token_id, max_rows=cap)
-    train, heldout = split_rows(packed, src.name, cfg.heldout_seqs, cfg.max_rows_per_domain, cfg.seq_len)
+    train, heldout = split_rows(packed, src.name, cfg.heldout_seqs, max_train, cfg.seq_len)
     if src.format == "dataset":
         sources = (SourceInfo(uri=f"hf://{src.dataset}/{src.dataset_config or ''}/{src.split}", sha256="", bytes=0),)
     else:

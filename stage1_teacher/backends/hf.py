@@ -65,7 +65,7 @@ class HFBackend:
                 logits = self.forward_logits(x)  # [b, T, V]
                 # Position p predicts token p + 1: drop the last position's logits, shift the targets.
                 for j in range(x.shape[0]):  # one row at a time keeps the fp32 log-softmax copy small
-                    tk = topk_logprobs(logits[j : j + 1, :-1], k, targets=x[j : j + 1, 1:])
+                    tk = topk_logprobs(logits[j : j + 1, :-1], k, targets=x[j : j + 1, 1:], consume=True)
                     ids[i + j] = tk.ids[0].cpu().numpy()
                     lps[i + j] = tk.logprobs[0].cpu().numpy()
                     tgt[i + j] = tk.target_logprobs[0].cpu().numpy()

@@ -132,3 +132,16 @@ def test_unreachable_hub_dataset_fails_fast_with_a_clear_message(tmp_path):
     else:  # a networked machine with that dataset would get here; this build machine never does
         assert docs
     assert time.perf_counter() - t < 15
+
+
+def test_per_domain_max_rows_is_parsed_validated_and_part_of_the_identity(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
+    srcs = load_corpora(write_yaml(tmp_path, "domains:\n  a: {paths: [a.txt], format: lines, max_rows: 7}\n"
+                                             "  b: {paths: [a.txt], format: lines}\n"))
+    assert [s.max_rows for s in srcs] == [7, None]
+    assert [s.row_cap(50) for s in srcs] == [7, 50]
+    assert srcs[0].spec_dict()["max_rows"] == 7
+    assert "max_rows" not in srcs[1].spec_dict()  # unset: the same identity as before the key existed
+    for bad in ("0", "-3", "lots", "true", "2.5"):
+        with pytest.raises(ConfigError, match=r"domain 'a'.*'max_rows' must be a positive integer"):
+            load_corpora(write_yaml(tmp_path, f"domains:\n  a: {{paths: [a.txt], format: lines, max_rows: {bad}}}\n"))

@@ -106,3 +106,16 @@ def test_summary_reports_tokens_bytes_and_perplexity(tiny_teacher, corpora_yaml,
     for d in DOMAINS:
         assert f"teacher held-out perplexity {d}:" in err
     assert open_store(str(tmp_path / "s")).num_rows("legal", "train") == 3
+
+
+def test_per_domain_max_rows_overrides_the_command_cap(tiny_teacher, corpora_yaml, tmp_path):
+    """A natural (unequal) mixture: one domain capped in CORPORA.yaml, the others by --max-rows-per-domain."""
+    text = corpora_yaml.read_text(encoding="utf-8").replace("format: lines}", "format: lines, max_rows: 2}")
+    capped = corpora_yaml.parent / "corpora_capped.yaml"  # beside the original: its relative paths still resolve
+    capped.write_text(text, encoding="utf-8")
+    code, err = run_cli(dump_argv(tiny_teacher, capped, tmp_path / "s", "--max-rows-per-domain", "5"))
+    assert code == 0, err
+    r = open_store(str(tmp_path / "s"))
+    assert {d: r.num_rows(d, "train") for d in DOMAINS} == {"scripture": 2, "python": 5, "legal": 5}
+    assert all(r.num_rows(d, "heldout") == HELDOUT for d in DOMAINS)
+    assert r.meta.settings["corpora"]["scripture"]["max_rows"] == 2

@@ -55,3 +55,20 @@ def test_realized_token_outside_topk_is_kept_and_bad_args_fail():
         topk_logprobs(logits, 5)
     with pytest.raises(ValueError, match=r"\[B, P, V\]"):
         topk_logprobs(logits[0], 1)
+
+
+def test_consume_overwrites_only_when_asked_and_gives_the_same_values():
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 30, generator=g) * 5
+    targets = torch.randint(0, 30, (2, 4), generator=g)
+    keep = logits.clone()
+    a = topk_logprobs(logits, 5, targets=targets)
+    assert torch.equal(logits, keep)  # default: the caller's logits are untouched
+    ref = torch.log_softmax(keep, -1)
+    b = topk_logprobs(logits[:, :-1], 5, targets=targets[:, :-1], consume=True)  # a view, as the hf backend passes
+    assert not torch.equal(logits, keep)  # consumed: the buffer was reused for the exp pass
+    assert torch.allclose(a.logprobs, ref.gather(-1, a.ids), atol=1e-6)
+    assert torch.allclose(b.logprobs, a.logprobs[:, :-1], atol=1e-6)
+    assert torch.equal(b.ids, a.ids[:, :-1])
+    assert torch.allclose(b.target_logprobs, ref[:, :-1].gather(-1, targets[:, :-1, None]).squeeze(-1), atol=1e-6)
+    assert torch.equal(logits[:, -1], keep[:, -1])  # outside the view nothing changed
