@@ -35,6 +35,13 @@ class ScoredRows:
     topk_logprobs: np.ndarray
     target_logprobs: np.ndarray
 
+    @classmethod
+    def empty(cls, n: int, t: int, k: int) -> ScoredRows:
+        """Uninitialized arrays for n rows of t tokens, for a backend to fill row by row."""
+        return cls(topk_ids=np.empty((n, t - 1, k), dtype=np.int32),
+                   topk_logprobs=np.empty((n, t - 1, k), dtype=np.float32),
+                   target_logprobs=np.empty((n, t - 1), dtype=np.float32))
+
 
 class TeacherBackend(Protocol):
     """A loaded teacher that scores packed rows. Construction loads the model; nothing else may."""

@@ -55,22 +55,20 @@ class HFBackend:
 
         n, t = tokens.shape
         k = self.opts.top_k
-        ids = np.empty((n, t - 1, k), dtype=np.int32)
-        lps = np.empty((n, t - 1, k), dtype=np.float32)
-        tgt = np.empty((n, t - 1), dtype=np.float32)
+        out = ScoredRows.empty(n, t, k)
         with torch.inference_mode():
             for i in range(0, n, self.rows_per_batch):
                 x = torch.from_numpy(np.ascontiguousarray(tokens[i : i + self.rows_per_batch])).long()
                 x = x.to(self.device)  # [b, T]
                 logits = self.forward_logits(x)  # [b, T, V]
                 # Position p predicts token p + 1: drop the last position's logits, shift the targets.
-                for j in range(x.shape[0]):  # one row at a time keeps the fp32 log-softmax copy small
+                for j in range(x.shape[0]):  # one row at a time keeps the fp32 work buffer small
                     tk = topk_logprobs(logits[j : j + 1, :-1], k, targets=x[j : j + 1, 1:], consume=True)
-                    ids[i + j] = tk.ids[0].cpu().numpy()
-                    lps[i + j] = tk.logprobs[0].cpu().numpy()
-                    tgt[i + j] = tk.target_logprobs[0].cpu().numpy()
+                    out.topk_ids[i + j] = tk.ids[0].cpu().numpy()
+                    out.topk_logprobs[i + j] = tk.logprobs[0].cpu().numpy()
+                    out.target_logprobs[i + j] = tk.target_logprobs[0].cpu().numpy()
                 del logits
-        return ScoredRows(topk_ids=ids, topk_logprobs=lps, target_logprobs=tgt)
+        return out
 
     def close(self) -> None:
         del self.model

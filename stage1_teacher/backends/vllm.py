@@ -84,12 +84,11 @@ class VLLMBackend:
     def score(self, tokens: np.ndarray) -> ScoredRows:
         n, t = tokens.shape
         k = self.opts.top_k
-        ids = np.empty((n, t - 1, k), dtype=np.int32)
-        lps = np.empty((n, t - 1, k), dtype=np.float32)
-        tgt = np.empty((n, t - 1), dtype=np.float32)
-        for r, out in enumerate(self.generate(tokens)):  # outputs come back in prompt order
-            unpack_prompt_logprobs(out.prompt_logprobs, tokens[r], k, ids[r], lps[r], tgt[r])
-        return ScoredRows(topk_ids=ids, topk_logprobs=lps, target_logprobs=tgt)
+        out = ScoredRows.empty(n, t, k)
+        for r, res in enumerate(self.generate(tokens)):  # outputs come back in prompt order
+            unpack_prompt_logprobs(res.prompt_logprobs, tokens[r], k, out.topk_ids[r], out.topk_logprobs[r],
+                                   out.target_logprobs[r])
+        return out
 
     def close(self) -> None:
         del self.llm

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -200,6 +200,11 @@ def _listdir(p: Path) -> list[str]:
         return []
 
 
+def moment_label(labels: dict[str, str], kind: str, value: float) -> str:
+    """A kill moment in words, for test ids and failure messages: '{pct}' is value as a percentage, '{n}' an int."""
+    return labels[kind].format(pct=f"{value:.0%}", n=int(value))
+
+
 # ------------------------------------------------------------------------------------------------ dump kills
 @dataclass(frozen=True)
 class DumpMoment:
@@ -216,17 +221,12 @@ class DumpMoment:
 
     kind: str
     value: float
+    LABELS: ClassVar[dict[str, str]] = {"start": "at {pct} of start-up", "write": "at {pct} of writing",
+                                        "marker": "after marker {n}", "chunk": "mid-unit, >= {n} markers",
+                                        "finalize": "during finalize"}
 
     def __str__(self) -> str:
-        if self.kind == "start":
-            return f"at {self.value:.0%} of start-up"
-        if self.kind == "write":
-            return f"at {self.value:.0%} of writing"
-        if self.kind == "marker":
-            return f"after marker {int(self.value)}"
-        if self.kind == "chunk":
-            return f"mid-unit, >= {int(self.value)} markers"
-        return "during finalize"
+        return moment_label(self.LABELS, self.kind, self.value)
 
 
 @dataclass(frozen=True)
@@ -442,17 +442,12 @@ class TrainMoment:
 
     kind: str
     value: float
+    LABELS: ClassVar[dict[str, str]] = {"start": "at {pct} of start-up", "train": "at {pct} of training",
+                                        "step": "after step {n}", "ckpt": "mid-checkpoint, >= step {n}",
+                                        "final": "during final save"}
 
     def __str__(self) -> str:
-        if self.kind == "start":
-            return f"at {self.value:.0%} of start-up"
-        if self.kind == "train":
-            return f"at {self.value:.0%} of training"
-        if self.kind == "step":
-            return f"after step {int(self.value)}"
-        if self.kind == "ckpt":
-            return f"mid-checkpoint, >= step {int(self.value)}"
-        return "during final save"
+        return moment_label(self.LABELS, self.kind, self.value)
 
 
 def train_schedule(seed: int, n: int, steps: int) -> list[TrainMoment]:
