@@ -11,6 +11,8 @@ from .errors import (
     StoreExistsError,
     StoreFormatError,
     StoreIncompleteError,
+    StoreAccessError,
+    StoreIOError,
     StoreNoSpaceError,
     StoreNotFoundError,
     StoreUnreachableError,
@@ -24,7 +26,7 @@ from .writer import StoreWriter
 
 __all__ = [
     "__version__", "ConfigError", "DdkError", "InvalidNameError", "MissingDependencyError", "ReadOnlyError",
-    "StoreCorruptError", "StoreExistsError", "StoreFormatError", "StoreIncompleteError", "StoreNoSpaceError", "StoreNotFoundError", "StoreUnreachableError",
+    "StoreAccessError", "StoreCorruptError", "StoreIOError", "StoreExistsError", "StoreFormatError", "StoreIncompleteError", "StoreNoSpaceError", "StoreNotFoundError", "StoreUnreachableError",
     "StoreVersionError", "tokenizer_fingerprint", "Unit", "DomainInfo", "SourceInfo", "StoreMeta", "TeacherInfo",
     "TokenizerInfo", "validate_domain_name", "RowBatch", "StoreReader", "open_store", "StoreWriter",
 ]

@@ -47,16 +47,34 @@ class MissingDependencyError(DdkError, ImportError):
     """An optional dependency needed by the requested feature is not installed."""
 
 
-class StoreUnreachableError(DdkError, ConnectionError):
+class StoreIOError(DdkError):
+    """A store operation failed for a reason outside ddk (network, permissions); the message ends with how to resume.
+
+    ``detail`` says what failed and why, ``hint`` how to continue; a caller that resumes differently (the trainer's
+    ``--resume``) swaps the hint with :meth:`with_hint`.
+    """
+
+    default_hint = "rerun the same command to resume"
+
+    def __init__(self, detail: str, hint: str | None = None) -> None:
+        self.detail, self.hint = detail, hint or self.default_hint
+        super().__init__(f"{detail}; {self.hint}")
+
+    def with_hint(self, hint: str) -> StoreIOError:
+        """The same error with another way to resume."""
+        return type(self)(self.detail, hint)
+
+
+class StoreUnreachableError(StoreIOError, ConnectionError):
     """The store (usually an object store) kept failing with transient errors for longer than the retry budget."""
 
-    def __init__(self, detail: str, hint: str = "rerun the same command to resume once it is reachable") -> None:
-        self.detail, self.hint = detail, hint
-        super().__init__(f"{detail}; {hint}")
+    default_hint = "rerun the same command to resume once it is reachable"
 
-    def with_hint(self, hint: str) -> "StoreUnreachableError":
-        """The same error with another way to resume (the trainer's is ``--resume``)."""
-        return StoreUnreachableError(self.detail, hint)
+
+class StoreAccessError(StoreIOError, PermissionError):
+    """The store refused an operation for lack of permission (S3 403, wrong credentials, a read-only directory)."""
+
+    default_hint = "then rerun the same command to resume"
 
 
 class StoreNoSpaceError(DdkError, OSError):

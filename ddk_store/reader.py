@@ -230,8 +230,9 @@ class StoreReader:
         def attempt() -> list[Any]:
             out = sync(fetch_all())
             for r in out:
-                if isinstance(r, Exception) and is_transient(r):
-                    raise r  # retry the whole read
+                # Raise (so retry_call retries it, or names a refusal) all but a chunk that fails to decode.
+                if isinstance(r, Exception) and (is_transient(r) or not isinstance(r, (ValueError, RuntimeError))):
+                    raise r
             return out
 
         span = f"{rows[0]}-{rows[-1]}" if rows.size else "none"

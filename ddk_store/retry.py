@@ -13,7 +13,9 @@ botocore's own few retries), caused by ``aiohttp.ClientConnectorError`` and ``Co
 dies mid-request gives ``ServerDisconnectedError``/``ConnectionClosedError``/read timeouts; a busy or restarting one
 answers 500/503 (s3fs turns those into ``OSError(EREMOTEIO/EBUSY)`` caused by a botocore ``ClientError``). Missing
 keys, permission and credential errors, bad requests, and every local-disk error are never retried: retrying cannot
-fix them. A full disk (ENOSPC/EDQUOT) becomes :class:`StoreNoSpaceError` at once, with the fix in its message.
+fix them. A full disk (ENOSPC/EDQUOT) becomes :class:`StoreNoSpaceError` and a refusal (S3 403 / wrong credentials,
+which s3fs raises as ``PermissionError``; a local permission error) :class:`StoreAccessError`, at once, each with
+the fix in its message.
 
 Classes are matched by name, so this module imports neither botocore nor aiohttp (they are optional extras).
 """
@@ -28,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import DdkError, StoreNoSpaceError, StoreUnreachableError
+from .errors import DdkError, StoreAccessError, StoreNoSpaceError, StoreUnreachableError
 
 T = TypeVar("T")
 
@@ -58,6 +60,9 @@ _TRANSIENT_CODES = frozenset({
 #: Local errors that no retry fixes, even when raised by a class that also looks like a connection error.
 _PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+#: S3 error codes that mean "these credentials may not do this" (s3fs raises most of them as PermissionError).
+_DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                           "InvalidToken", "AllAccessDisabled", "403"})
 
 
 def retry_budget_s() -> float:
@@ -97,6 +102,19 @@ def _client_error_transient(exc: BaseException) -> bool | None:
 
 def is_no_space(exc: BaseException) -> bool:
     return any(isinstance(e, OSError) and e.errno in _NO_SPACE for e in _chain(exc))
+
+
+def is_access_denied(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) is a permission refusal: PermissionError, or an S3 403-type answer."""
+    for e in _chain(exc):
+        if isinstance(e, PermissionError):
+            return True
+        response = getattr(e, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if str(response["Error"].get("Code", "")) in _DENIED_CODES or status == 403:
+                return True
+    return False
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -145,6 +163,7 @@ def retry_call(fn: Callable[[], T], *, what: str, url: str, budget_s: float | No
     Raises:
         StoreUnreachableError: transient failures lasted longer than the budget.
         StoreNoSpaceError: the filesystem is full.
+        StoreAccessError: the store refused the operation (S3 403, wrong credentials, local permissions).
         Exception: any other (permanent) error of ``fn``, unchanged.
     """
     budget = retry_budget_s() if budget_s is None else budget_s
@@ -162,6 +181,12 @@ def retry_call(fn: Callable[[], T], *, what: str, url: str, budget_s: float | No
                                         f"filesystem (or enlarge it), then rerun the same command to resume")
                 err.errno = errno.ENOSPC
                 raise err from None
+            if is_access_denied(e):
+                remote = _store_kind(url) == "object store"
+                fix = ("check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --storage-options) and "
+                       "that they may read and write this bucket and prefix" if remote else
+                       "check the permissions of the store directory and its files")
+                raise StoreAccessError(f"access denied: {what} at {url} ({describe(e, 120)}); {fix}") from None
             if not is_transient(e):
                 raise
             now = time.monotonic()
@@ -186,5 +211,5 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-__all__ = ["StoreUnreachableError", "StoreNoSpaceError", "retry_call", "retry_budget_s", "is_transient",
-           "is_no_space", "describe", "RETRY_SECONDS_ENV", "DEFAULT_RETRY_SECONDS"]
+__all__ = ["StoreUnreachableError", "StoreNoSpaceError", "StoreAccessError", "retry_call", "retry_budget_s",
+           "is_transient", "is_no_space", "is_access_denied", "describe", "RETRY_SECONDS_ENV", "DEFAULT_RETRY_SECONDS"]

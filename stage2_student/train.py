@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from ddk_store import open_store
 from ddk_store.errors import ConfigError
-from ddk_store.errors import StoreUnreachableError
+from ddk_store.errors import StoreIOError
 
 from . import reweighting as rw
 from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -132,13 +132,14 @@ def interval_record(step: int, interval: int, domains: list[str], ev: dict[str, 
 
 
 def _resume_hint(fn):
-    """A store that stays unreachable ends the run; say how to continue it (checkpoints make that exact)."""
+    """A store that stays unreachable or refuses access ends the run; say how to continue it (checkpoints make
+    that exact)."""
     @functools.wraps(fn)
     def wrapper(cfg: Stage2Config) -> Path:
         try:
             return fn(cfg)
-        except StoreUnreachableError as e:
-            raise e.with_hint("once it is reachable, rerun the same command with --resume to continue from the last "
+        except StoreIOError as e:
+            raise e.with_hint("once it is fixed, rerun the same command with --resume to continue from the last "
                               "checkpoint") from None
 
     return wrapper

@@ -645,13 +645,23 @@ class SeaweedS3:
         self.port = free_port()
         self.other_ports = [free_port() for _ in range(3)]  # master, volume, filer: the same on every restart
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
-        self.storage_options = {"endpoint_url": self.endpoint_url, "key": self.KEY, "secret": self.SECRET}
+        self.secret = self.SECRET
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return {"endpoint_url": self.endpoint_url, "key": self.KEY, "secret": self.secret}
+
+    def rotate_secret(self, secret: str) -> None:
+        """Restart the server with another secret key: clients still holding the old one are refused (403)."""
+        self.stop()
+        self.secret = secret
+        self.start()
+
     def client_env(self, **extra: str) -> dict[str, str]:
         """Environment for a child that talks to this server through the usual AWS variables."""
-        return child_env(AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET,
+        return child_env(AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.secret,
                          AWS_ENDPOINT_URL=self.endpoint_url, AWS_DEFAULT_REGION="us-east-1", **extra)
 
     def start(self, timeout: float = 60) -> float:
@@ -664,7 +674,7 @@ class SeaweedS3:
                "-master.telemetry=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
                f"-s3.port={self.port}", f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
                f"-bucket={self.BUCKET}"]
-        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.secret)
         log = open(self.data_dir / "weed.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,7 +104,8 @@ def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs
     assert store_differences(store_snapshot(url, server.storage_options), reference) == []
 
 
-def test_outage_during_training_reads_is_retried_and_training_completes(server, tmp_path):
+def s3_training(server, tmp_path: Path, prefix: str, steps: int) -> tuple[list[str], Path]:
+    """A tiny student and a tiny store uploaded to s3://BUCKET/prefix; returns (train argv, output dir)."""
     import s3fs
     from transformers import AutoTokenizer
 
@@ -115,25 +117,30 @@ def test_outage_during_training_reads_is_retried_and_training_completes(server, 
     make_store(tmp_path / "store", AutoTokenizer.from_pretrained(str(tmp_path / "tok")), train_rows=16,
                heldout_rows=4)
     fs = s3fs.S3FileSystem(**server.storage_options, skip_instance_cache=True)
-    fs.put(str(tmp_path / "store"), f"{server.BUCKET}/b/store", recursive=True)
-    url = f"s3://{server.BUCKET}/b/store"
+    fs.put(str(tmp_path / "store"), f"{server.BUCKET}/{prefix}", recursive=True)
+    url = f"s3://{server.BUCKET}/{prefix}"
     assert validate_store(url, storage_options=server.storage_options) == []
-
     out = tmp_path / "out"
-    steps = 60
     argv = train_argv(url, student, out, steps=steps, interval=20, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4,
                       log_every=1)
+    return argv, out
+
+
+def steps_logged(out: Path) -> int:
+    try:
+        return sum('"event": "step"' in ln for ln in (out / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def test_outage_during_training_reads_is_retried_and_training_completes(server, tmp_path):
+    steps = 60
+    argv, out = s3_training(server, tmp_path, "b/store", steps)
     proc = spawn("stage2_student.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))
 
-    def steps_logged() -> int:
-        try:
-            return sum('"event": "step"' in ln for ln in (out / "metrics.jsonl").read_text().splitlines())
-        except OSError:
-            return 0
-
     try:
-        wait_for(lambda: steps_logged() >= 5, 180, "five training steps", proc)
-        at = steps_logged()
+        wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
+        at = steps_logged(out)
         down = outage(server, SHORT_OUTAGE_S)
         _, err = proc.communicate(timeout=300)
     finally:
@@ -148,6 +155,37 @@ def test_outage_during_training_reads_is_retried_and_training_completes(server, 
     assert [r["step"] for r in lines if r["event"] == "step"] == list(range(1, steps + 1))
     assert lines[-1]["event"] == "final" and (out / "model.safetensors").exists()
     print(f"outage {down:.1f} s at step {at} survived with {len(retries)} logged retr(ies)")
+
+
+def test_credentials_revoked_mid_training_end_in_one_error_line_then_resume(server, tmp_path):
+    """The store's secret key is rotated while a run reads from it: every request is now refused (403). The run
+    stops at the first refusal (a refusal is never retried) with one line naming the cause and the fix; with the
+    new credentials, `--resume` finishes it."""
+    steps = 60
+    argv, out = s3_training(server, tmp_path, "e/store", steps)
+    proc = spawn("stage2_student.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))
+    try:
+        wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
+        old_secret = server.secret
+        server.rotate_secret("rotated-secret")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert server.secret != old_secret
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]  # (retry lines may precede it: the restart itself is an outage)
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert "access denied" in errors[0] and "s3://ddk/e/store" in errors[0], errors[0]
+    assert "check the credentials" in errors[0] and "--resume" in errors[0], errors[0]
+    assert steps_logged(out) < steps
+
+    resumed = spawn("stage2_student.cli", [*argv, "--resume"], env=server.client_env(**NO_CLIENT_RETRIES))
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    lines = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["event"] == "final" and (out / "model.safetensors").exists()
 
 
 def test_outage_longer_than_the_budget_fails_clearly_then_the_same_command_resumes(server, dump_inputs):
@@ -242,6 +280,17 @@ def test_retry_policy_retries_connection_and_server_errors_only(server, monkeypa
     with pytest.raises(StoreNoSpaceError, match="no space left on device writing /data/store"):
         retry_call(lambda: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space")), what="w", url="/data/store",
                    sleep=sleep)
+    # Refusals: named at once, with the fix for an object store or a local directory.
+    from ddk_store.errors import StoreAccessError
+    from ddk_store.retry import is_access_denied
+
+    assert is_access_denied(client_error("AccessDenied", 403)) and not is_access_denied(client_error("NoSuchKey", 404))
+    with pytest.raises(StoreAccessError, match=r"access denied: w at s3://ddk/p .*check the credentials"):
+        retry_call(lambda: (_ for _ in ()).throw(client_error("InvalidAccessKeyId", 403)), what="w", url="s3://ddk/p",
+                   sleep=sleep)
+    with pytest.raises(StoreAccessError, match=r"access denied: w at /data/store .*permissions of the store"):
+        retry_call(lambda: (_ for _ in ()).throw(PermissionError(13, "Permission denied")), what="w",
+                   url="/data/store", sleep=sleep)
     with pytest.raises(FileNotFoundError):  # permanent: raised unchanged, at once
         retry_call(lambda: good.cat(f"{server.BUCKET}/no/such/key"), what="r", url="s3://ddk/z", sleep=sleep)
     monkeypatch.setenv("DDK_RETRY_SECONDS", "soon")
