@@ -131,3 +131,25 @@ async def delete_store_prefix(store: Store, url: str) -> None:
             shutil.rmtree(path)
         return
     await store.delete_dir("")
+
+
+#: zarr's LocalStore writes a chunk to "<key>.<32 hex>.partial" and renames it into place; a kill in between
+#: leaves the temporary file behind (object stores write whole objects and leave nothing).
+_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def remove_stale_partials(url: str) -> int:
+    """Delete the temporary chunk files that killed writers left in a local store; returns how many.
+
+    Only safe when no writer is active on the store (the writer calls it from finalize, when every unit is done).
+    Object stores and memory stores have none: returns 0.
+    """
+    path = local_path(url) if url_scheme(url) == "file" else None
+    if path is None or not path.is_dir():
+        return 0
+    n = 0
+    for f in path.rglob("*.partial"):
+        if _PARTIAL.search(f.name) and f.is_file():
+            f.unlink(missing_ok=True)
+            n += 1
+    return n

@@ -22,7 +22,7 @@ from .groups import GroupLayout, array_specs, crc32_of, group_path, read_group_l
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta, validate_domain_name
 from .retry import retry_call
-from .storage import delete_store_prefix, normalize_url, open_zarr_store
+from .storage import delete_store_prefix, normalize_url, open_zarr_store, remove_stale_partials
 
 Rows = Mapping[str, Mapping[str, int]]
 
@@ -373,6 +373,7 @@ class StoreWriter:
             nll = float(-np.mean(target, dtype=np.float64))
             domains.append(dom.__class__(**{**dom.__dict__, "heldout_nll": nll, "heldout_ppl": math.exp(nll)}))
         self.meta = self.meta.replace(domains=tuple(domains), status=spec.STATUS_COMPLETE)
+        remove_stale_partials(self.url)  # every unit is in: no writer can still own one
         doc = self.meta.to_dict()
         self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata (finalize)")
         return self.meta

@@ -79,6 +79,12 @@ def test_incomplete_store_is_refused_and_resumes(tmp_path):
     units = w.pending_units()
     for u in units[:3]:  # "killed" after three units
         w.write_unit(u, **{k: v[u.start:u.stop] for k, v in data[(u.domain, u.split)].items()})
+    # ... in the middle of a chunk write: zarr's temporary file of the interrupted write stays behind.
+    stale = tmp_path / "s" / "alpha" / "train" / "tokens" / "c" / f"9.{'ab' * 16}.partial"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"half a chunk")
+    user_file = tmp_path / "s" / "notes.partial"  # not zarr's pattern: never touched
+    user_file.write_text("mine")
     with pytest.raises(StoreIncompleteError, match="incomplete.*rerunning the same"):
         open_store(url)
     with pytest.raises(StoreIncompleteError, match="not written yet"):
@@ -88,7 +94,9 @@ def test_incomplete_store_is_refused_and_resumes(tmp_path):
     assert w2.pending_units() == units[3:]
     for u in w2.pending_units():
         w2.write_unit(u, **{k: v[u.start:u.stop] for k, v in data[(u.domain, u.split)].items()})
+    assert stale.exists()  # resuming leaves it (another shard could own a live one) ...
     w2.finalize()
+    assert not stale.exists() and user_file.exists()  # ... finalize, with every unit in, removes it
     ref, _ = _write_all(str(tmp_path / "ref"), meta, ROWS)
     ref.finalize()
     _assert_same_store(url, str(tmp_path / "ref"))
