@@ -31,6 +31,9 @@ class HFBackend:
         self.model.eval()
         # Rows per forward: the token budget bounds the [b, T, V] logits tensor (b*T*V*4 bytes in fp32).
         self.rows_per_batch = max(1, opts.batch_tokens // opts.seq_len)
+        # Rows per top-k call (0 = the whole forward batch). On CPU one row at a time keeps the work buffer in
+        # cache and memory small; on a GPU one call and one device-to-host copy per batch avoid a sync per row.
+        self.topk_rows = 1 if self.device.type == "cpu" else 0
 
     @staticmethod
     def engine() -> str:
@@ -62,11 +65,13 @@ class HFBackend:
                 x = x.to(self.device)  # [b, T]
                 logits = self.forward_logits(x)  # [b, T, V]
                 # Position p predicts token p + 1: drop the last position's logits, shift the targets.
-                for j in range(x.shape[0]):  # one row at a time keeps the fp32 work buffer small
-                    tk = topk_logprobs(logits[j : j + 1, :-1], k, targets=x[j : j + 1, 1:], consume=True)
-                    out.topk_ids[i + j] = tk.ids[0].cpu().numpy()
-                    out.topk_logprobs[i + j] = tk.logprobs[0].cpu().numpy()
-                    out.target_logprobs[i + j] = tk.target_logprobs[0].cpu().numpy()
+                g = self.topk_rows or x.shape[0]
+                for j in range(0, x.shape[0], g):
+                    tk = topk_logprobs(logits[j : j + g, :-1], k, targets=x[j : j + g, 1:], consume=True)
+                    rows = slice(i + j, i + j + tk.ids.shape[0])
+                    out.topk_ids[rows] = tk.ids.cpu().numpy()  # one device-to-host copy per group
+                    out.topk_logprobs[rows] = tk.logprobs.cpu().numpy()
+                    out.target_logprobs[rows] = tk.target_logprobs.cpu().numpy()
                 del logits
         return out
 

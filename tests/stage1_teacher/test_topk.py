@@ -72,3 +72,22 @@ def test_consume_overwrites_only_when_asked_and_gives_the_same_values():
     assert torch.equal(b.ids, a.ids[:, :-1])
     assert torch.allclose(b.target_logprobs, ref[:, :-1].gather(-1, targets[:, :-1, None]).squeeze(-1), atol=1e-6)
     assert torch.equal(logits[:, -1], keep[:, -1])  # outside the view nothing changed
+
+
+def test_hf_backend_row_by_row_and_whole_batch_top_k_agree(tiny_teacher):
+    """The CPU path (one row per top-k call) and the GPU path (the whole forward batch per call), run on CPU."""
+    import numpy as np
+
+    from stage1_teacher.backends import BackendOptions
+    from stage1_teacher.backends.hf import HFBackend
+
+    be = HFBackend(BackendOptions(model_dir=str(tiny_teacher), top_k=8, seq_len=32, device="cpu", batch_tokens=96))
+    assert be.topk_rows == 1 and be.rows_per_batch == 3
+    tokens = np.random.default_rng(0).integers(0, 200, size=(7, 32))  # 7 rows: batches of 3, 3 and 1
+    a = be.score(tokens)
+    be.topk_rows = 0
+    b = be.score(tokens)
+    assert np.array_equal(a.topk_ids, b.topk_ids)
+    assert np.allclose(a.topk_logprobs, b.topk_logprobs, atol=1e-5)
+    assert np.allclose(a.target_logprobs, b.target_logprobs, atol=1e-5)
+    assert np.isfinite(a.target_logprobs).all() and (a.topk_logprobs <= 0).all()
