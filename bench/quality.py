@@ -19,6 +19,8 @@ Pipeline (each step is skipped when its output already exists, so an interrupted
 
 Usage: python bench/quality.py [--steps 240 --interval 20 --seeds 0,1,2 --jobs 2]   (hours on 2 CPU cores)
        python bench/quality.py --report-only                                         (tables from finished runs)
+       python bench/quality.py --domain-rows scripture=400,python=40 --out bench/out/quality-natural \
+           --results docs/results-natural.md         (unequal domain sizes: a natural mixture unlike uniform)
 """
 
 from __future__ import annotations
