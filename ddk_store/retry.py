@@ -90,14 +90,22 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _s3_answer(exc: BaseException) -> tuple[str, int | None] | None:
+    """(error code, HTTP status) of a botocore ClientError; None for any other exception."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict) or not isinstance(response.get("Error"), dict):
+        return None
+    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    return str(response["Error"].get("Code", "")), status if isinstance(status, int) else None
+
+
 def _client_error_transient(exc: BaseException) -> bool | None:
     """For a botocore ClientError: True for 5xx/429/throttling, False for other answers; None if not one."""
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict) or "Error" not in response:
+    answer = _s3_answer(exc)
+    if answer is None:
         return None
-    code = str((response.get("Error") or {}).get("Code", ""))
-    status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-    return code in _TRANSIENT_CODES or (isinstance(status, int) and (status >= 500 or status == 429))
+    code, status = answer
+    return code in _TRANSIENT_CODES or (status is not None and (status >= 500 or status == 429))
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -109,11 +117,9 @@ def is_access_denied(exc: BaseException) -> bool:
     for e in _chain(exc):
         if isinstance(e, PermissionError):
             return True
-        response = getattr(e, "response", None)
-        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
-            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-            if str(response["Error"].get("Code", "")) in _DENIED_CODES or status == 403:
-                return True
+        answer = _s3_answer(e)
+        if answer is not None and (answer[0] in _DENIED_CODES or answer[1] == 403):
+            return True
     return False
 
 

@@ -7,6 +7,7 @@ can be stopped and restarted on the same port and data directory, and compares s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -96,6 +97,17 @@ def spawn(module: str, argv: list[str], env: dict[str, str] | None = None, **kw:
     kw.setdefault("stdout", subprocess.DEVNULL)
     kw.setdefault("stderr", subprocess.PIPE)
     return subprocess.Popen([sys.executable, "-m", module, *argv], cwd=REPO, env=env or child_env(), text=True, **kw)
+
+
+@contextlib.contextmanager
+def reaped(proc: subprocess.Popen):
+    """``with reaped(spawn(...)) as proc:``: however the block ends, the child is not left running."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def run(module: str, argv: list[str], env: dict[str, str] | None = None, timeout: float = 600
@@ -356,7 +368,7 @@ def kill_dump_when(argv: list[str], store: Path, moment: DumpMoment, times: Phas
     watch = _FastDumpWatch(store)
     t0 = time.monotonic()
     created = None
-    try:
+    with reaped(proc):
         while time.monotonic() - t0 < deadline_s and proc.poll() is None:
             now = time.monotonic()
             if moment.kind == "start":
@@ -386,10 +398,6 @@ def kill_dump_when(argv: list[str], store: Path, moment: DumpMoment, times: Phas
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         fired = fired and proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     return fired, dump_state(store)
 
 
@@ -513,7 +521,7 @@ def kill_train_when(argv: list[str], out: Path, moment: TrainMoment, times: Phas
     proc = spawn("stage2_student.cli", argv, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
     started = None
-    try:
+    with reaped(proc):
         while time.monotonic() - t0 < deadline_s and proc.poll() is None:
             now = time.monotonic()
             if moment.kind == "start":
@@ -540,10 +548,6 @@ def kill_train_when(argv: list[str], out: Path, moment: TrainMoment, times: Phas
             proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
         fired = fired and proc.returncode == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     steps, ckpt, writing, final = train_state(out)
     at = [f"last checkpoint {ckpt if ckpt is not None else '-'}"]
     if writing:

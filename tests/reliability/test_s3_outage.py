@@ -22,6 +22,7 @@ from tests.reliability.harness import (
     SeaweedS3,
     dump_argv,
     last_error_lines,
+    reaped,
     shared_dump_inputs,
     spawn,
     store_differences,
@@ -86,14 +87,10 @@ def outage(server: SeaweedS3, seconds: float) -> float:
 def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs):
     teacher, corpora, reference = dump_inputs
     argv = s3_dump_argv(server, teacher, corpora, "a/store")
-    proc = spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120"))
-    try:
+    with reaped(spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120"))) as proc:
         wait_for(lambda: server.count("a/store", "/units/c/") >= 3, 180, "three units written", proc)
         down = outage(server, OUTAGE_S)
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err[-3000:]
     retries = RETRY_LINE.findall(err)
     assert retries, f"the dump never hit the outage (no retry logged): {err[-2000:]}"
@@ -136,16 +133,12 @@ def steps_logged(out: Path) -> int:
 def test_outage_during_training_reads_is_retried_and_training_completes(server, tmp_path):
     steps = 60
     argv, out = s3_training(server, tmp_path, "b/store", steps)
-    proc = spawn("stage2_student.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))
-
-    try:
+    env = server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES)
+    with reaped(spawn("stage2_student.cli", argv, env=env)) as proc:
         wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
         at = steps_logged(out)
         down = outage(server, SHORT_OUTAGE_S)
         _, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, err[-3000:]
     assert at < steps, "training finished before the outage"
     retries = RETRY_LINE.findall(err)
@@ -163,15 +156,12 @@ def test_credentials_revoked_mid_training_end_in_one_error_line_then_resume(serv
     new credentials, `--resume` finishes it."""
     steps = 60
     argv, out = s3_training(server, tmp_path, "e/store", steps)
-    proc = spawn("stage2_student.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))
-    try:
+    env = server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES)
+    with reaped(spawn("stage2_student.cli", argv, env=env)) as proc:
         wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
         old_secret = server.secret
         server.rotate_secret("rotated-secret")
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert server.secret != old_secret
     assert proc.returncode == 2, err[-3000:]
     assert "Traceback" not in err, err[-3000:]  # (retry lines may precede it: the restart itself is an outage)
