@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class DdkError(ValueError):
     """Root of all ddk errors. CLIs print ``str(err)`` on one line and exit non-zero, without a traceback."""
@@ -79,3 +81,29 @@ class StoreAccessError(StoreIOError, PermissionError):
 
 class StoreNoSpaceError(DdkError, OSError):
     """A write failed because the filesystem holding the store is full (or over quota)."""
+
+
+class StudentError(DdkError):
+    """The student model cannot be used with this store (tokenizer, vocabulary, context, architecture)."""
+
+
+class ReportError(DdkError):
+    """A run directory cannot be reported on (missing or malformed metrics.jsonl / config.yaml)."""
+
+
+def describe(exc: BaseException, limit: int = 200, *, with_type: bool = True) -> str:
+    """One line for a foreign exception inside a ddk message: ``Type: text``, whitespace folded, shortened.
+
+    The single place that turns a third-party exception (zarr, botocore, transformers, OSError) into text. A text
+    longer than ``limit`` is cut at its last sentence end before the limit when there is one (so a message is not
+    cut mid-sentence), else at a word boundary, and marked with an ellipsis.
+    """
+    text = " ".join(str(exc).split()) or repr(exc)
+    if len(text) > limit:
+        head = text[:limit]
+        ends = [m.end() for m in re.finditer(r"[.;:!?](?=\s)", head)]
+        if ends and ends[-1] >= limit // 3:
+            text = head[: ends[-1]]
+        else:
+            text = head.rsplit(" ", 1)[0] + " ..."
+    return f"{type(exc).__name__}: {text}" if with_type else text

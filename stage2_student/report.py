@@ -8,15 +8,12 @@ from typing import Any
 
 import yaml
 
-from ddk_store.errors import DdkError
+from ddk_store.errors import ReportError
 
 REPORT_FILE = "report.md"
 WEIGHTS_PNG = "weights.png"
 RATIOS_PNG = "ratios.png"
 
-
-class ReportError(DdkError):
-    """The run directory has nothing to report on."""
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

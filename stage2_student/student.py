@@ -10,11 +10,8 @@ from __future__ import annotations
 import torch
 
 from ddk_store import tokenizer_fingerprint
-from ddk_store.errors import DdkError
+from ddk_store.errors import StudentError
 
-
-class StudentError(DdkError):
-    """The student cannot be loaded, or does not match the store's teacher tokenizer/vocabulary."""
 
 
 def load_tokenizer(name: str, *, trust_remote_code: bool = False):

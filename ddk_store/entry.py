@@ -1,0 +1,85 @@
+"""The one entry wrapper of every ddk command, and the command-line pieces all of them share.
+
+Every console script (``ddk-teacher``, ``ddk-student``, ``ddk-store``, the built-in asset builders) runs through
+:func:`main_entry`, so a user's own mistake ends the same way everywhere: one ``error: ...`` line on stderr and
+exit status 2, no traceback. Ctrl-C says that rerunning the same command resumes (exit 130).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import click
+
+from ._version import __version__
+from .errors import ConfigError, DdkError
+
+#: Exit status of a user error (bad flag, bad input, refused store): the same for every command.
+EXIT_USER_ERROR = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
+EXIT_INTERRUPTED = 130
+INTERRUPTED = "interrupted; rerun the same command to resume where it stopped"
+
+#: click settings every command group uses.
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def one_line(text: str) -> str:
+    """Whitespace folded: a message printed by :func:`main_entry` is a single line."""
+    return " ".join(text.split())
+
+
+def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = None) -> NoReturn:
+    """Run a click command or group as a console script with ddk's error contract, then exit."""
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo(f"{prog_name}: {INTERRUPTED}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as e:  # --help, --version
+        sys.exit(e.exit_code)
+    except click.exceptions.ClickException as e:  # usage errors: unknown flag, missing argument, bad choice
+        e.show()
+        sys.exit(EXIT_USER_ERROR if e.exit_code == 2 else e.exit_code)
+    except DdkError as e:
+        click.echo(f"error: {one_line(str(e))}", err=True)
+        sys.exit(EXIT_USER_ERROR)
+    sys.exit(0)
+
+
+def version_option(prog_name: str):
+    """``--version`` for a command group: prints ``<prog> <ddk version>``."""
+    return click.version_option(__version__, "--version", prog_name=prog_name, message="%(prog)s %(version)s")
+
+
+def parse_storage_options(pairs: Sequence[str], flag: str = "--storage-option") -> dict[str, Any]:
+    """``KEY=VALUE`` pairs for fsspec/s3fs, e.g. ``endpoint_url=http://127.0.0.1:8333``.
+
+    A VALUE that is a JSON object, array, number or boolean is decoded (``client_kwargs={"region_name": "x"}``);
+    anything else stays a string.
+    """
+    opts: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE (e.g. endpoint_url=http://127.0.0.1:8333), got {pair!r}")
+        try:
+            decoded = json.loads(value)
+        except ValueError:
+            decoded = value
+        opts[key.strip()] = decoded if isinstance(decoded, (dict, list, bool, int, float)) else value
+    return opts
+
+
+#: The storage option flag, identical on every command that opens a store.
+storage_option = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    help="Option for s3:// stores (repeatable), e.g. endpoint_url=http://127.0.0.1:8333; AWS_* environment "
+         "variables are read as usual.")
+
+#: The progress flag, identical on every long-running command.
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Show progress bars on stderr [default: on].")
