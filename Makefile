@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddk-setup
-export DDK_CACHE ?= $(HOME)/.cache/ddk
+# Models, corpora and stores go to $DDK_CACHE (default ~/.cache/ddk; ddk_store.paths.cache_dir resolves it).
 
 .PHONY: setup test test-fast lint demo bench clean
 

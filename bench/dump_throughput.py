@@ -10,7 +10,7 @@ and the ratios dump/forward and dump/score side by side, then vLLM vs transforme
     .venv/bin/python bench/dump_throughput.py [--teacher DIR] [--backends hf,vllm] [--rows 6] [--seq-len 256]
                                               [--repeats 3]
 
---teacher defaults to the real SmolLM2-135M at ~/.cache/ddk/teacher/smollm2-135m when present, else a tiny random
+--teacher defaults to the real SmolLM2-135M at $DDK_CACHE/teacher/smollm2-135m when present, else a tiny random
 Llama built on the fly (labelled "tiny" in the table: its numbers measure overheads, not a real teacher).
 """
 
@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import sysconfig
 import tempfile
 import time
 from pathlib import Path
 
-REAL_TEACHER = Path.home() / ".cache" / "ddk" / "teacher" / "smollm2-135m"
+from stage1_teacher.assets.teacher import default_teacher_dir
+
+REAL_TEACHER = default_teacher_dir()
 
 
 def build_corpus(root: Path, docs_per_domain: int) -> Path:
@@ -46,8 +47,7 @@ def build_corpus(root: Path, docs_per_domain: int) -> Path:
 
 
 def tiny_teacher(root: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from tests.tiny import build_tiny_llama, build_tiny_tokenizer
+    from ddk_testkit.models import build_tiny_llama, build_tiny_tokenizer
 
     build_tiny_tokenizer(root / "tok")
     return build_tiny_llama(root / "teacher", root / "tok")
@@ -71,7 +71,7 @@ def bench_backend(name: str, args, teacher: Path, corpora: Path, work: Path) -> 
     import torch
 
     from stage1_teacher.backends import BackendOptions, backend_class
-    from stage1_teacher.cli import resolve_config
+    from stage1_teacher.config import Stage1Config
     from stage1_teacher.run import run
 
     cls = backend_class(name)
@@ -82,10 +82,10 @@ def bench_backend(name: str, args, teacher: Path, corpora: Path, work: Path) -> 
     load_s = time.perf_counter() - t
 
     def dump(tag: str):
-        cfg = resolve_config(dict(teacher=str(teacher), corpora=str(corpora), store=str(work / f"store-{name}-{tag}"),
+        cfg = Stage1Config(**dict(teacher=str(teacher), corpora=str(corpora), store=str(work / f"store-{name}-{tag}"),
                                   seq_len=args.seq_len, top_k=args.top_k, heldout_seqs=args.heldout,
                                   max_rows_per_domain=args.rows, unit_rows=args.unit_rows, backend=name,
-                                  batch_tokens=args.batch_tokens, device=args.device, progress=False), None)
+                                  batch_tokens=args.batch_tokens, device=args.device, progress=False))
         return cfg, run(cfg, echo=lambda m: None, backend=backend)
 
     # Warm-up: a first full dump outside every timing (vLLM's first call allocates for ~10 s; oneDNN and the

@@ -1,6 +1,6 @@
 """DDK against its baselines, measured: same store, same student start, same token budget, three seeds.
 
-Arms (issue 5; the paper's Table 4 ablations plus the two baselines):
+Arms (the paper's Table 5 sampling ablations plus the two baselines):
 
   ce       cross-entropy only (--gamma 0), natural mixture         the continued-pretraining baseline
   kd       CE + 0.2 KL, natural mixture                            plain KD
@@ -9,7 +9,8 @@ Arms (issue 5; the paper's Table 4 ablations plus the two baselines):
   ddk      CE + 0.2 KL, Eq. 1 then Eq. 2 (alpha 0.5)               DDK
 
 Pipeline (each step is skipped when its output already exists, so an interrupted run resumes):
-  1. the built-in corpus, teacher and layer-subset student (as `make demo` builds them);
+  1. the built-in corpus, teacher and layer-subset student, with the commands `make demo` (examples/demo.sh) runs:
+     `ddk-teacher builtin-corpus`, `ddk-teacher builtin-teacher`, `ddk-student init`;
   2. one store: `ddk-teacher dump` of every domain (seq --seq-len, top-64, --heldout held-out rows per domain);
   3. a shared warm-up of the raw 6-layer student (--warmup-steps of CE on the natural mixture). A student cut from
      6 of the teacher's 30 layers starts with a held-out perplexity in the millions, far from the paper's setting,
@@ -26,7 +27,6 @@ Usage: python bench/quality.py [--steps 240 --interval 20 --seeds 0,1,2 --jobs 2
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -35,7 +35,10 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from ddk_store.paths import cache_dir
+from ddk_testkit.processes import REPO
+from stage2_student import rundir
+
 BIN = Path(sys.executable).parent
 ARMS = {
     "ce": ["--mixing", "natural", "--gamma", "0"],
@@ -46,10 +49,6 @@ ARMS = {
 }
 ARM_LABEL = {"ce": "CE only (γ=0), natural", "kd": "KD, natural", "es": "DDK w/ equal sampling (uniform)",
              "wo-fs": "DDK w/o factor smoothing", "ddk": "DDK"}
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DDK_CACHE", Path.home() / ".cache" / "ddk"))
 
 
 def sh(argv: list[str], log: Path | None = None, env: dict | None = None) -> None:
@@ -64,22 +63,21 @@ def sh(argv: list[str], log: Path | None = None, env: dict | None = None) -> Non
         sys.exit(f"command failed ({rc}); last lines of {log}:\n" + "".join(log.read_text().splitlines(True)[-20:]))
 
 
-def finished(run: Path) -> bool:
-    path = run / "metrics.jsonl"
-    return path.is_file() and any(json.loads(ln).get("event") == "final"
-                                  for ln in path.read_text().splitlines() if ln.strip())
+def path_of(argv: list) -> Path:
+    """Run a command that prints the path of what it built as its last stdout line (progress goes to stderr)."""
+    print("+", " ".join(str(a) for a in argv), flush=True)
+    out = subprocess.run([str(a) for a in argv], cwd=REPO, check=True, stdout=subprocess.PIPE, text=True).stdout
+    return Path(out.strip().splitlines()[-1])
 
 
 def prepare(args) -> tuple[Path, Path, Path]:
-    """(teacher dir, store path, raw student dir), built once in the cache."""
+    """(teacher dir, store path, raw student dir), built once in the cache by the commands the demo runs."""
     cache = cache_dir()
-    sh([sys.executable, "examples/corpus/build_corpus.py", "--max-mb", str(args.max_mb)])
-    teacher = Path(subprocess.run([sys.executable, "-m", "stage1_teacher.builtin_teacher"], cwd=REPO, check=True,
-                                  capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    corpora = path_of([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", args.max_mb])
+    teacher = path_of([BIN / "ddk-teacher", "builtin-teacher"])
     student = cache / "student" / f"smollm2-{args.layers}l"
     if not (student / "config.json").is_file():
         sh([BIN / "ddk-student", "init", "--teacher", teacher, "--layers", args.layers, "--out", student])
-    corpora = cache / "corpus" / "CORPORA.yaml"
     tag = f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
     if args.domain_rows:  # unequal domain sizes: a copy of the corpora file with per-domain max_rows
         corpora = natural_corpora(corpora, args.domain_rows, Path(args.out))
@@ -128,11 +126,12 @@ def run_all(args, store: Path, student: Path) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warm = out / "warmup"
-    if args.warmup_steps and not finished(warm):
+    if args.warmup_steps and not rundir.is_finished(warm):
         sh(train_cmd(args, store, student, warm, args.warmup_steps, 1234, ["--mixing", "natural", "--gamma", "0"]),
            log=out / "warmup.log")
     start = warm if args.warmup_steps else student
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms if not finished(out / f"{arm}-s{seed}")]
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms
+            if not rundir.is_finished(out / f"{arm}-s{seed}")]
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     running: list[tuple[subprocess.Popen, str, float]] = []
@@ -163,9 +162,7 @@ def run_all(args, store: Path, student: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ analysis
 def load_run(run: Path) -> dict:
-    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-    intervals = [r for r in lines if r.get("event") == "interval"]
-    final = [r for r in lines if r.get("event") == "final"][-1]
+    intervals, final = rundir.read_metrics(run)
     return {"intervals": intervals, "final": final, "domains": final["domains"]}
 
 
@@ -178,7 +175,7 @@ def mean_sd(xs: list[float]) -> str:
 def summarize(args) -> dict:
     out = Path(args.out)
     runs = {(arm, s): load_run(out / f"{arm}-s{s}") for arm in args.arms for s in args.seeds
-            if finished(out / f"{arm}-s{s}")}
+            if rundir.is_finished(out / f"{arm}-s{s}")}
     if not runs:
         sys.exit(f"no finished runs under {out}")
     domains = next(iter(runs.values()))["domains"]
@@ -198,7 +195,7 @@ def summarize(args) -> dict:
             "weights": {s: [iv["weights"] for iv in runs[(arm, s)]["intervals"]] for s in seeds},
             "steps": {s: [iv["step"] for iv in runs[(arm, s)]["intervals"]] for s in seeds},
         }
-    warm = load_run(out / "warmup") if finished(out / "warmup") else None
+    warm = load_run(out / "warmup") if rundir.is_finished(out / "warmup") else None
     return {"domains": domains, "table": table, "warmup": warm, "runs": runs}
 
 

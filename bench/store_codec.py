@@ -2,8 +2,9 @@
 
 Data: top-64 of the real SmolLM2-135M teacher (transformers, fp32) over real text of several domains, computed once
 and cached in bench/out/ (npz without pickle). Falls back to synthetic data, labelled so, when the teacher or the
-corpus is missing. Baselines (from reference/environment.md): int32 ids + uint8 log-probs (Blosc zstd-1), and
-u32 ids + f16 log-probs (Blosc zstd-5), both rank-ordered, written as plain zarr arrays with the same chunking.
+corpus is missing. Baselines (the two obvious encodings, measured before ddk's own was designed): int32 ids + uint8
+log-probs (Blosc zstd-1), and u32 ids + f16 log-probs (Blosc zstd-5), both rank-ordered, written as plain zarr arrays
+with the same chunking.
 
     .venv/bin/python bench/store_codec.py [--rows-per-domain 4] [--repeat 8]
 """
@@ -15,7 +16,6 @@ import glob
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,19 +24,19 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ddk_store import StoreWriter, open_store, spec  # noqa: E402
-from ddk_store import codec as ddk_codec  # noqa: E402
-from ddk_store.testing import synth_rows, tiny_meta  # noqa: E402
+from ddk_store import StoreWriter, open_store, spec
+from ddk_store import codec as ddk_codec
+from ddk_store.testing import synth_rows, tiny_meta
+from stage1_teacher.assets.corpus import default_out_dir
+from stage1_teacher.assets.teacher import default_teacher_dir
 
-CACHE = Path(os.environ.get("DDK_CACHE", Path.home() / ".cache" / "ddk"))
 OUT = Path(__file__).resolve().parent / "out"
 SEQ, K = 1024, 64
 
 
 def domain_texts() -> dict[str, str]:
     """A slice of real text per domain: the demo corpus if built, else the system files it is built from."""
-    c = CACHE / "corpus"
+    c = default_out_dir()
     pats = {"python": [f"{c}/python/**/*.py", "/usr/lib/python3*/json/*.py"],
             "c": [f"{c}/c/**/*.h", "/usr/include/*.h"],
             "legal": [f"{c}/legal/**/copyright", "/usr/share/doc/*/copyright"],
@@ -60,7 +60,7 @@ def domain_texts() -> dict[str, str]:
 
 def teacher_data(rows_per_domain: int) -> tuple[dict[str, np.ndarray], str, int]:
     """(arrays, label, vocab): real top-64 from the teacher, cached; synthetic if no teacher."""
-    teacher = CACHE / "teacher" / "smollm2-135m"
+    teacher = default_teacher_dir()
     cache = OUT / f"smollm2_top{K}_seq{SEQ}_r{rows_per_domain}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)

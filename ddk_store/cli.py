@@ -9,43 +9,24 @@ from typing import Any
 import click
 
 from . import spec
-from .errors import DdkError, StoreCorruptError
-from .retry import retry_call
-from .storage import open_zarr_store
+from .entry import CONTEXT_SETTINGS, EntryGroup, storage_option, version_option
+from .errors import StoreCorruptError
+from .schema import MARKER_DONE_COL
 
-
-def parse_storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
-    """``key=value`` pairs (repeatable --storage-option) for fsspec, e.g. endpoint_url=http://127.0.0.1:8333."""
-    opts: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="--storage-option")
-        key, value = pair.split("=", 1)
-        opts[key.strip()] = value
-    return opts
-
-
-storage_option = click.option("--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
-                              help="fsspec/s3fs option for s3:// URLs (repeatable), e.g. endpoint_url=http://127.0.0.1:8333")
-
-
-def run_cli(fn, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn``; a DdkError becomes one 'error:' line on stderr and exit status 2 (no traceback)."""
-    try:
-        return fn(*args, **kwargs)
-    except DdkError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+PROG = "ddk-store"
 
 
 def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
+    """What ``info`` shows. ``bytes_per_token`` is None until the store is complete (a partial store's bytes and
+    positions do not belong together); ``units_written``/``units_total`` say how far its dump got."""
     from .reader import open_store
 
     reader = open_store(url, storage_options=storage_options, allow_incomplete=True)
     meta = reader.meta
     total_bytes = reader.bytes_on_disk()
+    complete = meta.status == spec.STATUS_COMPLETE
     domains = []
-    total_tokens = 0
+    total_tokens = units_written = units_total = 0
     for d in meta.domains:
         row = {"name": d.name, "documents": d.n_documents, "corpus_tokens": d.n_tokens,
                "teacher_heldout_nll": d.heldout_nll, "teacher_heldout_ppl": d.heldout_ppl}
@@ -54,6 +35,13 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
             row[f"{split}_rows"] = n
             row[f"{split}_positions"] = n * meta.positions
             total_tokens += n * meta.positions
+            units = reader.layout(d.name, split).num_units
+            units_total += units
+            if complete or not units:
+                units_written += units
+            else:
+                done = reader.arrays(d.name, split)[spec.ARR_UNITS][:, MARKER_DONE_COL] == spec.UNIT_DONE
+                units_written += int(done.sum())
         domains.append(row)
     return {
         "url": url,
@@ -67,7 +55,9 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
         "logprob_scale": meta.logprob_scale,
         "positions": total_tokens,
         "bytes": total_bytes,
-        "bytes_per_token": (total_bytes / total_tokens) if total_tokens else None,
+        "bytes_per_token": (total_bytes / total_tokens) if total_tokens and complete else None,
+        "units_written": units_written,
+        "units_total": units_total,
         "created_at": meta.created_at,
         "tool_version": meta.tool_version,
         "domains": domains,
@@ -78,31 +68,50 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def unfinished_hint(url: str, units_missing: int) -> str:
+    """What to do with a store whose dump has not finished: resume the dump, or finalize after sharded dumps."""
+    if units_missing:
+        return (f"the dump is unfinished ({units_missing} unit(s) not written yet): rerun the same `ddk-teacher dump` "
+                f"command to write them and finalize the store (after sharded dumps: rerun every --shard, then "
+                f"`{PROG} finalize {url}`)")
+    return f"every unit is written but the store was not finalized: run `{PROG} finalize {url}`"
+
+
+@click.group(PROG, cls=EntryGroup, context_settings=CONTEXT_SETTINGS)
+@version_option(PROG)
 def main() -> None:
     """Inspect, verify and finalize ddk teacher-logit stores."""
 
 
 @main.command()
 @click.argument("url")
-@click.option("--json", "as_json", is_flag=True, help="print machine-readable JSON")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @storage_option
-def info(url: str, as_json: bool, storage_options: tuple[str, ...]) -> None:
+def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
     """Domains, sizes, teacher, tokenizer, k, bytes/token and teacher held-out perplexity of a store."""
-    s = run_cli(store_summary, url, parse_storage_options(storage_options))
+    s = store_summary(url, storage_options)
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
     t = s["teacher"]
-    click.echo(f"store      {s['url']}  ({s['status']}, format {s['format_version']}, {s['tool_version']})")
+    partial = s["status"] != spec.STATUS_COMPLETE
+    state = f"{s['status']}: {s['units_written']} of {s['units_total']} units written" if partial else s["status"]
+    click.echo(f"store      {s['url']}  ({state}, format {s['format_version']}, {s['tool_version']})")
     click.echo(f"teacher    {t['name']}  rev {t['revision'][:20]}  {t['dtype']}  {t['backend']} ({t['engine']})")
     tk = s["tokenizer"]
     click.echo(f"tokenizer  {tk['name']}  vocab {tk['vocab_size']}  {tk['fingerprint'][:23]}")
-    click.echo(f"layout     seq_len {s['seq_len']}  top_k {s['top_k']}  encoding {s['encoding']} (1/{s['logprob_scale']} nat)")
-    bpt = _fmt(s["bytes_per_token"], 1)
-    click.echo(f"size       {s['positions']:,} positions  {s['bytes']:,} bytes  {bpt} bytes/token")
+    click.echo(f"layout     seq_len {s['seq_len']}  top_k {s['top_k']}  encoding {s['encoding']} "
+               f"(1/{s['logprob_scale']} nat)")
+    if partial:
+        click.echo(f"size       {s['positions']:,} positions planned  {s['bytes']:,} bytes so far  (partial store: "
+                   f"bytes/token once it is complete)")
+        click.echo(f"next       {unfinished_hint(s['url'], s['units_total'] - s['units_written'])}")
+    else:
+        bpt = _fmt(s["bytes_per_token"], 1)
+        click.echo(f"size       {s['positions']:,} positions  {s['bytes']:,} bytes  {bpt} bytes/token")
     click.echo("")
-    click.echo(f"{'domain':<16}{'train rows':>11}{'heldout rows':>13}{'positions':>12}{'teacher nll':>12}{'teacher ppl':>12}")
+    click.echo(f"{'domain':<16}{'train rows':>11}{'heldout rows':>13}{'positions':>12}{'teacher nll':>12}"
+               f"{'teacher ppl':>12}")
     for d in s["domains"]:
         pos = d["train_positions"] + d["heldout_positions"]
         click.echo(f"{d['name']:<16}{d['train_rows']:>11}{d['heldout_rows']:>13}{pos:>12,}"
@@ -112,88 +121,79 @@ def info(url: str, as_json: bool, storage_options: tuple[str, ...]) -> None:
 @main.command()
 @click.argument("url")
 @storage_option
-def verify(url: str, storage_options: tuple[str, ...]) -> None:
+def verify(url: str, storage_options: dict[str, Any]) -> None:
     """Recompute every checksum and invariant; exit 1 naming each problem's domain, split, array and rows."""
-    from .validate import validate_store
+    from .validate import STATUS_ISSUE, validate_store
 
-    issues = run_cli(validate_store, url, storage_options=parse_storage_options(storage_options))
-    if issues:
-        for issue in issues:
-            click.echo(f"FAIL {issue}", err=True)
-        hint = (f"; `ddk-store repair {url}` marks the damaged units for rewriting by the same dump command"
-                if any(i.unit is not None for i in issues) else "")
-        click.echo(f"error: {len(issues)} problem(s) in {url} (first: {issues[0].where}){hint}", err=True)
-        sys.exit(1)
-    click.echo(f"ok: {url} passes every checksum and invariant")
+    issues = validate_store(url, storage_options=storage_options)
+    if not issues:
+        click.echo(f"ok: {url} passes every checksum and invariant")
+        return
+    for issue in issues:
+        click.echo(f"FAIL {issue}", err=True)
+    hints = []
+    if any(i.unwritten for i in issues) or any(i.where == STATUS_ISSUE for i in issues):
+        hints.append(unfinished_hint(url, sum(i.unwritten for i in issues)))
+    if any(i.unit is not None and not i.unwritten for i in issues):
+        hints.append(f"`{PROG} repair {url}` marks the damaged units for rewriting by the same dump command")
+    click.echo(f"error: {len(issues)} problem(s) in {url} (first: {issues[0].where})"
+               + "".join(f"; {h}" for h in hints), err=True)
+    sys.exit(1)
 
 
 @main.command()
 @click.argument("url")
 @storage_option
-def finalize(url: str, storage_options: tuple[str, ...]) -> None:
+def finalize(url: str, storage_options: dict[str, Any]) -> None:
     """After sharded dumps: check every unit is present, record held-out stats, mark the store complete."""
-    from .groups import read_root_doc, root_meta_from_doc
+    from .reader import open_store
     from .writer import StoreWriter
 
-    def _finalize() -> None:
-        opts = parse_storage_options(storage_options)
-        zstore = open_zarr_store(url, read_only=True, storage_options=opts)
-        doc = retry_call(lambda: read_root_doc(zstore, url), what="reading the root metadata", url=url)
-        if doc is None:
-            from .errors import StoreNotFoundError
-
-            raise StoreNotFoundError(f"no ddk store at {url}")
-        meta = root_meta_from_doc(doc, url)
-        writer = StoreWriter.resume(url, meta, storage_options=opts)
-        if writer.complete:
-            click.echo(f"{url} is already complete")
-            return
-        meta = writer.finalize()
-        click.echo(f"finalized {url}: {len(meta.domains)} domains complete")
-
-    run_cli(_finalize)
+    meta = open_store(url, storage_options=storage_options, allow_incomplete=True).meta  # read-only: creates nothing
+    writer = StoreWriter.resume(url, meta, storage_options=storage_options)
+    if writer.complete:
+        click.echo(f"{url} is already complete")
+        return
+    meta = writer.finalize()
+    click.echo(f"finalized {url}: {len(meta.domains)} domains complete")
 
 
 @main.command()
 @click.argument("url")
 @storage_option
-def repair(url: str, storage_options: tuple[str, ...]) -> None:
+def repair(url: str, storage_options: dict[str, Any]) -> None:
     """Verify, then clear the completion marker of every unit whose data is damaged so the dump rewrites it.
 
     Rerun the same `ddk-teacher dump` command afterwards: it rewrites only those units and finalizes the store.
     Problems outside unit data (metadata, array schema) cannot be repaired in place: the store must be re-dumped.
     """
     from .layout import Unit, unit_range
-    from .validate import validate_store
+    from .validate import STATUS_ISSUE, validate_store
     from .writer import StoreWriter
 
-    def _repair() -> int:
-        opts = parse_storage_options(storage_options)
-        issues = validate_store(url, storage_options=opts)
-        data = [i for i in issues if i.unit is not None]
-        other = [i for i in issues if i.unit is None and not i.where.startswith("metadata.status")
-                 and not i.where.startswith("metadata.domains[")]
-        if other:
-            for issue in other:
-                click.echo(f"FAIL {issue}", err=True)
-            raise StoreCorruptError(f"{url}: {len(other)} problem(s) outside unit data cannot be repaired in place; "
-                                    "dump the store again (ddk-teacher dump ... --overwrite)")
-        writer = StoreWriter.resume(url, storage_options=opts)
-        damaged = sorted({i.unit for i in data})
-        units = []
-        for dom, split, index in damaged:
-            lay = writer.layout(dom, split)
-            units.append(Unit(dom, split, index, *unit_range(index, lay.n_rows, lay.unit_rows)))
-        done_damaged = [u for u in units if writer.is_done(u)]
-        writer.reset_units(done_damaged)
-        for u in done_damaged:
-            click.echo(f"reset {u}")
-        return len(done_damaged)
-
-    n = run_cli(_repair)
-    if n:
-        click.echo(f"{n} unit(s) marked for rewriting; rerun the same `ddk-teacher dump` command to rewrite them "
-                   "and finalize the store")
+    issues = validate_store(url, storage_options=storage_options)
+    data = [i for i in issues if i.unit is not None and not i.unwritten]
+    other = [i for i in issues if i.unit is None and i.where != STATUS_ISSUE
+             and not i.where.startswith("metadata.domains[")]
+    if other:
+        for issue in other:
+            click.echo(f"FAIL {issue}", err=True)
+        raise StoreCorruptError(f"{url}: {len(other)} problem(s) outside unit data cannot be repaired in place; "
+                                "dump the store again (ddk-teacher dump ... --overwrite)")
+    writer = StoreWriter.resume(url, storage_options=storage_options)
+    units = []
+    for dom, split, index in sorted({i.unit for i in data}):
+        lay = writer.layout(dom, split)
+        units.append(Unit(dom, split, index, *unit_range(index, lay.n_rows, lay.unit_rows)))
+    done_damaged = [u for u in units if writer.is_done(u)]
+    writer.reset_units(done_damaged)
+    for u in done_damaged:
+        click.echo(f"reset {u}")
+    if done_damaged:
+        click.echo(f"{len(done_damaged)} unit(s) marked for rewriting; rerun the same `ddk-teacher dump` command to "
+                   "rewrite them and finalize the store")
+    elif any(i.unwritten for i in issues) or any(i.where == STATUS_ISSUE for i in issues):
+        click.echo(f"nothing to repair in {url}: {unfinished_hint(url, sum(i.unwritten for i in issues))}")
     else:
         click.echo(f"nothing to repair in {url}")
 

@@ -50,6 +50,18 @@ def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = 
     sys.exit(0)
 
 
+class EntryGroup(click.Group):
+    """A click group that runs through :func:`main_entry` however it is started standalone: as a console script
+    (``group()``), as ``group.main(args=..., prog_name=...)``, or under click's ``CliRunner``, so a test sees what a
+    user sees. ``main_entry`` itself calls ``main(standalone_mode=False)``, which is click's own."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        main_entry(self, prog_name or self.name or "ddk", args)
+
+
 def version_option(prog_name: str):
     """``--version`` for a command group: prints ``<prog> <ddk version>``."""
     return click.version_option(__version__, "--version", prog_name=prog_name, message="%(prog)s %(version)s")
@@ -74,9 +86,19 @@ def parse_storage_options(pairs: Sequence[str], flag: str = "--storage-option") 
     return opts
 
 
-#: The storage option flag, identical on every command that opens a store.
+def storage_options_callback(flag: str = "--storage-option"):
+    """click callback: the flag's ``KEY=VALUE`` pairs as a dict; a malformed pair is a usage error of ``flag``."""
+    def callback(ctx: click.Context, param: click.Parameter, pairs: Sequence[str]) -> dict[str, Any]:
+        try:
+            return parse_storage_options(pairs, flag)
+        except ConfigError as e:
+            raise click.BadParameter(str(e).replace(f"{flag} ", "", 1), param_hint=flag) from None
+    return callback
+
+
+#: The storage option flag, identical on every command that opens a store; the command receives a dict.
 storage_option = click.option(
-    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=storage_options_callback(),
     help="Option for s3:// stores (repeatable), e.g. endpoint_url=http://127.0.0.1:8333; AWS_* environment "
          "variables are read as usual.")
 

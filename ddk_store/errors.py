@@ -91,6 +91,10 @@ class ReportError(DdkError):
     """A run directory cannot be reported on (missing or malformed metrics.jsonl / config.yaml)."""
 
 
+class CorpusError(DdkError):
+    """The built-in corpus cannot be built (unknown domain, bad size cap, missing sources or Debian packages)."""
+
+
 def describe(exc: BaseException, limit: int = 200, *, with_type: bool = True) -> str:
     """One line for a foreign exception inside a ddk message: ``Type: text``, whitespace folded, shortened.
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 from . import spec
 from .errors import InvalidNameError, StoreFormatError, StoreVersionError
+from .jsonfields import parse_float, parse_int, parse_str, reject_unknown, require, short_repr, shorten
 
 
 def validate_domain_name(name: object) -> str:
@@ -20,72 +20,6 @@ def validate_domain_name(name: object) -> str:
             "(domain names become paths in the store)"
         )
     return name
-
-
-def _short(value: Any) -> str:
-    """repr of a received value for a message, cut short (a damaged field can be huge)."""
-    try:
-        text = repr(value)
-    except (ValueError, RecursionError):  # ints beyond Python's digit limit, absurdly nested containers
-        return f"<{type(value).__name__} too large to show>"
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _where(ctx: str, key: str) -> str:
-    return f"{ctx}.{key}" if ctx else key
-
-
-def parse_str(d: Mapping[str, Any], key: str, ctx: str = "", *, allow_empty: bool = True) -> str:
-    value = _require(d, key, ctx)
-    if not isinstance(value, str) or (not allow_empty and not value):
-        kind = "a non-empty string" if not allow_empty else "a string"
-        raise StoreFormatError(f"field '{_where(ctx, key)}': expected {kind}, got {_short(value)}")
-    return value
-
-
-def parse_int(d: Mapping[str, Any], key: str, ctx: str = "", *, lo: int | None = None, hi: int | None = None,
-              optional: bool = False) -> int | None:
-    if optional and d.get(key) is None:
-        return None
-    value = _require(d, key, ctx)
-    if isinstance(value, bool) or not isinstance(value, int) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise StoreFormatError(f"field '{_where(ctx, key)}': expected int{rng}, got {_short(value)}")
-    return value
-
-
-def parse_float(d: Mapping[str, Any], key: str, ctx: str = "", *, optional: bool = False) -> float | None:
-    if optional and d.get(key) is None:
-        return None
-    value = _require(d, key, ctx)
-    try:
-        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
-    except OverflowError:  # an int beyond float range
-        number = math.nan
-    if not math.isfinite(number):
-        raise StoreFormatError(f"field '{_where(ctx, key)}': expected a finite number, got {_short(value)}")
-    return number
-
-
-def _require(d: Mapping[str, Any], key: str, ctx: str) -> Any:
-    if not isinstance(d, Mapping):
-        raise StoreFormatError(f"field '{ctx or '<root>'}': expected an object, got {type(d).__name__}")
-    if key not in d:
-        raise StoreFormatError(f"field '{_where(ctx, key)}' is missing")
-    return d[key]
-
-
-def _reject_unknown(d: Mapping[str, Any], cls: type, ctx: str) -> None:
-    if not isinstance(d, Mapping):
-        raise StoreFormatError(f"field '{ctx or '<root>'}': expected an object, got {type(d).__name__}")
-    known = {f.name for f in fields(cls)}
-    # Extensions are allowed under "x_..." keys (readers that do not understand them MUST ignore them).
-    unknown = sorted(k for k in d if k not in known and not str(k).startswith("x_"))
-    if unknown:
-        raise StoreFormatError(
-            f"unknown field(s) {unknown} in '{ctx or '<root>'}': this store was written by a newer ddk or edited by hand; "
-            "extensions must be named 'x_...'"
-        )
 
 
 @dataclass(frozen=True)
@@ -103,7 +37,7 @@ class TeacherInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ctx: str = "teacher") -> "TeacherInfo":
-        _reject_unknown(d, cls, ctx)
+        reject_unknown(d, cls, ctx)
         return cls(**{f.name: parse_str(d, f.name, ctx) for f in fields(cls)})
 
 
@@ -124,10 +58,10 @@ class TokenizerInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ctx: str = "tokenizer") -> "TokenizerInfo":
-        _reject_unknown(d, cls, ctx)
+        reject_unknown(d, cls, ctx)
         fp = parse_str(d, "fingerprint", ctx, allow_empty=False)
         if not _FINGERPRINT_RE.fullmatch(fp):
-            raise StoreFormatError(f"field '{ctx}.fingerprint': expected '<algo>:<hex>', got {_short(fp)}")
+            raise StoreFormatError(f"field '{ctx}.fingerprint': expected '<algo>:<hex>', got {short_repr(fp)}")
         vocab = parse_int(d, "vocab_size", ctx, lo=1, hi=2**31 - 1)
         return cls(
             name=parse_str(d, "name", ctx),
@@ -150,7 +84,7 @@ class SourceInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ctx: str = "source") -> "SourceInfo":
-        _reject_unknown(d, cls, ctx)
+        reject_unknown(d, cls, ctx)
         return cls(uri=parse_str(d, "uri", ctx, allow_empty=False), sha256=parse_str(d, "sha256", ctx),
                    bytes=parse_int(d, "bytes", ctx, lo=0))
 
@@ -183,14 +117,14 @@ class DomainInfo:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ctx: str = "domain") -> "DomainInfo":
-        _reject_unknown(d, cls, ctx)
+        reject_unknown(d, cls, ctx)
         name = parse_str(d, "name", ctx)
         try:
             validate_domain_name(name)
         except InvalidNameError as e:
             raise StoreFormatError(f"field '{ctx}.name': {e}") from None
         ctx = f"domains[{name}]"
-        srcs = _require(d, "sources", ctx)
+        srcs = require(d, "sources", ctx)
         if not isinstance(srcs, list):
             raise StoreFormatError(f"field '{ctx}.sources': expected a list, got {type(srcs).__name__}")
         return cls(
@@ -207,7 +141,7 @@ class DomainInfo:
 def parse_format(d: Mapping[str, Any]) -> str:
     fmt = parse_str(d, "format", "")
     if fmt != spec.FORMAT_NAME:
-        raise StoreFormatError(f"field 'format': expected {spec.FORMAT_NAME!r}, got {_short(fmt)}: "
+        raise StoreFormatError(f"field 'format': expected {spec.FORMAT_NAME!r}, got {short_repr(fmt)}: "
                                "not a ddk teacher store")
     return fmt
 
@@ -216,11 +150,11 @@ def parse_format_version(d: Mapping[str, Any]) -> str:
     version = parse_str(d, "format_version", "")
     m = re.fullmatch(r"([0-9]+)\.([0-9]+)", version)
     if not m:
-        raise StoreFormatError(f"field 'format_version': expected 'MAJOR.MINOR', got {_short(version)}")
+        raise StoreFormatError(f"field 'format_version': expected 'MAJOR.MINOR', got {short_repr(version)}")
     # Compared as text: int() of thousands of digits raises (Python's int-string limit).
     major = m.group(1).lstrip("0") or "0"
     if major != str(spec.FORMAT_MAJOR):
-        shown = version if len(version) <= 20 else version[:17] + "..."
+        shown = shorten(version, 20)
         raise StoreVersionError(
             f"store format version {shown} is not supported: this ddk reads major version {spec.FORMAT_MAJOR} "
             f"(format {spec.FORMAT_VERSION}); use a ddk release that supports version {shown.split('.')[0]}.x"
@@ -232,7 +166,7 @@ def parse_encoding(d: Mapping[str, Any]) -> str:
     enc = parse_str(d, "encoding", "")
     if enc not in spec.ENCODINGS:
         raise StoreVersionError(
-            f"field 'encoding': unknown top-k encoding {_short(enc)}; this ddk knows {list(spec.ENCODINGS)}: "
+            f"field 'encoding': unknown top-k encoding {short_repr(enc)}; this ddk knows {list(spec.ENCODINGS)}: "
             "upgrade ddk to read this store"
         )
     return enc
@@ -241,7 +175,7 @@ def parse_encoding(d: Mapping[str, Any]) -> str:
 def parse_status(d: Mapping[str, Any]) -> str:
     status = parse_str(d, "status", "")
     if status not in spec.STATUSES:
-        raise StoreFormatError(f"field 'status': expected one of {list(spec.STATUSES)}, got {_short(status)}")
+        raise StoreFormatError(f"field 'status': expected one of {list(spec.STATUSES)}, got {short_repr(status)}")
     return status
 
 
@@ -332,16 +266,16 @@ class StoreMeta:
         # Format and version first, so a newer store fails with the version message, not an unknown-field one.
         fmt = parse_format(d)
         version = parse_format_version(d)
-        _reject_unknown(d, cls, "")
-        doms = _require(d, "domains", "")
+        reject_unknown(d, cls, "")
+        doms = require(d, "domains", "")
         if not isinstance(doms, list):
             raise StoreFormatError(f"field 'domains': expected a list, got {type(doms).__name__}")
-        settings = _require(d, "settings", "")
+        settings = require(d, "settings", "")
         if not isinstance(settings, Mapping):
             raise StoreFormatError(f"field 'settings': expected an object, got {type(settings).__name__}")
-        tokenizer = TokenizerInfo.from_dict(_require(d, "tokenizer", ""))
+        tokenizer = TokenizerInfo.from_dict(require(d, "tokenizer", ""))
         return cls(
-            teacher=TeacherInfo.from_dict(_require(d, "teacher", "")),
+            teacher=TeacherInfo.from_dict(require(d, "teacher", "")),
             tokenizer=tokenizer,
             seq_len=parse_int(d, "seq_len", "", lo=2, hi=2**24),
             top_k=parse_int(d, "top_k", "", lo=1, hi=tokenizer.vocab_size),

@@ -1,8 +1,8 @@
 """Where ddk keeps things on the local disk, and how names given by users become paths.
 
-One home for: the cache directory (``$DDK_CACHE``), telling a local model directory from a hub id, resolving a
-path written inside a file against that file's folder, and building a directory atomically (in a temporary
-sibling, renamed into place only when complete). No deep-learning imports.
+One home for: the cache directory (``$DDK_CACHE``), telling a local model directory from a hub id (and fetching a
+hub model's snapshot), resolving a path written inside a file against that file's folder, and building a directory
+atomically (in a temporary sibling, renamed into place only when complete). No deep-learning imports.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from .errors import ConfigError, describe
 
 #: Environment variable naming the cache root (models, corpora built by ddk); default ``~/.cache/ddk``.
 CACHE_ENV = "DDK_CACHE"
@@ -47,6 +49,33 @@ def model_ref_problem(flag: str, name: str) -> str | None:
     if looks_like_path(name):
         return f"{flag} {name}: directory does not exist; give a Hugging Face model directory or hub id"
     return None
+
+
+#: Files of a hub model that ddk needs: config, tokenizer, safetensors weights, and any custom modelling code.
+HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.py")
+
+
+def hub_snapshot(flag: str, repo_id: str, revision: str | None = None) -> str:
+    """The local snapshot directory of hub model ``repo_id`` (given with ``flag``): the cached copy, or downloaded.
+
+    Fails within seconds, in one line, when the hub cannot be reached and nothing is cached (no retry loop), and for
+    an unknown or gated repository or a bad revision.
+
+    Raises:
+        ConfigError: naming ``flag`` and ``repo_id``, the cause shortened by :func:`~ddk_store.errors.describe`.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(repo_id, revision=revision or None, allow_patterns=list(HUB_MODEL_FILES))
+    except LocalEntryNotFoundError as e:  # offline (no network, or HF_HUB_OFFLINE=1) and nothing cached
+        raise ConfigError(f"{flag} {repo_id}: not a local directory, and the hub cannot be reached "
+                          f"({describe(e.__cause__ or e)}) while no copy is cached; pass a local model directory, or "
+                          f"rerun with network access") from None
+    except Exception as e:  # unknown or gated repository, bad revision, refused download
+        raise ConfigError(f"{flag} {repo_id}: not a local directory, and the hub snapshot could not be fetched "
+                          f"({describe(e, 300)}); pass a local model directory") from None
 
 
 def resolve_against(value: str, base_dir: Path) -> str:
@@ -88,12 +117,14 @@ def atomic_dir(out: Path) -> Iterator[Path]:
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             old.rmdir()
             os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            if old.is_dir() and not old.is_symlink():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink(missing_ok=True)
+        try:
+            os.rename(tmp, out)
+        finally:  # also when another writer put its own ``out`` there first: the old copy never lingers
+            if old is not None:
+                if old.is_dir() and not old.is_symlink():
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    old.unlink(missing_ok=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

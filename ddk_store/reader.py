@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -13,10 +12,12 @@ import zarr.errors
 from zarr.core.sync import sync
 
 from . import codec, spec
-from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, StoreNotFoundError
-from .groups import GroupLayout, group_path, read_group_layout, read_root_doc, root_meta_from_doc
+from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, StoreNotFoundError, describe
+from .groups import read_group_layout, read_root_doc, root_meta_from_doc
+from .heldout import heldout_nll, stats_mismatch
 from .meta import StoreMeta
 from .retry import is_transient, retry_call
+from .schema import GROUP_ARRAYS, GroupLayout, chunk_prefix, group_path, group_schema
 from .storage import normalize_url, open_zarr_store
 
 
@@ -45,10 +46,6 @@ _ZARR_METADATA_ERRORS = (zarr.errors.BaseZarrError, zarr.errors.UnknownCodecErro
                          AttributeError)
 
 
-def describe_zarr(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return f"{type(exc).__name__}: {text}"[:200]
-
 class StoreReader:
     """Read-only view of a complete store."""
 
@@ -72,7 +69,7 @@ class StoreReader:
             try:
                 return zarr.open_group(self._zstore, mode="r")
             except _ZARR_METADATA_ERRORS as e:
-                raise StoreFormatError(f"store {self.url}: root zarr.json is not a zarr group ({describe_zarr(e)}); "
+                raise StoreFormatError(f"store {self.url}: root zarr.json is not a zarr group ({describe(e)}); "
                                        "this is not a ddk store, or its metadata was damaged") from None
 
         self._root = retry_call(open_root, what="opening the root group", url=self.url)
@@ -118,7 +115,7 @@ class StoreReader:
             def open_arrays() -> dict[str, Any]:
                 grp = self._root[path]
                 arrs = {}
-                for name in (*spec.DATA_ARRAYS, spec.ARR_UNITS):
+                for name in GROUP_ARRAYS:
                     try:
                         arrs[name] = grp[name]
                     except KeyError:
@@ -126,7 +123,7 @@ class StoreReader:
                                                f"{self._verify_hint()}") from None
                     except _ZARR_METADATA_ERRORS as e:
                         raise StoreFormatError(f"store {self.url}: array '{path}/{name}' has metadata this reader "
-                                               f"refuses ({describe_zarr(e)}); {self._verify_hint()}") from None
+                                               f"refuses ({describe(e)}); {self._verify_hint()}") from None
                     # Allowlist: only the spec's codecs are ever decoded (no pickle or third-party codec can run).
                     names = [c.to_dict()["name"] for c in arrs[name].metadata.codecs]
                     bad = [n for n in names if n not in spec.ALLOWED_CODECS]
@@ -137,11 +134,9 @@ class StoreReader:
                 return arrs
 
             arrs = retry_call(open_arrays, what=f"opening the arrays of {path}", url=self.url)
-            t, p, k = self.meta.seq_len, self.meta.positions, self.meta.top_k
-            want = {spec.ARR_TOKENS: (lay.n_rows, t), spec.ARR_TOPK_IDS: (lay.n_rows, p, k),
-                    spec.ARR_TOPK_LOGPROBS: (lay.n_rows, p, k), spec.ARR_TARGET_LOGPROBS: (lay.n_rows, p),
-                    spec.ARR_UNITS: (lay.num_units, 1 + len(spec.CHECKSUMMED_ARRAYS))}
-            for name, shape in want.items():
+            t, k = self.meta.seq_len, self.meta.top_k
+            for name, schema in group_schema(self.meta, lay).items():
+                shape = schema.shape
                 if tuple(arrs[name].shape) != shape:
                     raise StoreFormatError(
                         f"store {self.url}: array '{path}/{name}' has shape {tuple(arrs[name].shape)} but the group "
@@ -196,17 +191,15 @@ class StoreReader:
         missing = np.flatnonzero(np.isnan(target).any(axis=1))  # (n, P): NaN is the fill value
         if missing.size:
             raise StoreCorruptError(self._missing_chunk_message(domain, split, name, int(missing[0])))
-        nll = float(-np.mean(target, dtype=np.float64))
-        where = f"store {self.url}: metadata domains[{domain}]"
-        if info.heldout_nll is None or not math.isclose(info.heldout_nll, nll, rel_tol=1e-6, abs_tol=1e-9):
+        nll = heldout_nll(target)
+        bad = stats_mismatch(info.heldout_nll, info.heldout_ppl, nll)
+        if bad is not None:
+            field, recorded, computed = bad
+            source = "" if field == "heldout_nll" else "exp(heldout_nll) from "
             raise StoreCorruptError(
-                f"{where}.heldout_nll records {info.heldout_nll} but {domain}/heldout/{spec.ARR_TARGET_LOGPROBS} "
-                f"rows 0-{n - 1} give {nll:.6f}: the metadata was edited or the data altered; {self._verify_hint()}")
-        if info.heldout_ppl is None or not math.isclose(info.heldout_ppl, math.exp(nll), rel_tol=1e-6):
-            raise StoreCorruptError(
-                f"{where}.heldout_ppl records {info.heldout_ppl} but exp(heldout_nll) from "
-                f"{domain}/heldout/{spec.ARR_TARGET_LOGPROBS} rows 0-{n - 1} is {math.exp(nll):.6f}: the metadata "
-                f"was edited; {self._verify_hint()}")
+                f"store {self.url}: metadata domains[{domain}].{field} records {recorded} but {source}{domain}/heldout/"
+                f"{spec.ARR_TARGET_LOGPROBS} rows 0-{n - 1} give {computed:.6f}: the metadata was edited or the data "
+                f"altered; {self._verify_hint()}")
         return nll
 
     # ------------------------------------------------------------- reading
@@ -258,7 +251,7 @@ class StoreReader:
                 bad = span
                 break
         span = bad or (int(rows[0]), int(rows[-1]) + 1)
-        detail = " ".join(str(err).split())[:120]
+        detail = describe(err, 120, with_type=False)
         return (f"store {self.url}: {self._where(domain, split, name, span)}: chunk fails its crc32c checksum or "
                 f"cannot be decoded (flipped or truncated bytes: {detail}); {self._verify_hint()}")
 
@@ -319,6 +312,16 @@ class StoreReader:
     def bytes_on_disk(self) -> int:
         """Total stored bytes under the store prefix."""
         return int(sync(self._zstore.getsize_prefix("")))
+
+    def chunk_keys(self, domain: str, split: str, name: str) -> set[str]:
+        """Keys of the chunks of one array that exist in the store (see :func:`schema.chunk_key`); a listing only."""
+        prefix = chunk_prefix(domain, split, name) + "/"
+
+        async def collect() -> set[str]:
+            return {k async for k in self._zstore.list_prefix(prefix)}
+
+        return retry_call(lambda: sync(collect()), what=f"listing the chunks of {group_path(domain, split)}/{name}",
+                          url=self.url)
 
 
 def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None,

@@ -13,9 +13,10 @@ botocore's own few retries), caused by ``aiohttp.ClientConnectorError`` and ``Co
 dies mid-request gives ``ServerDisconnectedError``/``ConnectionClosedError``/read timeouts; a busy or restarting one
 answers 500/503 (s3fs turns those into ``OSError(EREMOTEIO/EBUSY)`` caused by a botocore ``ClientError``). Missing
 keys, permission and credential errors, bad requests, and every local-disk error are never retried: retrying cannot
-fix them. A full disk (ENOSPC/EDQUOT) becomes :class:`StoreNoSpaceError` and a refusal (S3 403 / wrong credentials,
-which s3fs raises as ``PermissionError``; a local permission error) :class:`StoreAccessError`, at once, each with
-the fix in its message.
+fix them. A full disk (ENOSPC/EDQUOT) becomes :class:`StoreNoSpaceError`, and a refusal (S3 403 / wrong credentials,
+which s3fs raises as ``PermissionError``; a local permission error) or missing credentials (botocore's
+``NoCredentialsError``, raised before any request is sent) :class:`StoreAccessError`, at once, each with the fix in
+its message. So every command that opens a store fails the same way, on one line, for each of these causes.
 
 Classes are matched by name, so this module imports neither botocore nor aiohttp (they are optional extras).
 """
@@ -30,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import DdkError, StoreAccessError, StoreNoSpaceError, StoreUnreachableError
+from .errors import DdkError, StoreAccessError, StoreNoSpaceError, StoreUnreachableError, describe
 
 T = TypeVar("T")
 
@@ -63,6 +64,12 @@ _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 #: S3 error codes that mean "these credentials may not do this" (s3fs raises most of them as PermissionError).
 _DENIED_CODES = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
                            "InvalidToken", "AllAccessDisabled", "403"})
+#: botocore exceptions (class names) meaning "no usable credentials were found": no request was even sent.
+_NO_CREDENTIALS_NAMES = frozenset({"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError",
+                                   "NoAuthTokenError"})
+#: How to give an object store credentials, in every message that asks for them.
+CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or pass --storage-option key=... "
+                    "--storage-option secret=...")
 
 
 def retry_budget_s() -> float:
@@ -123,6 +130,12 @@ def is_access_denied(exc: BaseException) -> bool:
     return False
 
 
+def is_missing_credentials(exc: BaseException) -> bool:
+    """True if ``exc`` (or what caused it) says that no credentials were found for an object store."""
+    return any(any(cls.__name__ in _NO_CREDENTIALS_NAMES for cls in type(e).__mro__)
+               or "Unable to locate credentials" in str(e) for e in _chain(exc))
+
+
 def is_transient(exc: BaseException) -> bool:
     """True if ``exc`` (or what caused it) is a connection, timeout or server-side (5xx, throttling) failure."""
     for e in _chain(exc):
@@ -141,13 +154,6 @@ def is_transient(exc: BaseException) -> bool:
             if cls.__name__ == "ConnectionError" and cls.__module__.startswith("botocore"):
                 return True
     return False
-
-
-def describe(exc: BaseException, limit: int = 160) -> str:
-    """``Type: message`` on one line, shortened."""
-    text = " ".join(str(exc).split()) or repr(exc)
-    text = text if len(text) <= limit else text[: limit - 3] + "..."
-    return f"{type(exc).__name__}: {text}"
 
 
 def _store_kind(url: str) -> str:
@@ -187,11 +193,13 @@ def retry_call(fn: Callable[[], T], *, what: str, url: str, budget_s: float | No
                                         f"filesystem (or enlarge it), then rerun the same command to resume")
                 err.errno = errno.ENOSPC
                 raise err from None
+            if is_missing_credentials(e):
+                raise StoreAccessError(f"no credentials for the object store: {what} at {url} ({describe(e, 120)}); "
+                                       f"{CREDENTIALS_HINT}") from None
             if is_access_denied(e):
                 remote = _store_kind(url) == "object store"
-                fix = ("check the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or --storage-options) and "
-                       "that they may read and write this bucket and prefix" if remote else
-                       "check the permissions of the store directory and its files")
+                fix = (f"check the credentials ({CREDENTIALS_HINT}) and that they may read and write this bucket "
+                       "and prefix" if remote else "check the permissions of the store directory and its files")
                 raise StoreAccessError(f"access denied: {what} at {url} ({describe(e, 120)}); {fix}") from None
             if not is_transient(e):
                 raise
@@ -218,4 +226,5 @@ def _stderr(msg: str) -> None:
 
 
 __all__ = ["StoreUnreachableError", "StoreNoSpaceError", "StoreAccessError", "retry_call", "retry_budget_s",
-           "is_transient", "is_no_space", "is_access_denied", "describe", "RETRY_SECONDS_ENV", "DEFAULT_RETRY_SECONDS"]
+           "is_transient", "is_no_space", "is_access_denied", "is_missing_credentials", "CREDENTIALS_HINT",
+           "RETRY_SECONDS_ENV", "DEFAULT_RETRY_SECONDS"]

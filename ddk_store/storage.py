@@ -92,11 +92,22 @@ def check_store_url(url: str | os.PathLike[str]) -> str:
 
 
 def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """s3fs options: the caller's, plus a custom endpoint from AWS_ENDPOINT_URL(_S3) when set."""
+    """s3fs options: the caller's, plus a custom endpoint from AWS_ENDPOINT_URL(_S3) when set.
+
+    Raises:
+        ConfigError: the endpoint is not an http(s) URL (botocore would fail later with a bare ValueError).
+    """
     opts = dict(storage_options or {})
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
         opts["endpoint_url"] = endpoint
+    client_kwargs = opts.get("client_kwargs")
+    for given in (opts.get("endpoint_url"), (client_kwargs or {}).get("endpoint_url")
+                  if isinstance(client_kwargs, Mapping) else None):
+        if given is not None and not (isinstance(given, str) and urlparse(given).scheme in ("http", "https")
+                                      and urlparse(given).netloc):
+            raise ConfigError(f"object store endpoint {given!r} (--storage-option endpoint_url=, or AWS_ENDPOINT_URL) "
+                              "is not an http:// or https:// URL; give e.g. endpoint_url=http://127.0.0.1:8333")
     return opts
 
 
@@ -136,6 +147,12 @@ async def delete_store_prefix(store: Store, url: str) -> None:
 #: zarr's LocalStore writes a chunk to "<key>.<32 hex>.partial" and renames it into place; a kill in between
 #: leaves the temporary file behind (object stores write whole objects and leave nothing).
 _PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+
+def is_lost_partial(exc: BaseException) -> bool:
+    """A local chunk write failed because its temporary file vanished: a finalize of the same store by another writer
+    (the same dump started twice) removed it. Writing the chunk again is harmless."""
+    return isinstance(exc, FileNotFoundError) and bool(_PARTIAL.search(str(exc.filename or "")))
 
 
 def remove_stale_partials(url: str) -> int:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from . import spec
 from .meta import DomainInfo, SourceInfo, StoreMeta, TeacherInfo, TokenizerInfo
 from .reader import StoreReader, open_store
+from .schema import DOC_ATTRIBUTES, GroupLayout, chunk_key, chunk_prefix, marker_key, node_doc_key
 from .writer import StoreWriter
 
 
@@ -76,3 +80,90 @@ def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gam
         return writer
     writer.finalize()
     return open_store(url)
+
+
+class StoreFiles:
+    """The files of a local store, found through the schema (schema.py), for tests and benches that watch, inspect or
+    damage a store on disk. Reads only a few small documents and directory listings (no zarr), so it is cheap and safe
+    while a writer runs. ``node`` arguments name a node: none for the root, (domain, split) for a group,
+    (domain, split, array) for an array.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------ documents
+    def doc_path(self, *node: str) -> Path:
+        return self.root / node_doc_key(*node)
+
+    def read_doc(self, *node: str) -> dict[str, Any]:
+        """A node's zarr.json (raises OSError or ValueError when it is missing, half-written or not JSON)."""
+        return json.loads(self.doc_path(*node).read_text())
+
+    def edit_doc(self, edit: Callable[[dict[str, Any]], None], *node: str) -> None:
+        """Rewrite a node's zarr.json after ``edit`` changed it in place."""
+        doc = self.read_doc(*node)
+        edit(doc)
+        self.doc_path(*node).write_text(json.dumps(doc))
+
+    def edit_root_meta(self, edit: Callable[[dict[str, Any]], None]) -> None:
+        """Rewrite the store metadata document (the root's ``ddk`` attribute) after ``edit`` changed it in place."""
+        self.edit_doc(lambda doc: edit(doc[DOC_ATTRIBUTES][spec.ROOT_ATTR]))
+
+    def edit_group_layout(self, domain: str, split: str, edit: Callable[[dict[str, Any]], None]) -> None:
+        """Rewrite a group's layout document (its ``ddk_group`` attribute) after ``edit`` changed it in place."""
+        self.edit_doc(lambda doc: edit(doc[DOC_ATTRIBUTES][spec.GROUP_ATTR]), domain, split)
+
+    def meta(self) -> StoreMeta | None:
+        """The store metadata, or None while there is no readable root document yet."""
+        try:
+            return StoreMeta.from_dict(self.read_doc()[DOC_ATTRIBUTES][spec.ROOT_ATTR])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def status(self) -> str | None:
+        meta = self.meta()
+        return None if meta is None else meta.status
+
+    def layout(self, domain: str, split: str) -> GroupLayout | None:
+        """A group's layout, or None while the group's document does not exist (or is being written)."""
+        try:
+            return GroupLayout.from_dict(self.read_doc(domain, split)[DOC_ATTRIBUTES][spec.GROUP_ATTR], domain)
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    # ------------------------------------------------------------ chunks
+    def chunk_path(self, domain: str, split: str, name: str, index: int) -> Path:
+        """The file of chunk ``index`` (along rows) of an array."""
+        return self.root / chunk_key(domain, split, name, index)
+
+    def row_chunk_path(self, domain: str, split: str, name: str, row: int) -> Path:
+        """The file of the chunk holding ``row`` of an array."""
+        layout = self.layout(domain, split)
+        if layout is None:
+            raise FileNotFoundError(f"{self.root}: no layout for {domain}/{split}")
+        return self.chunk_path(domain, split, name, row // layout.chunk_rows)
+
+    def marker_path(self, domain: str, split: str, unit: int) -> Path:
+        return self.root / marker_key(domain, split, unit)
+
+    def _chunk_indices(self, domain: str, split: str, name: str) -> set[int]:
+        """Chunk indices (along rows) whose directory exists: created just before the chunk's file is written."""
+        try:
+            return {int(c) for c in os.listdir(self.root / chunk_prefix(domain, split, name)) if c.isdigit()}
+        except OSError:
+            return set()
+
+    def marker_dirs(self, domain: str, split: str) -> set[int]:
+        """Units whose marker chunk has a directory: the marker is being written, or is in place."""
+        return self._chunk_indices(domain, split, spec.ARR_UNITS)
+
+    def markers_written(self, domain: str, split: str) -> set[int]:
+        """Units whose marker file is in place (written; the reader still checks its done flag)."""
+        return {u for u in self.marker_dirs(domain, split) if self.marker_path(domain, split, u).exists()}
+
+    def units_with_chunks(self, domain: str, split: str, layout: GroupLayout,
+                          names: Sequence[str] = spec.DATA_ARRAYS) -> set[int]:
+        """Units with at least one data chunk (or its directory) of ``names`` on disk: written or being written."""
+        return {c * layout.chunk_rows // layout.unit_rows for name in names
+                for c in self._chunk_indices(domain, split, name)}

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
-from zarr.core.sync import sync
 
-from . import codec, spec
-from .errors import DdkError
-from .groups import array_specs, crc32_of, group_path
+from . import spec
+from .errors import DdkError, StoreIOError, describe
+from .groups import crc32_of
+from .heldout import heldout_nll, stats_mismatch
 from .reader import StoreReader
+from .schema import MARKER_DONE_COL, MARKER_DTYPE, MARKER_WIDTH, chunk_key, group_path, group_schema
+
+
+#: ``Issue.where`` of the problem "the store is not finalized" (its status is still 'writing').
+STATUS_ISSUE = "metadata.status"
 
 
 @dataclass(frozen=True)
@@ -22,31 +26,30 @@ class Issue:
     where: str
     what: str
     unit: tuple[str, str, int] | None = None  # (domain, split, unit index) when the problem lies in one unit's data
+    unwritten: bool = False  # the unit is not written yet (an unfinished dump), which is not damage
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
 
 
-def _chunk_keys(reader: StoreReader, domain: str, split: str, name: str) -> set[str]:
-    prefix = f"{group_path(domain, split)}/{name}/c/"
-
-    async def collect() -> set[str]:
-        return {k async for k in reader._zstore.list_prefix(prefix)}
-
-    return sync(collect())
-
-
 def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None,
                    progress: Callable[[str], None] | None = None) -> list[Issue]:
-    """Return every problem found in the store at ``url`` (an empty list means the store is valid)."""
+    """Return every problem found in the store at ``url`` (an empty list means the store is valid).
+
+    Raises:
+        StoreIOError: the store cannot be reached or read (credentials, permissions, network): not a problem *in*
+            the store, so it is raised as every other command raises it.
+    """
     try:
         reader = StoreReader(url, storage_options=storage_options, allow_incomplete=True)
+    except StoreIOError:
+        raise
     except DdkError as e:
         return [Issue("store", str(e))]
     meta = reader.meta
     issues: list[Issue] = []
     if meta.status != spec.STATUS_COMPLETE:
-        issues.append(Issue("metadata.status", f"store is '{meta.status}', not '{spec.STATUS_COMPLETE}': it must be "
+        issues.append(Issue(STATUS_ISSUE, f"store is '{meta.status}', not '{spec.STATUS_COMPLETE}': it must be "
                                                "resumed and finalized before use"))
     v = meta.tokenizer.vocab_size
     for dom in meta.domain_names:
@@ -57,32 +60,30 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
             try:
                 lay = reader.layout(dom, split)
                 arrays = reader.arrays(dom, split)
+            except StoreIOError:
+                raise
             except (DdkError, KeyError) as e:
                 issues.append(Issue(path, str(e)))
                 continue
-            for name, want in array_specs(meta, lay).items():
-                arr = arrays[name]
-                if tuple(arr.shape) != tuple(want["shape"]) or tuple(arr.chunks) != tuple(want["chunks"]):
-                    issues.append(Issue(f"{path}/{name}", f"shape {arr.shape} chunks {arr.chunks}, expected "
-                                                          f"{want['shape']} chunks {want['chunks']}"))
-                elif np.dtype(arr.dtype) != np.dtype(want["dtype"]):
-                    issues.append(Issue(f"{path}/{name}", f"dtype {arr.dtype}, expected {np.dtype(want['dtype'])}"))
+            for name, want in group_schema(meta, lay).items():
+                problem = want.mismatch(arrays[name].shape, arrays[name].chunks, arrays[name].dtype)
+                if problem:
+                    issues.append(Issue(f"{path}/{name}", problem))
             if any(i.where.startswith(path + "/") for i in issues):
                 continue
-            present = {name: _chunk_keys(reader, dom, split, name) for name in spec.DATA_ARRAYS}
-            units = arrays[spec.ARR_UNITS][:] if lay.num_units else np.zeros((0, 5), dtype="<u4")
+            present = {name: reader.chunk_keys(dom, split, name) for name in spec.DATA_ARRAYS}
+            units = arrays[spec.ARR_UNITS][:] if lay.num_units else np.zeros((0, MARKER_WIDTH), MARKER_DTYPE)
             for u in range(lay.num_units):
                 start, stop = u * lay.unit_rows, min(lay.n_rows, (u + 1) * lay.unit_rows)
                 where = f"{path} unit {u} (rows {start}-{stop - 1})"
                 uid = (dom, split, u)
-                if units[u, 0] != spec.UNIT_DONE:
-                    issues.append(Issue(where, "not written (no completion marker)", uid))
+                if units[u, MARKER_DONE_COL] != spec.UNIT_DONE:
+                    issues.append(Issue(where, "not written (no completion marker)", uid, unwritten=True))
                     continue
-                for col, name in enumerate(spec.CHECKSUMMED_ARRAYS, start=1):
+                for col, name in enumerate(spec.CHECKSUMMED_ARRAYS, start=MARKER_DONE_COL + 1):
                     arr = arrays[name]
-                    nd = len(arr.shape)
                     missing = [c for c in range(start // lay.chunk_rows, -(-stop // lay.chunk_rows))
-                               if f"{path}/{name}/c/{c}" + "/0" * (nd - 1) not in present[name]]
+                               if chunk_key(dom, split, name, c) not in present[name]]
                     if missing:
                         issues.append(Issue(f"{where} {name}", f"chunk(s) {missing} missing", uid))
                         continue
@@ -90,7 +91,8 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                         data = arr[start:stop]
                     except ValueError as e:
                         issues.append(Issue(f"{where} {name}", f"chunk fails its crc32c checksum or cannot be "
-                                                              f"decoded (flipped or truncated bytes): {e}", uid))
+                                                              f"decoded (flipped or truncated bytes): "
+                                                              f"{describe(e)}", uid))
                         continue
                     if crc32_of(data) != int(units[u, col]):
                         issues.append(Issue(f"{where} {name}", "content does not match the unit's crc32 "
@@ -135,12 +137,11 @@ def _check_heldout_stats(reader: StoreReader, dom: str, arrays: Mapping[str, Any
         return []  # already reported per unit
     if not np.isfinite(target).all():
         return []
-    nll = float(-np.mean(target, dtype=np.float64))
-    if info.heldout_nll is None or not math.isclose(info.heldout_nll, nll, rel_tol=1e-6, abs_tol=1e-9):
-        return [Issue(f"metadata.domains[{dom}].heldout_nll", f"records {info.heldout_nll}, data gives {nll:.6f}")]
-    if info.heldout_ppl is None or not math.isclose(info.heldout_ppl, math.exp(nll), rel_tol=1e-6):
-        return [Issue(f"metadata.domains[{dom}].heldout_ppl", f"records {info.heldout_ppl}, data gives {math.exp(nll):.6f}")]
-    return []
+    bad = stats_mismatch(info.heldout_nll, info.heldout_ppl, heldout_nll(target))
+    if bad is None:
+        return []
+    field, recorded, computed = bad
+    return [Issue(f"metadata.domains[{dom}].{field}", f"records {recorded}, data gives {computed:.6f}")]
 
 
-__all__ = ["Issue", "validate_store", "codec"]
+__all__ = ["Issue", "STATUS_ISSUE", "validate_store"]

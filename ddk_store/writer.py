@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import time
 import uuid
+from dataclasses import replace
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -17,86 +17,43 @@ from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from . import codec, spec
 from ._version import __version__
+from .difference import first_difference, identity_difference
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
-from .groups import GroupLayout, array_specs, crc32_of, group_path, read_group_layout, read_root_doc, root_meta_from_doc
+from .groups import array_specs, crc32_of, read_group_layout, read_root_doc, root_claim, root_meta_from_doc
+from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
-from .meta import StoreMeta, validate_domain_name
+from .meta import StoreMeta
 from .retry import retry_call
-from .storage import delete_store_prefix, normalize_url, open_zarr_store, remove_stale_partials
+from .schema import (GROUP_ARRAYS, MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, cleared_marker,
+                     done_marker, group_path)
+from .storage import (delete_store_prefix, is_lost_partial, normalize_url, open_zarr_store,
+                      remove_stale_partials)
 
 Rows = Mapping[str, Mapping[str, int]]
-
-
-# Settings a user chooses on the command line come first in a difference message: they are what to fix.
-_DIFF_FIRST = ("seq_len", "top_k", "encoding", "logprob_scale", "settings", "teacher", "tokenizer", "domains")
-
-
-def _diff_order(key: Any) -> tuple[int, str]:
-    return (_DIFF_FIRST.index(key) if key in _DIFF_FIRST else len(_DIFF_FIRST), str(key))
-
-
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    """Dotted path and values of the first difference between two JSON-like values (command-line settings first)."""
-    if isinstance(a, Mapping) and isinstance(b, Mapping):
-        for key in sorted(set(a) | set(b), key=_diff_order):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in a or key not in b:
-                return f"{sub}: store has {a.get(key, '<absent>')!r}, this run has {b.get(key, '<absent>')!r}"
-            diff = _first_difference(a[key], b[key], sub)
-            if diff:
-                return diff
-        return None
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            diff = _first_difference(x, y, f"{path}[{i}]")
-            if diff:
-                return diff
-        return None
-    return None if a == b else f"{path}: store has {a!r}, this run has {b!r}"
-
-
-def _check_rows(meta: StoreMeta, rows: Rows) -> dict[str, dict[str, int]]:
-    names = set(meta.domain_names)
-    if set(rows) != names:
-        raise ConfigError(f"rows are given for domains {sorted(rows)} but the metadata lists {sorted(names)}")
-    out: dict[str, dict[str, int]] = {}
-    for dom, splits in rows.items():
-        validate_domain_name(dom)
-        if set(splits) != set(spec.SPLITS):
-            raise ConfigError(f"domain {dom!r}: rows must give exactly the splits {list(spec.SPLITS)}, got {sorted(splits)}")
-        out[dom] = {}
-        for split, n in splits.items():
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-                raise ConfigError(f"domain {dom!r} split {split!r}: row count must be an int >= 0, got {n!r}")
-            out[dom][split] = n
-    return out
 
 
 def _ensure_nodes(root: zarr.Group, meta: StoreMeta, rows: Rows, chunk_rows: int, unit_rows: int) -> None:
     """Create every domain/split group and array that does not exist yet.
 
-    Another process may be creating the same nodes at the same moment (two dumps, or shards, started together):
-    a node that appears between the check and the creation is taken as it is; `_layout_difference` then checks it.
+    This is the one place that tolerates racing creators (two dumps, or shards, started together on a new store):
+    zarr refuses to create a node that appeared between the check and the creation (ContainsGroupError,
+    ContainsArrayError), and the node is then taken as it is; `_layout_difference` checks it afterwards.
     """
-    def group(parent: zarr.Group, name: str, **kwargs: Any) -> zarr.Group:
+    def node(parent: zarr.Group, name: str, create: Any, **kwargs: Any) -> Any:
         if name not in parent:
             try:
-                return parent.create_group(name, **kwargs)
-            except ContainsGroupError:
-                pass
+                return create(name, **kwargs)
+            except (ContainsArrayError, ContainsGroupError):
+                pass  # another process created it this instant
         return parent[name]
 
     for dom in meta.domain_names:
-        dgrp = group(root, dom)
+        dgrp = node(root, dom, root.create_group)
         for split in spec.SPLITS:
             layout = GroupLayout(rows[dom][split], chunk_rows, unit_rows)
-            sgrp = group(dgrp, split, attributes={spec.GROUP_ATTR: layout.to_dict()})
+            sgrp = node(dgrp, split, dgrp.create_group, attributes={spec.GROUP_ATTR: layout.to_dict()})
             for name, kwargs in array_specs(meta, layout).items():
-                if name not in sgrp:
-                    try:
-                        sgrp.create_array(name, **kwargs)
-                    except (ContainsArrayError, ContainsGroupError):
-                        pass
+                node(sgrp, name, sgrp.create_array, **kwargs)
 
 
 def _layout_difference(root: zarr.Group, meta: StoreMeta, wanted: Mapping[str, Mapping[str, dict]]) -> str | None:
@@ -107,7 +64,7 @@ def _layout_difference(root: zarr.Group, meta: StoreMeta, wanted: Mapping[str, M
                 have = read_group_layout(root, dom, split)
             except (KeyError, StoreFormatError) as e:
                 return f"{dom}/{split}: {e}"
-            diff = _first_difference({"rows": {dom: {split: have.to_dict()}}}, {"rows": {dom: {split: wanted[dom][split]}}})
+            diff = first_difference({"rows": {dom: {split: have.to_dict()}}}, {"rows": {dom: {split: wanted[dom][split]}}})
             if diff:
                 return diff
             grp = root[group_path(dom, split)]
@@ -137,14 +94,20 @@ class StoreWriter:
     @classmethod
     def open_or_create(cls, url: str, meta: StoreMeta, rows: Rows, *, overwrite: bool = False,
                        storage_options: Mapping[str, Any] | None = None, unit_rows: int | None = None,
-                       chunk_rows: int | None = None, _retry: bool = False) -> "StoreWriter":
+                       chunk_rows: int | None = None, setting_names: Mapping[str, str] | None = None,
+                       _retry: bool = False) -> "StoreWriter":
         """Create a new store, resume an identical unfinished one, or return a finished identical one.
+
+        A sibling process creating the same store at the same moment (shards started together) is tolerated: the
+        store's creation is idempotent, and this call resumes what the other made. ``setting_names`` maps identity
+        paths to the caller's flag names (see :func:`ddk_store.difference.identity_difference`), so that a refusal
+        names the setting the user changed.
 
         Raises:
             StoreExistsError: the location holds a different store (or other data) and ``overwrite`` is False.
         """
         url = normalize_url(url)
-        rows = _check_rows(meta, rows)
+        rows = check_rows(meta, rows)
         chunk_rows = chunk_rows or default_chunk_rows(meta.seq_len)
         unit_rows = unit_rows or default_unit_rows(meta.seq_len, chunk_rows)
         if unit_rows % chunk_rows:
@@ -172,7 +135,7 @@ class StoreWriter:
                 raise StoreExistsError(f"{url} holds something that is not a readable ddk store ({e}); "
                                        "refusing to touch it: choose another location") from None
             root = zarr.open_group(store, mode="r+")
-            diff = _first_difference({"meta": existing.identity()}, {"meta": meta.identity()})
+            diff = identity_difference(existing, meta, setting_names)
             if diff is None:
                 # A writer killed while creating the store leaves groups or arrays missing: add them (idempotent).
                 if existing.status == spec.STATUS_WRITING:
@@ -198,20 +161,21 @@ class StoreWriter:
         doc = {spec.ROOT_ATTR: meta.to_dict(), spec.CLAIM_ATTR: claim}
         sync(store.set_if_not_exists("zarr.json", GroupMetadata(attributes=doc).to_buffer_dict(
             default_buffer_prototype())["zarr.json"]))
-        if ((read_root_doc(store) or {}).get("attributes") or {}).get(spec.CLAIM_ATTR) != claim:
+        if root_claim(read_root_doc(store)) != claim:
             if _retry:
                 raise StoreExistsError(f"{url}: another process keeps recreating this store; stop the other dump")
             # Another process created it between our look and our write: decide as for any existing store.
             return cls.open_or_create(url, meta, rows, overwrite=False, storage_options=storage_options,
-                                      unit_rows=unit_rows, chunk_rows=chunk_rows, _retry=True)
+                                      unit_rows=unit_rows, chunk_rows=chunk_rows, setting_names=setting_names,
+                                      _retry=True)
         root = zarr.open_group(store, mode="r+")
         _ensure_nodes(root, meta, rows, chunk_rows, unit_rows)
         # Two processes may have created this store at the same moment (a second dump pointed at the same new
         # store by mistake). The last root write wins; check what is there now before writing any data.
         doc = read_root_doc(store) or {}
         winner = root_meta_from_doc(doc, url)
-        ours = (doc.get("attributes") or {}).get(spec.CLAIM_ATTR) == claim
-        diff = _first_difference({"meta": winner.identity()}, {"meta": meta.identity()})
+        ours = root_claim(doc) == claim
+        diff = identity_difference(winner, meta, setting_names)
         if diff is None:
             diff = _layout_difference(zarr.open_group(store, mode="r+"), meta, wanted)
         if diff is not None:
@@ -254,14 +218,20 @@ class StoreWriter:
         if key not in self._arrays:
             def open_arrays() -> dict[str, zarr.Array]:
                 grp = self._root[group_path(domain, split)]
-                return {name: grp[name] for name in (*spec.DATA_ARRAYS, spec.ARR_UNITS)}
+                return {name: grp[name] for name in GROUP_ARRAYS}
 
             self._arrays[key] = self._retry(open_arrays, f"opening the arrays of {domain}/{split}")
         return self._arrays[key]
 
     def _retry(self, fn: Any, what: str) -> Any:
-        """Run one idempotent store operation through transient object-store faults (see retry.py)."""
-        return retry_call(fn, what=what, url=self.url)
+        """Run one idempotent store operation through transient object-store faults (see retry.py), and again when
+        another writer's finalize removed its temporary chunk file (storage.is_lost_partial)."""
+        for attempt in range(4):
+            try:
+                return retry_call(fn, what=what, url=self.url)
+            except FileNotFoundError as e:
+                if attempt == 3 or not is_lost_partial(e):
+                    raise
 
     def units(self, domain: str, split: str) -> list[Unit]:
         lay = self.layout(domain, split)
@@ -277,11 +247,13 @@ class StoreWriter:
         units = self._arrays_of(domain, split)[spec.ARR_UNITS]
         if not units.shape[0]:
             return np.zeros(0, dtype=bool)
-        return self._retry(lambda: units[:, 0], f"reading the unit markers of {domain}/{split}") == spec.UNIT_DONE
+        return self._retry(lambda: units[:, MARKER_DONE_COL],
+                           f"reading the unit markers of {domain}/{split}") == spec.UNIT_DONE
 
     def is_done(self, unit: Unit) -> bool:
         units = self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS]
-        return bool(self._retry(lambda: units[unit.index, 0], f"reading the marker of {unit}") == spec.UNIT_DONE)
+        return bool(self._retry(lambda: units[unit.index, MARKER_DONE_COL], f"reading the marker of {unit}")
+                    == spec.UNIT_DONE)
 
     def pending_units(self, shard: tuple[int, int] | None = None) -> list[Unit]:
         """Units not yet written, restricted to ``shard=(i, n)`` (round-robin over the global unit order)."""
@@ -294,37 +266,24 @@ class StoreWriter:
     def write_unit(self, unit: Unit, tokens: np.ndarray, topk_ids: np.ndarray, topk_logprobs: np.ndarray,
                    target_logprobs: np.ndarray) -> None:
         """Encode and write the rows of ``unit``, then mark it done with its checksums (the marker is written last)."""
-        meta, n = self.meta, unit.n_rows
-        t, p, k, v = meta.seq_len, meta.positions, meta.top_k, meta.tokenizer.vocab_size
-        expect = {"tokens": (n, t), "topk_ids": (n, p, k), "topk_logprobs": (n, p, k), "target_logprobs": (n, p)}
-        given = {"tokens": tokens, "topk_ids": topk_ids, "topk_logprobs": topk_logprobs, "target_logprobs": target_logprobs}
-        for name, shape in expect.items():
-            if tuple(np.shape(given[name])) != shape:
-                raise ValueError(f"{unit}: {name} has shape {tuple(np.shape(given[name]))}, expected {shape}")
-        tokens = np.asarray(tokens)
-        topk_ids = np.asarray(topk_ids)
-        for name, a in (("tokens", tokens), ("topk_ids", topk_ids)):
-            if a.size and (a.min() < 0 or a.max() >= v):
-                raise ValueError(f"{unit}: {name} holds ids outside [0, {v})")
-        target = np.asarray(target_logprobs, dtype=np.float32)
-        if not np.isfinite(target).all():
-            raise ValueError(f"{unit}: target_logprobs holds NaN or inf")
-        if not np.isfinite(np.asarray(topk_logprobs, dtype=np.float32)).all():
-            raise ValueError(f"{unit}: topk_logprobs holds NaN or inf")
-        ids_enc, lp_enc = codec.encode_topk(topk_ids, np.minimum(topk_logprobs, 0.0), encoding=meta.encoding,
-                                            vocab_size=v, scale=meta.logprob_scale)
+        meta, v = self.meta, self.meta.tokenizer.vocab_size
+        given = check_unit_data(meta, unit, {spec.ARR_TOKENS: tokens, spec.ARR_TOPK_IDS: topk_ids,
+                                             spec.ARR_TOPK_LOGPROBS: topk_logprobs,
+                                             spec.ARR_TARGET_LOGPROBS: target_logprobs})
+        ids_enc, lp_enc = codec.encode_topk(given[spec.ARR_TOPK_IDS], np.minimum(given[spec.ARR_TOPK_LOGPROBS], 0.0),
+                                            encoding=meta.encoding, vocab_size=v, scale=meta.logprob_scale)
         stored = {
-            spec.ARR_TOKENS: tokens.astype(codec.id_dtype(v)),
+            spec.ARR_TOKENS: given[spec.ARR_TOKENS].astype(codec.id_dtype(v)),
             spec.ARR_TOPK_IDS: ids_enc,
             spec.ARR_TOPK_LOGPROBS: lp_enc,
-            spec.ARR_TARGET_LOGPROBS: np.minimum(target, 0.0),
+            spec.ARR_TARGET_LOGPROBS: np.minimum(given[spec.ARR_TARGET_LOGPROBS], 0.0),
         }
         arrays = self._arrays_of(unit.domain, unit.split)
         # Each write is whole chunks, so repeating it after a transient failure is harmless.
         for name in spec.DATA_ARRAYS:
             self._retry(lambda: arrays[name].__setitem__(slice(unit.start, unit.stop), stored[name]),
                         f"writing {unit} {name}")
-        marker = np.array([spec.UNIT_DONE] + [crc32_of(stored[name]) for name in spec.CHECKSUMMED_ARRAYS], dtype="<u4")
+        marker = done_marker({name: crc32_of(stored[name]) for name in spec.CHECKSUMMED_ARRAYS})
         self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
 
     def reset_units(self, units: list[Unit]) -> None:
@@ -341,7 +300,7 @@ class StoreWriter:
             self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata")
         for unit in units:
             arr = self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS]
-            self._retry(lambda: arr.__setitem__(unit.index, np.zeros(5, dtype="<u4")), f"clearing the marker of {unit}")
+            self._retry(lambda: arr.__setitem__(unit.index, cleared_marker()), f"clearing the marker of {unit}")
 
     # ----------------------------------------------------------------- finalize
     def missing_units(self) -> list[Unit]:
@@ -364,14 +323,11 @@ class StoreWriter:
             arrays = self._arrays_of(dom.name, spec.SPLIT_HELDOUT)
             target = self._retry(lambda: arrays[spec.ARR_TARGET_LOGPROBS][:],
                                  f"reading {dom.name}/heldout/{spec.ARR_TARGET_LOGPROBS}")
-            if target.size == 0:
-                domains.append(dom.__class__(**{**dom.__dict__, "heldout_nll": None, "heldout_ppl": None}))
-                continue
             if not np.isfinite(target).all():
                 raise StoreCorruptError(f"{dom.name}/heldout/{spec.ARR_TARGET_LOGPROBS}: missing or non-finite values; "
                                         f"run `ddk-store verify {self.url}` to locate them")
-            nll = float(-np.mean(target, dtype=np.float64))
-            domains.append(dom.__class__(**{**dom.__dict__, "heldout_nll": nll, "heldout_ppl": math.exp(nll)}))
+            nll = heldout_nll(target)
+            domains.append(replace(dom, heldout_nll=nll, heldout_ppl=None if nll is None else heldout_ppl(nll)))
         self.meta = self.meta.replace(domains=tuple(domains), status=spec.STATUS_COMPLETE)
         remove_stale_partials(self.url)  # every unit is in: no writer can still own one
         doc = self.meta.to_dict()

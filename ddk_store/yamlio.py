@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, describe
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -55,9 +55,9 @@ def read_yaml(path: str | Path, flag: str) -> Any:
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: python/* tags are refused, never run
     except yaml.YAMLError as e:
-        problem = " ".join(str(getattr(e, "problem", None) or str(e).splitlines()[0]).split())
+        problem = " ".join(e.problem.split()) if getattr(e, "problem", None) else describe(e, 120, with_type=False)
         mark = getattr(e, "problem_mark", None)
         where = f", line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{flag} {path}: not valid YAML ({problem}{where})") from None
     except (ValueError, RecursionError) as e:  # e.g. a date-like value such as 2024-13-01; absurd nesting
-        raise ConfigError(f"{flag} {path}: not valid YAML ({e or 'nested too deeply'})") from None
+        raise ConfigError(f"{flag} {path}: not valid YAML ({describe(e, with_type=False)})") from None

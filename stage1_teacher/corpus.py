@@ -11,11 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ddk_store.errors import ConfigError, DdkError
+from ddk_store.errors import ConfigError, DdkError, describe
+from ddk_store.meta import validate_domain_name
+from ddk_store.yamlio import read_yaml
+
+from .dataset_source import LOCAL_BUILDERS, dataset_dir, read_dataset
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
 _FILE_KEYS = {"paths", "format", "text_field", "max_rows"}
-_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows"}
+_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows", "data_files"}
 
 
 @dataclass(frozen=True)
@@ -24,10 +28,12 @@ class DomainSource:
 
     name: str
     format: str  # one of FORMATS, or "dataset"
-    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated file paths (file formats)
-    patterns: tuple[str, ...] = ()  # the patterns as written, for messages and provenance
+    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated local files (file formats; local data_files)
+    patterns: tuple[str, ...] = ()  # 'paths' (or 'data_files') as written, for messages and provenance
     text_field: str | None = None
-    dataset: str | None = None
+    dataset: str | None = None  # as written
+    dataset_dir: str | None = None  # the local directory 'dataset' names, resolved; None for a builder or hub id
+    data_files: tuple[str, ...] = ()  # what `datasets` gets as data_files: local files resolved, hub paths as written
     dataset_config: str | None = None
     split: str = "train"
     max_rows: int | None = None  # this domain's cap on training rows; None = the command's --max-rows-per-domain
@@ -59,10 +65,6 @@ def load_corpora(path: str | Path) -> list[DomainSource]:
 
     Relative paths and globs are resolved against the YAML file's directory, so a corpora file works from any cwd.
     """
-    from ddk_store import validate_domain_name
-
-    from .config import read_yaml
-
     path = Path(path)
     doc = read_yaml(path, "--corpora")  # safe: python/* tags refused; a domain written twice is an error
     if not isinstance(doc, dict) or set(doc) != {"domains"} or not isinstance(doc["domains"], dict):
@@ -104,17 +106,7 @@ def _max_rows(spec: dict, where: str) -> int | None:
 def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource:
     max_rows = _max_rows(spec, where)
     if "dataset" in spec:
-        unknown = set(spec) - _DATASET_KEYS
-        if unknown:
-            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} for a dataset source "
-                              f"(allowed: {sorted(_DATASET_KEYS)})")
-        for key, optional in (("dataset", False), ("config", True), ("split", True), ("text_field", True)):
-            value = spec.get(key)
-            if not (isinstance(value, str) and value.strip()) and not (optional and value is None):
-                raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
-        return DomainSource(name=name, format="dataset", dataset=spec["dataset"], dataset_config=spec.get("config"),
-                            split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
-                            max_rows=max_rows)
+        return _parse_dataset(name, spec, base, where, max_rows)
     unknown = set(spec) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
@@ -122,17 +114,54 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
     fmt = spec.get("format")
     if fmt not in FORMATS:
         raise ConfigError(f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    patterns = spec.get("paths")
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    if (not patterns or not isinstance(patterns, list)
-            or not all(isinstance(p, str) and p and "\0" not in p for p in patterns)):
-        raise ConfigError(f"{where}: field 'paths' must be a non-empty list of paths or globs, got {patterns!r}")
+    patterns = _patterns(spec.get("paths"), "paths", where)
     text_field = spec.get("text_field")
     if fmt in ("jsonl", "parquet") and not (isinstance(text_field, str) and text_field):
         raise ConfigError(f"{where}: format {fmt} needs field 'text_field' (the column holding the text)")
     if fmt in ("lines", "files") and text_field is not None:
         raise ConfigError(f"{where}: 'text_field' only applies to jsonl/parquet, not format {fmt}")
+    return DomainSource(name=name, format=fmt, files=match_files(patterns, base, where, "paths"), patterns=patterns,
+                        text_field=text_field, max_rows=max_rows)
+
+
+def _parse_dataset(name: str, spec: dict, base: Path, where: str, max_rows: int | None) -> DomainSource:
+    unknown = set(spec) - _DATASET_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} for a dataset source "
+                          f"(allowed: {sorted(_DATASET_KEYS)})")
+    for key, optional in (("dataset", False), ("config", True), ("split", True), ("text_field", True)):
+        value = spec.get(key)
+        if not (isinstance(value, str) and value.strip() and "\0" not in value) and not (optional and value is None):
+            raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    dataset = spec["dataset"]
+    local_dir = dataset_dir(dataset, base, where)
+    patterns = () if spec.get("data_files") is None else _patterns(spec["data_files"], "data_files", where)
+    if dataset in LOCAL_BUILDERS and not patterns:
+        raise ConfigError(f"{where}: dataset {dataset!r} reads local files: name them with 'data_files' (paths or "
+                          f"globs relative to the corpora file)")
+    local = local_dir is not None or dataset in LOCAL_BUILDERS  # else a hub id: data_files are paths in its repo
+    files = match_files(patterns, base, where, "data_files") if local else ()
+    return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
+                        patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
+                        split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
+                        max_rows=max_rows)
+
+
+def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
+    """A 'paths' or 'data_files' field: one path or glob, or a non-empty list of them."""
+    if isinstance(value, str):
+        value = [value]
+    if not value or not isinstance(value, list) or not all(isinstance(p, str) and p and "\0" not in p for p in value):
+        raise ConfigError(f"{where}: field {key!r} must be a non-empty list of paths or globs, got {value!r}")
+    return tuple(value)
+
+
+def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str) -> tuple[str, ...]:
+    """The readable files ``patterns`` (field ``key``, relative to ``base``) match: sorted per pattern, de-duplicated.
+
+    Raises:
+        ConfigError: a pattern matches no file, or a match is not readable.
+    """
     files: list[str] = []
     for pat in patterns:
         full = os.path.expanduser(pat if os.path.isabs(os.path.expanduser(pat)) else str(base / pat))
@@ -140,14 +169,13 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
         matches = sorted(m for m in glob.glob(full, recursive=True) if os.path.isfile(m))
         if not matches:
             kind = "matches no file" if glob.has_magic(full) else "does not exist or is not a file"
-            raise ConfigError(f"{where}: path {pat!r} ({full}) {kind}; fix 'paths' in the corpora file")
+            noun = "path" if key == "paths" else key
+            raise ConfigError(f"{where}: {noun} {pat!r} ({full}) {kind}; fix {key!r} in the corpora file")
         for m in matches:
             if not os.access(m, os.R_OK):
                 raise ConfigError(f"{where}: file {m} is not readable (check its permissions)")
         files.extend(matches)
-    files = list(dict.fromkeys(files))  # overlapping globs: keep the first occurrence only
-    return DomainSource(name=name, format=fmt, files=tuple(files), patterns=tuple(patterns), text_field=text_field,
-                        max_rows=max_rows)
+    return tuple(dict.fromkeys(files))  # overlapping globs: keep the first occurrence only
 
 
 def file_sha256(path: str) -> tuple[str, int]:
@@ -182,7 +210,7 @@ def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
     """
     stats = stats if stats is not None else ReadStats()
     if src.format == "dataset":
-        yield from _read_dataset(src, stats)
+        yield from read_dataset(src, stats)
         return
     for path in src.files:
         if src.format == "lines":
@@ -238,7 +266,7 @@ def _read_parquet(path: str, src: DomainSource, stats: ReadStats) -> Iterator[st
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a non-parquet file
-        raise ConfigError(f"domain {src.name!r}: {path}: not a readable parquet file ({e})") from None
+        raise ConfigError(f"domain {src.name!r}: {path}: not a readable parquet file ({describe(e)})") from None
     names = pf.schema_arrow.names
     if src.text_field not in names:
         raise ConfigError(f"domain {src.name!r}: {path}: no column {src.text_field!r} (columns: {names}); "
@@ -251,52 +279,7 @@ def _read_parquet(path: str, src: DomainSource, stats: ReadStats) -> Iterator[st
                 yield text
 
 
-def _read_dataset(src: DomainSource, stats: ReadStats) -> Iterator[str]:
-    try:
-        import datasets
-    except ImportError:
-        from ddk_store.errors import MissingDependencyError
-
-        raise MissingDependencyError(f"domain {src.name!r} uses a datasets source: pip install datasets") from None
-    label = f"dataset {src.dataset!r} (config {src.dataset_config!r}, split {src.split!r})"
-    if not os.path.exists(os.path.expanduser(src.dataset or "")):
-        _check_hub_reachable(src, label)
-    try:
-        ds = datasets.load_dataset(src.dataset, src.dataset_config, split=src.split, streaming=True)
-    except Exception as e:  # offline hub lookups, bad names, bad configs: all one user-facing error
-        raise ConfigError(f"domain {src.name!r}: cannot open {label}: {' '.join(str(e).split())[:300]} "
-                          f"(offline? use local files, or set HF_DATASETS_OFFLINE=0 with network access)") from None
-    first = True
-    for rec in ds:  # streaming datasets iterate in their stored order: deterministic for a fixed revision
-        if first and src.text_field not in rec:
-            raise ConfigError(f"domain {src.name!r}: {label} has no field {src.text_field!r} "
-                              f"(fields: {sorted(rec)}); fix 'text_field' in the corpora file")
-        first = False
-        text = rec.get(src.text_field)
-        if isinstance(text, str) and text.strip():
-            stats.n_documents += 1
-            yield text
-
-
-def _check_hub_reachable(src: DomainSource, label: str) -> None:
-    """Fail in seconds, not after the hub client's minute of retries, when a hub dataset cannot be reached."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return  # offline mode: datasets answers from its cache, or fails at once by itself
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=5).close()
-    except OSError as e:
-        raise ConfigError(f"domain {src.name!r}: cannot open {label}: the hub at {constants.ENDPOINT} is unreachable "
-                          f"({e}); offline, point 'dataset' at a local dataset directory or use local files, or set "
-                          f"HF_HUB_OFFLINE=1 to read a cached copy") from None
-
-
 def check_dataset_source(src: DomainSource) -> None:
     """Fail fast (before any model load) when a datasets source cannot be opened or lacks its text field."""
-    for _ in _read_dataset(src, ReadStats()):
+    for _ in read_dataset(src, ReadStats()):
         break

@@ -8,6 +8,10 @@ Layout of ``OUT/checkpoints/step-00000120/``:
 The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete, so a kill at any moment leaves either
 the previous checkpoints or a new complete one; ``*.tmp`` leftovers are ignored and cleaned up. The learning-rate
 schedule is a pure function of the step, so "scheduler state" is the step itself.
+
+A checkpoint holds no model config or tokenizer: they are the student's (``state.json`` names it in its config), so
+``ddk-student eval --model RUN/checkpoints/step-N`` builds the student's architecture and tokenizer and loads these
+weights into it (:func:`checkpoint_student`, :func:`load_weights`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, load_model, save_file, save_model
 
-CHECKPOINTS_DIR = "checkpoints"
+from .rundir import CHECKPOINTS_DIR
+
 FORMAT = "ddk-stage2-checkpoint/1"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
 
@@ -45,6 +50,42 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
     ckpts = list_checkpoints(out_dir)
     return ckpts[-1] if ckpts else None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step of checkpoint directory ``path`` (from its name ``step-XXXXXXXX``)."""
+    m = _STEP_RE.match(Path(path).name)
+    if not m:
+        raise ValueError(f"{path}: not a checkpoint directory name (step-XXXXXXXX)")
+    return int(m.group(1))
+
+
+def read_state(path: str | Path) -> dict[str, Any] | None:
+    """The ``state.json`` document of checkpoint directory ``path``, or None when ``path`` is no checkpoint."""
+    doc_path = Path(path) / "state.json"
+    if not doc_path.is_file():
+        return None
+    try:
+        doc = json.loads(doc_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
+
+
+def checkpoint_student(path: str | Path) -> str | None:
+    """The student (``--student``: directory or hub id) whose architecture and tokenizer checkpoint ``path`` needs,
+    or None when ``path`` is no checkpoint directory."""
+    doc = read_state(path)
+    student = ((doc or {}).get("config") or {}).get("student")
+    return student if isinstance(student, str) and student else None
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Load checkpoint ``path``'s parameters into ``model`` (same architecture), refusing any mismatch."""
+    path = Path(path)
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {path}: model mismatch, missing={missing} unexpected={unexpected}")
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -96,9 +137,7 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
             f"checkpoint {path} was written by {doc['world_size']} rank(s), this run has {world_size}; resume with "
             f"the same number of processes"
         )
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise ValueError(f"checkpoint {path}: model mismatch, missing={missing} unexpected={unexpected}")
+    load_weights(model, path)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     rng = load_file(str(path / f"rng-rank{rank}.safetensors"))
     torch.set_rng_state(rng["cpu"])

@@ -1,125 +1,108 @@
-"""`ddk-student train | eval | report`: thin click wrappers; train's flags are generated from Stage2Config.
+"""`ddk-student train | eval | report | init`: thin click commands over the stage-2 modules.
 
-One option per Stage2Config field (``--batch-size`` <-> ``batch_size``, help from the field), plus ``--config``.
-Precedence: field defaults < ``--config FILE`` (YAML; unknown keys are errors) < flags given on the command line.
-A DdkError (the user's own mistake) becomes one line ``error: ...`` on stderr and exit code 2, no traceback.
+train's flags are Stage2Config's fields and eval's are EvalConfig's, made by :mod:`ddk_store.settings`: one option per
+field, ``--config FILE``, and the precedence defaults < ``--config FILE`` < flags typed (with ``--resume``, the run's
+own config.yaml sits right above the defaults). Every command runs through ``ddk_store.entry``: a DdkError (the user's
+own mistake) is one line ``error: ...`` on stderr and exit status 2, no traceback.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
-import yaml
-from click.core import ParameterSource
 
-from ddk_store.errors import ConfigError, DdkError
+from ddk_store import settings
+from ddk_store.entry import CONTEXT_SETTINGS, EntryGroup, main_entry, version_option
+from ddk_store.errors import ConfigError
 
-from .config import Stage2Config, load_yaml, local_model_problem
+from .config import EvalConfig, Stage2Config
+from .resume import resume_layer
+from .rundir import CHECKPOINTS_DIR
 
-EXIT_USER_ERROR = 2
-
-
-def _user_errors(fn: Callable) -> Callable:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except DdkError as e:
-            click.echo(f"error: {' '.join(str(e).split())}", err=True)
-            sys.exit(EXIT_USER_ERROR)
-
-    return wrapper
+PROG = "ddk-student"
 
 
-def config_options(fn: Callable) -> Callable:
-    """Add one click option per Stage2Config field (in field order)."""
-    for f in reversed(dataclasses.fields(Stage2Config)):
-        flag = "--" + f.name.replace("_", "-")
-        base = f.type.replace(" | None", "")
-        help_text = f.metadata["help"] + ("" if f.default in (None, "", False) else f" [default: {f.default}]")
-        if base == "bool":
-            fn = click.option(flag, f.name, is_flag=True, default=False, help=help_text)(fn)
-        else:
-            ptype: Any = {"int": int, "float": float, "str": str}[base]
-            if "choices" in f.metadata:
-                ptype = click.Choice(f.metadata["choices"])
-            fn = click.option(flag, f.name, type=ptype, default=None, help=help_text)(fn)
-    return fn
-
-
-def resolve_config(ctx: click.Context, config_file: str | None, params: dict[str, Any]) -> Stage2Config:
-    """defaults < YAML < flags actually typed on the command line."""
-    data: dict[str, Any] = load_yaml(config_file) if config_file else {}
-    for name, value in params.items():
-        if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
-            data[name] = value
-    return Stage2Config.from_dict(data, where=f"--config {config_file}" if config_file else "config")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(name=PROG, cls=EntryGroup, context_settings=CONTEXT_SETTINGS)
+@version_option(PROG)
 def cli() -> None:
     """Train a student from a ddk teacher-logit store with DDK domain reweighting."""
 
 
+def train_settings(ctx: click.Context) -> Stage2Config:
+    """defaults < the run's saved config.yaml (with --resume) < --config FILE < the flags typed."""
+    config_file = ctx.params.get(settings.CONFIG_PARAM)
+    from_file = settings.read_config(Stage2Config, config_file) if config_file else {}
+    typed = settings.typed_params(ctx, Stage2Config)
+    return settings.build(Stage2Config, resume_layer({**from_file, **typed}), from_file, typed)
+
+
 @cli.command("train")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML file of Stage2Config fields; flags given here override it.")
-@config_options
-@click.pass_context
-@_user_errors
-def train_cmd(ctx: click.Context, config_file: str | None, **params: Any) -> None:
-    """Distill into --student from --store, writing the model, metrics and checkpoints to --out."""
-    cfg = resolve_config(ctx, config_file, params)
+@settings.options(Stage2Config)
+def train_cmd(**_: object) -> None:
+    """Distill into --student from --store, writing the model, metrics and checkpoints to --out.
+
+    Settings: defaults < --config FILE < the flags typed here; with --resume the run's own config.yaml comes right
+    after the defaults, so only what changes needs typing (a larger --steps extends a run).
+    """
+    cfg = train_settings(click.get_current_context())
+    if not cfg.progress:
+        settings.hide_library_progress_bars()
     from .train import train  # torch/transformers load only once the config is known to be valid
 
     out = train(cfg)
     click.echo(f"done: {out}", err=True)
 
 
+def _unfinished_run_hint(model: str) -> None:
+    """--model RUN of a run that has not finished has no model yet: point to its checkpoints."""
+    path = Path(model).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / CHECKPOINTS_DIR).is_dir():
+        from .checkpoint import latest_checkpoint
+
+        ckpt = latest_checkpoint(path)
+        example = f", e.g. --model {ckpt}" if ckpt else ""
+        raise ConfigError(f"--model {model}: a run that has not finished (no config.json yet); evaluate a checkpoint "
+                          f"of it{example}")
+
+
 @cli.command("eval")
-@click.option("--store", required=True, help="Teacher-logit store URL.")
-@click.option("--model", "model_dir", required=True, help="Hugging Face causal-LM directory or hub id.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
-@click.option("--batch-size", type=int, default=8, show_default=True, help="Held-out rows per forward pass.")
-@click.option("--heldout-rows", type=int, default=None, help="At most this many held-out rows per domain.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-@click.option("--trust-remote-code", is_flag=True, help="Allow the model's own modelling code.")
-@_user_errors
-def eval_cmd(store: str, model_dir: str, as_json: bool, batch_size: int, heldout_rows: int | None, device: str,
-             trust_remote_code: bool) -> None:
-    """Per-domain held-out perplexity of --model against the store's teacher."""
-    problems = [msg for ok, msg in ((batch_size >= 1, f"--batch-size must be >= 1, got {batch_size}"),
-                                    (heldout_rows is None or heldout_rows >= 1,
-                                     f"--heldout-rows must be >= 1 (omit it for all rows), got {heldout_rows}"))
-                if not ok]
-    if problem := local_model_problem("--model", model_dir):
-        problems.append(problem)
-    if problems:  # before the store is opened or the model loaded
-        raise ConfigError("; ".join(problems))
+@settings.options(EvalConfig)
+def eval_cmd(**_: object) -> None:
+    """Per-domain held-out perplexity of --model against the store's teacher.
+
+    --model is a finished run's --out, any Hugging Face causal LM sharing the store's tokenizer, or a checkpoint
+    RUN/checkpoints/step-N (its architecture and tokenizer are the run's --student's).
+    """
+    cfg = settings.from_command(EvalConfig)
+    if not cfg.progress:
+        settings.hide_library_progress_bars()
+    _unfinished_run_hint(cfg.model)
     import torch
 
     from ddk_store import open_store
 
+    from .checkpoint import checkpoint_student, load_weights
     from .evaluate import evaluate, teacher_heldout_ppl
-    from .student import load_student
+    from .student import load_student, pick_device
 
-    reader = open_store(store)
-    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    model, _ = load_student(model_dir, reader.meta, store=store, trust_remote_code=trust_remote_code, device=dev)
+    dev = pick_device(cfg.device)  # --device cuda without CUDA: refused before the store is opened
+    student = checkpoint_student(cfg.model)  # None unless --model is RUN/checkpoints/step-N
+    reader = open_store(cfg.store, storage_options=cfg.storage_options)
+    model, _ = load_student(student or cfg.model, reader.meta, store=cfg.store, device=dev,
+                            trust_remote_code=cfg.trust_remote_code,
+                            flag=f"--model {cfg.model}: its run's --student" if student else "--model")
+    if student:
+        load_weights(model, cfg.model)
     domains = reader.domains
-    ev = evaluate(model, reader, domains, vocab_size=reader.vocab_size, batch_size=batch_size,
-                  heldout_rows=heldout_rows, device=dev, autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
-    teacher = teacher_heldout_ppl(reader, domains, heldout_rows)
+    ev = evaluate(model, reader, domains, vocab_size=reader.vocab_size, batch_size=cfg.eval_batch_size,
+                  heldout_rows=cfg.heldout_rows, device=dev,
+                  autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
+    teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
     ratio = [s / t for s, t in zip(ev["ppl"], teacher)]
-    if as_json:
-        click.echo(json.dumps({"store": store, "model": model_dir, "domains": domains, "ppl_student": ev["ppl"],
+    if cfg.json:
+        click.echo(json.dumps({"store": cfg.store, "model": cfg.model, "domains": domains, "ppl_student": ev["ppl"],
                                "ppl_teacher": teacher, "ratio": ratio, "tokens": ev["tokens"]}))
         return
     click.echo(f"{'domain':<20} {'teacher ppl':>12} {'student ppl':>12} {'ratio':>8}")
@@ -127,63 +110,12 @@ def eval_cmd(store: str, model_dir: str, as_json: bool, batch_size: int, heldout
         click.echo(f"{d:<20} {t:>12.3f} {s:>12.3f} {q:>8.3f}")
 
 
-#: Keys `report` reads from every "interval"/"final" line of metrics.jsonl, each a list of one entry per domain.
-_PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights")
-
-
-def check_run_files(run_dir: Path) -> None:
-    """Refuse, naming file and line, a metrics.jsonl or config.yaml that `report` could not read.
-
-    The report code trusts what `train` wrote; a truncated, hand-edited or foreign file must fail here in one line.
-    """
-    from .report import ReportError
-
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return  # write_report names the missing file
-    fix = "it must be the metrics.jsonl written by `ddk-student train`"
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ReportError(f"{path}: cannot read it ({e}); {fix}") from None
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise ReportError(f"{where}: not valid JSON ({getattr(e, 'msg', e)}); {fix}") from None
-        if not isinstance(rec, dict):
-            raise ReportError(f"{where}: expected a JSON object, got {type(rec).__name__}; {fix}")
-        if rec.get("event") not in ("interval", "final"):
-            continue
-        domains = rec.get("domains")
-        if not isinstance(rec.get("step"), int) or not isinstance(domains, list) or not domains:
-            raise ReportError(f"{where}: '{rec['event']}' line needs an int 'step' and a non-empty 'domains' list; "
-                              f"{fix}")
-        for key in _PER_DOMAIN_KEYS:
-            values = rec.get(key)
-            if (not isinstance(values, list) or len(values) != len(domains)
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
-                raise ReportError(f"{where}: '{key}' must be a list of {len(domains)} numbers (one per domain), "
-                                  f"got {str(values)[:60]}; {fix}")
-    cfg_path = run_dir / "config.yaml"
-    if cfg_path.is_file():
-        try:
-            cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            raise ReportError(f"{cfg_path}: not a readable YAML config ({' '.join(str(e).split())[:200]})") from None
-        if not isinstance(cfg, dict):
-            raise ReportError(f"{cfg_path}: expected a mapping of field: value, got {type(cfg).__name__}")
-
-
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-@_user_errors
 def report_cmd(run_dir: str) -> None:
     """Write RUN_DIR/report.md and PNG plots of the domain weights and ratios over training."""
     from .report import write_report
+    from .rundir import check_run_files
 
     check_run_files(Path(run_dir))
     path = write_report(run_dir)
@@ -197,18 +129,17 @@ def report_cmd(run_dir: str) -> None:
 @click.option("--out", required=True, help="Directory for the student (save_pretrained + the teacher's tokenizer).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-@_user_errors
 def init_cmd(teacher: str, layers: str, out: str, seed: int, overwrite: bool) -> None:
     """Initialise a student from a teacher by keeping a subset of its layers (same tokenizer)."""
-    from .init_student import init_student_from_teacher
+    from .init_student import describe_student, init_student_from_teacher
 
     path = init_student_from_teacher(teacher, out, layers=layers, seed=seed, overwrite=overwrite)
-    click.echo(str(path))
+    click.echo(describe_student(path))
 
 
-def main() -> None:
-    """Console entry point (``ddk-student``)."""
-    cli(prog_name="ddk-student")
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``ddk-student``): a user error is one ``error: ...`` line and exit status 2."""
+    main_entry(cli, PROG, argv)
 
 
 if __name__ == "__main__":

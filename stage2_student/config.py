@@ -1,30 +1,33 @@
-"""Stage2Config: every knob of `ddk-student train`, flat, typed, defaulted, documented, validated at once.
+"""Stage2Config (`ddk-student train`) and EvalConfig (`ddk-student eval`): fields, defaults, help, own rules.
 
-The click CLI is generated from these fields (one ``--flag`` per field, help from ``metadata["help"]``), and a
-test asserts the two sets are equal. Precedence: defaults < ``--config FILE`` (YAML) < flags.
+Flags, ``--config`` files, precedence (defaults < ``--config FILE`` < flags typed) and the per-field checks come from
+:mod:`ddk_store.settings`; a test asserts that the train command's flags and Stage2Config's fields are equal.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ddk_store import settings
 from ddk_store.errors import ConfigError
+from ddk_store.paths import model_ref_problem
+from ddk_store.settings import MODEL, PATH, setting
 from ddk_store.storage import check_store_url
-from ddk_store.yamlio import UniqueKeyLoader, read_yaml  # noqa: F401 (UniqueKeyLoader: re-exported)
+from ddk_store.yamlio import UniqueKeyLoader  # noqa: F401 (re-exported: the loader every --config goes through)
 
 from .reweighting import MIXING_MODES, parse_static_weights
 
-
-def _f(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
-    if choices:
-        meta["choices"] = choices
-    return field(default=default, metadata=meta)
+DEVICES = ("auto", "cpu", "cuda")
+#: Fields that change how a run executes but not what it computes: they may differ on --resume (``out`` too: a run
+#: directory may have been moved).
+RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_every", "keep_checkpoints",
+                                 "save_every", "device", "eval_batch_size", "storage_options", "progress"})
 
 
 @dataclass(frozen=True)
@@ -32,53 +35,57 @@ class Stage2Config:
     """Resolved settings of one stage-2 run (saved as ``config.yaml`` in the output dir)."""
 
     # --- where
-    store: str = _f("", "Teacher-logit store URL: path, file://, s3://bucket/prefix or memory://name.")
-    student: str = _f("", "Student: a Hugging Face causal-LM directory or hub id.")
-    out: str = _f("", "Output directory: final model, config.yaml, metrics.jsonl, checkpoints/.")
+    store: str = setting("", "Teacher-logit store URL: path, file://, s3://bucket/prefix or memory://name.",
+                         required=True, path=PATH, metavar="URL")
+    student: str = setting("", "The student to start from: a Hugging Face causal-LM directory or hub id (`eval` "
+                           "names the model it measures --model).", required=True, path=MODEL, metavar="MODEL")
+    out: str = setting("", "Run directory: final model, config.yaml, metrics.jsonl, checkpoints/.", required=True,
+                       path=PATH, metavar="DIR")
     # --- DDK domain reweighting
-    mixing: str = _f("ddk", "Domain mixture: ddk (Eq.1+Eq.2), wo-fs (Eq.1 each interval), uniform, natural, "
-                     "static (--static-weights).", MIXING_MODES)
-    interval: int | None = _f(None, "K, optimizer steps per DDK interval (evaluate + reweight every K steps). "
+    mixing: str = setting("ddk", "Domain mixture: ddk (Eq.1+Eq.2), wo-fs (Eq.1 each interval), uniform, natural, "
+                     "static (--static-weights).", choices=MIXING_MODES)
+    interval: int | None = setting(None, "K, optimizer steps per DDK interval (evaluate + reweight every K steps). "
                               "Default: max(1, steps // 30), the paper's ~30 intervals.")
-    alpha: float = _f(0.5, "Eq. 2 smoothing coefficient; (1-alpha)/N is every domain's floor.")
-    init_mixture: str = _f("natural", "Sampling mixture of interval 0 for ddk/wo-fs (r_0 is always Eq. 1): "
-                           "natural, uniform or r0.", ("natural", "uniform", "r0"))
-    static_weights: str = _f("", "For --mixing static: 'domain=w,domain=w' summing to 1; unlisted domains get 0.")
+    alpha: float = setting(0.5, "Eq. 2 smoothing coefficient; (1-alpha)/N is every domain's floor.")
+    init_mixture: str = setting("natural", "Sampling mixture of interval 0 for ddk/wo-fs (r_0 is always Eq. 1): "
+                           "natural, uniform or r0.", choices=("natural", "uniform", "r0"))
+    static_weights: str = setting("", "For --mixing static: 'domain=w,domain=w' summing to 1; unlisted domains get 0.")
     # --- loss
-    gamma: float = _f(0.2, "Weight of KL(teacher||student) next to cross-entropy; 0 is CE only (CPT baseline).")
-    temperature: float = _f(1.0, "Softmax temperature T applied to both distributions in the KL.")
-    kl_tail: str = _f("bucket", "KL support: top-k plus one bucket for the remaining mass (bucket), or the "
-                      "top-k renormalized (renorm).", ("bucket", "renorm"))
-    kl_t2_scale: bool = _f(False, "Multiply the KL by T^2 (Hinton scaling); off as in the paper (T=1).")
-    loss_chunk_size: int = _f(1024, "Positions per chunk in the fused loss (bounds the fp32 working set).")
+    gamma: float = setting(0.2, "Weight of KL(teacher||student) next to cross-entropy; 0 is CE only (CPT baseline).")
+    temperature: float = setting(1.0, "Softmax temperature T applied to both distributions in the KL.")
+    kl_tail: str = setting("bucket", "KL support: top-k plus one bucket for the remaining mass (bucket), or the "
+                      "top-k renormalized (renorm).", choices=("bucket", "renorm"))
+    kl_t2_scale: bool = setting(False, "Multiply the KL by T^2 (Hinton scaling); off as in the paper (T=1).")
+    loss_chunk_size: int = setting(1024, "Positions per chunk in the fused loss (bounds the fp32 working set).")
     # --- optimisation
-    steps: int = _f(300, "Optimizer steps in the run.")
-    batch_size: int = _f(8, "Rows per optimizer step, over all ranks and accumulation micro-steps.")
-    grad_accum: int = _f(1, "Micro-steps per optimizer step (per rank).")
-    lr: float = _f(3e-4, "Peak learning rate (AdamW, betas 0.9/0.95).")
-    final_lr_ratio: float = _f(0.1, "Final learning rate as a fraction of --lr at the end of the cosine.")
-    warmup_steps: int | None = _f(None, "Linear warm-up steps. Default: steps // 30.")
-    weight_decay: float = _f(0.1, "AdamW weight decay (applied to matrices only, not norms or biases).")
-    grad_clip: float = _f(1.0, "Clip the global gradient norm to this value; 0 disables.")
-    seed: int = _f(0, "Seed of the sampler streams, interval shuffles and torch.")
+    steps: int = setting(300, "Optimizer steps in the run.")
+    batch_size: int = setting(8, "Rows per optimizer step, over all ranks and accumulation micro-steps.")
+    grad_accum: int = setting(1, "Micro-steps per optimizer step (per rank).")
+    lr: float = setting(3e-4, "Peak learning rate (AdamW, betas 0.9/0.95).")
+    final_lr_ratio: float = setting(0.1, "Final learning rate as a fraction of --lr at the end of the cosine.")
+    warmup_steps: int | None = setting(None, "Linear warm-up steps. Default: steps // 30.")
+    weight_decay: float = setting(0.1, "AdamW weight decay (applied to matrices only, not norms or biases).")
+    grad_clip: float = setting(1.0, "Clip the global gradient norm to this value; 0 disables.")
+    seed: int = setting(0, "Seed of the sampler streams, interval shuffles and torch.")
     # --- evaluation
-    eval_batch_size: int = _f(8, "Held-out rows per evaluation forward pass (per rank).")
-    heldout_rows: int | None = _f(None, "Use at most this many held-out rows per domain (default: all).")
+    eval_batch_size: int = setting(8, "Held-out rows per evaluation forward pass (per rank).")
+    heldout_rows: int | None = setting(None, "Use at most this many held-out rows per domain (default: all).")
     # --- runtime
-    device: str = _f("auto", "auto (cuda if available), cpu or cuda.", ("auto", "cpu", "cuda"))
-    prefetch: int = _f(4, "Micro-batches read ahead by the background reader thread.")
-    save_every: int | None = _f(None, "Also checkpoint every N steps (checkpoints are always written at interval "
+    device: str = setting("auto", "auto (cuda if available), cpu or cuda.", choices=DEVICES)
+    prefetch: int = setting(4, "Micro-batches read ahead by the background reader thread.")
+    save_every: int | None = setting(None, "Also checkpoint every N steps (checkpoints are always written at interval "
                                 "boundaries).")
-    keep_checkpoints: int = _f(2, "Resumable checkpoints to keep in out/checkpoints/.")
-    log_every: int = _f(1, "Write a 'step' line to metrics.jsonl every N steps.")
-    trust_remote_code: bool = _f(False, "Allow the student's own modelling code from its repo (off: safer).")
-    resume: bool = _f(False, "Continue the run in --out from its latest checkpoint.")
-    overwrite: bool = _f(False, "Delete the run already in --out and start afresh.")
+    keep_checkpoints: int = setting(2, "Resumable checkpoints to keep in out/checkpoints/.")
+    log_every: int = setting(1, "Write a 'step' line to metrics.jsonl every N steps.")
+    trust_remote_code: bool = setting(False, "Allow the student's own modelling code from its repo (off: safer).")
+    storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
+    progress: bool = setting(True, "Show a progress bar on stderr.")
+    resume: bool = setting(False, "Continue the run in --out from its latest checkpoint, with the settings saved in "
+                           "its config.yaml (flags typed now override them; a larger --steps extends the run).")
+    overwrite: bool = setting(False, "Delete the run already in --out and start afresh.")
 
     def __post_init__(self) -> None:
-        problems = config_problems(self)
-        if problems:
-            raise ConfigError("invalid stage-2 config: " + "; ".join(problems))
+        settings.check(self, problems, "stage-2 config")
 
     # --- derived values (small methods, not stored fields)
     @property
@@ -95,49 +102,11 @@ class Stage2Config:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], *, where: str = "config") -> Stage2Config:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
-            )
-        floats = {f.name for f in dataclasses.fields(cls) if f.type.startswith("float")}
-        data = dict(data)
-        for k in floats & set(data):
-            # YAML 1.1 reads "3e-4" (no dot) as a string; accept any text that is a number.
-            if isinstance(data[k], str):
-                try:
-                    data[k] = float(data[k])
-                except ValueError:
-                    pass
-        return cls(**data)
 
-
-def config_problems(cfg: Stage2Config) -> list[str]:
-    """Every problem with ``cfg`` (types, ranges, cross-field rules), each naming the flag, value and fix."""
+def problems(cfg: Stage2Config) -> list[str]:
+    """Every range and cross-field problem of ``cfg``, each naming the flag, value and fix (the per-field checks,
+    types, required and choices, are :func:`ddk_store.settings.check`'s)."""
     p: list[str] = []
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        optional = "None" in str(f.type)
-        base = str(f.type).replace(" | None", "")
-        if v is None and optional:
-            continue
-        ok = {
-            "int": isinstance(v, int) and not isinstance(v, bool),
-            "float": isinstance(v, (int, float)) and not isinstance(v, bool),
-            "str": isinstance(v, str),
-            "bool": isinstance(v, bool),
-        }[base]
-        if not ok:
-            p.append(f"--{f.name.replace('_', '-')}: expected {base}, got {v!r}")
-            continue
-        choices = f.metadata.get("choices")
-        if choices and v not in choices:
-            p.append(f"--{f.name.replace('_', '-')}: {v!r} is not one of {', '.join(choices)}")
-    if p:
-        return p  # ranges below assume the types are right
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -183,48 +152,62 @@ def config_problems(cfg: Stage2Config) -> list[str]:
                 p.append(f"--{e}".replace("--static_weights", "--static-weights"))
     elif cfg.static_weights:
         p.append(f"--static-weights is only used with --mixing static (got --mixing {cfg.mixing})")
-    for name in ("store", "student", "out"):
-        need(bool(getattr(cfg, name)), f"--{name} is required")
-    if cfg.store:
+    p += _where_problems(cfg.store, "--student", cfg.student)
+    return p
+
+
+def _where_problems(store: str, model_flag: str, model: str) -> list[str]:
+    """The store URL and the model reference (local directory or hub id) of train and eval, checked before use."""
+    p = []
+    if store:
         try:
-            check_store_url(cfg.store)
+            check_store_url(store)
         except ConfigError as e:
             p.append(str(e).replace("store URL ", "--store ", 1))
-    if cfg.student and (problem := local_model_problem("--student", cfg.student)):
+    if model and (problem := model_ref_problem(model_flag, model)):
         p.append(problem)
     return p
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file into a dict (keys checked later by ``Stage2Config.from_dict``).
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of `ddk-student eval`: per-domain held-out perplexity of a model against the store's teacher."""
 
-    Raises:
-        ConfigError: missing, unreadable, not UTF-8, not YAML (python/* tags included), a key given twice, or not
-            a mapping.
-    """
-    data = read_yaml(path, "--config")
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a mapping of field: value, got {type(data).__name__}")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    store: str = setting("", "Teacher-logit store URL: path, file://, s3://bucket/prefix or memory://name.",
+                         required=True, path=PATH, metavar="URL")
+    model: str = setting("", "The model to measure: a Hugging Face causal-LM directory (a finished run's --out), a "
+                         "checkpoint directory RUN/checkpoints/step-N, or a hub id (`train` names the model it starts "
+                         "from --student).", required=True, path=MODEL, metavar="MODEL")
+    json: bool = setting(False, "Print one JSON object instead of a table.")
+    eval_batch_size: int = setting(8, "Held-out rows per forward pass (as train's --eval-batch-size; --batch-size "
+                                   "is the same flag).", aliases=("--batch-size",))
+    heldout_rows: int | None = setting(None, "Use at most this many held-out rows per domain (default: all).")
+    device: str = setting("auto", "auto (cuda if available), cpu or cuda.", choices=DEVICES)
+    trust_remote_code: bool = setting(False, "Allow the model's own modelling code from its repo (off: safer).")
+    storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
+    progress: bool = setting(True, "Show the model loading bars on stderr.")
 
-
-def local_model_problem(flag: str, name: str) -> str | None:
-    """A message when ``name`` is written as a local path (not a hub id) but is no directory, else None.
-
-    Hub ids look like ``org/name``; a name starting with '/', '.' or '~', or with more than one '/', is a path,
-    and a missing one would otherwise be sent to the hub as a malformed id.
-    """
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return None
-    if path.exists():
-        return f"{flag} {name}: is a file; give a Hugging Face model directory (save_pretrained output) or hub id"
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        return f"{flag} {name}: directory does not exist; give a Hugging Face model directory or hub id"
-    return None
+    def __post_init__(self) -> None:
+        settings.check(self, eval_problems, "eval settings")
 
 
-def write_yaml(cfg: Stage2Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def eval_problems(cfg: EvalConfig) -> list[str]:
+    """Range problems of ``cfg`` plus its store URL and model reference, checked before the store is opened."""
+    p = []
+    if cfg.eval_batch_size < 1:
+        p.append(f"--eval-batch-size/--batch-size must be >= 1, got {cfg.eval_batch_size}")
+    if cfg.heldout_rows is not None and cfg.heldout_rows < 1:
+        p.append(f"--heldout-rows must be >= 1 (omit it for all rows), got {cfg.heldout_rows}")
+    return p + _where_problems(cfg.store, "--model", cfg.model)
+
+
+def write_config(cfg: Stage2Config, path: str | Path) -> None:
+    """Save ``cfg`` as a run's config.yaml: absolute paths (``--config RUN/config.yaml`` works from anywhere), K and
+    the warm-up as used (a run extended by a larger --steps keeps them), no credentials; written to a temporary file
+    and renamed, so a kill leaves the old or the new file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    values = {**settings.saved_dict(cfg), "interval": cfg.interval_steps, "warmup_steps": cfg.warmup,
+              "resume": False, "overwrite": False}
+    tmp.write_text(yaml.safe_dump(values, sort_keys=False))
+    os.replace(tmp, path)

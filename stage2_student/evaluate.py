@@ -1,6 +1,6 @@
 """Per-domain held-out perplexity of a student (and the teacher's, from the store): the inputs of Eq. 1 and Eq. 2.
 
-Perplexity = exp(token-weighted mean next-token NLL over the domain's held-out rows) (ddk-method.md §11.1): NLL and
+Perplexity = exp(token-weighted mean next-token NLL over the domain's held-out rows) (docs/reweighting.md): NLL and
 token counts are summed over all rows first, then divided, never averaged per batch. Under DDP each rank scores a
 strided share of the rows and the sums are all-reduced, so every rank gets the same numbers.
 """
@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ddk_store import spec
+from ddk_store.heldout import heldout_nll, heldout_ppl
 
 from .data import read_batch
 from .losses import token_nll_sum
@@ -47,8 +48,8 @@ def teacher_heldout_ppl(reader, domains: Sequence[str], limit: int | None) -> li
         if n == n_all and info.heldout_ppl is not None:
             out.append(float(info.heldout_ppl))
             continue
-        lp = reader.read_rows(d, spec.SPLIT_HELDOUT, np.arange(n)).target_logprobs  # (n, P)
-        out.append(math.exp(-float(lp.astype(np.float64).mean())))
+        nll = heldout_nll(reader.read_rows(d, spec.SPLIT_HELDOUT, np.arange(n)).target_logprobs)  # rows (n, P)
+        out.append(math.nan if nll is None else heldout_ppl(nll))
     return out
 
 

@@ -8,24 +8,21 @@ from noise. It works for any Llama-style Hugging Face causal LM, that is one who
     init_student_from_teacher("teacher/", "student/", layers=6)          # 6 evenly spaced layers, first and last kept
     init_student_from_teacher("teacher/", "student/", layers=[0, 10, 29])
 
-Command line: ``python -m stage2_student.init_student --teacher DIR --layers 6 --out DIR``.
+Command line: ``ddk-student init --teacher DIR --layers 6 --out DIR``.
 
 The student is written with ``save_pretrained`` (safetensors) plus the teacher's tokenizer and a small
 ``ddk-student-init.json`` recording where it came from. It is built in a temporary sibling directory and renamed into
-place, so ``out_dir`` never holds half a model.
+place (:func:`ddk_store.paths.atomic_dir`), so ``out_dir`` never holds half a model.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import sys
-import tempfile
 from pathlib import Path
 
-from ddk_store.errors import ConfigError, DdkError
+from ddk_store.errors import ConfigError, DdkError, describe
+from ddk_store.paths import atomic_dir
 
 PROVENANCE = "ddk-student-init.json"
 # Config attributes that hold one entry per decoder layer and must be subset with the layers.
@@ -103,6 +100,15 @@ def _subset_config(config, keep: list[int], n_teacher: int) -> list[str]:
     return changed
 
 
+def _load_from(auto_class, teacher_dir: Path, problem: str):
+    """``auto_class.from_pretrained(teacher_dir)`` without remote code; a failure is ``problem`` (a template with
+    ``{teacher}`` and ``{err}``) as a ConfigError."""
+    try:
+        return auto_class.from_pretrained(str(teacher_dir), trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise ConfigError(problem.format(teacher=teacher_dir, err=describe(err))) from None
+
+
 def init_student_from_teacher(
     teacher_dir: str | Path,
     out_dir: str | Path,
@@ -130,28 +136,18 @@ def init_student_from_teacher(
         raise ConfigError(
             f"teacher {teacher_dir} is not a Hugging Face model directory (no config.json there); "
             "pass the directory written by save_pretrained (e.g. the built-in teacher from "
-            "`python -m stage1_teacher.builtin_teacher`)"
+            "`ddk-teacher builtin-teacher`)"
         )
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise ConfigError(f"student output {out} already exists and is not empty; choose another --out or overwrite it")
     if out.resolve() == teacher_dir.resolve():
         raise ConfigError(f"student output {out} is the teacher directory; choose another --out")
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(teacher_dir), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise ConfigError(
-            f"teacher {teacher_dir} has no loadable tokenizer ({err}); the student must share the teacher's "
-            "tokenizer, so save it into the teacher directory first"
-        ) from err
-    try:
-        config = AutoConfig.from_pretrained(str(teacher_dir), trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(
-            f"teacher {teacher_dir}: cannot read its config ({first}); `ddk-student init` never runs a model's own "
-            "code, so a teacher that needs custom code (auto_map) is not supported here"
-        ) from None
+    tokenizer = _load_from(AutoTokenizer, teacher_dir, "teacher {teacher} has no loadable tokenizer ({err}); the "
+                           "student must share the teacher's tokenizer, so save it into the teacher directory first")
+    config = _load_from(AutoConfig, teacher_dir, "teacher {teacher}: cannot read its config ({err}); `ddk-student "
+                        "init` never runs a model's own code, so a teacher that needs custom code (auto_map) is not "
+                        "supported here")
     n_config = getattr(config, "num_hidden_layers", None)
     if isinstance(n_config, int) and n_config > 0:
         resolve_layers(n_config, layers)  # bad choices fail before the weights are loaded
@@ -194,9 +190,7 @@ def init_student_from_teacher(
     n_teacher_params = sum(p.numel() for p in teacher.parameters())
     del teacher, state
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         provenance = {
@@ -209,46 +203,12 @@ def init_student_from_teacher(
             "teacher_parameters": n_teacher_params,
         }
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        for path in [tmp, *tmp.rglob("*")]:
-            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            old.rmdir()
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m stage2_student.init_student --teacher DIR --layers 6 --out DIR [--seed 0] [--overwrite]``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Initialise a student by keeping a subset of a teacher's layers.")
-    parser.add_argument("--teacher", required=True, help="Hugging Face model directory of a Llama-style teacher")
-    parser.add_argument("--layers", required=True, help="how many layers to keep (evenly spaced), or indices 0,6,29")
-    parser.add_argument("--out", required=True, help="directory for the student")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    args = parser.parse_args(argv)
-    try:
-        out = init_student_from_teacher(
-            args.teacher, args.out, layers=args.layers, seed=args.seed, overwrite=args.overwrite
-        )
-    except DdkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def describe_student(out_dir: str | Path) -> str:
+    """One line on a student built by :func:`init_student_from_teacher`, from its provenance file (what
+    ``ddk-student init`` prints)."""
+    out = Path(out_dir)
     info = json.loads((out / PROVENANCE).read_text())
-    print(f"{out}: kept layers {info['kept_layers']} of {info['teacher_layers']}, {info['parameters']:,} parameters")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return f"{out}: kept layers {info['kept_layers']} of {info['teacher_layers']}, {info['parameters']:,} parameters"

@@ -1,32 +1,14 @@
-"""`ddk-student report DIR`: report.md (per-domain table) and PNG plots of weights and ratios over intervals."""
+"""`ddk-student report DIR`: report.md (per-domain table) and PNG plots of weights and ratios over intervals.
+
+The run directory is read through :mod:`stage2_student.rundir` (file names, record layout, validation).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ddk_store.errors import ReportError
-
-REPORT_FILE = "report.md"
-WEIGHTS_PNG = "weights.png"
-RATIOS_PNG = "ratios.png"
-
-
-
-def read_metrics(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """(interval lines in order, the final-evaluation line or None)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise ReportError(f"{path}: not found; pass the --out directory of a `ddk-student train` run")
-    lines = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    intervals = [r for r in lines if r.get("event") == "interval"]
-    finals = [r for r in lines if r.get("event") == "final"]
-    if not intervals:
-        raise ReportError(f"{path}: no 'interval' lines yet; the run has not finished its first evaluation")
-    return intervals, (finals[-1] if finals else None)
+from .rundir import RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
 
 
 def _plot(intervals: list[dict[str, Any]], key: str, ylabel: str, path: Path) -> None:
@@ -52,8 +34,7 @@ def write_report(run_dir: str | Path) -> Path:
     """Write report.md, weights.png and ratios.png into ``run_dir``; return the report path."""
     run_dir = Path(run_dir)
     intervals, final = read_metrics(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.is_file() else {}
+    cfg = read_config(run_dir)
     first, last = intervals[0], (final or intervals[-1])
     _plot(intervals, "weights", "sampling weight", run_dir / WEIGHTS_PNG)
     _plot(intervals, "ratio", "PPL student / PPL teacher", run_dir / RATIOS_PNG)

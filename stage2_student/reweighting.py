@@ -47,7 +47,8 @@ def discrepancy_factor(ratio: Sequence[float]) -> np.ndarray:
 def smooth_update(r_prev: Sequence[float], ratio: Sequence[float], alpha: float) -> np.ndarray:
     """Eq. 2, factor smooth updating: psi = r_t * exp(q); r_{t+1} = alpha * psi / sum(psi) + (1 - alpha) / D.
 
-    ``r_prev`` is the previous *smoothed* factor, floor included (ddk-method.md §11.5): no separate accumulator.
+    ``r_prev`` is the previous *smoothed* factor, floor included, as Eq. 2 is written (docs/reweighting.md): no
+    separate accumulator.
 
     Args:
         r_prev: r_t, shape (D,), a distribution.

@@ -1,4 +1,4 @@
-"""train(cfg): the whole DDK stage-2 run, top to bottom (house-style rule 11).
+"""train(cfg): the whole DDK stage-2 run, top to bottom, in one readable function.
 
 open store -> checks -> student -> optimizer/schedule/sampler -> restore or evaluate r_0 -> loop:
 sample -> forward -> loss -> backward -> clip -> step -> log -> (every K steps) evaluate -> reweight -> checkpoint
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -21,91 +19,30 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from tqdm import tqdm
 
-from ddk_store import open_store
+from ddk_store import open_store, settings
 from ddk_store.errors import ConfigError
 from ddk_store.errors import StoreIOError
 
 from . import reweighting as rw
-from .checkpoint import CHECKPOINTS_DIR, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import Stage2Config, write_yaml
+from . import rundir
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
-from .losses import distill_loss
+from .loss_step import student_loss
+from .resume import prepare_out_dir
+from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
-from .student import load_student
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-#: Fields that change how a run executes but not what it computes: they may differ on --resume.
-RUNTIME_ONLY_FIELDS = {"resume", "overwrite", "prefetch", "log_every", "keep_checkpoints", "save_every", "device",
-                       "eval_batch_size"}
+from .student import load_student, pick_device
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
 def dist_env() -> tuple[int, int, int]:
     """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain process."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def prepare_out_dir(cfg: Stage2Config) -> bool:
-    """Check --out against --resume/--overwrite before anything is loaded; return True if a run is to be resumed.
-
-    Only rank 0 deletes anything; callers barrier afterwards.
-    """
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a directory")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    is_run = (out / CONFIG_FILE).is_file() or (out / CHECKPOINTS_DIR).is_dir()
-    if not entries:
-        return False
-    if not is_run:
-        raise ConfigError(
-            f"--out {out}: directory is not empty and holds no ddk-student run ({', '.join(entries[:5])}...); "
-            f"choose a new or empty directory"
-        )
-    if cfg.resume:
-        saved = None
-        if (out / CONFIG_FILE).is_file():
-            try:
-                saved = yaml.safe_load((out / CONFIG_FILE).read_text(encoding="utf-8"))
-            except (yaml.YAMLError, ValueError) as e:  # ValueError: not UTF-8
-                first = " ".join(str(e).split())[:200]
-                raise ConfigError(f"--resume {out}: {out / CONFIG_FILE} is not valid YAML ({first}); it is not a "
-                                  "config this tool wrote: restore it, or start afresh with --overwrite") from None
-            if saved is not None and not isinstance(saved, dict):
-                raise ConfigError(f"--resume {out}: {out / CONFIG_FILE} is not a mapping of settings; restore it, "
-                                  "or start afresh with --overwrite")
-        if saved is not None:
-            mine = cfg.to_dict()
-            diffs = [f"{k}: run has {saved.get(k)!r}, given {mine[k]!r}" for k in mine
-                     if k not in RUNTIME_ONLY_FIELDS and saved.get(k) != mine[k]]
-            if diffs:
-                raise ConfigError(f"--resume {out}: the settings differ from the saved run ({'; '.join(diffs)}); "
-                                  f"resume with the original settings or use --overwrite")
-        return latest_checkpoint(out) is not None
-    if cfg.overwrite:
-        if dist_env()[0] == 0:
-            shutil.rmtree(out)
-        return False
-    raise ConfigError(
-        f"--out {out}: already holds a ddk-student run; pass --resume to continue it or --overwrite to replace it"
-    )
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics lines written after checkpoint ``step`` (they will be written again), atomically."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("event") != "final" and json.loads(ln)["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -118,17 +55,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         seen.add(id(p))
         (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def interval_record(step: int, interval: int, domains: list[str], ev: dict[str, list[float]],
-                    ppl_teacher: list[float], ratio: np.ndarray, weights: np.ndarray, factor: np.ndarray,
-                    event: str = "interval") -> dict[str, Any]:
-    """The PRODUCT.md ``interval`` line (plus nll_student and the DDK factor r_t, which differs from weights only
-    in interval 0 when --init-mixture is not r0)."""
-    return {"event": event, "step": step, "interval": interval, "domains": list(domains),
-            "ppl_student": ev["ppl"], "ppl_teacher": list(ppl_teacher), "ratio": [float(x) for x in ratio],
-            "weights": [float(x) for x in weights], "factor": [float(x) for x in factor],
-            "nll_student": ev["nll"]}
 
 
 def _resume_hint(fn):
@@ -154,10 +80,12 @@ def train(cfg: Stage2Config) -> Path:
     K, B, A = cfg.interval_steps, cfg.batch_size, cfg.grad_accum
 
     # -- 1. every check that needs no model, cheapest first
+    device = pick_device(cfg.device, local_rank)  # --device cuda without CUDA: refused before --out is touched
     if B % (world * A):
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
-    resuming = prepare_out_dir(cfg)
-    reader = open_store(cfg.store)  # refuses incomplete stores, unknown versions and encodings
+    resuming = prepare_out_dir(cfg, rank=rank)
+    # refuses incomplete stores, unknown versions and encodings
+    reader = open_store(cfg.store, storage_options=cfg.storage_options)
     reader.check_structure()  # every array exists with the shape the metadata gives (metadata reads only)
     domains = reader.domains
     D = len(domains)
@@ -173,11 +101,7 @@ def train(cfg: Stage2Config) -> Path:
     # damaged or edited store stops here, before the student is even loaded. Chunks read later are checked as read.
     ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
 
-    # -- 2. distributed setup, device, student
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(f"cuda:{local_rank}" if cfg.device == "cuda" else "cpu")
+    # -- 2. distributed setup, student
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cuda":
@@ -194,12 +118,10 @@ def train(cfg: Stage2Config) -> Path:
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
     sampler = DomainSampler(num_rows, rows_per_interval=K * B, seed=cfg.seed)
-    metrics_path = out / METRICS_FILE
 
     def log(record: dict[str, Any]) -> None:
         if rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            rundir.append_record(out, record)
 
     def run_eval() -> tuple[dict[str, list[float]], np.ndarray]:
         ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
@@ -211,7 +133,17 @@ def train(cfg: Stage2Config) -> Path:
         save_checkpoint(out, step, model=model, optimizer=optimizer, rank=rank, world_size=world,
                         keep=cfg.keep_checkpoints,
                         state={"factor": factor.tolist(), "weights": weights.tolist(), "sampler": sampler.state_dict(),
-                               "ppl_teacher": ppl_teacher, "config": cfg.to_dict()})
+                               "ppl_teacher": ppl_teacher, "config": settings.saved_dict(cfg)})
+
+    def new_interval(step: int) -> None:
+        """Interval boundary (Algorithm 1, lines 8-13): measure, reweight, draw the next K steps, checkpoint."""
+        nonlocal factor, weights
+        ev, ratio = run_eval()
+        factor = rw.next_weights(cfg.mixing, factor, ratio, cfg.alpha)
+        weights = factor  # after interval 0 the factor is the sampling distribution in every mode
+        sampler.start_interval(step // K, weights)
+        log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor))
+        checkpoint(step)
 
     # -- 3. restore, or start: evaluate the initial student, r_0 by Eq. 1, interval-0 mixture
     if resuming:
@@ -221,12 +153,15 @@ def train(cfg: Stage2Config) -> Path:
         factor, weights = np.asarray(doc["factor"]), np.asarray(doc["weights"])
         sampler.load_state_dict(doc["sampler"])
         if rank == 0:
-            truncate_metrics(metrics_path, step)
+            rundir.truncate_metrics(out, step)
+            write_config(cfg, out / CONFIG_FILE)  # the settings it continues with (a larger --steps, say)
+        if step % K == 0 and step < cfg.steps and sampler.interval < step // K:
+            new_interval(step)  # a finished run extended by --steps: its last boundary was the end of the run
     else:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            write_yaml(cfg, out / CONFIG_FILE)
-            metrics_path.write_text("")
+            write_config(cfg, out / CONFIG_FILE)
+            rundir.start_metrics(out)
         step = 0
         ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows
         factor, weights = rw.initial_weights(cfg.mixing, ratio=ratio, num_rows=num_rows, static=static,
@@ -249,7 +184,8 @@ def train(cfg: Stage2Config) -> Path:
 
     # -- 4. the loop
     tokens_per_step = B * reader.seq_len
-    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0, desc="ddk-student", dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress, desc="ddk-student",
+               dynamic_ncols=True)
     prefetch = interval_batches(step)
     batches = iter(prefetch)
     t_last = time.perf_counter()
@@ -265,14 +201,15 @@ def train(cfg: Stage2Config) -> Path:
                 # Skip DDP's all-reduce on all but the last micro-step: gradients accumulate locally first.
                 sync = contextlib.nullcontext() if (world == 1 or micro == A - 1) else train_model.no_sync()
                 with sync:
-                    with autocast():
-                        logits = train_model(input_ids=batch.tokens, use_cache=False).logits  # (b, T, Vm)
-                    parts = distill_loss(logits, batch.tokens[:, 1:], batch.topk_ids, batch.topk_logprobs,
-                                         vocab_size=V, gamma=cfg.gamma, temperature=cfg.temperature,
-                                         tail=cfg.kl_tail, t2_scale=cfg.kl_t2_scale, chunk_size=cfg.loss_chunk_size)
+                    # forward + loss: fused from the last hidden state (no [b, T, V] logits) for Llama-shaped
+                    # students, else the model's logits and the reference loss (loss_step.py decides, once).
+                    parts = student_loss(train_model, model, batch.tokens, batch.topk_ids, batch.topk_logprobs,
+                                         vocab_size=V, autocast=autocast, gamma=cfg.gamma,
+                                         temperature=cfg.temperature, tail=cfg.kl_tail, t2_scale=cfg.kl_t2_scale,
+                                         chunk_size=cfg.loss_chunk_size)
                     (parts.total / A).backward()
                 sums += torch.tensor([float(parts.total.detach()), float(parts.ce), float(parts.kl)], dtype=torch.float64) / A
-                del logits, parts
+                del parts
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                          else torch.tensor(float("nan")))
             optimizer.step()
@@ -291,20 +228,14 @@ def train(cfg: Stage2Config) -> Path:
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"step {step}: loss is {loss} (ce={ce}, kl={kl}); lower --lr or check "
                                              f"the store with `ddk-store verify`")
-                log({"event": "step", "step": step, "loss": loss, "ce": ce, "kl": kl, "lr": lr,
-                     "grad_norm": float(grad_norm), "tokens_per_s": tok_s})
+                log(step_record(step, loss=loss, ce=ce, kl=kl, lr=lr, grad_norm=float(grad_norm),
+                                tokens_per_s=tok_s))
                 bar.set_postfix_str(f"loss={loss:.3f} tok/s={tok_s:,.0f} w=[" +
                                     " ".join(f"{d}:{w:.2f}" for d, w in zip(domains, weights)) + "]")
 
             if step % K == 0 and step < cfg.steps:
-                # Interval boundary (Algorithm 1, lines 8-13): measure, reweight, draw the next K steps.
                 prefetch.close()
-                ev, ratio = run_eval()
-                factor = rw.next_weights(cfg.mixing, factor, ratio, cfg.alpha)
-                weights = factor  # after interval 0 the factor is the sampling distribution in every mode
-                sampler.start_interval(step // K, weights)
-                log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor))
-                checkpoint(step)
+                new_interval(step)
                 prefetch = interval_batches(step)
                 batches = iter(prefetch)
             elif cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
@@ -315,7 +246,7 @@ def train(cfg: Stage2Config) -> Path:
 
     # -- 5. final evaluation, export, last checkpoint
     ev, ratio = run_eval()
-    log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor, event="final"))
+    log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor, event=rundir.FINAL))
     if rank == 0:
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)

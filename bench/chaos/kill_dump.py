@@ -1,6 +1,6 @@
 """Kill campaign for `ddk-teacher dump`: SIGKILL at seeded moments, rerun the same command, compare with no kill.
 
-Each trial starts a fresh dump of the tiny real teacher (tests/tiny.py) over a 3-domain corpus as a real process,
+Each trial starts a fresh dump of the tiny real teacher (ddk_testkit.models) over a 3-domain corpus as a real process,
 kills it with SIGKILL at one moment of a seeded schedule, reruns the very same command to the end, and checks that the
 store verifies and equals an uninterrupted dump array for array and in every metadata document (creation time and the
 creator's claim token aside). Moments are drawn four ways:
@@ -25,19 +25,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.reliability.harness import (  # noqa: E402
-    build_corpus,
-    build_teacher,
-    dump_argv,
-    dump_kill_chain,
-    dump_schedule,
-    dump_state,
-    format_table,
-    store_snapshot,
-    time_reference_dump,
-)
+from ddk_testkit.commands import dump_argv
+from ddk_testkit.corpora import write_corpus
+from ddk_testkit.kills import dump_kill_chain, dump_schedule, format_table, time_reference_dump
+from ddk_testkit.models import build_tiny_teacher
+from ddk_testkit.snapshots import store_snapshot
+from ddk_testkit.watch import dump_state
 
 
 def main() -> int:
@@ -48,7 +41,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ddk-kill-dump-"))
-    teacher, corpora = build_teacher(work / "teacher"), build_corpus(work / "corpus", n_docs=args.docs)
+    teacher, corpora = build_tiny_teacher(work / "teacher"), write_corpus(work / "corpus", n_docs=args.docs)
 
     times = time_reference_dump(dump_argv(teacher, corpora, work / "reference"), work / "reference")
     reference = store_snapshot(str(work / "reference"))

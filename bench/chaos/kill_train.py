@@ -1,6 +1,6 @@
 """Kill campaign for `ddk-student train --resume`: SIGKILL at seeded moments, resume, compare with no kill (CPU).
 
-Each trial starts a fresh training run of a tiny real student (tests/tiny.py) on a tiny store as a real process,
+Each trial starts a fresh training run of a tiny real student (ddk_testkit.models) on a tiny store as a real process,
 kills it with SIGKILL at one moment of a seeded schedule, reruns the same command with --resume to the end, and
 checks that metrics.jsonl holds the identical trajectory (every step's loss, ce, kl, lr and grad norm; every
 interval's perplexities, ratios and weights; wall-clock throughput aside) and that the final parameters are
@@ -22,15 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.reliability.harness import (  # noqa: E402
-    format_table,
-    time_reference_run,
-    train_argv,
-    train_kill_chain,
-    train_schedule,
-)
+from ddk_testkit.commands import train_argv
+from ddk_testkit.kills import format_table, time_reference_run, train_kill_chain, train_schedule
+from ddk_testkit.stores import student_and_store
 
 
 def main() -> int:
@@ -42,15 +36,8 @@ def main() -> int:
     args = ap.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="ddk-kill-train-"))
 
-    from transformers import AutoTokenizer
-
-    from tests.stage2_student.helpers import make_store
-    from tests.tiny import build_tiny_llama, build_tiny_tokenizer
-
-    build_tiny_tokenizer(work / "tok")
-    student = build_tiny_llama(work / "student", work / "tok", num_layers=1, hidden_size=64, num_heads=1)
-    store = str(work / "store")
-    make_store(work / "store", AutoTokenizer.from_pretrained(str(work / "tok")), train_rows=64, heldout_rows=8)
+    student, store_dir = student_and_store(work, train_rows=64, heldout_rows=8)
+    store = str(store_dir)
     flags = dict(steps=args.steps, interval=20, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=7,
                  log_every=1)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ from click.testing import CliRunner
 
 from ddk_store import StoreExistsError, StoreIncompleteError, StoreWriter, open_store, spec
 from ddk_store.cli import main as store_cli
-from ddk_store.testing import make_tiny_store, synth_rows, tiny_meta
+from ddk_store.testing import StoreFiles, make_tiny_store, synth_rows, tiny_meta
 from ddk_store.validate import validate_store
 
 TRIALS = 6
@@ -27,8 +26,10 @@ def _racer(urls, seq_len, barrier, results, opts):
         barrier.wait(60)
         try:
             w = StoreWriter.open_or_create(url, meta, _rows(meta), unit_rows=2, chunk_rows=1, storage_options=opts)
-            rng = np.random.default_rng(0)
             for unit in w.pending_units():
+                # Seeded by the unit, so two racers that both write a unit write the same data, as real dumps do.
+                rng = np.random.default_rng([meta.domain_names.index(unit.domain), spec.SPLITS.index(unit.split),
+                                             unit.index])
                 w.write_unit(unit, **synth_rows(rng, unit.n_rows, meta.seq_len, meta.top_k, 64))
             w.finalize()
             results.put((url, seq_len, "ok", ""))
@@ -59,7 +60,7 @@ def race_base(request, tmp_path):
     if request.param == "local":
         return str(tmp_path), None
     s3 = request.getfixturevalue("s3_server")
-    return f"s3://ddk/race/{tmp_path.name}", s3["storage_options"]
+    return f"s3://ddk/race/{tmp_path.name}", s3.storage_options
 
 
 def test_two_dumps_with_different_settings_on_one_new_store(race_base):
@@ -99,7 +100,7 @@ def test_repair_resets_damaged_units_and_a_rerun_restores_the_store(tmp_path, da
     url, ref = str(tmp_path / "s"), str(tmp_path / "ref")
     make_tiny_store(url, unit_rows=4)
     make_tiny_store(ref, unit_rows=4)
-    chunk = Path(url) / "beta/train/topk_logprobs/c/5/0/0"
+    chunk = StoreFiles(url).chunk_path("beta", "train", "topk_logprobs", 5)
     if damage == "flip":
         b = bytearray(chunk.read_bytes())
         b[len(b) // 2] ^= 0x10
@@ -129,7 +130,7 @@ def test_repair_resets_damaged_units_and_a_rerun_restores_the_store(tmp_path, da
 def test_repair_refuses_damage_outside_unit_data(tmp_path):
     url = str(tmp_path / "s")
     make_tiny_store(url, unit_rows=4)
-    (Path(url) / "alpha/heldout/zarr.json").unlink()
+    StoreFiles(url).doc_path("alpha", "heldout").unlink()
     res = CliRunner().invoke(store_cli, ["repair", url])
     assert res.exit_code == 2 and "cannot be repaired in place" in res.output and "Traceback" not in res.output
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "store-format.md"
+from ddk_testkit.processes import REPO
+
+DOC = REPO / "docs" / "store-format.md"
 
 
 def test_read_store_with_plain_zarr(tmp_path):

@@ -2,8 +2,6 @@
 
 import json
 import multiprocessing as mp
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from hypothesis import strategies as st
 from ddk_store import (StoreCorruptError, StoreExistsError, StoreIncompleteError, StoreNotFoundError, StoreWriter,
                        open_store, spec)
 from ddk_store.cli import main as store_cli
-from ddk_store.testing import make_tiny_store, synth_rows, tiny_meta
+from ddk_store.testing import StoreFiles, make_tiny_store, synth_rows, tiny_meta
 from ddk_store.validate import validate_store
 
 ROWS = {"alpha": {"train": 10, "heldout": 3}, "beta": {"train": 7, "heldout": 2}}
@@ -153,8 +151,8 @@ def test_two_processes_writing_disjoint_units_equal_one(tmp_path):
     assert validate_store(url) == []
 
 
-def _chunk(store_dir, path, idx, nd):
-    return Path(store_dir) / path / "c" / str(idx) / Path(*(["0"] * (nd - 1)))
+def _chunk(store_dir, domain, split, name, row):
+    return StoreFiles(store_dir).row_chunk_path(domain, split, name, row)
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "metadata", "done_without_data", "marker_crc"])
@@ -162,7 +160,7 @@ def test_verify_locates_every_corruption(tmp_path, damage):
     url = str(tmp_path / "s")
     make_tiny_store(url, unit_rows=4)
     assert validate_store(url) == []
-    chunk = _chunk(url, "beta/train/topk_logprobs", 5, 3)  # unit 1, rows 4-7
+    chunk = _chunk(url, "beta", "train", "topk_logprobs", 5)  # unit 1, rows 4-7
     expect = "beta/train unit 1 (rows 4-7) topk_logprobs"
     if damage == "flip":
         b = bytearray(chunk.read_bytes())
@@ -173,10 +171,7 @@ def test_verify_locates_every_corruption(tmp_path, damage):
     elif damage in ("missing", "done_without_data"):
         chunk.unlink()
     elif damage == "metadata":
-        zj = Path(url) / "zarr.json"
-        doc = json.loads(zj.read_text())
-        doc["attributes"]["ddk"]["domains"][0]["heldout_nll"] = 0.123
-        zj.write_text(json.dumps(doc))
+        StoreFiles(url).edit_root_meta(lambda meta: meta["domains"][0].__setitem__("heldout_nll", 0.123))
         expect = "metadata.domains[alpha].heldout_nll"
     elif damage == "marker_crc":
         w = StoreWriter.resume(url)
@@ -216,7 +211,7 @@ def test_cli_info_json_and_errors(tmp_path):
 def test_file_url_and_memory_url(tmp_path):
     r = make_tiny_store(f"file://{tmp_path}/f")
     assert open_store(str(tmp_path / "f")).meta == r.meta
-    assert os.path.exists(tmp_path / "f" / "zarr.json")
+    assert StoreFiles(tmp_path / "f").doc_path().exists()
     r2 = make_tiny_store("memory://test-memory-url")
     assert open_store("memory://test-memory-url").num_rows("gamma", "heldout") == 4
     assert r2.meta.domain_names == ("alpha", "beta", "gamma")
@@ -225,7 +220,7 @@ def test_file_url_and_memory_url(tmp_path):
 @pytest.mark.s3
 def test_s3_roundtrip(s3_server):
     url = "s3://ddk/team-a/stores/tiny"
-    opts = s3_server["storage_options"]
+    opts = s3_server.storage_options
     meta = tiny_meta(domains=tuple(ROWS))
     w = StoreWriter.open_or_create(url, meta, ROWS, storage_options=opts, unit_rows=2, chunk_rows=1)
     data = _data(meta, ROWS, 0)

@@ -1,1 +1,1 @@
-"""Reliability tests (issue 6): bad input, fuzzing of the parsers, and security properties."""
+"""Reliability tests: bad input, fuzzing of the parsers, and security properties."""

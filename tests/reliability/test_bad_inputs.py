@@ -1,4 +1,4 @@
-"""The bad-input table (bad_input_cases.CASES): every case fails in one line, without a traceback, writing nothing.
+"""The bad-input table (ddk_testkit.bad_inputs.CASES): every case fails in one line, without a traceback, writing nothing.
 
 Each case runs the real console entry in-process. The teacher of the workspace has garbage for weights, so a dump
 case that got as far as loading the model would fail with a weights error instead of its own message: passing
@@ -12,18 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.bad_input_cases import (
-    CASES,
-    ENTRY_POINTS,
-    ERROR_PREFIX,
-    MARKER,
-    USAGE_PREFIX,
-    BadInput,
-    Workspace,
-    run_case,
-)
+from ddk_testkit.bad_inputs import CASES, ENTRY_POINTS, MARKER, BadInput, Workspace, run_case
+from ddk_testkit.processes import ERROR_PREFIX, REPO, USAGE_PREFIX
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "reliability_bad_inputs.md"
+DOC = REPO / "docs" / "reliability_bad_inputs.md"
 
 
 @pytest.fixture(scope="module")

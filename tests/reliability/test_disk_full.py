@@ -15,16 +15,11 @@ import sys
 import pytest
 
 from ddk_store.validate import validate_store
-from tests.reliability.harness import (
-    REPO,
-    child_env,
-    dump_argv,
-    dump_state,
-    last_error_lines,
-    shared_dump_inputs,
-    store_differences,
-    store_snapshot,
-)
+from ddk_testkit.commands import dump_argv
+from ddk_testkit.processes import REPO, child_env, last_error_lines
+from ddk_testkit.reference import shared_dump_inputs
+from ddk_testkit.snapshots import store_differences, store_snapshot
+from ddk_testkit.watch import dump_state
 
 #: The uninterrupted store takes about 1 MB of tmpfs pages; half of that fills up in the middle of the dump.
 SMALL, BIG = "480k", "16m"

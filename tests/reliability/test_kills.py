@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.reliability.harness import (
-    DumpMoment,
-    TrainMoment,
-    dump_argv,
-    dump_kill_chain,
-    format_table,
-    shared_dump_inputs,
-    spawn,
-    train_argv,
-    train_kill_chain,
-)
+from ddk_testkit.commands import dump_argv, train_argv
+from ddk_testkit.kills import DumpMoment, TrainMoment, dump_kill_chain, format_table, train_kill_chain
+from ddk_testkit.processes import spawn
+from ddk_testkit.reference import shared_dump_inputs
+from ddk_testkit.stores import student_and_store
 
 SEED = 6
 
@@ -47,16 +41,8 @@ def test_sigkill_dump_three_moments_then_rerun_is_identical(dump_inputs, tmp_pat
 
 @pytest.fixture(scope="module")
 def train_inputs(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from tests.stage2_student.helpers import make_store
-    from tests.tiny import build_tiny_llama, build_tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("kill_train")
-    build_tiny_tokenizer(root / "tok")
-    student = build_tiny_llama(root / "student", root / "tok", num_layers=1, hidden_size=64, num_heads=1)
-    make_store(root / "store", AutoTokenizer.from_pretrained(str(root / "tok")), train_rows=16, heldout_rows=4)
-    return str(root / "store"), student
+    student, store = student_and_store(tmp_path_factory.mktemp("kill_train"), train_rows=16, heldout_rows=4)
+    return str(store), student
 
 
 FLAGS = dict(steps=40, interval=8, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=3, log_every=1)

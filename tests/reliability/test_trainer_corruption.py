@@ -23,7 +23,9 @@ from click.testing import CliRunner
 
 from ddk_store import open_store
 from ddk_store.validate import validate_store
-from tests.reliability.harness import REPO, child_env, last_error_lines, train_argv
+from ddk_testkit.commands import train_argv
+from ddk_testkit.processes import REPO, child_env, last_error_lines
+from ddk_testkit.stores import student_and_store
 
 DOMAINS = ("alpha", "beta", "gamma")
 TRAIN_ROWS, HELDOUT_ROWS, UNIT_ROWS = 8, 4, 2  # chunk_rows 1: every row is its own chunk, two rows per unit
@@ -32,18 +34,10 @@ FLAGS = dict(steps=8, interval=4, batch_size=4, lr=3e-3, seed=0, eval_batch_size
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from tests.stage2_student.helpers import make_store
-    from tests.tiny import build_tiny_llama, build_tiny_tokenizer
-
-    root = tmp_path_factory.mktemp("corruption")
-    build_tiny_tokenizer(root / "tok")
-    student = build_tiny_llama(root / "student", root / "tok", num_layers=1, hidden_size=64, num_heads=1)
-    make_store(root / "store", AutoTokenizer.from_pretrained(str(root / "tok")), domains=DOMAINS,
-               train_rows=TRAIN_ROWS, heldout_rows=HELDOUT_ROWS, unit_rows=UNIT_ROWS)
-    assert validate_store(str(root / "store")) == []
-    return root / "store", student
+    student, store = student_and_store(tmp_path_factory.mktemp("corruption"), domains=DOMAINS,
+                                       train_rows=TRAIN_ROWS, heldout_rows=HELDOUT_ROWS, unit_rows=UNIT_ROWS)
+    assert validate_store(str(store)) == []
+    return store, student
 
 
 def training_plan() -> list[np.ndarray]:

@@ -13,7 +13,9 @@ import sys
 import pytest
 
 from ddk_store import open_store
-from tests.stage1_teacher.conftest import HELDOUT, dump_argv, run_cli, write_corpus
+from ddk_testkit.commands import HELDOUT, dump_argv
+from ddk_testkit.corpora import write_corpus
+from ddk_testkit.processes import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +27,7 @@ def broken_teacher(tiny_teacher, tmp_path_factory):
 
 
 def expect_error(argv, *needles):
-    code, err = run_cli(argv)
+    code, err = run_cli("ddk-teacher", argv)
     lines = err.strip().splitlines()
     assert code == 2, err
     assert lines and lines[-1].startswith("error: "), err
@@ -104,8 +106,8 @@ def test_existing_store_with_other_settings_needs_overwrite(reference_store, tin
     expect_error(dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4"),
                  "already holds a ddk store made with different settings", "--top-k was 8, this run has 4",
                  "--overwrite")
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite",
-                                  "--max-rows-per-domain", "2"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite",
+                                                 "--max-rows-per-domain", "2"))
     assert code == 0, err
     assert open_store(str(store)).top_k == 4
 
@@ -113,7 +115,8 @@ def test_existing_store_with_other_settings_needs_overwrite(reference_store, tin
 def test_resumed_store_with_different_settings(tiny_teacher, corpora_yaml, tmp_path):
     store = tmp_path / "s"
     # A half-written store: shard 0 of 2 only (status "writing").
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "0/2", "--max-rows-per-domain", "20"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "0/2",
+                                                 "--max-rows-per-domain", "20"))
     assert code == 0, err
     msg = expect_error(dump_argv(tiny_teacher, corpora_yaml, store, "--max-rows-per-domain", "20",
                                  "--heldout-seqs", str(HELDOUT + 1)), "different settings")

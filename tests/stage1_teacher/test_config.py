@@ -7,10 +7,11 @@ import dataclasses
 import pytest
 
 from ddk_store.errors import ConfigError
-from stage1_teacher.cli import cli, resolve_config
+from ddk_store import settings
+from stage1_teacher.cli import cli
 from stage1_teacher.config import Stage1Config
 
-from tests.stage1_teacher.conftest import run_cli
+from ddk_testkit.processes import run_cli
 
 REQ = {"teacher": "t", "corpora": "c.yaml", "store": "s"}
 
@@ -25,7 +26,7 @@ def test_defaults_match_the_product_contract():
 
 def test_every_field_is_typed_defaulted_and_documented():
     for f in dataclasses.fields(Stage1Config):
-        assert f.type in ("int", "str", "bool"), f.name
+        assert f.type in ("int", "str", "bool", "dict[str, Any] | None"), f.name
         assert f.default is not dataclasses.MISSING, f.name
         assert len(f.metadata["help"]) > 15, f.name
 
@@ -52,19 +53,19 @@ def test_cross_field_rules():
         Stage1Config(**REQ, backend="hf", tensor_parallel_size=2)
     with pytest.raises(ConfigError, match="--batch-tokens"):
         Stage1Config(**REQ, seq_len=64, batch_tokens=32)
-    with pytest.raises(ConfigError, match="--storage-options must be a JSON object"):
-        Stage1Config(**REQ, storage_options="[1]")
-    assert Stage1Config(**REQ, storage_options='{"endpoint_url": "x"}').storage_options_dict == {"endpoint_url": "x"}
+    with pytest.raises(ConfigError, match="--storage-option: expected a mapping"):
+        Stage1Config(**REQ, storage_options=[1])
+    assert Stage1Config(**REQ, storage_options={"endpoint_url": "x"}).storage_options_dict == {"endpoint_url": "x"}
 
 
 def test_cli_options_mirror_the_dataclass_fields():
     dump = cli.commands["dump"]
     options = {p.name for p in dump.params}
-    assert options == {f.name for f in dataclasses.fields(Stage1Config)} | {"config_path"}
+    assert options == {f.name for f in dataclasses.fields(Stage1Config)} | {settings.CONFIG_PARAM}
     flags = {o for p in dump.params for o in p.opts}
     for f in dataclasses.fields(Stage1Config):
         assert "--" + f.name.replace("_", "-") in flags
-    # The product contract's flag names (PRODUCT.md) exist verbatim.
+    # The flag names of the command-line contract (README.md, docs/stage1.md) exist verbatim.
     for name in ("--teacher", "--corpora", "--store", "--seq-len", "--top-k", "--heldout-seqs", "--backend",
                  "--shard", "--overwrite", "--config"):
         assert name in flags
@@ -74,7 +75,7 @@ def test_precedence_defaults_then_yaml_then_flags(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("teacher: from-yaml\ncorpora: c.yaml\nstore: s\ntop_k: 16\nseq_len: 128\n")
     flags = {f.name: None for f in dataclasses.fields(Stage1Config)}
-    cfg = resolve_config({**flags, "top_k": 4}, str(y))
+    cfg = settings.resolve(Stage1Config, {**flags, "top_k": 4}, str(y))
     assert cfg.top_k == 4  # flag beats YAML
     assert cfg.seq_len == 128  # YAML beats default
     assert cfg.heldout_seqs == 500  # default
@@ -85,14 +86,14 @@ def test_unknown_or_mistyped_yaml_keys_are_errors(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("teacher: t\ntopk: 3\nseq_len: '12'\n")
     with pytest.raises(ConfigError) as e:
-        resolve_config({}, str(y))
+        settings.resolve(Stage1Config, {}, str(y))
     assert "unknown key 'topk'" in str(e.value) and "field 'seq_len': expected int" in str(e.value)
 
 
 def test_cli_reports_config_errors_on_one_line_with_exit_2(tmp_path):
     y = tmp_path / "c.yaml"
     y.write_text("nonsense_key: 1\n")
-    code, err = run_cli(["dump", "--config", str(y)])
+    code, err = run_cli("ddk-teacher", ["dump", "--config", str(y)])
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nonsense_key" in lines[0]

@@ -16,7 +16,8 @@ from ddk_store.cli import main as store_cli
 from ddk_store.validate import validate_store
 from stage1_teacher.corpus import load_corpora, read_documents
 from stage1_teacher.packing import heldout_indices, pack_rows
-from tests.stage1_teacher.conftest import HELDOUT, SEQ_LEN, TOP_K, dump_argv, run_cli
+from ddk_testkit.commands import HELDOUT, SEQ_LEN, TOP_K, dump_argv
+from ddk_testkit.processes import run_cli
 
 DOMAINS = ["scripture", "python", "legal"]
 
@@ -90,7 +91,7 @@ def test_store_contents_provenance_and_teacher_values(reference_store, tiny_teac
 def test_rerun_of_a_finished_dump_is_a_noop_that_says_so(reference_store, tiny_teacher, corpora_yaml):
     root_json = reference_store / "zarr.json"
     before = (root_json.read_bytes(), root_json.stat().st_mtime_ns)
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, reference_store))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, reference_store))
     assert code == 0, err
     assert "already complete with these settings: nothing to do" in err
     assert "Loading weights" not in err  # the teacher was not even loaded
@@ -98,7 +99,8 @@ def test_rerun_of_a_finished_dump_is_a_noop_that_says_so(reference_store, tiny_t
 
 
 def test_summary_reports_tokens_bytes_and_perplexity(tiny_teacher, corpora_yaml, tmp_path):
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, tmp_path / "s", "--max-rows-per-domain", "3"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, tmp_path / "s",
+                                                 "--max-rows-per-domain", "3"))
     assert code == 0, err
     assert "backend: hf (requested)" in err
     assert f"summary: {3 * 3 * SEQ_LEN + 3 * HELDOUT * SEQ_LEN:,} tokens scored by hf" in err
@@ -113,7 +115,8 @@ def test_per_domain_max_rows_overrides_the_command_cap(tiny_teacher, corpora_yam
     text = corpora_yaml.read_text(encoding="utf-8").replace("format: lines}", "format: lines, max_rows: 2}")
     capped = corpora_yaml.parent / "corpora_capped.yaml"  # beside the original: its relative paths still resolve
     capped.write_text(text, encoding="utf-8")
-    code, err = run_cli(dump_argv(tiny_teacher, capped, tmp_path / "s", "--max-rows-per-domain", "5"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, capped, tmp_path / "s", "--max-rows-per-domain",
+                                                 "5"))
     assert code == 0, err
     r = open_store(str(tmp_path / "s"))
     assert {d: r.num_rows(d, "train") for d in DOMAINS} == {"scripture": 2, "python": 5, "legal": 5}

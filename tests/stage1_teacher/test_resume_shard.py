@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from ddk_store import open_store
 from ddk_store.cli import main as store_cli
 from ddk_store.errors import StoreIncompleteError
-from tests.stage1_teacher.conftest import dump_argv, run_cli, spawn_dump, store_arrays
+from ddk_testkit.commands import dump_argv
+from ddk_testkit.processes import run_cli, spawn
+from ddk_testkit.snapshots import store_arrays
 
 
 def units_done(store) -> tuple[int, int]:
@@ -45,7 +47,7 @@ def assert_same_store(a, b) -> None:
 def test_sigkill_mid_dump_then_rerun_equals_uninterrupted(reference_store, tiny_teacher, corpora_yaml, tmp_path):
     store = tmp_path / "store"
     argv = dump_argv(tiny_teacher, corpora_yaml, store)
-    proc = spawn_dump(argv)
+    proc = spawn("stage1_teacher.cli", argv)
     deadline = time.monotonic() + 180
     done = total = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -61,7 +63,7 @@ def test_sigkill_mid_dump_then_rerun_equals_uninterrupted(reference_store, tiny_
     with pytest.raises(StoreIncompleteError):
         open_store(str(store))  # a killed store is never mistaken for a complete one
 
-    code, err = run_cli(argv)  # the same command again
+    code, err = run_cli("ddk-teacher", argv)  # the same command again
     assert code == 0, err
     assert "resuming" in err and f"{total - done} unit(s) to write" in err
     assert_same_store(store, reference_store)
@@ -70,7 +72,8 @@ def test_sigkill_mid_dump_then_rerun_equals_uninterrupted(reference_store, tiny_
 def test_two_shards_at_once_then_finalize_equals_single_process(reference_store, tiny_teacher, corpora_yaml,
                                                                  tmp_path):
     store = tmp_path / "store"
-    procs = [spawn_dump(dump_argv(tiny_teacher, corpora_yaml, store, "--shard", f"{i}/2")) for i in range(2)]
+    procs = [spawn("stage1_teacher.cli", dump_argv(tiny_teacher, corpora_yaml, store, "--shard", f"{i}/2"))
+             for i in range(2)]
     errs = [p.communicate(timeout=300)[1] for p in procs]
     for p, err in zip(procs, errs):
         assert p.returncode == 0, err[-3000:]
@@ -85,14 +88,16 @@ def test_two_shards_at_once_then_finalize_equals_single_process(reference_store,
 
 def test_finalize_refuses_while_a_shard_is_missing(tiny_teacher, corpora_yaml, tmp_path):
     store = tmp_path / "store"
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "0/2", "--max-rows-per-domain", "40"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "0/2",
+                                                 "--max-rows-per-domain", "40"))
     assert code == 0, err
     assert "unit(s) of other shards still pending" in err
     res = CliRunner().invoke(store_cli, ["finalize", str(store)])
     assert res.exit_code != 0 and "not written yet" in res.output
     # The missing shard completes the store; the single-process rerun then finalizes it.
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "1/2", "--max-rows-per-domain", "40"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--shard", "1/2",
+                                                 "--max-rows-per-domain", "40"))
     assert code == 0 and "all units written" in err
-    code, err = run_cli(dump_argv(tiny_teacher, corpora_yaml, store, "--max-rows-per-domain", "40"))
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--max-rows-per-domain", "40"))
     assert code == 0 and "0 unit(s) to write" in err
     assert open_store(str(store)).meta.status == "complete"

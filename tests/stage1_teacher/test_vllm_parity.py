@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stage1_teacher.backends import BackendOptions, resolve_backend, vllm_usability
-from tests.stage1_teacher.conftest import BASE_FLAGS, SEQ_LEN, TOP_K
+from ddk_testkit.commands import DUMP_FLAGS, SEQ_LEN, TOP_K
 
 _ok, _why = vllm_usability()
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not _ok, reason=f"vLLM cannot run here: {_why}")]
@@ -67,15 +67,15 @@ def test_dump_with_vllm_backend_matches_the_hf_store(vllm_backend, tiny_teacher,
                                                      tmp_path):
     from ddk_store import open_store
     from ddk_store.validate import validate_store
-    from stage1_teacher.cli import resolve_config
+    from stage1_teacher.config import Stage1Config
     from stage1_teacher.run import run
 
-    flags = dict(zip([f[2:].replace("-", "_") for f in BASE_FLAGS[0::2]], BASE_FLAGS[1::2]))
+    flags = dict(zip([f[2:].replace("-", "_") for f in DUMP_FLAGS[0::2]], DUMP_FLAGS[1::2]))
     flags = {k: (int(v) if v.isdigit() else v) for k, v in flags.items() if k != "no_progress"}
     flags.update(backend="vllm", teacher=str(tiny_teacher), corpora=str(corpora_yaml), store=str(tmp_path / "s"),
                  progress=False)
     lines = []
-    summary = run(resolve_config(flags, None), echo=lines.append, backend=vllm_backend)
+    summary = run(Stage1Config(**flags), echo=lines.append, backend=vllm_backend)
     assert summary.status == "complete" and "backend: vllm (requested)" in lines
     assert validate_store(str(tmp_path / "s")) == []
     v, h = open_store(str(tmp_path / "s")), open_store(str(reference_store))

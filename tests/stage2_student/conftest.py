@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.tiny import build_tiny_llama, build_tiny_tokenizer
-
-from .helpers import make_store
+from ddk_testkit.models import build_tiny_student, build_tiny_tokenizer
+from ddk_testkit.stores import make_store
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +31,12 @@ def tiny_tokenizer(tiny_dir):
 
 @pytest.fixture(scope="session")
 def student_dir(tiny_dir, tiny_tokenizer) -> Path:
-    return build_tiny_llama(tiny_dir / "student", tiny_dir / "tokenizer", num_layers=1, hidden_size=64, num_heads=1)
+    return build_tiny_student(tiny_dir / "student", tiny_dir / "tokenizer")
 
 
 @pytest.fixture(scope="session")
 def padded_student_dir(tiny_dir, tiny_tokenizer) -> Path:
-    return build_tiny_llama(tiny_dir / "student_pad", tiny_dir / "tokenizer", num_layers=1, hidden_size=64,
-                            num_heads=1, vocab_pad=64)
-
-
+    return build_tiny_student(tiny_dir / "student_pad", tiny_dir / "tokenizer", vocab_pad=64)
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +44,3 @@ def store_url(tiny_dir, tiny_tokenizer) -> str:
     """Three domains (alpha, beta, gamma), 16 train and 4 held-out rows each, teacher of increasing sharpness."""
     make_store(tiny_dir / "store", tiny_tokenizer, train_rows=16, heldout_rows=4)
     return str(tiny_dir / "store")
-
-
-
-
-
-
-

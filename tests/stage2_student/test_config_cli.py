@@ -8,11 +8,12 @@ import pytest
 import zarr
 from click.testing import CliRunner
 
+from ddk_store import settings
 from ddk_store.errors import ConfigError
+from ddk_testkit.commands import train_args
+from ddk_testkit.stores import make_store
 from stage2_student.cli import cli
 from stage2_student.config import Stage2Config
-
-from .helpers import make_store, train_args
 
 REQUIRED = dict(store="s", student="m", out="o")
 
@@ -41,7 +42,7 @@ def test_defaults_and_derived():
     cfg = Stage2Config(**REQUIRED, steps=300)
     assert (cfg.mixing, cfg.alpha, cfg.gamma, cfg.temperature, cfg.kl_tail) == ("ddk", 0.5, 0.2, 1.0, "bucket")
     assert cfg.interval_steps == 10 and cfg.warmup == 10  # steps // 30
-    assert Stage2Config.from_dict(cfg.to_dict()) == cfg
+    assert settings.from_mapping(Stage2Config, cfg.to_dict()) == cfg
 
 
 def test_all_problems_reported_at_once():
@@ -53,14 +54,13 @@ def test_all_problems_reported_at_once():
 
 
 def test_yaml_precedence_and_unknown_keys(tmp_path):
-    from stage2_student.cli import resolve_config
+    from stage2_student.cli import train_settings
 
     y = tmp_path / "c.yaml"
     y.write_text("store: s\nstudent: m\nout: o\nlr: 3e-4\nsteps: 50\nalpha: 0.3\n")
     cmd = cli.commands["train"]
     ctx = cmd.make_context("train", ["--config", str(y), "--steps", "70"])
-    params = {k: v for k, v in ctx.params.items() if k != "config_file"}
-    cfg = resolve_config(ctx, str(y), params)
+    cfg = train_settings(ctx)
     assert (cfg.steps, cfg.alpha, cfg.lr, cfg.gamma) == (70, 0.3, 3e-4, 0.2)  # flag > YAML > default
     y.write_text("store: s\nstudent: m\nout: o\nbatchsize: 3\n")
     res = CliRunner().invoke(cli, ["train", "--config", str(y)])

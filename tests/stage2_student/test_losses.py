@@ -172,3 +172,106 @@ def test_bad_arguments():
         distill_loss(logits, targets, ids, lp, tail="full")
     with pytest.raises(ValueError, match="do not cover"):
         distill_loss(logits, targets, ids, lp, vocab_size=1000)
+
+
+# ------------------------------------------------------------------------------------ exact tail (issue 13)
+def formula_loss(logits, targets, ids, lp, mask, *, V, gamma, T, tail, t2_scale=False):
+    """The loss in float64, written from its definition (not from the implementation): full softmax over V, the
+    student's tail as the plain sum of its probabilities outside the teacher's top-k, the teacher's tail as
+    1 - sum of its stored top-k probabilities, spread evenly over the other V - K ids when tempered."""
+    B, P = targets.shape
+    z = logits[:, :P, :V].double()
+    ce = -torch.log_softmax(z, -1).gather(-1, targets[..., None]).squeeze(-1)  # (B, P)
+    q = torch.softmax(z / T, -1)  # (B, P, V)
+    q_k = q.gather(-1, ids)
+    outside = torch.ones_like(q).scatter(-1, ids, 0.0)
+    m_s = (q * outside).sum(-1)  # a sum of positives: no cancellation in float64
+    p1 = lp.double().exp()
+    s = p1.sum(-1, keepdim=True)
+    p1 = torch.where(s > 1, p1 / s, p1)
+    m1 = (1 - p1.sum(-1)).clamp(min=0)
+    K = ids.shape[-1]
+    if tail == "bucket":
+        a = p1 ** (1 / T)
+        t_tail = (V - K) * (m1 / (V - K)) ** (1 / T)
+        norm = a.sum(-1) + t_tail
+        p, m_t = a / norm[..., None], t_tail / norm
+        kl = (p * (p.log() - q_k.log())).sum(-1) + m_t * (m_t.log() - m_s.log())
+    else:
+        a = p1 ** (1 / T)
+        p_hat, q_hat = a / a.sum(-1, keepdim=True), q_k / q_k.sum(-1, keepdim=True)
+        kl = (p_hat * (p_hat.log() - q_hat.log())).sum(-1)
+    if t2_scale:
+        kl = kl * T**2
+    m = mask.double()
+    return ((ce + gamma * kl) * m).sum() / m.sum()
+
+
+def confident_case(student_tail, T, *, B=2, P=5, V=300, K=8, teacher_tail=0.01, seed=0):
+    """float64 logits whose tempered softmax puts exactly ``student_tail`` outside the teacher's top-k ids, and a
+    teacher whose stored top-k log-probs (float32, as in a store) leave ``teacher_tail`` for the other ids."""
+    g = torch.Generator().manual_seed(seed)
+    zt = torch.randn(B, P + 1, V, generator=g, dtype=torch.float64)
+    ids = torch.stack([torch.randperm(V, generator=g)[:K] for _ in range(B * P)]).reshape(B, P, K)
+    top = torch.zeros(B, P + 1, V, dtype=torch.bool)
+    top[:, :P].scatter_(-1, ids, True)
+    lse_top = torch.logsumexp(zt.masked_fill(~top, -math.inf), -1)[:, :P]
+    lse_tail = torch.logsumexp(zt.masked_fill(top, -math.inf), -1)[:, :P]
+    shift = lse_tail - lse_top + math.log((1 - student_tail) / student_tail)  # top mass / tail mass = (1-m)/m
+    zt[:, :P] += torch.where(top[:, :P], shift[..., None], torch.zeros(()))
+    logits = zt * T
+    lp = (torch.log_softmax(torch.randn(B, P, K, generator=g, dtype=torch.float64), -1)
+          + math.log(1 - teacher_tail)).float()
+    targets = torch.randint(0, V, (B, P), generator=g)
+    mask = torch.ones(B, P, dtype=torch.bool)
+    mask[0, 1] = False
+    return logits, targets, ids, lp, mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tail", ["bucket", "renorm"])
+@pytest.mark.parametrize("T", [1.0, 0.5, 2.0])
+@pytest.mark.parametrize("student_tail", [1e-3, 1e-6, 1e-9, 1e-12])
+def test_tiny_student_tail_matches_float64_formula(student_tail, T, tail, dtype):
+    logits64, targets, ids, lp, mask = confident_case(student_tail, T)
+    V = logits64.shape[-1]
+    x = logits64.to(dtype).requires_grad_(True)
+    out = distill_loss(x, targets, ids, lp, mask, vocab_size=V, gamma=0.5, temperature=T, tail=tail,
+                       t2_scale=T != 1.0, chunk_size=6)
+    (1.5 * out.total).backward()
+    ref_x = x.detach().double().requires_grad_(True)  # the same (rounded) logits, in float64
+    ref = formula_loss(ref_x, targets, ids, lp, mask, V=V, gamma=0.5, T=T, tail=tail, t2_scale=T != 1.0)
+    (1.5 * ref).backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    assert float(out.total) == pytest.approx(float(ref), rel=tol)
+    g, g_ref = x.grad.double(), ref_x.grad
+    assert torch.isfinite(g).all()
+    torch.testing.assert_close(g, g_ref, rtol=tol * 10, atol=tol * float(g_ref.abs().max()))
+    assert float((g - g_ref).norm() / g_ref.norm()) < tol
+
+
+def test_issue_case_vocab_49152_gradient_stays_exact():
+    """The reproduction from issue 13: V = 49,152, a 1% teacher tail, a student tail of 1e-9 in fp32. The old
+    1 - sum(q) tail gave a gradient norm of 1e16-1e19 here."""
+    logits64, targets, ids, lp, mask = confident_case(1e-9, 1.0, B=1, P=4, V=49_152, K=64)
+    x = logits64.float().requires_grad_(True)
+    out = distill_loss(x, targets, ids, lp, mask, gamma=1.0)
+    out.total.backward()
+    ref_x = x.detach().double().requires_grad_(True)
+    ref = formula_loss(ref_x, targets, ids, lp, mask, V=49_152, gamma=1.0, T=1.0, tail="bucket")
+    ref.backward()
+    assert float(out.total) == pytest.approx(float(ref), rel=1e-5)
+    assert float(x.grad.double().norm()) == pytest.approx(float(ref_x.grad.norm()), rel=1e-5)
+
+
+def test_float64_logits_are_computed_in_float64():
+    logits, targets, ids, lp, mask, _ = make_case()
+    x = logits.detach().double().requires_grad_(True)
+    out = distill_loss(x, targets, ids, lp, mask, vocab_size=23, gamma=0.7, temperature=2.0)
+    assert out.total.dtype == torch.float64
+    out.total.backward()
+    ref_x = x.detach().clone().requires_grad_(True)
+    ref = formula_loss(ref_x, targets, ids, lp, mask, V=23, gamma=0.7, T=2.0, tail="bucket")
+    ref.backward()
+    assert float(out.total) == pytest.approx(float(ref), rel=1e-12)
+    torch.testing.assert_close(x.grad[:, :6, :23], ref_x.grad[:, :6, :23], rtol=1e-10, atol=1e-13)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .helpers import REPO, cli_env, run_cli, train_args
+from ddk_testkit.commands import train_args
+from ddk_testkit.processes import REPO, child_env, run_process, spawn
 
 
 def interval_lines(out):
@@ -30,12 +31,9 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, store_url, student_
     flags = dict(steps=40, interval=8, save_every=3, log_every=1)
     ref_out, run_out = tmp_path / "ref", tmp_path / "killed"
     # The uninterrupted reference runs concurrently with the run we kill (two cores).
-    ref = subprocess.Popen([sys.executable, "-m", "stage2_student.cli", *train_args(store_url, student_dir, ref_out,
-                                                                                    **flags)],
-                           cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = subprocess.Popen([sys.executable, "-m", "stage2_student.cli",
-                               *train_args(store_url, student_dir, run_out, **flags)],
-                              cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ref = spawn("stage2_student.cli", train_args(store_url, student_dir, ref_out, **flags))
+    victim = spawn("stage2_student.cli", train_args(store_url, student_dir, run_out, **flags),
+                   stderr=subprocess.DEVNULL)
     ckpts = run_out / "checkpoints"
     deadline = time.time() + 120
     # Kill as soon as a mid-interval checkpoint (step 3: not a multiple of 8) exists.
@@ -51,7 +49,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, store_url, student_
     killed_at = max(int(p.name[5:13]) for p in ckpts.iterdir() if not p.name.endswith(".tmp"))
     assert killed_at < 40
 
-    run_cli(*train_args(store_url, student_dir, run_out, **flags, resume=True))
+    run_process("stage2_student.cli", train_args(store_url, student_dir, run_out, **flags, resume=True), check=True)
     assert ref.wait(timeout=180) == 0, ref.stderr.read()[-2000:]
 
     a, b = interval_lines(ref_out), interval_lines(run_out)
@@ -73,13 +71,11 @@ def test_ddp_two_gloo_ranks_agree_with_one_process(tmp_path, store_url, student_
     flags = dict(steps=8, interval=4, batch_size=4)
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     # One process with grad_accum=2 reads the same two half-batches per step as two ranks with grad_accum=1.
-    p1 = subprocess.Popen([sys.executable, "-m", "stage2_student.cli",
-                           *train_args(store_url, student_dir, single, grad_accum=2, **flags)],
-                          cwd=REPO, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p1 = spawn("stage2_student.cli", train_args(store_url, student_dir, single, grad_accum=2, **flags))
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     p2 = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stage2_student.cli",
                          *train_args(store_url, student_dir, ddp, **flags)],
-                        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=240)
+                        cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=240)
     assert p2.returncode == 0, p2.stderr[-3000:]
     assert p1.wait(timeout=240) == 0, p1.stderr.read()[-2000:]
     a, b = interval_lines(single), interval_lines(ddp)

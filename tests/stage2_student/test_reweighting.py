@@ -1,4 +1,4 @@
-"""Eq. 1, Eq. 2 and the mixtures, against values computed by hand and the worked example of ddk-method.md §4."""
+"""Eq. 1, Eq. 2 and the mixtures, against values computed by hand and the worked example of docs/reweighting.md."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from ddk_store.errors import ConfigError
 from stage2_student import reweighting as rw
 
-# ddk-method.md §4: N=10, alpha=0.5, constant ratios q.
+# The worked example of docs/reweighting.md (Eq. 2): N=10, alpha=0.5, constant ratios q.
 Q = [1.3, 1.25, 1.1, 1.35, 1.6, 1.4, 1.3, 1.5, 1.45, 1.2]
 R0 = [.0947, .0900, .0775, .0995, .1278, .1046, .0947, .1156, .1100, .0857]
 R1 = [.0939, .0897, .0794, .0985, .1300, .1036, .0939, .1155, .1093, .0860]

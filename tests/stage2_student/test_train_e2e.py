@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from ddk_testkit.commands import train_args
+from ddk_store import settings
 from stage2_student.cli import cli
 from stage2_student.config import Stage2Config
-
-from .helpers import train_args
 
 PRODUCT_KEYS = {"event", "step", "interval", "domains", "ppl_student", "ppl_teacher", "ratio", "weights"}
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
@@ -38,7 +38,7 @@ def test_exact_output_files(trained):
     assert ckpts == ["step-00000008", "step-00000012"]  # keep_checkpoints=2, no *.tmp left behind
     assert {p.name for p in (trained / "checkpoints" / "step-00000012").iterdir()} == {
         "model.safetensors", "optimizer.pt", "state.json", "rng-rank0.safetensors"}
-    cfg = Stage2Config.from_dict(__import__("yaml").safe_load((trained / "config.yaml").read_text()))
+    cfg = settings.from_mapping(Stage2Config, __import__("yaml").safe_load((trained / "config.yaml").read_text()))
     assert cfg.steps == 12 and cfg.interval == 4 and cfg.mixing == "ddk"
 
 

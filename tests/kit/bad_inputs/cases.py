@@ -1,205 +1,29 @@
-"""The bad-input table of issue 6: every case over the three CLIs, the tiny assets they use, and an in-process runner.
-
-tests/reliability/test_bad_inputs.py asserts on these cases and bench/chaos/bad_inputs_table.py prints them as the
-markdown table of docs/reliability_bad_inputs.md, so the documented error lines are exactly the tested ones.
-
-A case builds its argv (and any bad file it needs) in a fresh directory, runs the real console entry in-process and
-must end with a non-zero exit, exactly one error line (``error: ...`` for ddk's own checks, ``Error: ...`` for click's
-parameter-type errors), no traceback, and every path named on its command line exactly as it was before.
-"""
+"""The cases: for each CLI, the bad inputs a user can give, how to build each one's argv, and what its error
+line must say."""
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import json
 import os
 import shutil
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-#: Flags of every dump (after --teacher/--corpora/--store): tiny rows, few held-out rows, the hf backend on CPU.
-DUMP_FLAGS = ["--seq-len", "16", "--top-k", "4", "--heldout-seqs", "2", "--backend", "hf", "--device", "cpu",
-              "--batch-tokens", "64", "--unit-rows", "8", "--no-progress"]
-#: Flags of every train (after --store/--student/--out): a few steps on CPU.
-TRAIN_FLAGS = ["--steps", "4", "--interval", "2", "--batch-size", "2", "--eval-batch-size", "2", "--device", "cpu"]
-#: Marks a ddk check's error line; click's own parameter errors print ``Error:`` after a usage line.
-ERROR_PREFIX = "error:"
-USAGE_PREFIX = "Error:"
+from ddk_store import spec
+from ddk_store.schema import node_doc_key
 
+from ..processes import ERROR_PREFIX, USAGE_PREFIX
+from .workspace import DUMP_FLAGS, TRAIN_FLAGS, Workspace
 
-# ----------------------------------------------------------------------------------------------- assets
-@dataclass(frozen=True)
-class Workspace:
-    """Tiny real assets shared (read-only) by every case; built once in ``root``."""
-
-    root: Path
-    tokenizer: Path  #: tiny BPE tokenizer (the store's)
-    teacher: Path  #: tiny Llama + tokenizer whose weight file is garbage: a case that loads weights fails otherwise
-    student: Path  #: tiny Llama student sharing the store's tokenizer
-    student_other_tok: Path  #: the same student with another tokenizer
-    not_causal: Path  #: a ViT config plus the store's tokenizer: no causal-LM class exists for it
-    corpora: Path  #: a valid two-domain CORPORA.yaml
-    store: Path  #: complete store whose tokenizer is the student's
-    store_writing: Path  #: status 'writing', no unit written
-    store_v2: Path  #: format_version "2.0"
-    store_unknown_encoding: Path  #: encoding "topk-zip-q3"
-    store_plain_zarr: Path  #: a zarr group without the ddk attribute
-    store_bad_json: Path  #: root zarr.json is not JSON
-    not_a_store: Path  #: a directory of unrelated files
-    a_file: Path  #: a regular file
-
-    @classmethod
-    def build(cls, root: Path) -> Workspace:
-        import zarr
-        from transformers import ViTConfig
-
-        from ddk_store import tokenizer_fingerprint
-        from ddk_store.testing import make_tiny_store, tiny_meta
-        from ddk_store.writer import StoreWriter
-        from tests.tiny import build_tiny_llama, build_tiny_tokenizer
-
-        root.mkdir(parents=True, exist_ok=True)
-        tok = build_tiny_tokenizer(root / "tokenizer")
-        teacher = build_tiny_llama(root / "teacher", root / "tokenizer", num_layers=1, hidden_size=64, num_heads=1)
-        (teacher / "model.safetensors").write_bytes(b"these are not weights")
-        student = build_tiny_llama(root / "student", root / "tokenizer", num_layers=1, hidden_size=64, num_heads=1)
-        other = root / "student_other_tok"
-        shutil.copytree(student, other)
-        build_tiny_tokenizer(other, vocab_size=300)
-        not_causal = root / "not_causal"
-        not_causal.mkdir()
-        ViTConfig().to_json_file(not_causal / "config.json")
-        tok.save_pretrained(not_causal)
-
-        corpus = root / "corpus"
-        corpus.mkdir()
-        (corpus / "prose.txt").write_text("".join(f"the quick brown fox {i} jumps over the lazy dog\n"
-                                                  for i in range(120)), encoding="utf-8")
-        (corpus / "notes.jsonl").write_text("".join(json.dumps({"text": f"note {i}: buy milk and eggs"}) + "\n"
-                                                    for i in range(120)), encoding="utf-8")
-        corpora = corpus / "corpora.yaml"
-        corpora.write_text("domains:\n  prose: {paths: [prose.txt], format: lines}\n"
-                           "  notes: {paths: [notes.jsonl], format: jsonl, text_field: text}\n", encoding="utf-8")
-
-        kw = dict(fingerprint=tokenizer_fingerprint(tok), vocab_size=len(tok), seq_len=16, top_k=8, train_rows=8,
-                  heldout_rows=2)
-        make_tiny_store(str(root / "store"), **kw)
-        writing = root / "store_writing"
-        meta = tiny_meta(fingerprint=kw["fingerprint"], vocab_size=len(tok), seq_len=16, top_k=8)
-        StoreWriter.open_or_create(str(writing), meta, {d: {"train": 8, "heldout": 2} for d in meta.domain_names})
-        for name, key, value in (("store_v2", "format_version", "2.0"),
-                                 ("store_unknown_encoding", "encoding", "topk-zip-q3")):
-            shutil.copytree(root / "store", root / name)
-            grp = zarr.open_group(str(root / name), mode="r+")
-            grp.attrs["ddk"] = {**grp.attrs["ddk"], key: value}
-        zarr.open_group(str(root / "store_plain_zarr"), mode="w").attrs["owner"] = "someone else"
-        shutil.copytree(root / "store", root / "store_bad_json")
-        (root / "store_bad_json" / "zarr.json").write_text("{this is not json")
-        (root / "not_a_store").mkdir()
-        (root / "not_a_store" / "notes.txt").write_text("keep me")
-        (root / "a_file.txt").write_text("just a file")
-        return cls(root=root, tokenizer=root / "tokenizer", teacher=teacher, student=student,
-                   student_other_tok=other, not_causal=not_causal, corpora=corpora, store=root / "store",
-                   store_writing=writing, store_v2=root / "store_v2",
-                   store_unknown_encoding=root / "store_unknown_encoding", store_plain_zarr=root / "store_plain_zarr",
-                   store_bad_json=root / "store_bad_json", not_a_store=root / "not_a_store",
-                   a_file=root / "a_file.txt")
-
-
-# ----------------------------------------------------------------------------------------------- the runner
 ENTRY_POINTS = ("ddk-teacher", "ddk-student", "ddk-store")
 
 
-@dataclass(frozen=True)
-class CliResult:
-    """What a user sees: the exit status and everything printed (stdout then stderr, or a traceback)."""
-
-    code: int
-    output: str
-
-    def lines_starting(self, prefix: str) -> list[str]:
-        return [ln for ln in self.output.splitlines() if ln.startswith(prefix)]
+def is_root() -> bool:
+    """Root reads files of any mode: permission cases cannot fail for it."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
-def run_cli(cli: str, argv: list[str]) -> CliResult:
-    """Run a console entry in-process as the shell would; an uncaught exception prints its traceback, exit 1."""
-    from ddk_store.cli import main as store_main
-    from stage1_teacher.cli import main as teacher_main
-    from stage2_student.cli import cli as student_cli
-
-    entries: dict[str, Callable[[list[str]], object]] = {
-        "ddk-teacher": teacher_main,
-        "ddk-student": lambda a: student_cli.main(args=a, prog_name="ddk-student"),
-        "ddk-store": lambda a: store_main.main(args=a, prog_name="ddk-store"),
-    }
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            entries[cli](list(argv))
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-            if isinstance(e.code, str):
-                err.write(e.code + "\n")
-        except Exception:  # what the interpreter prints for an uncaught exception
-            traceback.print_exc(file=err)
-            code = 1
-    return CliResult(code, out.getvalue() + err.getvalue())
-
-
-# ----------------------------------------------------------------------------------------------- snapshots
-def snapshot(path: Path) -> dict[str, str] | None:
-    """Every file and directory under ``path`` with a digest of its bytes (None when ``path`` does not exist)."""
-    if not path.exists() and not path.is_symlink():
-        return None
-    def digest(p: Path) -> str:
-        try:
-            return hashlib.sha256(p.read_bytes()).hexdigest()
-        except OSError as e:  # an unreadable file (a case of its own): its link target and error stand for it
-            return f"unreadable {os.path.realpath(p)} {e.errno}"
-
-    if path.is_file():
-        return {"": digest(path)}
-    out: dict[str, str] = {}
-    for p in sorted(path.rglob("*")):
-        rel = str(p.relative_to(path))
-        out[rel] = digest(p) if p.is_file() else "dir"
-    return out
-
-
-def local_paths(argv: list[str], roots: tuple[Path, ...]) -> list[Path]:
-    """Paths on the command line under one of ``roots`` (file:// stripped), in order, without duplicates."""
-    found: dict[str, Path] = {}
-    for arg in argv:
-        value = arg[len("file://"):] if arg.startswith("file://") else arg
-        if any(value.startswith(str(r)) for r in roots):
-            found.setdefault(value, Path(value))
-    return list(found.values())
-
-
-def looks_valid(path: Path) -> str | None:
-    """What under ``path`` looks like a successful output (a complete store, a saved model), or None."""
-    if not path.is_dir():
-        return None
-    for doc in path.rglob("zarr.json"):
-        try:
-            attrs = json.loads(doc.read_text()).get("attributes") or {}
-        except (ValueError, OSError):
-            continue
-        if isinstance(attrs.get("ddk"), dict) and attrs["ddk"].get("status") == "complete":
-            return f"complete store at {doc.parent}"
-    for name in ("model.safetensors", "pytorch_model.bin", "report.md"):
-        hits = list(path.rglob(name))
-        if hits:
-            return f"output file {hits[0]}"
-    return None
-
-
-# ----------------------------------------------------------------------------------------------- cases
 Build = Callable[[Workspace, Path], list[str]]
 
 
@@ -311,13 +135,13 @@ def _edit_json(path: Path, **changes: object) -> Path:
 
 def _root_is_array(ws: Workspace, tmp: Path) -> Path:
     store = _copy(ws.store, tmp / "store")
-    _edit_json(store / "zarr.json", node_type="array")
+    _edit_json(store / node_doc_key(), node_type="array")
     return store
 
 
 def _unknown_codec(ws: Workspace, tmp: Path) -> Path:
     store = _copy(ws.store, tmp / "store")
-    meta = store / "alpha" / "train" / "tokens" / "zarr.json"
+    meta = store / node_doc_key("alpha", spec.SPLIT_TRAIN, spec.ARR_TOKENS)
     codecs = json.loads(meta.read_text())["codecs"]
     _edit_json(meta, codecs=[codecs[0], {"name": "evil.exec"}])
     return store
@@ -493,10 +317,10 @@ CASES: list[BadInput] = [
              lambda ws, t: dump(ws, t, "--shard", "0/0"), ("--shard must be I/N",)),
     BadInput("overwrite-with-shards", "ddk-teacher", "--overwrite with --shard 0/2",
              lambda ws, t: dump(ws, t, "--overwrite", "--shard", "0/2"), ("--overwrite cannot be combined",)),
-    BadInput("storage-options-bad-json", "ddk-teacher", "--storage-options '{endpoint_url:'",
-             lambda ws, t: dump(ws, t, "--storage-options", "{endpoint_url:"), ("--storage-options must be a JSON",)),
-    BadInput("storage-options-not-object", "ddk-teacher", "--storage-options '[1, 2]'",
-             lambda ws, t: dump(ws, t, "--storage-options", "[1, 2]"), ("--storage-options must be a JSON object",)),
+    BadInput("storage-option-malformed", "ddk-teacher", "--storage-option endpoint (no '=')",
+             lambda ws, t: dump(ws, t, "--storage-option", "endpoint"), ("--storage-option", "KEY=VALUE"), usage=True),
+    BadInput("dump-config-storage-options-not-a-mapping", "ddk-teacher", "--config has storage_options: [1, 2]",
+             dump_config("storage_options: [1, 2]\n"), ("storage_options", "expected a mapping")),
     BadInput("top-k-not-an-integer", "ddk-teacher", "--top-k abc", lambda ws, t: dump(ws, t, "--top-k", "abc"),
              ("--top-k", "abc"), usage=True),
     BadInput("backend-unknown", "ddk-teacher", "--backend tpu", lambda ws, t: dump(ws, t, "--backend", "tpu"),
@@ -684,35 +508,3 @@ CASES: list[BadInput] = [
              lambda ws, t: ["finalize", str(t / "no-store")], ("no ddk store",)),
 ]
 
-
-def is_root() -> bool:
-    """Root reads files of any mode: permission cases cannot fail for it."""
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A case's run: the CLI result and the command line, plus the state of every path it named."""
-
-    result: CliResult
-    argv: list[str]
-    before: dict[str, dict[str, str] | None]
-    after: dict[str, dict[str, str] | None]
-    valid_outputs: list[str]
-
-    @property
-    def error_line(self) -> str:
-        lines = self.result.lines_starting(ERROR_PREFIX) + self.result.lines_starting(USAGE_PREFIX)
-        return lines[0] if lines else ""
-
-
-def run_case(case: BadInput, ws: Workspace, tmp: Path) -> Outcome:
-    """Build the case in ``tmp`` and run it, snapshotting every path on its command line before and after."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    argv = case.build(ws, tmp)
-    paths = local_paths(argv, (ws.root, tmp))
-    before = {str(p): snapshot(p) for p in paths}
-    result = run_cli(case.cli, argv)
-    after = {str(p): snapshot(p) for p in paths}
-    valid = [v for p in paths if before[str(p)] is None and (v := looks_valid(p))]
-    return Outcome(result, argv, before, after, valid)

@@ -1,8 +1,8 @@
-"""Tiny real models for tests: a BPE tokenizer trained on a few lines and random-init Llama causal LMs.
+"""Tiny real models: a BPE tokenizer trained on a few lines and random-init Llama causal LMs (teacher, student).
 
 Nothing is mocked and nothing is downloaded: the tokenizer is trained with `tokenizers`, the models are real
 `transformers` Llama models saved with `save_pretrained`. head_dim is 64 because vLLM's CPU attention rejects
-smaller head sizes (see reference/environment.md).
+smaller head sizes (head_dim 16 fails at the first request with "Unsupported CPU attention configuration").
 """
 
 from __future__ import annotations
@@ -90,3 +90,22 @@ def build_tiny_llama(
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+#: The student of the stage-2 and reliability tests: one layer, 64 wide, one head.
+TINY_STUDENT = {"num_layers": 1, "hidden_size": 64, "num_heads": 1}
+
+
+def build_tiny_student(out_dir: str | Path, tokenizer_dir: str | Path, **kw) -> Path:
+    """A :data:`TINY_STUDENT` Llama (``kw`` overrides, e.g. ``vocab_pad``) plus the tokenizer, saved in ``out_dir``."""
+    return build_tiny_llama(out_dir, tokenizer_dir, **{**TINY_STUDENT, **kw})
+
+
+def build_tiny_teacher(root: str | Path) -> Path:
+    """The tiny teacher (default :func:`build_tiny_llama`, its tokenizer in ``root/tok``) in ``root/model``; kept
+    when already there. Returns the model directory."""
+    root = Path(root)
+    if not (root / "model" / "config.json").exists():
+        build_tiny_tokenizer(root / "tok")
+        build_tiny_llama(root / "model", root / "tok")
+    return root / "model"

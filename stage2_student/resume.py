@@ -1,0 +1,121 @@
+"""``--resume``: the settings a resumed run uses, and whether ``--out`` holds a run to continue from.
+
+- Settings: the run's own ``config.yaml`` sits between the defaults and ``--config``/the flags typed, so only what
+  changes needs retyping (:func:`resume_layer`).
+- Extending: a larger ``--steps`` continues a run, a finished one included, from its last checkpoint. K and the
+  warm-up keep the values of the saved run (by default both derive from ``--steps``), the sampler continues its
+  per-domain streams, and the learning-rate cosine is recomputed for the new total: from the resumed step on it
+  follows the schedule of a ``--steps N`` run (so the rate of a finished run rises again from its floor).
+- Everything else that changes the result must equal the saved run (:func:`prepare_out_dir` refuses, naming it);
+  the fields of :data:`~stage2_student.config.RUNTIME_ONLY_FIELDS` may differ.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ddk_store import settings
+from ddk_store.errors import ConfigError
+
+from .config import RUNTIME_ONLY_FIELDS, Stage2Config
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
+
+_RESTORE = "restore it, or start afresh with --overwrite"
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def read_saved(out: str | Path) -> dict[str, Any] | None:
+    """The settings saved in run directory ``out`` (its config.yaml) as field values, or None when it has none.
+
+    Raises:
+        ConfigError: the file is not YAML (python tags included), not a mapping, or holds unknown keys.
+    """
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return settings.read_config(Stage2Config, path, flag=f"--resume {out}:")
+    except ConfigError as e:
+        raise ConfigError(f"{e}; it is not a config this tool wrote: {_RESTORE}") from None
+
+
+def resume_layer(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved settings of the run in ``given["out"]`` when ``given`` (the --config values and flags typed) asks
+    for ``--resume``; empty otherwise. Layered under ``given``, they make only changed flags need retyping.
+
+    When ``given`` changes ``--steps``, K and the warm-up are pinned to the saved run's values (their defaults
+    follow ``--steps``; the sampler's intervals must not move under a resumed run).
+    """
+    if not given.get("resume") or not given.get("out"):
+        return {}
+    saved = read_saved(given["out"]) or {}
+    saved = {k: v for k, v in saved.items() if k not in ("resume", "overwrite")}
+    if saved and "steps" in given and given["steps"] != saved.get("steps"):
+        run = settings.build(Stage2Config, saved)
+        saved["interval"], saved["warmup_steps"] = run.interval_steps, run.warmup
+    return saved
+
+
+def _effective(cfg: Stage2Config) -> dict[str, Any]:
+    """What a run computes with: settings as saved (absolute paths), K and warm-up as used."""
+    return {**settings.saved_dict(cfg), "interval": cfg.interval_steps, "warmup_steps": cfg.warmup}
+
+
+def differences(saved: Stage2Config, cfg: Stage2Config) -> list[str]:
+    """The settings of ``cfg`` that a resume of run ``saved`` may not change (``--steps`` may)."""
+    theirs, mine = _effective(saved), _effective(cfg)
+    return [f"{k}: run has {theirs.get(k)!r}, given {mine[k]!r}" for k in mine
+            if k not in RUNTIME_ONLY_FIELDS and k != "steps" and theirs.get(k) != mine[k]]
+
+
+def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, echo: Callable[[str], None] = _stderr) -> bool:
+    """Check ``--out`` against ``--resume``/``--overwrite`` before anything is loaded; True if a run is to be
+    resumed from its latest checkpoint.
+
+    ``--resume`` where there is no checkpoint yet says so in one line and starts a fresh run. Only rank 0 deletes
+    anything (``--overwrite``) or prints; callers barrier afterwards.
+    """
+    from .checkpoint import checkpoint_step, latest_checkpoint
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    is_run = (out / CONFIG_FILE).is_file() or (out / CHECKPOINTS_DIR).is_dir()
+    if entries and not is_run:
+        raise ConfigError(
+            f"--out {out}: directory is not empty and holds no ddk-student run ({', '.join(entries[:5])}...); "
+            f"choose a new or empty directory"
+        )
+    if cfg.resume:
+        saved = read_saved(out)
+        if saved is not None:
+            run = settings.build(Stage2Config, {k: v for k, v in saved.items() if k not in ("resume", "overwrite")})
+            if diffs := differences(run, cfg):
+                raise ConfigError(f"--resume {out}: the settings differ from the saved run ({'; '.join(diffs)}); "
+                                  f"resume with the original settings or use --overwrite")
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            if rank == 0:
+                echo(f"--resume {out}: no checkpoint found there; starting a fresh run")
+            return False
+        if cfg.steps < checkpoint_step(ckpt):
+            raise ConfigError(f"--resume {out}: --steps {cfg.steps} is below the step of its latest checkpoint "
+                              f"({checkpoint_step(ckpt)}); give --steps >= {checkpoint_step(ckpt)}")
+        return True
+    if not entries:
+        return False
+    if cfg.overwrite:
+        if rank == 0:
+            shutil.rmtree(out)
+        return False
+    raise ConfigError(
+        f"--out {out}: already holds a ddk-student run; pass --resume to continue it or --overwrite to replace it"
+    )

@@ -1,0 +1,178 @@
+"""The run directory of ``ddk-student train --out RUN``: its file names, the layout of its records, writing and reading.
+
+    RUN/config.yaml      the resolved settings (``Stage2Config.to_dict()``), written once when the run starts
+    RUN/metrics.jsonl    one JSON record per line, appended as training goes (layouts below)
+    RUN/checkpoints/     ``step-XXXXXXXX/`` directories (:mod:`stage2_student.checkpoint`)
+    RUN/report.md, RUN/weights.png, RUN/ratios.png   written by ``ddk-student report``
+    RUN/*                the final student (``save_pretrained`` files and tokenizer)
+
+Records of metrics.jsonl, told apart by ``event``:
+
+- ``interval``: written at step 0 and at every interval boundary (every K steps), after the evaluation;
+- ``final``: the same keys, written once after the last step;
+- ``step``: every ``--log-every`` steps.
+
+This module is the one place that knows these names and layouts: ``train`` writes through it, and ``report``, the
+CLI and ``bench/quality.py`` read through it. No deep-learning imports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ddk_store.errors import ReportError, describe
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+REPORT_FILE = "report.md"
+WEIGHTS_PNG = "weights.png"
+RATIOS_PNG = "ratios.png"
+
+INTERVAL, FINAL, STEP = "interval", "final", "step"
+#: Keys of an ``interval``/``final`` record, in order; the per-domain ones hold one number per entry of ``domains``.
+INTERVAL_KEYS = ("event", "step", "interval", "domains", "ppl_student", "ppl_teacher", "ratio", "weights", "factor",
+                 "nll_student")
+PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights", "factor", "nll_student")
+#: Per-domain keys every reader relies on (older runs may lack the others).
+REQUIRED_PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights")
+#: Keys of a ``step`` record, in order.
+STEP_KEYS = ("event", "step", "loss", "ce", "kl", "lr", "grad_norm", "tokens_per_s")
+
+_FIX = "it must be the metrics.jsonl written by `ddk-student train`"
+
+
+# ----------------------------------------------------------------------------------------------------- records
+def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[str, Sequence[float]],
+                    ppl_teacher: Sequence[float], ratio: Iterable[float], weights: Iterable[float],
+                    factor: Iterable[float], event: str = INTERVAL) -> dict[str, Any]:
+    """An ``interval`` (or ``final``) record: the student's and teacher's held-out perplexity per domain, their
+    ratio, the sampling weights of the next interval, the DDK factor r_t (it differs from the weights only in
+    interval 0 when --init-mixture is not r0) and the student's held-out NLL. ``ev`` is what
+    :func:`stage2_student.evaluate.evaluate` returns."""
+    return {"event": event, "step": step, "interval": interval, "domains": list(domains),
+            "ppl_student": list(ev["ppl"]), "ppl_teacher": list(ppl_teacher), "ratio": [float(x) for x in ratio],
+            "weights": [float(x) for x in weights], "factor": [float(x) for x in factor],
+            "nll_student": list(ev["nll"])}
+
+
+def step_record(step: int, *, loss: float, ce: float, kl: float, lr: float, grad_norm: float,
+                tokens_per_s: float) -> dict[str, Any]:
+    """A ``step`` record: the loss and its two parts (mean over the step's micro-batches), learning rate, gradient
+    norm before clipping, and throughput (0.0 when the step is logged off the --log-every grid)."""
+    return {"event": STEP, "step": step, "loss": loss, "ce": ce, "kl": kl, "lr": lr, "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s}
+
+
+# ----------------------------------------------------------------------------------------------------- writing
+def start_metrics(run_dir: str | Path) -> Path:
+    """Create (or empty) the metrics file of a new run; return its path."""
+    path = Path(run_dir) / METRICS_FILE
+    path.write_text("")
+    return path
+
+
+def append_record(run_dir: str | Path, record: dict[str, Any]) -> None:
+    """Append one record as one line (a single write, so a kill leaves whole lines)."""
+    with (Path(run_dir) / METRICS_FILE).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run_dir: str | Path, step: int) -> None:
+    """Drop the records written after checkpoint ``step`` (a resumed run writes them again), atomically."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines()
+            if ln.strip() and json.loads(ln).get("event") != FINAL and json.loads(ln)["step"] <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------- reading
+def _check_interval(rec: dict[str, Any], where: str) -> None:
+    domains = rec.get("domains")
+    if not isinstance(rec.get("step"), int) or not isinstance(domains, list) or not domains:
+        raise ReportError(f"{where}: '{rec['event']}' line needs an int 'step' and a non-empty 'domains' list; {_FIX}")
+    for key in REQUIRED_PER_DOMAIN_KEYS:
+        values = rec.get(key)
+        if (not isinstance(values, list) or len(values) != len(domains)
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
+            raise ReportError(f"{where}: '{key}' must be a list of {len(domains)} numbers (one per domain), "
+                              f"got {str(values)[:60]}; {_FIX}")
+
+
+def read_records(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every record of the run's metrics.jsonl, in order. A missing, unreadable, truncated, hand-edited or foreign
+    file is refused in one line naming the file and line (ReportError)."""
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        raise ReportError(f"{path}: not found; pass the --out directory of a `ddk-student train` run")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ReportError(f"{path}: cannot read it ({e}); {_FIX}") from None
+    records = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise ReportError(f"{where}: not valid JSON ({getattr(e, 'msg', e)}); {_FIX}") from None
+        if not isinstance(rec, dict):
+            raise ReportError(f"{where}: expected a JSON object, got {type(rec).__name__}; {_FIX}")
+        if rec.get("event") in (INTERVAL, FINAL):
+            _check_interval(rec, where)
+        records.append(rec)
+    return records
+
+
+def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """(the ``interval`` records in order, the ``final`` record or None while the run is unfinished)."""
+    records = read_records(run_dir)
+    intervals = [r for r in records if r.get("event") == INTERVAL]
+    finals = [r for r in records if r.get("event") == FINAL]
+    if not intervals:
+        raise ReportError(f"{Path(run_dir) / METRICS_FILE}: no 'interval' lines yet; the run has not finished its "
+                          "first evaluation")
+    return intervals, (finals[-1] if finals else None)
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The saved settings of the run (config.yaml), or {} when it has none; a damaged file is a ReportError."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ReportError(f"{path}: not a readable YAML config ({describe(e, with_type=False)})") from None
+    if not isinstance(cfg, dict):
+        raise ReportError(f"{path}: expected a mapping of field: value, got {type(cfg).__name__}")
+    return cfg
+
+
+def is_finished(run_dir: str | Path) -> bool:
+    """True when the run wrote its ``final`` record (its metrics are complete)."""
+    path = Path(run_dir) / METRICS_FILE
+    return path.is_file() and any(json.loads(ln).get("event") == FINAL
+                                  for ln in path.read_text().splitlines() if ln.strip())
+
+
+def check_run_files(run_dir: str | Path) -> None:
+    """Refuse, naming file and line, a metrics.jsonl or config.yaml that ``report`` could not read.
+
+    A missing metrics.jsonl passes here: :func:`read_metrics` names it when the report is written.
+    """
+    if (Path(run_dir) / METRICS_FILE).is_file():
+        read_records(run_dir)
+    read_config(run_dir)

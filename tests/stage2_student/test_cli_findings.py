@@ -1,0 +1,96 @@
+"""What a new user ran into with `ddk-student`, each fixed and checked through the real console script:
+--device cuda without CUDA, an unreachable hub id, a student with a short context, evaluating a checkpoint, and
+eval's --eval-batch-size/--batch-size."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddk_testkit.processes import run_cli
+
+from ddk_testkit.commands import train_args
+
+
+def one_error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert result.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, store_url, student_dir) -> Path:
+    out = tmp_path_factory.mktemp("findings") / "run"
+    result = run_cli("ddk-student", train_args(store_url, student_dir, out, steps=4, interval=2, batch_size=2,
+                                               eval_batch_size=2, no_progress=True))
+    assert result.code == 0, result.output
+    return out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_line_before_anything_is_created(tmp_path, store_url, student_dir):
+    out = tmp_path / "run"
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, out, device="cuda")))
+    assert "--device cuda" in line and "no CUDA device" in line and "--device cpu" in line
+    assert not out.exists()
+    line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(student_dir),
+                                                  "--device", "cuda"]))
+    assert "--device cuda" in line and "no CUDA device" in line
+
+
+def test_a_hub_id_that_cannot_be_fetched_fails_in_seconds_in_one_whole_line(tmp_path, store_url):
+    start = time.monotonic()
+    result = run_cli("ddk-student", train_args(store_url, "someorg/no-such-student-xyz", tmp_path / "run"))
+    took = time.monotonic() - start
+    line = one_error_line(result)
+    assert "--student someorg/no-such-student-xyz" in line
+    assert line.endswith(("rerun with network access", "pass a local model directory")), line  # not cut
+    assert took < 30, f"took {took:.0f} s"
+
+
+def test_a_student_with_a_shorter_context_than_the_rows_is_refused(tmp_path, store_url, student_dir):
+    short = tmp_path / "short"
+    shutil.copytree(student_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    config["max_position_embeddings"] = 8  # the store's rows are 16 tokens
+    (short / "config.json").write_text(json.dumps(config))
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, short, tmp_path / "run")))
+    assert "context of 8 tokens (max_position_embeddings)" in line and "rows are 16 tokens" in line
+    assert "max_position_embeddings >= 16" in line
+
+
+def test_eval_a_checkpoint_of_a_run(finished_run, store_url):
+    ckpt = finished_run / "checkpoints" / "step-00000004"
+    assert not (ckpt / "config.json").exists() and not (ckpt / "tokenizer.json").exists()
+    results = {}
+    for model in (finished_run, ckpt):
+        result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(model), "--json"])
+        assert result.code == 0, result.output
+        results[model] = json.loads(result.output.strip().splitlines()[-1])
+    # the last checkpoint holds the final weights: the same numbers as the exported model
+    assert results[ckpt]["ppl_student"] == pytest.approx(results[finished_run]["ppl_student"], rel=1e-6)
+    earlier = run_cli("ddk-student", ["eval", "--store", store_url, "--model",
+                                      str(finished_run / "checkpoints" / "step-00000002"), "--json"])
+    assert earlier.code == 0, earlier.output
+
+
+def test_eval_of_an_unfinished_run_points_to_its_checkpoints(tmp_path, finished_run, store_url):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run / "checkpoints", run / "checkpoints")
+    line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run)]))
+    assert "has not finished" in line and "checkpoints/step-00000004" in line
+
+
+def test_eval_takes_train_s_eval_batch_size_and_batch_size_alike(store_url, student_dir):
+    for flag in ("--eval-batch-size", "--batch-size"):
+        result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(student_dir), flag, "3",
+                                         "--heldout-rows", "2", "--json"])
+        assert result.code == 0, result.output
+    line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(student_dir),
+                                                  "--eval-batch-size", "0"]))
+    assert "--eval-batch-size/--batch-size must be >= 1, got 0" in line

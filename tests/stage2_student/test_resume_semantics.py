@@ -1,0 +1,104 @@
+"""What `ddk-student train --resume` means, through the real console script: the run's own config.yaml supplies
+every setting not typed again; a larger --steps extends a finished run from its last checkpoint (K and warm-up
+kept, the LR cosine recomputed for the new total); the saved config.yaml holds absolute paths, so
+`--config RUN/config.yaml --resume` works from anywhere; --resume where there is no run says it starts afresh."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ddk_testkit.commands import train_argv
+from ddk_testkit.processes import run_cli
+from stage2_student.schedule import lr_at
+
+#: A 6-step run, K = 2: interval boundaries at 2 and 4, its end (6) is a boundary too.
+FLAGS = dict(steps=6, interval=2, batch_size=2, eval_batch_size=2, lr=3e-3, seed=0, no_progress=True)
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def train(*argv: str) -> str:
+    result = run_cli("ddk-student", ["train", *argv])
+    assert result.code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, store_url, student_dir) -> Path:
+    """A finished 6-step run, started from another directory with relative paths."""
+    root = tmp_path_factory.mktemp("resume")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        argv = train_argv(os.path.relpath(store_url), Path(os.path.relpath(student_dir)), Path("run"), **FLAGS)
+        train(*argv[1:])
+    finally:
+        os.chdir(cwd)
+    return root / "run"
+
+
+@pytest.fixture
+def run(finished: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def test_the_saved_config_has_absolute_paths(finished: Path, store_url: str, student_dir: Path) -> None:
+    saved = yaml.safe_load((finished / "config.yaml").read_text())
+    assert (saved["store"], saved["student"], saved["out"]) == (str(Path(store_url).resolve()),
+                                                               str(student_dir.resolve()), str(finished))
+    assert (saved["interval"], saved["warmup_steps"]) == (2, 0)  # K and warm-up as used
+
+
+def test_resume_needs_only_out_and_what_changes_and_extends_a_finished_run(run: Path) -> None:
+    before = records(run)
+    train("--out", str(run), "--resume", "--steps", "10")  # no --store, --student, --interval ... retyped
+    after = records(run)
+    assert after[: len(before) - 1] == before[:-1]  # everything but the old "final" record kept as it was
+    steps = [r["step"] for r in after if r["event"] == "step"]
+    assert steps == list(range(1, 11))
+    assert [r["step"] for r in after if r["event"] == "interval"] == [0, 2, 4, 6, 8]
+    assert [r["step"] for r in after if r["event"] == "final"] == [10]
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert (saved["steps"], saved["interval"], saved["warmup_steps"], saved["lr"]) == (10, 2, 0, 3e-3)
+    # the cosine is recomputed for the new total from the resumed step on
+    lrs = {r["step"]: r["lr"] for r in after if r["event"] == "step"}
+    for s in range(7, 11):
+        assert lrs[s] == pytest.approx(lr_at(s - 1, peak_lr=3e-3, total_steps=10, warmup_steps=0,
+                                             final_lr_ratio=0.1))
+    assert sorted(p.name for p in (run / "checkpoints").iterdir())[-1] == "step-00000010"
+    assert (run / "model.safetensors").is_file()
+
+
+def test_config_of_the_run_resumes_from_another_directory(run: Path, tmp_path: Path, monkeypatch) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    shutil.rmtree(run / "checkpoints" / "step-00000006")  # as if killed after step 4's checkpoint
+    train("--config", str(run / "config.yaml"), "--resume")
+    assert [r["step"] for r in records(run) if r["event"] == "final"] == [6]
+    assert not any(elsewhere.iterdir())
+
+
+def test_resume_still_refuses_a_setting_that_changes_the_result(run: Path) -> None:
+    result = run_cli("ddk-student", ["train", "--out", str(run), "--resume", "--lr", "0.1"])
+    assert result.code == 2 and "the settings differ from the saved run (lr: run has 0.003, given 0.1)" in result.output
+    result = run_cli("ddk-student", ["train", "--out", str(run), "--resume", "--steps", "4"])
+    assert result.code == 2 and "--steps 4 is below the step of its latest checkpoint (6)" in result.output
+
+
+def test_resume_where_there_is_no_run_says_it_starts_afresh(tmp_path: Path, store_url: str,
+                                                           student_dir: Path) -> None:
+    out = tmp_path / "new"
+    output = train(*train_argv(store_url, student_dir, out, **{**FLAGS, "steps": 2, "resume": True})[1:])
+    assert f"--resume {out}: no checkpoint found there; starting a fresh run" in output
+    assert [r["step"] for r in records(out) if r["event"] == "final"] == [2]
