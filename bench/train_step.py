@@ -4,7 +4,7 @@ Random-init Llama students of real vocabularies (SmolLM2's 49,152 and Qwen2.5's 
 2 layers, tied embeddings) train on B x T random tokens with a synthetic teacher top-k (a peaked random teacher,
 computed once), AdamW. Each run of a (vocabulary, variant) is its own child process so that peak memory is a clean
 high-water mark (CPU: peak RSS from ru_maxrss minus the RSS after setup; CUDA: torch.cuda.max_memory_allocated
-minus the allocation after setup). Step time: median over the steps after the first, wall and process CPU time (all
+minus the allocation after setup). Step time: the fastest step after the first, wall and process CPU time (all
 threads); each variant runs --rounds times, interleaved with the others, and its fastest run counts (on a shared
 machine the other jobs' load otherwise decides the ratios).
 
@@ -15,7 +15,7 @@ machine the other jobs' load otherwise decides the ratios).
 
 Target (issue 13): the fused loss's extra peak memory over no-loss <= 10% of the unfused loss's; time not worse.
 Usage: python bench/train_step.py [--vocab 49152 151936] [--seq-len 1024] [--batch-size 2] [--steps 3] [--rounds 2]
-       [--chunk-sizes 1024 256] [--hidden 256] [--layers 2] [--top-k 64] [--device cpu|cuda] [--json]
+       [--chunk-sizes 1024 256] [--hidden 256] [--layers 2] [--top-k 64] [--threads N] [--device cpu|cuda] [--json]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,10 +31,7 @@ import time
 from pathlib import Path
 
 from ddk_testkit.processes import REPO
-from stage1_teacher.assets.teacher import default_teacher_dir
 
-TEACHER_DIR = default_teacher_dir()
-VARIANTS = ("no-loss", "kd-unfused", "kd-fused")
 GAMMA = 0.2
 
 
@@ -82,6 +78,8 @@ def run_variant(variant: str, vocab: int, chunk: int, batches: str, args) -> dic
     from stage2_student.loss_step import student_loss
     from stage2_student.losses import distill_loss
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     data = {k: v.to(dev) for k, v in load_file(batches).items()}
     model = build_student(vocab, args).to(dev).train()
@@ -118,8 +116,8 @@ def run_variant(variant: str, vocab: int, chunk: int, batches: str, args) -> dic
         cpu_times.append(time.process_time() - c0)
         del loss
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    out = {"variant": variant, "vocab": vocab, "chunk": chunk, "step_s": statistics.median(times[1:] or times),
-           "cpu_s": statistics.median(cpu_times[1:] or cpu_times), "peak_over_setup_mib": max(0, peak - base_rss) / 2**20}
+    out = {"variant": variant, "vocab": vocab, "chunk": chunk, "step_s": min(times[1:] or times),
+           "cpu_s": min(cpu_times[1:] or cpu_times), "peak_over_setup_mib": max(0, peak - base_rss) / 2**20}
     if dev.type == "cuda":
         out["peak_over_setup_mib"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
     return out
@@ -136,8 +134,8 @@ def report(results: list[dict], args, torch_version: str, threads: int) -> list[
     the verdict compares process CPU time per step (all threads), which they disturb far less."""
     lines = [f"# bench/train_step.py: random Llama students, hidden {args.hidden}, {args.layers} layers, tied "
              f"embeddings; batch {args.batch_size} x {args.seq_len} tokens, top-k {args.top_k}, gamma {GAMMA}",
-             f"# device={args.device} torch={torch_version} threads={threads} steps={args.steps} (median after the "
-             f"first, best of {args.rounds} interleaved runs); memory = peak over the process's footprint after setup",
+             f"# device={args.device} torch={torch_version} threads={args.threads or threads} steps={args.steps} (fastest step after "
+             f"the first, best of {args.rounds} interleaved runs); memory = peak over the process's footprint after setup",
              "| V | variant | chunk | wall s/step | CPU s/step | CPU x unfused | peak mem (MiB) | "
              "extra over no-loss (MiB) | extra / unfused extra |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     verdicts = []
@@ -172,6 +170,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's own)")
     ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every result")
     ap.add_argument("--_child", nargs=4, metavar=("VARIANT", "VOCAB", "CHUNK", "BATCHES"), help=argparse.SUPPRESS)

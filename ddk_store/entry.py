@@ -86,9 +86,14 @@ def parse_storage_options(pairs: Sequence[str], flag: str = "--storage-option") 
     return opts
 
 
-def storage_options_callback(flag: str = "--storage-option"):
-    """click callback: the flag's ``KEY=VALUE`` pairs as a dict; a malformed pair is a usage error of ``flag``."""
-    def callback(ctx: click.Context, param: click.Parameter, pairs: Sequence[str]) -> dict[str, Any]:
+def storage_options_callback(flag: str = "--storage-option", *, none_when_empty: bool = False):
+    """click callback: the flag's ``KEY=VALUE`` pairs as a dict; a malformed pair is a usage error of ``flag``.
+
+    With ``none_when_empty``, a flag not given yields None (so a settings layer can tell "unset" from "empty").
+    """
+    def callback(ctx: click.Context, param: click.Parameter, pairs: Sequence[str]) -> dict[str, Any] | None:
+        if none_when_empty and not pairs:
+            return None
         try:
             return parse_storage_options(pairs, flag)
         except ConfigError as e:

@@ -30,7 +30,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from .entry import parse_storage_options
+from .entry import storage_options_callback
 from .errors import ConfigError
 from .paths import looks_like_path, resolve_against
 from .yamlio import read_yaml
@@ -258,20 +258,11 @@ def resolve(cls: type, typed: Mapping[str, Any], config: str | Path | None = Non
 def _default_text(f: dataclasses.Field) -> str:
     if f.metadata.get("required"):
         return " [required]"
-    if kind(f)[0] == "bool":
+    if kind(f)[0] == "bool" and f.default is not None:  # None: decided at run time (the help says how)
         return f" [default: {'on' if f.default else 'off'}]"
     if f.default in (None, "") or kind(f)[0] == "mapping":
         return ""
     return f" [default: {f.default}]"
-
-
-def _parse_pairs(flag: str) -> Callable[[click.Context, click.Parameter, tuple[str, ...]], dict | None]:
-    def callback(ctx: click.Context, param: click.Parameter, pairs: tuple[str, ...]) -> dict | None:
-        try:
-            return parse_storage_options(pairs, flag) if pairs else None
-        except ConfigError as e:
-            raise click.BadParameter(str(e).replace(f"{flag} ", "", 1), param_hint=flag) from None
-    return callback
 
 
 def _option(f: dataclasses.Field) -> Callable:
@@ -284,7 +275,7 @@ def _option(f: dataclasses.Field) -> Callable:
     if base == "bool":
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
     if base == "mapping":
-        return click.option(*names, f.name, multiple=True, metavar="KEY=VALUE", callback=_parse_pairs(flag),
+        return click.option(*names, f.name, multiple=True, metavar="KEY=VALUE", callback=storage_options_callback(flag, none_when_empty=True),
                             help=help_text + " Repeatable.")
     ptype: Any = click.Choice(f.metadata["choices"]) if "choices" in f.metadata else {
         "int": int, "float": float, "str": str}[base]

@@ -7,6 +7,7 @@ and the rules that are stage 1's own (ranges, cross-field).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +18,10 @@ from ddk_store.storage import check_store_url
 from ddk_store.yamlio import UniqueKeyLoader  # noqa: F401 (re-exported: the loader every --config goes through)
 
 BACKENDS = ("auto", "vllm", "hf")
+#: The cores this process may use: the default of --workers.
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 ON_BAD_UTF8 = ("skip", "fail")
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -43,7 +46,8 @@ class Stage1Config:
     batch_tokens: int = setting(8192, "Tokens per teacher forward batch (hf; vllm gets a whole unit at once).")
     unit_rows: int = setting(0, "Rows per resumable work unit (0 = the store's default).")
     tensor_parallel_size: int = setting(1, "vLLM tensor-parallel degree for teachers larger than one GPU.")
-    dtype: str = setting("float32", "Teacher compute dtype; log-softmax is always fp32.", choices=DTYPES)
+    dtype: str = setting("auto", "Teacher compute dtype (auto: bfloat16 on CUDA, float32 on CPU); log-softmax is "
+                         "always fp32.", choices=DTYPES)
     device: str = setting("auto", "hf backend device: cpu, cuda or auto (cuda when available).", choices=DEVICES)
     on_bad_utf8: str = setting("skip", "Non-UTF-8 text: skip the document and count it, or fail.",
                                choices=ON_BAD_UTF8)
@@ -51,6 +55,9 @@ class Stage1Config:
     trust_remote_code: bool = setting(False, "Allow custom model code from the teacher repository (off: safer).")
     storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
     progress: bool = setting(True, "Show a progress bar on stderr.")
+    workers: int = setting(CORES, "Processes that tokenize the corpora (default: this machine's cores); the store "
+                           "is the same for any number.")
+    verbose: bool = setting(False, "Show the teacher engine's own log lines (vLLM: about 50 per start).")
 
     def __post_init__(self) -> None:
         # One error listing every problem, so the user fixes the config in one pass.
@@ -86,6 +93,9 @@ def problems(cfg: Stage1Config) -> list[str]:
         p.append(f"--max-rows-per-domain must be >= 0 (0 = no cap), got {cfg.max_rows_per_domain}")
     if cfg.unit_rows < 0:
         p.append(f"--unit-rows must be >= 0 (0 = store default), got {cfg.unit_rows}")
+    if cfg.workers < 1:
+        p.append(f"--workers must be >= 1 (processes that tokenize the corpora; 1 = tokenize in this process), "
+                 f"got {cfg.workers}")
     if cfg.tensor_parallel_size < 1:
         p.append(f"--tensor-parallel-size must be >= 1, got {cfg.tensor_parallel_size}")
     if cfg.batch_tokens < cfg.seq_len and cfg.seq_len >= 2:

@@ -208,11 +208,32 @@ def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
 
     Empty documents (blank lines, empty files) are not documents and are silently dropped.
     """
+    for _, text in read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats):
+        yield text
+
+
+def source_labels(src: DomainSource) -> dict[str, str]:
+    """Each local file of ``src`` -> its path relative to the directory all of the domain's files share (``/``
+    separated): the part of a document's identity that does not change when the corpus moves."""
+    if not src.files:
+        return {}
+    root = os.path.commonpath([os.path.dirname(p) for p in src.files])
+    return {p: Path(os.path.relpath(p, root)).as_posix() for p in src.files}
+
+
+def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
+                           stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
+    """:func:`read_documents` with each document's source: its file's :func:`source_labels` entry, or for a
+    datasets source ``dataset:NAME/CONFIG/SPLIT``."""
     stats = stats if stats is not None else ReadStats()
     if src.format == "dataset":
-        yield from read_dataset(src, stats)
+        label = f"dataset:{src.dataset}/{src.dataset_config or ''}/{src.split}"
+        for text in read_dataset(src, stats):
+            yield label, text
         return
+    labels = source_labels(src)
     for path in src.files:
+        label = labels[path]
         if src.format == "lines":
             with open(path, "rb") as f:
                 for lineno, raw in enumerate(f, 1):
@@ -220,13 +241,13 @@ def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
                     text = text.rstrip("\r\n") if text is not None else None
                     if text and text.strip():
                         stats.n_documents += 1
-                        yield text
+                        yield label, text
         elif src.format == "files":
             with open(path, "rb") as f:
                 text = _decode(f.read(), path, on_bad_utf8, stats)
             if text and text.strip():
                 stats.n_documents += 1
-                yield text
+                yield label, text
         elif src.format == "jsonl":
             with open(path, "rb") as f:
                 for lineno, raw in enumerate(f, 1):
@@ -241,9 +262,10 @@ def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
                     text = _field(rec, src, where)
                     if text.strip():
                         stats.n_documents += 1
-                        yield text
+                        yield label, text
         elif src.format == "parquet":
-            yield from _read_parquet(path, src, stats)
+            for text in _read_parquet(path, src, stats):
+                yield label, text
         else:  # pragma: no cover - _parse_domain admits only FORMATS
             raise AssertionError(src.format)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,15 +15,19 @@ import numpy as np
 from ddk_store import DomainInfo, SourceInfo
 from ddk_store.errors import ConfigError
 
-from .corpus import DomainSource, ReadStats, file_sha256, read_documents
-from .packing import HELDOUT_SCHEME, PACKING_SCHEME, pack_rows, split_rows, tokenize_batched
+from .corpus import DomainSource, ReadStats, file_sha256, read_sourced_documents
+from .packing import HELDOUT_SCHEME, PACKING_SCHEME, doc_key, pack_domain
+from .tokenize import DocTokenizer
 
 #: Bumped when stage 1 changes what it writes for the same inputs, so old stores are not resumed by new code.
-STAGE1_SCHEME = 1
+#: 2: document-level held-out split, BOS where the teacher adds one (PACKING_SCHEME/HELDOUT_SCHEME v2).
+STAGE1_SCHEME = 2
 
 #: Store identity path -> the flag a user changes, in the order a user thinks of them: a changed flag is named
 #: before the values it changes (a new --heldout-seqs also changes every domain's document counts).
 RESUME_FLAGS = {
+    "settings.stage1_scheme": "the stage-1 scheme (the store was packed by another ddk version: dump into a new "
+                              "--store, or pass --overwrite)",
     "seq_len": "--seq-len",
     "top_k": "--top-k",
     "settings.heldout_seqs": "--heldout-seqs",
@@ -33,45 +39,66 @@ RESUME_FLAGS = {
     "teacher.dtype": "--dtype",
     "teacher.revision": "--teacher (weights)",
     "tokenizer.fingerprint": "--teacher (tokenizer)",
+    "settings.bos_token_id": "--teacher (tokenizer: BOS)",
 }
 
 
 @dataclass
 class DomainPlan:
-    """A domain's rows, ready to score: train [N_train, T] and heldout [N_heldout, T], plus its provenance."""
+    """A domain's rows, ready to score: train [N_train, T] and heldout [N_heldout, T], plus its provenance.
+
+    ``train_docs``/``heldout_docs``: the 0-based corpus-order ordinals of the documents each split holds (disjoint).
+    """
 
     info: DomainInfo
     train: np.ndarray
     heldout: np.ndarray
+    train_docs: np.ndarray
+    heldout_docs: np.ndarray
 
 
-def plan_domain(src: DomainSource, tok, *, seq_len: int, heldout_seqs: int, max_rows_per_domain: int,
-                on_bad_utf8: str) -> DomainPlan:
-    """Read, tokenize and pack one domain, then split off its held-out rows (pure given the files)."""
+def keyed_documents(src: DomainSource, coder: DocTokenizer, *, on_bad_utf8: str,
+                    stats: ReadStats) -> Iterator[tuple[int, np.ndarray]]:
+    """(held-out key, token ids) of every document of ``src`` in corpus order."""
+    labels: deque[str] = deque()  # sources of the documents read but not yet tokenized (a few batches)
+    counts: dict[str, int] = {}
+
+    def texts() -> Iterator[str]:
+        for label, text in read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats):
+            labels.append(label)
+            yield text
+
+    for ids in coder.encode(texts()):
+        label = labels.popleft()
+        index = counts.get(label, 0)
+        counts[label] = index + 1
+        yield doc_key(src.name, label, index), ids
+
+
+def plan_domain(src: DomainSource, coder: DocTokenizer, *, seq_len: int, heldout_seqs: int,
+                max_rows_per_domain: int, on_bad_utf8: str, eos_id: int, bos_id: int | None) -> DomainPlan:
+    """Read, tokenize and pack one domain, its held-out documents apart (pure given the files)."""
     stats = ReadStats()
-    docs = read_documents(src, on_bad_utf8=on_bad_utf8, stats=stats)
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        return tok(texts, add_special_tokens=False)["input_ids"]
-
-    max_train = src.row_cap(max_rows_per_domain)
-    cap = heldout_seqs + max_train if max_train else 0
-    packed = pack_rows(tokenize_batched(docs, encode), seq_len, tok.eos_token_id, max_rows=cap)
-    train, heldout = split_rows(packed, src.name, heldout_seqs, max_train, seq_len)
-    info = DomainInfo(name=src.name, sources=provenance(src), n_documents=packed.n_documents,
-                      n_tokens=packed.n_tokens, n_skipped=stats.n_skipped)
-    return DomainPlan(info=info, train=train, heldout=heldout)
+    split = pack_domain(keyed_documents(src, coder, on_bad_utf8=on_bad_utf8, stats=stats), domain=src.name,
+                        seq_len=seq_len, eos_id=eos_id, bos_id=bos_id, heldout_seqs=heldout_seqs,
+                        max_train_rows=src.row_cap(max_rows_per_domain))
+    info = DomainInfo(name=src.name, sources=provenance(src), n_documents=split.n_documents,
+                      n_tokens=split.n_tokens, n_skipped=stats.n_skipped)
+    return DomainPlan(info=info, train=split.train, heldout=split.heldout, train_docs=split.train_docs,
+                      heldout_docs=split.heldout_docs)
 
 
-def plan_domains(corpora: list[DomainSource], tok, *, seq_len: int, heldout_seqs: int, max_rows_per_domain: int,
-                 on_bad_utf8: str) -> dict[str, DomainPlan]:
+def plan_domains(corpora: list[DomainSource], coder: DocTokenizer, *, seq_len: int, heldout_seqs: int,
+                 max_rows_per_domain: int, on_bad_utf8: str, eos_id: int,
+                 bos_id: int | None) -> dict[str, DomainPlan]:
     """:func:`plan_domain` for every domain; every domain's problem is collected into one ConfigError."""
     plans: dict[str, DomainPlan] = {}
     problems = []
     for src in corpora:
         try:
-            plans[src.name] = plan_domain(src, tok, seq_len=seq_len, heldout_seqs=heldout_seqs,
-                                          max_rows_per_domain=max_rows_per_domain, on_bad_utf8=on_bad_utf8)
+            plans[src.name] = plan_domain(src, coder, seq_len=seq_len, heldout_seqs=heldout_seqs,
+                                          max_rows_per_domain=max_rows_per_domain, on_bad_utf8=on_bad_utf8,
+                                          eos_id=eos_id, bos_id=bos_id)
         except ConfigError as e:
             problems.append(str(e))
     if problems:
@@ -88,7 +115,7 @@ def provenance(src: DomainSource) -> tuple[SourceInfo, ...]:
 
 
 def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_domain: int, on_bad_utf8: str,
-                trust_remote_code: bool) -> dict:
+                trust_remote_code: bool, bos_token_id: int | None) -> dict:
     """The settings a resumed run must share with the store (the rest of its identity is in StoreMeta)."""
     spec = {s.name: s.spec_dict() for s in corpora}
     return {
@@ -100,6 +127,7 @@ def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_
         "on_bad_utf8": on_bad_utf8,
         "packing": PACKING_SCHEME,
         "heldout_selection": HELDOUT_SCHEME,
+        "bos_token_id": bos_token_id,
         "temperature": 1.0,
         "trust_remote_code": trust_remote_code,
     }

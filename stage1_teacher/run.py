@@ -18,12 +18,13 @@ from ddk_store.errors import ConfigError, DdkError
 from ddk_store.layout import default_chunk_rows
 from ddk_store.retry import is_transient, retry_call
 
-from .backends import BackendOptions, backend_class, resolve_backend
+from .backends import BackendOptions, backend_class, resolve_backend, resolve_dtype
 from .config import Stage1Config
 from .corpus import check_dataset_source, load_corpora
 from .plan import RESUME_FLAGS, plan_domains, settings_of
 from .scoring import score_units
 from .teacher import fit_problems, load_tokenizer, resolve_teacher
+from .tokenize import DocTokenizer, bos_to_add
 
 
 @dataclass
@@ -76,22 +77,28 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
         if src.format == "dataset":
             check_dataset_source(src)  # offline hub lookups fail here, in seconds, not after the model loads
 
-    # 2. Plan every domain's rows; all domain problems come in one error.
-    plans = plan_domains(corpora, tok, seq_len=cfg.seq_len, heldout_seqs=cfg.heldout_seqs,
-                         max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8)
+    dtype = resolve_dtype(cfg.dtype, cfg.device if backend_name == "hf" else "auto")
+    bos_id = bos_to_add(tok)
+
+    # 2. Plan every domain's rows (tokenizing in --workers processes); all domain problems come in one error.
+    with DocTokenizer(tok, workers=cfg.workers) as coder:
+        plans = plan_domains(corpora, coder, seq_len=cfg.seq_len, heldout_seqs=cfg.heldout_seqs,
+                             max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8,
+                             eos_id=tok.eos_token_id, bos_id=bos_id)
     for p in plans.values():
         if p.info.n_skipped:
             echo(f"domain {p.info.name}: skipped {p.info.n_skipped} document(s) with invalid UTF-8")
 
     # 3. Open (create, resume, or find complete) the store: settings mismatches fail here, before the model loads.
     meta = StoreMeta(
-        teacher=TeacherInfo(name=teacher.name, revision=teacher.revision, dtype=cfg.dtype, backend=backend_name,
+        teacher=TeacherInfo(name=teacher.name, revision=teacher.revision, dtype=dtype, backend=backend_name,
                             engine=cls.engine()),
         tokenizer=TokenizerInfo(name=teacher.name, vocab_size=teacher.vocab_size,
                                 fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id),
         seq_len=cfg.seq_len, top_k=cfg.top_k, domains=tuple(p.info for p in plans.values()),
         settings=settings_of(corpora, heldout_seqs=cfg.heldout_seqs, max_rows_per_domain=cfg.max_rows_per_domain,
-                             on_bad_utf8=cfg.on_bad_utf8, trust_remote_code=cfg.trust_remote_code),
+                             on_bad_utf8=cfg.on_bad_utf8, trust_remote_code=cfg.trust_remote_code,
+                             bos_token_id=bos_id),
     )
     rows = {d: {"train": int(p.train.shape[0]), "heldout": int(p.heldout.shape[0])} for d, p in plans.items()}
     # Creating or resuming is idempotent, so a transient object-store failure retries the whole step.
@@ -114,10 +121,12 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     if pending:
         owned = backend is None
         if owned:
+            echo(f"loading teacher {teacher.name} ({backend_name}, {dtype})"
+                 + ("" if cfg.verbose or backend_name != "vllm" else "; --verbose shows the engine's log"))
             backend = cls(BackendOptions(model_dir=teacher.model_dir, top_k=cfg.top_k, seq_len=cfg.seq_len,
-                                         dtype=cfg.dtype, device=cfg.device, batch_tokens=cfg.batch_tokens,
+                                         dtype=dtype, device=cfg.device, batch_tokens=cfg.batch_tokens,
                                          tensor_parallel_size=cfg.tensor_parallel_size,
-                                         trust_remote_code=cfg.trust_remote_code))
+                                         trust_remote_code=cfg.trust_remote_code, verbose=cfg.verbose))
         elif backend.name != backend_name:
             raise ConfigError(f"run(): a {backend.name} backend was passed but the config resolves to {backend_name}")
         try:

@@ -1,13 +1,20 @@
 """Resumable checkpoints: model, optimizer, run state (step, sampler, domain weights), RNG; atomic; no pickle.
 
 Layout of ``OUT/checkpoints/step-00000120/``:
-  model.safetensors      student parameters (safetensors; shared/tied tensors handled by ``save_model``)
+  model.safetensors      student parameters (safetensors; tied tensors stored once)
   optimizer.pt           AdamW ``state_dict()``: plain tensors and numbers, loaded with ``weights_only=True``
   state.json             step, interval, domain factor r_t, sampling weights, sampler state, resolved config
   rng-rank{R}.safetensors  torch CPU (and CUDA) generator states of rank R
-The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete, so a kill at any moment leaves either
-the previous checkpoints or a new complete one; ``*.tmp`` leftovers are ignored and cleaned up. The learning-rate
-schedule is a pure function of the step, so "scheduler state" is the step itself.
+A run trained with ``--fsdp`` has no ``model.safetensors``/``optimizer.pt`` but one ``model-rank{R}.safetensors``
+and ``optimizer-rank{R}.pt`` per rank: each rank's shards (FSDP2 shards every parameter along dim 0, so the ranks'
+model shards concatenated in rank order are the full tensors; :func:`load_weights` does that for ``eval``).
+
+The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete (the commit point), so a kill at any
+moment leaves either the previous checkpoints or a new complete one; ``*.tmp`` leftovers are ignored and cleaned up.
+Training does not wait for the disk: the parameters and optimizer state are copied to CPU memory on the training
+thread, and a background thread (:class:`CheckpointWriter`) writes and commits them while the next steps run. FSDP
+checkpoints are written synchronously by every rank. The learning-rate schedule is a pure function of the step, so
+"scheduler state" is the step itself.
 
 A checkpoint holds no model config or tokenizer: they are the student's (``state.json`` names it in its config), so
 ``ddk-student eval --model RUN/checkpoints/step-N`` builds the student's architecture and tokenizer and loads these
@@ -20,12 +27,14 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file
 
 from .rundir import CHECKPOINTS_DIR
 
@@ -81,11 +90,27 @@ def checkpoint_student(path: str | Path) -> str | None:
 
 
 def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load checkpoint ``path``'s parameters into ``model`` (same architecture), refusing any mismatch."""
+    """Load checkpoint ``path``'s parameters into ``model`` (same architecture, not sharded), refusing any mismatch;
+    the shards of an FSDP checkpoint are concatenated first."""
     path = Path(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if not (path / "model.safetensors").is_file() and (path / "model-rank0.safetensors").is_file():
+        files = sorted(path.glob("model-rank*.safetensors"), key=lambda p: int(p.name[10:-12]))
+        shards = [load_file(str(p)) for p in files]
+        with safe_open(str(files[0]), "pt") as f:
+            split = set(json.loads((f.metadata() or {}).get("sharded", "[]")))
+        full = {k: torch.cat([s[k] for s in shards]) if k in split else shards[0][k] for k in shards[0]}
+        missing, unexpected = model.load_state_dict(full, strict=False)
+        missing = [k for k in missing if not _tied_to(model, k, full)]
+    else:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint {path}: model mismatch, missing={missing} unexpected={unexpected}")
+
+
+def _tied_to(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:
+    """Whether parameter ``key`` shares its storage with a parameter that ``loaded`` holds (tied embeddings)."""
+    sd = model.state_dict(keep_vars=True)
+    return any(sd[key] is sd[k] for k in loaded if k in sd)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -95,38 +120,145 @@ def _rng_state() -> dict[str, torch.Tensor]:
     return out
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of ``t`` (a DTensor's local shard, else ``t``) as a CPU copy the training step cannot touch."""
+    t = t.detach()
+    if hasattr(t, "to_local"):
+        t = t.to_local()
+    return t.to("cpu", copy=True).contiguous()
+
+
+def model_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state as CPU copies, each tied (shared) tensor once, under its first name."""
+    seen: set[int] = set()
+    out = {}
+    for k, v in model.state_dict().items():
+        t = v.to_local() if hasattr(v, "to_local") else v
+        key = (t.data_ptr(), tuple(t.shape), t.storage_offset())
+        if t.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[k] = _local(v)
+    return out
+
+
+def sharded_keys(model: torch.nn.Module) -> str:
+    """The names of ``model``'s sharded (DTensor) entries as JSON: the metadata of each rank's model shard file."""
+    return json.dumps(sorted(k for k, v in model.state_dict().items() if hasattr(v, "to_local")))
+
+
+def optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """``optimizer.state_dict()`` with every tensor copied to CPU (and a DTensor reduced to its local shard)."""
+    sd = optimizer.state_dict()
+    return {"state": {i: {k: _local(v) if torch.is_tensor(v) else v for k, v in st.items()}
+                      for i, st in sd["state"].items()},
+            "param_groups": sd["param_groups"]}
+
+
+def _restore_dtensor_state(optimizer: torch.optim.Optimizer) -> None:
+    """After loading local shards into an optimizer over DTensor parameters (FSDP2), make its state DTensors
+    again, placed as their parameters."""
+    from torch.distributed.tensor import DTensor
+
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not isinstance(p, DTensor):
+                continue
+            st = optimizer.state.get(p, {})
+            for k, v in list(st.items()):
+                if torch.is_tensor(v) and not isinstance(v, DTensor) and v.shape == p.to_local().shape:
+                    st[k] = DTensor.from_local(v.to(p.device), p.device_mesh, p.placements, run_check=False,
+                                               shape=p.shape, stride=p.stride())
+
+
+def _commit(root: Path, tmp: Path, final: Path, keep: int) -> None:
+    if final.exists():  # a rerun reached the same step again: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)  # the commit point
+    for old in list_checkpoints(root.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for junk in root.glob("*.tmp"):
+        shutil.rmtree(junk, ignore_errors=True)
+
+
+class CheckpointWriter:
+    """Saves the checkpoints of one run; every rank calls :meth:`save` at the same steps and :meth:`wait` at the end.
+
+    Replicated models (one process, DDP): the ranks write their RNG states, rank 0 copies the model and optimizer
+    to CPU memory and a background thread writes them and commits; the next :meth:`save` (or :meth:`wait`) waits
+    for it and raises its error, if any. Sharded models (``sharded=True``, FSDP2): every rank writes its own
+    shards, then rank 0 commits, before :meth:`save` returns.
+    """
+
+    def __init__(self, out_dir: str | Path, *, rank: int = 0, world_size: int = 1, keep: int = 2,
+                 sharded: bool = False):
+        self.root = Path(out_dir) / CHECKPOINTS_DIR
+        self.rank, self.world, self.keep, self.sharded = rank, world_size, keep, sharded
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def wait(self) -> None:
+        """Block until the checkpoint being written is committed; re-raise the writer's error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def save(self, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+             state: dict[str, Any]) -> Path:
+        """Write checkpoint ``step`` (committed in the background for replicated models); return its final path."""
+        self.wait()
+        final, tmp = self.root / f"step-{step:08d}", self.root / f"step-{step:08d}.tmp"
+        if self.rank == 0:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        _barrier(self.world)
+        save_file(_rng_state(), str(tmp / f"rng-rank{self.rank}.safetensors"))
+        doc = {"format": FORMAT, "step": step, "world_size": self.world, "sharded": self.sharded, **state}
+        if self.sharded:
+            save_file(model_snapshot(model), str(tmp / f"model-rank{self.rank}.safetensors"),
+                      metadata={"sharded": sharded_keys(model)})
+            torch.save(optimizer_snapshot(optimizer), tmp / f"optimizer-rank{self.rank}.pt")
+            _barrier(self.world)
+            if self.rank == 0:
+                (tmp / "state.json").write_text(json.dumps(doc, indent=1))
+                _commit(self.root, tmp, final, self.keep)
+            _barrier(self.world)
+            return final
+        _barrier(self.world)  # every rank's RNG file is in place
+        if self.rank == 0:
+            weights, optim = model_snapshot(model), optimizer_snapshot(optimizer)
+            self._thread = threading.Thread(target=self._write, args=(tmp, final, weights, optim, doc),
+                                            name=f"checkpoint-{step}")
+            self._thread.start()
+        return final
+
+    def _write(self, tmp: Path, final: Path, weights: dict, optim: dict, doc: dict) -> None:
+        try:
+            save_file(weights, str(tmp / "model.safetensors"))
+            torch.save(optim, tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps(doc, indent=1))
+            _commit(self.root, tmp, final, self.keep)
+        except BaseException as e:  # noqa: BLE001 (re-raised on the training thread by wait())
+            self._error = e
+
+
 def save_checkpoint(out_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    state: dict[str, Any], rank: int = 0, world_size: int = 1, keep: int = 2) -> Path | None:
-    """Write checkpoint ``step`` atomically; every rank must call it (each saves its own RNG state)."""
-    root = Path(out_dir) / CHECKPOINTS_DIR
-    final = root / f"step-{step:08d}"
-    tmp = root / f"step-{step:08d}.tmp"
-    if rank == 0:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
+                    state: dict[str, Any], rank: int = 0, world_size: int = 1, keep: int = 2,
+                    sharded: bool = False) -> Path:
+    """Write checkpoint ``step`` and wait until it is committed; every rank must call it."""
+    writer = CheckpointWriter(out_dir, rank=rank, world_size=world_size, keep=keep, sharded=sharded)
+    path = writer.save(step, model=model, optimizer=optimizer, state=state)
+    writer.wait()
     _barrier(world_size)
-    save_file(_rng_state(), str(tmp / f"rng-rank{rank}.safetensors"))
-    if rank == 0:
-        save_model(model, str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        doc = {"format": FORMAT, "step": step, "world_size": world_size, **state}
-        (tmp / "state.json").write_text(json.dumps(doc, indent=1))
-    _barrier(world_size)
-    if rank == 0:
-        if final.exists():  # a rerun reached the same step again: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)  # the commit point
-        for old in list_checkpoints(out_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        for junk in root.glob("*.tmp"):
-            shutil.rmtree(junk, ignore_errors=True)
-    _barrier(world_size)
-    return final
+    return path
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+                    rank: int = 0, world_size: int = 1, sharded: bool = False) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG from ``path``; return the state.json document."""
     path = Path(path)
     doc = json.loads((path / "state.json").read_text())
@@ -137,8 +269,21 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
             f"checkpoint {path} was written by {doc['world_size']} rank(s), this run has {world_size}; resume with "
             f"the same number of processes"
         )
-    load_weights(model, path)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if bool(doc.get("sharded", False)) != sharded:
+        raise ValueError(f"checkpoint {path} was written {'with' if doc.get('sharded') else 'without'} --fsdp; "
+                         f"resume it {'with' if doc.get('sharded') else 'without'} --fsdp")
+    if sharded:
+        local = load_file(str(path / f"model-rank{rank}.safetensors"))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if k in local:
+                    (v.to_local() if hasattr(v, "to_local") else v).copy_(local[k])
+        optimizer.load_state_dict(torch.load(path / f"optimizer-rank{rank}.pt", weights_only=True,
+                                             map_location="cpu"))
+        _restore_dtensor_state(optimizer)
+    else:
+        load_weights(model, path)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     rng = load_file(str(path / f"rng-rank{rank}.safetensors"))
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -1,4 +1,4 @@
-"""`ddk-student train | eval | report | init`: thin click commands over the stage-2 modules.
+"""`ddk-student train | eval | report | compare | init`: thin click commands over the stage-2 modules.
 
 train's flags are Stage2Config's fields and eval's are EvalConfig's, made by :mod:`ddk_store.settings`: one option per
 field, ``--config FILE``, and the precedence defaults < ``--config FILE`` < flags typed (with ``--resume``, the run's
@@ -85,7 +85,8 @@ def eval_cmd(**_: object) -> None:
 
     from .checkpoint import checkpoint_student, load_weights
     from .evaluate import evaluate, teacher_heldout_ppl
-    from .student import load_student, pick_device
+    from .parallel import pick_device
+    from .student import load_student
 
     dev = pick_device(cfg.device)  # --device cuda without CUDA: refused before the store is opened
     student = checkpoint_student(cfg.model)  # None unless --model is RUN/checkpoints/step-N
@@ -112,14 +113,39 @@ def eval_cmd(**_: object) -> None:
 
 @cli.command("report")
 @click.argument("run_dir", type=click.Path(file_okay=False))
-def report_cmd(run_dir: str) -> None:
+@click.option("--baseline", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Another run on the same store (e.g. plain KD of the same budget): its final ratios are shown next "
+                   "to this run's in the table and dotted in ratios.png.")
+def report_cmd(run_dir: str, baseline: str | None) -> None:
     """Write RUN_DIR/report.md and PNG plots of the domain weights and ratios over training."""
     from .report import write_report
     from .rundir import check_run_files
 
     check_run_files(Path(run_dir))
-    path = write_report(run_dir)
+    if baseline:
+        check_run_files(Path(baseline))
+    path = write_report(run_dir, baseline=baseline)
     click.echo(str(path))
+
+
+@cli.command("compare")
+@click.argument("arms", nargs=-1, required=True, metavar="RUN_DIR|LABEL=DIR[,DIR...]...")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), metavar="FILE.png",
+              help="Where to draw the bar chart of the final ratios.  [default: compare.png in the current directory]")
+def compare_cmd(arms: tuple[str, ...], out: str | None) -> None:
+    """Print the final per-domain ratios of several runs as a Markdown table, with the equal-weighted,
+    natural-weighted and geometric means and the worst domain, and draw them as bars.
+
+    Each argument is one arm: a RUN_DIR, or LABEL=DIR,DIR,... for several runs of one setting (seeds), whose cells are
+    then mean ± standard deviation over its runs.
+    """
+    from .compare import DEFAULT_PNG, bar_chart, load_arms, markdown
+
+    loaded, notes = load_arms(list(arms))
+    click.echo(markdown(loaded))
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo(f"bars: {bar_chart(loaded, Path(out or DEFAULT_PNG))}", err=True)
 
 
 @cli.command("init")

@@ -22,12 +22,14 @@ from ddk_store.storage import check_store_url
 from ddk_store.yamlio import UniqueKeyLoader  # noqa: F401 (re-exported: the loader every --config goes through)
 
 from .reweighting import MIXING_MODES, parse_static_weights
+from .sinks import REPORT_TO
 
 DEVICES = ("auto", "cpu", "cuda")
 #: Fields that change how a run executes but not what it computes: they may differ on --resume (``out`` too: a run
 #: directory may have been moved).
 RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_every", "keep_checkpoints",
-                                 "save_every", "device", "eval_batch_size", "storage_options", "progress"})
+                                 "save_every", "device", "eval_batch_size", "storage_options", "progress",
+                                 "report_to", "compile", "activation_checkpointing"})
 
 
 @dataclass(frozen=True)
@@ -50,13 +52,17 @@ class Stage2Config:
     init_mixture: str = setting("natural", "Sampling mixture of interval 0 for ddk/wo-fs (r_0 is always Eq. 1): "
                            "natural, uniform or r0.", choices=("natural", "uniform", "r0"))
     static_weights: str = setting("", "For --mixing static: 'domain=w,domain=w' summing to 1; unlisted domains get 0.")
+    max_epochs_per_domain: float | None = setting(None, "Beyond the paper, opt-in: sample no domain more than E passes "
+                                                  "over its training rows in the run; weight above a domain's cap "
+                                                  "goes to the others in proportion to their weights. Default: no "
+                                                  "cap (paper-exact DDK).", metavar="E")
     # --- loss
     gamma: float = setting(0.2, "Weight of KL(teacher||student) next to cross-entropy; 0 is CE only (CPT baseline).")
     temperature: float = setting(1.0, "Softmax temperature T applied to both distributions in the KL.")
     kl_tail: str = setting("bucket", "KL support: top-k plus one bucket for the remaining mass (bucket), or the "
                       "top-k renormalized (renorm).", choices=("bucket", "renorm"))
     kl_t2_scale: bool = setting(False, "Multiply the KL by T^2 (Hinton scaling); off as in the paper (T=1).")
-    loss_chunk_size: int = setting(1024, "Positions per chunk in the fused loss (bounds the fp32 working set).")
+    loss_chunk_size: int = setting(256, "Positions per chunk in the fused loss (bounds the fp32 working set).")
     # --- optimisation
     steps: int = setting(300, "Optimizer steps in the run.")
     batch_size: int = setting(8, "Rows per optimizer step, over all ranks and accumulation micro-steps.")
@@ -72,6 +78,12 @@ class Stage2Config:
     heldout_rows: int | None = setting(None, "Use at most this many held-out rows per domain (default: all).")
     # --- runtime
     device: str = setting("auto", "auto (cuda if available), cpu or cuda.", choices=DEVICES)
+    compile: bool | None = setting(None, "torch.compile the student's forward (default: on CUDA, not on CPU); a "
+                                   "compile that fails warns once and the run continues without it.")
+    activation_checkpointing: bool = setting(False, "Recompute each decoder layer's activations in the backward pass "
+                                             "instead of keeping them (less memory, about a third more compute).")
+    fsdp: bool = setting(False, "Under torchrun, shard parameters, gradients and optimizer state over the ranks "
+                         "(FSDP2, one unit per decoder layer) instead of replicating them (DDP).")
     prefetch: int = setting(4, "Micro-batches read ahead by the background reader thread.")
     save_every: int | None = setting(None, "Also checkpoint every N steps (checkpoints are always written at interval "
                                 "boundaries).")
@@ -80,6 +92,8 @@ class Stage2Config:
     trust_remote_code: bool = setting(False, "Allow the student's own modelling code from its repo (off: safer).")
     storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
     progress: bool = setting(True, "Show a progress bar on stderr.")
+    report_to: str = setting("none", "Also write every metrics.jsonl record as TensorBoard scalars into "
+                             "out/tensorboard/ (tensorboard); metrics.jsonl stays the record.", choices=REPORT_TO)
     resume: bool = setting(False, "Continue the run in --out from its latest checkpoint, with the settings saved in "
                            "its config.yaml (flags typed now override them; a larger --steps extends the run).")
     overwrite: bool = setting(False, "Delete the run already in --out and start afresh.")
@@ -127,6 +141,9 @@ def problems(cfg: Stage2Config) -> list[str]:
     need(cfg.prefetch >= 1, f"--prefetch must be >= 1, got {cfg.prefetch}")
     need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     need(cfg.log_every >= 1, f"--log-every must be >= 1, got {cfg.log_every}")
+    if cfg.max_epochs_per_domain is not None:
+        need(cfg.max_epochs_per_domain > 0,
+             f"--max-epochs-per-domain must be > 0 (omit it for no cap), got {cfg.max_epochs_per_domain}")
     if cfg.heldout_rows is not None:
         need(cfg.heldout_rows >= 1, f"--heldout-rows must be >= 1, got {cfg.heldout_rows}")
     if cfg.save_every is not None:

@@ -4,8 +4,8 @@
 float64, value and both gradients) without ever holding the [B*T, V] logits: it walks the positions in chunks of
 ``chunk_size``, computes each chunk's logits ``logit_scale * (h @ W[:V].T + b[:V])``, hands them to
 ``losses.kd_chunk`` (the one copy of the loss math, exact log-space tail) and turns the chunk's d(loss)/d(logits)
-into d/d(hidden) and d/d(W) (and d/d(b)) at once. Peak extra memory: two (chunk, V) buffers in fp32, plus the
-(V, H) weight gradient, which a plain backward through lm_head allocates as well.
+into d/d(hidden) and d/d(W) (and d/d(b)) at once. Peak extra memory: two (chunk, V) buffers in fp32, reused by
+every chunk, plus the (V, H) weight gradient, which a plain backward through lm_head allocates as well.
 
 Why gradients in the forward (as Liger's fused linear cross-entropy does) and not a recompute in backward: the
 logits are computed once instead of twice (the recompute would add a third to lm_head's FLOPs, the largest matmul of
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from .losses import LossParts, check_loss_args, compute_dtype, kd_chunk, token_weights
+from .losses import LossParts, check_loss_args, compute_dtype, kd_chunk, loss_outputs, token_weights
 
 
 def _accumulate_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -56,37 +56,44 @@ class _LinearDistillLoss(torch.autograd.Function):
             need = need_h or need_w or need_b
             ce_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
             kl_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
+            # One logits and one gradient buffer, reused by every chunk: on CPU, fresh pages for each chunk's
+            # (chunk, V) tensors cost page faults (about 10% of a step at V = 49k); CUDA's allocator caches anyway.
+            rows = min(chunk_size, N)
+            z_buf = torch.empty((rows, V), dtype=cd, device=hidden.device)
+            g_buf = torch.empty((rows, V), dtype=cd, device=hidden.device) if need else None
             for i0 in range(0, N, chunk_size):
                 i1 = min(N, i0 + chunk_size)
                 h_c = hidden[i0:i1].to(matmul_dtype)  # (n, H)
-                z = (h_c @ w_v.T).to(cd)  # (n, V): this chunk's logits, our own buffer
+                z = z_buf[: i1 - i0]  # (n, V): this chunk's logits
+                if matmul_dtype == cd:
+                    torch.mm(h_c, w_v.T, out=z)
+                else:
+                    z.copy_(h_c @ w_v.T)
                 if b_v is not None:
                     z.add_(b_v)
                 if logit_scale != 1.0:
                     z.mul_(logit_scale)
                 ce, kl, g = kd_chunk(z, targets[i0:i1], topk_ids[i0:i1], topk_logprobs[i0:i1], w[i0:i1],
                                      gamma=gamma, temperature=temperature, tail=tail, kl_scale=kl_scale,
-                                     need_grad=need)
+                                     need_grad=need, grad_out=g_buf[: i1 - i0] if need else None)
                 ce_sum += ce
                 kl_sum += kl
-                del z
                 if need:
                     if logit_scale != 1.0:
                         g.mul_(logit_scale)  # d/d(h W^T + b)
                     if need_b:
                         grad_b[:V] += g.sum(0)
                     g_mm = g.to(matmul_dtype)
-                    del g
-                    if need_h:
-                        grad_h[i0:i1] = g_mm @ w_v
+                    if need_h and grad_h.dtype == matmul_dtype:
+                        torch.mm(g_mm, w_v, out=grad_h[i0:i1])
+                    elif need_h:
+                        grad_h[i0:i1].copy_(g_mm @ w_v)
                     if need_w:
                         _accumulate_mm(grad_w[:V], g_mm.T, h_c)
                     del g_mm
+            del z_buf, g_buf
         ctx.save_for_backward(grad_h, grad_w, grad_b)
-        ce, kl = ce_sum.to(cd), kl_sum.to(cd)
-        total = ce + gamma * kl
-        ctx.mark_non_differentiable(ce, kl)
-        return total, ce, kl
+        return loss_outputs(ctx, ce_sum, kl_sum, cd, gamma)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_ce, _grad_kl):

@@ -40,11 +40,21 @@ class _Head(NamedTuple):
 _HEADS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> _Head, decided on its first step
 
 
+def _is_sharded(t: torch.Tensor) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
 def head_plan(model: torch.nn.Module) -> _Head:
     """What the model's structure and config allow, before any forward."""
     emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(emb, torch.nn.Linear):
         return _Head(False, reason=f"its output layer is {type(emb).__name__}, not a linear lm_head")
+    if _is_sharded(emb.weight):
+        return _Head(False, reason="its lm_head weight is sharded (a DTensor: FSDP or tensor parallel)")
     cfg = getattr(model, "config", None)
     for name in _UNSUPPORTED:
         if getattr(cfg, name, None):

@@ -34,6 +34,13 @@ import torch
 KL_TAILS = ("bucket", "renorm")
 
 
+
+def loss_outputs(ctx, ce_sum: torch.Tensor, kl_sum: torch.Tensor, dtype: torch.dtype, gamma: float):
+    """(CE + gamma*KL, CE, KL) in ``dtype``: what both loss Functions return; CE and KL are for logging only."""
+    ce, kl = ce_sum.to(dtype), kl_sum.to(dtype)
+    ctx.mark_non_differentiable(ce, kl)
+    return ce + gamma * kl, ce, kl
+
 class LossParts(NamedTuple):
     """total = ce + gamma * kl; ``ce`` and ``kl`` are detached, for logging."""
 
@@ -96,7 +103,8 @@ def _shifted_exp(x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
              w: torch.Tensor, *, gamma: float, temperature: float, tail: str, kl_scale: float,
-             need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+             need_grad: bool, grad_out: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Loss sums and d(loss)/d(logits) for one chunk of n positions (pure; the module docstring has the math).
 
     Args:
@@ -105,6 +113,7 @@ def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, top
         targets: (n,) next-token ids. topk_ids, topk_logprobs: (n, K) teacher ids and log-probs (T = 1).
         w: (n,) per-position weight (1 / number of counted positions, 0 where masked).
         kl_scale: T^2 with Hinton scaling, else 1.
+        grad_out: optional (n, V) buffer for the gradient (a caller reusing one buffer over its chunks).
     Returns:
         (sum_i w_i ce_i, kl_scale * sum_i w_i kl_i, gradient of ce_sum + gamma * kl_sum w.r.t. z or None); the sums
         are 0-d float64.
@@ -114,7 +123,7 @@ def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, top
     z_tgt = z.gather(1, tgt).squeeze(1)  # (n,)
     g = None
     if need_grad:  # full passes over (n, V) are the cost on CPU: fold every per-row scale into one
-        g = torch.empty_like(z)
+        g = torch.empty_like(z) if grad_out is None else grad_out
         lse, s = _shifted_exp(z, g)
         g.mul_(w[:, None] / s)  # w * softmax(z)
         g.scatter_add_(1, tgt, -w[:, None])
@@ -207,10 +216,7 @@ class _DistillLoss(torch.autograd.Function):
                 grad_buf[b0:b1, :P, :vocab_size].copy_(g.view(b1 - b0, P, vocab_size))
             del z, g  # free this chunk's (n, V) buffers before the next chunk allocates its own
         ctx.grad_buf = grad_buf
-        ce, kl = ce_sum.to(cd), kl_sum.to(cd)
-        total = ce + gamma * kl
-        ctx.mark_non_differentiable(ce, kl)
-        return total, ce, kl
+        return loss_outputs(ctx, ce_sum, kl_sum, cd, gamma)
 
     @staticmethod
     def backward(ctx, grad_total, _grad_ce, _grad_kl):

@@ -1,6 +1,10 @@
-"""`ddk-student report DIR`: report.md (per-domain table) and PNG plots of weights and ratios over intervals.
+"""`ddk-student report DIR [--baseline DIR2]`: report.md, weights.png and ratios.png of one training run.
 
-The run directory is read through :mod:`stage2_student.rundir` (file names, record layout, validation).
+report.md explains itself to someone who reads only it: what the ratio is (lower is better, 1.0 is the teacher), each
+domain's ratio before and after with every summary metric (:mod:`stage2_student.summary`), the mixture before and
+after (with the passes over each domain's rows), the raw perplexities, and with ``--baseline`` the final ratios of
+another run of the same budget (plain KD, say) next to this one's. The run directory is read through
+:mod:`stage2_student.rundir`; the plots are :mod:`stage2_student.plots`.
 """
 
 from __future__ import annotations
@@ -8,62 +12,170 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ddk_store.errors import ReportError
+
+from . import plots
 from .rundir import RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
+from .sampler import largest_remainder
+from .summary import METRICS, natural_mixture, summarize
+
+METRIC_ROW = {"mean": "mean (equal weights)", "natural_mean": "mean (natural weights)", "geo_mean": "geometric mean",
+              "worst": "worst domain"}
 
 
-def _plot(intervals: list[dict[str, Any]], key: str, ylabel: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on training hosts
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in intervals]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for i, d in enumerate(intervals[0]["domains"]):
-        ax.plot(steps, [r[key][i] for r in intervals], marker="o", markersize=3, label=d)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _num(x: float) -> str:
+    """A ratio or perplexity: 3 decimals, or a thousands-grouped integer for the huge values of an untrained student."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3f}"
 
 
-def write_report(run_dir: str | Path) -> Path:
-    """Write report.md, weights.png and ratios.png into ``run_dir``; return the report path."""
-    run_dir = Path(run_dir)
+def _pct(new: float, old: float) -> str:
+    """``new`` against ``old``: a signed percentage, or a factor (``÷1,250``, ``×12.0``) beyond tenfold."""
+    r = new / old
+    if 0.1 <= r <= 10:
+        return f"{100.0 * (r - 1.0):+.1f}%"
+    return f"÷{1 / r:,.0f}" if r < 0.1 else f"×{r:,.1f}"
+
+
+def _mix(domains: list[str], weights: list[float]) -> str:
+    return ", ".join(f"{d} {w:.3f}" for d, w in zip(domains, weights))
+
+
+def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
+    """(interval records then the final one if any, the final record or None, the saved config)."""
     intervals, final = read_metrics(run_dir)
-    cfg = read_config(run_dir)
-    first, last = intervals[0], (final or intervals[-1])
-    _plot(intervals, "weights", "sampling weight", run_dir / WEIGHTS_PNG)
-    _plot(intervals, "ratio", "PPL student / PPL teacher", run_dir / RATIOS_PNG)
+    return intervals + ([final] if final else []), final, read_config(run_dir)
 
+
+def rows_sampled(records: list[dict[str, Any]], batch_size: int) -> list[int]:
+    """Rows trained on from each domain up to the last record: the sampler's allocation of each record's weights
+    over the rows of the steps until the next record. Exact for whole intervals; a last interval cut short by the
+    end of the run trained on a shuffled part of its plan, for which this is the expected count within a row."""
+    out = [0] * len(records[0]["domains"])
+    for rec, nxt in zip(records, records[1:]):
+        if nxt["step"] > rec["step"]:
+            out = [a + int(b) for a, b in zip(out, largest_remainder(rec["weights"], (nxt["step"] - rec["step"])
+                                                                      * batch_size))]
+    return out
+
+
+def _budget(cfg: dict[str, Any]) -> str:
+    steps, batch = cfg.get("steps"), cfg.get("batch_size")
+    return f"{steps} steps x {batch} rows" if steps and batch else "?"
+
+
+def _baseline(path: Path, domains: list[str], cfg: dict[str, Any], first: dict[str, Any]
+              ) -> tuple[list[dict[str, Any]], str, list[str]]:
+    """(the baseline's records, its label, notes on what differs from this run)."""
+    records, final, bcfg = load_run(path)
+    if records[0]["domains"] != domains:
+        raise ReportError(f"--baseline {path}: its domains {records[0]['domains']} differ from this run's {domains}; "
+                          f"pass a run on the same store")
+    label = f"`{path.name}` ({bcfg.get('mixing', '?')}, gamma {bcfg.get('gamma', '?')})"
+    notes = []
+    if not final:
+        notes.append(f"the baseline has not finished: its last evaluation (step {records[-1]['step']}) is shown")
+    if _budget(bcfg) != _budget(cfg):
+        notes.append(f"budgets differ: this run {_budget(cfg)}, the baseline {_budget(bcfg)}")
+    if any(abs(a - b) > 1e-6 * b for a, b in zip(records[0]["ppl_teacher"], first["ppl_teacher"])):
+        notes.append("the teacher perplexities differ, so the two runs were not measured on the same held-out rows")
+    return records, label, notes
+
+
+def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Path:
+    """Write report.md, weights.png and ratios.png into ``run_dir``; return the report path. ``baseline``: another
+    run of the same store whose final ratios are shown next to this run's."""
+    run_dir = Path(run_dir)
+    records, final, cfg = load_run(run_dir)
+    first, last = records[0], records[-1]
+    domains = first["domains"]
+    base, base_label, base_notes = (_baseline(Path(baseline), domains, cfg, first) if baseline
+                                    else (None, "", []))
+    mixing = cfg.get("mixing", "?")
+    cap = cfg.get("max_epochs_per_domain")
+    plots.weights_plot(records, run_dir / WEIGHTS_PNG,
+                       title=f"{run_dir.name}: domain sampling weights ({mixing})")
+    plots.ratios_plot(records, run_dir / RATIOS_PNG, baseline=base,
+                      baseline_label="baseline " + base_label.replace("`", ""),
+                      title=f"{run_dir.name}: student/teacher perplexity ratio per domain")
+
+    rows = last.get("train_rows") or first.get("train_rows")
+    before, after = summarize(first["ratio"], rows), summarize(last["ratio"], rows)
+    b_after = summarize(base[-1]["ratio"], base[-1].get("train_rows") or rows) if base else None
+    intervals = records[:-1] if final else records
+    K = cfg.get("interval") or (intervals[1]["step"] if len(intervals) > 1 else "?")
+    cap_text = f"at most {cap:g} passes over each domain's training rows" if cap else "none (paper-exact DDK)"
     lines = [
         f"# ddk-student run: {run_dir.name}",
         "",
+        "How to read this report: a domain's **ratio** is the student's held-out perplexity divided by the teacher's, "
+        "on the same held-out rows. **Lower is better; 1.0 means the student predicts that domain as well as the "
+        "teacher** (below 1.0, better). *Before* is the evaluation at step 0, *after* the one after the last step"
+        + ("." if final else " (this run has not finished: its last evaluation is shown)."),
+        "",
         f"- store: `{cfg.get('store', '?')}`",
         f"- student: `{cfg.get('student', '?')}`",
-        f"- mixing: `{cfg.get('mixing', '?')}`, alpha {cfg.get('alpha', '?')}, gamma {cfg.get('gamma', '?')}, "
-        f"T {cfg.get('temperature', '?')}, interval K {intervals[1]['step'] if len(intervals) > 1 else '?'}",
+        f"- mixing: `{mixing}`, alpha {cfg.get('alpha', '?')}, gamma {cfg.get('gamma', '?')}, "
+        f"T {cfg.get('temperature', '?')}, interval K {K}",
+        f"- epoch cap (--max-epochs-per-domain): {cap_text}",
         f"- steps: {last['step']}{'' if final else ' (run not finished: last interval shown)'}, "
-        f"intervals logged: {len(intervals)}",
+        f"rows per step: {cfg.get('batch_size', '?')}, intervals logged: {len(intervals)}",
         "",
-        "| domain | teacher ppl | student ppl before | student ppl after | ratio after | final weight |",
-        "|---|---:|---:|---:|---:|---:|",
+        "## Student/teacher perplexity ratio (lower is better; 1.0 = the teacher)",
+        "",
     ]
-    for i, d in enumerate(first["domains"]):
-        lines.append(f"| {d} | {last['ppl_teacher'][i]:.3f} | {first['ppl_student'][i]:.3f} | "
-                     f"{last['ppl_student'][i]:.3f} | {last['ratio'][i]:.3f} | {last['weights'][i]:.4f} |")
-    ratios = last["ratio"]
+    head = "| domain | ratio before | ratio after | change |"
+    if base:
+        head += " baseline after | this run vs baseline |"
+    lines += [head, "|---" + "|---:" * (head.count("|") - 2) + "|"]
+
+    def row(name: str, b: float, a: float, ba: float | None) -> str:
+        cells = f"| {name} | {_num(b)} | {_num(a)} | {_pct(a, b)} |"
+        return cells + (f" {_num(ba)} | {_pct(a, ba)} |" if ba is not None else (" – | – |" if base else ""))
+
+    for i, d in enumerate(domains):
+        lines.append(row(d, first["ratio"][i], last["ratio"][i], base[-1]["ratio"][i] if base else None))
+    for key, _ in METRICS:
+        if after[key] is None:
+            continue
+        name = METRIC_ROW[key]
+        if key == "worst":
+            name += f" ({domains[last['ratio'].index(max(last['ratio']))]} after)"
+        lines.append(row(f"*{name}*", before[key], after[key], b_after[key] if b_after else None))
+    lines += ["", "*change*: after vs before, in percent, or as a factor beyond tenfold (÷1,000: a thousand times "
+              "lower). The summary rows are computed over the domains' ratios of each column "
+              "(*natural weights*: each domain's share of the training rows; *geometric mean*: exp of the mean log "
+              "ratio; *worst domain*: the largest ratio)."]
+    if base:
+        lines += ["", f"Baseline: {base_label}; *this run vs baseline* below 0 means this run ends closer to the "
+                  "teacher." + "".join(f" Note: {n}." for n in base_notes)]
+
+    lines += ["", "## Sampling mixture", "",
+              f"- before (step 0): {_mix(domains, first['weights'])}",
+              f"- after (the last interval, from step {intervals[-1]['step']}): "
+              f"{_mix(domains, last['weights'])}"]
+    if rows:
+        lines.append(f"- natural (each domain's share of the training rows): {_mix(domains, natural_mixture(rows))}")
+    batch = cfg.get("batch_size")
+    if rows and isinstance(batch, int):
+        sampled = rows_sampled(records, batch)
+        held = [sum(bool(r.get("capped", [False] * len(domains))[i]) for r in records) for i in range(len(domains))]
+        lines += ["", "| domain | training rows | rows sampled | passes over its rows |"
+                  + (" intervals at the cap |" if cap else ""),
+                  "|---|---:|---:|---:|" + ("---:|" if cap else "")]
+        for i, d in enumerate(domains):
+            passes = f"{sampled[i] / rows[i]:.2f}" if rows[i] else "–"
+            lines.append(f"| {d} | {rows[i]} | {sampled[i]:,} | {passes} |" + (f" {held[i]} |" if cap else ""))
+    lines += ["", "## Perplexities", "",
+              "| domain | teacher ppl | student ppl before | student ppl after | ratio after | final weight |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for i, d in enumerate(domains):
+        lines.append(f"| {d} | {_num(last['ppl_teacher'][i])} | {_num(first['ppl_student'][i])} | "
+                     f"{_num(last['ppl_student'][i])} | {_num(last['ratio'][i])} | {last['weights'][i]:.4f} |")
     lines += [
         "",
-        f"Mean ratio after: {sum(ratios) / len(ratios):.4f}; worst domain: "
-        f"{first['domains'][ratios.index(max(ratios))]} ({max(ratios):.4f}).",
+        f"![domain sampling weights: each evaluation's weights hold until the next]({WEIGHTS_PNG})",
         "",
-        f"![domain sampling weights per interval]({WEIGHTS_PNG})",
-        "",
-        f"![student/teacher perplexity ratio per interval]({RATIOS_PNG})",
+        f"![student/teacher perplexity ratio per domain at every evaluation, log scale]({RATIOS_PNG})",
         "",
     ]
     path = run_dir / REPORT_FILE

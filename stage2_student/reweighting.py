@@ -1,4 +1,5 @@
-"""Pure domain-reweighting math of DDK (arXiv 2407.16154): Eq. 1, Eq. 2 and the ablation mixtures.
+"""Pure domain-reweighting math of DDK (arXiv 2407.16154): Eq. 1, Eq. 2, the ablation mixtures, and the opt-in
+epoch cap (beyond the paper).
 
 Numpy in, numpy out; no I/O, no torch, no globals. See docs/reweighting.md for the equations and every
 decision taken where the paper is silent.
@@ -176,3 +177,98 @@ def next_weights(mixing: str, r_prev: np.ndarray, ratio: Sequence[float], alpha:
     if mixing in ("uniform", "natural", "static"):
         return np.asarray(r_prev, dtype=np.float64).copy()
     raise ValueError(f"unknown mixing {mixing!r}; expected one of {MIXING_MODES}")
+
+
+# ------------------------------------------------------------------------------------ data-aware cap (opt-in)
+# Beyond the paper: ``--max-epochs-per-domain E`` (docs/reweighting.md, "The epoch cap"). Off by default.
+def epoch_cap(max_epochs: float, *, remaining_steps: int, rows_per_step: int, num_rows: Sequence[int],
+              consumed: Sequence[int]) -> np.ndarray:
+    """The largest sampling weight each domain may get from now on: cap[d] = max(0, E*n[d] - c[d]) / (R*B).
+
+    A domain sampled at its cap for all R remaining steps of B rows uses exactly the rows it has left of its
+    budget of E passes over its n[d] training rows; c[d] rows of that budget are already drawn. Caps are recomputed
+    at every interval from what was actually drawn, so the run as a whole stays within E passes per domain (up to
+    the one-row rounding of each interval's allocation).
+
+    Args:
+        max_epochs: E > 0, passes over its training rows a domain may be sampled in the whole run.
+        remaining_steps: R >= 1, optimizer steps left in the run.
+        rows_per_step: B >= 1, rows per optimizer step (the global batch).
+        num_rows: n, shape (D,), training rows per domain.
+        consumed: c, shape (D,), rows already drawn from each domain in this run.
+    Returns:
+        cap, shape (D,), float64, each >= 0 (not a distribution: it sums to >= 1 when the budget allows the run).
+    """
+    n = np.asarray(num_rows, dtype=np.float64)
+    c = np.asarray(consumed, dtype=np.float64)
+    if n.shape != c.shape or n.ndim != 1 or np.any(n < 0) or np.any(c < 0):
+        raise ValueError(f"num_rows {n.tolist()} and consumed {c.tolist()} must be equal-length, non-negative")
+    if not max_epochs > 0 or remaining_steps < 1 or rows_per_step < 1:
+        raise ValueError(f"need max_epochs > 0, remaining_steps >= 1, rows_per_step >= 1; got {max_epochs}, "
+                         f"{remaining_steps}, {rows_per_step}")
+    return np.maximum(0.0, max_epochs * n - c) / (remaining_steps * rows_per_step)
+
+
+def cap_weights(weights: Sequence[float], cap: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Lower each weight above its cap to the cap and spread the excess over the uncapped domains in proportion to
+    their weights; repeat until no domain exceeds its cap (spreading can push another domain over its own).
+
+    When the excess has nowhere to go (every domain with weight is capped: the caps sum to < 1 over them), the
+    capped weights are rescaled to sum to 1, so each such domain exceeds its cap by the same factor; the training
+    loop refuses such a cap up front (:func:`check_epoch_cap`), so there this happens only through rounding.
+
+    Args:
+        weights: w, shape (D,), a distribution (the DDK factor, or any mixture).
+        cap: shape (D,), from :func:`epoch_cap`.
+    Returns:
+        (capped weights, shape (D,), sum 1; bool mask of the domains held at their cap).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    cap = np.asarray(cap, dtype=np.float64)
+    if w.shape != cap.shape or w.ndim != 1 or np.any(w < 0) or np.any(cap < 0) or abs(w.sum() - 1) > WEIGHT_SUM_TOL:
+        raise ValueError(f"weights {w.tolist()} (a distribution) and cap {cap.tolist()} must be equal-length, >= 0")
+    out = w.copy()  # a cap that holds no domain changes nothing, bit for bit
+    held = np.zeros(w.shape, dtype=bool)
+    while True:
+        over = ~held & (out > cap + 1e-12)
+        if not over.any():
+            return out, held
+        held |= over
+        out[held] = cap[held]
+        free = ~held
+        left, base = 1.0 - out[held].sum(), w[free].sum()
+        if left <= 0 or base <= 0:  # all capped: nothing can take the excess
+            held |= w > 0
+            return out / out.sum(), held
+        out[free] = w[free] * (left / base)
+
+
+def apply_epoch_cap(weights: np.ndarray, max_epochs: float | None, *, remaining_steps: int, rows_per_step: int,
+                    num_rows: Sequence[int], consumed: Sequence[int],
+                    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The weights to sample from now on: ``weights`` itself when there is no cap (paper-exact DDK), else
+    :func:`cap_weights` under :func:`epoch_cap`. Returns (weights, cap or None, capped mask or None)."""
+    if max_epochs is None:
+        return weights, None, None
+    cap = epoch_cap(max_epochs, remaining_steps=remaining_steps, rows_per_step=rows_per_step, num_rows=num_rows,
+                    consumed=consumed)
+    capped, held = cap_weights(weights, cap)
+    return capped, cap, held
+
+
+def check_epoch_cap(max_epochs: float | None, num_rows: Sequence[int], *, steps: int, rows_per_step: int) -> None:
+    """Refuse a cap the run cannot keep: E passes over all training rows must hold the steps * B rows it draws.
+
+    Raises:
+        ConfigError: naming both row counts and the two ways out.
+    """
+    if max_epochs is None:
+        return
+    total = sum(int(n) for n in num_rows)
+    allowed, drawn = max_epochs * total, steps * rows_per_step
+    if allowed < drawn:
+        raise ConfigError(
+            f"--max-epochs-per-domain {max_epochs:g} allows at most {max_epochs:g} x {total} = {allowed:g} "
+            f"training rows, but the run draws --steps {steps} x --batch-size {rows_per_step} = {drawn}; raise "
+            f"--max-epochs-per-domain to at least {np.ceil(1000 * drawn / max(total, 1)) / 1000:g} or lower --steps"
+        )

@@ -4,6 +4,7 @@
     RUN/metrics.jsonl    one JSON record per line, appended as training goes (layouts below)
     RUN/checkpoints/     ``step-XXXXXXXX/`` directories (:mod:`stage2_student.checkpoint`)
     RUN/report.md, RUN/weights.png, RUN/ratios.png   written by ``ddk-student report``
+    RUN/tensorboard/     TensorBoard event files, with ``--report-to tensorboard`` (a mirror of metrics.jsonl)
     RUN/*                the final student (``save_pretrained`` files and tokenizer)
 
 Records of metrics.jsonl, told apart by ``event``:
@@ -11,6 +12,11 @@ Records of metrics.jsonl, told apart by ``event``:
 - ``interval``: written at step 0 and at every interval boundary (every K steps), after the evaluation;
 - ``final``: the same keys, written once after the last step;
 - ``step``: every ``--log-every`` steps.
+
+``interval``/``final`` records may carry more per-domain keys (:data:`OPTIONAL_PER_DOMAIN_KEYS`): ``train_rows`` (the
+store's training rows, whose shares are the natural mixture) and, under ``--max-epochs-per-domain``, ``cap`` and
+``capped`` (the cap on each weight for the interval, and which domains it held). ``--report-to`` mirrors every record
+into a :class:`RecordSink` (:mod:`stage2_student.sinks`); metrics.jsonl stays the record.
 
 This module is the one place that knows these names and layouts: ``train`` writes through it, and ``report``, the
 CLI and ``bench/quality.py`` read through it. No deep-learning imports.
@@ -22,7 +28,7 @@ import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -34,6 +40,7 @@ CHECKPOINTS_DIR = "checkpoints"
 REPORT_FILE = "report.md"
 WEIGHTS_PNG = "weights.png"
 RATIOS_PNG = "ratios.png"
+TENSORBOARD_DIR = "tensorboard"
 
 INTERVAL, FINAL, STEP = "interval", "final", "step"
 #: Keys of an ``interval``/``final`` record, in order; the per-domain ones hold one number per entry of ``domains``.
@@ -42,6 +49,8 @@ INTERVAL_KEYS = ("event", "step", "interval", "domains", "ppl_student", "ppl_tea
 PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights", "factor", "nll_student")
 #: Per-domain keys every reader relies on (older runs may lack the others).
 REQUIRED_PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights")
+#: Per-domain keys an ``interval``/``final`` record has only when the run writes them (older runs lack them).
+OPTIONAL_PER_DOMAIN_KEYS = ("train_rows", "cap", "capped")
 #: Keys of a ``step`` record, in order.
 STEP_KEYS = ("event", "step", "loss", "ce", "kl", "lr", "grad_norm", "tokens_per_s")
 
@@ -51,15 +60,23 @@ _FIX = "it must be the metrics.jsonl written by `ddk-student train`"
 # ----------------------------------------------------------------------------------------------------- records
 def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[str, Sequence[float]],
                     ppl_teacher: Sequence[float], ratio: Iterable[float], weights: Iterable[float],
-                    factor: Iterable[float], event: str = INTERVAL) -> dict[str, Any]:
+                    factor: Iterable[float], event: str = INTERVAL, *, train_rows: Iterable[int] | None = None,
+                    cap: Iterable[float] | None = None, capped: Iterable[bool] | None = None) -> dict[str, Any]:
     """An ``interval`` (or ``final``) record: the student's and teacher's held-out perplexity per domain, their
-    ratio, the sampling weights of the next interval, the DDK factor r_t (it differs from the weights only in
-    interval 0 when --init-mixture is not r0) and the student's held-out NLL. ``ev`` is what
-    :func:`stage2_student.evaluate.evaluate` returns."""
-    return {"event": event, "step": step, "interval": interval, "domains": list(domains),
-            "ppl_student": list(ev["ppl"]), "ppl_teacher": list(ppl_teacher), "ratio": [float(x) for x in ratio],
-            "weights": [float(x) for x in weights], "factor": [float(x) for x in factor],
-            "nll_student": list(ev["nll"])}
+    ratio, the sampling weights of the next interval, the DDK factor r_t (it differs from the weights in interval 0
+    when --init-mixture is not r0, and where --max-epochs-per-domain caps them) and the student's held-out NLL.
+    ``ev`` is what :func:`stage2_student.evaluate.evaluate` returns. The optional keys are written when given."""
+    rec = {"event": event, "step": step, "interval": interval, "domains": list(domains),
+           "ppl_student": list(ev["ppl"]), "ppl_teacher": list(ppl_teacher), "ratio": [float(x) for x in ratio],
+           "weights": [float(x) for x in weights], "factor": [float(x) for x in factor],
+           "nll_student": list(ev["nll"])}
+    if train_rows is not None:
+        rec["train_rows"] = [int(x) for x in train_rows]
+    if cap is not None:
+        rec["cap"] = [float(x) for x in cap]
+    if capped is not None:
+        rec["capped"] = [bool(x) for x in capped]
+    return rec
 
 
 def step_record(step: int, *, loss: float, ce: float, kl: float, lr: float, grad_norm: float,
@@ -78,10 +95,18 @@ def start_metrics(run_dir: str | Path) -> Path:
     return path
 
 
-def append_record(run_dir: str | Path, record: dict[str, Any]) -> None:
-    """Append one record as one line (a single write, so a kill leaves whole lines)."""
+class RecordSink(Protocol):
+    """Somewhere else a run's records go as they are appended (``--report-to``); never read back."""
+
+    def write(self, record: dict[str, Any]) -> None: ...
+
+
+def append_record(run_dir: str | Path, record: dict[str, Any], sink: RecordSink | None = None) -> None:
+    """Append one record as one line (a single write, so a kill leaves whole lines), then hand it to ``sink``."""
     with (Path(run_dir) / METRICS_FILE).open("a") as f:
         f.write(json.dumps(record) + "\n")
+    if sink is not None:
+        sink.write(record)
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
@@ -106,6 +131,14 @@ def _check_interval(rec: dict[str, Any], where: str) -> None:
         if (not isinstance(values, list) or len(values) != len(domains)
                 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)):
             raise ReportError(f"{where}: '{key}' must be a list of {len(domains)} numbers (one per domain), "
+                              f"got {str(values)[:60]}; {_FIX}")
+    if not all(0 < v < float("inf") for v in rec["ratio"]):
+        raise ReportError(f"{where}: 'ratio' must hold finite numbers > 0, got {str(rec['ratio'])[:60]}; {_FIX}")
+    for key in OPTIONAL_PER_DOMAIN_KEYS:
+        values = rec.get(key)
+        if values is not None and (not isinstance(values, list) or len(values) != len(domains)
+                                   or not all(isinstance(v, (int, float)) for v in values)):
+            raise ReportError(f"{where}: '{key}' must be a list of {len(domains)} values (one per domain), "
                               f"got {str(values)[:60]}; {_FIX}")
 
 

@@ -11,22 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ddk_store import settings, tokenizer_fingerprint
-from ddk_store.errors import ConfigError, StudentError, describe
+from ddk_store import tokenizer_fingerprint
+from ddk_store.errors import StudentError, describe
 from ddk_store.paths import hub_snapshot
-
-
-def pick_device(device: str, local_rank: int = 0) -> torch.device:
-    """The torch device of ``--device auto|cpu|cuda`` (rank ``local_rank``'s GPU under torchrun).
-
-    Raises:
-        ConfigError: ``--device cuda`` on a machine where torch sees no CUDA device (checked before anything is
-            created or loaded).
-    """
-    if problem := settings.device_problem("--device", device, torch.cuda.is_available()):
-        raise ConfigError(problem)
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    return torch.device(f"cuda:{local_rank}" if cuda else "cpu")
 
 
 def model_dir(flag: str, name: str) -> str:

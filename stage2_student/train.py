@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ from ddk_store import open_store, settings
 from ddk_store.errors import ConfigError
 from ddk_store.errors import StoreIOError
 
+from . import parallel, rundir, runtime
 from . import reweighting as rw
-from . import rundir
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointWriter, latest_checkpoint, load_checkpoint
 from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
@@ -36,27 +35,11 @@ from .resume import prepare_out_dir
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
-from .student import load_student, pick_device
+from .sinks import open_sink
+from .student import load_student
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
-def dist_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment; (0, 1, 0) for a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices (weights, embeddings); not vectors (norm scales, biases), as in nanoGPT and most LM recipes."""
-    seen: set[int] = set()
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad or id(p) in seen:  # tied embeddings appear once
-            continue
-        seen.add(id(p))
-        (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def _resume_hint(fn):
     """A store that stays unreachable or refuses access ends the run; say how to continue it (checkpoints make
     that exact)."""
@@ -75,12 +58,15 @@ def _resume_hint(fn):
 @_resume_hint
 def train(cfg: Stage2Config) -> Path:
     """Run stage 2 as configured; return the output directory. Raises DdkError for any bad input, before training."""
-    rank, world, local_rank = dist_env()
+    env = parallel.dist_env()
+    rank, world = env.rank, env.world
     out = Path(cfg.out)
     K, B, A = cfg.interval_steps, cfg.batch_size, cfg.grad_accum
 
     # -- 1. every check that needs no model, cheapest first
-    device = pick_device(cfg.device, local_rank)  # --device cuda without CUDA: refused before --out is touched
+    # more ranks on a host than GPUs, or --device cuda without CUDA: refused before --out is touched
+    device = parallel.pick_device(cfg.device, env)
+    sink = open_sink(cfg.report_to, out)  # --report-to: a missing package is refused here too; None for none
     if B % (world * A):
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
     resuming = prepare_out_dir(cfg, rank=rank)
@@ -91,6 +77,7 @@ def train(cfg: Stage2Config) -> Path:
     D = len(domains)
     static = rw.static_weights_vector(cfg.static_weight_map(), domains) if cfg.mixing == "static" else None
     num_rows = [reader.num_rows(d, "train") for d in domains]
+    rw.check_epoch_cap(cfg.max_epochs_per_domain, num_rows, steps=cfg.steps, rows_per_step=B)
     for d, n in zip(domains, num_rows):
         if n == 0 and cfg.mixing in ("ddk", "wo-fs", "uniform"):
             raise ConfigError(f"store {cfg.store}: domain {d!r} has no training rows; mixing {cfg.mixing!r} samples "
@@ -102,53 +89,64 @@ def train(cfg: Stage2Config) -> Path:
     ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
 
     # -- 2. distributed setup, student
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
+    parallel.init_distributed(device, world)
     if world > 1:
         dist.barrier()  # rank 0 may have just wiped --out (--overwrite)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_student(cfg.student, reader.meta, store=cfg.store,
                                     trust_remote_code=cfg.trust_remote_code, device=device)
     model.train()
+    if cfg.activation_checkpointing:
+        runtime.enable_activation_checkpointing(model)
+    fsdp = cfg.fsdp and world > 1  # one process has nothing to shard over
+    if fsdp:
+        parallel.shard_fsdp(model, device)  # before the optimizer: it holds the sharded parameters
+    # evaluation: a strided share of the rows per rank under DDP; every row on every rank under FSDP (its forward
+    # is a collective, so every rank must run the same number of batches)
+    eval_rank, eval_world = (0, 1) if fsdp else (rank, world)
     V = reader.vocab_size
     # bf16 autocast on CUDA (fp32 master weights and optimizer); plain fp32 on CPU, where bf16 matmuls are slow.
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
     autocast = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+    optimizer = runtime.make_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, device=device)
+    writer = CheckpointWriter(out, rank=rank, world_size=world, keep=cfg.keep_checkpoints, sharded=fsdp)
     sampler = DomainSampler(num_rows, rows_per_interval=K * B, seed=cfg.seed)
 
     def log(record: dict[str, Any]) -> None:
         if rank == 0:
-            rundir.append_record(out, record)
+            rundir.append_record(out, record, sink)
 
     def run_eval() -> tuple[dict[str, list[float]], np.ndarray]:
         ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
-                      heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=rank,
-                      world_size=world)
+                      heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=eval_rank,
+                      world_size=eval_world)
         return ev, rw.perplexity_ratio(ev["ppl"], ppl_teacher)
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(out, step, model=model, optimizer=optimizer, rank=rank, world_size=world,
-                        keep=cfg.keep_checkpoints,
-                        state={"factor": factor.tolist(), "weights": weights.tolist(), "sampler": sampler.state_dict(),
-                               "ppl_teacher": ppl_teacher, "config": settings.saved_dict(cfg)})
+        writer.save(step, model=model, optimizer=optimizer,  # written by a background thread
+                    state={"factor": factor.tolist(), "weights": weights.tolist(), "sampler": sampler.state_dict(),
+                           "ppl_teacher": ppl_teacher, "config": settings.saved_dict(cfg)})
+
+    def capped(w: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """--max-epochs-per-domain: (weights to sample from ``step`` on, cap, capped); ``w`` itself without a cap."""
+        return rw.apply_epoch_cap(w, cfg.max_epochs_per_domain, remaining_steps=cfg.steps - step, rows_per_step=B,
+                                  num_rows=num_rows, consumed=sampler.consumed)
 
     def new_interval(step: int) -> None:
         """Interval boundary (Algorithm 1, lines 8-13): measure, reweight, draw the next K steps, checkpoint."""
         nonlocal factor, weights
         ev, ratio = run_eval()
         factor = rw.next_weights(cfg.mixing, factor, ratio, cfg.alpha)
-        weights = factor  # after interval 0 the factor is the sampling distribution in every mode
+        weights, cap, held = capped(factor, step)  # after interval 0 the factor is the sampling distribution
         sampler.start_interval(step // K, weights)
-        log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor))
+        log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor,
+                            train_rows=num_rows, cap=cap, capped=held))
         checkpoint(step)
 
     # -- 3. restore, or start: evaluate the initial student, r_0 by Eq. 1, interval-0 mixture
     if resuming:
         ckpt = latest_checkpoint(out)
-        doc = load_checkpoint(ckpt, model=model, optimizer=optimizer, rank=rank, world_size=world)
+        doc = load_checkpoint(ckpt, model=model, optimizer=optimizer, rank=rank, world_size=world, sharded=fsdp)
         step = int(doc["step"])
         factor, weights = np.asarray(doc["factor"]), np.asarray(doc["weights"])
         sampler.load_state_dict(doc["sampler"])
@@ -166,14 +164,14 @@ def train(cfg: Stage2Config) -> Path:
         ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows
         factor, weights = rw.initial_weights(cfg.mixing, ratio=ratio, num_rows=num_rows, static=static,
                                              init_mixture=cfg.init_mixture)
+        weights, cap, held = capped(weights, 0)
         sampler.start_interval(0, weights)
-        log(interval_record(0, 0, domains, ev, ppl_teacher, ratio, weights, factor))
+        log(interval_record(0, 0, domains, ev, ppl_teacher, ratio, weights, factor, train_rows=num_rows, cap=cap,
+                            capped=held))
         checkpoint(0)
 
-    train_model = model
-    if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = model if fsdp or world == 1 else parallel.wrap_ddp(model, device)
+    train_model = runtime.compile_forward(train_model, cfg.compile, device)  # --compile; eager if it fails
 
     def interval_batches(step: int) -> Prefetcher:
         """This rank's micro-batches from ``step`` to the end of its interval (or of the run)."""
@@ -199,7 +197,7 @@ def train(cfg: Stage2Config) -> Path:
             for micro in range(A):
                 batch = next(batches).to(device)
                 # Skip DDP's all-reduce on all but the last micro-step: gradients accumulate locally first.
-                sync = contextlib.nullcontext() if (world == 1 or micro == A - 1) else train_model.no_sync()
+                sync = contextlib.nullcontext() if (world == 1 or fsdp or micro == A - 1) else train_model.no_sync()
                 with sync:
                     # forward + loss: fused from the last hidden state (no [b, T, V] logits) for Llama-shaped
                     # students, else the model's logits and the reference loss (loss_step.py decides, once).
@@ -212,6 +210,7 @@ def train(cfg: Stage2Config) -> Path:
                 del parts
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
                          else torch.tensor(float("nan")))
+            grad_norm = parallel.full_tensor(grad_norm)  # a DTensor under FSDP
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
@@ -246,11 +245,14 @@ def train(cfg: Stage2Config) -> Path:
 
     # -- 5. final evaluation, export, last checkpoint
     ev, ratio = run_eval()
-    log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor, event=rundir.FINAL))
+    log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor, event=rundir.FINAL,
+                        train_rows=num_rows))
+    full = parallel.full_state_dict(model) if fsdp else None  # gathered on rank 0 (a collective)
     if rank == 0:
-        model.save_pretrained(out)
+        model.save_pretrained(out, state_dict=full)
         tokenizer.save_pretrained(out)
     checkpoint(step)
+    writer.wait()  # the last checkpoint is committed before train() returns
     if world > 1:
         dist.barrier()
     return out

@@ -39,7 +39,7 @@ def main() -> int:
     student, store_dir = student_and_store(work, train_rows=64, heldout_rows=8)
     store = str(store_dir)
     flags = dict(steps=args.steps, interval=20, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=7,
-                 log_every=1)
+                 log_every=1, device="cpu")
 
     times = time_reference_run(train_argv(store, student, work / "reference", **flags), work / "reference")
     print(f"reference: uninterrupted run of {args.steps} steps: start-up {times.startup:.1f} s, training "

@@ -22,6 +22,21 @@ class BackendOptions:
     batch_tokens: int = 8192
     tensor_parallel_size: int = 1
     trust_remote_code: bool = False
+    verbose: bool = False  # the engine's own INFO log lines (vLLM prints ~50 per start)
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``--dtype auto``: bfloat16 where the teacher runs on CUDA, float32 on CPU (bf16 matmuls are slow on CPUs
+    without AMX); any other value as given. The log-softmax is fp32 either way (:func:`stage1_teacher.topk`).
+
+    Args:
+        dtype: the --dtype value; device: where the teacher runs (``cpu``, ``cuda`` or ``auto``).
+    """
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if device != "cpu" and torch.cuda.is_available() else "float32"
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, opts: BackendOptions) -> None:
+        quiet_engine_logs(opts.verbose)
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -92,6 +93,28 @@ class VLLMBackend:
 
     def close(self) -> None:
         del self.llm
+
+
+#: vLLM's log level unless --verbose: its ~50 INFO lines per engine start are cut; warnings and errors stay.
+QUIET_LEVEL = "WARNING"
+
+
+def quiet_engine_logs(verbose: bool) -> None:
+    """Keep vLLM to warnings and errors unless ``verbose`` (run.py prints the one line per engine start).
+
+    Set before vllm is imported (it reads VLLM_LOGGING_LEVEL then, and its engine-core processes inherit the
+    environment), and on its logger too, for an engine started after vllm was already imported. A level the user
+    set in VLLM_LOGGING_LEVEL is kept.
+    """
+    import logging
+
+    if verbose:
+        return
+    level = os.environ.setdefault("VLLM_LOGGING_LEVEL", QUIET_LEVEL)
+    try:
+        logging.getLogger("vllm").setLevel(level.upper())
+    except ValueError:  # a level name vLLM itself will complain about
+        pass
 
 
 def unpack_prompt_logprobs(plp, row: np.ndarray, k: int, ids_out: np.ndarray, lps_out: np.ndarray,

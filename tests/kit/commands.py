@@ -13,7 +13,8 @@ DUMP_FLAGS = ["--seq-len", str(SEQ_LEN), "--top-k", str(TOP_K), "--heldout-seqs"
               "--unit-rows", str(UNIT_ROWS), "--batch-tokens", str(4 * SEQ_LEN), "--device", "cpu",
               "--no-progress"]
 #: The short run of the stage-2 tests (12 steps, an interval every 4).
-SHORT_RUN = {"steps": 12, "interval": 4, "batch_size": 4, "lr": 3e-3, "seed": 0, "eval_batch_size": 4}
+SHORT_RUN = {"steps": 12, "interval": 4, "batch_size": 4, "lr": 3e-3, "seed": 0, "eval_batch_size": 4,
+             "device": "cpu"}
 
 
 def dump_argv(teacher: Path, corpora: Path, store: Path | str, *extra: str) -> list[str]:

@@ -45,7 +45,8 @@ def train_inputs(tmp_path_factory):
     return str(store), student
 
 
-FLAGS = dict(steps=40, interval=8, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=3, log_every=1)
+FLAGS = dict(steps=40, interval=8, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=3, log_every=1,
+             device="cpu")
 
 
 def test_sigkill_training_three_moments_then_resume_is_identical(train_inputs, tmp_path):

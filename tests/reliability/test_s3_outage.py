@@ -106,7 +106,7 @@ def s3_training(server, tmp_path: Path, prefix: str, steps: int) -> tuple[list[s
     assert validate_store(url, storage_options=server.storage_options) == []
     out = tmp_path / "out"
     argv = train_argv(url, student, out, steps=steps, interval=20, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4,
-                      log_every=1)
+                      log_every=1, device="cpu")
     return argv, out
 
 

@@ -221,7 +221,7 @@ def _remote_code_argv(kind: str, model: Path, ws: Workspace, tmp: Path) -> tuple
                                str(tmp / "store"), *DUMP_FLAGS]
     if kind == "train":
         return "ddk-student", ["train", "--store", str(ws.store), "--student", str(model), "--out", str(tmp / "run"),
-                               "--steps", "2", "--interval", "1", "--batch-size", "2"]
+                               "--steps", "2", "--interval", "1", "--batch-size", "2", "--device", "cpu"]
     if kind == "eval":
         return "ddk-student", ["eval", "--store", str(ws.store), "--model", str(model)]
     return "ddk-student", ["init", "--teacher", str(model), "--layers", "1", "--out", str(tmp / "student")]
@@ -272,7 +272,7 @@ def _yaml_target(kind: str, doc: str, ws: Workspace, tmp: Path) -> tuple[str, li
     if kind == "train-config":
         path.write_text(doc)
         return "ddk-student", ["train", "--store", str(ws.store), "--student", str(ws.student), "--out",
-                               str(tmp / "run"), "--config", str(path)]
+                               str(tmp / "run"), "--config", str(path), "--device", "cpu"]
     run = tmp / "run"  # report: the run's own config.yaml
     run.mkdir()
     (run / "config.yaml").write_text(doc)
@@ -308,7 +308,8 @@ def test_resume_with_tagged_run_config_is_one_line(ws: Workspace, tmp_path: Path
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text(PY_TAGS[0].format(m=marker))
     result = run_cli("ddk-student", ["train", "--store", str(ws.store), "--student", str(ws.student), "--out",
-                                     str(run), "--steps", "2", "--interval", "1", "--batch-size", "2", "--resume"])
+                                     str(run), "--steps", "2", "--interval", "1", "--batch-size", "2", "--resume",
+                                     "--device", "cpu"])
     assert not marker.exists()
     one_error_line(result)
 

@@ -29,7 +29,8 @@ from ddk_testkit.stores import student_and_store
 
 DOMAINS = ("alpha", "beta", "gamma")
 TRAIN_ROWS, HELDOUT_ROWS, UNIT_ROWS = 8, 4, 2  # chunk_rows 1: every row is its own chunk, two rows per unit
-FLAGS = dict(steps=8, interval=4, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, mixing="uniform", log_every=1)
+FLAGS = dict(steps=8, interval=4, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, mixing="uniform", log_every=1,
+             device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -14,21 +14,36 @@ from click.testing import CliRunner
 from ddk_store import open_store, tokenizer_fingerprint
 from ddk_store.cli import main as store_cli
 from ddk_store.validate import validate_store
-from stage1_teacher.corpus import load_corpora, read_documents
-from stage1_teacher.packing import heldout_indices, pack_rows
+from stage1_teacher.corpus import load_corpora, read_sourced_documents
+from stage1_teacher.packing import doc_key, pack_rows
 from ddk_testkit.commands import HELDOUT, SEQ_LEN, TOP_K, dump_argv
 from ddk_testkit.processes import run_cli
 
 DOMAINS = ["scripture", "python", "legal"]
 
 
-def expected_rows(corpora_yaml: Path, tok) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """Packed rows and stream length (tokens + one EOS per document) of every domain, rebuilt without run.py."""
+def expected_rows(corpora_yaml: Path, tok) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, int]]:
+    """(train rows, held-out rows) and stream length (tokens + one EOS per document) of every domain, rebuilt
+    without run.py from the held-out rule: the lowest-key documents that fill HELDOUT rows are held out, the others
+    train, each side in corpus order (the tiny tokenizer adds no BOS)."""
     rows, n_tokens = {}, {}
     for src in load_corpora(corpora_yaml):
-        ids = [tok(d, add_special_tokens=False)["input_ids"] for d in read_documents(src)]
-        rows[src.name] = pack_rows(ids, SEQ_LEN, tok.eos_token_id).rows
-        n_tokens[src.name] = sum(len(x) + 1 for x in ids)
+        seen: dict[str, int] = {}
+        docs = []
+        for label, text in read_sourced_documents(src):
+            seen[label] = seen.get(label, -1) + 1
+            docs.append((doc_key(src.name, label, seen[label]), tok(text, add_special_tokens=False)["input_ids"]))
+        held, filled = set(), 0
+        for i in sorted(range(len(docs)), key=lambda i: docs[i][0]):
+            if filled >= HELDOUT * SEQ_LEN:
+                break
+            held.add(i)
+            filled += len(docs[i][1]) + 1
+        train = pack_rows([d for i, (_, d) in enumerate(docs) if i not in held], SEQ_LEN, tok.eos_token_id).rows
+        heldout = pack_rows([d for i, (_, d) in enumerate(docs) if i in held], SEQ_LEN, tok.eos_token_id,
+                            max_rows=HELDOUT).rows
+        rows[src.name] = (train, heldout)
+        n_tokens[src.name] = sum(len(x) + 1 for _, x in docs)
     return rows, n_tokens
 
 
@@ -58,16 +73,14 @@ def test_store_contents_provenance_and_teacher_values(reference_store, tiny_teac
         first = Path(srcs[d].files[0]).read_bytes()
         assert info.sources[0].sha256 == hashlib.sha256(first).hexdigest() and info.sources[0].bytes == len(first)
         assert info.n_documents == 120 and info.n_skipped == 0
-        assert info.n_tokens == n_tokens[d] and rows[d].size <= n_tokens[d] < rows[d].size + SEQ_LEN
-        # Rows: held-out rows are the evenly spaced ones, training rows the rest, in corpus order.
-        n = rows[d].shape[0]
-        held = heldout_indices(n, HELDOUT)
-        assert r.num_rows(d, "heldout") == HELDOUT and r.num_rows(d, "train") == n - HELDOUT
+        train, held = rows[d]
+        assert info.n_tokens == n_tokens[d] and train.size + held.size <= n_tokens[d]
+        # Rows: held-out rows are whole documents of lowest key, training rows the other documents, in corpus order.
+        n = train.shape[0]
+        assert r.num_rows(d, "heldout") == HELDOUT and r.num_rows(d, "train") == n
         got_held = r.read_rows(d, "heldout", range(HELDOUT))
-        assert np.array_equal(got_held.tokens, rows[d][held])
-        train_mask = np.ones(n, bool)
-        train_mask[held] = False
-        assert np.array_equal(r.read_rows(d, "train", range(n - HELDOUT)).tokens, rows[d][train_mask])
+        assert np.array_equal(got_held.tokens, held)
+        assert np.array_equal(r.read_rows(d, "train", range(n)).tokens, train)
         # Teacher perplexity is exp(mean held-out NLL) of the stored realized-token log-probs.
         nll = -got_held.target_logprobs.astype(np.float64).mean()
         assert info.heldout_nll == pytest.approx(nll, rel=1e-6) and info.heldout_ppl == pytest.approx(math.exp(nll))

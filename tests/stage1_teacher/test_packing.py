@@ -1,4 +1,8 @@
-"""Pure packing: EOS placement, fixed rows, early stop, and the deterministic held-out split (hand-checked)."""
+"""Pure packing: EOS placement, fixed rows, early stop, and the deterministic held-out split (hand-checked).
+
+The held-out rule is document-level since packing v2 (tests/stage1_teacher/test_heldout_split.py checks it in
+depth); the split tests below keep their assertions on the v2 function, except the evenly spaced row indices of v1.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import numpy as np
 import pytest
 
 from ddk_store.errors import ConfigError
-from stage1_teacher.packing import heldout_indices, pack_rows, split_rows, tokenize_batched
+from stage1_teacher.packing import doc_key, pack_domain, pack_rows, tokenize_batched
 
 
 def test_pack_rows_puts_eos_after_every_document_and_drops_the_remainder():
@@ -35,36 +39,29 @@ def test_pack_rows_of_nothing_is_empty():
     assert p.rows.shape == (0, 4) and p.n_tokens == 0
 
 
-def test_heldout_indices_are_evenly_spaced_midpoints():
-    assert heldout_indices(10, 2).tolist() == [2, 7]
-    assert heldout_indices(10, 5).tolist() == [1, 3, 5, 7, 9]
-    assert heldout_indices(7, 1).tolist() == [3]
-    for n, h in [(1000, 37), (501, 500), (3, 2)]:
-        idx = heldout_indices(n, h)
-        assert len(set(idx.tolist())) == h and idx.min() >= 0 and idx.max() < n
-    with pytest.raises(ValueError):
-        heldout_indices(5, 5)
+def _keyed(docs, domain="d"):
+    return [(doc_key(domain, "f", i), d) for i, d in enumerate(docs)]
 
 
-def test_split_rows_is_disjoint_complete_and_deterministic():
-    p = pack_rows([[i, i, i] for i in range(1, 21)], seq_len=4, eos_id=0)  # 80 tokens -> 20 rows
-    train, held = split_rows(p, "d", heldout_seqs=4)
-    assert held.tolist() == p.rows[[2, 7, 12, 17]].tolist()
-    assert train.shape == (16, 4)
-    assert sorted(map(tuple, np.concatenate([train, held]).tolist())) == sorted(map(tuple, p.rows.tolist()))
-    train2, held2 = split_rows(p, "d", heldout_seqs=4)
-    assert np.array_equal(train, train2) and np.array_equal(held, held2)
-    capped, held3 = split_rows(p, "d", heldout_seqs=4, max_train_rows=5)
-    assert capped.shape == (5, 4) and np.array_equal(held3, held)
+def test_split_is_disjoint_complete_and_deterministic():
+    docs = [[i, i, i] for i in range(1, 21)]  # 80 tokens -> 20 rows of 4
+    s = pack_domain(_keyed(docs), domain="d", seq_len=4, eos_id=0, heldout_seqs=4)
+    # Held-out: the 4 documents of lowest key (each is exactly one row), in corpus order; training: the rest.
+    lowest = sorted(sorted(range(20), key=lambda i: doc_key("d", "f", i))[:4])
+    assert s.heldout_docs.tolist() == lowest and s.heldout.tolist() == [docs[i] + [0] for i in lowest]
+    assert s.train.shape == (16, 4) and s.train_docs.tolist() == [i for i in range(20) if i not in lowest]
+    assert sorted(map(tuple, np.concatenate([s.train, s.heldout]).tolist())) == sorted(tuple(d + [0]) for d in docs)
+    s2 = pack_domain(_keyed(docs), domain="d", seq_len=4, eos_id=0, heldout_seqs=4)
+    assert np.array_equal(s.train, s2.train) and np.array_equal(s.heldout, s2.heldout)
+    capped = pack_domain(_keyed(docs), domain="d", seq_len=4, eos_id=0, heldout_seqs=4, max_train_rows=5)
+    assert capped.train.shape == (5, 4) and capped.heldout.shape == (4, 4)
 
 
-def test_split_rows_errors_name_the_domain_and_the_fix():
-    empty = pack_rows([[1]], seq_len=8, eos_id=0)
+def test_split_errors_name_the_domain_and_the_fix():
     with pytest.raises(ConfigError, match=r"domain 'code' is empty.*fewer than one row of --seq-len 8"):
-        split_rows(empty, "code", heldout_seqs=1)
-    small = pack_rows([[1, 2, 3]] * 3, seq_len=4, eos_id=0)  # 3 rows
+        pack_domain(_keyed([[1]]), domain="code", seq_len=8, eos_id=0, heldout_seqs=1)
     with pytest.raises(ConfigError, match=r"domain 'law' is too small: 3 rows.*--heldout-seqs 3.*at most 2"):
-        split_rows(small, "law", heldout_seqs=3)
+        pack_domain(_keyed([[1, 2, 3]] * 3), domain="law", seq_len=4, eos_id=0, heldout_seqs=3)  # 3 rows
 
 
 def test_tokenize_batched_preserves_order_across_batches():

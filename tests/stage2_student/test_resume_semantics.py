@@ -18,7 +18,8 @@ from ddk_testkit.processes import run_cli
 from stage2_student.schedule import lr_at
 
 #: A 6-step run, K = 2: interval boundaries at 2 and 4, its end (6) is a boundary too.
-FLAGS = dict(steps=6, interval=2, batch_size=2, eval_batch_size=2, lr=3e-3, seed=0, no_progress=True)
+FLAGS = dict(steps=6, interval=2, batch_size=2, eval_batch_size=2, lr=3e-3, seed=0, no_progress=True,
+             device="cpu")
 
 
 def records(run: Path) -> list[dict]:

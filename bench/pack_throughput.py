@@ -1,0 +1,122 @@
+"""Stage-1 pack phase alone (read, tokenize, pack, split, hash the sources): tokens/s and peak memory.
+
+Measures, on the built-in corpus and the built-in teacher's tokenizer (the commands a user types build both):
+  tokens/s  of the pack phase with --workers 1 and 2 (the same rows either way; a test checks that),
+  peak RSS  of the process that packs, for the corpus at 1x and 8x its size (8 symlinked copies of every file).
+
+    .venv/bin/python bench/pack_throughput.py [--corpus CORPORA.yaml] [--teacher DIR] [--seq-len 1024]
+                                              [--heldout 500] [--workers 1,2] [--scales 1,8]
+
+Every measurement runs in a fresh process (`--child`), so one run's memory never counts in the next one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def built_in(command: str) -> str:
+    """Path printed by `ddk-teacher builtin-corpus|builtin-teacher` (built once, then reused from the cache)."""
+    out = subprocess.run([sys.executable, "-m", "stage1_teacher.cli", command], check=True, capture_output=True,
+                         text=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def scaled_corpus(corpus: Path, scale: int, root: Path) -> Path:
+    """CORPORA.yaml naming every file of ``corpus`` ``scale`` times, through symlinked copies of its directory."""
+    from stage1_teacher.corpus import load_corpora
+
+    if scale == 1:
+        return corpus
+    sources = load_corpora(corpus)
+    base = Path(os.path.commonpath([f for s in sources for f in s.files]))
+    lines = ["domains:"]
+    for s in sources:
+        paths = []
+        for i in range(scale):
+            link = root / f"copy{i}"
+            if not link.exists():
+                link.symlink_to(base, target_is_directory=True)
+            paths += [str(link / os.path.relpath(f, base)) for f in s.files]
+        lines.append(f"  {s.name}: {{format: {s.format}, paths: {json.dumps(paths)}}}")
+    out = root / f"corpora-x{scale}.yaml"
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out
+
+
+def child(corpus: str, teacher_dir: str, seq_len: int, heldout: int, workers: int) -> None:
+    """Pack every domain once and print one JSON line: tokens, seconds, peak RSS of this process."""
+    from stage1_teacher.corpus import load_corpora
+    from stage1_teacher.plan import plan_domains
+    from stage1_teacher.teacher import load_tokenizer, resolve_teacher
+    from stage1_teacher.tokenize import DocTokenizer, bos_to_add
+
+    teacher = resolve_teacher(teacher_dir)
+    tok = load_tokenizer(teacher)
+    t = time.perf_counter()
+    with DocTokenizer(tok, workers=workers) as coder:
+        plans = plan_domains(load_corpora(corpus), coder, seq_len=seq_len, heldout_seqs=heldout,
+                             max_rows_per_domain=0, on_bad_utf8="skip", eos_id=tok.eos_token_id,
+                             bos_id=bos_to_add(tok))
+    seconds = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+    print(json.dumps({"tokens": sum(p.info.n_tokens for p in plans.values()), "seconds": seconds,
+                      "rss": rss, "bytes": sum(s.bytes for p in plans.values() for s in p.info.sources)}))
+
+
+def measure(corpus: Path, teacher: str, seq_len: int, heldout: int, workers: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", "--corpus", str(corpus), "--teacher", teacher,
+                          "--seq-len", str(seq_len), "--heldout", str(heldout), "--workers", str(workers)],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", default="", help="CORPORA.yaml (default: `ddk-teacher builtin-corpus`)")
+    ap.add_argument("--teacher", default="", help="teacher directory (default: `ddk-teacher builtin-teacher`)")
+    ap.add_argument("--seq-len", type=int, default=1024)
+    ap.add_argument("--heldout", type=int, default=50)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--scales", default="1,8")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.corpus, args.teacher, args.seq_len, args.heldout, int(args.workers))
+        return
+    corpus = Path(args.corpus or built_in("builtin-corpus"))
+    corpus = corpus / "CORPORA.yaml" if corpus.is_dir() else corpus
+    teacher = args.teacher or built_in("builtin-teacher")
+    print(f"pack phase: {corpus} with the tokenizer of {teacher}, T={args.seq_len}, held-out {args.heldout}, "
+          f"{os.cpu_count()} cores")
+    print("| corpus | workers | MB | tokens | seconds | tokens/s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for scale in (int(x) for x in args.scales.split(",")):
+            src = scaled_corpus(corpus, scale, Path(tmp))
+            for w in ([int(x) for x in args.workers.split(",")] if scale == 1 else [1]):
+                r = measure(src, teacher, args.seq_len, args.heldout, w)
+                results[(scale, w)] = r
+                print(f"| {scale}x | {w} | {r['bytes'] / 1e6:.1f} | {r['tokens']:,} | {r['seconds']:.1f} | "
+                      f"{r['tokens'] / r['seconds']:,.0f} | {r['rss'] / 2**20:,.0f} |", flush=True)
+    ws = sorted({w for s, w in results if s == 1})
+    if len(ws) > 1:
+        a, b = results[(1, ws[0])], results[(1, ws[-1])]
+        print(f"speed-up {ws[0]} -> {ws[-1]} workers: {(b['tokens'] / b['seconds']) / (a['tokens'] / a['seconds']):.2f}x")
+    scales = sorted({s for s, _ in results})
+    if len(scales) > 1:
+        print(f"peak RSS {scales[-1]}x / {scales[0]}x: "
+              f"{results[(scales[-1], 1)]['rss'] / results[(scales[0], 1)]['rss']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""`ddk-student report` (self-explaining report.md, ratio before/after, mixture, --baseline) and `ddk-student compare`
+(the per-domain table over runs and seeds with every summary metric, and its bar chart), on run directories written
+through stage2_student.rundir with numbers chosen so that every expected value is computed by hand below."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stage2_student import rundir
+from stage2_student.cli import cli
+from stage2_student.summary import format_mean_sd, summarize
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(run: Path, ratios: list[list[float]], *, weights: list[list[float]] | None = None,
+              domains: tuple[str, ...] = ("a", "b"), train_rows: list[int] | None = (30, 10), teacher: float = 2.0,
+              final: bool = True, config: str = "") -> Path:
+    """A run of 4 steps x 4 rows: interval records at steps 0 and 2 with ``ratios[0]``/``[1]``, the final one at
+    step 4 with ``ratios[-1]`` (one list per record); the student's ppl is ratio x teacher."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / rundir.CONFIG_FILE).write_text("store: s\nstudent: m\nmixing: ddk\nalpha: 0.5\ngamma: 0.2\nsteps: 4\n"
+                                          "batch_size: 4\ninterval: 2\n" + config)
+    rundir.start_metrics(run)
+    weights = weights or [[0.4, 0.6]] * len(ratios)
+    events = [rundir.INTERVAL] * (len(ratios) - 1) + [rundir.FINAL if final else rundir.INTERVAL]
+    for t, (q, w, event) in enumerate(zip(ratios, weights, events)):
+        ev = {"ppl": [x * teacher for x in q], "nll": [0.0] * len(q)}
+        rundir.append_record(run, rundir.interval_record(2 * t, t, domains, ev, [teacher] * len(q), q, w, w,
+                                                         event=event, train_rows=train_rows))
+    return run
+
+
+# --------------------------------------------------------------------------------------------------- summary
+def test_summary_metrics_by_hand():
+    # ratios [1.5, 2.0], training rows [30, 10] (natural mixture 0.75 / 0.25):
+    # mean (1.5 + 2)/2 = 1.75; natural 0.75*1.5 + 0.25*2 = 1.625; geometric sqrt(1.5*2) = 1.7320508; worst 2
+    assert summarize([1.5, 2.0], [30, 10]) == pytest.approx(
+        {"mean": 1.75, "natural_mean": 1.625, "geo_mean": 3 ** 0.5, "worst": 2.0})
+    assert summarize([1.5, 2.0])["natural_mean"] is None
+    # runs 1.75 and 2.75: mean 2.25, sample sd sqrt(((-.5)^2 + .5^2)/1) = 0.7071
+    assert format_mean_sd([1.75, 2.75]) == "2.250 ± 0.707" and format_mean_sd([1.75]) == "1.750"
+
+
+# --------------------------------------------------------------------------------------------------- report
+def test_report_explains_itself_and_has_before_after_and_the_mixture(tmp_path):
+    run = write_run(tmp_path / "ddk", [[4.0, 8.0], [3.0, 6.0], [2.0, 5.0]],
+                    weights=[[0.75, 0.25], [0.5, 0.5], [0.5, 0.5]])
+    res = CliRunner().invoke(cli, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    md = (run / "report.md").read_text()
+    assert "**Lower is better; 1.0 means the student predicts that domain as well as the teacher**" in md
+    assert "| domain | ratio before | ratio after | change |" in md
+    # a: 4 -> 2 is -50.0%; b: 8 -> 5 is -37.5%
+    assert "| a | 4.000 | 2.000 | -50.0% |" in md and "| b | 8.000 | 5.000 | -37.5% |" in md
+    # before: mean 6, natural .75*4 + .25*8 = 5, worst 8; after: mean 3.5, natural .75*2 + .25*5 = 2.75, worst 5
+    assert "| *mean (equal weights)* | 6.000 | 3.500 | -41.7% |" in md
+    assert "| *mean (natural weights)* | 5.000 | 2.750 | -45.0% |" in md
+    assert "| *worst domain (b after)* | 8.000 | 5.000 | -37.5% |" in md
+    assert "- before (step 0): a 0.750, b 0.250" in md
+    assert "- after (the last interval, from step 2): a 0.500, b 0.500" in md
+    assert "- natural (each domain's share of the training rows): a 0.750, b 0.250" in md
+    # rows trained on: steps 0-2 at (.75, .25) x 8 rows = (6, 2); steps 2-4 at (.5, .5) x 8 = (4, 4) -> (10, 6);
+    # passes 10/30 = 0.33 and 6/10 = 0.60
+    assert "| a | 30 | 10 | 0.33 |" in md and "| b | 10 | 6 | 0.60 |" in md
+    assert "epoch cap (--max-epochs-per-domain): none (paper-exact DDK)" in md
+    for png in (rundir.WEIGHTS_PNG, rundir.RATIOS_PNG):
+        assert (run / png).read_bytes()[:8] == PNG
+
+
+def test_report_of_a_huge_initial_ratio_reads_as_a_factor(tmp_path):
+    run = write_run(tmp_path / "raw", [[800000.0, 4.0], [10.0, 3.0], [6.0, 2.0]])
+    from stage2_student.report import write_report
+
+    md = write_report(run).read_text()
+    # 800,000 -> 6 is a fall by a factor 133,333; 4 -> 2 stays a percentage
+    assert "| a | 800,000 | 6.000 | ÷133,333 |" in md and "| b | 4.000 | 2.000 | -50.0% |" in md
+
+
+def test_report_with_a_baseline_compares_the_final_ratios(tmp_path):
+    run = write_run(tmp_path / "ddk", [[4.0, 8.0], [3.0, 6.0], [2.0, 5.0]])
+    kd = write_run(tmp_path / "kd", [[4.0, 8.0], [3.0, 7.0], [2.5, 4.0]], config="mixing: natural\n")
+    res = CliRunner().invoke(cli, ["report", str(run), "--baseline", str(kd)])
+    assert res.exit_code == 0, res.output
+    md = (run / "report.md").read_text()
+    assert "| domain | ratio before | ratio after | change | baseline after | this run vs baseline |" in md
+    # a: 2 vs 2.5 is -20.0%; b: 5 vs 4 is +25.0%; worst 5 vs 4 +25.0%
+    assert "| a | 4.000 | 2.000 | -50.0% | 2.500 | -20.0% |" in md
+    assert "| b | 8.000 | 5.000 | -37.5% | 4.000 | +25.0% |" in md
+    assert "Baseline: `kd` (natural, gamma 0.2)" in md and "Note:" not in md
+
+
+def test_report_baseline_notes_and_refusals(tmp_path):
+    run = write_run(tmp_path / "ddk", [[4.0, 8.0], [2.0, 5.0]])
+    other = write_run(tmp_path / "other", [[4.0, 8.0], [2.0, 5.0]], teacher=3.0, final=False)
+    res = CliRunner().invoke(cli, ["report", str(run), "--baseline", str(other)])
+    assert res.exit_code == 0, res.output
+    md = (run / "report.md").read_text()
+    assert "the baseline has not finished" in md and "not measured on the same held-out rows" in md
+    foreign = write_run(tmp_path / "foreign", [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], domains=("a", "b", "c"),
+                        weights=[[0.2, 0.3, 0.5]] * 2, train_rows=None)
+    res = CliRunner().invoke(cli, ["report", str(run), "--baseline", str(foreign)])
+    assert res.exit_code == 2 and "--baseline" in res.output and "differ from this run's ['a', 'b']" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------------- compare
+def test_compare_table_over_seeds_and_single_runs(tmp_path):
+    s0 = write_run(tmp_path / "ddk-s0", [[4.0, 4.0], [1.5, 2.0]])
+    s1 = write_run(tmp_path / "ddk-s1", [[4.0, 4.0], [2.5, 3.0]])
+    kd = write_run(tmp_path / "kd-s0", [[4.0, 4.0], [1.0, 4.0]])
+    png = tmp_path / "figs" / "bars.png"
+    res = CliRunner().invoke(cli, ["compare", f"DDK={s0},{s1}", str(kd), "--out", str(png)])
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert "| arm | a | b | mean | nat. mean | geo. mean | worst |" in out
+    # DDK: a (1.5, 2.5) -> 2 ± .707; b (2, 3) -> 2.5 ± .707; means per run 1.75, 2.75 -> 2.25 ± .707;
+    # natural .75*1.5+.25*2 = 1.625 and .75*2.5+.25*3 = 2.625 -> 2.125 ± .707; geometric sqrt(3) = 1.732 and
+    # sqrt(7.5) = 2.739 -> 2.235 ± .712; worst 2 and 3 -> 2.5 ± .707
+    assert ("| DDK | 2.000 ± 0.707 | 2.500 ± 0.707 | 2.250 ± 0.707 | 2.125 ± 0.707 | 2.235 ± 0.712 | 2.500 ± 0.707 |"
+            in out)
+    # kd-s0 (one run): mean 2.5, natural .75*1 + .25*4 = 1.75, geometric sqrt(4) = 2, worst 4
+    assert "| kd-s0 | 1.000 | 4.000 | 2.500 | 1.750 | 2.000 | 4.000 |" in out
+    assert "runs: DDK 2, kd-s0 1" in out
+    assert png.read_bytes()[:8] == PNG
+
+
+def test_compare_reads_the_natural_mixture_from_the_store_when_the_run_lacks_it(tmp_path, store_url):
+    # the tiny store has 16 training rows in each of alpha, beta, gamma: natural = equal weights
+    doms = ("alpha", "beta", "gamma")
+    old = write_run(tmp_path / "old", [[2.0, 2.0, 2.0], [1.0, 2.0, 6.0]], domains=doms, weights=[[0.2, 0.3, 0.5]] * 2,
+                    train_rows=None, config=f"store: {store_url}\n")
+    lost = write_run(tmp_path / "lost", [[2.0, 2.0, 2.0], [1.0, 2.0, 6.0]], domains=doms, weights=[[0.2, 0.3, 0.5]] * 2,
+                     train_rows=None, config=f"store: {tmp_path / 'gone'}\n")
+    res = CliRunner().invoke(cli, ["compare", str(old), str(lost), "--out", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    # mean (1+2+6)/3 = 3 = the natural mean on equal rows; geometric 12^(1/3) = 2.289; the lost store: "–"
+    assert "| old | 1.000 | 2.000 | 6.000 | 3.000 | 3.000 | 2.289 | 6.000 |" in res.stdout
+    assert "| lost | 1.000 | 2.000 | 6.000 | 3.000 | – | 2.289 | 6.000 |" in res.stdout
+    assert "note: " in res.stderr and "lost: records no train_rows and its store" in res.stderr
+
+
+def test_compare_refuses_unfinished_or_foreign_runs_and_notes_other_heldout_rows(tmp_path):
+    a = write_run(tmp_path / "a", [[4.0, 4.0], [1.5, 2.0]])
+    running = write_run(tmp_path / "running", [[4.0, 4.0], [1.5, 2.0]], final=False)
+    res = CliRunner().invoke(cli, ["compare", str(a), str(running)])
+    assert res.exit_code == 2 and "running: the run has not finished" in res.output
+    three = write_run(tmp_path / "three", [[1.0] * 3, [1.0] * 3], domains=("a", "b", "c"),
+                      weights=[[0.2, 0.3, 0.5]] * 2, train_rows=None)
+    res = CliRunner().invoke(cli, ["compare", str(a), str(three)])
+    assert res.exit_code == 2 and "compare runs on the same store" in res.output
+    res = CliRunner().invoke(cli, ["compare", "=nothing"])
+    assert res.exit_code == 2 and "cannot read arm '=nothing'" in res.output
+    other = write_run(tmp_path / "other", [[4.0, 4.0], [1.5, 2.0]], teacher=3.0)
+    res = CliRunner().invoke(cli, ["compare", str(a), str(other), "--out", str(tmp_path / "c.png")])
+    assert res.exit_code == 0 and "measured on other held-out rows" in res.stderr
+
+
+def test_compare_draws_next_to_the_current_directory_by_default(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "r", [[4.0, 4.0], [1.5, 2.0]])
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["compare", str(run)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
