@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The built-in default, end to end: six real domains, the real SmolLM2-135M teacher, a 6-layer student.
-# Sizes are chosen for about 9 minutes on 2 CPU cores (8 min 48 s measured from a fresh clone and an empty cache,
+# Sizes are chosen for about 9-14 minutes on 2 CPU cores (13 min 30 s measured on 2026-11-30 with an empty cache,
 # see README.md); every one is an environment variable:
 #   DEMO_MAX_MB (corpus MB per domain), DEMO_SEQ_LEN, DEMO_TRAIN_ROWS (per domain), DEMO_HELDOUT_ROWS,
 #   DEMO_STEPS, DEMO_INTERVAL, DEMO_BATCH, DEMO_LAYERS, DEMO_BACKEND (auto|vllm|hf).
