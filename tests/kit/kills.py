@@ -9,6 +9,7 @@ chain also checks that a resumed run can be killed and resumed again (tests/reli
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import tempfile
@@ -309,3 +310,28 @@ def format_table(title: str, rows: list[KillResult]) -> str:
         lines.append(f"{i:>4}  {r.moment:<28} {'yes' if r.fired else 'no':<6} {r.progress:<13} {r.at_kill:<58} "
                      f"{r.outcome}")
     return "\n".join(lines)
+
+
+def kill_after_checkpoint(proc: subprocess.Popen, checkpoints: Path, min_step: int, timeout: float,
+                          group: bool = False) -> bool:
+    """SIGKILL ``proc`` (its whole process group with ``group``, e.g. torchrun and its ranks) as soon as a committed
+    checkpoint of step ``min_step`` or later is in ``checkpoints``; False when it finished or time ran out first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoints.is_dir() and any(p.name.startswith("step-") and not p.name.endswith(".tmp")
+                                        and int(p.name[5:13]) >= min_step for p in checkpoints.iterdir()):
+            break
+        time.sleep(0.01)
+    if proc.poll() is not None:
+        return False
+    if group:
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
+    proc.wait()
+    return True
+
+
+def last_checkpoint_step(checkpoints: Path) -> int:
+    """The step of the newest committed checkpoint in ``checkpoints``."""
+    return max(int(p.name[5:13]) for p in checkpoints.iterdir() if not p.name.endswith(".tmp"))

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ddk_testkit.commands import train_args
+from ddk_testkit.kills import kill_after_checkpoint, last_checkpoint_step
 from ddk_testkit.processes import REPO, child_env, spawn
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
@@ -51,18 +50,10 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path, store_url
     victim = torchrun(train_args(store_url, student_dir, killed, fsdp=True, **FLAGS), 29732,
                       stderr=subprocess.DEVNULL)
     ckpts = killed / "checkpoints"
-    deadline = time.time() + 300
     # Kill every rank once a mid-interval checkpoint (step 3 or later, not a multiple of 8) is committed.
-    while time.time() < deadline and victim.poll() is None:
-        if ckpts.is_dir() and any(p.name.startswith("step-") and not p.name.endswith(".tmp")
-                                  and int(p.name[5:13]) >= 3 for p in ckpts.iterdir()):
-            break
-        time.sleep(0.01)
-    assert victim.poll() is None, "the FSDP run finished before it could be killed"
-    os.killpg(victim.pid, signal.SIGKILL)
-    victim.wait()
+    assert kill_after_checkpoint(victim, ckpts, 3, 300, group=True), "the FSDP run finished before it could be killed"
     assert not (killed / "model.safetensors").exists()  # it really died mid-run
-    at = max(int(p.name[5:13]) for p in ckpts.iterdir() if not p.name.endswith(".tmp"))
+    at = last_checkpoint_step(ckpts)
     assert at < FLAGS["steps"]
     assert {"model-rank0.safetensors", "model-rank1.safetensors", "optimizer-rank0.pt", "optimizer-rank1.pt",
             "rng-rank0.safetensors", "rng-rank1.safetensors", "state.json"} == \

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ddk_testkit.commands import train_args
+from ddk_testkit.kills import kill_after_checkpoint, last_checkpoint_step
 from ddk_testkit.processes import REPO, child_env, run_process, spawn
 
 
@@ -35,18 +34,10 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, store_url, student_
     victim = spawn("stage2_student.cli", train_args(store_url, student_dir, run_out, **flags),
                    stderr=subprocess.DEVNULL)
     ckpts = run_out / "checkpoints"
-    deadline = time.time() + 120
     # Kill as soon as a mid-interval checkpoint (step 3: not a multiple of 8) exists.
-    while time.time() < deadline and victim.poll() is None:
-        if ckpts.is_dir() and any(p.name.startswith("step-") and not p.name.endswith(".tmp") and int(p.name[5:13]) >= 3
-                                  for p in ckpts.iterdir()):
-            break
-        time.sleep(0.01)
-    assert victim.poll() is None, "the run finished before it could be killed"
-    os.kill(victim.pid, signal.SIGKILL)
-    victim.wait()
+    assert kill_after_checkpoint(victim, ckpts, 3, 120), "the run finished before it could be killed"
     assert not (run_out / "model.safetensors").exists()  # it really died mid-run
-    killed_at = max(int(p.name[5:13]) for p in ckpts.iterdir() if not p.name.endswith(".tmp"))
+    killed_at = last_checkpoint_step(ckpts)
     assert killed_at < 40
 
     run_process("stage2_student.cli", train_args(store_url, student_dir, run_out, **flags, resume=True), check=True)
