@@ -131,13 +131,25 @@ def open_zarr_store(url: str, *, read_only: bool, storage_options: Mapping[str, 
     return FsspecStore.from_url(url, storage_options=s3_storage_options(storage_options), read_only=read_only)
 
 
+def undeletable_reason(url: str) -> str | None:
+    """Why the store at ``url`` must never be deleted (a local filesystem root or the home directory), or None."""
+    path = local_path(url)
+    if path is None:
+        return None
+    path = path.resolve()
+    if path == Path(path.anchor) or path == Path.home().resolve():
+        return f"refusing to delete {path}: a store cannot live at a filesystem root or home directory"
+    return None
+
+
 async def delete_store_prefix(store: Store, url: str) -> None:
     """Delete everything under the store's own prefix (never a parent directory, never a bucket)."""
     path = local_path(url)
     if path is not None:
         path = path.resolve()
-        if path == Path(path.anchor) or path == Path.home().resolve():
-            raise ConfigError(f"refusing to delete {path}: a store cannot live at a filesystem root or home directory")
+        why = undeletable_reason(url)
+        if why:
+            raise ConfigError(why)
         if path.exists():
             shutil.rmtree(path)
         return

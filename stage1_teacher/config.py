@@ -14,7 +14,7 @@ from typing import Any
 from ddk_store import settings
 from ddk_store.errors import ConfigError
 from ddk_store.settings import MODEL, PATH, setting
-from ddk_store.storage import check_store_url
+from ddk_store.storage import check_store_url, undeletable_reason
 from ddk_store.yamlio import UniqueKeyLoader  # noqa: F401 (re-exported: the loader every --config goes through)
 
 BACKENDS = ("auto", "vllm", "hf")
@@ -113,4 +113,8 @@ def problems(cfg: Stage1Config) -> list[str]:
             check_store_url(cfg.store)
         except ConfigError as e:
             p.append(str(e).replace("store URL ", "--store ", 1))
+        else:
+            why = undeletable_reason(cfg.store) if cfg.overwrite else None
+            if why:
+                p.append(f"--store with --overwrite: {why}")
     return p

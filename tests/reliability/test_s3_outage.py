@@ -27,9 +27,9 @@ from ddk_testkit.stores import student_and_store
 
 pytestmark = pytest.mark.s3
 
-#: (a) runs with botocore's default client retries, which alone ride out about 7 s of outage: 10 s gets past them
-#: to ddk's retry. (b) and (c) turn botocore's retries off (AWS_MAX_ATTEMPTS=1, a standard client setting), so
-#: every failed request reaches ddk's retry at once and a 3 s outage is enough.
+#: Every test turns botocore's own retries off (AWS_MAX_ATTEMPTS=1, a standard client setting), so each failed
+#: request reaches ddk's retry at once: botocore's jittered backoff could otherwise ride out an outage of random
+#: length on its own, and (a) would then see no ddk retry at all.
 OUTAGE_S = 10.0
 SHORT_OUTAGE_S = 3.0
 NO_CLIENT_RETRIES = {"AWS_MAX_ATTEMPTS": "1"}
@@ -81,7 +81,7 @@ def outage(server: SeaweedS3, seconds: float) -> float:
 def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs):
     teacher, corpora, reference = dump_inputs
     argv = s3_dump_argv(server, teacher, corpora, "a/store")
-    with reaped(spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120"))) as proc:
+    with reaped(spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))) as proc:
         wait_for(lambda: server.count("a/store", "/units/c/") >= 3, 180, "three units written", proc)
         down = outage(server, OUTAGE_S)
         _, err = proc.communicate(timeout=300)
