@@ -24,8 +24,9 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/lint-imports
 
+# BASELINE=1: also train plain KD from the same warm student and compare the two in the report.
 demo: setup
-	bash examples/demo.sh
+	bash examples/demo.sh $(if $(BASELINE),--baseline)
 
 bench: setup
 	$(PY) bench/store_codec.py

@@ -1,8 +1,10 @@
-"""Stage-1 pack phase alone (read, tokenize, pack, split, hash the sources): tokens/s and peak memory.
+"""Stage-1 pack phase alone (read and hash, tokenize, split, pack, write the rows into a store): tokens/s and peak
+memory.
 
 Measures, on the built-in corpus and the built-in teacher's tokenizer (the commands a user types build both):
   tokens/s  of the pack phase with --workers 1 and 2 (the same rows either way; a test checks that),
-  peak RSS  of the process that packs, for the corpus at 1x and 8x its size (8 symlinked copies of every file).
+  peak RSS  of the process that packs (--workers 1: it also tokenizes), for the corpus at 1x and 8x its size
+            (8 symlinked copies of every file); the streaming pack keeps it flat.
 
     .venv/bin/python bench/pack_throughput.py [--corpus CORPORA.yaml] [--teacher DIR] [--seq-len 1024]
                                               [--heldout 500] [--workers 1,2] [--scales 1,8]
@@ -53,23 +55,33 @@ def scaled_corpus(corpus: Path, scale: int, root: Path) -> Path:
 
 
 def child(corpus: str, teacher_dir: str, seq_len: int, heldout: int, workers: int) -> None:
-    """Pack every domain once and print one JSON line: tokens, seconds, peak RSS of this process."""
+    """Pack every domain once into a new store (the pack phase of `ddk-teacher pack`: read, hash, tokenize, split,
+    pack, write the rows) and print one JSON line: tokens, seconds, peak RSS of this process."""
+    from ddk_store import tokenizer_fingerprint
     from stage1_teacher.corpus import load_corpora
-    from stage1_teacher.plan import plan_domains
+    from stage1_teacher.pack import pack_corpora, pack_identity
+    from stage1_teacher.plan import settings_of
     from stage1_teacher.teacher import load_tokenizer, resolve_teacher
     from stage1_teacher.tokenize import DocTokenizer, bos_to_add
 
     teacher = resolve_teacher(teacher_dir)
     tok = load_tokenizer(teacher)
-    t = time.perf_counter()
-    with DocTokenizer(tok, workers=workers) as coder:
-        plans = plan_domains(load_corpora(corpus), coder, seq_len=seq_len, heldout_seqs=heldout,
-                             max_rows_per_domain=0, on_bad_utf8="skip", eos_id=tok.eos_token_id,
-                             bos_id=bos_to_add(tok))
-    seconds = time.perf_counter() - t
+    bos = bos_to_add(tok)
+    corpora = load_corpora(corpus)
+    settings = settings_of(corpora, heldout_seqs=heldout, max_rows_per_domain=0, on_bad_utf8="skip",
+                           trust_remote_code=False, bos_token_id=bos)
+    identity = pack_identity(seq_len=seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        with DocTokenizer(tok, workers=workers) as coder:
+            packed = pack_corpora(str(Path(tmp) / "store"), corpora, coder, identity=identity, heldout_seqs=heldout,
+                                  max_rows_per_domain=0, on_bad_utf8="skip", eos_id=tok.eos_token_id, bos_id=bos,
+                                  vocab_size=teacher.vocab_size, echo=lambda m: None)
+        seconds = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
-    print(json.dumps({"tokens": sum(p.info.n_tokens for p in plans.values()), "seconds": seconds,
-                      "rss": rss, "bytes": sum(s.bytes for p in plans.values() for s in p.info.sources)}))
+    infos = [packed.info(d) for d in packed.domains]
+    print(json.dumps({"tokens": sum(i.n_tokens for i in infos), "seconds": seconds, "rss": rss,
+                      "bytes": sum(s.bytes for i in infos for s in i.sources)}))
 
 
 def measure(corpus: Path, teacher: str, seq_len: int, heldout: int, workers: int) -> dict:

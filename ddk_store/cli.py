@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from . import spec
+from .encodings import get_encoding
 from .entry import CONTEXT_SETTINGS, EntryGroup, storage_option, version_option
 from .errors import StoreCorruptError
 from .schema import MARKER_DONE_COL
@@ -52,6 +53,7 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
         "seq_len": meta.seq_len,
         "top_k": meta.top_k,
         "encoding": meta.encoding,
+        "exact_tail": get_encoding(meta.encoding).exact_tail,
         "logprob_scale": meta.logprob_scale,
         "positions": total_tokens,
         "bytes": total_bytes,
@@ -100,8 +102,9 @@ def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
     click.echo(f"teacher    {t['name']}  rev {t['revision'][:20]}  {t['dtype']}  {t['backend']} ({t['engine']})")
     tk = s["tokenizer"]
     click.echo(f"tokenizer  {tk['name']}  vocab {tk['vocab_size']}  {tk['fingerprint'][:23]}")
+    tail = "exact tail stored" if s["exact_tail"] else "tail derived as 1 - top-k mass"
     click.echo(f"layout     seq_len {s['seq_len']}  top_k {s['top_k']}  encoding {s['encoding']} "
-               f"(1/{s['logprob_scale']} nat)")
+               f"(1/{s['logprob_scale']} nat steps, {tail})")
     if partial:
         click.echo(f"size       {s['positions']:,} positions planned  {s['bytes']:,} bytes so far  (partial store: "
                    f"bytes/token once it is complete)")

@@ -13,6 +13,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from . import spec
+from .encodings import get_encoding
 from .errors import StoreFormatError, describe
 from .meta import StoreMeta
 from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_doc_key
@@ -23,13 +24,13 @@ __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_me
 
 def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any]]:
     """Arguments of zarr.create_array for each array of a group: :func:`schema.group_schema` plus its codecs."""
-    # Levels chosen by bench/store_codec.py: zstd-3 on ids (73 B/token at ~1 M tok/s; zstd-5 saves 1 B/token at
-    # 0.4 M tok/s); level 1 elsewhere, where higher levels gain nothing. crc32c last: every chunk carries a checksum
-    # that zarr verifies on every read.
-    compressors = {
-        spec.ARR_TOKENS: ("shuffle", 3), spec.ARR_TOPK_IDS: ("shuffle", 3), spec.ARR_TOPK_LOGPROBS: ("bitshuffle", 1),
-        spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1),
-    }
+    # Levels chosen by bench/store_codec.py: zstd-3 on tokens; the top-k arrays as their encoding declares (ids:
+    # zstd-3 byte-shuffle, 73 B/token at ~1 M tok/s where zstd-5 saves 1 B/token at 0.4 M tok/s); level 1 on the
+    # float32 targets, where higher levels gain nothing. crc32c last: every chunk carries a checksum that zarr
+    # verifies on every read.
+    compressors = {spec.ARR_TOKENS: ("shuffle", 3), spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1)}
+    compressors.update({a.name: (a.shuffle, a.clevel)
+                        for a in get_encoding(meta.encoding).arrays(meta.tokenizer.vocab_size)})
     out = {}
     for name, a in group_schema(meta, layout).items():
         if name in compressors:

@@ -189,7 +189,7 @@ class StoreMeta:
     top_k: int  #: K
     domains: tuple[DomainInfo, ...]
     encoding: str = spec.DEFAULT_ENCODING
-    logprob_scale: int = spec.DEFAULT_LOGPROB_SCALE
+    logprob_scale: int | None = None  #: quantization scale; None: the encoding's default (encodings registry)
     settings: Mapping[str, Any] = field(default_factory=dict)  #: stage-1 settings that must match on resume
     status: str = spec.STATUS_WRITING
     tool_version: str = ""
@@ -211,6 +211,11 @@ class StoreMeta:
             )
         if self.encoding not in spec.ENCODINGS:
             raise StoreVersionError(f"field 'encoding': unknown top-k encoding {self.encoding!r}; known: {list(spec.ENCODINGS)}")
+        if self.logprob_scale is None:
+            from .encodings import get_encoding
+
+            scale = get_encoding(self.encoding).default_scale or spec.DEFAULT_LOGPROB_SCALE
+            object.__setattr__(self, "logprob_scale", scale)
         if not 1 <= self.logprob_scale <= 1024:
             raise StoreFormatError(f"field 'logprob_scale': expected int in [1, 1024], got {self.logprob_scale}")
 
@@ -233,9 +238,13 @@ class StoreMeta:
         return replace(self, **changes)
 
     def identity(self) -> dict[str, Any]:
-        """The fields that define *what* the store holds (used to decide whether a rerun may resume it)."""
+        """The fields that define *what* the store holds (used to decide whether a rerun may resume it).
+
+        ``format_version`` is not one of them: a newer minor version only adds encodings, so a store of an older minor
+        version is resumed as it is (its encoding decides what is written).
+        """
         d = self.to_dict()
-        for volatile in ("status", "tool_version", "created_at"):
+        for volatile in ("status", "tool_version", "created_at", "format_version"):
             d.pop(volatile)
         for dom in d["domains"]:
             dom.pop("heldout_nll")

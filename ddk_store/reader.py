@@ -15,9 +15,11 @@ from . import codec, spec
 from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, StoreNotFoundError, describe
 from .groups import read_group_layout, read_root_doc, root_meta_from_doc
 from .heldout import heldout_nll, stats_mismatch
+from .localcache import cached_store
 from .meta import StoreMeta
 from .retry import is_transient, retry_call
-from .schema import GROUP_ARRAYS, GroupLayout, chunk_prefix, group_path, group_schema
+from .encodings import get_encoding
+from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_path, group_schema
 from .storage import normalize_url, open_zarr_store
 
 
@@ -27,8 +29,11 @@ class RowBatch:
 
     tokens: np.ndarray  #: int32 [n, T]
     topk_ids: np.ndarray  #: int32 [n, P, K]
-    topk_logprobs: np.ndarray  #: float32 [n, P, K], nats
+    topk_logprobs: np.ndarray  #: float32 [n, P, K], nats; -inf in absent slots (encodings with an exact tail)
     target_logprobs: np.ndarray  #: float32 [n, P], teacher log-prob of tokens[:, 1:]
+    #: float32 [n, P]: log of the teacher's exact mass outside the decoded entries, where the encoding stores it
+    #: (None otherwise: the tail is then 1 - sum(exp(topk_logprobs)))
+    topk_log_tail: np.ndarray | None = None
 
 
 def _contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
@@ -50,7 +55,8 @@ class StoreReader:
     """Read-only view of a complete store."""
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None,
-                 allow_incomplete: bool = False) -> None:
+                 allow_incomplete: bool = False, cache_dir: str | None = None,
+                 cache_max_bytes: int | None = None) -> None:
         self.url = normalize_url(url)
         self._zstore = open_zarr_store(self.url, read_only=True, storage_options=storage_options)
         doc = retry_call(lambda: read_root_doc(self._zstore), what="reading the root metadata", url=self.url)
@@ -59,6 +65,8 @@ class StoreReader:
                 f"no ddk store at {self.url} (no root zarr.json); check the URL, or create one with `ddk-teacher dump`"
             )
         self.meta: StoreMeta = root_meta_from_doc(doc, self.url)
+        # remote stores only: chunks read through a local disk cache keyed by this root document (localcache.py)
+        self._zstore = cached_store(self._zstore, self.url, doc, cache_dir, max_bytes=cache_max_bytes)
         if self.meta.status != spec.STATUS_COMPLETE and not allow_incomplete:
             raise StoreIncompleteError(
                 f"store {self.url} is incomplete (status '{self.meta.status}'): its dump was interrupted or is still "
@@ -115,7 +123,7 @@ class StoreReader:
             def open_arrays() -> dict[str, Any]:
                 grp = self._root[path]
                 arrs = {}
-                for name in GROUP_ARRAYS:
+                for name in group_arrays(self.meta.encoding):
                     try:
                         arrs[name] = grp[name]
                     except KeyError:
@@ -209,6 +217,7 @@ class StoreReader:
         Transient object-store failures are retried (retry.py); a chunk that fails its crc32c is located and named.
         """
         arrays = self.arrays(domain, split)
+        names = data_arrays(self.meta.encoding)
         runs = _contiguous_runs(rows)
 
         async def fetch(name: str) -> np.ndarray:
@@ -218,7 +227,7 @@ class StoreReader:
             return await arr.get_orthogonal_selection((rows,) + (slice(None),) * (len(arr.shape) - 1))
 
         async def fetch_all() -> list[Any]:
-            return await asyncio.gather(*(fetch(name) for name in spec.DATA_ARRAYS), return_exceptions=True)
+            return await asyncio.gather(*(fetch(name) for name in names), return_exceptions=True)
 
         def attempt() -> list[Any]:
             out = sync(fetch_all())
@@ -230,12 +239,12 @@ class StoreReader:
 
         span = f"{rows[0]}-{rows[-1]}" if rows.size else "none"
         out = retry_call(attempt, what=f"reading {group_path(domain, split)} rows {span}", url=self.url)
-        for name, r in zip(spec.DATA_ARRAYS, out):
+        for name, r in zip(names, out):
             if isinstance(r, (ValueError, RuntimeError)):  # crc32c mismatch or undecodable chunk
                 raise StoreCorruptError(self._locate_bad_chunk(domain, split, name, rows, r)) from None
             if isinstance(r, BaseException):
                 raise r
-        return dict(zip(spec.DATA_ARRAYS, out))
+        return dict(zip(names, out))
 
     def _locate_bad_chunk(self, domain: str, split: str, name: str, rows: np.ndarray, err: BaseException) -> str:
         """The message for a chunk that cannot be decoded: read the requested chunks one by one to find it."""
@@ -282,20 +291,17 @@ class StoreReader:
         meta = self.meta
         v = meta.tokenizer.vocab_size
         # A missing chunk decodes to fill values, all of them invalid (store-format.md section 6): find them by row.
-        lp = st[spec.ARR_TOPK_LOGPROBS]
-        bad_rows = {
-            spec.ARR_TOKENS: (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1),
-            # raw: ids (rank encoding) and deltas (idsort) are both < V in valid data; the fill is the dtype max
-            spec.ARR_TOPK_IDS: (st[spec.ARR_TOPK_IDS] >= v).reshape(len(uniq), -1).any(axis=1),
-            spec.ARR_TOPK_LOGPROBS: (np.isnan(lp) if lp.dtype.kind == "f" else lp > spec.Q8_MAX
-                                     ).reshape(len(uniq), -1).any(axis=1),
-            spec.ARR_TARGET_LOGPROBS: np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1),
-        } if uniq.size else {}
+        enc = get_encoding(meta.encoding)
+        bad_rows = {}
+        if uniq.size:
+            bad_rows[spec.ARR_TOKENS] = (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1)
+            bad_rows.update(enc.missing(st, v))
+            bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1)
         bad = [name for name, mask in bad_rows.items() if mask.any()]
         if bad:
             row = int(uniq[np.flatnonzero(bad_rows[bad[0]])[0]])
             raise StoreCorruptError(self._missing_chunk_message(domain, split, bad[0], row, also=bad[1:]))
-        topk = codec.decode_topk(st[spec.ARR_TOPK_IDS], lp, encoding=meta.encoding, scale=meta.logprob_scale)
+        topk = enc.decode(st, scale=meta.logprob_scale)
         if order == "rank":
             topk = codec.sort_by_rank(topk)
         elif order != "stored":
@@ -307,6 +313,7 @@ class StoreReader:
             topk_ids=pick(topk.ids),
             topk_logprobs=pick(topk.logprobs),
             target_logprobs=pick(st[spec.ARR_TARGET_LOGPROBS]),
+            topk_log_tail=None if topk.log_tail is None else pick(topk.log_tail),
         )
 
     def bytes_on_disk(self) -> int:
@@ -324,7 +331,9 @@ class StoreReader:
                           url=self.url)
 
 
-def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None,
-               allow_incomplete: bool = False) -> StoreReader:
-    """Open a store read-only. Raises StoreNotFoundError, StoreIncompleteError, StoreFormatError/StoreVersionError."""
-    return StoreReader(url, storage_options=storage_options, allow_incomplete=allow_incomplete)
+def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, allow_incomplete: bool = False,
+               cache_dir: str | None = None, cache_max_bytes: int | None = None) -> StoreReader:
+    """Open a store read-only (a remote one through a local chunk cache in ``cache_dir``, see localcache.py).
+    Raises StoreNotFoundError, StoreIncompleteError, StoreFormatError/StoreVersionError."""
+    return StoreReader(url, storage_options=storage_options, allow_incomplete=allow_incomplete, cache_dir=cache_dir,
+                       cache_max_bytes=cache_max_bytes)

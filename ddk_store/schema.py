@@ -14,14 +14,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import codec, spec
+from . import spec
+from .encodings import PER_ENTRY, get_encoding, id_dtype, id_fill
 from .errors import ConfigError, StoreFormatError
 from .jsonfields import parse_int
 from .layout import Unit, num_units
 from .meta import StoreMeta, validate_domain_name
 
 #: A unit marker is one row of ARR_UNITS: column MARKER_DONE_COL holds UNIT_DONE once the unit is written, then one
-#: crc32 per array of spec.CHECKSUMMED_ARRAYS, in that order.
+#: crc32 per data array of the group (:func:`data_arrays`), in that order. MARKER_WIDTH and GROUP_ARRAYS are those of
+#: the format-1.0 encodings; :func:`marker_width` and :func:`group_arrays` those of any encoding.
 MARKER_DONE_COL = 0
 MARKER_WIDTH = 1 + len(spec.CHECKSUMMED_ARRAYS)
 MARKER_DTYPE = np.dtype("<u4")
@@ -35,11 +37,28 @@ DIMENSIONS: Mapping[str, tuple[str, ...]] = {
     spec.ARR_TOPK_IDS: ("row", "position", "k"),
     spec.ARR_TOPK_LOGPROBS: ("row", "position", "k"),
     spec.ARR_TARGET_LOGPROBS: ("row", "position"),
+    spec.ARR_TOPK_TAIL: ("row", "position"),
     spec.ARR_UNITS: ("unit", "field"),
 }
 #: Name of every node's metadata document (Zarr v3), and its key holding the node's attributes.
 NODE_DOC = "zarr.json"
 DOC_ATTRIBUTES = "attributes"
+
+
+def data_arrays(encoding: str) -> tuple[str, ...]:
+    """The data arrays of a group of a store with this encoding, in marker (crc32 column) order: spec.DATA_ARRAYS, then
+    the arrays the encoding adds."""
+    extra = tuple(a.name for a in get_encoding(encoding).arrays(1) if a.name not in spec.DATA_ARRAYS)
+    return (*spec.DATA_ARRAYS, *extra)
+
+
+def group_arrays(encoding: str) -> tuple[str, ...]:
+    """Every array of a group, in creation order: the data arrays, then the unit markers."""
+    return (*data_arrays(encoding), spec.ARR_UNITS)
+
+
+def marker_width(encoding: str) -> int:
+    return 1 + len(data_arrays(encoding))
 
 
 def group_path(domain: str, split: str) -> str:
@@ -121,29 +140,39 @@ def row_shapes(meta: StoreMeta, n_rows: int) -> dict[str, tuple[int, ...]]:
             spec.ARR_TARGET_LOGPROBS: (n_rows, p)}
 
 
+def stored_shapes(meta: StoreMeta, n_rows: int) -> dict[str, tuple[int, ...]]:
+    """Shape of ``n_rows`` rows of each stored data array of the store's encoding, in :func:`data_arrays` order."""
+    t, p, k = meta.seq_len, meta.positions, meta.top_k
+    shapes = {spec.ARR_TOKENS: (n_rows, t), spec.ARR_TARGET_LOGPROBS: (n_rows, p)}
+    for a in get_encoding(meta.encoding).arrays(meta.tokenizer.vocab_size):
+        shapes[a.name] = (n_rows, p, k) if a.kind == PER_ENTRY else (n_rows, p)
+    return {name: shapes[name] for name in data_arrays(meta.encoding)}
+
+
 def group_schema(meta: StoreMeta, layout: GroupLayout) -> dict[str, ArraySchema]:
     """Every array of a <domain>/<split> group with this layout: the data arrays, then ARR_UNITS."""
-    v, enc = meta.tokenizer.vocab_size, meta.encoding
-    ids = codec.id_dtype(v)
-    stored = {spec.ARR_TOKENS: (ids, codec.id_fill(v)), spec.ARR_TOPK_IDS: (ids, codec.id_fill(v)),
-              spec.ARR_TOPK_LOGPROBS: (codec.logprob_dtype(enc), codec.logprob_fill(enc)),
-              spec.ARR_TARGET_LOGPROBS: (TARGET_DTYPE, float("nan"))}
+    v = meta.tokenizer.vocab_size
+    ids = id_dtype(v)
+    stored = {spec.ARR_TOKENS: (ids, id_fill(v)), spec.ARR_TARGET_LOGPROBS: (TARGET_DTYPE, float("nan"))}
+    stored.update({a.name: (a.dtype, a.fill) for a in get_encoding(meta.encoding).arrays(v)})
     out = {name: ArraySchema(shape, (layout.chunk_rows, *shape[1:]), np.dtype(stored[name][0]), stored[name][1],
                              DIMENSIONS[name])
-           for name, shape in row_shapes(meta, layout.n_rows).items()}
-    out[spec.ARR_UNITS] = ArraySchema((layout.num_units, MARKER_WIDTH), (1, MARKER_WIDTH), MARKER_DTYPE, 0,
+           for name, shape in stored_shapes(meta, layout.n_rows).items()}
+    width = marker_width(meta.encoding)
+    out[spec.ARR_UNITS] = ArraySchema((layout.num_units, width), (1, width), MARKER_DTYPE, 0,
                                       DIMENSIONS[spec.ARR_UNITS])
     return out
 
 
 def done_marker(checksums: Mapping[str, int]) -> np.ndarray:
-    """The marker row of a written unit: UNIT_DONE, then the crc32 of each checksummed array."""
-    return np.array([spec.UNIT_DONE] + [checksums[name] for name in spec.CHECKSUMMED_ARRAYS], dtype=MARKER_DTYPE)
+    """The marker row of a written unit: UNIT_DONE, then the crc32 of each data array (``checksums`` holds exactly
+    the group's data arrays, in :func:`data_arrays` order)."""
+    return np.array([spec.UNIT_DONE, *checksums.values()], dtype=MARKER_DTYPE)
 
 
-def cleared_marker() -> np.ndarray:
+def cleared_marker(encoding: str) -> np.ndarray:
     """The marker row of a unit not written (the array's fill value): a dump writes it again."""
-    return np.zeros(MARKER_WIDTH, dtype=MARKER_DTYPE)
+    return np.zeros(marker_width(encoding), dtype=MARKER_DTYPE)
 
 
 def check_rows(meta: StoreMeta, rows: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:

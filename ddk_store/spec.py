@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 FORMAT_NAME = "ddk-teacher-store"
-#: Major.minor. Readers MUST refuse a different major version; minor bumps only add optional fields.
-FORMAT_VERSION = "1.0"
+#: Major.minor. Readers MUST refuse a different major version; minor bumps only add optional fields (1.1 added the
+#: encoding ENC_IDSORT_Q8_TAIL and its array ARR_TOPK_TAIL; a reader of 1.1 reads 1.0 stores).
+FORMAT_VERSION = "1.1"
 FORMAT_MAJOR = 1
 
 #: Key of the root group attribute holding the store metadata document.
@@ -31,21 +32,28 @@ ARR_TOKENS = "tokens"  # [N, T]       packed token ids
 ARR_TOPK_IDS = "topk_ids"  # [N, P, K]    teacher top-k token ids (encoded, see ENCODINGS)
 ARR_TOPK_LOGPROBS = "topk_logprobs"  # [N, P, K]    teacher top-k log-probabilities (encoded)
 ARR_TARGET_LOGPROBS = "target_logprobs"  # [N, P]  teacher log-prob of the realized next token, float32
-ARR_UNITS = "units"  # [U, 1 + len(CHECKSUMMED_ARRAYS)] uint32: done flag, then crc32 per array
-#: Order of the crc32 columns in ARR_UNITS (column 0 is the done flag).
+ARR_TOPK_TAIL = "topk_tail"  # [N, P]  log of the teacher's exact mass outside the stored entries (some encodings)
+ARR_UNITS = "units"  # [U, 1 + number of data arrays] uint32: done flag, then crc32 per array
+#: The data arrays of every group, and the order of the crc32 columns in ARR_UNITS (column 0 is the done flag). An
+#: encoding may add arrays (ARR_TOPK_TAIL): they come after these, in the encoding's order (schema.data_arrays).
 CHECKSUMMED_ARRAYS = (ARR_TOKENS, ARR_TOPK_IDS, ARR_TOPK_LOGPROBS, ARR_TARGET_LOGPROBS)
 DATA_ARRAYS = CHECKSUMMED_ARRAYS
 UNIT_DONE = 1
 
-# Top-k encodings. Each names how topk_ids / topk_logprobs are stored; readers refuse unknown names.
+# Top-k encodings. Each names how topk_ids / topk_logprobs (and its own arrays) are stored; readers refuse unknown
+# names. The registry of their code is ddk_store/encodings.
 #: ids in rank order (descending log-prob), log-probs as float16 in rank order.
 ENC_RANK_F16 = "topk-rank-f16"
 #: per position, entries sorted by ascending token id; ids stored as deltas (first = id itself);
 #: log-probs in the same order, quantized: stored v means log-prob = -v / logprob_scale (uint8, saturating).
 ENC_IDSORT_Q8 = "topk-idsort-q8"
-ENCODINGS = (ENC_IDSORT_Q8, ENC_RANK_F16)
-DEFAULT_ENCODING = ENC_IDSORT_Q8
-#: Default quantization scale of ENC_IDSORT_Q8: steps of 1/16 nat, max rounding error 1/32 nat.
+#: (format 1.1) entries below a probability floor dropped, the rest as ENC_IDSORT_Q8 (absent slots last), plus
+#: ARR_TOPK_TAIL: the exact tail, to which decoding rescales (ddk_store/encodings/floor_tail.py).
+ENC_IDSORT_Q8_TAIL = "topk-idsort-q8-tail"
+ENCODINGS = (ENC_IDSORT_Q8_TAIL, ENC_IDSORT_Q8, ENC_RANK_F16)
+DEFAULT_ENCODING = ENC_IDSORT_Q8_TAIL
+#: Default quantization scale of ENC_IDSORT_Q8 (and of a store whose encoding has none): steps of 1/16 nat, max
+#: rounding error 1/32 nat. ENC_IDSORT_Q8_TAIL's default is 32 (its encoding's default_scale).
 DEFAULT_LOGPROB_SCALE = 16
 #: Largest stored quantized value (log-probs below -Q8_MAX/scale saturate there); Q8_FILL marks missing data.
 Q8_MAX = 254

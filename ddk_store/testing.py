@@ -59,7 +59,8 @@ def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gam
                     heldout_rows: int = 4, seq_len: int = 16, top_k: int = 4, vocab_size: int = 64,
                     fingerprint: str = "sha256:test", seed: int = 0, encoding: str = spec.DEFAULT_ENCODING,
                     sharpness: Mapping[str, float] | None = None, unit_rows: int | None = None,
-                    finalize: bool = True, teacher_nll: Any = None) -> StoreReader | StoreWriter:
+                    finalize: bool = True, teacher_nll: Any = None,
+                    overwrite: bool = False) -> StoreReader | StoreWriter:
     """Write a complete store of synthetic teacher data and return a reader on it (a writer if not finalized).
 
     ``sharpness`` (per domain, default 1.0..2.0 spread) controls how peaked the teacher is, hence its held-out NLL.
@@ -69,7 +70,8 @@ def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gam
     meta = tiny_meta(domains=domains, seq_len=seq_len, top_k=top_k, vocab_size=vocab_size, fingerprint=fingerprint,
                      encoding=encoding)
     rows = {d: {spec.SPLIT_TRAIN: train_rows, spec.SPLIT_HELDOUT: heldout_rows} for d in domains}
-    writer = StoreWriter.open_or_create(url, meta, rows, unit_rows=unit_rows, chunk_rows=1 if unit_rows else None)
+    writer = StoreWriter.open_or_create(url, meta, rows, unit_rows=unit_rows, chunk_rows=1 if unit_rows else None,
+                                        overwrite=overwrite)
     rng = np.random.default_rng(seed)
     for i, d in enumerate(domains):
         sharp = sharpness.get(d, 1.0 + i / max(1, len(domains) - 1))

@@ -12,7 +12,8 @@ from .errors import DdkError, StoreIOError, describe
 from .groups import crc32_of
 from .heldout import heldout_nll, stats_mismatch
 from .reader import StoreReader
-from .schema import MARKER_DONE_COL, MARKER_DTYPE, MARKER_WIDTH, chunk_key, group_path, group_schema
+from .encodings import get_encoding
+from .schema import MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width
 
 
 #: ``Issue.where`` of the problem "the store is not finalized" (its status is still 'writing').
@@ -52,6 +53,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
         issues.append(Issue(STATUS_ISSUE, f"store is '{meta.status}', not '{spec.STATUS_COMPLETE}': it must be "
                                                "resumed and finalized before use"))
     v = meta.tokenizer.vocab_size
+    enc = get_encoding(meta.encoding)
     for dom in meta.domain_names:
         for split in spec.SPLITS:
             path = group_path(dom, split)
@@ -71,8 +73,10 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                     issues.append(Issue(f"{path}/{name}", problem))
             if any(i.where.startswith(path + "/") for i in issues):
                 continue
-            present = {name: reader.chunk_keys(dom, split, name) for name in spec.DATA_ARRAYS}
-            units = arrays[spec.ARR_UNITS][:] if lay.num_units else np.zeros((0, MARKER_WIDTH), MARKER_DTYPE)
+            names = data_arrays(meta.encoding)
+            present = {name: reader.chunk_keys(dom, split, name) for name in names}
+            units = (arrays[spec.ARR_UNITS][:] if lay.num_units
+                     else np.zeros((0, marker_width(meta.encoding)), MARKER_DTYPE))
             for u in range(lay.num_units):
                 start, stop = u * lay.unit_rows, min(lay.n_rows, (u + 1) * lay.unit_rows)
                 where = f"{path} unit {u} (rows {start}-{stop - 1})"
@@ -80,7 +84,8 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                 if units[u, MARKER_DONE_COL] != spec.UNIT_DONE:
                     issues.append(Issue(where, "not written (no completion marker)", uid, unwritten=True))
                     continue
-                for col, name in enumerate(spec.CHECKSUMMED_ARRAYS, start=MARKER_DONE_COL + 1):
+                good = {}
+                for col, name in enumerate(names, start=MARKER_DONE_COL + 1):
                     arr = arrays[name]
                     missing = [c for c in range(start // lay.chunk_rows, -(-stop // lay.chunk_rows))
                                if chunk_key(dom, split, name, c) not in present[name]]
@@ -98,8 +103,12 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                         issues.append(Issue(f"{where} {name}", "content does not match the unit's crc32 "
                                                               "(chunk replaced or data altered)", uid))
                         continue
-                    issues.extend(Issue(f"{where} {name}", msg, uid)
-                                  for msg in _invariants(name, data, meta.encoding, v))
+                    found = _invariants(name, data, meta.encoding, v)
+                    issues.extend(Issue(f"{where} {name}", msg, uid) for msg in found)
+                    if not found:
+                        good[name] = data
+                if all(a.name in good for a in enc.arrays(v)):  # checks across the encoding's arrays
+                    issues.extend(Issue(f"{where} {spec.ARR_TOPK_IDS}", msg, uid) for msg in enc.pair_invariants(good))
             if split == spec.SPLIT_HELDOUT and lay.n_rows and meta.status == spec.STATUS_COMPLETE:
                 issues.extend(_check_heldout_stats(reader, dom, arrays))
     return issues
@@ -110,23 +119,11 @@ def _invariants(name: str, data: np.ndarray, encoding: str, vocab_size: int) -> 
         return []
     if name == spec.ARR_TOKENS and data.max() >= vocab_size:
         return [f"token id {int(data.max())} >= vocab_size {vocab_size}"]
-    if name == spec.ARR_TOPK_IDS:
-        if encoding == spec.ENC_IDSORT_Q8:
-            if (data[..., 1:] == 0).any():
-                return ["repeated top-k id within a position (zero delta)"]
-            ids = np.cumsum(data, axis=-1, dtype=np.int64)
-        else:
-            ids = data.astype(np.int64)
-        if ids.max() >= vocab_size:
-            return [f"top-k id {int(ids.max())} >= vocab_size {vocab_size}"]
-    if name == spec.ARR_TOPK_LOGPROBS:
-        if data.dtype.kind == "f" and (~np.isfinite(data) | (data > 0)).any():
-            return ["top-k log-prob not finite or > 0"]
-        if data.dtype.kind == "u" and data.max() > spec.Q8_MAX:
-            return [f"quantized log-prob {int(data.max())} > {spec.Q8_MAX} (fill value: missing data)"]
     if name == spec.ARR_TARGET_LOGPROBS and (~np.isfinite(data) | (data > 0)).any():
         return ["target log-prob not finite or > 0"]
-    return []
+    if name in (spec.ARR_TOKENS, spec.ARR_TARGET_LOGPROBS):
+        return []
+    return get_encoding(encoding).invariants(name, data, vocab_size)
 
 
 def _check_heldout_stats(reader: StoreReader, dom: str, arrays: Mapping[str, Any]) -> list[Issue]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import time
 import uuid
@@ -23,9 +24,10 @@ from .groups import array_specs, crc32_of, read_group_layout, read_root_doc, roo
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
+from .packed import holds_only_pack
 from .retry import retry_call
-from .schema import (GROUP_ARRAYS, MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, cleared_marker,
-                     done_marker, group_path)
+from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, cleared_marker, data_arrays,
+                     done_marker, group_arrays, group_path)
 from .storage import (delete_store_prefix, is_lost_partial, normalize_url, open_zarr_store,
                       remove_stale_partials)
 
@@ -116,7 +118,7 @@ class StoreWriter:
         wanted = {d: {s: GroupLayout(n, chunk_rows, unit_rows).to_dict() for s, n in sp.items()} for d, sp in rows.items()}
 
         doc = read_root_doc(store, url)
-        if doc is None and not sync(store.is_empty("")):
+        if doc is None and not holds_only_pack(store):  # a store packed by `ddk-teacher pack` only
             # Another writer may be creating the store this instant (its root document is being written).
             for _ in range(20):
                 time.sleep(0.1)
@@ -218,7 +220,7 @@ class StoreWriter:
         if key not in self._arrays:
             def open_arrays() -> dict[str, zarr.Array]:
                 grp = self._root[group_path(domain, split)]
-                return {name: grp[name] for name in GROUP_ARRAYS}
+                return {name: grp[name] for name in group_arrays(self.meta.encoding)}
 
             self._arrays[key] = self._retry(open_arrays, f"opening the arrays of {domain}/{split}")
         return self._arrays[key]
@@ -270,20 +272,23 @@ class StoreWriter:
         given = check_unit_data(meta, unit, {spec.ARR_TOKENS: tokens, spec.ARR_TOPK_IDS: topk_ids,
                                              spec.ARR_TOPK_LOGPROBS: topk_logprobs,
                                              spec.ARR_TARGET_LOGPROBS: target_logprobs})
-        ids_enc, lp_enc = codec.encode_topk(given[spec.ARR_TOPK_IDS], np.minimum(given[spec.ARR_TOPK_LOGPROBS], 0.0),
-                                            encoding=meta.encoding, vocab_size=v, scale=meta.logprob_scale)
+        topk = codec.encode_arrays(given[spec.ARR_TOPK_IDS], np.minimum(given[spec.ARR_TOPK_LOGPROBS], 0.0),
+                                   encoding=meta.encoding, vocab_size=v, scale=meta.logprob_scale)
         stored = {
             spec.ARR_TOKENS: given[spec.ARR_TOKENS].astype(codec.id_dtype(v)),
-            spec.ARR_TOPK_IDS: ids_enc,
-            spec.ARR_TOPK_LOGPROBS: lp_enc,
             spec.ARR_TARGET_LOGPROBS: np.minimum(given[spec.ARR_TARGET_LOGPROBS], 0.0),
+            **topk,
         }
+        names = data_arrays(meta.encoding)
         arrays = self._arrays_of(unit.domain, unit.split)
+        rows = slice(unit.start, unit.stop)
+
+        async def write_all() -> None:  # one call: zarr compresses every array's chunks at once
+            await asyncio.gather(*(arrays[name]._async_array.setitem(rows, stored[name]) for name in names))
+
         # Each write is whole chunks, so repeating it after a transient failure is harmless.
-        for name in spec.DATA_ARRAYS:
-            self._retry(lambda: arrays[name].__setitem__(slice(unit.start, unit.stop), stored[name]),
-                        f"writing {unit} {name}")
-        marker = done_marker({name: crc32_of(stored[name]) for name in spec.CHECKSUMMED_ARRAYS})
+        self._retry(lambda: sync(write_all()), f"writing {unit} ({', '.join(names)})")
+        marker = done_marker({name: crc32_of(stored[name]) for name in names})
         self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
 
     def reset_units(self, units: list[Unit]) -> None:
@@ -300,7 +305,8 @@ class StoreWriter:
             self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata")
         for unit in units:
             arr = self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS]
-            self._retry(lambda: arr.__setitem__(unit.index, cleared_marker()), f"clearing the marker of {unit}")
+            cleared = cleared_marker(self.meta.encoding)
+            self._retry(lambda: arr.__setitem__(unit.index, cleared), f"clearing the marker of {unit}")
 
     # ----------------------------------------------------------------- finalize
     def missing_units(self) -> list[Unit]:

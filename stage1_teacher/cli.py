@@ -17,7 +17,8 @@ PROG = "ddk-teacher"
 @click.group(name=PROG, cls=EntryGroup, context_settings=CONTEXT_SETTINGS)
 @version_option(PROG)
 def cli() -> None:
-    """Stage 1 of ddk: dump a teacher's top-k log-probs over domain corpora into a ddk store."""
+    """Stage 1 of ddk: dump a teacher's top-k log-probs over domain corpora into a ddk store (`pack` the corpora's
+    token rows into it first on a CPU host if you like; `dump` packs whatever is not packed yet)."""
 
 
 def check_device(cfg: Stage1Config) -> None:
@@ -37,12 +38,34 @@ def dump(**_: object) -> None:
     Settings: defaults < --config FILE < the flags typed here.
     """
     cfg = settings.from_command(Stage1Config)
+    from .devices import multi_device
+
+    if not multi_device(cfg, dump_one):  # --devices N > 1 or a torchrun rank: stage1_teacher/devices.py
+        dump_one(cfg)
+
+
+def dump_one(cfg: Stage1Config) -> None:
+    """One process's dump (all of --shard I/N)."""
     check_device(cfg)
     if not cfg.progress:
         settings.hide_library_progress_bars()
     from .run import run
 
     run(cfg)
+
+
+@cli.command("pack")
+@settings.options(Stage1Config)
+def pack(**_: object) -> None:
+    """Read, tokenize and pack --corpora into --store's token rows, and stop (no teacher forward; resumable).
+
+    A CPU host packs once; `ddk-teacher dump` with the same settings (on any host, any --shard) then scores the packed
+    rows without reading the corpora again. The scoring flags are accepted and ignored.
+    """
+    cfg = settings.from_command(Stage1Config)
+    from .pack import run_pack
+
+    run_pack(cfg, echo=lambda msg: click.echo(msg, err=True))
 
 
 cli.add_command(builtin_teacher_cmd)

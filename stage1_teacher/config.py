@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ddk_store import settings
+from ddk_store import settings, spec
 from ddk_store.errors import ConfigError
 from ddk_store.settings import MODEL, PATH, setting
 from ddk_store.storage import check_store_url, undeletable_reason
@@ -37,6 +37,8 @@ class Stage1Config:
                          path=PATH, metavar="URL")
     seq_len: int = setting(1024, "Tokens per packed row (T); at most the teacher's context length.")
     top_k: int = setting(64, "Teacher log-probs kept per position (K); at most the vocabulary size.")
+    encoding: str = setting(spec.DEFAULT_ENCODING, "Top-k encoding of the store (docs/store-format.md, section 4); "
+                            "the default keeps the teacher's exact tail.", choices=spec.ENCODINGS)
     heldout_seqs: int = setting(500, "Rows held out per domain for teacher/student perplexity (paper: 500).")
     backend: str = setting("auto", "Teacher engine: vllm, hf (transformers) or auto (vllm when usable).",
                            choices=BACKENDS)
@@ -58,6 +60,8 @@ class Stage1Config:
     workers: int = setting(CORES, "Processes that tokenize the corpora (default: this machine's cores); the store "
                            "is the same for any number.")
     verbose: bool = setting(False, "Show the teacher engine's own log lines (vLLM: about 50 per start).")
+    devices: int = setting(1, "Scoring processes on this host, one per GPU (--tensor-parallel-size GPUs each), on "
+                           "disjoint units; the store is finalized once. Under torchrun keep 1: each rank is one.")
 
     def __post_init__(self) -> None:
         # One error listing every problem, so the user fixes the config in one pass.
@@ -96,6 +100,11 @@ def problems(cfg: Stage1Config) -> list[str]:
     if cfg.workers < 1:
         p.append(f"--workers must be >= 1 (processes that tokenize the corpora; 1 = tokenize in this process), "
                  f"got {cfg.workers}")
+    if cfg.devices < 1:
+        p.append(f"--devices must be >= 1 (scoring processes on this host, one per GPU), got {cfg.devices}")
+    if cfg.overwrite and cfg.devices > 1:
+        p.append("--overwrite cannot be combined with --devices N > 1 (each device would wipe the others' units); "
+                 "delete the store once, then start without --overwrite")
     if cfg.tensor_parallel_size < 1:
         p.append(f"--tensor-parallel-size must be >= 1, got {cfg.tensor_parallel_size}")
     if cfg.batch_tokens < cfg.seq_len and cfg.seq_len >= 2:

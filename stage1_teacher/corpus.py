@@ -60,8 +60,11 @@ class ReadStats:
     skipped_where: list[str] = field(default_factory=list)  # first few locations, for the summary
 
 
-def load_corpora(path: str | Path) -> list[DomainSource]:
+def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSource]:
     """Parse CORPORA.yaml; every problem (bad name, unknown key, no matching file) is collected into one ConfigError.
+
+    ``missing_ok``: a path or glob that matches no file is no problem (its domain just lists fewer files): for a
+    store whose rows are packed already, which needs no corpus file.
 
     Relative paths and globs are resolved against the YAML file's directory, so a corpora file works from any cwd.
     """
@@ -85,7 +88,7 @@ def load_corpora(path: str | Path) -> list[DomainSource]:
             problems.append(f"{where}: expected a mapping like {{paths: [...], format: lines}}, got {spec!r}")
             continue
         try:
-            out.append(_parse_domain(str(name), spec, base, where))
+            out.append(_parse_domain(str(name), spec, base, where, missing_ok))
         except ConfigError as e:
             problems.append(str(e))
     if problems:
@@ -103,10 +106,10 @@ def _max_rows(spec: dict, where: str) -> int | None:
     return value
 
 
-def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource:
+def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: bool = False) -> DomainSource:
     max_rows = _max_rows(spec, where)
     if "dataset" in spec:
-        return _parse_dataset(name, spec, base, where, max_rows)
+        return _parse_dataset(name, spec, base, where, max_rows, missing_ok)
     unknown = set(spec) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
@@ -120,11 +123,12 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str) -> DomainSource
         raise ConfigError(f"{where}: format {fmt} needs field 'text_field' (the column holding the text)")
     if fmt in ("lines", "files") and text_field is not None:
         raise ConfigError(f"{where}: 'text_field' only applies to jsonl/parquet, not format {fmt}")
-    return DomainSource(name=name, format=fmt, files=match_files(patterns, base, where, "paths"), patterns=patterns,
+    return DomainSource(name=name, format=fmt, files=match_files(patterns, base, where, "paths", missing_ok), patterns=patterns,
                         text_field=text_field, max_rows=max_rows)
 
 
-def _parse_dataset(name: str, spec: dict, base: Path, where: str, max_rows: int | None) -> DomainSource:
+def _parse_dataset(name: str, spec: dict, base: Path, where: str, max_rows: int | None,
+                   missing_ok: bool = False) -> DomainSource:
     unknown = set(spec) - _DATASET_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} for a dataset source "
@@ -140,7 +144,7 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, max_rows: int 
         raise ConfigError(f"{where}: dataset {dataset!r} reads local files: name them with 'data_files' (paths or "
                           f"globs relative to the corpora file)")
     local = local_dir is not None or dataset in LOCAL_BUILDERS  # else a hub id: data_files are paths in its repo
-    files = match_files(patterns, base, where, "data_files") if local else ()
+    files = match_files(patterns, base, where, "data_files", missing_ok) if local else ()
     return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
                         patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
                         split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
@@ -156,7 +160,8 @@ def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str) -> tuple[str, ...]:
+def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
+                missing_ok: bool = False) -> tuple[str, ...]:
     """The readable files ``patterns`` (field ``key``, relative to ``base``) match: sorted per pattern, de-duplicated.
 
     Raises:
@@ -167,7 +172,7 @@ def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str) -> 
         full = os.path.expanduser(pat if os.path.isabs(os.path.expanduser(pat)) else str(base / pat))
         # sorted(): glob order depends on the filesystem; the document order must not.
         matches = sorted(m for m in glob.glob(full, recursive=True) if os.path.isfile(m))
-        if not matches:
+        if not matches and not missing_ok:
             kind = "matches no file" if glob.has_magic(full) else "does not exist or is not a file"
             noun = "path" if key == "paths" else key
             raise ConfigError(f"{where}: {noun} {pat!r} ({full}) {kind}; fix {key!r} in the corpora file")
@@ -221,10 +226,29 @@ def source_labels(src: DomainSource) -> dict[str, str]:
     return {p: Path(os.path.relpath(p, root)).as_posix() for p in src.files}
 
 
-def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
-                           stats: ReadStats | None = None) -> Iterator[tuple[str, str]]:
+def _hashed_lines(f: Any, path: str, hashes: dict[str, tuple[str, int]] | None) -> Iterator[bytes]:
+    """The lines of binary file ``f``; with ``hashes``, its sha256 and size are recorded there once the last line is
+    read (the hash is computed from the very bytes the reader parses: no second pass over the file)."""
+    if hashes is None:
+        yield from f
+        return
+    h = hashlib.sha256()
+    n = 0
+    for raw in f:
+        h.update(raw)
+        n += len(raw)
+        yield raw
+    hashes[path] = (h.hexdigest(), n)
+
+
+def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stats: ReadStats | None = None,
+                           hashes: dict[str, tuple[str, int]] | None = None) -> Iterator[tuple[str, str]]:
     """:func:`read_documents` with each document's source: its file's :func:`source_labels` entry, or for a
-    datasets source ``dataset:NAME/CONFIG/SPLIT``."""
+    datasets source ``dataset:NAME/CONFIG/SPLIT``.
+
+    With ``hashes``, every local file read to its end gets its (sha256, size) recorded there as its bytes are read
+    (parquet files, read by pyarrow, are not: hash them with :func:`file_sha256`).
+    """
     stats = stats if stats is not None else ReadStats()
     if src.format == "dataset":
         label = f"dataset:{src.dataset}/{src.dataset_config or ''}/{src.split}"
@@ -236,7 +260,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
         label = labels[path]
         if src.format == "lines":
             with open(path, "rb") as f:
-                for lineno, raw in enumerate(f, 1):
+                for lineno, raw in enumerate(_hashed_lines(f, path, hashes), 1):
                     text = _decode(raw, f"{path}:{lineno}", on_bad_utf8, stats)
                     text = text.rstrip("\r\n") if text is not None else None
                     if text and text.strip():
@@ -244,13 +268,16 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
                         yield label, text
         elif src.format == "files":
             with open(path, "rb") as f:
-                text = _decode(f.read(), path, on_bad_utf8, stats)
+                data = f.read()
+            if hashes is not None:
+                hashes[path] = (hashlib.sha256(data).hexdigest(), len(data))
+            text = _decode(data, path, on_bad_utf8, stats)
             if text and text.strip():
                 stats.n_documents += 1
                 yield label, text
         elif src.format == "jsonl":
             with open(path, "rb") as f:
-                for lineno, raw in enumerate(f, 1):
+                for lineno, raw in enumerate(_hashed_lines(f, path, hashes), 1):
                     where = f"{path}:{lineno}"
                     line = _decode(raw, where, on_bad_utf8, stats)
                     if line is None or not line.strip():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import islice
@@ -66,10 +67,23 @@ def doc_key(domain: str, source: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{domain}\0{source}\0{index}".encode()).digest()[:8], "big")
 
 
-def batched(items: Iterable[str], size: int) -> Iterator[list[str]]:
-    """Consecutive lists of ``size`` items (the last one shorter), read lazily."""
+def batched(items: Iterable[str], size: int, max_chars: int = 0) -> Iterator[list[str]]:
+    """Consecutive lists of ``size`` items (the last one shorter), read lazily; with ``max_chars`` > 0 a list also
+    ends once its texts hold that many characters (so a batch of long documents stays small in memory)."""
     it = iter(items)
-    while batch := list(islice(it, size)):
+    if not max_chars:
+        while batch := list(islice(it, size)):
+            yield batch
+        return
+    batch: list[str] = []
+    chars = 0
+    for text in it:
+        batch.append(text)
+        chars += len(text)
+        if len(batch) >= size or chars >= max_chars:
+            yield batch
+            batch, chars = [], 0
+    if batch:
         yield batch
 
 
@@ -134,45 +148,164 @@ def pack_domain(docs: Iterable[tuple[int, Sequence[int]]], *, domain: str, seq_l
     Raises:
         ConfigError: the domain is smaller than one row, or too small for the held-out rows plus one training row.
     """
-    need = heldout_seqs * seq_len
-    held: list[tuple[int, int, np.ndarray]] = []  # max-heap on (key, ordinal): (-key, -ordinal, ids)
-    held_tokens = 0
+    heap = HeldoutHeap(heldout_seqs * seq_len)
     train: list[tuple[int, np.ndarray]] = []  # (ordinal, ids), ordinals out of order after displacements
     train_tokens = 0
     n_docs = n_tokens = 0
-    head = [] if bos_id is None else [bos_id]
     for key, ids in docs:
-        arr = np.asarray(head + list(ids), dtype=np.int64) if head else np.asarray(ids, dtype=np.int64)
-        size = arr.size + 1  # + EOS
-        n_tokens += size
-        entry = (-key, -n_docs, arr)
+        arr = with_bos(ids, bos_id)
+        n_tokens += arr.size + 1  # + EOS
+        ordinal = n_docs
         n_docs += 1
-        if held_tokens < need or entry[:2] > held[0][:2]:  # not full yet, or lower (key, ordinal) than the top
-            heapq.heappush(held, entry)
-            held_tokens += size
-            while held_tokens - (held[0][2].size + 1) >= need:  # the top is no longer needed: it trains
-                _, neg_ord, top = heapq.heappop(held)
-                held_tokens -= top.size + 1
-                train.append((-neg_ord, top))
-                train_tokens += top.size + 1
-        else:
-            train.append((-entry[1], arr))
-            train_tokens += size
-        if max_train_rows and train_tokens >= max_train_rows * seq_len and held_tokens >= need:
+        moved = heap.push(key, ordinal, arr) if heap.wants(key, ordinal) else [(ordinal, arr)]
+        train.extend(moved)
+        train_tokens += sum(a.size + 1 for _, a in moved)
+        if max_train_rows and train_tokens >= max_train_rows * seq_len and heap.full:
             break
-    if n_tokens < seq_len:
-        raise ConfigError(f"domain {domain!r} is empty: its documents give {n_tokens} tokens, fewer than one row of "
-                          f"--seq-len {seq_len}; add text to the domain or remove it from the corpora file")
-    held_sorted = sorted((-neg_ord, arr) for _, neg_ord, arr in held)
+    check_domain_size(domain, n_tokens, seq_len)
+    held_sorted = heap.documents()
     train.sort(key=lambda x: x[0])
     heldout = pack_rows((a for _, a in held_sorted), seq_len, eos_id, max_rows=heldout_seqs).rows
     train_rows = pack_rows((a for _, a in train), seq_len, eos_id, max_rows=max_train_rows).rows
-    if heldout.shape[0] < heldout_seqs or train_rows.shape[0] == 0:
-        n = n_tokens // seq_len
-        raise ConfigError(f"domain {domain!r} is too small: {n} rows of --seq-len {seq_len} but --heldout-seqs "
-                          f"{heldout_seqs} plus at least one training row are needed (held-out rows take whole "
-                          f"documents); lower --heldout-seqs (to at most {max(n - 1, 0)}) or --seq-len, or add text")
+    check_split_size(domain, n_tokens, seq_len, heldout_seqs, heldout.shape[0], train_rows.shape[0])
     return SplitDomain(train=train_rows, heldout=heldout,
                        train_docs=np.array([o for o, _ in train], dtype=np.int64),
                        heldout_docs=np.array([o for o, _ in held_sorted], dtype=np.int64),
                        n_documents=n_docs, n_tokens=n_tokens)
+
+
+def with_bos(ids: Sequence[int] | np.ndarray, bos_id: int | None) -> np.ndarray:
+    """A document's ids as int64, ``bos_id`` first when not None (no EOS: packing adds it)."""
+    if bos_id is None:
+        return np.asarray(ids, dtype=np.int64)
+    arr = np.empty(len(ids) + 1, dtype=np.int64)
+    arr[0] = bos_id
+    arr[1:] = ids
+    return arr
+
+
+def check_domain_size(domain: str, n_tokens: int, seq_len: int) -> None:
+    """Raises ConfigError when a domain's documents give fewer tokens than one row."""
+    if n_tokens < seq_len:
+        raise ConfigError(f"domain {domain!r} is empty: its documents give {n_tokens} tokens, fewer than one row of "
+                          f"--seq-len {seq_len}; add text to the domain or remove it from the corpora file")
+
+
+def check_split_size(domain: str, n_tokens: int, seq_len: int, heldout_seqs: int, heldout_rows: int,
+                     train_rows: int) -> None:
+    """Raises ConfigError when the held-out rows are not all filled or no training row is left."""
+    if heldout_rows < heldout_seqs or train_rows == 0:
+        n = n_tokens // seq_len
+        raise ConfigError(f"domain {domain!r} is too small: {n} rows of --seq-len {seq_len} but --heldout-seqs "
+                          f"{heldout_seqs} plus at least one training row are needed (held-out rows take whole "
+                          f"documents); lower --heldout-seqs (to at most {max(n - 1, 0)}) or --seq-len, or add text")
+
+
+class HeldoutHeap:
+    """The held-out candidates of one domain: the documents of lowest (key, ordinal) seen so far, as few as cover
+    ``need`` tokens (each document counted with its EOS). A max-heap, so memory is about the held-out rows.
+
+    Once full it stays full and its largest key only decreases, so a document that :meth:`wants` rejects now would
+    be rejected at any later moment too (the streaming pack relies on this to skip tokenizing it).
+    """
+
+    def __init__(self, need: int) -> None:
+        self.need = need
+        self.tokens = 0
+        self._heap: list[tuple[int, int, np.ndarray]] = []  # (-key, -ordinal, ids)
+
+    @property
+    def full(self) -> bool:
+        return self.tokens >= self.need
+
+    def wants(self, key: int, ordinal: int) -> bool:
+        """Whether the document would join the candidates now (not full yet, or below the largest candidate)."""
+        return not self.full or (-key, -ordinal) > self._heap[0][:2]
+
+    def push(self, key: int, ordinal: int, ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Add a document the heap :meth:`wants`; returns the (ordinal, ids) of candidates no longer needed (they
+        train)."""
+        heapq.heappush(self._heap, (-key, -ordinal, ids))
+        self.tokens += ids.size + 1
+        out = []
+        while self.tokens - (self._heap[0][2].size + 1) >= self.need:  # the top is no longer needed: it trains
+            _, neg_ord, top = heapq.heappop(self._heap)
+            self.tokens -= top.size + 1
+            out.append((-neg_ord, top))
+        return out
+
+    def documents(self) -> list[tuple[int, np.ndarray]]:
+        """The candidates as (ordinal, ids) in corpus order: the held-out documents once the domain is read."""
+        return sorted(((-neg_ord, arr) for _, neg_ord, arr in self._heap), key=lambda x: x[0])
+
+
+class RowPacker:
+    """Streaming :func:`pack_rows`: documents (ids without EOS) go in, rows of ``seq_len`` come out ``chunk_rows``
+    at a time; the trailing partial row is dropped and at most ``max_rows`` rows (0 = no cap) are made in all.
+
+    :meth:`cursor` says where the rows not yet handed out start, as (document ordinal, tokens of that document
+    already in rows), so a run can stop after any chunk and a later one continue identically: it skips the
+    documents before that ordinal and passes ``skip`` for the first one.
+    """
+
+    def __init__(self, seq_len: int, eos_id: int, chunk_rows: int, *, max_rows: int = 0, rows_done: int = 0) -> None:
+        self.seq_len, self.eos_id, self.chunk_rows, self.max_rows = seq_len, eos_id, chunk_rows, max_rows
+        self.rows_done = rows_done
+        self._pieces: deque[tuple[int, int, np.ndarray]] = deque()  # (ordinal, full stream size, tail not in rows)
+        self._buffered = 0
+        self.added_tokens = 0  # stream tokens (ids + EOS) of every document added, in full
+        self.next_ordinal = -1
+
+    @property
+    def full(self) -> bool:
+        """The row cap is reached: no more documents are needed."""
+        return bool(self.max_rows) and self.rows_done + self._buffered // self.seq_len >= self.max_rows
+
+    def add(self, ordinal: int, ids: np.ndarray, skip: int = 0) -> Iterator[np.ndarray]:
+        """Append one document (+ EOS), minus its first ``skip`` stream tokens; yields every chunk now complete."""
+        arr = np.empty(ids.size + 1, dtype=np.int64)
+        arr[:-1] = ids
+        arr[-1] = self.eos_id
+        self.added_tokens += arr.size
+        self.next_ordinal = ordinal + 1
+        if skip < arr.size:
+            self._pieces.append((ordinal, arr.size, arr[skip:]))
+            self._buffered += arr.size - skip
+        want = self.chunk_rows * self.seq_len
+        while self._buffered >= want and (not self.max_rows or self.rows_done + self.chunk_rows <= self.max_rows):
+            yield self._take(self.chunk_rows)
+
+    def finish(self) -> np.ndarray:
+        """The last rows (fewer than ``chunk_rows``; possibly none), the remainder dropped."""
+        n = self._buffered // self.seq_len
+        if self.max_rows:
+            n = min(n, self.max_rows - self.rows_done)
+        return self._take(n)
+
+    def cursor(self) -> tuple[int, int]:
+        """(ordinal of the first document with tokens not yet in rows, how many of its stream tokens are)."""
+        if not self._pieces:
+            return self.next_ordinal, 0
+        ordinal, size, tail = self._pieces[0]
+        return ordinal, size - tail.size
+
+    def tokens_before_cursor(self) -> int:
+        """Stream tokens of the documents added before the cursor's document."""
+        return self.added_tokens - sum(size for _, size, _ in self._pieces)
+
+    def _take(self, n_rows: int) -> np.ndarray:
+        need = n_rows * self.seq_len
+        out = np.empty(need, dtype=np.int64)
+        filled = 0
+        while filled < need:
+            ordinal, size, tail = self._pieces[0]
+            take = min(tail.size, need - filled)
+            out[filled : filled + take] = tail[:take]
+            filled += take
+            if take == tail.size:
+                self._pieces.popleft()
+            else:
+                self._pieces[0] = (ordinal, size, tail[take:])
+        self._buffered -= need
+        self.rows_done += n_rows
+        return out.reshape(n_rows, self.seq_len).astype(np.int32)

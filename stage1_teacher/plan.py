@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ RESUME_FLAGS = {
                               "--store, or pass --overwrite)",
     "seq_len": "--seq-len",
     "top_k": "--top-k",
+    "encoding": "--encoding",
     "settings.heldout_seqs": "--heldout-seqs",
     "settings.max_rows_per_domain": "--max-rows-per-domain",
     "settings.on_bad_utf8": "--on-bad-utf8",
@@ -106,12 +107,22 @@ def plan_domains(corpora: list[DomainSource], coder: DocTokenizer, *, seq_len: i
     return plans
 
 
-def provenance(src: DomainSource) -> tuple[SourceInfo, ...]:
-    """Where a domain's documents come from: each local file with its sha256 and size, or the dataset reference."""
+def provenance(src: DomainSource, known: Mapping[str, tuple[str, int]] | None = None) -> tuple[SourceInfo, ...]:
+    """Where a domain's documents come from: each local file with its sha256 and size, or the dataset reference.
+
+    ``known``: (sha256, size) of files already hashed while they were read (corpus.read_sourced_documents); the
+    others are read here.
+    """
     if src.format == "dataset" and not src.files:
         return (SourceInfo(uri=f"hf://{src.dataset}/{src.dataset_config or ''}/{src.split}", sha256="", bytes=0),)
-    return tuple(SourceInfo(uri=Path(p).resolve().as_uri(), sha256=d, bytes=n)
-                 for p in src.files for d, n in [file_sha256(p)])
+    known = known or {}
+    return tuple(SourceInfo(uri=source_uri(p), sha256=d, bytes=n)
+                 for p in src.files for d, n in [known.get(p) or file_sha256(p)])
+
+
+def source_uri(path: str) -> str:
+    """How a local corpus file is named in the store's provenance."""
+    return Path(path).resolve().as_uri()
 
 
 def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_domain: int, on_bad_utf8: str,

@@ -1,7 +1,8 @@
-"""run(cfg): the conductor of a dump. Validate inputs, plan rows, open the store, score pending units, finalize.
+"""run(cfg): the conductor of a dump. Validate inputs, pack rows into the store, open it, score pending units, finalize.
 
-Who does what: teacher.py (teacher identity and fit), corpus.py / dataset_source.py (documents), plan.py (packed rows
-and the store identity), the writer (create, resume or refuse a store), scoring.py (teacher and writer thread).
+Who does what: teacher.py (teacher identity and fit), corpus.py / dataset_source.py (documents), pack.py (the pack
+phase: rows into the store's packed rows), plan.py (the store identity), the writer (create, resume or refuse a
+store), scoring.py (teacher reading packed rows, and writer thread).
 """
 
 from __future__ import annotations
@@ -14,17 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ddk_store import StoreMeta, StoreWriter, TeacherInfo, TokenizerInfo, open_store, tokenizer_fingerprint
-from ddk_store.errors import ConfigError, DdkError
+from ddk_store.errors import ConfigError, DdkError, StoreExistsError
 from ddk_store.layout import default_chunk_rows
+from ddk_store.packed import delete_all_but_pack
 from ddk_store.retry import is_transient, retry_call
+from ddk_store.storage import open_zarr_store
 
 from .backends import BackendOptions, backend_class, resolve_backend, resolve_dtype
 from .config import Stage1Config
-from .corpus import check_dataset_source, load_corpora
-from .plan import RESUME_FLAGS, plan_domains, settings_of
+from .corpus import check_dataset_source
+from .pack import load_corpora_for, pack_phase
+from .plan import RESUME_FLAGS
 from .scoring import score_units
 from .teacher import fit_problems, load_tokenizer, resolve_teacher
-from .tokenize import DocTokenizer, bos_to_add
 
 
 @dataclass
@@ -67,7 +70,7 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     backend_name, why = resolve_backend(cfg.backend)
     echo(why)
     cls = backend_class(backend_name)
-    corpora = load_corpora(cfg.corpora)
+    corpora, files_complete = load_corpora_for(cfg)
     teacher = resolve_teacher(cfg.teacher, revision=cfg.teacher_revision, trust_remote_code=cfg.trust_remote_code)
     tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
     problems = fit_problems(teacher, len(tok), cls, seq_len=cfg.seq_len, top_k=cfg.top_k)
@@ -78,16 +81,10 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
             check_dataset_source(src)  # offline hub lookups fail here, in seconds, not after the model loads
 
     dtype = resolve_dtype(cfg.dtype, cfg.device if backend_name == "hf" else "auto")
-    bos_id = bos_to_add(tok)
 
-    # 2. Plan every domain's rows (tokenizing in --workers processes); all domain problems come in one error.
-    with DocTokenizer(tok, workers=cfg.workers) as coder:
-        plans = plan_domains(corpora, coder, seq_len=cfg.seq_len, heldout_seqs=cfg.heldout_seqs,
-                             max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8,
-                             eos_id=tok.eos_token_id, bos_id=bos_id)
-    for p in plans.values():
-        if p.info.n_skipped:
-            echo(f"domain {p.info.name}: skipped {p.info.n_skipped} document(s) with invalid UTF-8")
+    # 2. Pack every domain's rows into the store (tokenizing in --workers processes), or find them packed there.
+    packed, settings = pack_phase(cfg, corpora, tok, vocab_size=teacher.vocab_size, files_complete=files_complete,
+                                  echo=echo)
 
     # 3. Open (create, resume, or find complete) the store: settings mismatches fail here, before the model loads.
     meta = StoreMeta(
@@ -95,12 +92,11 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
                             engine=cls.engine()),
         tokenizer=TokenizerInfo(name=teacher.name, vocab_size=teacher.vocab_size,
                                 fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id),
-        seq_len=cfg.seq_len, top_k=cfg.top_k, domains=tuple(p.info for p in plans.values()),
-        settings=settings_of(corpora, heldout_seqs=cfg.heldout_seqs, max_rows_per_domain=cfg.max_rows_per_domain,
-                             on_bad_utf8=cfg.on_bad_utf8, trust_remote_code=cfg.trust_remote_code,
-                             bos_token_id=bos_id),
+        seq_len=cfg.seq_len, top_k=cfg.top_k, encoding=cfg.encoding,
+        domains=tuple(packed.info(s.name) for s in corpora),
+        settings=settings,
     )
-    rows = {d: {"train": int(p.train.shape[0]), "heldout": int(p.heldout.shape[0])} for d, p in plans.items()}
+    rows = packed.rows()
     # Creating or resuming is idempotent, so a transient object-store failure retries the whole step.
     writer = retry_call(lambda: open_writer(cfg.store, meta, rows, overwrite=cfg.overwrite, storage_options=options,
                                             unit_rows=cfg.unit_rows),
@@ -132,7 +128,7 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
         try:
             t_score = time.perf_counter()
             summary.tokens_scored, summary.teacher_seconds = score_units(
-                backend, writer, pending, plans, seq_len=cfg.seq_len, progress=cfg.progress)
+                backend, writer, pending, packed, storage_options=options, progress=cfg.progress)
             summary.score_seconds = time.perf_counter() - t_score
         finally:
             if owned:
@@ -154,10 +150,24 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
 def open_writer(url: str, meta: StoreMeta, rows: Mapping[str, Mapping[str, int]], *, overwrite: bool,
                 storage_options: Mapping[str, Any] | None, unit_rows: int) -> StoreWriter:
     """Create, resume or refuse the store at ``url`` (the writer names a changed setting by its flag, and tolerates
-    sibling shards creating the same store at the same moment). ``unit_rows`` 0 = the store's default."""
+    sibling shards creating the same store at the same moment). ``unit_rows`` 0 = the store's default. With
+    ``overwrite``, a store of other settings is replaced, its packed rows (this run's, see pack.py) kept."""
     chunk_rows = math.gcd(unit_rows, default_chunk_rows(meta.seq_len)) if unit_rows else None
-    return StoreWriter.open_or_create(url, meta, rows, overwrite=overwrite, storage_options=storage_options,
-                                      unit_rows=unit_rows or None, chunk_rows=chunk_rows, setting_names=RESUME_FLAGS)
+
+    def opened() -> StoreWriter:
+        return StoreWriter.open_or_create(url, meta, rows, storage_options=storage_options, unit_rows=unit_rows or None,
+                                          chunk_rows=chunk_rows, setting_names=RESUME_FLAGS)
+
+    try:
+        return opened()
+    except StoreExistsError:
+        if not overwrite:
+            raise
+    # The pack phase has checked that the location holds a ddk store, and written the rows this run scores: replace
+    # the store's hierarchy and keep its packed rows.
+    store = open_zarr_store(url, read_only=False, storage_options=storage_options)
+    delete_all_but_pack(store, url)
+    return opened()
 
 
 def _fill_stats(summary: DumpSummary, meta: StoreMeta, storage_options: Mapping[str, Any] | None) -> None:

@@ -1,4 +1,5 @@
-"""The scoring loop: the teacher scores pending units in order while a background thread encodes and writes them."""
+"""The scoring loop: the teacher scores pending units in order, their token rows read from the store's packed rows one
+unit ahead, while a background thread encodes and writes them."""
 
 from __future__ import annotations
 
@@ -7,19 +8,45 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
 
 from ddk_store import StoreWriter, Unit
+from ddk_store.packed import PackedRows
+from ddk_store.retry import retry_call
 
-from .plan import DomainPlan
+from .pack import PackedStore
 
 
-def score_units(backend, writer: StoreWriter, pending: list[Unit], plans: Mapping[str, DomainPlan], *, seq_len: int,
-                progress: bool) -> tuple[int, float]:
+def unit_tokens(packed: PackedStore, pending: list[Unit], *,
+                storage_options: Mapping[str, Any] | None) -> Iterator[tuple[Unit, np.ndarray]]:
+    """(unit, its token rows int32 [n, T]) of every pending unit in order, read from the packed rows in a background
+    thread one unit ahead of the caller."""
+    rows = PackedRows(packed.url, storage_options=storage_options, read_only=True)
+
+    def read(u: Unit) -> np.ndarray:
+        return retry_call(lambda: rows.read_rows(u.domain, u.split, u.start, u.stop, seq_len=packed.seq_len,
+                                                 chunk_rows=packed.domains[u.domain]["chunk_rows"], dtype=packed.dtype),
+                          what=f"reading the packed rows of {u}", url=packed.url)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="ddk-rows") as pool:
+        ahead = pool.submit(read, pending[0]) if pending else None
+        for i, unit in enumerate(pending):
+            tokens = ahead.result()
+            ahead = pool.submit(read, pending[i + 1]) if i + 1 < len(pending) else None
+            yield unit, tokens
+
+
+def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: PackedStore, *,
+                storage_options: Mapping[str, Any] | None, progress: bool) -> tuple[int, float]:
     """Score ``pending`` units in order and hand each to a writer thread; returns (tokens, teacher seconds).
 
     At most two scored units wait in memory; a write failure stops the scoring and is re-raised here.
     """
+    seq_len = packed.seq_len
     from tqdm import tqdm
 
     q: queue.Queue = queue.Queue(maxsize=2)  # bounded: at most two scored units wait in memory
@@ -49,11 +76,9 @@ def score_units(backend, writer: StoreWriter, pending: list[Unit], plans: Mappin
     done_rows = 0
     teacher_s = 0.0
     try:
-        for unit in pending:
+        for unit, tokens in unit_tokens(packed, pending, storage_options=storage_options):  # tokens [n, T]
             if failure:
                 break
-            plan = plans[unit.domain]
-            tokens = (plan.train if unit.split == "train" else plan.heldout)[unit.start : unit.stop]  # [n, T]
             t = time.perf_counter()
             scored = backend.score(tokens)
             teacher_s += time.perf_counter() - t

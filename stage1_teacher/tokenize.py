@@ -16,8 +16,10 @@ from ddk_store.errors import CorpusError
 
 from .packing import batched
 
-#: Documents per tokenizer call (fast tokenizers batch in Rust) and per task sent to a worker.
+#: Documents per tokenizer call (fast tokenizers batch in Rust) and per task sent to a worker...
 BATCH_DOCS = 256
+#: ...and at most this many characters (a batch of long documents would hold hundreds of MB of encodings).
+BATCH_CHARS = 1 << 20
 
 
 def bos_to_add(tok) -> int | None:
@@ -96,7 +98,7 @@ class DocTokenizer:
 
     def encode(self, texts: Iterable[str]) -> Iterator[np.ndarray]:
         """Token ids (int32, no special tokens) of every text, in order."""
-        batches = batched(texts, self.batch)
+        batches = batched(texts, self.batch, BATCH_CHARS)
         first = next(batches, None)
         second = next(batches, None) if first is not None else None
         if second is None or self.workers == 1:  # one batch is not worth starting processes for

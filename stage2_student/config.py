@@ -29,7 +29,8 @@ DEVICES = ("auto", "cpu", "cuda")
 #: directory may have been moved).
 RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_every", "keep_checkpoints",
                                  "save_every", "device", "eval_batch_size", "storage_options", "progress",
-                                 "report_to", "compile", "activation_checkpointing"})
+                                 "report_to", "compile", "activation_checkpointing", "read_workers", "cache_dir",
+                                 "cache_max_gib"})
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,14 @@ class Stage2Config:
                                              "instead of keeping them (less memory, about a third more compute).")
     fsdp: bool = setting(False, "Under torchrun, shard parameters, gradients and optimizer state over the ranks "
                          "(FSDP2, one unit per decoder layer) instead of replicating them (DDP).")
-    prefetch: int = setting(4, "Micro-batches read ahead by the background reader thread.")
+    prefetch: int = setting(4, "Micro-batches read ahead of the training loop (at least --read-workers).")
+    read_workers: int | None = setting(None, "Threads reading and decoding micro-batches at once, results in plan "
+                                       "order. Default: the host's cores over its ranks, at least 2, at most 8.")
+    cache_dir: str | None = setting(None, "Local disk cache of an s3:// store's chunks, shared by runs and ranks on "
+                                    "this host and keyed by the store's identity (a rewritten store is never served "
+                                    "stale); 'auto' is $DDK_CACHE/stores. Default: no cache.", metavar="DIR")
+    cache_max_gib: float | None = setting(None, "Cap of the --cache-dir in GiB: least recently used chunks go first. "
+                                          "Default: no cap.")
     save_every: int | None = setting(None, "Also checkpoint every N steps (checkpoints are always written at interval "
                                 "boundaries).")
     keep_checkpoints: int = setting(2, "Resumable checkpoints to keep in out/checkpoints/.")
@@ -109,6 +117,10 @@ class Stage2Config:
     @property
     def warmup(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else self.steps // 30
+
+    @property
+    def cache_max_bytes(self) -> int | None:
+        return None if self.cache_max_gib is None else int(self.cache_max_gib * 2**30)
 
     def static_weight_map(self) -> dict[str, float]:
         return parse_static_weights(self.static_weights) if self.static_weights else {}
@@ -139,6 +151,11 @@ def problems(cfg: Stage2Config) -> list[str]:
     need(cfg.eval_batch_size >= 1, f"--eval-batch-size must be >= 1, got {cfg.eval_batch_size}")
     need(cfg.loss_chunk_size >= 1, f"--loss-chunk-size must be >= 1, got {cfg.loss_chunk_size}")
     need(cfg.prefetch >= 1, f"--prefetch must be >= 1, got {cfg.prefetch}")
+    if cfg.read_workers is not None:
+        need(cfg.read_workers >= 1, f"--read-workers must be >= 1 (omit it for the default), got {cfg.read_workers}")
+    if cfg.cache_max_gib is not None:
+        need(cfg.cache_max_gib > 0, f"--cache-max-gib must be > 0 (omit it for no cap), got {cfg.cache_max_gib}")
+        need(cfg.cache_dir is not None, "--cache-max-gib caps the --cache-dir; give --cache-dir DIR (or auto) too")
     need(cfg.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}")
     need(cfg.log_every >= 1, f"--log-every must be >= 1, got {cfg.log_every}")
     if cfg.max_epochs_per_domain is not None:

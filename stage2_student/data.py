@@ -1,19 +1,19 @@
 """The only torch <-> store seam: read planned rows from a StoreReader, collate to tensors, prefetch in background.
 
-The store returns numpy; everything above this module sees torch tensors. Reads run in a background thread
-(zarr decompression and object-store I/O release the GIL) and stay ``depth`` micro-batches ahead of the loop, in
+The store returns numpy; everything above this module sees torch tensors. Reads run in a pool of threads
+(readpool.py: zarr decompression and object-store I/O release the GIL), several micro-batches in flight, delivered in
 plan order, so the loop does not wait on the store and the batches are identical with or without prefetching.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .readpool import ReadPool, default_read_workers
 
 
 @dataclass
@@ -22,13 +22,18 @@ class Batch:
 
     tokens: torch.Tensor  #: int64 (b, T)
     topk_ids: torch.Tensor  #: int64 (b, P, K)
-    topk_logprobs: torch.Tensor  #: float32 (b, P, K), nats
+    topk_logprobs: torch.Tensor  #: float32 (b, P, K), nats; -inf in absent slots
     domains: torch.Tensor  #: int64 (b,), index into the store's domain list
+    #: float32 (b, P): log of the teacher's exact mass outside the K entries, when the store's encoding has it
+    topk_log_tail: torch.Tensor | None = None
+
+    def _map(self, fn) -> Batch:
+        return Batch(fn(self.tokens), fn(self.topk_ids), fn(self.topk_logprobs), fn(self.domains),
+                     None if self.topk_log_tail is None else fn(self.topk_log_tail))
 
     def to(self, device: torch.device | str) -> Batch:
         nb = torch.device(device).type == "cuda"  # pinned host memory -> async copies
-        return Batch(*(t.to(device, non_blocking=nb) for t in (self.tokens, self.topk_ids, self.topk_logprobs,
-                                                              self.domains)))
+        return self._map(lambda t: t.to(device, non_blocking=nb))
 
     @property
     def num_tokens(self) -> int:
@@ -43,67 +48,46 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
     tokens = np.empty((b, T), dtype=np.int64)
     ids = np.empty((b, T - 1, K), dtype=np.int64)
     lps = np.empty((b, T - 1, K), dtype=np.float32)
+    tail = np.empty((b, T - 1), dtype=np.float32) if reader_has_tail(reader) else None
     for d in np.unique(pairs[:, 0]):
         where = np.nonzero(pairs[:, 0] == d)[0]
         rows = reader.read_rows(domains[int(d)], split, pairs[where, 1])
         tokens[where], ids[where], lps[where] = rows.tokens, rows.topk_ids, rows.topk_logprobs
+        if tail is not None:
+            tail[where] = rows.topk_log_tail
     out = Batch(torch.from_numpy(tokens), torch.from_numpy(ids), torch.from_numpy(lps),
-                torch.from_numpy(pairs[:, 0].copy()))
+                torch.from_numpy(pairs[:, 0].copy()), None if tail is None else torch.from_numpy(tail))
     if pin:
-        out = Batch(*(t.pin_memory() for t in (out.tokens, out.topk_ids, out.topk_logprobs, out.domains)))
+        out = out._map(lambda t: t.pin_memory())
     return out
 
 
-_DONE = object()
+def reader_has_tail(reader) -> bool:
+    """Whether the store's encoding carries the exact tail (format 1.1 ``topk_tail``); stage 2 then uses it."""
+    from ddk_store.encodings import get_encoding
+
+    return get_encoding(reader.meta.encoding).exact_tail
 
 
 class Prefetcher:
-    """Iterate ``Batch``es for a list of planned micro-batches, read ``depth`` ahead by a daemon thread.
+    """Iterate ``Batch``es for a list of planned micro-batches, read ahead by a pool of threads (readpool.py):
+    ``workers`` reads at once, at most ``max(depth, workers)`` micro-batches ahead of the loop, in plan order.
 
-    Errors raised in the thread (a corrupt chunk, a lost connection) are re-raised in the consumer at the batch
-    where they happened. ``close()`` stops the thread early (at an interval boundary or on exit).
+    Errors raised by a read (a corrupt chunk, a lost connection) are re-raised in the consumer at the batch where they
+    happened. ``close()`` stops the reads early (at an interval boundary or on exit).
     """
 
     def __init__(self, reader, domains: Sequence[str], plans: Sequence[np.ndarray], *, depth: int = 4,
-                 pin: bool = False) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(reader, list(domains), list(plans), pin), daemon=True,
-                                        name="ddk-prefetch")
-        self._thread.start()
-
-    def _run(self, reader, domains, plans, pin) -> None:
-        try:
-            for pairs in plans:
-                item = read_batch(reader, domains, pairs, pin=pin)
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-        except BaseException as e:  # handed to the consumer, which re-raises it with its traceback
-            self._queue.put(e)
-            return
-        self._queue.put(_DONE)
+                 pin: bool = False, workers: int | None = None) -> None:
+        domains = list(domains)
+        workers = workers or default_read_workers()
+        self._pool = ReadPool(lambda pairs: read_batch(reader, domains, pairs, pin=pin), plans, workers=workers,
+                              inflight=max(depth, workers), name="ddk-prefetch")
 
     def __iter__(self) -> Iterator[Batch]:
-        while True:
-            item = self._queue.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        return iter(self._pool)
 
     def close(self) -> None:
-        self._stop.set()
-        # Drain so a producer blocked on put() sees the stop flag promptly.
-        while self._thread.is_alive():
-            try:
-                self._queue.get(timeout=0.05)
-            except queue.Empty:
-                pass
-        self._thread.join()
+        """Stop reading; wait briefly for reads already running (milliseconds, unless the store is down)."""
+        self._pool.close()
+        self._pool.join(timeout=5.0)

@@ -42,7 +42,7 @@ class _LinearDistillLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, topk_ids, topk_logprobs, w, vocab_size, gamma, temperature, tail,
-                kl_scale, logit_scale, chunk_size, matmul_dtype, need_h, need_w, need_b):
+                kl_scale, logit_scale, chunk_size, matmul_dtype, need_h, need_w, need_b, topk_log_tail):
         N, H = hidden.shape
         V = vocab_size
         cd = compute_dtype(hidden, weight)
@@ -75,7 +75,8 @@ class _LinearDistillLoss(torch.autograd.Function):
                     z.mul_(logit_scale)
                 ce, kl, g = kd_chunk(z, targets[i0:i1], topk_ids[i0:i1], topk_logprobs[i0:i1], w[i0:i1],
                                      gamma=gamma, temperature=temperature, tail=tail, kl_scale=kl_scale,
-                                     need_grad=need, grad_out=g_buf[: i1 - i0] if need else None)
+                                     need_grad=need, grad_out=g_buf[: i1 - i0] if need else None,
+                                     topk_log_tail=None if topk_log_tail is None else topk_log_tail[i0:i1])
                 ce_sum += ce
                 kl_sum += kl
                 if need:
@@ -100,7 +101,7 @@ class _LinearDistillLoss(torch.autograd.Function):
         grads = []
         for g in ctx.saved_tensors:  # (N, H), (Vm, H), (Vm,) or None where not needed
             grads.append(g.mul_(grad_total.to(g.dtype)) if g is not None else None)
-        return (*grads,) + (None,) * 15
+        return (*grads,) + (None,) * 16
 
 
 def fused_distill_loss(
@@ -120,20 +121,22 @@ def fused_distill_loss(
     t2_scale: bool = False,
     chunk_size: int = 1024,
     matmul_dtype: torch.dtype | None = None,
+    topk_log_tail: torch.Tensor | None = None,
 ) -> LossParts:
     """``distill_loss`` on the logits ``logit_scale * (hidden @ weight.T + bias)``, without materializing them.
 
     Args:
         hidden: (B, T, H) last hidden states (after the final norm); the first P positions are used.
         weight: (Vm, H) lm_head weight, Vm >= V (padded rows get a zero gradient, as their logits are sliced off).
-        targets, topk_ids, topk_logprobs, mask: as for ``losses.distill_loss``.
+        targets, topk_ids, topk_logprobs, mask, topk_log_tail: as for ``losses.distill_loss``.
         bias: optional (Vm,) lm_head bias. logit_scale: a scalar applied after the bias.
         chunk_size: positions per chunk (any split, not whole rows); bounds the (chunk, V) fp32 working set.
         matmul_dtype: dtype of the three matmuls; default: the autocast dtype if autocast is on, else the inputs'.
     Returns:
         LossParts, like ``distill_loss``.
     """
-    check_loss_args(targets, topk_ids, topk_logprobs, gamma=gamma, temperature=temperature, tail=tail)
+    check_loss_args(targets, topk_ids, topk_logprobs, gamma=gamma, temperature=temperature, tail=tail,
+                    topk_log_tail=topk_log_tail)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     B, P = targets.shape
@@ -157,6 +160,6 @@ def fused_distill_loss(
         h, weight, bias, targets.reshape(B * P).long(), topk_ids.reshape(B * P, -1),
         topk_logprobs.reshape(B * P, -1), w, V, float(gamma), float(temperature), tail,
         float(temperature) ** 2 if t2_scale else 1.0, float(logit_scale), int(chunk_size), matmul_dtype,
-        need_h, need_w, need_b,
+        need_h, need_w, need_b, None if topk_log_tail is None else topk_log_tail.reshape(B * P),
     )
     return LossParts(total, ce, kl)

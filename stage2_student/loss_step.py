@@ -110,6 +110,7 @@ def student_loss(
     tail: str = "bucket",
     t2_scale: bool = False,
     chunk_size: int = 1024,
+    topk_log_tail: torch.Tensor | None = None,
 ) -> LossParts:
     """Forward ``tokens`` (b, T) through the student and return CE + gamma * KL over positions 0..T-2.
 
@@ -117,7 +118,7 @@ def student_loss(
     is chosen on the model's first call (``probe_head``) and kept.
     """
     kw = dict(vocab_size=vocab_size, gamma=gamma, temperature=temperature, tail=tail, t2_scale=t2_scale,
-              chunk_size=chunk_size)
+              chunk_size=chunk_size, topk_log_tail=topk_log_tail)
     head = _HEADS.get(model)
     if head is None:
         head = _HEADS[model] = probe_head(model, tokens, autocast)

@@ -54,28 +54,36 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def tempered_teacher(topk_logprobs: torch.Tensor, vocab_size: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def tempered_teacher(topk_logprobs: torch.Tensor, vocab_size: int, temperature: float,
+                     log_tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher top-k log-probs and tail log-mass at temperature T, from log-probs stored at T = 1.
 
-    The teacher's tail mass is what the store implies: m = 1 - sum of its top-k probs (a later store version may
-    carry it exactly; this function is the one place that derives it). Its shape is unknown, so at T != 1 it is taken
-    as spread evenly over the V - K other tokens, the maximum-entropy guess: tail_T = (V-K) * (m / (V-K))^(1/T). At
-    T = 1 this is exactly m. Quantized log-probs can sum to slightly more than 1; they are then renormalized and the
-    tail is 0.
+    The teacher's tail mass m: the store's exact tail where its encoding has one (``log_tail``, format 1.1), else
+    what the top-k implies, 1 - sum of its probs (this function is the one place that derives it). Its shape is
+    unknown, so at T != 1 it is taken as spread evenly over the V - K other tokens, the maximum-entropy guess:
+    tail_T = (V-K) * (m / (V-K))^(1/T). At T = 1 this is exactly m. Derived from quantized log-probs, the top-k can
+    sum to slightly more than 1; it is then renormalized and the tail is 0. With an exact tail, top-k and tail are
+    normalized together (they already sum to 1 up to float16 rounding of the stored tail).
 
     Args:
-        topk_logprobs: (n, K) log-probs in nats, normalized over the full vocabulary.
+        topk_logprobs: (n, K) log-probs in nats, normalized over the full vocabulary; -inf in absent slots.
+        log_tail: optional (n,) log of the exact mass outside the K entries.
     Returns:
         (n, K) tempered log-probs and (n,) log tail mass (float32, or float64 for float64 input); together they are
         a distribution.
     """
     lp = topk_logprobs.to(compute_dtype(topk_logprobs))  # (n, K)
     k = lp.shape[-1]
-    log_s = torch.logsumexp(lp, dim=-1)  # (n,) log of the top-k mass
-    over = log_s > 0
-    lp = torch.where(over[:, None], lp - log_s[:, None], lp)
-    # log(1 - s) computed as log(-expm1(log s)) keeps precision when s is close to 1.
-    log_m = torch.where(over, torch.full_like(log_s, -math.inf), torch.log(-torch.expm1(log_s.clamp(max=0))))
+    if log_tail is not None:
+        log_m = log_tail.to(lp.dtype)
+        z = torch.logsumexp(torch.cat([lp, log_m[:, None]], dim=-1), dim=-1)  # (n,) ~0
+        lp, log_m = lp - z[:, None], log_m - z
+    else:
+        log_s = torch.logsumexp(lp, dim=-1)  # (n,) log of the top-k mass
+        over = log_s > 0
+        lp = torch.where(over[:, None], lp - log_s[:, None], lp)
+        # log(1 - s) computed as log(-expm1(log s)) keeps precision when s is close to 1.
+        log_m = torch.where(over, torch.full_like(log_s, -math.inf), torch.log(-torch.expm1(log_s.clamp(max=0))))
     if temperature == 1.0:
         return lp, log_m
     a = lp / temperature
@@ -103,14 +111,16 @@ def _shifted_exp(x: torch.Tensor, out: torch.Tensor) -> tuple[torch.Tensor, torc
 
 def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
              w: torch.Tensor, *, gamma: float, temperature: float, tail: str, kl_scale: float,
-             need_grad: bool, grad_out: torch.Tensor | None = None
+             need_grad: bool, grad_out: torch.Tensor | None = None, topk_log_tail: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Loss sums and d(loss)/d(logits) for one chunk of n positions (pure; the module docstring has the math).
 
     Args:
         z: (n, V) logits in the compute dtype, already sliced to the store's V. CONSUMED: overwritten in place (the
             caller passes its own working copy, so a chunk needs two (n, V) buffers: z and the gradient).
-        targets: (n,) next-token ids. topk_ids, topk_logprobs: (n, K) teacher ids and log-probs (T = 1).
+        targets: (n,) next-token ids. topk_ids, topk_logprobs: (n, K) teacher ids and log-probs (T = 1); a slot
+            with log-prob -inf is absent (it repeats an id of its position and is left out of the student's sums).
+        topk_log_tail: optional (n,) log of the teacher's exact mass outside the K entries (stores of format 1.1).
         w: (n,) per-position weight (1 / number of counted positions, 0 where masked).
         kl_scale: T^2 with Hinton scaling, else 1.
         grad_out: optional (n, V) buffer for the gradient (a caller reusing one buffer over its chunks).
@@ -140,16 +150,19 @@ def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, top
     zk = z.gather(1, ids)  # (n, K)
     if tail == "renorm":
         logp_hat = torch.log_softmax(topk_logprobs.reshape(n, -1).to(z.dtype) / temperature, dim=-1)
-        logq_hat = torch.log_softmax(zk, dim=-1)
+        absent = torch.isneginf(logp_hat)
+        logq_hat = torch.log_softmax(zk.masked_fill(absent, -math.inf), dim=-1)
         p_hat = logp_hat.exp()
-        kl_tok = (p_hat * (logp_hat - logq_hat)).sum(-1)
+        kl_tok = torch.where(absent, torch.zeros_like(p_hat), p_hat * (logp_hat - logq_hat)).sum(-1)
         if need_grad:
             g.scatter_add_(1, ids, (logq_hat.exp() - p_hat) * wk[:, None])
     else:
-        logp_k, log_mt = tempered_teacher(topk_logprobs.reshape(n, -1).to(z.dtype), z.shape[1], temperature)
+        logp_k, log_mt = tempered_teacher(topk_logprobs.reshape(n, -1).to(z.dtype), z.shape[1], temperature,
+                                          None if topk_log_tail is None else topk_log_tail.reshape(n))
+        absent = torch.isneginf(logp_k)  # slots without an entry: their (repeated) id counts once, as a kept one
         z.scatter_(1, ids, -math.inf)  # only the tail is left
         lse_tail, s_tail = _shifted_exp(z, z)  # z <- s_tail * r, r = exp(z/T - lse_tail) <= 1, 0 on the top-k
-        lse_t = torch.logaddexp(lse_tail, torch.logsumexp(zk, dim=-1))  # full-vocabulary lse of z / T
+        lse_t = torch.logaddexp(lse_tail, torch.logsumexp(zk.masked_fill(absent, -math.inf), dim=-1))  # full lse
         logq_k = zk - lse_t[:, None]
         log_ms = lse_tail - lse_t  # exact, also where m_s underflows
         has_tail = torch.isfinite(lse_tail)  # False only when K = V: then there is no tail outcome at all
@@ -160,13 +173,13 @@ def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, top
         if need_grad:
             big_p = p_k.sum(-1) + m_t
             g.addcmul_(z, ((big_p * log_ms.exp() - m_t) * wk)[:, None] / s_tail)  # tail entries; 0 on the top-k
-            g.scatter_add_(1, ids, (big_p[:, None] * logq_k.exp() - p_k) * wk[:, None])
+            g.scatter_add_(1, ids, ((big_p[:, None] * logq_k.exp() - p_k) * wk[:, None]).masked_fill(absent, 0.0))
     kl_sum = (kl_tok * w).sum().double() * kl_scale
     return ce_sum, kl_sum, g
 
 
 def check_loss_args(targets: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor, *, gamma: float,
-                    temperature: float, tail: str) -> None:
+                    temperature: float, tail: str, topk_log_tail: torch.Tensor | None = None) -> None:
     """The argument checks both loss paths share."""
     if tail not in KL_TAILS:
         raise ValueError(f"tail must be one of {KL_TAILS}, got {tail!r}")
@@ -176,6 +189,8 @@ def check_loss_args(targets: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs
     if topk_ids.shape[:2] != (B, P) or topk_logprobs.shape != topk_ids.shape:
         raise ValueError(f"topk_ids {tuple(topk_ids.shape)} / topk_logprobs {tuple(topk_logprobs.shape)} "
                          f"must be ({B}, {P}, K)")
+    if topk_log_tail is not None and tuple(topk_log_tail.shape) != (B, P):
+        raise ValueError(f"topk_log_tail {tuple(topk_log_tail.shape)} must be ({B}, {P})")
 
 
 def token_weights(mask: torch.Tensor | None, targets: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -194,7 +209,7 @@ class _DistillLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, targets, topk_ids, topk_logprobs, w, vocab_size, gamma, temperature, tail, kl_scale,
-                chunk_size, need_grad):
+                chunk_size, need_grad, topk_log_tail):
         B, P = targets.shape
         cd = compute_dtype(logits)
         grad_buf = torch.zeros_like(logits) if need_grad else None  # (B, T, Vm): the one full-size buffer
@@ -209,7 +224,8 @@ class _DistillLoss(torch.autograd.Function):
             z.view(b1 - b0, P, vocab_size).copy_(logits[b0:b1, :P, :vocab_size])
             ce, kl, g = kd_chunk(z, targets[b0:b1], topk_ids[b0:b1], topk_logprobs[b0:b1], w[b0:b1].reshape(n),
                                  gamma=gamma, temperature=temperature, tail=tail, kl_scale=kl_scale,
-                                 need_grad=need_grad)
+                                 need_grad=need_grad,
+                                 topk_log_tail=None if topk_log_tail is None else topk_log_tail[b0:b1].reshape(n))
             ce_sum += ce
             kl_sum += kl
             if need_grad:
@@ -225,7 +241,7 @@ class _DistillLoss(torch.autograd.Function):
         if grad is None:
             raise RuntimeError("distill_loss was called with need_grad=False but backward() was requested")
         grad.mul_(grad_total.to(grad.dtype))
-        return (grad,) + (None,) * 11
+        return (grad,) + (None,) * 12
 
 
 def distill_loss(
@@ -241,6 +257,7 @@ def distill_loss(
     tail: str = "bucket",
     t2_scale: bool = False,
     chunk_size: int = 1024,
+    topk_log_tail: torch.Tensor | None = None,
 ) -> LossParts:
     """CE(student, targets) + gamma * KL(teacher || student) at temperature T, token-mean over unmasked positions.
 
@@ -255,11 +272,14 @@ def distill_loss(
         topk_logprobs: (B, P, K) teacher log-probs (nats, normalized over the full vocabulary, at T = 1).
         mask: (B, P) bool, True where the position counts; None means all.
         vocab_size: V, the store's vocabulary (default: Vm).
+        topk_log_tail: optional (B, P) log of the teacher's exact mass outside the K entries (format 1.1 stores);
+            without it the tail is 1 - sum of the top-k probs.
         chunk_size: positions per chunk (whole rows: at least one row per chunk).
     Returns:
         LossParts (float32, float64 for float64 logits); an all-masked batch gives 0 (with a zero gradient), never NaN.
     """
-    check_loss_args(targets, topk_ids, topk_logprobs, gamma=gamma, temperature=temperature, tail=tail)
+    check_loss_args(targets, topk_ids, topk_logprobs, gamma=gamma, temperature=temperature, tail=tail,
+                    topk_log_tail=topk_log_tail)
     B, P = targets.shape
     V = vocab_size if vocab_size is not None else logits.shape[-1]
     if logits.shape[0] != B or logits.shape[1] < P or logits.shape[2] < V:
@@ -268,7 +288,7 @@ def distill_loss(
     w = token_weights(mask, targets, compute_dtype(logits))
     total, ce, kl = _DistillLoss.apply(
         logits, targets.long(), topk_ids, topk_logprobs, w, V, float(gamma), float(temperature), tail,
-        float(temperature) ** 2 if t2_scale else 1.0, int(chunk_size), need_grad,
+        float(temperature) ** 2 if t2_scale else 1.0, int(chunk_size), need_grad, topk_log_tail,
     )
     return LossParts(total, ce, kl)
 

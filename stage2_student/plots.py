@@ -57,14 +57,19 @@ def _log_ratio_axis(ax: Any, values: Sequence[float]) -> None:
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
 
 
-def weights_plot(records: Sequence[dict[str, Any]], path: Path, *, title: str) -> None:
+def weights_plot(records: Sequence[dict[str, Any]], path: Path, *, title: str, floor: float | None = None) -> None:
     """Sampling weight of each domain over the run, as steps: each interval's weights hold from its step until the
-    next interval (``records`` are the interval records then the final one, whose weights close the last step)."""
+    next interval (``records`` are the interval records then the final one, whose weights close the last step).
+    ``floor``: DDK's smallest weight (1 - alpha) / N, drawn as a dotted line."""
     plt = _pyplot()
     steps = [r["step"] for r in records]
     fig, ax = plt.subplots(figsize=(8, 4.2))
-    for i, d in enumerate(records[0]["domains"]):
-        ax.plot(steps, [r["weights"][i] for r in records], drawstyle="steps-post", linewidth=1.8, label=d)
+    domains = records[0]["domains"]
+    for i, d in enumerate(domains):  # widest first: domains with equal weights show as stacked bands, not one line
+        ax.plot(steps, [r["weights"][i] for r in records], drawstyle="steps-post",
+                linewidth=1.5 + 0.6 * (len(domains) - 1 - i), label=d)
+    if floor is not None:
+        ax.axhline(floor, color="grey", linewidth=1.0, linestyle=":", label=f"DDK floor (1-α)/N = {floor:.3f}")
     ax.set_ylim(0, min(1.0, max(max(r["weights"]) for r in records) * 1.15 + 0.02))
     _step_axis(ax, steps)
     ax.set_ylabel("share of the rows sampled")

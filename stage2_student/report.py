@@ -15,7 +15,7 @@ from typing import Any
 from ddk_store.errors import ReportError
 
 from . import plots
-from .rundir import RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
+from .rundir import METRICS_FILE, RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
 from .sampler import largest_remainder
 from .summary import METRICS, natural_mixture, summarize
 
@@ -81,6 +81,26 @@ def _baseline(path: Path, domains: list[str], cfg: dict[str, Any], first: dict[s
     return records, label, notes
 
 
+def _origin(student: Any) -> str:
+    """Where the student came from, when it is itself the output of a finished `ddk-student train` run (a
+    cross-entropy warm-up, say): that run's recipe and its mean ratio before and after. Empty otherwise, or when that
+    run's files cannot be read (the report is about this run)."""
+    if not isinstance(student, str) or not (Path(student) / METRICS_FILE).is_file():
+        return ""
+    try:
+        records, final, scfg = load_run(Path(student))
+        mean = [summarize(r["ratio"])["mean"] for r in (records[0], final)] if final else None
+    except (ValueError, KeyError, OSError):  # DdkError is a ValueError
+        return ""
+    if not mean:
+        return ""
+    gamma = scfg.get("gamma")
+    loss = "cross-entropy only (gamma 0)" if gamma == 0 else f"CE + {gamma} KL"
+    return (f" (itself a `ddk-student train` run: {final['step']} steps of {loss} on the "
+            f"{scfg.get('mixing', '?')} mixture, which took its mean ratio from {_num(mean[0])} to {_num(mean[1])}; "
+            f"*before* below is that trained student)")
+
+
 def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Path:
     """Write report.md, weights.png and ratios.png into ``run_dir``; return the report path. ``baseline``: another
     run of the same store whose final ratios are shown next to this run's."""
@@ -92,7 +112,9 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
                                     else (None, "", []))
     mixing = cfg.get("mixing", "?")
     cap = cfg.get("max_epochs_per_domain")
-    plots.weights_plot(records, run_dir / WEIGHTS_PNG,
+    alpha = cfg.get("alpha")
+    floor = (1.0 - alpha) / len(domains) if mixing == "ddk" and isinstance(alpha, (int, float)) else None
+    plots.weights_plot(records, run_dir / WEIGHTS_PNG, floor=floor,
                        title=f"{run_dir.name}: domain sampling weights ({mixing})")
     plots.ratios_plot(records, run_dir / RATIOS_PNG, baseline=base,
                       baseline_label="baseline " + base_label.replace("`", ""),
@@ -113,7 +135,7 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         + ("." if final else " (this run has not finished: its last evaluation is shown)."),
         "",
         f"- store: `{cfg.get('store', '?')}`",
-        f"- student: `{cfg.get('student', '?')}`",
+        f"- student: `{cfg.get('student', '?')}`{_origin(cfg.get('student'))}",
         f"- mixing: `{mixing}`, alpha {cfg.get('alpha', '?')}, gamma {cfg.get('gamma', '?')}, "
         f"T {cfg.get('temperature', '?')}, interval K {K}",
         f"- epoch cap (--max-epochs-per-domain): {cap_text}",
@@ -155,6 +177,9 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
               f"{_mix(domains, last['weights'])}"]
     if rows:
         lines.append(f"- natural (each domain's share of the training rows): {_mix(domains, natural_mixture(rows))}")
+    if floor is not None:
+        lines.append(f"- DDK's floor: Eq. 2 keeps every domain at (1 - alpha) / N = {floor:.3f} or more; the rest "
+                     "follows the domains' ratios (a softmax over them, so a gap of a few units already decides)")
     batch = cfg.get("batch_size")
     if rows and isinstance(batch, int):
         sampled = rows_sampled(records, batch)

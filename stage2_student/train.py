@@ -31,6 +31,7 @@ from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
 from .loss_step import student_loss
+from .readpool import default_read_workers
 from .resume import prepare_out_dir
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
@@ -71,7 +72,8 @@ def train(cfg: Stage2Config) -> Path:
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
     resuming = prepare_out_dir(cfg, rank=rank)
     # refuses incomplete stores, unknown versions and encodings
-    reader = open_store(cfg.store, storage_options=cfg.storage_options)
+    reader = open_store(cfg.store, storage_options=cfg.storage_options, cache_dir=cfg.cache_dir,
+                        cache_max_bytes=cfg.cache_max_bytes)
     reader.check_structure()  # every array exists with the shape the metadata gives (metadata reads only)
     domains = reader.domains
     D = len(domains)
@@ -178,7 +180,8 @@ def train(cfg: Stage2Config) -> Path:
         first, last = step % K, min(K, step % K + (cfg.steps - step))
         plans = [sampler.rows_for(s, batch_size=B, chunk=rank * A + m, num_chunks=world * A)
                  for s in range(first, last) for m in range(A)]
-        return Prefetcher(reader, domains, plans, depth=cfg.prefetch, pin=device.type == "cuda")
+        return Prefetcher(reader, domains, plans, depth=cfg.prefetch, pin=device.type == "cuda",
+                          workers=cfg.read_workers or default_read_workers(env.local_world))
 
     # -- 4. the loop
     tokens_per_step = B * reader.seq_len
@@ -204,7 +207,7 @@ def train(cfg: Stage2Config) -> Path:
                     parts = student_loss(train_model, model, batch.tokens, batch.topk_ids, batch.topk_logprobs,
                                          vocab_size=V, autocast=autocast, gamma=cfg.gamma,
                                          temperature=cfg.temperature, tail=cfg.kl_tail, t2_scale=cfg.kl_t2_scale,
-                                         chunk_size=cfg.loss_chunk_size)
+                                         chunk_size=cfg.loss_chunk_size, topk_log_tail=batch.topk_log_tail)
                     (parts.total / A).backward()
                 sums += torch.tensor([float(parts.total.detach()), float(parts.ce), float(parts.kl)], dtype=torch.float64) / A
                 del parts

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,6 +83,15 @@ class TeacherBackend(Protocol):
 
     def score(self, tokens: np.ndarray) -> ScoredRows:
         """Top-k and realized-token log-probs of int32 [n, T] rows; deterministic for the same rows."""
+        ...
+
+    def score_iter(self, units: Iterable[np.ndarray]) -> Iterator[ScoredRows]:
+        """``score`` of each int32 [n, T] array of ``units``, in order, as a stream (same values as ``score``).
+
+        A backend may start on the next unit before yielding this one (hf on CUDA queues the next forward before it
+        waits for this batch's top-k), so a scoring loop that feeds every unit through ONE call keeps the GPU busy
+        across unit boundaries; ``units`` may be a lazy generator (read from the store as the stream asks).
+        """
         ...
 
     def close(self) -> None: ...

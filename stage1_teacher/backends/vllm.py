@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import gc
 import importlib.metadata
 import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -20,7 +27,25 @@ class VLLMBackend:
     name = "vllm"
 
     def __init__(self, opts: BackendOptions) -> None:
-        quiet_engine_logs(opts.verbose)
+        self.opts = opts
+        self.engine_log = None  # where the engine's own output goes unless --verbose (an unlinked temporary file)
+        if opts.verbose:
+            self._start(opts)
+            return
+        self.engine_log = tempfile.TemporaryFile(mode="w+b", prefix="ddk-vllm-")
+        # Append mode: the engine's processes share this file's offset, which log_tail's reading must not move.
+        fcntl.fcntl(self.engine_log.fileno(), fcntl.F_SETFL,
+                    fcntl.fcntl(self.engine_log.fileno(), fcntl.F_GETFL) | os.O_APPEND)
+        try:
+            with quiet_engine(self.engine_log):
+                self._start(opts)
+        except BaseException as e:
+            if tail := log_tail(self.engine_log):
+                e.add_note(f"vLLM's own output (hidden without --verbose), last lines:\n{tail}")
+            self.engine_log.close()
+            raise
+
+    def _start(self, opts: BackendOptions) -> None:
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -33,7 +58,6 @@ class VLLMBackend:
         import torch
         from vllm import LLM, SamplingParams
 
-        self.opts = opts
         on_cpu = not torch.cuda.is_available()
         if on_cpu:
             # vLLM-CPU reserves this many GiB of KV cache; its default (4+) is more than a 2-core box needs.
@@ -50,6 +74,7 @@ class VLLMBackend:
             trust_remote_code=opts.trust_remote_code,
             skip_tokenizer_init=False,
             seed=0,
+            use_tqdm_on_load=opts.verbose,  # the checkpoint-loading progress bar
         )
         self.params = SamplingParams(
             max_tokens=1, prompt_logprobs=opts.top_k, temperature=1.0,
@@ -86,21 +111,45 @@ class VLLMBackend:
         n, t = tokens.shape
         k = self.opts.top_k
         out = ScoredRows.empty(n, t, k)
-        for r, res in enumerate(self.generate(tokens)):  # outputs come back in prompt order
+        try:
+            results = self.generate(tokens)
+        except Exception as e:  # a dead engine core says why only in its own output
+            if tail := log_tail(self.engine_log):
+                e.add_note(f"vLLM's own output (hidden without --verbose), last lines:\n{tail}")
+            raise
+        for r, res in enumerate(results):  # outputs come back in prompt order
             unpack_prompt_logprobs(res.prompt_logprobs, tokens[r], k, out.topk_ids[r], out.topk_logprobs[r],
                                    out.target_logprobs[r])
         return out
 
+    def score_iter(self, units: Iterable[np.ndarray]) -> Iterator[ScoredRows]:
+        """One engine call per unit: vLLM schedules the unit's rows itself (its own batching and overlap)."""
+        for tokens in units:
+            yield self.score(tokens)
+
     def close(self) -> None:
-        del self.llm
+        """Shut the engine down now (its processes), quietly unless --verbose: vLLM warns while it stops them."""
+        log = self.engine_log
+        with quiet_engine(log) if log is not None else contextlib.nullcontext():
+            client = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+            if client is not None and hasattr(client, "shutdown"):
+                client.shutdown()
+            del self.llm
+            gc.collect()
+        if log is not None:
+            log.close()
 
 
-#: vLLM's log level unless --verbose: its ~50 INFO lines per engine start are cut; warnings and errors stay.
+#: vLLM's log level unless --verbose: its ~50 INFO lines per engine start are cut. Its WARNINGs (LD_PRELOAD, NUMA
+#: binding, Triton without a CPU backend...) are kept at the source but, like everything the engine prints while it
+#: starts, go to the hidden engine log (:func:`quiet_engine`), shown only with an error.
 QUIET_LEVEL = "WARNING"
+#: Set while the engine starts, so its processes inherit them: C++ (c10) warnings and Python warnings off.
+QUIET_CHILD_ENV = {"TORCH_CPP_LOG_LEVEL": "ERROR", "PYTHONWARNINGS": "ignore"}
 
 
 def quiet_engine_logs(verbose: bool) -> None:
-    """Keep vLLM to warnings and errors unless ``verbose`` (run.py prints the one line per engine start).
+    """Keep vLLM to warnings and errors unless ``verbose``.
 
     Set before vllm is imported (it reads VLLM_LOGGING_LEVEL then, and its engine-core processes inherit the
     environment), and on its logger too, for an engine started after vllm was already imported. A level the user
@@ -115,6 +164,60 @@ def quiet_engine_logs(verbose: bool) -> None:
         logging.getLogger("vllm").setLevel(level.upper())
     except ValueError:  # a level name vLLM itself will complain about
         pass
+
+
+@contextlib.contextmanager
+def quiet_engine(log: IO[bytes]):
+    """Start a vLLM engine without a line on the terminal (run.py prints the one line per engine start).
+
+    At the source: vLLM's log level (:func:`quiet_engine_logs`), C++ and Python warning switches for the processes
+    started here, Python warnings of this process. Whatever still writes to the stdout/stderr file descriptors while
+    the engine starts (vLLM's warnings, C++ code, an engine-core process for its whole life) goes to ``log`` instead:
+    the caller adds its last lines to an error.
+    """
+    import warnings
+
+    quiet_engine_logs(verbose=False)
+    saved_env = {k: os.environ.get(k) for k in QUIET_CHILD_ENV}
+    os.environ.update({k: os.environ.get(k) or v for k, v in QUIET_CHILD_ENV.items()})
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved_fds = [os.dup(1), os.dup(2)]
+    try:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os.dup2(saved_fds[0], 1)
+        os.dup2(saved_fds[1], 2)
+        for fd in saved_fds:
+            os.close(fd)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def log_tail(log: IO[bytes] | None, lines: int = 20) -> str:
+    """The last ``lines`` lines of the hidden engine output ('' when there is none)."""
+    if log is None or log.closed:
+        return ""
+    try:
+        log.flush()
+        size = log.seek(0, os.SEEK_END)
+        log.seek(max(0, size - 16384))
+        text = log.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def unpack_prompt_logprobs(plp, row: np.ndarray, k: int, ids_out: np.ndarray, lps_out: np.ndarray,

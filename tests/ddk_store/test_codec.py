@@ -36,7 +36,7 @@ def test_idsort_saturates_below_floor():
 
 @settings(max_examples=40, deadline=None)
 @given(k=st.integers(1, 16), vocab=st.sampled_from([17, 300, 65534, 70000]), n=st.integers(1, 5),
-       enc=st.sampled_from(spec.ENCODINGS), seed=st.integers(0, 2**16))
+       enc=st.sampled_from((spec.ENC_IDSORT_Q8, spec.ENC_RANK_F16)), seed=st.integers(0, 2**16))
 def test_roundtrip_property(k, vocab, n, enc, seed):
     rng = np.random.default_rng(seed)
     k = min(k, vocab)

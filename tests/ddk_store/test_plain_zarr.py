@@ -17,7 +17,7 @@ def test_read_store_with_plain_zarr(tmp_path):
     from ddk_store.testing import make_tiny_store, synth_rows  # only to *write* the store
 
     url = str(tmp_path / "s")
-    make_tiny_store(url, seed=3, unit_rows=4)
+    make_tiny_store(url, seed=3, unit_rows=4, encoding="topk-idsort-q8")  # the 1.0 encoding; 1.1: test_store_v2.py
     expected_rng = np.random.default_rng(3)
     expected = synth_rows(expected_rng, 4, 16, 4, 64, 1.0)  # alpha/train unit 0 was written first
 

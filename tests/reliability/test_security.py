@@ -82,7 +82,7 @@ def codec_names(codecs: list[dict[str, Any]]) -> set[str]:
 
 
 # =============================================================================== (a) no pickle, no code from data
-@pytest.mark.parametrize("encoding", spec.ENCODINGS)
+@pytest.mark.parametrize("encoding", (spec.ENC_IDSORT_Q8, spec.ENC_RANK_F16))  # 1.1: test_store_v2.py
 def test_store_holds_no_pickle(tmp_path: Path, encoding: str) -> None:
     """Every node declares only known numeric codecs and dtypes, and no chunk is a pickle stream."""
     url = tmp_path / "store"

@@ -1,0 +1,30 @@
+"""The registry of top-k encodings: one entry per name a store may record (docs/store-format.md, section 4).
+
+Readers refuse a name that is not here. Adding an encoding (a sampled one, say) is one :class:`Encoding` subclass in
+its own module and one entry below; the schema, writer, reader, validator and ``ddk-store info`` follow it.
+"""
+
+from __future__ import annotations
+
+from .. import spec
+from ..errors import StoreVersionError
+from .base import PER_ENTRY, PER_POSITION, Encoding, StoredArray, TopK, id_dtype, id_fill
+from .floor_tail import IdSortQ8Tail
+from .v1 import IdSortQ8, RankF16
+
+#: name -> encoding, in spec.ENCODINGS order.
+REGISTRY: dict[str, Encoding] = {e.name: e for e in (IdSortQ8Tail(), IdSortQ8(), RankF16())}
+assert tuple(REGISTRY) == spec.ENCODINGS, "spec.ENCODINGS and the registry must list the same encodings"
+
+
+def get_encoding(name: str) -> Encoding:
+    """The encoding called ``name``; StoreVersionError naming it (and the known ones) if this ddk does not know it."""
+    try:
+        return REGISTRY[name]
+    except (KeyError, TypeError):
+        raise StoreVersionError(f"unknown top-k encoding {name!r}; this ddk knows {list(REGISTRY)}: upgrade ddk to "
+                                "read this store") from None
+
+
+__all__ = ["Encoding", "PER_ENTRY", "PER_POSITION", "REGISTRY", "StoredArray", "TopK", "get_encoding", "id_dtype",
+           "id_fill"]

@@ -1,0 +1,215 @@
+"""A local disk cache of a remote store's chunks: a second run, or a second rank on the host, reads from disk.
+
+Design: a zarr-level read-through wrapper store (:class:`CachedStore`), not fsspec's caching filesystems. fsspec's
+``simplecache``/``filecache`` are synchronous filesystems (zarr would run them through a thread wrapper and lose
+s3fs's concurrent fetches), key files by path only (a store rewritten at the same URL would be served stale), and
+cache every file including the metadata documents that tell a rewritten store from the old one. Here:
+
+- **Identity.** The cache directory of a store is ``<cache root>/<readable url>-<sha256(url + root zarr.json)>``.
+  The root document holds the store's metadata and its creation claim (a random token written by the process that
+  created it, spec.CLAIM_ATTR): a store deleted and dumped again at the same URL gets a new directory, never the old
+  chunks. Metadata documents (``zarr.json``) are never cached: they are always read from the remote store.
+- **Only verified chunks.** Every chunk of the store format ends with its CRC-32C (docs/store-format.md); a chunk is
+  written to the cache only when it matches, and a cached chunk that no longer matches (a damaged disk) is dropped
+  and fetched again. Missing chunks are not cached (the reader reports them as it does without a cache).
+- **Concurrent fillers.** A chunk is written to a temporary file in its final directory and renamed into place
+  (atomic on POSIX): ranks and runs on one host may fill one cache at once; readers see a whole chunk or none. A
+  failed cache write (a full disk) only costs the cache, never the read.
+- **Size cap.** With ``max_bytes``, the least recently used chunks under the cache root are deleted once the root
+  holds more than the cap (down to 80% of it).
+
+Local and memory:// stores are never cached (they are already local).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import re
+import threading
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import google_crc32c
+from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
+from zarr.storage import WrapperStore
+
+from .paths import cache_dir as ddk_cache_dir
+from .storage import url_scheme
+
+#: ``--cache-dir auto``: ``$DDK_CACHE/stores``.
+AUTO = "auto"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_TMP_SUFFIX = ".tmp"
+
+
+def resolve_cache_root(value: str | os.PathLike[str]) -> Path:
+    """The cache root a ``--cache-dir`` value names (``auto``: ``$DDK_CACHE/stores``)."""
+    return ddk_cache_dir("stores") if os.fspath(value) == AUTO else Path(value).expanduser()
+
+
+def store_cache_dir(root: str | os.PathLike[str], url: str, root_doc: Mapping[str, Any]) -> Path:
+    """The directory of one store version under the cache root: a readable form of the URL plus a hash of the URL and
+    the store's root document (metadata and creation claim)."""
+    canonical = json.dumps(root_doc, sort_keys=True, separators=(",", ":"), default=str)
+    digest = hashlib.sha256(f"{url}\n{canonical}".encode()).hexdigest()[:24]
+    readable = _UNSAFE.sub("_", url.split("://", 1)[-1]).strip("_")[-80:]
+    return resolve_cache_root(root) / f"{readable}-{digest}"
+
+
+def is_cached_key(key: str) -> bool:
+    """Chunks are cached; metadata documents (``zarr.json``) never are."""
+    return not (key == "zarr.json" or key.endswith("/zarr.json"))
+
+
+def checksum_ok(data: bytes) -> bool:
+    """True when ``data`` ends with the CRC-32C of what precedes it (zarr's crc32c codec, little-endian)."""
+    return len(data) >= 4 and google_crc32c.value(data[:-4]).to_bytes(4, "little") == data[-4:]
+
+
+def slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:
+    if byte_range is None:
+        return data
+    if isinstance(byte_range, RangeByteRequest):
+        return data[byte_range.start:byte_range.end]
+    if isinstance(byte_range, OffsetByteRequest):
+        return data[byte_range.offset:]
+    if isinstance(byte_range, SuffixByteRequest):
+        return data[max(0, len(data) - byte_range.suffix):]
+    raise TypeError(f"unexpected byte range {byte_range!r}")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a uniquely named temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def evict(root: Path, max_bytes: int, keep_fraction: float = 0.8) -> int:
+    """Delete the least recently used files under ``root`` until it holds at most ``keep_fraction * max_bytes``
+    (when it holds more than ``max_bytes``); returns the bytes it holds afterwards. Temporary files are left alone
+    (another process is writing them)."""
+    files = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            if name.endswith(_TMP_SUFFIX):
+                continue
+            p = os.path.join(dirpath, name)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            files.append((st.st_mtime, st.st_size, p))
+    total = sum(size for _, size, _ in files)
+    if total <= max_bytes:
+        return total
+    for _, size, p in sorted(files):
+        if total <= keep_fraction * max_bytes:
+            break
+        try:
+            os.unlink(p)
+            total -= size
+        except OSError:
+            pass
+    return total
+
+
+class CachedStore(WrapperStore[Store]):
+    """Read-through cache of one store version's chunks in ``directory`` (see the module docstring).
+
+    ``hits``/``fills``/``unverified`` count chunks served from disk, fetched and cached, and fetched but not cached
+    (no valid checksum).
+    """
+
+    def __init__(self, store: Store, directory: str | os.PathLike[str], *, max_bytes: int | None = None,
+                 root: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(store)
+        self.directory = Path(directory)
+        self.root = Path(root) if root is not None else self.directory.parent
+        self.max_bytes = max_bytes
+        self.hits = self.fills = self.unverified = 0
+        self._lock = threading.Lock()
+        self._approx_total: int | None = None  # bytes under the root, known after the first scan
+
+    def _with_store(self, store: Store) -> CachedStore:
+        return type(self)(store, self.directory, max_bytes=self.max_bytes, root=self.root)
+
+    def __repr__(self) -> str:
+        return f"CachedStore({self._store!r}, {str(self.directory)!r})"
+
+    # ------------------------------------------------------------------ disk side (run in a worker thread)
+    def _read_cached(self, path: Path) -> bytes | None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if not checksum_ok(data):
+            path.unlink(missing_ok=True)  # damaged on disk: fetch it again
+            return None
+        try:
+            os.utime(path)  # least recently used = oldest mtime
+        except OSError:
+            pass
+        return data
+
+    def _fill(self, path: Path, data: bytes) -> None:
+        try:
+            write_atomic(path, data)
+        except OSError:
+            return  # a full or read-only disk costs the cache, not the read
+        if self.max_bytes is None:
+            return
+        with self._lock:
+            if self._approx_total is None or self._approx_total + len(data) > self.max_bytes:
+                self._approx_total = evict(self.root, self.max_bytes)
+            else:
+                self._approx_total += len(data)
+
+    # ------------------------------------------------------------------ zarr Store API
+    async def get(self, key: str, prototype: BufferPrototype | None = None,
+                  byte_range: ByteRequest | None = None) -> Buffer | None:
+        prototype = prototype or default_buffer_prototype()
+        if not is_cached_key(key):
+            return await self._store.get(key, prototype, byte_range)
+        path = self.directory / key
+        data = await asyncio.to_thread(self._read_cached, path)
+        if data is not None:
+            self.hits += 1
+            return prototype.buffer.from_bytes(slice_bytes(data, byte_range))
+        if byte_range is not None:  # a partial read: served by the remote store, not cached
+            return await self._store.get(key, prototype, byte_range)
+        buf = await self._store.get(key, prototype)
+        if buf is None:
+            return None
+        data = buf.to_bytes()
+        if checksum_ok(data):
+            self.fills += 1
+            await asyncio.to_thread(self._fill, path, data)
+        else:
+            self.unverified += 1
+        return buf
+
+    async def get_partial_values(self, prototype: BufferPrototype,
+                                 key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:
+        return list(await asyncio.gather(*(self.get(k, prototype, r) for k, r in key_ranges)))
+
+
+def cached_store(store: Store, url: str, root_doc: Mapping[str, Any], cache_dir: str | os.PathLike[str] | None, *,
+                 max_bytes: int | None = None) -> Store:
+    """``store`` behind a local chunk cache when ``cache_dir`` is given and the store is remote, else ``store``."""
+    if cache_dir is None or url_scheme(url) in ("file", "memory"):
+        return store
+    return CachedStore(store, store_cache_dir(cache_dir, url, root_doc), max_bytes=max_bytes,
+                       root=resolve_cache_root(cache_dir))

@@ -1,0 +1,219 @@
+"""The packed token rows of a store: written by stage 1's pack phase, read by its score phase.
+
+They live in the Zarr group ``_pack`` (a name no domain can take) beside the domain groups; readers of the store never
+look there. Its nodes are written directly (never through zarr's parent creation), so packing creates no root
+document: the root stays absent until the score phase creates the store, and a store that holds only ``_pack`` is
+still "new" to the writer.
+
+- ``_pack/zarr.json``: a group whose attribute ``ddk_pack`` is the pack document, rewritten whole after every chunk
+  (a single object write): the pack's identity (the settings that decide the rows) and each domain's state,
+  including its resume cursor;
+- ``_pack/<domain>.<split>``: an array [2**40, T] of token ids (the store's id dtype) in chunks of ``chunk_rows``
+  rows; only the rows the state counts are meaningful (the shape never changes, so no write ever resizes);
+- ``_pack/<domain>.heldout_docs``: int64, the held-out documents' corpus ordinals.
+
+Chunks are written before the state that counts them, so a kill at any moment leaves a state that points only at
+complete chunks (a later run writes the same chunk again, byte for byte). See docs/store-format.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.abc.store import Store
+from zarr.codecs import BloscCodec, Crc32cCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import MemoryStore
+
+from .errors import StoreExistsError, StoreFormatError
+from .groups import read_root_doc, root_meta_from_doc
+from .storage import local_path, normalize_url, open_zarr_store
+
+PACK_PREFIX = "_pack"
+PACK_ATTR = "ddk_pack"
+PACK_FORMAT = "ddk-pack"
+PACK_VERSION = 1
+#: Target tokens per packed chunk: a few MB in memory while packing, one read per many score units.
+CHUNK_TOKENS = 1 << 18
+#: Rows of every packed row array (a bound, not a size: chunks exist only where rows were written).
+MAX_ROWS = 1 << 40
+
+
+def pack_chunk_rows(seq_len: int) -> int:
+    return max(1, CHUNK_TOKENS // seq_len)
+
+
+def _get(store: Store, key: str) -> bytes | None:
+    try:
+        buf = sync(store.get(key, prototype=default_buffer_prototype()))
+    except FileNotFoundError:
+        return None
+    return None if buf is None else buf.to_bytes()
+
+
+def _set(store: Store, key: str, data: bytes) -> None:
+    sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def top_level_names(store: Store) -> set[str]:
+    """The names directly under the store's prefix (files and directories, or object key prefixes)."""
+    async def names() -> set[str]:
+        return {n.strip("/") async for n in store.list_dir("")}
+
+    try:
+        return sync(names())
+    except FileNotFoundError:
+        return set()
+
+
+def holds_only_pack(store: Store) -> bool:
+    """Nothing but packed rows (or nothing at all) under the prefix: a store whose score phase has not begun."""
+    return top_level_names(store) <= {PACK_PREFIX}
+
+
+def check_pack_location(store: Store, url: str) -> None:
+    """Refuse to pack into a location that holds something other than a ddk store or its packed rows."""
+    doc = read_root_doc(store, url)
+    if doc is None:
+        if not holds_only_pack(store):
+            raise StoreExistsError(f"{url} is not empty and holds no ddk store; refusing to write there (and to "
+                                   "delete it even with --overwrite): choose an empty or new location")
+        return
+    try:
+        root_meta_from_doc(doc, url)
+    except StoreFormatError as e:
+        raise StoreExistsError(f"{url} holds something that is not a readable ddk store ({e}); refusing to touch "
+                               "it: choose another location") from None
+
+
+def delete_all_but_pack(store: Store, url: str) -> None:
+    """Delete the store's Zarr hierarchy (root document, groups, arrays) and keep its packed rows: what
+    ``--overwrite`` does once the pack phase has written rows this run is going to score."""
+    path = local_path(normalize_url(url))
+    names = top_level_names(store) - {PACK_PREFIX}
+    if path is not None:
+        for name in names:
+            p = path / name
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else os.unlink(p)
+        return
+    for name in names:  # a prefix (a group) or one object (the root document)
+        sync(store.delete_dir(name))
+        try:
+            sync(store.delete(name))
+        except (FileNotFoundError, KeyError):
+            pass
+
+
+def _node_doc(make: Any) -> bytes:
+    """The zarr.json of a node made by ``make(store)`` in a scratch memory store (so no parent node is written)."""
+    scratch = MemoryStore()
+    make(scratch)
+    return sync(scratch.get("n/zarr.json", prototype=default_buffer_prototype())).to_bytes()
+
+
+class PackedRows:
+    """Read and write the packed rows of the store at ``url`` (see the module docstring for the layout)."""
+
+    def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None, read_only: bool = False,
+                 store: Store | None = None) -> None:
+        self.url = normalize_url(url)
+        self.read_only = read_only
+        self._options = storage_options
+        # Reads go through a read-only store (opening a local store for writing creates its directory, and a run
+        # refused for bad input must leave no trace); the writable one is opened at the first write.
+        self.store = store if store is not None else open_zarr_store(self.url, read_only=True,
+                                                                     storage_options=storage_options)
+        self._writable_store: Store | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+        self._cache: tuple[tuple[str, str, int], np.ndarray] | None = None
+
+    def writable(self) -> Store:
+        """The store opened for writing (refused for a reader opened with ``read_only``)."""
+        if self.read_only:
+            raise StoreFormatError(f"{self.url}: packed rows opened read-only")
+        if self._writable_store is None:
+            self._writable_store = open_zarr_store(self.url, read_only=False, storage_options=self._options)
+        return self._writable_store
+
+    # ----------------------------------------------------------------- state
+    def read_state(self) -> dict[str, Any] | None:
+        """The pack document, or None when nothing was packed yet."""
+        raw = _get(self.store, f"{PACK_PREFIX}/zarr.json")
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw).get("attributes", {}).get(PACK_ATTR)
+        except (ValueError, AttributeError) as e:
+            raise StoreFormatError(f"{self.url}: {PACK_PREFIX}/zarr.json is not a ddk pack document ({e})") from None
+        if not isinstance(doc, dict) or doc.get("format") != PACK_FORMAT:
+            raise StoreFormatError(f"{self.url}: {PACK_PREFIX}/zarr.json is not a ddk pack document")
+        if doc.get("version") != PACK_VERSION:
+            raise StoreFormatError(f"{self.url}: packed rows of version {doc.get('version')!r}, this ddk reads "
+                                   f"version {PACK_VERSION}; pack into a new --store, or pass --overwrite")
+        return doc
+
+    def write_state(self, identity: Mapping[str, Any], domains: Mapping[str, Any]) -> None:
+        doc = {"format": PACK_FORMAT, "version": PACK_VERSION, "identity": identity, "domains": domains}
+        data = _node_doc(lambda m: zarr.create_group(m, path="n", attributes={PACK_ATTR: doc}))
+        _set(self.writable(), f"{PACK_PREFIX}/zarr.json", data)
+
+    # ----------------------------------------------------------------- rows
+    def _array(self, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> zarr.Array:
+        """The array ``_pack/<name>``, created (its document only) when absent."""
+        path = f"{PACK_PREFIX}/{name}"
+        if name not in self._arrays:
+            store = self.store if self.read_only else self.writable()
+            if not self.read_only and _get(store, f"{path}/zarr.json") is None:
+                # The codecs of the store's tokens arrays (store-format.md section 1): blosc-zstd, then crc32c, so
+                # every chunk read is checked.
+                codecs = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize),
+                          Crc32cCodec()]
+                _set(store, f"{path}/zarr.json", _node_doc(lambda m: zarr.create_array(
+                    m, name="n", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=codecs)))
+            try:
+                self._arrays[name] = zarr.open_array(store, path=path, mode="r" if self.read_only else "r+")
+            except (FileNotFoundError, KeyError, ValueError) as e:
+                raise StoreFormatError(f"{self.url}: packed array {path} is missing or unreadable ({e}); rerun "
+                                       "`ddk-teacher pack` with --overwrite") from None
+        return self._arrays[name]
+
+    def _rows(self, domain: str, split: str, seq_len: int, chunk_rows: int, dtype: Any) -> zarr.Array:
+        return self._array(f"{domain}.{split}", (MAX_ROWS, seq_len), (chunk_rows, seq_len), np.dtype(dtype))
+
+    def write_chunk(self, domain: str, split: str, index: int, rows: np.ndarray, *, chunk_rows: int,
+                    dtype: Any) -> None:
+        """Write rows [n <= chunk_rows, T] as chunk ``index`` of ``domain/split`` (ids must fit ``dtype``)."""
+        arr = self._rows(domain, split, rows.shape[1], chunk_rows, dtype)
+        arr[index * chunk_rows : index * chunk_rows + rows.shape[0]] = rows.astype(arr.dtype)
+
+    def read_rows(self, domain: str, split: str, start: int, stop: int, *, seq_len: int, chunk_rows: int,
+                  dtype: Any) -> np.ndarray:
+        """Rows [start, stop) of ``domain/split`` as int32 [stop - start, T] (the last chunk read is kept, so
+        consecutive units read each chunk once)."""
+        arr = self._rows(domain, split, seq_len, chunk_rows, dtype)
+        parts = []
+        row = start
+        while row < stop:
+            index = row // chunk_rows
+            key = (domain, split, index)
+            if self._cache is None or self._cache[0] != key:
+                self._cache = (key, arr[index * chunk_rows : (index + 1) * chunk_rows].astype(np.int32))
+            hi = min(stop, (index + 1) * chunk_rows)
+            parts.append(self._cache[1][row - index * chunk_rows : hi - index * chunk_rows])
+            row = hi
+        return np.concatenate(parts) if parts else np.zeros((0, seq_len), dtype=np.int32)
+
+    def write_ints(self, domain: str, name: str, values: np.ndarray) -> None:
+        arr = self._array(f"{domain}.{name}", (MAX_ROWS,), (1 << 16,), np.dtype("<i8"))
+        arr[: values.size] = values
+
+    def read_ints(self, domain: str, name: str, n: int) -> np.ndarray:
+        arr = self._array(f"{domain}.{name}", (MAX_ROWS,), (1 << 16,), np.dtype("<i8"))
+        return np.asarray(arr[:n], dtype=np.int64)

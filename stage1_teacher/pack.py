@@ -1,0 +1,277 @@
+"""The pack phase: every domain of --corpora read, tokenized and packed into the store's packed rows
+(ddk_store.packed), streaming and resumable; what `ddk-teacher pack` runs and what `ddk-teacher dump` runs first.
+
+A domain goes through the states 'training' (held-out rows written, training rows being written; the cursor says
+where) and 'packed' (done; its provenance and counts recorded). The pack document names the settings that decide the
+rows (its identity); a run with other settings is refused, naming the flag, unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from zarr.core.sync import sync
+
+from ddk_store import DomainInfo, SourceInfo, tokenizer_fingerprint
+from ddk_store.codec import id_dtype
+from ddk_store.difference import first_difference, value_at
+from ddk_store.errors import ConfigError, StoreExistsError
+from ddk_store.packed import PackedRows, check_pack_location, pack_chunk_rows
+from ddk_store.storage import delete_store_prefix
+
+from .config import Stage1Config
+from .corpus import DomainSource, load_corpora
+from .pack_stream import Cursor, Selection, pack_training, select_heldout
+from .packing import check_split_size
+from .plan import RESUME_FLAGS, settings_of, source_uri
+from .tokenize import DocTokenizer, bos_to_add
+
+PACKED, TRAINING = "packed", "training"
+#: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.
+POLL_S = 2.0
+
+
+def pack_identity(*, seq_len: int, fingerprint: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that decide the packed rows, laid out as in the store identity (so RESUME_FLAGS name them)."""
+    return {"seq_len": seq_len, "tokenizer": {"fingerprint": fingerprint}, "settings": dict(settings)}
+
+
+def identity_problem(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
+    """The first difference between a pack's identity and this run's, by flag name where there is one."""
+    for path, name in RESUME_FLAGS.items():
+        if "*" not in path and first_difference(value_at(have, path), value_at(want, path)) is not None:
+            return f"{name} was {value_at(have, path)!r}, this run has {value_at(want, path)!r}"
+    return first_difference({"pack": dict(have)}, {"pack": dict(want)})
+
+
+def refusal(url: str, diff: str) -> StoreExistsError:
+    return StoreExistsError(f"{url} already holds a ddk store made with different settings ({diff}); rerun with the "
+                            "store's settings to resume it, choose another --store, or pass --overwrite to replace it")
+
+
+@dataclass(frozen=True)
+class PackedStore:
+    """The packed rows of a store, every domain done: what the score phase reads."""
+
+    url: str
+    seq_len: int
+    dtype: np.dtype
+    domains: Mapping[str, Mapping[str, Any]]  # name -> its 'packed' state (with its chunk_rows)
+
+    def rows(self) -> dict[str, dict[str, int]]:
+        return {d: {"train": st["train_rows"], "heldout": st["heldout_rows"]} for d, st in self.domains.items()}
+
+    def info(self, name: str) -> DomainInfo:
+        st = self.domains[name]
+        return DomainInfo(name=name, sources=tuple(SourceInfo(**s) for s in st["sources"]),
+                          n_documents=st["n_documents"], n_tokens=st["n_tokens"], n_skipped=st["n_skipped"])
+
+
+def read_pack(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The pack document of the store at ``url`` (None: nothing packed, or no store)."""
+    return PackedRows(url, storage_options=storage_options).read_state()
+
+
+def fully_packed(state: Mapping[str, Any] | None, names: list[str]) -> bool:
+    domains = (state or {}).get("domains") or {}
+    return all((domains.get(n) or {}).get("state") == PACKED for n in names)
+
+
+def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, identity: Mapping[str, Any],
+                 heldout_seqs: int, max_rows_per_domain: int, on_bad_utf8: str, eos_id: int, bos_id: int | None,
+                 vocab_size: int, overwrite: bool = False, storage_options: Mapping[str, Any] | None = None,
+                 echo: Callable[[str], None] = print, packer: bool = True, files_complete: bool = True,
+                 chunk_rows: int = 0) -> PackedStore:
+    """Pack every domain not packed yet (resuming a domain from its cursor); return the packed rows.
+
+    Args:
+        packer: False for a shard other than 0: wait until another process has packed everything, pack nothing.
+        files_complete: False when some corpus file named by --corpora is gone (allowed once its domain is packed).
+        chunk_rows: rows per packed chunk of a domain packed from scratch (0: ddk_store.packed's default); a domain
+            being resumed keeps its own.
+
+    Raises:
+        StoreExistsError: the store was packed with other settings or other corpus files (and not ``overwrite``),
+            or its location holds something that is not a ddk store.
+        ConfigError: a domain is empty or too small (every domain's problem in one error).
+    """
+    seq_len = int(identity["seq_len"])
+    pack = PackedRows(url, storage_options=storage_options)
+    check_pack_location(pack.store, pack.url)
+    state = pack.read_state()
+    if state is not None and (diff := identity_problem(state["identity"], identity)):
+        if not overwrite:
+            raise refusal(pack.url, diff)
+        sync(delete_store_prefix(pack.writable(), pack.url))
+        pack = PackedRows(url, storage_options=storage_options)
+        state = None
+    names = [s.name for s in corpora]
+    if not packer and not fully_packed(state, names):
+        state = _wait_for_packer(pack, identity, names, echo)
+    domains: dict[str, Any] = dict((state or {}).get("domains") or {})
+    chunk_rows = chunk_rows or pack_chunk_rows(seq_len)
+    dtype = id_dtype(vocab_size)
+
+    def save_as(name: str) -> Callable[[dict[str, Any]], None]:
+        def save(st: dict[str, Any]) -> None:
+            domains[name] = st
+            pack.write_state(identity, domains)
+
+        return save
+
+    # Every domain's select pass first: a domain too small is refused before anything is written.
+    todo: list[tuple[DomainSource, Mapping[str, Any] | Selection]] = []
+    problems = []
+    for src in corpora:
+        st = domains.get(src.name)
+        if st is not None and st.get("state") in (PACKED, TRAINING):
+            _check_files(pack.url, src, st, files_complete or st["state"] == TRAINING)
+            if st["state"] == TRAINING:
+                todo.append((src, st))
+            continue
+        echo(f"packing domain {src.name}: selecting the held-out documents")
+        try:
+            todo.append((src, select_heldout(src, coder, seq_len=seq_len, heldout_seqs=heldout_seqs,
+                                             max_train_rows=src.row_cap(max_rows_per_domain),
+                                             on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id)))
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    for src, st in todo:
+        if isinstance(st, Selection):
+            st = _write_selection(pack, src.name, st, save=save_as(src.name), chunk_rows=chunk_rows, dtype=dtype)
+        echo(f"packing domain {src.name}: training rows" + (" (resuming)" if st["cursor"]["rows"] else ""))
+        _pack_domain(pack, src, coder, st, save=save_as(src.name), seq_len=seq_len, heldout_seqs=heldout_seqs,
+                     max_train_rows=src.row_cap(max_rows_per_domain), on_bad_utf8=on_bad_utf8, eos_id=eos_id,
+                     bos_id=bos_id, dtype=dtype)
+    return PackedStore(url=pack.url, seq_len=seq_len, dtype=dtype, domains={n: domains[n] for n in names})
+
+
+def _wait_for_packer(pack: PackedRows, identity: Mapping[str, Any], names: list[str],
+                     echo: Callable[[str], None]) -> Mapping[str, Any]:
+    echo(f"waiting for shard 0 (or `ddk-teacher pack`) to pack the corpora into {pack.url}; start it if it is not "
+         "running")
+    while True:
+        time.sleep(POLL_S)
+        state = pack.read_state()
+        if state is not None and (diff := identity_problem(state["identity"], identity)):
+            raise refusal(pack.url, diff)
+        if fully_packed(state, names):
+            return state
+
+
+def _check_files(url: str, src: DomainSource, st: Mapping[str, Any], files_complete: bool) -> None:
+    """A packed domain's corpus files must still be the ones packed (same path and size) where they still exist;
+    a file gone since is harmless: the rows are in the store."""
+    packed = {s["uri"]: s["bytes"] for s in st["sources"]}
+    if not src.files:
+        return
+    here = {source_uri(f): os.path.getsize(f) for f in src.files if os.path.exists(f)}
+    changed = [u for u, n in here.items() if packed.get(u) != n]
+    if files_complete and set(here) != set(packed):
+        changed = changed or sorted(set(here) ^ set(packed))
+    if changed:
+        raise refusal(url, f"--corpora (source files or their contents): domain {src.name!r} was packed from other "
+                           f"files than {changed[0]}")
+
+
+def _write_selection(pack: PackedRows, name: str, sel: Selection, *, save: Callable[[dict[str, Any]], None],
+                     chunk_rows: int, dtype: np.dtype) -> dict[str, Any]:
+    """Write a domain's held-out rows and documents, then its 'training' state (cursor at the start)."""
+    for i in range(0, sel.heldout_rows.shape[0], chunk_rows):
+        pack.write_chunk(name, "heldout", i // chunk_rows, sel.heldout_rows[i : i + chunk_rows],
+                         chunk_rows=chunk_rows, dtype=dtype)
+    pack.write_ints(name, "heldout_docs", sel.heldout_docs)
+    st = {"state": TRAINING, "chunk_rows": chunk_rows, "heldout_rows": int(sel.heldout_rows.shape[0]),
+          "heldout_docs": int(sel.heldout_docs.size), "held_tokens": sel.held_tokens, "n_read": sel.n_read,
+          "n_tokens": sel.n_tokens, "n_skipped": sel.n_skipped, "sources": [s.to_dict() for s in sel.sources],
+          "cursor": Cursor().to_dict()}
+    save(st)
+    return st
+
+
+def _pack_domain(pack: PackedRows, src: DomainSource, coder: DocTokenizer, st: Mapping[str, Any], *,
+                 save: Callable[[dict[str, Any]], None], seq_len: int, heldout_seqs: int, max_train_rows: int,
+                 on_bad_utf8: str, eos_id: int, bos_id: int | None, dtype: np.dtype) -> None:
+    """The train pass of a domain in state 'training', from its cursor; then its 'packed' state."""
+    name, chunk_rows = src.name, st["chunk_rows"]
+    st = dict(st)
+
+    def saved(c: Cursor) -> None:
+        st["cursor"] = c.to_dict()
+        save(dict(st))
+
+    held = pack.read_ints(name, "heldout_docs", st["heldout_docs"])
+    train_rows, train_tokens = pack_training(
+        src, coder, Cursor(**st["cursor"]), heldout_docs=held, n_read=st["n_read"], seq_len=seq_len,
+        max_train_rows=max_train_rows, chunk_rows=chunk_rows, on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id,
+        write_chunk=lambda i, rows: pack.write_chunk(name, "train", i, rows, chunk_rows=chunk_rows, dtype=dtype),
+        save=saved)
+    n_tokens = st["n_tokens"] if st["n_tokens"] is not None else st["held_tokens"] + train_tokens
+    check_split_size(name, n_tokens, seq_len, heldout_seqs, st["heldout_rows"], train_rows)  # (select checked it)
+    save({"state": PACKED, "chunk_rows": chunk_rows, "train_rows": train_rows, "heldout_rows": st["heldout_rows"],
+          "n_documents": st["n_read"], "n_tokens": n_tokens, "n_skipped": st["n_skipped"], "sources": st["sources"]})
+
+
+def load_corpora_for(cfg: Stage1Config) -> tuple[list[DomainSource], bool]:
+    """--corpora parsed, and whether every file it names is there: a file gone since its domain was packed into
+    --store is no problem (the score phase reads the store), any other missing file is the usual error."""
+    try:
+        return load_corpora(cfg.corpora), True
+    except ConfigError as e:
+        corpora = load_corpora(cfg.corpora, missing_ok=True)  # any other problem is raised here
+        state = PackedRows(cfg.store, storage_options=cfg.storage_options_dict, read_only=True).read_state()
+        if not fully_packed(state, [s.name for s in corpora]):
+            raise e from None
+        return corpora, False
+
+
+def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, vocab_size: int, files_complete: bool,
+               echo: Callable[[str], None], packer: bool | None = None) -> tuple[PackedStore, dict[str, Any]]:
+    """Pack --corpora into --store as ``cfg`` says; returns the packed rows and the settings recorded in the store.
+
+    ``packer`` (default: this is shard 0): pack what is missing; else wait until another process has packed it.
+    """
+    bos_id = bos_to_add(tok)
+    settings = settings_of(corpora, heldout_seqs=cfg.heldout_seqs, max_rows_per_domain=cfg.max_rows_per_domain,
+                           on_bad_utf8=cfg.on_bad_utf8, trust_remote_code=cfg.trust_remote_code,
+                           bos_token_id=bos_id)
+    identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+    with DocTokenizer(tok, workers=cfg.workers) as coder:
+        packed = pack_corpora(cfg.store, corpora, coder, identity=identity, heldout_seqs=cfg.heldout_seqs,
+                              max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8,
+                              eos_id=tok.eos_token_id, bos_id=bos_id, vocab_size=vocab_size,
+                              overwrite=cfg.overwrite, storage_options=cfg.storage_options_dict, echo=echo,
+                              packer=cfg.shard_index == 0 if packer is None else packer,
+                              files_complete=files_complete)
+    for name, st in packed.domains.items():
+        if st["n_skipped"]:
+            echo(f"domain {name}: skipped {st['n_skipped']} document(s) with invalid UTF-8")
+    return packed, settings
+
+
+def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
+    """`ddk-teacher pack`: the pack phase alone (the teacher's tokenizer and config, never its weights' compute)."""
+    from .corpus import check_dataset_source
+    from .teacher import load_tokenizer, resolve_teacher
+
+    t0 = time.perf_counter()
+    corpora, files_complete = load_corpora_for(cfg)
+    teacher = resolve_teacher(cfg.teacher, revision=cfg.teacher_revision, trust_remote_code=cfg.trust_remote_code)
+    tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
+    for src in corpora:
+        if src.format == "dataset":
+            check_dataset_source(src)
+    packed, _ = pack_phase(cfg, corpora, tok, vocab_size=teacher.vocab_size, files_complete=files_complete,
+                           echo=echo, packer=True)
+    rows = sum(r["train"] + r["heldout"] for r in packed.rows().values())
+    seconds = time.perf_counter() - t0
+    echo(f"{packed.url}: packed {len(packed.domains)} domain(s), {rows:,} rows of {cfg.seq_len} tokens "
+         f"({rows * cfg.seq_len:,} tokens) in {seconds:.1f} s; `ddk-teacher dump` with the same settings scores them")
+    return packed

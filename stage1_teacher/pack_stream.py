@@ -1,0 +1,153 @@
+"""The two streaming passes that pack one domain into the store's packed rows (ddk_store.packed).
+
+1. *Select*: read the domain (hashing each file as its bytes are read), key every document and keep the held-out
+   candidates (packing.HeldoutHeap). Only documents the heap would take are tokenized, plus the first ones until the
+   training side holds a row (all of them for a domain with a row cap, whose end depends on every length); memory
+   is about the held-out rows. Every "domain too small" problem is found in this pass, before anything is written.
+2. *Train*: read the domain again, skip the held-out documents (and, when resuming, every document before the
+   cursor) without tokenizing them, tokenize the rest in --workers processes and cut rows (packing.RowPacker),
+   writing each chunk and then the cursor.
+
+The rows are exactly packing.pack_domain's: held-out = the heap's documents in corpus order; training = every other
+document read, in corpus order.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from ddk_store import SourceInfo
+
+from .corpus import DomainSource, ReadStats, read_sourced_documents
+from .packing import HeldoutHeap, RowPacker, check_domain_size, check_split_size, doc_key, pack_rows, with_bos
+from .plan import provenance
+from .tokenize import DocTokenizer
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the select pass found: the held-out documents and where the domain's reading ends."""
+
+    heldout_rows: np.ndarray  # int32 [heldout_seqs, T]
+    heldout_docs: np.ndarray  # int64 ordinals, ascending
+    held_tokens: int  # stream tokens of the held-out documents
+    n_read: int  # documents read: training documents are the others among ordinals [0, n_read)
+    n_tokens: int | None  # stream tokens of every document read (known only for a capped domain)
+    n_skipped: int
+    sources: tuple[SourceInfo, ...]
+
+
+def numbered(src: DomainSource, *, on_bad_utf8: str, stats: ReadStats | None = None,
+             hashes: dict[str, tuple[str, int]] | None = None) -> Iterator[tuple[int, int, str]]:
+    """(ordinal, held-out key, text) of every document of ``src`` in corpus order."""
+    seen: dict[str, int] = {}
+    for ordinal, (label, text) in enumerate(read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats,
+                                                                   hashes=hashes)):
+        index = seen.get(label, 0)
+        seen[label] = index + 1
+        yield ordinal, doc_key(src.name, label, index), text
+
+
+def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, heldout_seqs: int, max_train_rows: int,
+                   on_bad_utf8: str, eos_id: int, bos_id: int | None) -> Selection:
+    """Pass 1 (see the module docstring). Raises ConfigError when the domain cannot fill its held-out rows."""
+    heap = HeldoutHeap(heldout_seqs * seq_len)
+    stats = ReadStats()
+    hashes: dict[str, tuple[str, int]] = {}
+    cap_tokens = max_train_rows * seq_len
+    sent: deque[tuple[int, int]] = deque()  # (ordinal, key) of the documents sent to the tokenizer
+    read = [0]
+    n_tokens = train_tokens = 0
+
+    def candidates() -> Iterator[str]:
+        for ordinal, key, text in numbered(src, on_bad_utf8=on_bad_utf8, stats=stats, hashes=hashes):
+            read[0] = ordinal + 1
+            # A document the heap rejects now it rejects for good; until the training side holds a row, every
+            # document is measured, so a domain too small for one training row is known here, before any write.
+            if cap_tokens or train_tokens < seq_len or heap.wants(key, ordinal):
+                sent.append((ordinal, key))
+                yield text
+
+    n_read = None
+    stream = coder.encode(candidates())
+    try:
+        for ids in stream:
+            ordinal, key = sent.popleft()
+            arr = with_bos(ids, bos_id)
+            n_tokens += arr.size + 1
+            moved = heap.push(key, ordinal, arr) if heap.wants(key, ordinal) else [(ordinal, arr)]
+            train_tokens += sum(a.size + 1 for _, a in moved)
+            if cap_tokens and train_tokens >= cap_tokens and heap.full:
+                n_read = ordinal + 1
+                break
+    finally:
+        stream.close()
+    if n_read is None:
+        n_read = read[0]
+    if not heap.full:  # every document was tokenized: n_tokens is the domain's
+        check_domain_size(src.name, n_tokens, seq_len)
+    held = heap.documents()
+    rows = pack_rows((a for _, a in held), seq_len, eos_id, max_rows=heldout_seqs).rows
+    # Raised only when every document was tokenized (heap not full, or no training row), so n_tokens is exact.
+    check_split_size(src.name, n_tokens, seq_len, heldout_seqs, rows.shape[0], int(train_tokens >= seq_len))
+    return Selection(heldout_rows=rows, heldout_docs=np.array([o for o, _ in held], dtype=np.int64),
+                     held_tokens=heap.tokens, n_read=n_read, n_tokens=n_tokens if cap_tokens else None,
+                     n_skipped=stats.n_skipped, sources=provenance(src, known=hashes))
+
+
+@dataclass
+class Cursor:
+    """Where a domain's training rows stand: ``rows`` written (whole chunks); the next row starts ``skip`` stream
+    tokens into document ``doc``; ``tokens``: stream tokens of the training documents before ``doc``."""
+
+    rows: int = 0
+    doc: int = 0
+    skip: int = 0
+    tokens: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"rows": self.rows, "doc": self.doc, "skip": self.skip, "tokens": self.tokens}
+
+
+def pack_training(src: DomainSource, coder: DocTokenizer, cursor: Cursor, *, heldout_docs: np.ndarray, n_read: int,
+                  seq_len: int, max_train_rows: int, chunk_rows: int, on_bad_utf8: str, eos_id: int,
+                  bos_id: int | None, write_chunk: Callable[[int, np.ndarray], None],
+                  save: Callable[[Cursor], None]) -> tuple[int, int]:
+    """Pass 2 from ``cursor``: writes chunk after chunk (``write_chunk(index, rows)``, then ``save(cursor)``).
+
+    Returns (training rows, stream tokens of every training document read).
+    """
+    held = set(heldout_docs.tolist())
+    packer = RowPacker(seq_len, eos_id, chunk_rows, max_rows=max_train_rows, rows_done=cursor.rows)
+    order: deque[int] = deque()
+
+    def texts() -> Iterator[str]:
+        for ordinal, _, text in numbered(src, on_bad_utf8=on_bad_utf8):
+            if ordinal >= n_read or packer.full:
+                return
+            if ordinal >= cursor.doc and ordinal not in held:  # before the cursor: in the store already
+                order.append(ordinal)
+                yield text
+
+    stream = coder.encode(texts())
+    try:
+        for ids in stream:
+            ordinal = order.popleft()
+            skip = cursor.skip if ordinal == cursor.doc else 0
+            for rows in packer.add(ordinal, with_bos(ids, bos_id), skip):
+                write_chunk(packer.rows_done // chunk_rows - 1, rows)
+                doc, at = packer.cursor()
+                save(Cursor(packer.rows_done, doc, at, cursor.tokens + packer.tokens_before_cursor()))
+            if packer.full:
+                break
+    finally:
+        stream.close()
+    first = packer.rows_done
+    last = packer.finish()
+    if last.shape[0]:
+        write_chunk(first // chunk_rows, last)
+    return packer.rows_done, cursor.tokens + packer.added_tokens

@@ -1,0 +1,131 @@
+"""ReadPool: run a read function over a list of planned items in N worker threads, several items in flight, and hand
+the results back in plan order.
+
+Why threads: a micro-batch read is zarr chunk fetches (object-store I/O, or file reads) plus blosc decompression and
+numpy decoding, all of which release the GIL; threads share the reader's open arrays and connection pool, and need
+no pickling. The order of the results is the order of the plan whatever order the reads finish in, so training
+sees exactly the batches of a serial reader.
+
+Memory is bounded: at most ``inflight`` items are being read or waiting to be consumed. A read that raises hands
+its exception to the consumer, which re-raises it when it reaches that item (the items before it are delivered
+first); no item after a failed one is started. ``close()`` (also on Ctrl-C, via the caller's ``finally``) stops
+handing out work and returns at once: reads already running finish in their daemon threads and are dropped
+(``join`` waits for them; the trainer's Prefetcher waits up to 5 s).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Worker threads per process are capped here: beyond it the decoding, not the I/O, is the bottleneck.
+MAX_DEFAULT_WORKERS = 8
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_read_workers(local_ranks: int = 1, cores: int | None = None) -> int:
+    """Worker threads of one rank when ``--read-workers`` is not given: the host's cores shared by the ``local_ranks``
+    training processes on it, at least 2 (so object-store latency overlaps even on one core), at most 8."""
+    cores = available_cores() if cores is None else cores
+    return max(2, min(MAX_DEFAULT_WORKERS, cores // max(1, local_ranks)))
+
+
+class _Failed:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class ReadPool(Generic[T, R]):
+    """Iterate ``read(item)`` for every item of ``items``, in order, computed by ``workers`` daemon threads with at
+    most ``inflight`` results read ahead of the consumer. One pass; iterate it once."""
+
+    def __init__(self, read: Callable[[T], R], items: Sequence[T], *, workers: int, inflight: int,
+                 name: str = "ddk-read") -> None:
+        if workers < 1 or inflight < 1:
+            raise ValueError(f"ReadPool needs workers >= 1 and inflight >= 1, got {workers} and {inflight}")
+        self._read = read
+        self._items = list(items)
+        self._inflight = inflight
+        self._cond = threading.Condition()
+        self._done: dict[int, R | _Failed] = {}  # index -> result, until the consumer takes it
+        self._next_start = 0  # next index a worker will read
+        self._next_out = 0  # next index the consumer will take
+        self._failed = False  # a read raised: start nothing after it
+        self._closed = False
+        n = max(1, min(workers, inflight, len(self._items)))
+        self._threads = [threading.Thread(target=self._work, daemon=True, name=f"{name}-{i}") for i in range(n)]
+        for t in self._threads:
+            t.start()
+
+    def _take_index(self) -> int | None:
+        """The next index to read, waiting while ``inflight`` items are ahead of the consumer; None: nothing left."""
+        with self._cond:
+            while True:
+                if self._closed or self._failed or self._next_start >= len(self._items):
+                    return None
+                if self._next_start - self._next_out < self._inflight:
+                    i = self._next_start
+                    self._next_start += 1
+                    return i
+                self._cond.wait()
+
+    def _work(self) -> None:
+        while (i := self._take_index()) is not None:
+            try:
+                result: R | _Failed = self._read(self._items[i])
+            except BaseException as e:  # handed to the consumer, which re-raises it with its traceback
+                result = _Failed(e)
+            with self._cond:
+                if self._closed:
+                    return
+                self._done[i] = result
+                if isinstance(result, _Failed):
+                    self._failed = True
+                self._cond.notify_all()
+
+    def __iter__(self) -> Iterator[R]:
+        while True:
+            with self._cond:
+                if self._next_out >= len(self._items):
+                    return
+                while self._next_out not in self._done:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                result = self._done.pop(self._next_out)
+                self._next_out += 1
+                self._cond.notify_all()  # a slot is free: a waiting worker may start the next read
+            if isinstance(result, _Failed):
+                self.close()
+                raise result.exc
+            yield result
+
+    def close(self) -> None:
+        """Stop: no new reads start, results not taken are dropped; idle workers exit now, busy ones after their read."""
+        with self._cond:
+            self._closed = True
+            self._done.clear()
+            self._cond.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` seconds in all for the worker threads to exit (after :meth:`close` or the last item);
+        True when all have."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for t in self._threads:
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)

@@ -1,0 +1,181 @@
+"""Store format 1.1: the exact tail and the default encoding ``topk-idsort-q8-tail``; 1.0 stores still read.
+
+References are written from the formulas of docs/store-format.md in float64, not from the implementation.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ddk_store import codec, open_store, spec
+from ddk_store.encodings import REGISTRY, get_encoding
+from ddk_store.errors import StoreVersionError
+from ddk_store.testing import StoreFiles, make_tiny_store, tiny_meta
+from ddk_store.validate import validate_store
+from ddk_store.writer import StoreWriter
+
+V, K = 200, 8
+
+
+def distributions(rng: np.random.Generator) -> np.ndarray:
+    """float64 (n, V) teacher distributions, confident ones included."""
+    rows = [np.exp(rng.normal(size=V) * s) for s in (0.5, 1.0, 2.0, 3.0, 4.0)]
+    rows = [r / r.sum() for r in rows]
+    for top1, tail in ((0.97, 0.01), (0.9999, 5e-5), (0.5, 0.3), (0.999999, 1e-7)):
+        # top-1 = top1; K-1 more entries share 1 - top1 - tail; the other V - K ids share the tail
+        p = np.full(V, tail / (V - K))
+        rest = np.linspace(2.0, 0.1, K - 1)
+        p[1:K] = (1 - top1 - tail) * rest / rest.sum()
+        p[0] = top1
+        rows.append(rng.permutation(p))
+    return np.stack(rows)
+
+
+def topk(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.argsort(-p, axis=-1, kind="stable")[:, :K]
+    return ids, np.log(np.take_along_axis(p, ids, -1)).astype(np.float32)
+
+
+def test_tail_is_exact_on_every_position_including_confident_ones():
+    p = distributions(np.random.default_rng(0))
+    ids, lp = topk(p)
+    dec = codec.decode_arrays(codec.encode_arrays(ids, lp, encoding=spec.ENC_IDSORT_Q8_TAIL, vocab_size=V),
+                              encoding=spec.ENC_IDSORT_Q8_TAIL)
+    q = np.exp(dec.logprobs.astype(np.float64))
+    tail = np.exp(dec.log_tail.astype(np.float64))
+    assert np.abs(q.sum(-1) + tail - 1).max() <= 1e-3
+    for n in range(len(p)):
+        kept = [(int(i), float(l)) for i, l in zip(dec.ids[n], dec.logprobs[n]) if np.isfinite(l)]
+        kept_ids = {i for i, _ in kept}
+        assert len(kept_ids) == len(kept) >= 1
+        true_outside = 1.0 - sum(p[n, i] for i in kept_ids)  # the teacher's exact mass outside the decoded entries
+        assert abs(tail[n] - true_outside) <= 1e-3, (n, tail[n], true_outside)
+        for i, logq in kept:  # rounding 1/64 + rescale 1/64, plus the float16 tail's 5e-4
+            assert abs(logq - np.log(p[n, i])) <= 1 / 32 + 5e-4
+        # dropped entries are exactly those below the floor: code round(-lp * 32) > 253
+        for i, lpi in zip(ids[n], lp[n]):
+            assert (int(i) in kept_ids) == (np.rint(-lpi * 32) <= 253 or lpi == lp[n].max())
+    confident = np.flatnonzero(p.max(-1) >= 0.97)
+    assert len(confident) == 3 and (tail[confident] > 0).all()  # a 0.97 top-1 keeps its tail (1.0 made it 0)
+
+
+def test_q8_derived_tail_was_wrong_on_confident_positions():
+    """Why 1.1 exists: with the 1.0 default, 1 - sum of a top-1 of 0.97 with a 1% tail is not the tail."""
+    p = distributions(np.random.default_rng(0))
+    ids, lp = topk(p)
+    dec = codec.decode_arrays(codec.encode_arrays(ids, lp, encoding=spec.ENC_IDSORT_Q8, vocab_size=V),
+                              encoding=spec.ENC_IDSORT_Q8)
+    derived = np.clip(1 - np.exp(dec.logprobs.astype(np.float64)).sum(-1), 0, 1)
+    true = 1 - np.take_along_axis(p, ids, -1).sum(-1)
+    assert np.abs(derived - true).max() > 1e-3
+
+
+def test_absent_slots_come_last_and_repeat_an_id():
+    ids = np.array([[5, 9, 2, 7]])
+    lp = np.log(np.array([[0.9, 0.0999, 1e-5, 1e-6]], dtype=np.float64)).astype(np.float32)
+    st = codec.encode_arrays(ids, lp, encoding=spec.ENC_IDSORT_Q8_TAIL, vocab_size=10)
+    # kept: ids 5 (0.9) and 9 (0.0999), sorted by id; then two absent slots (delta 0, code 254)
+    assert st[spec.ARR_TOPK_IDS].tolist() == [[5, 4, 0, 0]]
+    assert st[spec.ARR_TOPK_LOGPROBS].tolist() == [[round(-np.log(0.9) * 32), round(-np.log(0.0999) * 32), 254, 254]]
+    mass = 1 - 0.9 - 0.0999  # outside the kept entries: the dropped 1.1e-5 and the 1e-4 beyond the top-4
+    assert float(st[spec.ARR_TOPK_TAIL][0]) == pytest.approx(np.log(mass), rel=1e-3)
+    dec = codec.decode_arrays(st, encoding=spec.ENC_IDSORT_Q8_TAIL)
+    assert dec.ids.tolist() == [[5, 9, 9, 9]] and np.isneginf(dec.logprobs[0, 2:]).all()
+
+
+def test_store_round_trip_verify_and_info(tmp_path):
+    url = str(tmp_path / "s")
+    reader = make_tiny_store(url, top_k=K, vocab_size=V)
+    assert reader.meta.encoding == spec.DEFAULT_ENCODING == spec.ENC_IDSORT_Q8_TAIL
+    assert reader.meta.format_version == spec.FORMAT_VERSION == "1.1" and reader.meta.logprob_scale == 32
+    b = reader.read_rows("alpha", "train", [2, 0, 2])
+    assert b.topk_log_tail.shape == (3, 15)
+    total = np.exp(b.topk_logprobs.astype(np.float64)).sum(-1) + np.exp(b.topk_log_tail.astype(np.float64))
+    assert np.abs(total - 1).max() <= 1e-3
+    assert validate_store(url) == []
+    from ddk_store.cli import store_summary
+
+    s = store_summary(url, {})
+    assert s["encoding"] == spec.ENC_IDSORT_Q8_TAIL and s["exact_tail"] is True
+
+
+def test_verify_names_a_tail_that_is_not_a_log_mass(tmp_path):
+    url = str(tmp_path / "s")
+    writer = make_tiny_store(url, top_k=K, vocab_size=V, finalize=False)
+    arr = writer._arrays_of("alpha", "train")[spec.ARR_TOPK_TAIL]
+    unit = writer.units("alpha", "train")[0]
+    data = arr[unit.start:unit.stop]
+    data[0, 0] = 0.5  # a mass above 1
+    arr[unit.start:unit.stop] = data
+    from ddk_store.groups import crc32_of
+
+    markers = writer._arrays_of("alpha", "train")[spec.ARR_UNITS]
+    row = markers[unit.index]
+    row[-1] = crc32_of(data)  # a consistent checksum: only the invariant can catch it
+    markers[unit.index] = row
+    writer.finalize()
+    issues = [str(i) for i in validate_store(url)]
+    assert len(issues) == 1 and "topk_tail: tail log-mass NaN or > 0" in issues[0]
+
+
+def test_format_1_0_store_still_reads(tmp_path):
+    """A store as format 1.0 wrote it: encoding topk-idsort-q8, four data arrays, markers of width 5."""
+    url = str(tmp_path / "old")
+    make_tiny_store(url, encoding=spec.ENC_IDSORT_Q8, unit_rows=4)
+    StoreFiles(url).edit_root_meta(lambda m: m.__setitem__("format_version", "1.0"))
+    doc = json.loads((Path(url) / "alpha/train/units/zarr.json").read_text())
+    assert doc["shape"][1] == 5 and not (Path(url) / "alpha/train" / spec.ARR_TOPK_TAIL).exists()
+    r = open_store(url)
+    assert r.meta.format_version == "1.0" and r.meta.logprob_scale == 16
+    b = r.read_rows("beta", "heldout", [0, 1])
+    assert b.topk_log_tail is None and b.topk_logprobs.shape == (2, 15, 4)
+    assert validate_store(url) == []
+    # a dump with the store's settings resumes it (a newer minor version is not a different store)
+    meta = tiny_meta(encoding=spec.ENC_IDSORT_Q8)
+    rows = {d: {s: r.num_rows(d, s) for s in spec.SPLITS} for d in r.domains}
+    w = StoreWriter.open_or_create(url, meta.replace(domains=r.meta.domains), rows, unit_rows=4, chunk_rows=1)
+    assert w.resumed and w.meta.format_version == "1.0"
+
+
+def test_unknown_encoding_is_refused_by_name():
+    with pytest.raises(StoreVersionError, match="unknown top-k encoding 'topk-sampled-n32'"):
+        get_encoding("topk-sampled-n32")
+    assert tuple(REGISTRY) == spec.ENCODINGS
+
+
+def test_every_encoding_declares_ids_and_logprobs_first():
+    for enc in REGISTRY.values():
+        names = [a.name for a in enc.arrays(V)]
+        assert names[:2] == [spec.ARR_TOPK_IDS, spec.ARR_TOPK_LOGPROBS]
+
+
+def test_a_dump_with_another_encoding_does_not_resume_the_store():
+    from ddk_store.difference import identity_difference
+    from stage1_teacher.plan import RESUME_FLAGS
+
+    diff = identity_difference(tiny_meta(), tiny_meta(encoding=spec.ENC_IDSORT_Q8), RESUME_FLAGS)
+    assert diff == "--encoding was 'topk-idsort-q8-tail', this run has 'topk-idsort-q8'"
+    assert identity_difference(tiny_meta(), tiny_meta().replace(format_version="1.0")) is None
+
+
+def test_tail_store_holds_only_spec_codecs_numeric_dtypes_and_no_pickle(tmp_path):
+    url = tmp_path / "s"
+    make_tiny_store(str(url), train_rows=4, heldout_rows=2)
+    arrays = 0
+    for path in url.rglob("*"):
+        if path.is_dir():
+            continue
+        if path.name == "zarr.json":
+            doc = json.loads(path.read_text())
+            if doc["node_type"] == "array":
+                arrays += 1
+                assert {c["name"] for c in doc["codecs"]} <= spec.ALLOWED_CODECS
+                assert doc["data_type"] in {"uint8", "uint16", "uint32", "float16", "float32"}
+        else:
+            assert "/c/" in path.relative_to(url).as_posix()
+            assert path.read_bytes()[:2] not in {b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"}
+    assert arrays == 3 * 2 * 6  # domains x splits x (5 data arrays + units)

@@ -1,0 +1,95 @@
+"""Many devices on one host: `--devices 2` (two real CPU dump processes, one finalize) and two torchrun-style ranks
+both equal the single-process store; a device process that dies ends the command with one line naming it."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from ddk_store import open_store
+from ddk_store.layout import shard_owns
+from ddk_testkit.commands import dump_argv
+from ddk_testkit.processes import child_env, reaped, run_cli, spawn
+from ddk_testkit.snapshots import store_arrays
+from stage1_teacher.devices import compose_shard, gpu_groups, torchrun_rank, visible_gpus
+
+
+def assert_same_store(a, b) -> None:
+    xa, xb = store_arrays(str(a)), store_arrays(str(b))
+    assert sorted(xa) == sorted(xb)
+    for key in xa:
+        assert np.array_equal(xa[key], xb[key]), key
+    ma, mb = open_store(str(a)).meta, open_store(str(b)).meta
+    assert ma.identity() == mb.identity()
+    assert [d.heldout_nll for d in ma.domains] == [d.heldout_nll for d in mb.domains]
+
+
+@pytest.mark.parametrize("hosts, devices", [(1, 2), (2, 2), (3, 4)])
+def test_device_shards_split_their_host_shard_exactly(hosts, devices):
+    ordinals = range(100)
+    for host in range(hosts):
+        mine = {o for o in ordinals if shard_owns(o, (host, hosts))}
+        parts = [{o for o in ordinals if shard_owns(o, compose_shard((host, hosts), d, devices))}
+                 for d in range(devices)]
+        assert set().union(*parts) == mine and sum(map(len, parts)) == len(mine)
+
+
+def test_gpu_groups_and_environment():
+    assert gpu_groups(2, 2, ["4", "5", "6", "7"]) == ["4,5", "6,7"]
+    with pytest.raises(Exception, match="needs 4 GPU"):
+        gpu_groups(4, 1, ["0", "1"])
+    assert visible_gpus({"CUDA_VISIBLE_DEVICES": "2, 3"}) == ["2", "3"]
+    assert torchrun_rank({}) is None and torchrun_rank({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert torchrun_rank({"WORLD_SIZE": "4", "RANK": "5", "LOCAL_RANK": "1"}) == (5, 4, 1)
+
+
+def test_devices_2_equals_the_single_process_store(reference_store, tiny_teacher, corpora_yaml, tmp_path):
+    store = tmp_path / "store"
+    res = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--devices", "2"))
+    assert res.code == 0, res.output[-3000:]
+    assert "[device 0]" in res.output and "[device 1]" in res.output and "finalized" in res.output
+    assert_same_store(store, reference_store)
+
+
+def test_torchrun_ranks_equal_the_single_process_store(reference_store, tiny_teacher, corpora_yaml, tmp_path):
+    store = tmp_path / "store"
+    argv = dump_argv(tiny_teacher, corpora_yaml, store)
+    procs = [spawn("stage1_teacher.cli", argv, env=child_env(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2"))
+             for r in range(2)]
+    errs = []
+    for p in procs:
+        with reaped(p):
+            errs.append(p.communicate(timeout=600)[1])
+            assert p.returncode == 0, errs[-1][-3000:]
+    assert "finalized" in errs[0] and "finalized" not in errs[1]
+    assert_same_store(store, reference_store)
+
+
+def test_a_dead_device_ends_the_command_with_one_line_naming_it(tiny_teacher, corpora_yaml, tmp_path):
+    parent = spawn("stage1_teacher.cli", dump_argv(tiny_teacher, corpora_yaml, tmp_path / "store", "--devices", "2"))
+    with reaped(parent):
+        deadline = time.monotonic() + 120
+        victim = None
+        while victim is None and time.monotonic() < deadline and parent.poll() is None:
+            for c in psutil.Process(parent.pid).children():
+                try:
+                    if "1/2" in c.cmdline():
+                        victim = c
+                except psutil.NoSuchProcess:
+                    pass
+            time.sleep(0.05)
+        assert victim is not None, "the device-1 child never started"
+        others = [c for c in psutil.Process(parent.pid).children() if c.pid != victim.pid]
+        victim.send_signal(signal.SIGKILL)
+        _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 2, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert "device 1" in errors[0] and "shard 1/2" in errors[0] and "SIGKILL" in errors[0], errors[0]
+    assert "rerun the same command" in errors[0]
+    for c in others:  # the other device was stopped, not left running
+        assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,75 @@
+"""`ddk-teacher pack`, then `ddk-teacher dump` of the packed store: the dump reads no corpus (a corpus file deleted
+in between is harmless) and gives the store a single dump gives; a store packed with other settings is one line."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from ddk_testkit.commands import HELDOUT, dump_argv
+from ddk_testkit.corpora import write_corpus
+from ddk_testkit.processes import run_cli
+from ddk_testkit.snapshots import store_differences, store_snapshot
+
+
+def pack_argv(teacher, corpora, store, *extra):
+    return ["pack", *dump_argv(teacher, corpora, store, *extra)[1:]]
+
+
+def one_line_error(code: int, err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and lines and lines[-1].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[-1]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return write_corpus(tmp_path_factory.mktemp("pack_cli_corpus"), n_docs=60)
+
+
+def test_pack_then_dump_equals_a_dump_and_needs_no_corpus_file(tiny_teacher, corpus, tmp_path):
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus.parent, copy)
+    corpora = copy / corpus.name
+    store = tmp_path / "s"
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpora, store, "--max-rows-per-domain", "6"))
+    assert code == 0, err
+    assert "packed 3 domain(s)" in err and "Loading weights" not in err
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpora, store, "--max-rows-per-domain", "6"))
+    assert code == 0 and "packing domain" not in err, err  # packed already: nothing is read again
+    (copy / "scripture.txt").unlink()  # gone between pack and score: the rows are in the store
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora, store, "--max-rows-per-domain", "6"))
+    assert code == 0, err
+    assert "packing domain" not in err and "created" in err
+    direct = tmp_path / "direct"
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpus, direct, "--max-rows-per-domain", "6"))
+    assert code == 0, err
+    a, b = store_snapshot(str(store)), store_snapshot(str(direct))
+    # Same rows, teacher values and identity; only the provenance paths differ (the corpus was copied).
+    assert [k for k in store_differences(a, b) if k != "/attrs: differs" and "_pack/attrs" not in k] == []
+
+
+def test_a_store_packed_with_other_settings_is_one_line_naming_the_flag(tiny_teacher, corpus, tmp_path):
+    store = tmp_path / "s"
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "3"))
+    assert code == 0, err
+    for argv in (pack_argv, dump_argv):
+        line = one_line_error(*run_cli("ddk-teacher", argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "3",
+                                                            "--heldout-seqs", str(HELDOUT + 1))))
+        assert f"--heldout-seqs was {HELDOUT}, this run has {HELDOUT + 1}" in line and "--overwrite" in line
+    line = one_line_error(*run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--seq-len", "16")))
+    assert "--seq-len was 32, this run has 16" in line
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "2",
+                                                 "--overwrite"))
+    assert code == 0 and "packing domain" in err, err
+
+
+def test_pack_refuses_bad_input_in_one_line(tiny_teacher, corpus, tmp_path):
+    line = one_line_error(*run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, tmp_path / "s", "--workers", "0")))
+    assert "--workers must be >= 1" in line and not (tmp_path / "s").exists()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("mine")
+    line = one_line_error(*run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, tmp_path / "other")))
+    assert "holds no ddk store" in line and (tmp_path / "other" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,121 @@
+"""The streaming pack phase: the same rows as the in-memory plan, chunk by chunk, resumable after any chunk, and the
+packed rows in the store (``_pack``) invisible to store readers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ddk_store.errors import ConfigError
+from ddk_store.packed import PackedRows
+from ddk_testkit.commands import HELDOUT, SEQ_LEN
+from stage1_teacher.corpus import load_corpora
+from stage1_teacher.pack import pack_corpora, pack_identity
+from stage1_teacher.packing import RowPacker, pack_rows
+from stage1_teacher.plan import plan_domains, settings_of
+from stage1_teacher.teacher import load_tokenizer, resolve_teacher
+from stage1_teacher.tokenize import DocTokenizer, bos_to_add
+from ddk_store import tokenizer_fingerprint
+
+
+def _docs(seed: int, n: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, 50, size=int(rng.integers(1, 30))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("max_rows", [0, 7, 23])
+def test_row_packer_equals_pack_rows_and_resumes_at_every_chunk(max_rows):
+    docs = _docs(0, 80)
+    want = pack_rows(docs, seq_len=8, eos_id=0, max_rows=max_rows).rows
+    p = RowPacker(8, 0, 3, max_rows=max_rows)
+    chunks, cursors = [], []
+    for i, d in enumerate(docs):
+        for c in p.add(i, d):
+            chunks.append(c)
+            cursors.append((p.rows_done, *p.cursor()))
+        if p.full:
+            break
+    chunks.append(p.finish())
+    assert np.array_equal(np.concatenate(chunks), want)
+    assert all(c.shape[0] == 3 for c in chunks[:-1]) and chunks[-1].shape[0] < 3
+    for rows_done, doc, skip in cursors:  # a run stopped after any chunk continues to the same rows
+        q = RowPacker(8, 0, 3, max_rows=max_rows, rows_done=rows_done)
+        rest = []
+        for i in range(doc, len(docs)):
+            rest.extend(q.add(i, docs[i], skip if i == doc else 0))
+            if q.full:
+                break
+        rest.append(q.finish())
+        assert np.array_equal(np.concatenate([want[:rows_done], *rest]), want), (rows_done, doc, skip)
+
+
+def _setup(tiny_teacher, corpora_yaml, max_rows=0, heldout=HELDOUT):
+    tok = load_tokenizer(resolve_teacher(str(tiny_teacher)))
+    corpora = load_corpora(corpora_yaml)
+    settings = settings_of(corpora, heldout_seqs=heldout, max_rows_per_domain=max_rows, on_bad_utf8="skip",
+                           trust_remote_code=False, bos_token_id=bos_to_add(tok))
+    identity = pack_identity(seq_len=SEQ_LEN, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+    kw = dict(identity=identity, heldout_seqs=heldout, max_rows_per_domain=max_rows, on_bad_utf8="skip",
+              eos_id=tok.eos_token_id, bos_id=bos_to_add(tok), vocab_size=len(tok), echo=lambda m: None)
+    return tok, corpora, kw
+
+
+def _rows(packed, domain, split):
+    st = packed.domains[domain]
+    n = st[f"{split}_rows"]
+    return PackedRows(packed.url, read_only=True).read_rows(domain, split, 0, n, seq_len=packed.seq_len,
+                                                           chunk_rows=st["chunk_rows"], dtype=packed.dtype)
+
+
+@pytest.mark.parametrize("max_rows", [0, 5])
+def test_streaming_pack_gives_the_plans_rows(tiny_teacher, corpora_yaml, tmp_path, max_rows):
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml, max_rows)
+    with DocTokenizer(tok, workers=2, batch=16) as coder:
+        plans = plan_domains(corpora, coder, seq_len=SEQ_LEN, heldout_seqs=HELDOUT, max_rows_per_domain=max_rows,
+                             on_bad_utf8="skip", eos_id=tok.eos_token_id, bos_id=bos_to_add(tok))
+        packed = pack_corpora(str(tmp_path / "s"), corpora, coder, chunk_rows=4, **kw)
+    for d, plan in plans.items():
+        assert np.array_equal(_rows(packed, d, "train"), plan.train), d
+        assert np.array_equal(_rows(packed, d, "heldout"), plan.heldout), d
+        info = packed.info(d)
+        assert (info.n_documents, info.n_tokens, info.sources) == (plan.info.n_documents, plan.info.n_tokens,
+                                                                    plan.info.sources)
+
+
+class Stop(Exception):
+    """A fault injected into the store writes: the process 'dies' after some chunks."""
+
+
+def test_a_pack_stopped_after_any_chunk_resumes_to_the_same_rows(tiny_teacher, corpora_yaml, tmp_path, monkeypatch):
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
+    with DocTokenizer(tok, workers=1) as coder:
+        ref = pack_corpora(str(tmp_path / "ref"), corpora, coder, chunk_rows=4, **kw)
+        ref_state = PackedRows(ref.url).read_state()
+        n_chunks = sum(-(-st["train_rows"] // 4) + -(-st["heldout_rows"] // 4) for st in ref.domains.values())
+        real = PackedRows.write_chunk
+        for stop_at in (1, 5, n_chunks // 2, n_chunks - 1):
+            url = str(tmp_path / f"s{stop_at}")
+            count = [0]
+
+            def failing(self, *a, **k):
+                count[0] += 1
+                if count[0] == stop_at:
+                    raise Stop
+                return real(self, *a, **k)
+
+            monkeypatch.setattr(PackedRows, "write_chunk", failing)
+            with pytest.raises(Stop):
+                pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+            monkeypatch.setattr(PackedRows, "write_chunk", real)
+            again = pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+            assert PackedRows(url).read_state() == ref_state, stop_at
+            for d in ref.domains:
+                for split in ("train", "heldout"):
+                    assert np.array_equal(_rows(again, d, split), _rows(ref, d, split)), (stop_at, d, split)
+
+
+def test_too_small_domains_are_one_error_naming_each(tiny_teacher, corpora_yaml, tmp_path):
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml, heldout=100_000)
+    with DocTokenizer(tok, workers=1) as coder, pytest.raises(ConfigError) as e:
+        pack_corpora(str(tmp_path / "s"), corpora, coder, **kw)
+    assert all(f"domain {d!r} is too small" in str(e.value) for d in ("scripture", "python", "legal"))
