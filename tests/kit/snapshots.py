@@ -46,6 +46,19 @@ def store_arrays(url: str, storage_options: dict[str, Any] | None = None) -> dic
     return {k: v for k, v in store_snapshot(url, storage_options).items() if isinstance(v, np.ndarray)}
 
 
+
+def assert_same_store(a, b) -> None:
+    """Two local stores hold equal arrays, the same identity and the same held-out NLLs."""
+    from ddk_store import open_store
+
+    xa, xb = store_arrays(str(a)), store_arrays(str(b))
+    assert sorted(xa) == sorted(xb)
+    for key in xa:
+        assert np.array_equal(xa[key], xb[key]), key
+    ma, mb = open_store(str(a)).meta, open_store(str(b)).meta
+    assert ma.identity() == mb.identity()
+    assert [d.heldout_nll for d in ma.domains] == [d.heldout_nll for d in mb.domains]
+
 def store_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Keys whose values differ between two snapshots (empty: identical)."""
     diffs = [f"{k}: only in one store" for k in sorted(set(a) ^ set(b))]

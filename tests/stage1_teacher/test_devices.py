@@ -6,26 +6,14 @@ from __future__ import annotations
 import signal
 import time
 
-import numpy as np
 import psutil
 import pytest
 
-from ddk_store import open_store
 from ddk_store.layout import shard_owns
 from ddk_testkit.commands import dump_argv
 from ddk_testkit.processes import child_env, reaped, run_cli, spawn
-from ddk_testkit.snapshots import store_arrays
+from ddk_testkit.snapshots import assert_same_store
 from stage1_teacher.devices import compose_shard, gpu_groups, torchrun_rank, visible_gpus
-
-
-def assert_same_store(a, b) -> None:
-    xa, xb = store_arrays(str(a)), store_arrays(str(b))
-    assert sorted(xa) == sorted(xb)
-    for key in xa:
-        assert np.array_equal(xa[key], xb[key]), key
-    ma, mb = open_store(str(a)).meta, open_store(str(b)).meta
-    assert ma.identity() == mb.identity()
-    assert [d.heldout_nll for d in ma.domains] == [d.heldout_nll for d in mb.domains]
 
 
 @pytest.mark.parametrize("hosts, devices", [(1, 2), (2, 2), (3, 4)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import time
 
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -15,7 +14,7 @@ from ddk_store.cli import main as store_cli
 from ddk_store.errors import StoreIncompleteError
 from ddk_testkit.commands import dump_argv
 from ddk_testkit.processes import run_cli, spawn
-from ddk_testkit.snapshots import store_arrays
+from ddk_testkit.snapshots import assert_same_store
 
 
 def units_done(store) -> tuple[int, int]:
@@ -32,16 +31,6 @@ def units_done(store) -> tuple[int, int]:
     except Exception:  # not created yet, or caught between two metadata writes
         return 0, 0
     return int(sum((f == 1).sum() for f in flags)), int(sum(f.size for f in flags))
-
-
-def assert_same_store(a, b) -> None:
-    xa, xb = store_arrays(str(a)), store_arrays(str(b))
-    assert sorted(xa) == sorted(xb)
-    for key in xa:
-        assert np.array_equal(xa[key], xb[key]), key
-    ma, mb = open_store(str(a)).meta, open_store(str(b)).meta
-    assert ma.identity() == mb.identity()
-    assert [d.heldout_nll for d in ma.domains] == [d.heldout_nll for d in mb.domains]
 
 
 def test_sigkill_mid_dump_then_rerun_equals_uninterrupted(reference_store, tiny_teacher, corpora_yaml, tmp_path):
