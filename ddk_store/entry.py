@@ -8,6 +8,7 @@ exit status 2, no traceback. Ctrl-C says that rerunning the same command resumes
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -38,6 +39,7 @@ def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = 
         cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo(f"{prog_name}: {INTERRUPTED}", err=True)
+        _quiet_shutdown(argv)
         sys.exit(EXIT_INTERRUPTED)
     except click.exceptions.Exit as e:  # --help, --version
         sys.exit(e.exit_code)
@@ -46,8 +48,19 @@ def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = 
         sys.exit(EXIT_USER_ERROR if e.exit_code == 2 else e.exit_code)
     except DdkError as e:
         click.echo(f"error: {one_line(str(e))}", err=True)
+        _quiet_shutdown(argv)
         sys.exit(EXIT_USER_ERROR)
     sys.exit(0)
+
+
+def _quiet_shutdown(argv: Sequence[str] | None) -> None:
+    """After the one error line, keep the interpreter's exit quiet: I/O a library left in flight when the error struck
+    (zarr's concurrent chunk writes to an unreachable object store) is torn down at exit, and Python would print each
+    abandoned task and its traceback. Only in a console process (``argv`` None): a caller in the same interpreter
+    (a test under CliRunner) keeps its hooks."""
+    if argv is None:
+        sys.unraisablehook = lambda _unraisable: None
+        logging.getLogger("asyncio").disabled = True
 
 
 class EntryGroup(click.Group):
