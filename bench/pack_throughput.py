@@ -2,12 +2,16 @@
 memory.
 
 Measures, on the built-in corpus and the built-in teacher's tokenizer (the commands a user types build both):
-  tokens/s  of the pack phase with --workers 1 and 2 (the same rows either way; a test checks that),
+  tokens/s  of the pack phase with --workers 1 and 2 (the same rows either way; a test checks that), each worker
+            count measured --repeat times, interleaved (1, 2, 1, 2, ...: a load that comes and goes on a shared
+            machine hits both alike), the median reported;
+  CPU s     of the packing process and of its tokenizer workers (what the speed-up can be at most, whatever else
+            runs on the machine: total CPU / max(packing process, total / cores));
   peak RSS  of the process that packs (--workers 1: it also tokenizes), for the corpus at 1x and 8x its size
             (8 symlinked copies of every file); the streaming pack keeps it flat.
 
     .venv/bin/python bench/pack_throughput.py [--corpus CORPORA.yaml] [--teacher DIR] [--seq-len 1024]
-                                              [--heldout 500] [--workers 1,2] [--scales 1,8]
+                                              [--heldout 500] [--workers 1,2] [--scales 1,8] [--repeat 3]
 
 Every measurement runs in a fresh process (`--child`), so one run's memory never counts in the next one.
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import os
 import resource
 import subprocess
@@ -64,7 +69,7 @@ def child(corpus: str, teacher_dir: str, seq_len: int, heldout: int, workers: in
     from stage1_teacher.teacher import load_tokenizer, resolve_teacher
     from stage1_teacher.tokenize import DocTokenizer, bos_to_add
 
-    teacher = resolve_teacher(teacher_dir)
+    teacher = resolve_teacher(teacher_dir, weights=False)  # the pack phase needs no weights
     tok = load_tokenizer(teacher)
     bos = bos_to_add(tok)
     corpora = load_corpora(corpus)
@@ -73,15 +78,24 @@ def child(corpus: str, teacher_dir: str, seq_len: int, heldout: int, workers: in
     identity = pack_identity(seq_len=seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
+        c0 = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)
         with DocTokenizer(tok, workers=workers) as coder:
             packed = pack_corpora(str(Path(tmp) / "store"), corpora, coder, identity=identity, heldout_seqs=heldout,
                                   max_rows_per_domain=0, on_bad_utf8="skip", eos_id=tok.eos_token_id, bos_id=bos,
                                   vocab_size=teacher.vocab_size, echo=lambda m: None)
         seconds = time.perf_counter() - t
+        main_cpu = cpu_seconds(resource.RUSAGE_SELF) - c0[0]
+        workers_cpu = cpu_seconds(resource.RUSAGE_CHILDREN) - c0[1]  # the pool is shut down (joined) by now
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     infos = [packed.info(d) for d in packed.domains]
     print(json.dumps({"tokens": sum(i.n_tokens for i in infos), "seconds": seconds, "rss": rss,
-                      "bytes": sum(s.bytes for i in infos for s in i.sources)}))
+                      "bytes": sum(s.bytes for i in infos for s in i.sources), "main_cpu": main_cpu,
+                      "workers_cpu": workers_cpu}))
+
+
+def cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def measure(corpus: Path, teacher: str, seq_len: int, heldout: int, workers: int) -> dict:
@@ -99,6 +113,7 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=50)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--scales", default="1,8")
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each worker count at 1x, interleaved (median)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -109,17 +124,26 @@ def main() -> None:
     teacher = args.teacher or built_in("builtin-teacher")
     print(f"pack phase: {corpus} with the tokenizer of {teacher}, T={args.seq_len}, held-out {args.heldout}, "
           f"{os.cpu_count()} cores")
-    print("| corpus | workers | MB | tokens | seconds | tokens/s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| corpus | workers | MB | tokens | seconds (runs) | tokens/s (median) | CPU s packer + workers | "
+          "peak RSS MiB |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|")
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for scale in (int(x) for x in args.scales.split(",")):
             src = scaled_corpus(corpus, scale, Path(tmp))
-            for w in ([int(x) for x in args.workers.split(",")] if scale == 1 else [1]):
-                r = measure(src, teacher, args.seq_len, args.heldout, w)
+            ws = [int(x) for x in args.workers.split(",")] if scale == 1 else [1]
+            runs: dict[int, list[dict]] = {w: [] for w in ws}
+            for _ in range(args.repeat if scale == 1 else 1):
+                for w in ws:  # interleaved
+                    runs[w].append(measure(src, teacher, args.seq_len, args.heldout, w))
+            for w in ws:
+                rs = sorted(runs[w], key=lambda r: r["seconds"])
+                r = {**rs[len(rs) // 2], "seconds": statistics.median(x["seconds"] for x in rs)}
                 results[(scale, w)] = r
-                print(f"| {scale}x | {w} | {r['bytes'] / 1e6:.1f} | {r['tokens']:,} | {r['seconds']:.1f} | "
-                      f"{r['tokens'] / r['seconds']:,.0f} | {r['rss'] / 2**20:,.0f} |", flush=True)
+                each = ", ".join(f"{x['seconds']:.1f}" for x in runs[w])
+                print(f"| {scale}x | {w} | {r['bytes'] / 1e6:.1f} | {r['tokens']:,} | {r['seconds']:.1f} ({each}) | "
+                      f"{r['tokens'] / r['seconds']:,.0f} | {r['main_cpu']:.1f} + {r['workers_cpu']:.1f} | "
+                      f"{max(x['rss'] for x in rs) / 2**20:,.0f} |", flush=True)
     ws = sorted({w for s, w in results if s == 1})
     if len(ws) > 1:
         a, b = results[(1, ws[0])], results[(1, ws[-1])]

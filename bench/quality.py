@@ -7,6 +7,9 @@ Arms (the paper's Table 5 sampling ablations plus the two baselines):
   es       CE + 0.2 KL, uniform mixture                            "DDK with equal sampling"
   wo-fs    CE + 0.2 KL, Eq. 1 every interval                       DDK without factor smoothing
   ddk      CE + 0.2 KL, Eq. 1 then Eq. 2 (alpha 0.5)               DDK
+  ddk-cap  as ddk, with --max-epochs-per-domain 5                  DDK + the data-aware cap (beyond the paper)
+  kd@ENC   as kd, from a store dumped with --encoding ENC          one arm per encoding (not run by default);
+           kd@topk-sampled: N = --samples draws per position      "kd" itself is KD from the default encoding
 
 Pipeline (each step is skipped when its output already exists, so an interrupted run resumes):
   1. the built-in corpus, teacher and layer-subset student, with the commands `make demo` (examples/demo.sh) runs:
@@ -27,17 +30,18 @@ Usage: python bench/quality.py [--steps 240 --interval 20 --seeds 0,1,2 --jobs 2
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ddk_store import spec
+from ddk_store.errors import DdkError
 from ddk_store.paths import cache_dir
 from ddk_testkit.processes import REPO
-from stage2_student import rundir
+from stage2_student import compare, plots, rundir
+from stage2_student.report import ddk_floor
 
 BIN = Path(sys.executable).parent
 ARMS = {
@@ -46,9 +50,30 @@ ARMS = {
     "es": ["--mixing", "uniform"],
     "wo-fs": ["--mixing", "wo-fs"],
     "ddk": ["--mixing", "ddk"],
+    "ddk-cap": ["--mixing", "ddk", "--max-epochs-per-domain", "5"],
 }
+#: The arms the benchmark runs unless --arms says otherwise.
+DEFAULT_ARMS = tuple(ARMS)
+#: An arm per store encoding: "kd@ENCODING" is plain KD trained from a store dumped with --encoding ENCODING (the
+#: other arms train from the default encoding's store, so "kd" is KD from the default encoding).
+ENCODING_ARMS = {f"kd@{e}": e for e in spec.ENCODINGS if e != spec.DEFAULT_ENCODING}
+ARMS.update({arm: ARMS["kd"] for arm in ENCODING_ARMS})
 ARM_LABEL = {"ce": "CE only (γ=0), natural", "kd": "KD, natural", "es": "DDK w/ equal sampling (uniform)",
-             "wo-fs": "DDK w/o factor smoothing", "ddk": "DDK"}
+             "wo-fs": "DDK w/o factor smoothing", "ddk": "DDK",
+             "ddk-cap": "DDK + epoch cap (E = 5, beyond the paper)"}
+
+
+def encoding_arm_label(encoding: str, samples: int) -> str:
+    """The table label of the arm "kd@ENCODING"."""
+    return f"KD from {encoding}" + (f" (N={samples})" if encoding == spec.ENC_SAMPLED else "")
+
+
+ARM_LABEL.update({arm: encoding_arm_label(e, spec.DEFAULT_SAMPLES) for arm, e in ENCODING_ARMS.items()})
+
+
+def arm_encoding(arm: str) -> str:
+    """The encoding of the store an arm trains from."""
+    return ENCODING_ARMS.get(arm, spec.DEFAULT_ENCODING)
 
 
 def sh(argv: list[str], log: Path | None = None, env: dict | None = None) -> None:
@@ -70,8 +95,9 @@ def path_of(argv: list) -> Path:
     return Path(out.strip().splitlines()[-1])
 
 
-def prepare(args) -> tuple[Path, Path, Path]:
-    """(teacher dir, store path, raw student dir), built once in the cache by the commands the demo runs."""
+def prepare(args) -> tuple[Path, dict[str, Path], Path]:
+    """(teacher dir, store path per encoding the arms need, raw student dir), built once in the cache by the commands
+    the demo runs; the default encoding's store (every arm but "kd@ENCODING") is always built."""
     cache = cache_dir()
     corpora = path_of([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", args.max_mb])
     teacher = path_of([BIN / "ddk-teacher", "builtin-teacher"])
@@ -82,11 +108,18 @@ def prepare(args) -> tuple[Path, Path, Path]:
     if args.domain_rows:  # unequal domain sizes: a copy of the corpora file with per-domain max_rows
         corpora = natural_corpora(corpora, args.domain_rows, Path(args.out))
         tag += "-" + "-".join(f"{d}{n}" for d, n in args.domain_rows.items())
-    store = cache / "stores" / tag
-    sh([BIN / "ddk-teacher", "dump", "--teacher", teacher, "--corpora", corpora,
-        "--store", store, "--seq-len", args.seq_len, "--top-k", 64, "--heldout-seqs", args.heldout,
-        "--max-rows-per-domain", args.train_rows, "--backend", args.backend])
-    return teacher, store, student
+    stores = {}
+    for enc in dict.fromkeys([spec.DEFAULT_ENCODING, *map(arm_encoding, args.arms)]):  # each store dumped once
+        extra = [] if enc == spec.DEFAULT_ENCODING else ["--encoding", enc]
+        suffix = "" if enc == spec.DEFAULT_ENCODING else f"-{enc}"
+        if enc == spec.ENC_SAMPLED:
+            extra += ["--samples", args.samples, "--sampling-seed", 0]
+            suffix += f"-n{args.samples}"
+        stores[enc] = cache / "stores" / (tag + suffix)
+        sh([BIN / "ddk-teacher", "dump", "--teacher", teacher, "--corpora", corpora,
+            "--store", stores[enc], "--seq-len", args.seq_len, "--top-k", 64, "--heldout-seqs", args.heldout,
+            "--max-rows-per-domain", args.train_rows, "--backend", args.backend, *extra])
+    return teacher, stores, student
 
 
 def parse_domain_rows(text: str) -> dict[str, int]:
@@ -122,7 +155,8 @@ def train_cmd(args, store: Path, student: Path, out: Path, steps: int, seed: int
             "--device", args.device, "--overwrite", *extra]
 
 
-def run_all(args, store: Path, student: Path) -> None:
+def run_all(args, stores: dict[str, Path], student: Path) -> None:
+    store = stores[spec.DEFAULT_ENCODING]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     warm = out / "warmup"
@@ -142,7 +176,8 @@ def run_all(args, store: Path, student: Path) -> None:
         while todo and len(running) < args.jobs:
             arm, seed = todo.pop(0)
             run = out / f"{arm}-s{seed}"
-            cmd = [str(a) for a in train_cmd(args, store, start, run, args.steps, seed, ARMS[arm])]
+            cmd = [str(a) for a in train_cmd(args, stores[arm_encoding(arm)], start, run, args.steps, seed,
+                                             ARMS[arm])]
             log = open(out / f"{arm}-s{seed}.log", "w")
             running.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
                             f"{arm}-s{seed}", time.time()))
@@ -161,137 +196,118 @@ def run_all(args, store: Path, student: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ analysis
-def load_run(run: Path) -> dict:
-    intervals, final = rundir.read_metrics(run)
-    return {"intervals": intervals, "final": final, "domains": final["domains"]}
+#: The reweighting arms whose domain-weight trajectories the results page shows (and plots), in this order.
+TRAJECTORY_ARMS = ("ddk", "ddk-cap", "wo-fs")
 
 
-def mean_sd(xs: list[float]) -> str:
-    if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{statistics.mean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+def finished(run: Path) -> bool:
+    """rundir.is_finished, and False for a run whose metrics.jsonl is being appended right now (a torn last line)."""
+    try:
+        return rundir.is_finished(run)
+    except ValueError:
+        return False
 
 
 def summarize(args) -> dict:
+    """The finished runs under --out as compare.Arm rows (in ARMS order, labelled by ARM_LABEL), the arm keys of
+    those rows, the runs not finished yet, notes for the reader, and the warm-up's records when it has finished.
+    Works as soon as one run has finished: the tables say how many runs each row holds."""
     out = Path(args.out)
-    runs = {(arm, s): load_run(out / f"{arm}-s{s}") for arm in args.arms for s in args.seeds
-            if rundir.is_finished(out / f"{arm}-s{s}")}
-    if not runs:
-        sys.exit(f"no finished runs under {out}")
-    domains = next(iter(runs.values()))["domains"]
-    table = {}
-    for arm in args.arms:
-        seeds = [s for s in args.seeds if (arm, s) in runs]
-        if not seeds:
-            continue
-        ratios = [runs[(arm, s)]["final"]["ratio"] for s in seeds]
-        table[arm] = {
-            "seeds": seeds,
-            "per_domain": [[r[i] for r in ratios] for i in range(len(domains))],
-            "mean": [statistics.mean(r) for r in ratios],
-            "geo": [math.exp(statistics.mean(math.log(x) for x in r)) for r in ratios],
-            "worst": [max(r) for r in ratios],
-            "ppl_student": [runs[(arm, s)]["final"]["ppl_student"] for s in seeds],
-            "weights": {s: [iv["weights"] for iv in runs[(arm, s)]["intervals"]] for s in seeds},
-            "steps": {s: [iv["step"] for iv in runs[(arm, s)]["intervals"]] for s in seeds},
-        }
-    warm = load_run(out / "warmup") if rundir.is_finished(out / "warmup") else None
-    return {"domains": domains, "table": table, "warmup": warm, "runs": runs}
+    notes: list[str] = []
+    arms, keys, missing = [], [], []
+    try:
+        for arm in [a for a in ARMS if a in args.arms]:
+            runs = []
+            for s in args.seeds:
+                run = out / f"{arm}-s{s}"
+                if finished(run):
+                    runs.append(compare.load_run(run, notes))
+                else:
+                    missing.append(run.name)
+            if runs:
+                arms.append(compare.Arm(ARM_LABEL.get(arm, arm), runs))
+                keys.append(arm)
+        if not arms:
+            sys.exit(f"no finished runs under {out} yet (arms {', '.join(args.arms)}, seeds "
+                     f"{', '.join(map(str, args.seeds))}); rerun --report-only once one has its final evaluation")
+        notes += compare.check_arms(arms)
+        warm = rundir.read_metrics(out / "warmup") if finished(out / "warmup") else None
+    except DdkError as e:
+        sys.exit(f"error: {e}")
+    return {"arms": arms, "keys": keys, "missing": missing, "notes": notes, "warmup": warm}
+
+
+def trajectory_runs(summary: dict) -> list[tuple[str, compare.Run]]:
+    """(arm key, the run of its first finished seed) for each reweighting arm with a finished run."""
+    by_key = dict(zip(summary["keys"], summary["arms"]))
+    return [(k, by_key[k].runs[0]) for k in TRAJECTORY_ARMS if k in by_key]
 
 
 def plot(summary: dict, fig_dir: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """ratios_by_arm.png (compare's bar chart: per domain and per summary metric, mean ± sd over seeds, log axis)
+    and weights_<arm>.png of each reweighting arm's first seed (report's step plot); the file names."""
     fig_dir.mkdir(parents=True, exist_ok=True)
-    names = []
-    domains, table = summary["domains"], summary["table"]
-    # 1. final ratio per domain, per arm (mean over seeds, error bar = sd)
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / max(1, len(table))
-    for j, (arm, row) in enumerate(table.items()):
-        m = [statistics.mean(v) for v in row["per_domain"]]
-        sd = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in row["per_domain"]]
-        ax.bar([i + j * width for i in range(len(domains))], m, width, yerr=sd, label=arm, capsize=2)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(domains))], domains)
-    ax.set_ylabel("student / teacher perplexity (final)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    fig.savefig(fig_dir / "ratios_by_arm.png", dpi=100)
-    plt.close(fig)
-    names.append("ratios_by_arm.png")
-    # 2. domain weights over training for the reweighting arms (seed of the first run)
-    for arm in ("ddk", "wo-fs"):
-        if arm not in table:
-            continue
-        s = table[arm]["seeds"][0]
-        w, steps = table[arm]["weights"][s], table[arm]["steps"][s]
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        for i, d in enumerate(domains):
-            ax.plot(steps, [x[i] for x in w], marker="o", markersize=3, label=d)
-        ax.set_xlabel("step")
-        ax.set_ylabel("sampling weight")
-        ax.set_title(f"{arm}: domain weights (seed {s})")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, ncol=3)
-        fig.tight_layout()
-        fig.savefig(fig_dir / f"weights_{arm}.png", dpi=100)
-        plt.close(fig)
-        names.append(f"weights_{arm}.png")
+    compare.bar_chart(summary["arms"], fig_dir / "ratios_by_arm.png")
+    names = ["ratios_by_arm.png"]
+    for key, run in trajectory_runs(summary):
+        name = f"weights_{key}.png"
+        plots.weights_plot(run.records, fig_dir / name, floor=ddk_floor(run.config, len(run.domains)),
+                           title=f"{ARM_LABEL.get(key, key)}: domain sampling weights ({run.path.name})")
+        names.append(name)
     return names
 
 
+def warmup_table(warm: tuple[list[dict], dict], domains: list[str]) -> str:
+    intervals, final = warm
+    first = intervals[0]
+    return "\n".join(["| domain | teacher ppl | raw student ppl | after warm-up | ratio after warm-up |",
+                      "|---|---:|---:|---:|---:|"]
+                     + [f"| {d} | {final['ppl_teacher'][i]:.2f} | {first['ppl_student'][i]:.3g} | "
+                        f"{final['ppl_student'][i]:.2f} | {final['ratio'][i]:.3f} |" for i, d in enumerate(domains)])
+
+
 def markdown(args, summary: dict, figs: list[str], fig_rel: str) -> str:
-    domains, table = summary["domains"], summary["table"]
-    lines = ["| arm | " + " | ".join(domains) + " | mean | geo. mean | worst |", "|---" * (len(domains) + 4) + "|"]
-    for arm, row in table.items():
-        cells = [mean_sd(v) for v in row["per_domain"]]
-        lines.append(f"| {ARM_LABEL.get(arm, arm)} | " + " | ".join(cells) + f" | **{mean_sd(row['mean'])}** | "
-                     f"{mean_sd(row['geo'])} | **{mean_sd(row['worst'])}** |")
+    arms = summary["arms"]
+    domains = arms[0].runs[0].domains
+    status = [f"{sum(len(a.runs) for a in arms)} run(s) finished over {len(arms)} arm(s), of seeds "
+              f"{', '.join(map(str, args.seeds))} asked for each arm."]
+    if summary["missing"]:
+        status.append(f"Not finished yet, so not in the tables: {', '.join(summary['missing'])}.")
+    if not any("held-out rows" in n for n in summary["notes"]):
+        status.append("Every run's teacher perplexities are equal, so every arm and seed was measured on the same "
+                      "held-out rows.")
+    status += [f"Note: {n}." for n in summary["notes"]]
     traj = []
-    for arm in ("ddk", "wo-fs"):
-        if arm not in table:
-            continue
-        s = table[arm]["seeds"][0]
-        traj.append(f"\n{ARM_LABEL[arm]}, seed {s} (weights at the start of each interval):\n")
-        traj.append("| step | " + " | ".join(domains) + " |")
-        traj.append("|---" * (len(domains) + 1) + "|")
-        for step, w in zip(table[arm]["steps"][s], table[arm]["weights"][s]):
-            traj.append(f"| {step} | " + " | ".join(f"{x:.3f}" for x in w) + " |")
+    for key, run in trajectory_runs(summary):
+        traj += ["", f"{ARM_LABEL.get(key, key)}, `{run.path.name}` (the weights sampled from each step on"
+                 + ("; a capped cell shows the weight sampled under the cap and the uncapped DDK weight" if
+                    any(r.get("capped") for r in run.records) else "") + "):", "",
+                 compare.weights_table(run)]
     warm = summary["warmup"]
-    warm_txt = ""
-    if warm:
-        w0, wf = warm["intervals"][0], warm["final"]
-        warm_txt = ("| domain | teacher ppl | raw student ppl | after warm-up | ratio after warm-up |\n|---|---|---|---|---|\n"
-                    + "\n".join(f"| {d} | {wf['ppl_teacher'][i]:.2f} | {w0['ppl_student'][i]:.3g} | "
-                                f"{wf['ppl_student'][i]:.2f} | {wf['ratio'][i]:.3f} |" for i, d in enumerate(domains)))
-    fig_md = "\n".join(f"![{f}]({fig_rel}/{f})" for f in figs)
-    return "\n".join([
+    sections = [
         "## Final student/teacher perplexity ratio on each domain's held-out rows (lower is better)",
         "",
-        f"Mean ± standard deviation over seeds {', '.join(map(str, args.seeds))}. `mean` is the mean over domains of "
-        "each run's ratios, `geo. mean` their geometric mean (exp of the mean per-token log-loss gap to the teacher), "
-        "`worst` the largest domain ratio of each run.",
+        " ".join(status),
         "",
-        *lines,
+        compare.ratio_table(arms),
         "",
-        "## Warm-up (shared start of every arm)",
+        "## Passes over each domain's training rows",
         "",
-        warm_txt,
-        "",
-        "## Domain-weight trajectories",
-        *traj,
-        "",
-        fig_md,
-    ])
+        compare.passes_table(arms) or "(the runs record no training-row counts)",
+    ]
+    cap = compare.cap_table(arms)
+    if cap:
+        sections += ["", "## The epoch cap", "", cap]
+    sections += ["", "## Warm-up (shared start of every arm)", "",
+                 warmup_table(warm, domains) if warm else "(the warm-up run has not finished)",
+                 "", "## Domain-weight trajectories", *traj, "",
+                 "\n".join(f"![{f}]({fig_rel}/{f})" for f in figs)]
+    return "\n".join(sections)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated subset of " + ", ".join(ARMS))
+    p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="comma-separated subset of " + ", ".join(ARMS))
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=240, help="optimizer steps per arm (same token budget for all)")
     p.add_argument("--interval", type=int, default=20, help="K: steps per DDK interval")
@@ -305,6 +321,8 @@ def main() -> None:
                    help="unequal domain sizes, e.g. scripture=400,python=40 (others keep --train-rows); the "
                         "natural mixture follows them")
     p.add_argument("--max-mb", type=float, default=2.0, help="corpus MB per domain")
+    p.add_argument("--samples", type=int, default=spec.DEFAULT_SAMPLES,
+                   help=f"N, draws per position of the {spec.ENC_SAMPLED} store (arm kd@{spec.ENC_SAMPLED})")
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="auto")
@@ -318,9 +336,10 @@ def main() -> None:
     if unknown:
         p.error(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)}")
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    ARM_LABEL.update({arm: encoding_arm_label(e, args.samples) for arm, e in ENCODING_ARMS.items()})
     if not args.report_only:
-        _, store, student = prepare(args)
-        run_all(args, store, student)
+        _, stores, student = prepare(args)
+        run_all(args, stores, student)
     summary = summarize(args)
     results = Path(args.results)
     fig_dir = results.parent / results.stem  # docs/results.md -> docs/results/*.png

@@ -55,6 +55,7 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
         "encoding": meta.encoding,
         "exact_tail": get_encoding(meta.encoding).exact_tail,
         "logprob_scale": meta.logprob_scale,
+        "sampling": None if meta.sampling is None else meta.sampling.to_dict(),
         "positions": total_tokens,
         "bytes": total_bytes,
         "bytes_per_token": (total_bytes / total_tokens) if total_tokens and complete else None,
@@ -103,8 +104,10 @@ def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
     tk = s["tokenizer"]
     click.echo(f"tokenizer  {tk['name']}  vocab {tk['vocab_size']}  {tk['fingerprint'][:23]}")
     tail = "exact tail stored" if s["exact_tail"] else "tail derived as 1 - top-k mass"
-    click.echo(f"layout     seq_len {s['seq_len']}  top_k {s['top_k']}  encoding {s['encoding']} "
-               f"(1/{s['logprob_scale']} nat steps, {tail})")
+    how = f"1/{s['logprob_scale']} nat steps, {tail}"
+    if s["sampling"]:
+        how = f"{s['sampling']['samples']} draws per position, seed {s['sampling']['seed']}"
+    click.echo(f"layout     seq_len {s['seq_len']}  top_k {s['top_k']}  encoding {s['encoding']} ({how})")
     if partial:
         click.echo(f"size       {s['positions']:,} positions planned  {s['bytes']:,} bytes so far  (partial store: "
                    f"bytes/token once it is complete)")

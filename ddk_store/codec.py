@@ -9,15 +9,20 @@ from typing import Mapping
 
 import numpy as np
 
-from .encodings import TopK, get_encoding, id_dtype, id_fill
+from .encodings import Encoding, TopK, get_encoding, id_dtype, id_fill
 from .encodings.v1 import dequantize_logprobs, quantize_logprobs
 
 __all__ = ["TopK", "decode_arrays", "decode_topk", "dequantize_logprobs", "encode_arrays", "encode_topk", "id_dtype",
            "id_fill", "quantize_logprobs", "sort_by_rank"]
 
 
-def _scale(encoding: str, scale: int | None) -> int:
-    return scale if scale is not None else (get_encoding(encoding).default_scale or 1)
+def _enc(encoding: "str | Encoding") -> Encoding:
+    """An encoding by name (registry defaults), or as given (a store's, bound by ``encodings.encoding_for``)."""
+    return encoding if isinstance(encoding, Encoding) else get_encoding(encoding)
+
+
+def _scale(encoding: "str | Encoding", scale: int | None) -> int:
+    return scale if scale is not None else (_enc(encoding).default_scale or 1)
 
 
 def encode_arrays(ids: np.ndarray, logprobs: np.ndarray, *, encoding: str, vocab_size: int,
@@ -33,13 +38,13 @@ def encode_arrays(ids: np.ndarray, logprobs: np.ndarray, *, encoding: str, vocab
     logprobs = np.asarray(logprobs, dtype=np.float32)
     if ids.shape != logprobs.shape:
         raise ValueError(f"top-k ids shape {ids.shape} != logprobs shape {logprobs.shape}")
-    enc = get_encoding(encoding)
+    enc = _enc(encoding)
     return enc.encode(ids, logprobs, vocab_size=vocab_size, scale=_scale(encoding, scale))
 
 
 def decode_arrays(stored: Mapping[str, np.ndarray], *, encoding: str, scale: int | None = None) -> TopK:
     """Inverse of :func:`encode_arrays` (up to quantization). Entry order is the encoding's stored order."""
-    return get_encoding(encoding).decode(stored, scale=_scale(encoding, scale))
+    return _enc(encoding).decode(stored, scale=_scale(encoding, scale))
 
 
 def encode_topk(ids: np.ndarray, logprobs: np.ndarray, *, encoding: str, vocab_size: int,
@@ -51,7 +56,7 @@ def encode_topk(ids: np.ndarray, logprobs: np.ndarray, *, encoding: str, vocab_s
 def decode_topk(ids_stored: np.ndarray, logprobs_stored: np.ndarray, *more: np.ndarray, encoding: str,
                 scale: int | None = None) -> TopK:
     """Inverse of :func:`encode_topk`: the stored arrays in the encoding's order."""
-    names = [a.name for a in get_encoding(encoding).arrays(1)]
+    names = [a.name for a in _enc(encoding).arrays(1)]
     return decode_arrays(dict(zip(names, (ids_stored, logprobs_stored, *more))), encoding=encoding, scale=scale)
 
 

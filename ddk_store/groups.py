@@ -28,19 +28,19 @@ def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any
     # zstd-3 byte-shuffle, 73 B/token at ~1 M tok/s where zstd-5 saves 1 B/token at 0.4 M tok/s); level 1 on the
     # float32 targets, where higher levels gain nothing. crc32c last: every chunk carries a checksum that zarr
     # verifies on every read.
-    compressors = {spec.ARR_TOKENS: ("shuffle", 3), spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1)}
-    compressors.update({a.name: (a.shuffle, a.clevel)
+    compressors = {spec.ARR_TOKENS: ("shuffle", 3, 0), spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1, 0)}
+    compressors.update({a.name: (a.shuffle, a.clevel, a.blocksize)
                         for a in get_encoding(meta.encoding).arrays(meta.tokenizer.vocab_size)})
     out = {}
     for name, a in group_schema(meta, layout).items():
         if name in compressors:
-            shuffle, clevel = compressors[name]
-            codecs = [BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle, typesize=a.dtype.itemsize),
-                      Crc32cCodec()]
+            shuffle, clevel, blocksize = compressors[name]
+            codecs = [BloscCodec(cname="zstd", clevel=clevel, shuffle=shuffle, typesize=a.dtype.itemsize,
+                                 blocksize=blocksize), Crc32cCodec()]
         else:
             codecs = [Crc32cCodec()]
         out[name] = dict(shape=a.shape, chunks=a.chunks, dtype=a.dtype, fill_value=a.fill_value, compressors=codecs,
-                         dimension_names=a.dims)
+                         dimension_names=a.dims, **({"shards": a.shards} if a.shards else {}))
     return out
 
 
@@ -91,11 +91,12 @@ def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
     return GroupLayout.from_dict(doc, f"{path}.{spec.GROUP_ATTR}")
 
 
-def crc32_of(a: np.ndarray) -> int:
-    """crc32 (zlib polynomial) of the little-endian C-order bytes of ``a``."""
+def crc32_of(a: np.ndarray, start: int = 0) -> int:
+    """crc32 (zlib polynomial) of the little-endian C-order bytes of ``a``, continuing from ``start`` (the crc32 of
+    the bytes before them: chained over row pieces it gives the crc32 of the whole array)."""
     import zlib
 
     a = np.ascontiguousarray(a)
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
-    return zlib.crc32(memoryview(a).cast("B"))
+    return zlib.crc32(memoryview(a).cast("B"), start)

@@ -34,11 +34,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import google_crc32c
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
+from .chunkio import object_ok
 from .paths import cache_dir as ddk_cache_dir
 from .storage import url_scheme
 
@@ -68,8 +68,9 @@ def is_cached_key(key: str) -> bool:
 
 
 def checksum_ok(data: bytes) -> bool:
-    """True when ``data`` ends with the CRC-32C of what precedes it (zarr's crc32c codec, little-endian)."""
-    return len(data) >= 4 and google_crc32c.value(data[:-4]).to_bytes(4, "little") == data[-4:]
+    """True when ``data`` is an intact chunk or shard: it ends with the CRC-32C of what precedes it (zarr's crc32c
+    codec, little-endian), or it is a shard whose index and chunks carry matching ones (chunkio.object_ok)."""
+    return object_ok(data)
 
 
 def slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:
@@ -188,8 +189,8 @@ class CachedStore(WrapperStore[Store]):
         if data is not None:
             self.hits += 1
             return prototype.buffer.from_bytes(slice_bytes(data, byte_range))
-        if byte_range is not None:  # a partial read: served by the remote store, not cached
-            return await self._store.get(key, prototype, byte_range)
+        # A miss fetches the whole object, even for a byte range (a shard's index or one of its chunks): the next
+        # ranges of the same shard are then served from disk.
         buf = await self._store.get(key, prototype)
         if buf is None:
             return None
@@ -199,7 +200,7 @@ class CachedStore(WrapperStore[Store]):
             await asyncio.to_thread(self._fill, path, data)
         else:
             self.unverified += 1
-        return buf
+        return buf if byte_range is None else prototype.buffer.from_bytes(slice_bytes(data, byte_range))
 
     async def get_partial_values(self, prototype: BufferPrototype,
                                  key_ranges: Iterable[tuple[str, ByteRequest | None]]) -> list[Buffer | None]:

@@ -138,6 +138,31 @@ class DomainInfo:
         )
 
 
+@dataclass(frozen=True)
+class SamplingInfo:
+    """(format 1.2) The draws of a ``topk-sampled`` store: ``samples`` (N) per position, and the ``seed`` from which
+    the writer derives every row's random stream (encodings/sampled.py)."""
+
+    samples: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.samples <= spec.MAX_SAMPLES:
+            raise StoreFormatError(f"field 'sampling.samples': expected int in [1, {spec.MAX_SAMPLES}] (uint8 counts, "
+                                   f"255 is the fill value), got {self.samples}")
+        if not 0 <= self.seed < 2**63:
+            raise StoreFormatError(f"field 'sampling.seed': expected int in [0, 2^63), got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"samples": self.samples, "seed": self.seed}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], ctx: str = "sampling") -> "SamplingInfo":
+        reject_unknown(d, cls, ctx)
+        return cls(samples=parse_int(d, "samples", ctx, lo=1, hi=spec.MAX_SAMPLES),
+                   seed=parse_int(d, "seed", ctx, lo=0, hi=2**63 - 1))
+
+
 def parse_format(d: Mapping[str, Any]) -> str:
     fmt = parse_str(d, "format", "")
     if fmt != spec.FORMAT_NAME:
@@ -160,6 +185,13 @@ def parse_format_version(d: Mapping[str, Any]) -> str:
             f"(format {spec.FORMAT_VERSION}); use a ddk release that supports version {shown.split('.')[0]}.x"
         )
     return version
+
+
+def _version_before(version: str, since: tuple[int, int]) -> bool:
+    """Whether ``"MAJOR.MINOR"`` (already parsed) is older than ``since`` (compared as text: no int of huge digits)."""
+    parts = [p.lstrip("0") or "0" for p in version.split(".")]
+    key = tuple((len(p), p) for p in parts)
+    return key < tuple((len(str(x)), str(x)) for x in since)
 
 
 def parse_encoding(d: Mapping[str, Any]) -> str:
@@ -196,6 +228,7 @@ class StoreMeta:
     created_at: str = ""
     format: str = spec.FORMAT_NAME
     format_version: str = spec.FORMAT_VERSION
+    sampling: SamplingInfo | None = None  #: (1.2) N and seed of a ``topk-sampled`` store; None for other encodings
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.domains]
@@ -218,6 +251,12 @@ class StoreMeta:
             object.__setattr__(self, "logprob_scale", scale)
         if not 1 <= self.logprob_scale <= 1024:
             raise StoreFormatError(f"field 'logprob_scale': expected int in [1, 1024], got {self.logprob_scale}")
+        if (self.sampling is not None) != (self.encoding == spec.ENC_SAMPLED):
+            raise StoreFormatError(f"field 'sampling': required with encoding {spec.ENC_SAMPLED!r} and only with it "
+                                   f"(encoding {self.encoding!r}, sampling {self.sampling})")
+        if self.sampling is not None and _version_before(self.format_version, spec.SAMPLED_SINCE):
+            raise StoreFormatError(f"field 'sampling': a store of format {self.format_version} cannot have it (added "
+                                   f"in {'.'.join(map(str, spec.SAMPLED_SINCE))}): the metadata was edited")
 
     @property
     def domain_names(self) -> tuple[str, ...]:
@@ -266,6 +305,7 @@ class StoreMeta:
             "settings": dict(self.settings),
             "tool_version": self.tool_version,
             "created_at": self.created_at,
+            **({"sampling": self.sampling.to_dict()} if self.sampling is not None else {}),
         }
 
     @classmethod
@@ -297,4 +337,5 @@ class StoreMeta:
             created_at=parse_str(d, "created_at", ""),
             format=fmt,
             format_version=version,
+            sampling=SamplingInfo.from_dict(d["sampling"]) if d.get("sampling") is not None else None,
         )

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import spec
-from .encodings import PER_ENTRY, get_encoding, id_dtype, id_fill
+from .encodings import PER_ENTRY, encoding_for, get_encoding, id_dtype, id_fill
 from .errors import ConfigError, StoreFormatError
 from .jsonfields import parse_int
 from .layout import Unit, num_units
@@ -80,7 +80,8 @@ def chunk_prefix(domain: str, split: str, name: str) -> str:
 
 
 def chunk_key(domain: str, split: str, name: str, index: int) -> str:
-    """Key of chunk ``index`` (along the first dimension) of an array; chunks span every other dimension whole."""
+    """Key of stored object ``index`` (along the first dimension) of an array: its chunk, or in a sharded array
+    (format 1.2 data arrays) its shard of ``GroupLayout.object_rows`` rows; objects span every other dimension."""
     return f"{chunk_prefix(domain, split, name)}/{index}" + "/0" * (len(DIMENSIONS[name]) - 1)
 
 
@@ -96,13 +97,22 @@ class GroupLayout:
     n_rows: int
     chunk_rows: int
     unit_rows: int
+    #: (format 1.2) rows per shard of the data arrays: one stored object per write unit (= unit_rows). 0: no
+    #: sharding, one object per chunk (formats 1.0 and 1.1; the field is then absent from the document).
+    shard_rows: int = 0
 
     @property
     def num_units(self) -> int:
         return num_units(self.n_rows, self.unit_rows)
 
+    @property
+    def object_rows(self) -> int:
+        """Rows per stored object of a data array: a shard's, or (unsharded) a chunk's."""
+        return self.shard_rows or self.chunk_rows
+
     def to_dict(self) -> dict[str, int]:
-        return {"n_rows": self.n_rows, "chunk_rows": self.chunk_rows, "unit_rows": self.unit_rows}
+        d = {"n_rows": self.n_rows, "chunk_rows": self.chunk_rows, "unit_rows": self.unit_rows}
+        return {**d, "shard_rows": self.shard_rows} if self.shard_rows else d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ctx: str) -> "GroupLayout":
@@ -111,7 +121,21 @@ class GroupLayout:
         if unit_rows % chunk_rows:
             raise StoreFormatError(f"field '{ctx}.unit_rows' ({unit_rows}) must be a multiple of chunk_rows "
                                    f"({chunk_rows})")
-        return cls(n_rows=parse_int(d, "n_rows", ctx, lo=0), chunk_rows=chunk_rows, unit_rows=unit_rows)
+        shard_rows = parse_int(d, "shard_rows", ctx, lo=1) if d.get("shard_rows") is not None else 0
+        if shard_rows and shard_rows != unit_rows:
+            raise StoreFormatError(f"field '{ctx}.shard_rows' ({shard_rows}) must equal unit_rows ({unit_rows})")
+        return cls(n_rows=parse_int(d, "n_rows", ctx, lo=0), chunk_rows=chunk_rows, unit_rows=unit_rows,
+                   shard_rows=shard_rows)
+
+
+def sharded(meta: StoreMeta) -> bool:
+    """Whether a store's data arrays are sharded, one object per write unit (format 1.2 and later)."""
+    return tuple(int(x) for x in meta.format_version.split(".")) >= spec.SHARDED_SINCE
+
+
+def new_layout(meta: StoreMeta, n_rows: int, chunk_rows: int, unit_rows: int) -> GroupLayout:
+    """The layout a writer gives a new <domain>/<split> group of a store of ``meta``'s format."""
+    return GroupLayout(n_rows, chunk_rows, unit_rows, unit_rows if sharded(meta) else 0)
 
 
 @dataclass(frozen=True)
@@ -123,11 +147,15 @@ class ArraySchema:
     dtype: np.dtype
     fill_value: Any
     dims: tuple[str, ...]
+    shards: tuple[int, ...] | None = None  # (format 1.2) the shard shape of a data array
 
-    def mismatch(self, shape: Any, chunks: Any, dtype: Any) -> str | None:
-        """How a stored array with this shape, chunk shape and dtype differs from the schema (None: it matches)."""
+    def mismatch(self, shape: Any, chunks: Any, dtype: Any, shards: Any = None) -> str | None:
+        """How a stored array with this shape, chunk (and shard) shape and dtype differs from the schema (None: it
+        matches)."""
         if tuple(shape) != self.shape or tuple(chunks) != self.chunks:
             return f"shape {tuple(shape)} chunks {tuple(chunks)}, expected {self.shape} chunks {self.chunks}"
+        if (None if shards is None else tuple(shards)) != self.shards:
+            return f"shards {shards}, expected {self.shards}"
         if np.dtype(dtype) != self.dtype:
             return f"dtype {np.dtype(dtype)}, expected {self.dtype}"
         return None
@@ -144,8 +172,9 @@ def stored_shapes(meta: StoreMeta, n_rows: int) -> dict[str, tuple[int, ...]]:
     """Shape of ``n_rows`` rows of each stored data array of the store's encoding, in :func:`data_arrays` order."""
     t, p, k = meta.seq_len, meta.positions, meta.top_k
     shapes = {spec.ARR_TOKENS: (n_rows, t), spec.ARR_TARGET_LOGPROBS: (n_rows, p)}
-    for a in get_encoding(meta.encoding).arrays(meta.tokenizer.vocab_size):
-        shapes[a.name] = (n_rows, p, k) if a.kind == PER_ENTRY else (n_rows, p)
+    enc = encoding_for(meta)
+    for a in enc.arrays(meta.tokenizer.vocab_size):
+        shapes[a.name] = (n_rows, p, enc.slots(k)) if a.kind == PER_ENTRY else (n_rows, p)
     return {name: shapes[name] for name in data_arrays(meta.encoding)}
 
 
@@ -156,7 +185,7 @@ def group_schema(meta: StoreMeta, layout: GroupLayout) -> dict[str, ArraySchema]
     stored = {spec.ARR_TOKENS: (ids, id_fill(v)), spec.ARR_TARGET_LOGPROBS: (TARGET_DTYPE, float("nan"))}
     stored.update({a.name: (a.dtype, a.fill) for a in get_encoding(meta.encoding).arrays(v)})
     out = {name: ArraySchema(shape, (layout.chunk_rows, *shape[1:]), np.dtype(stored[name][0]), stored[name][1],
-                             DIMENSIONS[name])
+                             DIMENSIONS[name], (layout.shard_rows, *shape[1:]) if layout.shard_rows else None)
            for name, shape in stored_shapes(meta, layout.n_rows).items()}
     width = marker_width(meta.encoding)
     out[spec.ARR_UNITS] = ArraySchema((layout.num_units, width), (1, width), MARKER_DTYPE, 0,

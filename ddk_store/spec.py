@@ -7,15 +7,21 @@ import re
 FORMAT_NAME = "ddk-teacher-store"
 #: Major.minor. Readers MUST refuse a different major version; minor bumps only add optional fields (1.1 added the
 #: encoding ENC_IDSORT_Q8_TAIL and its array ARR_TOPK_TAIL; a reader of 1.1 reads 1.0 stores).
-FORMAT_VERSION = "1.1"
+FORMAT_VERSION = "1.2"
 FORMAT_MAJOR = 1
+#: (format 1.2) The encoding ENC_SAMPLED and the root field ``sampling`` it needs: a store with them declares >= 1.2.
+SAMPLED_SINCE = (1, 2)
+#: (format 1.2) From this version on, the data arrays are sharded: one stored object per write unit and array, the
+#: chunks inside it indexed (zarr's sharding_indexed codec). Older stores keep one object per chunk.
+SHARDED_SINCE = (1, 2)
 
 #: Key of the root group attribute holding the store metadata document.
 ROOT_ATTR = "ddk"
 #: Key of the group attribute describing a (domain, split) group.
 GROUP_ATTR = "ddk_group"
-#: The only codecs a store may declare (Zarr v3 spec codecs); readers refuse any other before decoding.
-ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c"})
+#: The only codecs a store may declare (Zarr v3 spec codecs), at the top level and inside a shard (chunk and index
+#: codecs); readers refuse any other before decoding.
+ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c", "sharding_indexed"})
 #: Root attribute holding a random token of the process that created the store (detects two creators racing).
 CLAIM_ATTR = "ddk_claim"
 
@@ -50,11 +56,18 @@ ENC_IDSORT_Q8 = "topk-idsort-q8"
 #: (format 1.1) entries below a probability floor dropped, the rest as ENC_IDSORT_Q8 (absent slots last), plus
 #: ARR_TOPK_TAIL: the exact tail, to which decoding rescales (ddk_store/encodings/floor_tail.py).
 ENC_IDSORT_Q8_TAIL = "topk-idsort-q8-tail"
-ENCODINGS = (ENC_IDSORT_Q8_TAIL, ENC_IDSORT_Q8, ENC_RANK_F16)
+#: (format 1.2) N draws per position from the teacher's top-k plus its tail (Random-Sampling KD): the sampled ids as
+#: deltas with uint8 draw counts, absent slots last; the tail's draws are N minus their sum (encodings/sampled.py).
+ENC_SAMPLED = "topk-sampled"
+ENCODINGS = (ENC_IDSORT_Q8_TAIL, ENC_IDSORT_Q8, ENC_RANK_F16, ENC_SAMPLED)
 DEFAULT_ENCODING = ENC_IDSORT_Q8_TAIL
 #: Default quantization scale of ENC_IDSORT_Q8 (and of a store whose encoding has none): steps of 1/16 nat, max
 #: rounding error 1/32 nat. ENC_IDSORT_Q8_TAIL's default is 32 (its encoding's default_scale).
 DEFAULT_LOGPROB_SCALE = 16
+#: Draws per position of ENC_SAMPLED: default, and the most a uint8 count holds with 255 left free as its fill value.
+DEFAULT_SAMPLES = 64
+MAX_SAMPLES = 254
+
 #: Largest stored quantized value (log-probs below -Q8_MAX/scale saturate there); Q8_FILL marks missing data.
 Q8_MAX = 254
 Q8_FILL = 255

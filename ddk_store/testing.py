@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from . import spec
-from .meta import DomainInfo, SourceInfo, StoreMeta, TeacherInfo, TokenizerInfo
+from .meta import DomainInfo, SamplingInfo, SourceInfo, StoreMeta, TeacherInfo, TokenizerInfo
 from .reader import StoreReader, open_store
 from .schema import DOC_ATTRIBUTES, GroupLayout, chunk_key, chunk_prefix, marker_key, node_doc_key
 from .writer import StoreWriter
@@ -29,7 +29,9 @@ def topk_of(logprobs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def tiny_meta(*, domains: Sequence[str] = ("alpha", "beta", "gamma"), seq_len: int = 16, top_k: int = 4,
               vocab_size: int = 64, fingerprint: str = "sha256:test", encoding: str = spec.DEFAULT_ENCODING,
-              settings: Mapping[str, Any] | None = None) -> StoreMeta:
+              settings: Mapping[str, Any] | None = None, format_version: str = "") -> StoreMeta:
+    """Metadata of a synthetic store; ``format_version`` "1.0" or "1.1" makes a writer lay it out as that version
+    did (one object per chunk, no shards)."""
     return StoreMeta(
         teacher=TeacherInfo(name="random-teacher", revision="sha256:0", dtype="float32", backend="synthetic", engine="numpy"),
         tokenizer=TokenizerInfo(name="tiny", vocab_size=vocab_size, fingerprint=fingerprint, eos_token_id=0),
@@ -39,6 +41,8 @@ def tiny_meta(*, domains: Sequence[str] = ("alpha", "beta", "gamma"), seq_len: i
                       for d in domains),
         encoding=encoding,
         settings=dict(settings or {}),
+        sampling=SamplingInfo(spec.DEFAULT_SAMPLES, 0) if encoding == spec.ENC_SAMPLED else None,
+        **({"format_version": format_version} if format_version else {}),
     )
 
 
@@ -60,7 +64,7 @@ def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gam
                     fingerprint: str = "sha256:test", seed: int = 0, encoding: str = spec.DEFAULT_ENCODING,
                     sharpness: Mapping[str, float] | None = None, unit_rows: int | None = None,
                     finalize: bool = True, teacher_nll: Any = None,
-                    overwrite: bool = False) -> StoreReader | StoreWriter:
+                    overwrite: bool = False, format_version: str = "") -> StoreReader | StoreWriter:
     """Write a complete store of synthetic teacher data and return a reader on it (a writer if not finalized).
 
     ``sharpness`` (per domain, default 1.0..2.0 spread) controls how peaked the teacher is, hence its held-out NLL.
@@ -68,7 +72,7 @@ def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gam
     """
     sharpness = dict(sharpness or teacher_nll or {})
     meta = tiny_meta(domains=domains, seq_len=seq_len, top_k=top_k, vocab_size=vocab_size, fingerprint=fingerprint,
-                     encoding=encoding)
+                     encoding=encoding, format_version=format_version)
     rows = {d: {spec.SPLIT_TRAIN: train_rows, spec.SPLIT_HELDOUT: heldout_rows} for d in domains}
     writer = StoreWriter.open_or_create(url, meta, rows, unit_rows=unit_rows, chunk_rows=1 if unit_rows else None,
                                         overwrite=overwrite)
@@ -136,15 +140,29 @@ class StoreFiles:
 
     # ------------------------------------------------------------ chunks
     def chunk_path(self, domain: str, split: str, name: str, index: int) -> Path:
-        """The file of chunk ``index`` (along rows) of an array."""
+        """The file of stored object ``index`` (along rows) of an array: a chunk, or a shard (format 1.2)."""
         return self.root / chunk_key(domain, split, name, index)
 
     def row_chunk_path(self, domain: str, split: str, name: str, row: int) -> Path:
-        """The file of the chunk holding ``row`` of an array."""
+        """The file of the chunk (or shard) holding ``row`` of an array."""
         layout = self.layout(domain, split)
         if layout is None:
             raise FileNotFoundError(f"{self.root}: no layout for {domain}/{split}")
-        return self.chunk_path(domain, split, name, row // layout.chunk_rows)
+        rows = 1 if name == spec.ARR_UNITS else layout.object_rows  # one marker per chunk of ARR_UNITS
+        return self.chunk_path(domain, split, name, row // rows)
+
+    def row_chunk_span(self, domain: str, split: str, name: str, row: int) -> tuple[Path, int, int]:
+        """(file, offset, length) of the bytes of the chunk holding ``row``: the whole file of an unsharded array,
+        the chunk's entry of the shard index in a sharded one (format 1.2)."""
+        path = self.row_chunk_path(domain, split, name, row)
+        layout = self.layout(domain, split)
+        if not layout.shard_rows or name == spec.ARR_UNITS:
+            return path, 0, path.stat().st_size
+        per = layout.shard_rows // layout.chunk_rows
+        data = path.read_bytes()
+        index = np.frombuffer(data[len(data) - 16 * per - 4:-4], dtype="<u8").reshape(per, 2)
+        offset, length = index[(row % layout.shard_rows) // layout.chunk_rows]
+        return path, int(offset), int(length)
 
     def marker_path(self, domain: str, split: str, unit: int) -> Path:
         return self.root / marker_key(domain, split, unit)
@@ -167,5 +185,5 @@ class StoreFiles:
     def units_with_chunks(self, domain: str, split: str, layout: GroupLayout,
                           names: Sequence[str] = spec.DATA_ARRAYS) -> set[int]:
         """Units with at least one data chunk (or its directory) of ``names`` on disk: written or being written."""
-        return {c * layout.chunk_rows // layout.unit_rows for name in names
+        return {c * layout.object_rows // layout.unit_rows for name in names
                 for c in self._chunk_indices(domain, split, name)}

@@ -12,7 +12,7 @@ from .errors import DdkError, StoreIOError, describe
 from .groups import crc32_of
 from .heldout import heldout_nll, stats_mismatch
 from .reader import StoreReader
-from .encodings import get_encoding
+from .encodings import Encoding, encoding_for
 from .schema import MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width
 
 
@@ -53,7 +53,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
         issues.append(Issue(STATUS_ISSUE, f"store is '{meta.status}', not '{spec.STATUS_COMPLETE}': it must be "
                                                "resumed and finalized before use"))
     v = meta.tokenizer.vocab_size
-    enc = get_encoding(meta.encoding)
+    enc = encoding_for(meta)
     for dom in meta.domain_names:
         for split in spec.SPLITS:
             path = group_path(dom, split)
@@ -68,7 +68,8 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                 issues.append(Issue(path, str(e)))
                 continue
             for name, want in group_schema(meta, lay).items():
-                problem = want.mismatch(arrays[name].shape, arrays[name].chunks, arrays[name].dtype)
+                problem = want.mismatch(arrays[name].shape, arrays[name].chunks, arrays[name].dtype,
+                                        arrays[name].shards)
                 if problem:
                     issues.append(Issue(f"{path}/{name}", problem))
             if any(i.where.startswith(path + "/") for i in issues):
@@ -87,7 +88,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                 good = {}
                 for col, name in enumerate(names, start=MARKER_DONE_COL + 1):
                     arr = arrays[name]
-                    missing = [c for c in range(start // lay.chunk_rows, -(-stop // lay.chunk_rows))
+                    missing = [c for c in range(start // lay.object_rows, -(-stop // lay.object_rows))
                                if chunk_key(dom, split, name, c) not in present[name]]
                     if missing:
                         issues.append(Issue(f"{where} {name}", f"chunk(s) {missing} missing", uid))
@@ -103,7 +104,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                         issues.append(Issue(f"{where} {name}", "content does not match the unit's crc32 "
                                                               "(chunk replaced or data altered)", uid))
                         continue
-                    found = _invariants(name, data, meta.encoding, v)
+                    found = _invariants(name, data, enc, v)
                     issues.extend(Issue(f"{where} {name}", msg, uid) for msg in found)
                     if not found:
                         good[name] = data
@@ -114,7 +115,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
     return issues
 
 
-def _invariants(name: str, data: np.ndarray, encoding: str, vocab_size: int) -> list[str]:
+def _invariants(name: str, data: np.ndarray, enc: Encoding, vocab_size: int) -> list[str]:
     if data.size == 0:
         return []
     if name == spec.ARR_TOKENS and data.max() >= vocab_size:
@@ -123,7 +124,7 @@ def _invariants(name: str, data: np.ndarray, encoding: str, vocab_size: int) -> 
         return ["target log-prob not finite or > 0"]
     if name in (spec.ARR_TOKENS, spec.ARR_TARGET_LOGPROBS):
         return []
-    return get_encoding(encoding).invariants(name, data, vocab_size)
+    return enc.invariants(name, data, vocab_size)
 
 
 def _check_heldout_stats(reader: StoreReader, dom: str, arrays: Mapping[str, Any]) -> list[Issue]:

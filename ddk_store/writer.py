@@ -14,70 +14,25 @@ import zarr
 from zarr.core.sync import sync
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import GroupMetadata
-from zarr.errors import ContainsArrayError, ContainsGroupError
 
-from . import codec, spec
+from . import chunkio, codec, spec
 from ._version import __version__
-from .difference import first_difference, identity_difference
+from .difference import identity_difference
+from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
-from .groups import array_specs, crc32_of, read_group_layout, read_root_doc, root_claim, root_meta_from_doc
+from .groups import crc32_of, read_group_layout, read_root_doc, root_claim, root_meta_from_doc
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
 from .packed import holds_only_pack
 from .retry import retry_call
-from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, cleared_marker, data_arrays,
+from .nodes import ensure_nodes, layout_difference
+from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, new_layout, check_unit_data, cleared_marker, data_arrays,
                      done_marker, group_arrays, group_path)
 from .storage import (delete_store_prefix, is_lost_partial, normalize_url, open_zarr_store,
                       remove_stale_partials)
 
 Rows = Mapping[str, Mapping[str, int]]
-
-
-def _ensure_nodes(root: zarr.Group, meta: StoreMeta, rows: Rows, chunk_rows: int, unit_rows: int) -> None:
-    """Create every domain/split group and array that does not exist yet.
-
-    This is the one place that tolerates racing creators (two dumps, or shards, started together on a new store):
-    zarr refuses to create a node that appeared between the check and the creation (ContainsGroupError,
-    ContainsArrayError), and the node is then taken as it is; `_layout_difference` checks it afterwards.
-    """
-    def node(parent: zarr.Group, name: str, create: Any, **kwargs: Any) -> Any:
-        if name not in parent:
-            try:
-                return create(name, **kwargs)
-            except (ContainsArrayError, ContainsGroupError):
-                pass  # another process created it this instant
-        return parent[name]
-
-    for dom in meta.domain_names:
-        dgrp = node(root, dom, root.create_group)
-        for split in spec.SPLITS:
-            layout = GroupLayout(rows[dom][split], chunk_rows, unit_rows)
-            sgrp = node(dgrp, split, dgrp.create_group, attributes={spec.GROUP_ATTR: layout.to_dict()})
-            for name, kwargs in array_specs(meta, layout).items():
-                node(sgrp, name, sgrp.create_array, **kwargs)
-
-
-def _layout_difference(root: zarr.Group, meta: StoreMeta, wanted: Mapping[str, Mapping[str, dict]]) -> str | None:
-    """First difference between the groups and arrays on disk and the layout this run wants (None if they match)."""
-    for dom in meta.domain_names:
-        for split in spec.SPLITS:
-            try:
-                have = read_group_layout(root, dom, split)
-            except (KeyError, StoreFormatError) as e:
-                return f"{dom}/{split}: {e}"
-            diff = first_difference({"rows": {dom: {split: have.to_dict()}}}, {"rows": {dom: {split: wanted[dom][split]}}})
-            if diff:
-                return diff
-            grp = root[group_path(dom, split)]
-            for name, kwargs in array_specs(meta, have).items():
-                if name not in grp:
-                    return f"{dom}/{split}/{name}: array missing"
-                arr = grp[name]
-                if tuple(arr.shape) != tuple(kwargs["shape"]) or np.dtype(arr.dtype) != np.dtype(kwargs["dtype"]):
-                    return (f"{dom}/{split}/{name}: store has shape {tuple(arr.shape)} {arr.dtype}, this run has "
-                            f"{tuple(kwargs['shape'])} {np.dtype(kwargs['dtype'])}")
-    return None
 
 
 class StoreWriter:
@@ -115,7 +70,10 @@ class StoreWriter:
         if unit_rows % chunk_rows:
             raise ConfigError(f"unit_rows ({unit_rows}) must be a multiple of chunk_rows ({chunk_rows})")
         store = open_zarr_store(url, read_only=False, storage_options=storage_options)
-        wanted = {d: {s: GroupLayout(n, chunk_rows, unit_rows).to_dict() for s, n in sp.items()} for d, sp in rows.items()}
+
+        def wanted(m: StoreMeta) -> dict[str, dict[str, dict]]:  # the group layouts of a store of m's format
+            return {d: {s: new_layout(m, n, chunk_rows, unit_rows).to_dict() for s, n in sp.items()}
+                    for d, sp in rows.items()}
 
         doc = read_root_doc(store, url)
         if doc is None and not holds_only_pack(store):  # a store packed by `ddk-teacher pack` only
@@ -141,8 +99,8 @@ class StoreWriter:
             if diff is None:
                 # A writer killed while creating the store leaves groups or arrays missing: add them (idempotent).
                 if existing.status == spec.STATUS_WRITING:
-                    _ensure_nodes(root, existing, rows, chunk_rows, unit_rows)
-                diff = _layout_difference(root, existing, wanted)
+                    ensure_nodes(root, existing, rows, chunk_rows, unit_rows)
+                diff = layout_difference(root, existing, wanted(existing))
             if diff is None:
                 return cls(url, store, root, existing, resumed=True)
             if not overwrite:
@@ -171,7 +129,7 @@ class StoreWriter:
                                       unit_rows=unit_rows, chunk_rows=chunk_rows, setting_names=setting_names,
                                       _retry=True)
         root = zarr.open_group(store, mode="r+")
-        _ensure_nodes(root, meta, rows, chunk_rows, unit_rows)
+        ensure_nodes(root, meta, rows, chunk_rows, unit_rows)
         # Two processes may have created this store at the same moment (a second dump pointed at the same new
         # store by mistake). The last root write wins; check what is there now before writing any data.
         doc = read_root_doc(store) or {}
@@ -179,7 +137,7 @@ class StoreWriter:
         ours = root_claim(doc) == claim
         diff = identity_difference(winner, meta, setting_names)
         if diff is None:
-            diff = _layout_difference(zarr.open_group(store, mode="r+"), meta, wanted)
+            diff = layout_difference(zarr.open_group(store, mode="r+"), meta, wanted(meta))
         if diff is not None:
             raise StoreExistsError(
                 f"another process created a ddk store at {url} at the same moment with different settings ({diff}); "
@@ -267,28 +225,62 @@ class StoreWriter:
 
     def write_unit(self, unit: Unit, tokens: np.ndarray, topk_ids: np.ndarray, topk_logprobs: np.ndarray,
                    target_logprobs: np.ndarray) -> None:
-        """Encode and write the rows of ``unit``, then mark it done with its checksums (the marker is written last)."""
-        meta, v = self.meta, self.meta.tokenizer.vocab_size
+        """Encode and write the rows of ``unit``, then mark it done with its checksums (the marker is written last).
+
+        The unit's chunks are encoded and compressed in parallel, one task per chunk (chunkio.codec_pool); then each
+        array's objects (its shard, or its chunks) are written whole. Arrays chunkio does not handle take zarr's path.
+        """
+        meta = self.meta
         given = check_unit_data(meta, unit, {spec.ARR_TOKENS: tokens, spec.ARR_TOPK_IDS: topk_ids,
                                              spec.ARR_TOPK_LOGPROBS: topk_logprobs,
                                              spec.ARR_TARGET_LOGPROBS: target_logprobs})
-        topk = codec.encode_arrays(given[spec.ARR_TOPK_IDS], np.minimum(given[spec.ARR_TOPK_LOGPROBS], 0.0),
-                                   encoding=meta.encoding, vocab_size=v, scale=meta.logprob_scale)
-        stored = {
-            spec.ARR_TOKENS: given[spec.ARR_TOKENS].astype(codec.id_dtype(v)),
-            spec.ARR_TARGET_LOGPROBS: np.minimum(given[spec.ARR_TARGET_LOGPROBS], 0.0),
-            **topk,
-        }
         names = data_arrays(meta.encoding)
         arrays = self._arrays_of(unit.domain, unit.split)
+        codecs = {name: chunkio.chunk_codec(arrays[name]) for name in names}
+        if any(c is None for c in codecs.values()):
+            self._write_unit_zarr(unit, self._stored(given, 0, unit.n_rows), arrays, names)
+            return
+        step = codecs[names[0]].chunk_rows
+
+        def piece(lo: int) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
+            stored = self._stored(given, lo, min(lo + step, unit.n_rows))
+            return stored, {name: chunkio.encode_chunk(codecs[name], stored[name]) for name in names}
+
+        pieces = list(chunkio.codec_pool().map(piece, range(0, unit.n_rows, step)))
+        files: dict[str, bytes] = {}
+        crcs = {name: 0 for name in names}  # crc32 of each whole array: chained over the pieces in row order
+        for name in names:
+            files.update(chunkio.objects(codecs[name], unit.start // step, [p[1][name] for p in pieces]))
+            for stored, _ in pieces:
+                crcs[name] = crc32_of(stored[name], crcs[name])
+        local = chunkio.local_root(self._store)
+        if local is not None:
+            chunkio.write_local(local, files)
+        else:  # an object store: every object at once. Whole objects, so a retry after a transient fault is harmless
+            self._retry(lambda: sync(chunkio.put_objects(self._store, files)), f"writing {unit} ({', '.join(names)})")
+        self._mark_done(unit, arrays, crcs)
+
+    def _stored(self, given: Mapping[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
+        """The stored (encoded) arrays of rows [lo, hi) of a unit's checked data."""
+        meta, v = self.meta, self.meta.tokenizer.vocab_size
+        topk = codec.encode_arrays(given[spec.ARR_TOPK_IDS][lo:hi], np.minimum(given[spec.ARR_TOPK_LOGPROBS][lo:hi], 0.0),
+                                   encoding=encoding_for(meta), vocab_size=v, scale=meta.logprob_scale)
+        return {spec.ARR_TOKENS: given[spec.ARR_TOKENS][lo:hi].astype(codec.id_dtype(v)),
+                spec.ARR_TARGET_LOGPROBS: np.minimum(given[spec.ARR_TARGET_LOGPROBS][lo:hi], 0.0), **topk}
+
+    def _write_unit_zarr(self, unit: Unit, stored: Mapping[str, np.ndarray], arrays: Mapping[str, zarr.Array],
+                         names: tuple[str, ...]) -> None:
+        """The zarr path of :meth:`write_unit`, for arrays whose layout chunkio does not handle."""
         rows = slice(unit.start, unit.stop)
 
         async def write_all() -> None:  # one call: zarr compresses every array's chunks at once
             await asyncio.gather(*(arrays[name]._async_array.setitem(rows, stored[name]) for name in names))
 
-        # Each write is whole chunks, so repeating it after a transient failure is harmless.
         self._retry(lambda: sync(write_all()), f"writing {unit} ({', '.join(names)})")
-        marker = done_marker({name: crc32_of(stored[name]) for name in names})
+        self._mark_done(unit, arrays, {name: crc32_of(stored[name]) for name in names})
+
+    def _mark_done(self, unit: Unit, arrays: Mapping[str, zarr.Array], crcs: Mapping[str, int]) -> None:
+        marker = done_marker(dict(crcs))
         self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
 
     def reset_units(self, units: list[Unit]) -> None:

@@ -39,6 +39,10 @@ class Stage1Config:
     top_k: int = setting(64, "Teacher log-probs kept per position (K); at most the vocabulary size.")
     encoding: str = setting(spec.DEFAULT_ENCODING, "Top-k encoding of the store (docs/store-format.md, section 4); "
                             "the default keeps the teacher's exact tail.", choices=spec.ENCODINGS)
+    samples: int = setting(spec.DEFAULT_SAMPLES, f"--encoding {spec.ENC_SAMPLED}: draws per position from the "
+                           f"teacher (N, 1..{spec.MAX_SAMPLES}), stored as distinct ids with counts.")
+    sampling_seed: int = setting(0, f"--encoding {spec.ENC_SAMPLED}: seed of the draws (recorded in the store; "
+                                 "each row's draws also depend on the row's teacher output only).")
     heldout_seqs: int = setting(500, "Rows held out per domain for teacher/student perplexity (paper: 500).")
     backend: str = setting("auto", "Teacher engine: vllm, hf (transformers) or auto (vllm when usable).",
                            choices=BACKENDS)
@@ -91,6 +95,11 @@ def problems(cfg: Stage1Config) -> list[str]:
         p.append(f"--seq-len must be >= 2 (a row needs a token and its successor), got {cfg.seq_len}")
     if cfg.top_k < 1:
         p.append(f"--top-k must be >= 1, got {cfg.top_k}")
+    if not 1 <= cfg.samples <= spec.MAX_SAMPLES:
+        p.append(f"--samples must be in [1, {spec.MAX_SAMPLES}] (draw counts are uint8; 255 marks missing data), "
+                 f"got {cfg.samples}")
+    if not 0 <= cfg.sampling_seed < 2**63:
+        p.append(f"--sampling-seed must be in [0, 2^63), got {cfg.sampling_seed}")
     if cfg.heldout_seqs < 1:
         p.append(f"--heldout-seqs must be >= 1 (stage 2 needs held-out rows per domain), got {cfg.heldout_seqs}")
     if cfg.max_rows_per_domain < 0:

@@ -169,16 +169,9 @@ def _wait_for_packer(pack: PackedRows, identity: Mapping[str, Any], names: list[
 def _check_files(url: str, src: DomainSource, st: Mapping[str, Any], files_complete: bool) -> None:
     """A packed domain's corpus files must still be the ones packed (same path and size) where they still exist;
     a file gone since is harmless: the rows are in the store."""
-    packed = {s["uri"]: s["bytes"] for s in st["sources"]}
-    if not src.files:
-        return
-    here = {source_uri(f): os.path.getsize(f) for f in src.files if os.path.exists(f)}
-    changed = [u for u, n in here.items() if packed.get(u) != n]
-    if files_complete and set(here) != set(packed):
-        changed = changed or sorted(set(here) ^ set(packed))
-    if changed:
+    if changed := files_problem(src, st["sources"], files_complete):
         raise refusal(url, f"--corpora (source files or their contents): domain {src.name!r} was packed from other "
-                           f"files than {changed[0]}")
+                           f"files than {changed}")
 
 
 def _write_selection(pack: PackedRows, name: str, sel: Selection, *, save: Callable[[dict[str, Any]], None],
@@ -232,6 +225,26 @@ def load_corpora_for(cfg: Stage1Config) -> tuple[list[DomainSource], bool]:
         return corpora, False
 
 
+def pack_settings(cfg: Stage1Config, corpora: list[DomainSource], tok: Any) -> dict[str, Any]:
+    """The settings this run records in the store (plan.settings_of), known without reading the corpora."""
+    return settings_of(corpora, heldout_seqs=cfg.heldout_seqs, max_rows_per_domain=cfg.max_rows_per_domain,
+                       on_bad_utf8=cfg.on_bad_utf8, trust_remote_code=cfg.trust_remote_code,
+                       bos_token_id=bos_to_add(tok))
+
+
+def files_problem(src: DomainSource, sources: list[Mapping[str, Any]], files_complete: bool) -> str | None:
+    """Whether ``src``'s corpus files are still the ``sources`` a domain was packed from (same path and size where
+    they still exist; with ``files_complete``, the same set of files): the first changed file, or None."""
+    packed = {s["uri"]: s["bytes"] for s in sources}
+    if not src.files:
+        return None
+    here = {source_uri(f): os.path.getsize(f) for f in src.files if os.path.exists(f)}
+    changed = [u for u, n in here.items() if packed.get(u) != n]
+    if files_complete and set(here) != set(packed):
+        changed = changed or sorted(set(here) ^ set(packed))
+    return changed[0] if changed else None
+
+
 def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, vocab_size: int, files_complete: bool,
                echo: Callable[[str], None], packer: bool | None = None) -> tuple[PackedStore, dict[str, Any]]:
     """Pack --corpora into --store as ``cfg`` says; returns the packed rows and the settings recorded in the store.
@@ -239,9 +252,7 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
     ``packer`` (default: this is shard 0): pack what is missing; else wait until another process has packed it.
     """
     bos_id = bos_to_add(tok)
-    settings = settings_of(corpora, heldout_seqs=cfg.heldout_seqs, max_rows_per_domain=cfg.max_rows_per_domain,
-                           on_bad_utf8=cfg.on_bad_utf8, trust_remote_code=cfg.trust_remote_code,
-                           bos_token_id=bos_id)
+    settings = pack_settings(cfg, corpora, tok)
     identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
     with DocTokenizer(tok, workers=cfg.workers) as coder:
         packed = pack_corpora(cfg.store, corpora, coder, identity=identity, heldout_seqs=cfg.heldout_seqs,
@@ -257,13 +268,15 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
 
 
 def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
-    """`ddk-teacher pack`: the pack phase alone (the teacher's tokenizer and config, never its weights' compute)."""
+    """`ddk-teacher pack`: the pack phase alone (the teacher's tokenizer and config, never its weights)."""
     from .corpus import check_dataset_source
     from .teacher import load_tokenizer, resolve_teacher
 
     t0 = time.perf_counter()
     corpora, files_complete = load_corpora_for(cfg)
-    teacher = resolve_teacher(cfg.teacher, revision=cfg.teacher_revision, trust_remote_code=cfg.trust_remote_code)
+    # No weights: their identity is the score phase's business (and a hub teacher's are not even downloaded).
+    teacher = resolve_teacher(cfg.teacher, revision=cfg.teacher_revision, trust_remote_code=cfg.trust_remote_code,
+                              weights=False)
     tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
     for src in corpora:
         if src.format == "dataset":

@@ -1,6 +1,7 @@
 """The two streaming passes that pack one domain into the store's packed rows (ddk_store.packed).
 
-1. *Select*: read the domain (hashing each file as its bytes are read), key every document and keep the held-out
+1. *Select*: read the domain (hashing each file as its bytes are read; a file not read to its end, or read by
+   pyarrow, is hashed in the tokenizer workers), key every document and keep the held-out
    candidates (packing.HeldoutHeap). Only documents the heap would take are tokenized, plus the first ones until the
    training side holds a row (all of them for a domain with a row cap, whose end depends on every length); memory
    is about the held-out rows. Every "domain too small" problem is found in this pass, before anything is written.
@@ -22,7 +23,7 @@ import numpy as np
 
 from ddk_store import SourceInfo
 
-from .corpus import DomainSource, ReadStats, read_sourced_documents
+from .corpus import DomainSource, ReadStats, read_documents, read_sourced_documents
 from .packing import HeldoutHeap, RowPacker, check_domain_size, check_split_size, doc_key, pack_rows, with_bos
 from .plan import provenance
 from .tokenize import DocTokenizer
@@ -50,6 +51,12 @@ def numbered(src: DomainSource, *, on_bad_utf8: str, stats: ReadStats | None = N
         index = seen.get(label, 0)
         seen[label] = index + 1
         yield ordinal, doc_key(src.name, label, index), text
+
+
+def ordered(src: DomainSource, *, on_bad_utf8: str) -> Iterator[tuple[int, str]]:
+    """(ordinal, text) of every document of ``src`` in corpus order: :func:`numbered` without the keys (the train
+    pass needs none; the select pass recorded the held-out ordinals)."""
+    return enumerate(read_documents(src, on_bad_utf8=on_bad_utf8))
 
 
 def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, heldout_seqs: int, max_train_rows: int,
@@ -96,7 +103,9 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     check_split_size(src.name, n_tokens, seq_len, heldout_seqs, rows.shape[0], int(train_tokens >= seq_len))
     return Selection(heldout_rows=rows, heldout_docs=np.array([o for o, _ in held], dtype=np.int64),
                      held_tokens=heap.tokens, n_read=n_read, n_tokens=n_tokens if cap_tokens else None,
-                     n_skipped=stats.n_skipped, sources=provenance(src, known=hashes))
+                     n_skipped=stats.n_skipped,
+                     sources=provenance(src, known={**hashes, **coder.hash_files(f for f in src.files
+                                                                                 if f not in hashes)}))
 
 
 @dataclass
@@ -126,7 +135,7 @@ def pack_training(src: DomainSource, coder: DocTokenizer, cursor: Cursor, *, hel
     order: deque[int] = deque()
 
     def texts() -> Iterator[str]:
-        for ordinal, _, text in numbered(src, on_bad_utf8=on_bad_utf8):
+        for ordinal, text in ordered(src, on_bad_utf8=on_bad_utf8):
             if ordinal >= n_read or packer.full:
                 return
             if ordinal >= cursor.doc and ordinal not in held:  # before the cursor: in the store already

@@ -31,6 +31,8 @@ RESUME_FLAGS = {
     "seq_len": "--seq-len",
     "top_k": "--top-k",
     "encoding": "--encoding",
+    "sampling.samples": "--samples",
+    "sampling.seed": "--sampling-seed",
     "settings.heldout_seqs": "--heldout-seqs",
     "settings.max_rows_per_domain": "--max-rows-per-domain",
     "settings.on_bad_utf8": "--on-bad-utf8",

@@ -10,12 +10,16 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ddk_store import StoreMeta, StoreWriter, TeacherInfo, TokenizerInfo, open_store, tokenizer_fingerprint
-from ddk_store.errors import ConfigError, DdkError, StoreExistsError
+from ddk_store import StoreMeta, StoreWriter, TeacherInfo, TokenizerInfo, open_store, spec, tokenizer_fingerprint
+from ddk_store.meta import SamplingInfo
+from ddk_store import DomainInfo, StoreReader
+from ddk_store.difference import identity_difference
+from ddk_store.errors import (ConfigError, DdkError, StoreExistsError, StoreFormatError, StoreIncompleteError,
+                              StoreNotFoundError)
 from ddk_store.layout import default_chunk_rows
 from ddk_store.packed import delete_all_but_pack
 from ddk_store.retry import is_transient, retry_call
@@ -24,7 +28,8 @@ from ddk_store.storage import open_zarr_store
 from .backends import BackendOptions, backend_class, resolve_backend, resolve_dtype
 from .config import Stage1Config
 from .corpus import check_dataset_source
-from .pack import load_corpora_for, pack_phase
+from .corpus import DomainSource
+from .pack import files_problem, load_corpora_for, pack_phase, pack_settings
 from .plan import RESUME_FLAGS
 from .scoring import score_units
 from .teacher import fit_problems, load_tokenizer, resolve_teacher
@@ -82,20 +87,34 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
 
     dtype = resolve_dtype(cfg.dtype, cfg.device if backend_name == "hf" else "auto")
 
-    # 2. Pack every domain's rows into the store (tokenizing in --workers processes), or find them packed there.
-    packed, settings = pack_phase(cfg, corpora, tok, vocab_size=teacher.vocab_size, files_complete=files_complete,
-                                  echo=echo)
+    settings = pack_settings(cfg, corpora, tok)
 
-    # 3. Open (create, resume, or find complete) the store: settings mismatches fail here, before the model loads.
-    meta = StoreMeta(
-        teacher=TeacherInfo(name=teacher.name, revision=teacher.revision, dtype=dtype, backend=backend_name,
-                            engine=cls.engine()),
-        tokenizer=TokenizerInfo(name=teacher.name, vocab_size=teacher.vocab_size,
-                                fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id),
-        seq_len=cfg.seq_len, top_k=cfg.top_k, encoding=cfg.encoding,
-        domains=tuple(packed.info(s.name) for s in corpora),
-        settings=settings,
-    )
+    def meta_of(domains: Iterable[DomainInfo]) -> StoreMeta:
+        return StoreMeta(
+            teacher=TeacherInfo(name=teacher.name, revision=teacher.revision, dtype=dtype, backend=backend_name,
+                                engine=cls.engine()),
+            tokenizer=TokenizerInfo(name=teacher.name, vocab_size=teacher.vocab_size,
+                                    fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id),
+            seq_len=cfg.seq_len, top_k=cfg.top_k, encoding=cfg.encoding, domains=tuple(domains), settings=settings,
+            sampling=SamplingInfo(cfg.samples, cfg.sampling_seed) if cfg.encoding == spec.ENC_SAMPLED else None,
+        )
+
+    # 2. A store already complete with these settings: nothing to pack or score (a store of an older format may
+    # hold no packed rows at all, and a complete one needs none).
+    if (done := complete_store(cfg.store, meta_of, corpora, files_complete, options)) is not None:
+        echo(f"{cfg.store} is already complete with these settings: nothing to do")
+        summary = DumpSummary(url=cfg.store, backend=backend_name, status="noop",
+                              store_tokens=sum(done.num_rows(d, s) for d in done.domains for s in spec.SPLITS)
+                              * cfg.seq_len)
+        _fill_stats(summary, done.meta, options)
+        return summary
+
+    # 3. Pack every domain's rows into the store (tokenizing in --workers processes), or find them packed there.
+    packed, _ = pack_phase(cfg, corpora, tok, vocab_size=teacher.vocab_size, files_complete=files_complete,
+                           echo=echo)
+
+    # 4. Open (create, resume, or find complete) the store: settings mismatches fail here, before the model loads.
+    meta = meta_of(packed.info(s.name) for s in corpora)
     rows = packed.rows()
     # Creating or resuming is idempotent, so a transient object-store failure retries the whole step.
     writer = retry_call(lambda: open_writer(cfg.store, meta, rows, overwrite=cfg.overwrite, storage_options=options,
@@ -113,7 +132,7 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     echo(f"{cfg.store}: {'resuming' if writer.resumed else 'created'}; shard {cfg.shard}: {len(pending)} unit(s) "
          f"to write ({total_units} in the store)")
 
-    # 4. Load the teacher and score; a background thread encodes and writes while the teacher computes.
+    # 5. Load the teacher and score; a background thread encodes and writes while the teacher computes.
     if pending:
         owned = backend is None
         if owned:
@@ -134,7 +153,7 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
             if owned:
                 backend.close()
 
-    # 5. Finalize (single process), or leave that to `ddk-store finalize` once every shard is done.
+    # 6. Finalize (single process), or leave that to `ddk-store finalize` once every shard is done.
     if cfg.shard_count == 1:
         _fill_stats(summary, writer.finalize(), options)
     else:
@@ -145,6 +164,28 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     summary.seconds = time.perf_counter() - t0
     print_summary(summary, echo)
     return summary
+
+
+def complete_store(url: str, meta_of: Callable[[Iterable[DomainInfo]], StoreMeta], corpora: list[DomainSource],
+                   files_complete: bool, storage_options: Mapping[str, Any] | None) -> StoreReader | None:
+    """The store at ``url`` when it is complete and this run would make the very same store: the same identity
+    once its domains' provenance is taken as this run's, and every corpus file still the one it was packed from
+    (same path and size, the pack phase's own test). None otherwise (no store, not complete, other settings: the
+    usual path then packs, resumes or refuses, naming the flag)."""
+    try:
+        reader = open_store(url, storage_options=storage_options)
+    except (StoreNotFoundError, StoreIncompleteError, StoreFormatError):
+        return None
+    have = reader.meta
+    by_name = {d.name: d for d in have.domains}
+    if [d.name for d in have.domains] != [s.name for s in corpora]:
+        return None
+    if identity_difference(have, meta_of(have.domains)) is not None:
+        return None
+    for src in corpora:
+        if files_problem(src, [s.to_dict() for s in by_name[src.name].sources], files_complete):
+            return None
+    return reader
 
 
 def open_writer(url: str, meta: StoreMeta, rows: Mapping[str, Mapping[str, int]], *, overwrite: bool,

@@ -1,5 +1,7 @@
-"""The scoring loop: the teacher scores pending units in order, their token rows read from the store's packed rows one
-unit ahead, while a background thread encodes and writes them."""
+"""The scoring loop: every pending unit goes through ONE ``backend.score_iter`` stream (so the GPU pipeline never
+drains at a unit boundary), its token rows read from the store's packed rows in a background thread a few units
+ahead, while another background thread encodes and writes each scored unit (a unit is written and marked as soon as
+its rows are scored: resume keeps the unit granularity)."""
 
 from __future__ import annotations
 
@@ -8,8 +10,10 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from typing import Any
 
 import numpy as np
@@ -21,10 +25,15 @@ from ddk_store.retry import retry_call
 from .pack import PackedStore
 
 
-def unit_tokens(packed: PackedStore, pending: list[Unit], *,
-                storage_options: Mapping[str, Any] | None) -> Iterator[tuple[Unit, np.ndarray]]:
+#: Units whose token rows are read ahead of the teacher (a unit is a few MB of int32 rows at most).
+READ_AHEAD = 4
+
+
+def unit_tokens(packed: PackedStore, pending: list[Unit], *, storage_options: Mapping[str, Any] | None,
+                ahead: int = READ_AHEAD, waited: list[float] | None = None) -> Iterator[tuple[Unit, np.ndarray]]:
     """(unit, its token rows int32 [n, T]) of every pending unit in order, read from the packed rows in a background
-    thread one unit ahead of the caller."""
+    thread up to ``ahead`` units ahead of the caller; ``waited[0]`` accumulates the seconds the caller waited for
+    rows not read yet."""
     rows = PackedRows(packed.url, storage_options=storage_options, read_only=True)
 
     def read(u: Unit) -> np.ndarray:
@@ -33,16 +42,25 @@ def unit_tokens(packed: PackedStore, pending: list[Unit], *,
                           what=f"reading the packed rows of {u}", url=packed.url)
 
     with ThreadPoolExecutor(1, thread_name_prefix="ddk-rows") as pool:
-        ahead = pool.submit(read, pending[0]) if pending else None
-        for i, unit in enumerate(pending):
-            tokens = ahead.result()
-            ahead = pool.submit(read, pending[i + 1]) if i + 1 < len(pending) else None
-            yield unit, tokens
+        reads = deque(pool.submit(read, u) for u in pending[:ahead])
+        try:
+            for i, unit in enumerate(pending):
+                t = time.perf_counter()
+                tokens = reads.popleft().result()
+                if waited is not None:
+                    waited[0] += time.perf_counter() - t
+                if i + ahead < len(pending):
+                    reads.append(pool.submit(read, pending[i + ahead]))
+                yield unit, tokens
+        finally:
+            for f in reads:
+                f.cancel()
 
 
 def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: PackedStore, *,
                 storage_options: Mapping[str, Any] | None, progress: bool) -> tuple[int, float]:
-    """Score ``pending`` units in order and hand each to a writer thread; returns (tokens, teacher seconds).
+    """Score ``pending`` units in order through one ``backend.score_iter`` stream and hand each scored unit to a
+    writer thread; returns (tokens, teacher seconds: time inside the stream, less its waits for rows).
 
     At most two scored units wait in memory; a write failure stops the scoring and is re-raised here.
     """
@@ -75,18 +93,32 @@ def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: Packe
                file=sys.stderr, smoothing=0.1)
     done_rows = 0
     teacher_s = 0.0
+    waited = [0.0]  # seconds the stream waited for rows (not the teacher's)
+    fed: deque[tuple[Unit, np.ndarray]] = deque()  # units handed to the stream, not yet scored (in order)
+
+    def feed() -> Iterator[np.ndarray]:
+        with closing(unit_tokens(packed, pending, storage_options=storage_options, waited=waited)) as units:
+            for unit, tokens in units:
+                if failure:
+                    return  # a write failed: feed no more, the stream ends after what it holds
+                fed.append((unit, tokens))
+                yield tokens  # [n, T]
+
+    stream = backend.score_iter(feed())
     try:
-        for unit, tokens in unit_tokens(packed, pending, storage_options=storage_options):  # tokens [n, T]
-            if failure:
+        while True:
+            t, w = time.perf_counter(), waited[0]
+            scored = next(stream, None)
+            teacher_s += time.perf_counter() - t - (waited[0] - w)
+            if scored is None or failure:
                 break
-            t = time.perf_counter()
-            scored = backend.score(tokens)
-            teacher_s += time.perf_counter() - t
+            unit, tokens = fed.popleft()  # score_iter yields one result per unit, in order
             q.put((unit, tokens, scored))
             done_rows += unit.n_rows
             bar.set_postfix_str(f"{unit.domain}/{unit.split} rows {done_rows}/{total // seq_len}", refresh=False)
             bar.update(unit.n_rows * seq_len)
     finally:
+        stream.close()
         q.put(None)
         thread.join()
         bar.close()

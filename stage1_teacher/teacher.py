@@ -32,13 +32,16 @@ class Teacher:
     max_context: int | None
 
 
-def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = False) -> Teacher:
+def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = False,
+                    weights: bool = True) -> Teacher:
     """Find the teacher's files and identity without loading its weights.
 
     Args:
         name: ``--teacher``: a Hugging Face model directory or hub id.
         revision: ``--teacher-revision`` of a hub id ('' = main).
         trust_remote_code: whether the model's own configuration code may run.
+        weights: False for a caller that needs only the config and tokenizer (`ddk-teacher pack`): a local
+            teacher's weights are not hashed (``revision`` is then ''), a hub teacher's not downloaded.
 
     Raises:
         ConfigError: not a model directory, an unreachable or unknown hub id, an unreadable config, not a causal LM.
@@ -47,11 +50,11 @@ def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = 
 
     path = Path(name).expanduser()
     if path.is_dir():
-        model_dir, rev = str(path), weights_hash(path)
+        model_dir, rev = str(path), weights_hash(path) if weights else ""
     elif path.exists() or looks_like_path(name):
         raise ConfigError(f"--teacher {name}: not a model directory (expected a directory with config.json)")
     else:
-        model_dir, rev = _hub_snapshot(name, revision or None)
+        model_dir, rev = _hub_snapshot(name, revision or None, weights=weights)
     if not (Path(model_dir) / "config.json").is_file():
         raise ConfigError(f"--teacher {name}: {model_dir} has no config.json; give a Hugging Face model "
                           f"directory (save_pretrained output) or hub id")
@@ -127,14 +130,16 @@ def cached_weights_hash(model_dir: Path, files: list[Path], compute) -> str:
     return value
 
 
-def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[str, str]:
-    """(local snapshot directory, commit hash) of a hub model, downloading its config, tokenizer and weights."""
+def _hub_snapshot(repo_id: str, revision: str | None, *, weights: bool = True) -> tuple[str, str]:
+    """(local snapshot directory, commit hash) of a hub model, downloading its config, tokenizer and (with
+    ``weights``) weights."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         local = snapshot_download(repo_id, revision=revision,
-                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py"])
+                                  allow_patterns=["*.json", "*.model", "*.txt", "*.py"]
+                                  + (["*.safetensors"] if weights else []))
     except LocalEntryNotFoundError as e:  # offline (no network, or HF_HUB_OFFLINE=1) and nothing cached
         why = describe(e.__cause__ or e)
         raise ConfigError(f"--teacher {repo_id}: not a local directory, and the hub cannot be reached ({why}) "

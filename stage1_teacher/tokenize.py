@@ -9,11 +9,13 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import chain
+from typing import NoReturn
 
 import numpy as np
 
 from ddk_store.errors import CorpusError
 
+from .corpus import file_sha256
 from .packing import batched
 
 #: Documents per tokenizer call (fast tokenizers batch in Rust) and per task sent to a worker...
@@ -51,16 +53,18 @@ def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
 
 def _backend_encoder(tokenizer_json: str):
     """ids without special tokens from a fast tokenizer's Rust backend, rebuilt from its JSON: what ``tok(texts,
-    add_special_tokens=False)`` computes (truncation and padding off, as transformers sets them per call), without
-    building Python encodings, and the same in every process."""
+    add_special_tokens=False)`` computes (truncation and padding off, as transformers sets them per call), the same
+    in every process, and on ONE core: one ``encode`` per text, never ``encode_batch``, whose Rust thread pool would
+    take every core of the host (so ``--workers N`` means N cores, and N workers do not fight N thread pools)."""
     from tokenizers import Tokenizer  # not transformers: a worker starts in a fraction of a second
 
     backend = Tokenizer.from_str(tokenizer_json)
     backend.no_truncation()
     backend.no_padding()
+    one = backend.encode
 
     def encode(texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+        return [one(t, add_special_tokens=False).ids for t in texts]
 
     return encode
 
@@ -69,8 +73,10 @@ _WORKER_ENCODE = None
 
 
 def _worker_init(tokenizer_json: str) -> None:
-    # One process per core: the tokenizer's own Rust threads would only compete with the other workers.
+    # One process per core: no Rust thread pool of the tokenizer's own (belt and braces: _backend_encoder never
+    # calls the batch API that would start one).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ["RAYON_NUM_THREADS"] = "1"
     global _WORKER_ENCODE
     _WORKER_ENCODE = _backend_encoder(tokenizer_json)
 
@@ -115,14 +121,30 @@ class DocTokenizer:
             while window:
                 yield from _split(*window.popleft().result())
         except BrokenProcessPool:
-            pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
-            raise CorpusError(f"a tokenizer worker process died (killed, or out of memory) while tokenizing with "
-                              f"--workers {self.workers}; rerun the same command, or pass --workers 1 to tokenize "
-                              f"in this process") from None
+            self._broken()
         finally:
             for f in window:
                 f.cancel()
+
+    def hash_files(self, paths: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """path -> (sha256, size) of each file, hashed in the worker processes (one file per worker at a time) when
+        there are several, else here: the files no reader hashed as it read them (parquet, read by pyarrow; a
+        capped domain's files not read to their end)."""
+        paths = list(paths)
+        if self.workers == 1 or len(paths) < 2:
+            return {p: file_sha256(p) for p in paths}
+        try:
+            return dict(zip(paths, self._start().map(file_sha256, paths)))
+        except BrokenProcessPool:
+            self._broken()
+
+    def _broken(self) -> NoReturn:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+        raise CorpusError(f"a tokenizer worker process died (killed, or out of memory) while tokenizing with "
+                          f"--workers {self.workers}; rerun the same command, or pass --workers 1 to tokenize "
+                          f"in this process") from None
 
     def _start(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -12,6 +12,9 @@ weighted by the natural mixture, geometric mean, worst domain); an arm's cell is
 A run's natural mixture is the ``train_rows`` its records hold, else it is read from the store named in its
 config.yaml; when neither is there, that column shows "–". Every run must be finished and have the same domains in
 the same order; runs whose teacher perplexities differ were measured on different held-out rows, which is said.
+Under the table: the passes each arm's sampler made over each domain's training rows, and for runs with
+``--max-epochs-per-domain`` how many intervals the cap held each domain. ``bench/quality.py`` builds its results
+pages from these same functions.
 """
 
 from __future__ import annotations
@@ -20,14 +23,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ddk_store.errors import DdkError, ReportError, describe
+from ddk_store.errors import ReportError
 
 from . import plots
-from .rundir import read_config, read_metrics
+from .report import natural_rows, rows_sampled
+from .rundir import FINAL, INTERVAL, read_config, read_metrics
 from .summary import METRICS, format_mean_sd, mean_sd, summarize
 
 #: Where the bar chart goes without --out: this file in the current directory.
 DEFAULT_PNG = "compare.png"
+
+#: What each summary metric favours: the sentences under every results table (keys of summary.METRICS).
+METRIC_MEANING = {
+    "mean": "equal weights over domains: a small domain counts as much as a large one, so it rewards closing the "
+            "gaps of the rare domains",
+    "natural_mean": "domains weighted by the natural mixture (each domain's share of the store's training rows): "
+                    "the ratio a user sampling the natural data would see, dominated by the large domains",
+    "geo_mean": "exp of the mean log ratio: ratios count multiplicatively (halving one domain's ratio offsets "
+                "doubling another's), so one bad domain dominates it less than the arithmetic means",
+    "worst": "the largest domain ratio: the domain DDK's reweighting targets",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,22 @@ class Run:
     ratio: list[float]
     ppl_teacher: list[float]
     summary: dict[str, float | None]
+    records: list[dict[str, Any]]  # the interval records, then the final one
+    config: dict[str, Any]
+    train_rows: list[int] | None
+
+    def passes(self) -> list[float] | None:
+        """Passes the run's sampler made over each domain's training rows (rows drawn / training rows); None when
+        the run's row counts or batch size are unknown."""
+        batch = self.config.get("batch_size")
+        if not self.train_rows or not isinstance(batch, int):
+            return None
+        return [s / n if n else float("nan") for s, n in zip(rows_sampled(self.records, batch), self.train_rows)]
+
+    def intervals_capped(self) -> list[int] | None:
+        """How many intervals --max-epochs-per-domain held each domain at its cap; None for a run without the cap."""
+        logged = [r["capped"] for r in self.records if r.get("event") == INTERVAL and r.get("capped") is not None]
+        return [sum(bool(c[i]) for c in logged) for i in range(len(self.domains))] if logged else None
 
 
 @dataclass(frozen=True)
@@ -66,32 +97,33 @@ def parse_arm(spec: str) -> tuple[str, list[Path]]:
     return label.strip(), paths
 
 
-def natural_rows(run_dir: Path, final: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[int] | None, str | None]:
-    """(training rows per domain, None) from the run's records, else from its store; (None, why) when neither."""
-    if final.get("train_rows"):
-        return final["train_rows"], None
-    store = cfg.get("store")
-    if not store:
-        return None, f"{run_dir}: records no train_rows and its config.yaml names no store"
-    try:
-        from ddk_store import open_store
-
-        reader = open_store(store, storage_options=cfg.get("storage_options"))
-        return [reader.num_rows(d, "train") for d in final["domains"]], None
-    except (DdkError, OSError, KeyError, ValueError) as e:
-        return None, f"{run_dir}: records no train_rows and its store {store} cannot be read ({describe(e)})"
-
-
 def load_run(path: Path, notes: list[str]) -> Run:
     """A finished run's final evaluation and summary; the reason a natural mean is missing goes to ``notes``."""
     intervals, final = read_metrics(path)
     if final is None:
         raise ReportError(f"{path}: the run has not finished (no final evaluation in metrics.jsonl, last interval at "
                           f"step {intervals[-1]['step']}); compare finished runs, or resume this one first")
-    rows, why = natural_rows(path, final, read_config(path))
+    cfg = read_config(path)
+    rows, why = natural_rows(path, final, cfg)
     if why:
         notes.append(why)
-    return Run(path, final["domains"], final["ratio"], final["ppl_teacher"], summarize(final["ratio"], rows))
+    return Run(path, final["domains"], final["ratio"], final["ppl_teacher"], summarize(final["ratio"], rows),
+               intervals + [final], cfg, rows)
+
+
+def check_arms(arms: list[Arm]) -> list[str]:
+    """Refuse runs of other domains (ReportError); the note for runs measured on other held-out rows, if any."""
+    runs = [r for a in arms for r in a.runs]
+    ref = runs[0]
+    for r in runs[1:]:
+        if r.domains != ref.domains:
+            raise ReportError(f"{r.path}: its domains {r.domains} differ from {ref.path}'s {ref.domains}; compare runs "
+                              f"on the same store")
+    differ = [r for r in runs[1:] if any(abs(a - b) > 1e-6 * b for a, b in zip(r.ppl_teacher, ref.ppl_teacher))]
+    if not differ:
+        return []
+    return [f"the teacher perplexities of {', '.join(str(r.path) for r in differ)} differ from {ref.path}'s: those "
+            f"runs were measured on other held-out rows, so their ratios are not comparable cell by cell"]
 
 
 def load_arms(specs: list[str]) -> tuple[list[Arm], list[str]]:
@@ -103,30 +135,19 @@ def load_arms(specs: list[str]) -> tuple[list[Arm], list[str]]:
     for spec in specs:
         label, paths = parse_arm(spec)
         arms.append(Arm(label, [load_run(p, notes) for p in paths]))
-    runs = [r for a in arms for r in a.runs]
-    ref = runs[0]
-    for r in runs[1:]:
-        if r.domains != ref.domains:
-            raise ReportError(f"{r.path}: its domains {r.domains} differ from {ref.path}'s {ref.domains}; compare runs "
-                              f"on the same store")
-    differ = [r for r in runs[1:] if any(abs(a - b) > 1e-6 * b for a, b in zip(r.ppl_teacher, ref.ppl_teacher))]
-    if differ:
-        notes.append(f"the teacher perplexities of {', '.join(str(r.path) for r in differ)} differ from "
-                     f"{ref.path}'s: those runs were measured on other held-out rows, so their ratios are not "
-                     f"comparable cell by cell")
-    return arms, notes
+    return arms, notes + check_arms(arms)
 
 
-def markdown(arms: list[Arm]) -> str:
-    """The table of docs/results*.md: one row per arm, one column per domain then the summary metrics."""
+def ratio_table(arms: list[Arm]) -> str:
+    """The table of docs/results*.md: one row per arm, one column per domain then the summary metrics, and a
+    sentence per metric on what it favours."""
     domains = arms[0].runs[0].domains
     cols = [label for key, label in METRICS]
     lines = [
         "Final student/teacher perplexity ratio on each domain's held-out rows (lower is better; 1.0 = the teacher). "
         "A cell is the mean ± sample standard deviation over an arm's runs (runs: "
-        + ", ".join(f"{a.label} {len(a.runs)}" for a in arms) + "). `mean`: the mean over domains; `nat. mean`: "
-        "weighted by the natural mixture (each domain's share of the training rows); `geo. mean`: the geometric mean; "
-        "`worst`: the largest domain ratio; each computed per run, then over runs.",
+        + ", ".join(f"{a.label} {len(a.runs)}" for a in arms) + "). Each summary metric is computed per run over "
+        "its domains' ratios, then averaged over the arm's runs.",
         "",
         "| arm | " + " | ".join(domains + cols) + " |",
         "|---" + "|---:" * (len(domains) + len(cols)) + "|",
@@ -137,7 +158,70 @@ def markdown(arms: list[Arm]) -> str:
             values = a.metric(key)
             cells.append("–" if values is None else format_mean_sd(values))
         lines.append(f"| {a.label} | " + " | ".join(cells) + " |")
+    lines += ["", "What each summary metric favours:", ""]
+    lines += [f"- `{label}`: {METRIC_MEANING[key]}." for key, label in METRICS]
     return "\n".join(lines)
+
+
+def passes_table(arms: list[Arm]) -> str:
+    """Passes over each domain's training rows, per arm (mean ± sd over its runs); "" when no run can say."""
+    known = [(a, [p for p in (r.passes() for r in a.runs) if p is not None]) for a in arms]
+    known = [(a, ps) for a, ps in known if ps]
+    if not known:
+        return ""
+    run = known[0][0].runs[0]
+    rows = run.train_rows or []
+    lines = ["Passes each arm's sampler made over each domain's training rows during the run (rows drawn / training "
+             "rows, from the logged weights; mean ± sd over runs). Several passes over a small domain mean its gap "
+             "is bounded by its data rather than by how often it is sampled.",
+             "",
+             "| arm | " + " | ".join(f"{d} ({n} rows)" for d, n in zip(run.domains, rows)) + " |",
+             "|---" + "|---:" * len(run.domains) + "|"]
+    for a, ps in known:
+        lines.append(f"| {a.label} | " + " | ".join(format_mean_sd([p[i] for p in ps], 2)
+                                                  for i in range(len(run.domains))) + " |")
+    return "\n".join(lines)
+
+
+def cap_table(arms: list[Arm]) -> str:
+    """For the arms run with --max-epochs-per-domain: the intervals the cap held each domain (mean ± sd over runs,
+    out of the run's intervals); "" when no arm has the cap."""
+    capped = [(a, [c for c in (r.intervals_capped() for r in a.runs) if c is not None]) for a in arms]
+    capped = [(a, cs) for a, cs in capped if cs]
+    if not capped:
+        return ""
+    domains = arms[0].runs[0].domains
+    lines = ["Intervals at the epoch cap (--max-epochs-per-domain): in how many of a run's intervals the cap held each "
+             "domain below its DDK weight, the excess going to the other domains (mean ± sd over runs).",
+             "",
+             "| arm | intervals | " + " | ".join(domains) + " |",
+             "|---|---:" + "|---:" * len(domains) + "|"]
+    for a, cs in capped:
+        n = format_mean_sd([sum(1 for r in run.records if r.get("event") == INTERVAL) for run in a.runs], 1)
+        lines.append(f"| {a.label} | {n} | " + " | ".join(format_mean_sd([c[i] for c in cs], 1)
+                                                        for i in range(len(domains))) + " |")
+    return "\n".join(lines)
+
+
+def weights_table(run: Run) -> str:
+    """The sampling weights of each interval of one run (from its step on). Where the epoch cap held a domain, the
+    cell is ``weight (cap; DDK w)``: the capped weight sampled and the uncapped DDK weight of that interval."""
+    lines = ["| step | " + " | ".join(run.domains) + " |", "|---" * (len(run.domains) + 1) + "|"]
+    for rec in run.records:
+        if rec.get("event") == FINAL:
+            continue
+        held = rec.get("capped") or [False] * len(run.domains)
+        factor = rec.get("factor") or rec["weights"]
+        cells = [f"{w:.3f} (cap; DDK {f:.3f})" if h else f"{w:.3f}"
+                 for w, f, h in zip(rec["weights"], factor, held)]
+        lines.append(f"| {rec['step']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(arms: list[Arm]) -> str:
+    """What `ddk-student compare` prints: the ratio table with what each metric favours, then the passes and the
+    epoch-cap tables when the runs hold what they need."""
+    return "\n\n".join(filter(None, [ratio_table(arms), passes_table(arms), cap_table(arms)]))
 
 
 def bar_chart(arms: list[Arm], path: Path) -> Path:

@@ -44,7 +44,7 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
     """Read ``pairs`` ((b, 2): domain index, row index) from the store, one read per domain, in the given order."""
     pairs = np.asarray(pairs, dtype=np.int64)
     b = len(pairs)
-    T, K = reader.seq_len, reader.top_k
+    T, K = reader.seq_len, reader_slots(reader)
     tokens = np.empty((b, T), dtype=np.int64)
     ids = np.empty((b, T - 1, K), dtype=np.int64)
     lps = np.empty((b, T - 1, K), dtype=np.float32)
@@ -60,6 +60,13 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
     if pin:
         out = out._map(lambda t: t.pin_memory())
     return out
+
+
+def reader_slots(reader) -> int:
+    """Entries per position of the store's decoded records: top_k, or fewer (topk-sampled: min(N, top_k))."""
+    from ddk_store.encodings import encoding_for
+
+    return encoding_for(reader.meta).slots(reader.top_k)
 
 
 def reader_has_tail(reader) -> bool:

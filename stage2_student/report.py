@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ddk_store.errors import ReportError
+from ddk_store.errors import DdkError, ReportError, describe
 
 from . import plots
 from .rundir import METRICS_FILE, RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
@@ -38,6 +38,29 @@ def _pct(new: float, old: float) -> str:
 
 def _mix(domains: list[str], weights: list[float]) -> str:
     return ", ".join(f"{d} {w:.3f}" for d, w in zip(domains, weights))
+
+
+def natural_rows(run_dir: Path, final: dict[str, Any], cfg: dict[str, Any]) -> tuple[list[int] | None, str | None]:
+    """(training rows per domain, None) from the run's record ``final`` (any interval record), else from the store its
+    config names; (None, why) when neither. The one place that finds a run's natural mixture."""
+    if final.get("train_rows"):
+        return final["train_rows"], None
+    store = cfg.get("store")
+    if not store:
+        return None, f"{run_dir}: records no train_rows and its config.yaml names no store"
+    try:
+        from ddk_store import open_store
+
+        reader = open_store(store, storage_options=cfg.get("storage_options"))
+        return [reader.num_rows(d, "train") for d in final["domains"]], None
+    except (DdkError, OSError, KeyError, ValueError) as e:
+        return None, f"{run_dir}: records no train_rows and its store {store} cannot be read ({describe(e)})"
+
+
+def ddk_floor(cfg: dict[str, Any], num_domains: int) -> float | None:
+    """DDK's smallest sampling weight, (1 - alpha) / N (Eq. 2), for a run of ``--mixing ddk``; None otherwise."""
+    alpha = cfg.get("alpha")
+    return (1.0 - alpha) / num_domains if cfg.get("mixing") == "ddk" and isinstance(alpha, (int, float)) else None
 
 
 def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any]]:
@@ -112,15 +135,14 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
                                     else (None, "", []))
     mixing = cfg.get("mixing", "?")
     cap = cfg.get("max_epochs_per_domain")
-    alpha = cfg.get("alpha")
-    floor = (1.0 - alpha) / len(domains) if mixing == "ddk" and isinstance(alpha, (int, float)) else None
+    floor = ddk_floor(cfg, len(domains))
     plots.weights_plot(records, run_dir / WEIGHTS_PNG, floor=floor,
                        title=f"{run_dir.name}: domain sampling weights ({mixing})")
     plots.ratios_plot(records, run_dir / RATIOS_PNG, baseline=base,
                       baseline_label="baseline " + base_label.replace("`", ""),
                       title=f"{run_dir.name}: student/teacher perplexity ratio per domain")
 
-    rows = last.get("train_rows") or first.get("train_rows")
+    rows, _ = natural_rows(run_dir, last, cfg)
     before, after = summarize(first["ratio"], rows), summarize(last["ratio"], rows)
     b_after = summarize(base[-1]["ratio"], base[-1].get("train_rows") or rows) if base else None
     intervals = records[:-1] if final else records
@@ -179,7 +201,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         lines.append(f"- natural (each domain's share of the training rows): {_mix(domains, natural_mixture(rows))}")
     if floor is not None:
         lines.append(f"- DDK's floor: Eq. 2 keeps every domain at (1 - alpha) / N = {floor:.3f} or more; the rest "
-                     "follows the domains' ratios (a softmax over them, so a gap of a few units already decides)")
+                     "follows the domains' ratios (a softmax over them, so a gap of a few units already decides)"
+                     + ("; the epoch cap may hold a domain below it once its passes are used up" if cap else ""))
     batch = cfg.get("batch_size")
     if rows and isinstance(batch, int):
         sampled = rows_sampled(records, batch)

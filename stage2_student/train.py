@@ -21,6 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ddk_store import open_store, settings
+from ddk_store.encodings import encoding_for
 from ddk_store.errors import ConfigError
 from ddk_store.errors import StoreIOError
 
@@ -75,6 +76,10 @@ def train(cfg: Stage2Config) -> Path:
     reader = open_store(cfg.store, storage_options=cfg.storage_options, cache_dir=cfg.cache_dir,
                         cache_max_bytes=cfg.cache_max_bytes)
     reader.check_structure()  # every array exists with the shape the metadata gives (metadata reads only)
+    if encoding_for(reader.meta).sampled and cfg.temperature != 1.0:
+        raise ConfigError(f"--temperature {cfg.temperature}: store {cfg.store} is {reader.meta.encoding!r}, whose draw "
+                          "frequencies estimate the teacher at temperature 1 only (a power of an estimate is biased); "
+                          "train with --temperature 1, or from a store dumped with another --encoding")
     domains = reader.domains
     D = len(domains)
     static = rw.static_weights_vector(cfg.static_weight_map(), domains) if cfg.mixing == "static" else None

@@ -10,10 +10,11 @@ from .. import spec
 from ..errors import StoreVersionError
 from .base import PER_ENTRY, PER_POSITION, Encoding, StoredArray, TopK, id_dtype, id_fill
 from .floor_tail import IdSortQ8Tail
+from .sampled import Sampled
 from .v1 import IdSortQ8, RankF16
 
-#: name -> encoding, in spec.ENCODINGS order.
-REGISTRY: dict[str, Encoding] = {e.name: e for e in (IdSortQ8Tail(), IdSortQ8(), RankF16())}
+#: name -> encoding, in spec.ENCODINGS order (with default parameters: :func:`encoding_for` binds a store's).
+REGISTRY: dict[str, Encoding] = {e.name: e for e in (IdSortQ8Tail(), IdSortQ8(), RankF16(), Sampled())}
 assert tuple(REGISTRY) == spec.ENCODINGS, "spec.ENCODINGS and the registry must list the same encodings"
 
 
@@ -26,5 +27,10 @@ def get_encoding(name: str) -> Encoding:
                                 "read this store") from None
 
 
-__all__ = ["Encoding", "PER_ENTRY", "PER_POSITION", "REGISTRY", "StoredArray", "TopK", "get_encoding", "id_dtype",
-           "id_fill"]
+def encoding_for(meta) -> Encoding:
+    """The encoding of a store (StoreMeta) with the parameters its metadata records (``sampling``)."""
+    return get_encoding(meta.encoding).bind(meta)
+
+
+__all__ = ["Encoding", "PER_ENTRY", "PER_POSITION", "REGISTRY", "StoredArray", "TopK", "encoding_for", "get_encoding",
+           "id_dtype", "id_fill"]

@@ -41,6 +41,7 @@ class StoredArray:
     kind: str  # PER_ENTRY or PER_POSITION
     shuffle: str  # Blosc shuffle: "shuffle", "bitshuffle" or "noshuffle" (cname is always zstd)
     clevel: int
+    blocksize: int = 0  # Blosc block size in bytes (0: Blosc's choice)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,17 @@ class Encoding:
     exact_tail: bool = False
     #: The ``logprob_scale`` a new store of this encoding gets when none is given (None: the encoding has none).
     default_scale: int | None = None
+    #: Whether decoded probabilities are sample frequencies (an unbiased estimate of the teacher's at temperature 1
+    #: only: stage 2 refuses another temperature).
+    sampled: bool = False
+
+    def bind(self, meta: Any) -> "Encoding":
+        """This encoding with the parameters a store's metadata (StoreMeta) records for it; most have none."""
+        return self
+
+    def slots(self, top_k: int) -> int:
+        """Entries stored per position (the last axis of the PER_ENTRY arrays) for a store of ``top_k``."""
+        return top_k
 
     def arrays(self, vocab_size: int) -> tuple[StoredArray, ...]:
         """The arrays this encoding stores, ``topk_ids`` and ``topk_logprobs`` first (their names are fixed)."""

@@ -20,14 +20,19 @@ import numpy as np
 TAIL_DTYPE = np.dtype("<f2")
 
 
-def outside_mass(logprobs: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
-    """(...,) float64 mass outside the kept entries: 1 - sum(exp(lp)) over ``keep`` (all entries if None), in [0, 1].
+def outside_mass(logprobs: np.ndarray, keep: np.ndarray | None = None, *, drop: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """(...,) float64 mass outside the kept entries: 1 - sum(exp(lp)) over ``keep`` (or all but ``drop``; all
+    entries if neither is given), clipped to [0, 1].
 
-    The probabilities are float32 (relative error 6e-8 each), summed pairwise: the mass is exact to about 1e-6.
+    The probabilities are float32 (relative error 6e-8 each), summed pairwise along the entries: the mass is exact
+    to about 1e-6.
     """
     p = np.exp(logprobs, dtype=np.float32)
     if keep is not None:
-        p[~keep] = 0.0
+        drop = ~keep
+    if drop is not None:
+        np.putmask(p, drop, 0.0)
     return np.clip(1.0 - p.sum(axis=-1).astype(np.float64), 0.0, 1.0)
 
 

@@ -38,9 +38,46 @@ def id_deltas(sorted_ids: np.ndarray, vocab_size: int) -> np.ndarray:
 
 
 def ids_from_deltas(deltas: np.ndarray) -> np.ndarray:
-    """int32 ids from stored deltas (the cumulative sum along the entries)."""
-    ids = np.cumsum(deltas, axis=-1, dtype=np.int64 if deltas.dtype == np.uint32 else np.int32)
-    return ids.astype(np.int32, copy=False)
+    """int32 ids from stored deltas: the cumulative sum along the entries.
+
+    Computed as one cumulative sum over the whole (contiguous) array minus each position's running total before it:
+    several times faster than a cumulative sum along a short last axis. The flat sum wraps modulo 2^32 (2^64 for
+    uint32 deltas), which the subtraction undoes exactly, as every id is below 2^31.
+    """
+    if deltas.size == 0 or deltas.ndim == 0:
+        return np.cumsum(deltas, axis=-1, dtype=np.int64).astype(np.int32)
+    wide = np.uint64 if deltas.dtype.itemsize >= 4 else np.uint32
+    k = deltas.shape[-1]
+    flat = np.cumsum(deltas.reshape(-1), dtype=wide).reshape(-1, k)
+    before = np.empty(len(flat), dtype=wide)
+    before[0] = 0
+    before[1:] = flat[:-1, -1]
+    flat -= before[:, None]
+    return flat.astype(np.int32).reshape(deltas.shape)
+
+
+def delta_ids_invariants(deltas: np.ndarray, vocab_size: int) -> list[str]:
+    """What is wrong with stored id deltas on their own: an id (their cumulative sum) at or above vocab_size."""
+    if deltas.size == 0:
+        return []
+    return _ids_invariants(np.cumsum(deltas, axis=-1, dtype=np.int64), vocab_size)
+
+
+def absent_last_invariants(absent: np.ndarray, entry: str) -> list[str]:
+    """What is wrong with where a position's absent slots lie: an ``entry`` (kept, sampled) after one."""
+    if (absent[..., :-1] & ~absent[..., 1:]).any():
+        return [f"{entry} entry after an absent slot (absent slots must come last)"]
+    return []
+
+
+def padded_pair_invariants(deltas: np.ndarray, present: np.ndarray, entry: str) -> list[str]:
+    """Checks across the id deltas and the entries of a padded encoding (``present``: the slots 1.. holding an
+    entry): present ids are distinct (delta >= 1 after the first), absent slots have delta 0."""
+    if (present & (deltas[..., 1:] == 0)).any():
+        return [f"repeated {entry} id within a position (zero delta on a {entry} entry)"]
+    if (~present & (deltas[..., 1:] != 0)).any():
+        return ["absent slot with a non-zero id delta"]
+    return []
 
 
 def _ids_invariants(ids: np.ndarray, vocab_size: int) -> list[str]:

@@ -100,7 +100,7 @@ def test_repair_resets_damaged_units_and_a_rerun_restores_the_store(tmp_path, da
     url, ref = str(tmp_path / "s"), str(tmp_path / "ref")
     make_tiny_store(url, unit_rows=4)
     make_tiny_store(ref, unit_rows=4)
-    chunk = StoreFiles(url).chunk_path("beta", "train", "topk_logprobs", 5)
+    chunk = StoreFiles(url).row_chunk_path("beta", "train", "topk_logprobs", 5)
     if damage == "flip":
         b = bytearray(chunk.read_bytes())
         b[len(b) // 2] ^= 0x10

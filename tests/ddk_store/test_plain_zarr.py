@@ -51,7 +51,12 @@ def test_read_store_with_plain_zarr(tmp_path):
     assert beta["heldout_nll"] == np.float64(-np.mean(h, dtype=np.float64))
     # Codecs are all from the Zarr v3 specification.
     arr_meta = json.loads((Path(url) / "alpha/train/topk_ids/zarr.json").read_text())
-    assert [c["name"] for c in arr_meta["codecs"]] == ["bytes", "blosc", "crc32c"]
+    # Format 1.2: one shard per write unit, each chunk inside it bytes -> blosc -> crc32c, the index crc32c'd.
+    assert [c["name"] for c in arr_meta["codecs"]] == ["sharding_indexed"]
+    shard = arr_meta["codecs"][0]["configuration"]
+    assert [c["name"] for c in shard["codecs"]] == ["bytes", "blosc", "crc32c"]
+    assert [c["name"] for c in shard["index_codecs"]] == ["bytes", "crc32c"]
+    assert shard["index_location"] == "end"
 
 
 def test_spec_document_names_every_constant():

@@ -13,7 +13,7 @@ def test_read_tail_store_with_plain_zarr(tmp_path):
     from ddk_store.testing import make_tiny_store, synth_rows  # only to *write* the store
 
     url = str(tmp_path / "s")
-    make_tiny_store(url, seed=3, unit_rows=4, top_k=8, vocab_size=300)
+    make_tiny_store(url, seed=3, unit_rows=4, top_k=8, vocab_size=300, format_version="1.1")  # 1.2: test_plain_zarr
     expected = synth_rows(np.random.default_rng(3), 4, 16, 8, 300, 1.0)  # alpha/train unit 0 was written first
 
     root = zarr.open_group(url, mode="r")

@@ -75,7 +75,7 @@ def test_an_edit_beyond_the_tolerance_is_refused_everywhere(tmp_path):
 def test_arrays_on_disk_are_the_schema(tmp_path):
     url = str(tmp_path / "s")
     reader = make_tiny_store(url, train_rows=10, heldout_rows=3, unit_rows=4, vocab_size=70000,
-                             encoding=spec.ENC_IDSORT_Q8)  # format-1.0 layout; the tail encoding: test_store_v2.py
+                             encoding=spec.ENC_IDSORT_Q8, format_version="1.0")  # format-1.0 layout; 1.2: test_plain_zarr
     files = StoreFiles(url)
     for dom in reader.domains:
         for split in spec.SPLITS:

@@ -163,9 +163,10 @@ def test_verify_locates_every_corruption(tmp_path, damage):
     assert validate_store(url) == []
     chunk = _chunk(url, "beta", "train", "topk_logprobs", 5)  # unit 1, rows 4-7
     expect = "beta/train unit 1 (rows 4-7) topk_logprobs"
-    if damage == "flip":
+    if damage == "flip":  # a byte of row 5's chunk (inside its shard, in format 1.2)
+        _, offset, length = StoreFiles(url).row_chunk_span("beta", "train", "topk_logprobs", 5)
         b = bytearray(chunk.read_bytes())
-        b[len(b) // 2] ^= 0x01
+        b[offset + length // 2] ^= 0x01
         chunk.write_bytes(bytes(b))
     elif damage == "truncate":
         chunk.write_bytes(chunk.read_bytes()[:-7])

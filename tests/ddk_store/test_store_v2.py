@@ -91,7 +91,7 @@ def test_store_round_trip_verify_and_info(tmp_path):
     url = str(tmp_path / "s")
     reader = make_tiny_store(url, top_k=K, vocab_size=V)
     assert reader.meta.encoding == spec.DEFAULT_ENCODING == spec.ENC_IDSORT_Q8_TAIL
-    assert reader.meta.format_version == spec.FORMAT_VERSION == "1.1" and reader.meta.logprob_scale == 32
+    assert reader.meta.format_version == spec.FORMAT_VERSION == "1.2" and reader.meta.logprob_scale == 32
     b = reader.read_rows("alpha", "train", [2, 0, 2])
     assert b.topk_log_tail.shape == (3, 15)
     total = np.exp(b.topk_logprobs.astype(np.float64)).sum(-1) + np.exp(b.topk_log_tail.astype(np.float64))
@@ -125,8 +125,7 @@ def test_verify_names_a_tail_that_is_not_a_log_mass(tmp_path):
 def test_format_1_0_store_still_reads(tmp_path):
     """A store as format 1.0 wrote it: encoding topk-idsort-q8, four data arrays, markers of width 5."""
     url = str(tmp_path / "old")
-    make_tiny_store(url, encoding=spec.ENC_IDSORT_Q8, unit_rows=4)
-    StoreFiles(url).edit_root_meta(lambda m: m.__setitem__("format_version", "1.0"))
+    make_tiny_store(url, encoding=spec.ENC_IDSORT_Q8, unit_rows=4, format_version="1.0")
     doc = json.loads((Path(url) / "alpha/train/units/zarr.json").read_text())
     assert doc["shape"][1] == 5 and not (Path(url) / "alpha/train" / spec.ARR_TOPK_TAIL).exists()
     r = open_store(url)

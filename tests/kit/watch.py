@@ -104,7 +104,7 @@ def dump_state(store: Path) -> DumpState:
             marked = {u for u in chunk_indices(store, dom, split, spec.ARR_UNITS)
                       if marker_written(store, dom, split, u)}
             st.done += len(marked)
-            started = {c * lay.chunk_rows // lay.unit_rows
+            started = {c * lay.object_rows // lay.unit_rows
                        for arr in spec.DATA_ARRAYS for c in chunk_indices(store, dom, split, arr)}
             st.in_flight += [f"{dom}/{split} unit {u}" for u in sorted(started - marked)]
     st.partial_files = sum(1 for _ in store.rglob("*.partial"))
@@ -142,7 +142,7 @@ class DumpWatch:
             markers = chunk_indices(self.store, d, s, spec.ARR_UNITS)
             done += len(markers)
             if not busy:
-                started = {c * lay.chunk_rows // lay.unit_rows
+                started = {c * lay.object_rows // lay.unit_rows
                            for c in chunk_indices(self.store, d, s, spec.ARR_TOKENS)}
                 busy = bool(started - markers)
         return done, self.total, busy

@@ -102,9 +102,10 @@ def test_inflight_bounds_the_reads_ahead_of_the_consumer():
 def test_a_failing_read_is_raised_at_its_batch_as_the_usual_error(tmp_path):
     reader = make_tiny_store(str(tmp_path / "store"), domains=DOMAINS, train_rows=24, heldout_rows=4, seq_len=16,
                              top_k=8, vocab_size=300, unit_rows=4)
-    chunk = StoreFiles(tmp_path / "store").row_chunk_path("beta", spec.SPLIT_TRAIN, spec.ARR_TOPK_IDS, 7)
+    chunk, offset, length = StoreFiles(tmp_path / "store").row_chunk_span("beta", spec.SPLIT_TRAIN,
+                                                                           spec.ARR_TOPK_IDS, 7)
     data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[offset + length // 2] ^= 0xFF  # a byte of row 7's chunk (inside its shard)
     chunk.write_bytes(bytes(data))
     good = np.array([[0, 1], [2, 3]])
     plans = [good, good, np.array([[0, 2], [1, 7]]), good, good]

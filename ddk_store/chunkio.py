@@ -1,0 +1,364 @@
+"""Whole-object I/O beside zarr: write and read the chunk (or shard) files of a row-chunked array as its codecs say.
+
+Why: zarr's per-chunk path (codec pipeline, selection, an asyncio task and a thread hop per codec per chunk) costs
+2-4x the Blosc work itself on the store's small chunks (bench/store_codec.py). The store's data arrays have one fixed
+layout (groups.array_specs): a regular grid along rows only, and either the chain ``bytes(little) -> blosc ->
+crc32c`` per chunk (formats 1.0 and 1.1: one object per chunk), or (format 1.2) zarr's ``sharding_indexed`` codec
+with that chain inside and a ``bytes -> crc32c`` index at the end of the shard (one object per write unit). For such
+an array this module encodes rows into the objects zarr would write (a partial last chunk padded with the fill
+value; chunks past the array's end marked empty in a shard's index) and reads rows back, in the calling thread:
+numpy, Blosc and crc32c release the GIL, so the callers' threads compress and decode in parallel. On a local disk the
+files are read and written directly; other stores go through zarr's store (``get``/``set``, byte ranges for shards).
+Any other layout gets ``None`` from :func:`chunk_codec`, and the caller keeps zarr's path. The objects are plain
+zarr v3: zarr, and any reader of the spec, reads them (tests/ddk_store/test_chunkio.py checks both directions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import google_crc32c
+import numpy as np
+from numcodecs import Blosc
+from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+_SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
+#: A shard index entry (offset, nbytes) of a chunk that is not stored (zarr's sharding spec).
+EMPTY = np.uint64(2**64 - 1)
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def codec_pool() -> ThreadPoolExecutor:
+    """The process's pool for chunk encoding and compression: one thread per core this process may use."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            _POOL = ThreadPoolExecutor(max(1, cores), thread_name_prefix="ddk-codec")
+        return _POOL
+
+
+@dataclass(frozen=True)
+class ChunkCodec:
+    """How the objects of one array are stored: key prefix, chunk (and shard) rows, dtype, fill value, compressor."""
+
+    path: str  # the array's path in the store ("domain/split/name")
+    shape: tuple[int, ...]  # the array's shape
+    chunk_rows: int
+    dtype: np.dtype
+    fill: Any
+    blosc: Blosc | None  # None: raw bytes + crc32c
+    key_of: Callable[[tuple[int, ...]], str]  # grid coordinates -> key relative to the array
+    shard_rows: int = 0  # rows per shard object; 0: one object per chunk
+
+    @property
+    def chunk_shape(self) -> tuple[int, ...]:
+        return (self.chunk_rows, *self.shape[1:])
+
+    @property
+    def object_rows(self) -> int:
+        """Rows per stored object: a shard's, or a chunk's."""
+        return self.shard_rows or self.chunk_rows
+
+    @property
+    def chunks_per_shard(self) -> int:
+        return self.shard_rows // self.chunk_rows
+
+    def key(self, index: int) -> str:
+        """Key of stored object ``index`` along rows (a shard, or a chunk)."""
+        return f"{self.path}/{self.key_of((index,) + (0,) * (len(self.shape) - 1))}"
+
+
+def _inner_chain(codecs: Sequence[Any]) -> tuple[bool, Blosc | None]:
+    """(handled, blosc) for a chunk codec chain bytes(little) [-> blosc] -> crc32c."""
+    codecs = tuple(codecs)
+    if len(codecs) not in (2, 3) or not isinstance(codecs[0], BytesCodec) or not isinstance(codecs[-1], Crc32cCodec):
+        return False, None
+    if codecs[0].endian is not None and codecs[0].endian.value != "little":
+        return False, None
+    if len(codecs) == 2:
+        return True, None
+    c = codecs[1]
+    if not isinstance(c, BloscCodec):
+        return False, None
+    return True, Blosc(cname=c.cname.value, clevel=c.clevel, shuffle=_SHUFFLE[c.shuffle.value],
+                       blocksize=c.blocksize, typesize=c.typesize)
+
+
+def chunk_codec(arr: Any) -> ChunkCodec | None:
+    """The :class:`ChunkCodec` of a zarr v3 array, or None when its layout is not one this module handles."""
+    meta = arr.metadata
+    if getattr(meta, "zarr_format", None) != 3 or not arr.shape:
+        return None
+    grid = getattr(meta.chunk_grid, "chunk_shape", None)
+    if grid is None or tuple(grid[1:]) != tuple(arr.shape[1:]):
+        return None
+    codecs = tuple(meta.codecs)
+    shard_rows = 0
+    chunk_rows = int(grid[0])
+    if len(codecs) == 1 and isinstance(codecs[0], ShardingCodec):
+        sc = codecs[0]
+        index_ok, index_blosc = _inner_chain(sc.index_codecs)
+        inner = tuple(sc.chunk_shape)
+        if (not index_ok or index_blosc is not None or sc.index_location.value != "end"
+                or inner[1:] != tuple(arr.shape[1:]) or chunk_rows % inner[0]):
+            return None
+        shard_rows, chunk_rows = chunk_rows, int(inner[0])
+        codecs = tuple(sc.codecs)
+    ok, blosc = _inner_chain(codecs)
+    if not ok:
+        return None
+    return ChunkCodec(path=arr.path, shape=tuple(arr.shape), chunk_rows=chunk_rows,
+                      dtype=np.dtype(arr.dtype).newbyteorder("<"), fill=arr.fill_value, blosc=blosc,
+                      key_of=meta.encode_chunk_key, shard_rows=shard_rows)
+
+
+# ----------------------------------------------------------------------------------------------------- encoding
+def _crc(data: Any) -> bytes:
+    """crc32c of a bytes-like object, as the 4 little-endian bytes zarr's crc32c codec appends."""
+    return np.uint32(google_crc32c.value(np.frombuffer(data, dtype=np.uint8))).tobytes()
+
+
+def _with_crc(body: Any) -> bytes:
+    return bytes(body) + _crc(body)
+
+
+def _check_crc(data: Any) -> memoryview:
+    """The body of ``data`` (its last 4 bytes are the crc32c of the rest); ValueError when they disagree."""
+    view = memoryview(data)
+    if len(view) < 4 or _crc(view[:-4]) != bytes(view[-4:]):
+        raise ValueError("stored and computed crc32c checksums do not match")
+    return view[:-4]
+
+
+def object_ok(data: bytes, max_chunks: int = 4096) -> bool:
+    """Whether ``data`` is an intact stored object without knowing its array: a chunk whose crc32c matches, or a
+    shard whose index (found by its crc32c: an index of n chunks is the 16n bytes before the last 4) and every chunk
+    it points to match theirs. Used by the local cache (localcache.py) to keep only verified objects."""
+    view = np.frombuffer(data, dtype=np.uint8)
+    if len(view) < 4:
+        return False
+    tail = bytes(view[-4:])
+    if _crc(view[:-4]) == tail:
+        return True
+    for n in range(1, min(max_chunks, (len(view) - 4) // 16) + 1):
+        start = len(view) - 4 - 16 * n
+        if _crc(view[start:-4]) != tail:
+            continue
+        for offset, nbytes in np.frombuffer(view[start:-4], dtype="<u8").reshape(n, 2):
+            if offset == EMPTY and nbytes == EMPTY:
+                continue
+            if nbytes < 4 or offset + nbytes > start:
+                return False
+            end = int(offset + nbytes)
+            if _crc(view[int(offset):end - 4]) != bytes(view[end - 4:end]):
+                return False
+        return True
+    return False
+
+
+def encode_chunk(codec: ChunkCodec, rows: np.ndarray) -> bytes:
+    """The stored bytes of one chunk holding ``rows`` (<= chunk_rows of them; padded with the fill value)."""
+    a = np.ascontiguousarray(rows, dtype=codec.dtype)
+    if len(a) < codec.chunk_rows:
+        full = np.full(codec.chunk_shape, codec.fill, dtype=codec.dtype)
+        full[:len(a)] = a
+        a = full
+    return _with_crc(codec.blosc.encode(a) if codec.blosc is not None else a.tobytes())
+
+
+def decode_chunk(codec: ChunkCodec, data: bytes | memoryview | None) -> np.ndarray:
+    """A chunk's rows from its stored bytes (None: a missing chunk, all fill values).
+
+    Raises:
+        ValueError: the crc32c does not match (as zarr raises it), or the chunk has the wrong size; RuntimeError
+            from Blosc: undecodable bytes.
+    """
+    if data is None:
+        return np.full(codec.chunk_shape, codec.fill, dtype=codec.dtype)
+    body = _check_crc(data)
+    raw = codec.blosc.decode(body) if codec.blosc is not None else body
+    out = np.frombuffer(raw, dtype=codec.dtype)
+    if out.size != int(np.prod(codec.chunk_shape)):
+        raise ValueError(f"chunk holds {out.size} values, expected {int(np.prod(codec.chunk_shape))}")
+    return out.reshape(codec.chunk_shape)
+
+
+def objects(codec: ChunkCodec, first_chunk: int, chunks: Sequence[bytes]) -> dict[str, bytes]:
+    """key -> bytes of the stored objects holding the encoded ``chunks`` (consecutive, from chunk ``first_chunk``).
+
+    Unsharded: one object per chunk. Sharded: the chunks must fill whole shards, except past the array's end; a
+    shard is its chunks back to back, then the index ((offset, nbytes) uint64 per chunk, EMPTY for a chunk not
+    stored) and its crc32c.
+    """
+    if not codec.shard_rows:
+        return {codec.key(first_chunk + i): b for i, b in enumerate(chunks)}
+    per = codec.chunks_per_shard
+    n_chunks = -(-codec.shape[0] // codec.chunk_rows)
+    if first_chunk % per or (len(chunks) % per and first_chunk + len(chunks) != n_chunks):
+        raise ValueError(f"{codec.path}: a sharded write must cover whole shards (chunks {first_chunk}-"
+                         f"{first_chunk + len(chunks) - 1}, {per} per shard)")
+    out = {}
+    for s in range(0, len(chunks), per):
+        part = chunks[s:s + per]
+        index = np.full((per, 2), EMPTY, dtype="<u8")
+        sizes = np.array([len(b) for b in part], dtype="<u8")
+        index[:len(part), 1] = sizes
+        index[:len(part), 0] = np.cumsum(sizes) - sizes
+        out[codec.key((first_chunk + s) // per)] = b"".join(part) + _with_crc(index.tobytes())
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------- storage
+def local_root(store: Store) -> Path | None:
+    """The directory of a local-disk store (objects are then written and read in the calling thread)."""
+    return Path(store.root) if isinstance(store, LocalStore) else None
+
+
+def write_local(root: Path, files: Mapping[str, bytes]) -> None:
+    """Write objects under ``root`` in place, without a temporary file and rename.
+
+    Safe by the store's protocol, not by the file system: a unit's objects belong to that unit alone (units are
+    whole chunks or shards, shards of a dump disjoint units), and its marker is written after them, so an object
+    torn by a kill belongs to a unit not marked done, which every rerun rewrites; readers only read complete stores.
+    """
+    for key, data in files.items():
+        path = os.path.join(root, key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+
+async def put_objects(store: Store, files: Mapping[str, bytes]) -> None:
+    """Write objects through a zarr store (one concurrent set per object)."""
+    proto = default_buffer_prototype()
+    await asyncio.gather(*(store.set(k, proto.buffer.from_bytes(v)) for k, v in files.items()))
+
+
+class _Source:
+    """Byte ranges of objects: local files read directly, or a zarr store's ``get`` (requests gathered)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store, self.root = store, local_root(store)
+
+    def ranges(self, requests: Sequence[tuple[str, Any]]) -> list[bytes | None]:
+        """(key, RangeByteRequest | SuffixByteRequest | None for the whole object) -> bytes (None: no object)."""
+        if self.root is None:
+            return self._gather(requests)
+        out: list[bytes | None] = []
+        for key, r in requests:
+            try:
+                fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
+            except FileNotFoundError:
+                out.append(None)
+                continue
+            try:
+                if r is None:
+                    size = os.fstat(fd).st_size
+                    out.append(os.pread(fd, size, 0))
+                elif isinstance(r, SuffixByteRequest):
+                    size = os.fstat(fd).st_size
+                    out.append(os.pread(fd, min(r.suffix, size), max(0, size - r.suffix)))
+                else:
+                    out.append(os.pread(fd, r.end - r.start, r.start))
+            finally:
+                os.close(fd)
+        return out
+
+    def _gather(self, requests: Sequence[tuple[str, Any]]) -> list[bytes | None]:
+        proto = default_buffer_prototype()
+
+        async def run() -> list[Any]:
+            return await asyncio.gather(*(self.store.get(k, prototype=proto, byte_range=r) for k, r in requests))
+
+        return [None if b is None else b.to_bytes() for b in sync(run())]
+
+
+def shard_index(codec: ChunkCodec, data: bytes | None) -> np.ndarray | None:
+    """(chunks_per_shard, 2) uint64 (offset, nbytes) of a shard's index bytes (None: the shard is missing)."""
+    if data is None:
+        return None
+    body = _check_crc(data)
+    if len(body) != codec.chunks_per_shard * 16:
+        raise ValueError(f"shard index has {len(body)} bytes, expected {codec.chunks_per_shard * 16}")
+    return np.frombuffer(body, dtype="<u8").reshape(-1, 2)
+
+
+def read_rows(store: Store, codecs: Mapping[str, ChunkCodec], rows: np.ndarray,
+              index_cache: dict[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray | Exception]:
+    """Rows ``rows`` (sorted, unique) of several arrays of one group, decoded; missing objects and chunks read as
+    fill values. At most two rounds of requests for all arrays together (shard indexes, then chunks).
+
+    ``index_cache`` keeps shard indexes between calls (a complete store does not change). An array whose bytes are
+    damaged maps to the ValueError (crc32c, size) or RuntimeError (Blosc) raised decoding it; I/O errors raise.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    src = _Source(store)
+    cache = {} if index_cache is None else index_cache
+    chunk_ids = {name: np.unique(rows // c.chunk_rows) for name, c in codecs.items()}
+    need = sorted({c.key(int(i) // c.chunks_per_shard) for name, c in codecs.items() if c.shard_rows
+                   for i in chunk_ids[name]} - set(cache))
+    by_key = {c.key(int(i) // c.chunks_per_shard): c for name, c in codecs.items() if c.shard_rows
+              for i in chunk_ids[name]}
+    errors: dict[str, Exception] = {}
+    if need:
+        for key, b in zip(need, src.ranges([(k, SuffixByteRequest(by_key[k].chunks_per_shard * 16 + 4))
+                                            for k in need])):
+            try:
+                cache[key] = shard_index(by_key[key], b)
+            except ValueError as e:
+                errors[key] = e
+    requests: list[tuple[str, Any]] = []
+    slots: dict[str, list[int | None]] = {}
+    for name, c in codecs.items():
+        slots[name] = []
+        for i in chunk_ids[name]:
+            if not c.shard_rows:
+                slots[name].append(len(requests))
+                requests.append((c.key(int(i)), None))
+                continue
+            key = c.key(int(i) // c.chunks_per_shard)
+            index = cache.get(key)
+            entry = None if index is None else index[int(i) % c.chunks_per_shard]
+            if entry is None or (entry[0] == EMPTY and entry[1] == EMPTY):
+                slots[name].append(None)
+            else:
+                slots[name].append(len(requests))
+                requests.append((key, RangeByteRequest(int(entry[0]), int(entry[0] + entry[1]))))
+    raw = src.ranges(requests) if requests else []
+    out: dict[str, np.ndarray | Exception] = {}
+    for name, c in codecs.items():
+        bad = [errors[k] for k in {c.key(int(i) // c.chunks_per_shard) for i in chunk_ids[name]} if k in errors] \
+            if c.shard_rows else []
+        if bad:
+            out[name] = bad[0]
+            continue
+        try:
+            decoded = [decode_chunk(c, None if j is None else raw[j]) for j in slots[name]]
+        except (ValueError, RuntimeError) as e:
+            out[name] = e
+            continue
+        stacked = np.concatenate(decoded) if decoded else np.empty((0, *c.shape[1:]), c.dtype)
+        where = np.searchsorted(chunk_ids[name], rows // c.chunk_rows) * c.chunk_rows + rows % c.chunk_rows
+        out[name] = stacked[where]
+    return out
