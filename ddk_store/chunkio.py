@@ -1,4 +1,4 @@
-"""Whole-object I/O beside zarr: write and read the chunk (or shard) files of a row-chunked array as its codecs say.
+"""Chunk and shard objects beside zarr: the bytes zarr would store for rows of a row-chunked array, and back.
 
 Why: zarr's per-chunk path (codec pipeline, selection, an asyncio task and a thread hop per codec per chunk) costs
 2-4x the Blosc work itself on the store's small chunks (bench/store_codec.py). The store's data arrays have one fixed
@@ -7,30 +7,23 @@ crc32c`` per chunk (formats 1.0 and 1.1: one object per chunk), or (format 1.2) 
 with that chain inside and a ``bytes -> crc32c`` index at the end of the shard (one object per write unit). For such
 an array this module encodes rows into the objects zarr would write (a partial last chunk padded with the fill
 value; chunks past the array's end marked empty in a shard's index) and reads rows back, in the calling thread:
-numpy, Blosc and crc32c release the GIL, so the callers' threads compress and decode in parallel. On a local disk the
-files are read and written directly; other stores go through zarr's store (``get``/``set``, byte ranges for shards).
-Any other layout gets ``None`` from :func:`chunk_codec`, and the caller keeps zarr's path. The objects are plain
-zarr v3: zarr, and any reader of the spec, reads them (tests/ddk_store/test_chunkio.py checks both directions).
+numpy, Blosc and crc32c release the GIL, so the callers' threads compress and decode in parallel (objectio.py reads
+and writes the objects). Any other layout gets ``None`` from :func:`chunk_codec`, and the caller keeps zarr's path.
+The objects are plain zarr v3: zarr, and any reader of the spec, reads them (tests/ddk_store/test_chunkio.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import google_crc32c
 import numpy as np
 from numcodecs import Blosc
-from zarr.abc.store import RangeByteRequest, Store, SuffixByteRequest
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
-from zarr.storage import LocalStore
 
 _SHUFFLE = {"noshuffle": Blosc.NOSHUFFLE, "shuffle": Blosc.SHUFFLE, "bitshuffle": Blosc.BITSHUFFLE}
 #: A shard index entry (offset, nbytes) of a chunk that is not stored (zarr's sharding spec).
@@ -221,79 +214,6 @@ def objects(codec: ChunkCodec, first_chunk: int, chunks: Sequence[bytes]) -> dic
     return out
 
 
-# ----------------------------------------------------------------------------------------------------- storage
-def local_root(store: Store) -> Path | None:
-    """The directory of a local-disk store (objects are then written and read in the calling thread)."""
-    return Path(store.root) if isinstance(store, LocalStore) else None
-
-
-def write_local(root: Path, files: Mapping[str, bytes]) -> None:
-    """Write objects under ``root`` in place, without a temporary file and rename.
-
-    Safe by the store's protocol, not by the file system: a unit's objects belong to that unit alone (units are
-    whole chunks or shards, shards of a dump disjoint units), and its marker is written after them, so an object
-    torn by a kill belongs to a unit not marked done, which every rerun rewrites; readers only read complete stores.
-    """
-    for key, data in files.items():
-        path = os.path.join(root, key)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-
-
-async def put_objects(store: Store, files: Mapping[str, bytes]) -> None:
-    """Write objects through a zarr store (one concurrent set per object)."""
-    proto = default_buffer_prototype()
-    await asyncio.gather(*(store.set(k, proto.buffer.from_bytes(v)) for k, v in files.items()))
-
-
-class _Source:
-    """Byte ranges of objects: local files read directly, or a zarr store's ``get`` (requests gathered)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self.root = store, local_root(store)
-
-    def ranges(self, requests: Sequence[tuple[str, Any]]) -> list[bytes | None]:
-        """(key, RangeByteRequest | SuffixByteRequest | None for the whole object) -> bytes (None: no object)."""
-        if self.root is None:
-            return self._gather(requests)
-        out: list[bytes | None] = []
-        for key, r in requests:
-            try:
-                fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
-            except FileNotFoundError:
-                out.append(None)
-                continue
-            try:
-                if r is None:
-                    size = os.fstat(fd).st_size
-                    out.append(os.pread(fd, size, 0))
-                elif isinstance(r, SuffixByteRequest):
-                    size = os.fstat(fd).st_size
-                    out.append(os.pread(fd, min(r.suffix, size), max(0, size - r.suffix)))
-                else:
-                    out.append(os.pread(fd, r.end - r.start, r.start))
-            finally:
-                os.close(fd)
-        return out
-
-    def _gather(self, requests: Sequence[tuple[str, Any]]) -> list[bytes | None]:
-        proto = default_buffer_prototype()
-
-        async def run() -> list[Any]:
-            return await asyncio.gather(*(self.store.get(k, prototype=proto, byte_range=r) for k, r in requests))
-
-        return [None if b is None else b.to_bytes() for b in sync(run())]
-
-
 def shard_index(codec: ChunkCodec, data: bytes | None) -> np.ndarray | None:
     """(chunks_per_shard, 2) uint64 (offset, nbytes) of a shard's index bytes (None: the shard is missing)."""
     if data is None:
@@ -302,63 +222,3 @@ def shard_index(codec: ChunkCodec, data: bytes | None) -> np.ndarray | None:
     if len(body) != codec.chunks_per_shard * 16:
         raise ValueError(f"shard index has {len(body)} bytes, expected {codec.chunks_per_shard * 16}")
     return np.frombuffer(body, dtype="<u8").reshape(-1, 2)
-
-
-def read_rows(store: Store, codecs: Mapping[str, ChunkCodec], rows: np.ndarray,
-              index_cache: dict[str, np.ndarray | None] | None = None) -> dict[str, np.ndarray | Exception]:
-    """Rows ``rows`` (sorted, unique) of several arrays of one group, decoded; missing objects and chunks read as
-    fill values. At most two rounds of requests for all arrays together (shard indexes, then chunks).
-
-    ``index_cache`` keeps shard indexes between calls (a complete store does not change). An array whose bytes are
-    damaged maps to the ValueError (crc32c, size) or RuntimeError (Blosc) raised decoding it; I/O errors raise.
-    """
-    rows = np.asarray(rows, dtype=np.int64)
-    src = _Source(store)
-    cache = {} if index_cache is None else index_cache
-    chunk_ids = {name: np.unique(rows // c.chunk_rows) for name, c in codecs.items()}
-    need = sorted({c.key(int(i) // c.chunks_per_shard) for name, c in codecs.items() if c.shard_rows
-                   for i in chunk_ids[name]} - set(cache))
-    by_key = {c.key(int(i) // c.chunks_per_shard): c for name, c in codecs.items() if c.shard_rows
-              for i in chunk_ids[name]}
-    errors: dict[str, Exception] = {}
-    if need:
-        for key, b in zip(need, src.ranges([(k, SuffixByteRequest(by_key[k].chunks_per_shard * 16 + 4))
-                                            for k in need])):
-            try:
-                cache[key] = shard_index(by_key[key], b)
-            except ValueError as e:
-                errors[key] = e
-    requests: list[tuple[str, Any]] = []
-    slots: dict[str, list[int | None]] = {}
-    for name, c in codecs.items():
-        slots[name] = []
-        for i in chunk_ids[name]:
-            if not c.shard_rows:
-                slots[name].append(len(requests))
-                requests.append((c.key(int(i)), None))
-                continue
-            key = c.key(int(i) // c.chunks_per_shard)
-            index = cache.get(key)
-            entry = None if index is None else index[int(i) % c.chunks_per_shard]
-            if entry is None or (entry[0] == EMPTY and entry[1] == EMPTY):
-                slots[name].append(None)
-            else:
-                slots[name].append(len(requests))
-                requests.append((key, RangeByteRequest(int(entry[0]), int(entry[0] + entry[1]))))
-    raw = src.ranges(requests) if requests else []
-    out: dict[str, np.ndarray | Exception] = {}
-    for name, c in codecs.items():
-        bad = [errors[k] for k in {c.key(int(i) // c.chunks_per_shard) for i in chunk_ids[name]} if k in errors] \
-            if c.shard_rows else []
-        if bad:
-            out[name] = bad[0]
-            continue
-        try:
-            decoded = [decode_chunk(c, None if j is None else raw[j]) for j in slots[name]]
-        except (ValueError, RuntimeError) as e:
-            out[name] = e
-            continue
-        stacked = np.concatenate(decoded) if decoded else np.empty((0, *c.shape[1:]), c.dtype)
-        where = np.searchsorted(chunk_ids[name], rows // c.chunk_rows) * c.chunk_rows + rows % c.chunk_rows
-        out[name] = stacked[where]
-    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -100,3 +100,12 @@ def crc32_of(a: np.ndarray, start: int = 0) -> int:
     if a.dtype.byteorder == ">":
         a = a.astype(a.dtype.newbyteorder("<"))
     return zlib.crc32(memoryview(a).cast("B"), start)
+
+
+def codec_names(codecs: Sequence[Any]) -> list[str]:
+    """Names of every codec an array declares, those inside a shard (its chunk and index codecs) included."""
+    out = []
+    for c in codecs:
+        out.append(c.to_dict()["name"])
+        out += codec_names([*getattr(c, "codecs", ()), *getattr(c, "index_codecs", ())])
+    return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 #: Target tokens per chunk. One chunk of a 1024-token row keeps random row reads free of read amplification.
 CHUNK_TOKENS = 1024
 #: Target tokens per unit (the resume and checksum granularity): large enough to amortize per-unit overhead,
@@ -53,3 +55,13 @@ def shard_owns(ordinal: int, shard: tuple[int, int] | None) -> bool:
         return True
     i, n = shard
     return ordinal % n == i
+
+
+def contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of consecutive indices in a sorted unique array."""
+    if sorted_rows.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [sorted_rows.size]))
+    return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]

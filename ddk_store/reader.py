@@ -11,10 +11,11 @@ import zarr
 import zarr.errors
 from zarr.core.sync import sync
 
-from . import chunkio, codec, spec
+from . import chunkio, codec, objectio, spec
 from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, StoreNotFoundError, describe
-from .groups import read_group_layout, read_root_doc, root_meta_from_doc
+from .groups import codec_names, read_group_layout, read_root_doc, root_meta_from_doc
 from .heldout import heldout_nll, stats_mismatch
+from .layout import contiguous_runs
 from .localcache import cached_store
 from .meta import StoreMeta
 from .retry import is_transient, retry_call
@@ -31,28 +32,8 @@ class RowBatch:
     topk_ids: np.ndarray  #: int32 [n, P, K]
     topk_logprobs: np.ndarray  #: float32 [n, P, K], nats; -inf in absent slots (encodings with an exact tail)
     target_logprobs: np.ndarray  #: float32 [n, P], teacher log-prob of tokens[:, 1:]
-    #: float32 [n, P]: log of the teacher's exact mass outside the decoded entries, where the encoding stores it
-    #: (None otherwise: the tail is then 1 - sum(exp(topk_logprobs)))
+    #: float32 [n, P]: log of the exact mass outside the entries (None: it is 1 - sum(exp(topk_logprobs)))
     topk_log_tail: np.ndarray | None = None
-
-
-def codec_names(codecs: Sequence[Any]) -> list[str]:
-    """Names of every codec an array declares, those inside a shard (its chunk and index codecs) included."""
-    out = []
-    for c in codecs:
-        out.append(c.to_dict()["name"])
-        out += codec_names([*getattr(c, "codecs", ()), *getattr(c, "index_codecs", ())])
-    return out
-
-
-def _contiguous_runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) runs of consecutive indices in a sorted unique array."""
-    if sorted_rows.size == 0:
-        return []
-    breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
-    starts = np.concatenate(([0], breaks))
-    stops = np.concatenate((breaks, [sorted_rows.size]))
-    return [(int(sorted_rows[a]), int(sorted_rows[b - 1]) + 1) for a, b in zip(starts, stops)]
 
 
 #: What zarr raises for metadata it cannot turn into a node (wrong node type, unknown codec, bad field).
@@ -93,7 +74,7 @@ class StoreReader:
         self._layouts: dict[tuple[str, str], GroupLayout] = {}
         self._arrays: dict[tuple[str, str], dict[str, Any]] = {}
         self._chunk_codecs: dict[tuple[str, str], dict[str, chunkio.ChunkCodec] | None] = {}
-        self._shard_indexes: dict[str, np.ndarray | None] = {}  # shard key -> its index (chunkio.read_rows)
+        self._shard_indexes: dict[str, np.ndarray | None] = {}  # shard key -> its index (objectio.read_rows)
 
     # ------------------------------------------------------------- structure
     @property
@@ -229,10 +210,12 @@ class StoreReader:
         """
         arrays = self.arrays(domain, split)
         names = data_arrays(self.meta.encoding)
-        codecs = self._codecs(domain, split)
-        if codecs is not None:
-            return self._read_direct(domain, split, rows, codecs)
-        runs = _contiguous_runs(rows)
+        if (domain, split) not in self._chunk_codecs:  # chunkio's path, unless an array needs zarr's own
+            cs = {name: chunkio.chunk_codec(arrays[name]) for name in names}
+            self._chunk_codecs[(domain, split)] = None if None in cs.values() else cs
+        if self._chunk_codecs[(domain, split)] is not None:
+            return self._read_direct(domain, split, rows, self._chunk_codecs[(domain, split)])
+        runs = contiguous_runs(rows)
 
         async def fetch(name: str) -> np.ndarray:
             arr = arrays[name]._async_array
@@ -260,20 +243,11 @@ class StoreReader:
                 raise r
         return dict(zip(names, out))
 
-    def _codecs(self, domain: str, split: str) -> dict[str, chunkio.ChunkCodec] | None:
-        """The chunkio codec of each data array of a group, or None when one of them needs zarr's own path."""
-        key = (domain, split)
-        if key not in self._chunk_codecs:
-            arrays = self.arrays(domain, split)
-            codecs = {name: chunkio.chunk_codec(arrays[name]) for name in data_arrays(self.meta.encoding)}
-            self._chunk_codecs[key] = None if any(c is None for c in codecs.values()) else codecs
-        return self._chunk_codecs[key]
-
     def _read_direct(self, domain: str, split: str, rows: np.ndarray, codecs: Mapping[str, chunkio.ChunkCodec]
                      ) -> dict[str, np.ndarray]:
         """read_stored through chunkio: every array's objects in one or two rounds of requests, decoded here."""
         span = f"{rows[0]}-{rows[-1]}" if rows.size else "none"
-        out = retry_call(lambda: chunkio.read_rows(self._zstore, codecs, rows, self._shard_indexes),
+        out = retry_call(lambda: objectio.read_rows(self._zstore, codecs, rows, self._shard_indexes),
                          what=f"reading {group_path(domain, split)} rows {span}", url=self.url)
         for name, r in out.items():
             if isinstance(r, Exception):  # crc32c mismatch or undecodable bytes: damage, not retried

@@ -15,7 +15,7 @@ from zarr.core.sync import sync
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.group import GroupMetadata
 
-from . import chunkio, codec, spec
+from . import chunkio, codec, objectio, spec
 from ._version import __version__
 from .difference import identity_difference
 from .encodings import encoding_for
@@ -253,11 +253,11 @@ class StoreWriter:
             files.update(chunkio.objects(codecs[name], unit.start // step, [p[1][name] for p in pieces]))
             for stored, _ in pieces:
                 crcs[name] = crc32_of(stored[name], crcs[name])
-        local = chunkio.local_root(self._store)
+        local = objectio.local_root(self._store)
         if local is not None:
-            chunkio.write_local(local, files)
+            objectio.write_local(local, files)
         else:  # an object store: every object at once. Whole objects, so a retry after a transient fault is harmless
-            self._retry(lambda: sync(chunkio.put_objects(self._store, files)), f"writing {unit} ({', '.join(names)})")
+            self._retry(lambda: sync(objectio.put_objects(self._store, files)), f"writing {unit} ({', '.join(names)})")
         self._mark_done(unit, arrays, crcs)
 
     def _stored(self, given: Mapping[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:

@@ -13,10 +13,7 @@ from typing import NoReturn
 
 import numpy as np
 
-from ddk_store.errors import CorpusError
-
-from .corpus import file_sha256
-from .packing import batched
+# Nothing from ddk_store (its zarr stack costs ~1 CPU-s) at module level: the tokenizer workers import this module.
 
 #: Documents per tokenizer call (fast tokenizers batch in Rust) and per task sent to a worker...
 BATCH_DOCS = 256
@@ -85,6 +82,12 @@ def _worker_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return _flat(_WORKER_ENCODE, texts)
 
 
+def _hash_file(path: str) -> tuple[str, int]:
+    from .corpus import file_sha256  # imported when used: a worker that only tokenizes never loads the store stack
+
+    return file_sha256(path)
+
+
 class DocTokenizer:
     """Encodes document streams with ``workers`` processes (started on the first stream of more than one batch and
     shared by every later stream); results come back in input order, at most ``2 * workers`` batches ahead.
@@ -104,6 +107,8 @@ class DocTokenizer:
 
     def encode(self, texts: Iterable[str]) -> Iterator[np.ndarray]:
         """Token ids (int32, no special tokens) of every text, in order."""
+        from .packing import batched
+
         batches = batched(texts, self.batch, BATCH_CHARS)
         first = next(batches, None)
         second = next(batches, None) if first is not None else None
@@ -132,13 +137,15 @@ class DocTokenizer:
         capped domain's files not read to their end)."""
         paths = list(paths)
         if self.workers == 1 or len(paths) < 2:
-            return {p: file_sha256(p) for p in paths}
+            return {p: _hash_file(p) for p in paths}
         try:
-            return dict(zip(paths, self._start().map(file_sha256, paths)))
+            return dict(zip(paths, self._start().map(_hash_file, paths)))
         except BrokenProcessPool:
             self._broken()
 
     def _broken(self) -> NoReturn:
+        from ddk_store.errors import CorpusError
+
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None

@@ -8,7 +8,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.storage import LocalStore, MemoryStore
 
-from ddk_store import chunkio
+from ddk_store import chunkio, objectio
 
 
 def _array(store, name, *, shape, chunk_rows, shard_rows, dtype="<u2", fill=65535, clevel=1):
@@ -23,11 +23,11 @@ def _write(store, c, data):
     """Every object of ``data`` (all rows) through chunkio, as the writer does."""
     chunks = [chunkio.encode_chunk(c, data[i:i + c.chunk_rows]) for i in range(0, len(data), c.chunk_rows)]
     files = chunkio.objects(c, 0, chunks)
-    root = chunkio.local_root(store)
+    root = objectio.local_root(store)
     if root is not None:
-        chunkio.write_local(root, files)
+        objectio.write_local(root, files)
     else:
-        zarr.core.sync.sync(chunkio.put_objects(store, files))
+        zarr.core.sync.sync(objectio.put_objects(store, files))
     return files
 
 
@@ -58,7 +58,7 @@ def test_chunkio_reads_what_zarr_writes(tmp_path, kind, chunk_rows, shard_rows):
     arr[:] = data
     c = chunkio.chunk_codec(arr)
     for rows in (np.arange(11), np.array([0, 3, 4, 10]), np.array([7])):
-        got = chunkio.read_rows(store, {"x": c}, rows, {})["x"]
+        got = objectio.read_rows(store, {"x": c}, rows, {})["x"]
         np.testing.assert_array_equal(got, data[rows])
 
 
@@ -74,7 +74,7 @@ def test_missing_objects_read_as_fill_and_damage_is_reported_per_array(tmp_path,
     obj = shard_rows or chunk_rows
     # object 1 of "a" deleted: its rows are fill values, the others intact
     (tmp_path / "s" / codecs["a"].key(1)).unlink()
-    got = chunkio.read_rows(store, codecs, np.arange(8), {})
+    got = objectio.read_rows(store, codecs, np.arange(8), {})
     lost = np.zeros(8, bool)
     lost[obj:2 * obj] = True
     assert (got["a"][lost] == 65535).all() and np.array_equal(got["a"][~lost], data[~lost])
@@ -84,7 +84,7 @@ def test_missing_objects_read_as_fill_and_damage_is_reported_per_array(tmp_path,
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 3] ^= 0x40
     path.write_bytes(bytes(raw))
-    got = chunkio.read_rows(store, codecs, np.arange(obj), {})
+    got = objectio.read_rows(store, codecs, np.arange(obj), {})
     assert isinstance(got["b"], (ValueError, RuntimeError))
     np.testing.assert_array_equal(got["a"], data[:obj])
 
@@ -98,8 +98,8 @@ def test_a_damaged_shard_index_is_reported(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[-10] ^= 0x01  # inside the index
     path.write_bytes(bytes(raw))
-    assert isinstance(chunkio.read_rows(store, {"a": c}, np.array([5]), {})["a"], ValueError)
-    np.testing.assert_array_equal(chunkio.read_rows(store, {"a": c}, np.array([1]), {})["a"], data[[1]])
+    assert isinstance(objectio.read_rows(store, {"a": c}, np.array([5]), {})["a"], ValueError)
+    np.testing.assert_array_equal(objectio.read_rows(store, {"a": c}, np.array([1]), {})["a"], data[[1]])
 
 
 def test_a_sharded_write_must_cover_whole_shards(tmp_path):
