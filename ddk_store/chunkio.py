@@ -33,13 +33,17 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def codec_threads() -> int:
+    """Threads of :func:`codec_pool`: one per core this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def codec_pool() -> ThreadPoolExecutor:
-    """The process's pool for chunk encoding and compression: one thread per core this process may use."""
+    """The process's pool for chunk encoding and compression (:func:`codec_threads` threads)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            _POOL = ThreadPoolExecutor(max(1, cores), thread_name_prefix="ddk-codec")
+            _POOL = ThreadPoolExecutor(max(1, codec_threads()), thread_name_prefix="ddk-codec")
         return _POOL
 
 

@@ -240,17 +240,20 @@ class StoreWriter:
         if any(c is None for c in codecs.values()):
             self._write_unit_zarr(unit, self._stored(given, 0, unit.n_rows), arrays, names)
             return
-        step = codecs[names[0]].chunk_rows
+        rows = codecs[names[0]].chunk_rows
+        n_chunks = -(-unit.n_rows // rows)
+        per = -(-n_chunks // (2 * chunkio.codec_threads())) * rows  # about two tasks per pool thread
 
-        def piece(lo: int) -> tuple[dict[str, np.ndarray], dict[str, bytes]]:
-            stored = self._stored(given, lo, min(lo + step, unit.n_rows))
-            return stored, {name: chunkio.encode_chunk(codecs[name], stored[name]) for name in names}
+        def piece(lo: int) -> tuple[dict[str, np.ndarray], dict[str, list[bytes]]]:
+            stored = self._stored(given, lo, min(lo + per, unit.n_rows))
+            return stored, {name: [chunkio.encode_chunk(codecs[name], stored[name][i:i + rows])
+                                   for i in range(0, len(stored[name]), rows)] for name in names}
 
-        pieces = list(chunkio.codec_pool().map(piece, range(0, unit.n_rows, step)))
+        pieces = list(chunkio.codec_pool().map(piece, range(0, unit.n_rows, per)))
         files: dict[str, bytes] = {}
         crcs = {name: 0 for name in names}  # crc32 of each whole array: chained over the pieces in row order
         for name in names:
-            files.update(chunkio.objects(codecs[name], unit.start // step, [p[1][name] for p in pieces]))
+            files.update(chunkio.objects(codecs[name], unit.start // rows, [c for p in pieces for c in p[1][name]]))
             for stored, _ in pieces:
                 crcs[name] = crc32_of(stored[name], crcs[name])
         local = objectio.local_root(self._store)
