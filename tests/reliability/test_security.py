@@ -43,7 +43,7 @@ from stage1_teacher.corpus import load_corpora
 
 PACKAGES = ("ddk_store", "stage1_teacher", "stage2_student")
 #: Every codec and data type a ddk store may declare (groups.array_specs): anything else is refused or a bug.
-ALLOWED_CODECS = {"bytes", "blosc", "crc32c"}
+ALLOWED_CODECS = {"bytes", "blosc", "crc32c", "sharding_indexed"}  # 1.2: shards; their inner codecs are checked too
 ALLOWED_DTYPES = {"uint8", "uint16", "uint32", "float16", "float32"}
 PICKLE_PROTOCOL_HEADERS = {b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"}
 

@@ -35,8 +35,12 @@ FLAGS = dict(steps=8, interval=4, batch_size=4, lr=3e-3, seed=0, eval_batch_size
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
+    # Format 1.1's layout (one object per chunk of one row), so that damage lands on exactly one row and the step
+    # that first reads it is known. Damage inside a 1.2 shard (a chunk, the index, a whole shard) is covered by
+    # tests/ddk_store (test_store, test_chunkio) and tests/stage2_student/test_readpool.py.
     student, store = student_and_store(tmp_path_factory.mktemp("corruption"), domains=DOMAINS,
-                                       train_rows=TRAIN_ROWS, heldout_rows=HELDOUT_ROWS, unit_rows=UNIT_ROWS)
+                                       train_rows=TRAIN_ROWS, heldout_rows=HELDOUT_ROWS, unit_rows=UNIT_ROWS,
+                                       format_version="1.1")
     assert validate_store(str(store)) == []
     return store, student
 
