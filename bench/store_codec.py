@@ -36,6 +36,7 @@ import numpy as np
 import zarr
 
 from ddk_store import StoreWriter, open_store, spec
+from ddk_store.allocator import tune_allocator
 from ddk_store.encodings import get_encoding
 from ddk_store.paths import cache_dir
 from ddk_store.testing import synth_rows, tiny_meta
@@ -144,7 +145,8 @@ def dir_bytes(path: str) -> int:
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 
-def bench_encoding(encoding: str, data: dict[str, np.ndarray], tmp: str, repeat: int, threads: int) -> dict:
+def bench_encoding(encoding: str, data: dict[str, np.ndarray], tmp: str, repeat: int, threads: int,
+                   read_batches: int = 64) -> dict:
     from stage2_student.data import read_batch
 
     n = len(data["tokens"])
@@ -161,7 +163,8 @@ def bench_encoding(encoding: str, data: dict[str, np.ndarray], tmp: str, repeat:
     w.finalize()
     r = open_store(url)
     rng = np.random.default_rng(0)
-    batches = [np.stack([np.zeros(8, np.int64), rng.choice(n * repeat, size=8, replace=False)], 1) for _ in range(16)]
+    batches = [np.stack([np.zeros(8, np.int64), rng.choice(n * repeat, size=8, replace=False)], 1)
+               for _ in range(read_batches)]
     read_batch(r, ["real"], batches[0])  # open the arrays once
     t0, c0 = time.perf_counter(), time.process_time()
     with ThreadPoolExecutor(threads) as pool:
@@ -182,7 +185,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=8, help="tile the rows to this many copies for throughput")
     ap.add_argument("--threads", type=int, default=2, help="units written / batches read at once")
     ap.add_argument("--encodings", default=",".join(spec.ENCODINGS), help="comma-separated subset of the encodings")
+    ap.add_argument("--read-batches", type=int, default=64, help="random 8-row batches read per encoding")
     args = ap.parse_args()
+    tune_allocator()  # as every ddk command does (ddk_store/allocator.py)
     data, label = teacher_data(args.rows_per_domain)
     n = len(data["tokens"])
     positions = n * args.repeat * (SEQ - 1)
@@ -192,7 +197,7 @@ def main() -> None:
           f"mean exact tail {np.exp(data['log_tail']).mean():.3f}")
     tmp = tempfile.mkdtemp(prefix="ddk-codec-")
     try:
-        results = {enc: bench_encoding(enc, data, tmp, args.repeat, args.threads) for enc in args.encodings.split(",")}
+        results = {enc: bench_encoding(enc, data, tmp, args.repeat, args.threads, args.read_batches) for enc in args.encodings.split(",")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nload average before the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 'per CPU-s': "

@@ -183,14 +183,27 @@ def decode_chunk(codec: ChunkCodec, data: bytes | memoryview | None) -> np.ndarr
         ValueError: the crc32c does not match (as zarr raises it), or the chunk has the wrong size; RuntimeError
             from Blosc: undecodable bytes.
     """
+    return decode_chunk_into(codec, data, np.empty(codec.chunk_shape, dtype=codec.dtype))
+
+
+def decode_chunk_into(codec: ChunkCodec, data: bytes | memoryview | None, out: np.ndarray) -> np.ndarray:
+    """:func:`decode_chunk` into ``out`` (C-contiguous, the chunk's shape and dtype: a slice of a caller's array, so
+    that a read decodes each chunk straight to its place). Returns ``out``; raises as :func:`decode_chunk`."""
     if data is None:
-        return np.full(codec.chunk_shape, codec.fill, dtype=codec.dtype)
+        out[...] = codec.fill
+        return out
     body = _check_crc(data)
-    raw = codec.blosc.decode(body) if codec.blosc is not None else body
-    out = np.frombuffer(raw, dtype=codec.dtype)
-    if out.size != int(np.prod(codec.chunk_shape)):
-        raise ValueError(f"chunk holds {out.size} values, expected {int(np.prod(codec.chunk_shape))}")
-    return out.reshape(codec.chunk_shape)
+    if codec.blosc is None:
+        raw = np.frombuffer(body, dtype=codec.dtype)
+        if raw.size != out.size:
+            raise ValueError(f"chunk holds {raw.size} values, expected {out.size}")
+        out.reshape(-1)[...] = raw
+        return out
+    nbytes = int.from_bytes(bytes(body[4:8]), "little") if len(body) >= 16 else -1  # Blosc header: decoded size
+    if nbytes != out.nbytes:
+        raise ValueError(f"chunk decodes to {nbytes} bytes, expected {out.nbytes}")
+    codec.blosc.decode(body, out=out)
+    return out
 
 
 def objects(codec: ChunkCodec, first_chunk: int, chunks: Sequence[bytes]) -> dict[str, bytes]:

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import click
 
 from ._version import __version__
+from .allocator import tune_allocator
 from .errors import ConfigError, DdkError
 
 #: Exit status of a user error (bad flag, bad input, refused store): the same for every command.
@@ -35,6 +36,7 @@ def one_line(text: str) -> str:
 
 def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = None) -> NoReturn:
     """Run a click command or group as a console script with ddk's error contract, then exit."""
+    tune_allocator()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort):

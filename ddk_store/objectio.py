@@ -18,7 +18,10 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
-from .chunkio import EMPTY, ChunkCodec, decode_chunk, shard_index
+from .chunkio import EMPTY, ChunkCodec, decode_chunk, decode_chunk_into, shard_index
+
+#: EMPTY as a Python int (shard indexes are cached as lists).
+_EMPTY = int(EMPTY)
 
 
 def local_root(store: Store) -> Path | None:
@@ -105,49 +108,63 @@ def read_rows(store: Store, codecs: Mapping[str, ChunkCodec], rows: np.ndarray,
     src = _Source(store)
     cache = {} if index_cache is None else index_cache
     chunk_ids = {name: np.unique(rows // c.chunk_rows) for name, c in codecs.items()}
-    need = sorted({c.key(int(i) // c.chunks_per_shard) for name, c in codecs.items() if c.shard_rows
-                   for i in chunk_ids[name]} - set(cache))
-    by_key = {c.key(int(i) // c.chunks_per_shard): c for name, c in codecs.items() if c.shard_rows
-              for i in chunk_ids[name]}
+    # Per array and chunk: the key of the object holding it (computed once: key formatting is most of the Python
+    # work of a small read).
+    keys = {name: [c.key(i // c.chunks_per_shard if c.shard_rows else i) for i in chunk_ids[name].tolist()]
+            for name, c in codecs.items()}
+    by_key = {k: c for name, c in codecs.items() if c.shard_rows for k in keys[name]}
+    need = sorted(set(by_key) - set(cache))
     errors: dict[str, Exception] = {}
     if need:
         for key, b in zip(need, src.ranges([(k, SuffixByteRequest(by_key[k].chunks_per_shard * 16 + 4))
                                             for k in need])):
             try:
-                cache[key] = shard_index(by_key[key], b)
+                index = shard_index(by_key[key], b)
+                cache[key] = None if index is None else index.tolist()
             except ValueError as e:
                 errors[key] = e
     requests: list[tuple[str, Any]] = []
     slots: dict[str, list[int | None]] = {}
     for name, c in codecs.items():
         slots[name] = []
-        for i in chunk_ids[name]:
+        for i, key in zip(chunk_ids[name].tolist(), keys[name]):
             if not c.shard_rows:
                 slots[name].append(len(requests))
-                requests.append((c.key(int(i)), None))
+                requests.append((key, None))
                 continue
-            key = c.key(int(i) // c.chunks_per_shard)
             index = cache.get(key)
-            entry = None if index is None else index[int(i) % c.chunks_per_shard]
-            if entry is None or (entry[0] == EMPTY and entry[1] == EMPTY):
+            offset, nbytes = (_EMPTY, _EMPTY) if index is None else index[i % c.chunks_per_shard]
+            if offset == _EMPTY and nbytes == _EMPTY:
                 slots[name].append(None)
             else:
                 slots[name].append(len(requests))
-                requests.append((key, RangeByteRequest(int(entry[0]), int(entry[0] + entry[1]))))
+                requests.append((key, RangeByteRequest(offset, offset + nbytes)))
     raw = src.ranges(requests) if requests else []
     out: dict[str, np.ndarray | Exception] = {}
     for name, c in codecs.items():
-        bad = [errors[k] for k in {c.key(int(i) // c.chunks_per_shard) for i in chunk_ids[name]} if k in errors] \
-            if c.shard_rows else []
+        bad = [errors[k] for k in set(keys[name]) if k in errors]
         if bad:
             out[name] = bad[0]
             continue
         try:
-            decoded = [decode_chunk(c, None if j is None else raw[j]) for j in slots[name]]
+            out[name] = _decode_rows(c, rows, chunk_ids[name], [None if j is None else raw[j] for j in slots[name]])
         except (ValueError, RuntimeError) as e:
             out[name] = e
-            continue
-        stacked = np.concatenate(decoded) if decoded else np.empty((0, *c.shape[1:]), c.dtype)
-        where = np.searchsorted(chunk_ids[name], rows // c.chunk_rows) * c.chunk_rows + rows % c.chunk_rows
-        out[name] = stacked[where]
     return out
+
+
+def _decode_rows(c: ChunkCodec, rows: np.ndarray, chunk_ids: np.ndarray, chunks: Sequence[bytes | None]
+                 ) -> np.ndarray:
+    """Rows ``rows`` (sorted, unique) of one array from its chunks ``chunk_ids`` (bytes, None: missing): each chunk
+    decoded straight into its place in the result when it holds exactly the rows wanted of it."""
+    result = np.empty((len(rows), *c.shape[1:]), dtype=c.dtype)
+    of_chunk = rows // c.chunk_rows
+    bounds = np.searchsorted(of_chunk, chunk_ids, side="left").tolist() + [len(rows)]
+    for k, data in enumerate(chunks):
+        lo, hi = bounds[k], bounds[k + 1]
+        first = int(chunk_ids[k]) * c.chunk_rows
+        if hi - lo == c.chunk_rows:  # the whole chunk (always so at one row per chunk)
+            decode_chunk_into(c, data, result[lo:hi])
+        else:
+            result[lo:hi] = decode_chunk(c, data)[rows[lo:hi] - first]
+    return result

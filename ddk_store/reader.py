@@ -74,7 +74,7 @@ class StoreReader:
         self._layouts: dict[tuple[str, str], GroupLayout] = {}
         self._arrays: dict[tuple[str, str], dict[str, Any]] = {}
         self._chunk_codecs: dict[tuple[str, str], dict[str, chunkio.ChunkCodec] | None] = {}
-        self._shard_indexes: dict[str, np.ndarray | None] = {}  # shard key -> its index (objectio.read_rows)
+        self._shard_indexes: dict[str, list | None] = {}  # shard key -> its index (objectio.read_rows)
 
     # ------------------------------------------------------------- structure
     @property

@@ -27,6 +27,9 @@ from .pack import PackedStore
 
 #: Units whose token rows are read ahead of the teacher (a unit is a few MB of int32 rows at most).
 READ_AHEAD = 4
+#: Scored units encoded and written at once. One unit's write has serial parts (checks, checksums, its objects'
+#: I/O, the marker) during which a second unit's chunks keep the codec pool's cores busy (bench/score_cpu.py).
+WRITE_THREADS = 2
 
 
 def unit_tokens(packed: PackedStore, pending: list[Unit], *, storage_options: Mapping[str, Any] | None,
@@ -58,11 +61,14 @@ def unit_tokens(packed: PackedStore, pending: list[Unit], *, storage_options: Ma
 
 
 def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: PackedStore, *,
-                storage_options: Mapping[str, Any] | None, progress: bool) -> tuple[int, float]:
-    """Score ``pending`` units in order through one ``backend.score_iter`` stream and hand each scored unit to a
-    writer thread; returns (tokens, teacher seconds: time inside the stream, less its waits for rows).
+                storage_options: Mapping[str, Any] | None, progress: bool, write_threads: int | None = None
+                ) -> tuple[int, float]:
+    """Score ``pending`` units in order through one ``backend.score_iter`` stream and hand each scored unit to one
+    of ``write_threads`` (default :data:`WRITE_THREADS`) writer threads; returns (tokens, teacher seconds: time inside the stream, less its waits
+    for rows).
 
-    At most two scored units wait in memory; a write failure stops the scoring and is re-raised here.
+    At most two scored units wait in memory besides those being written; a write failure stops the scoring and is
+    re-raised here. Units may be marked done out of order (each has its own marker).
     """
     seq_len = packed.seq_len
     from tqdm import tqdm
@@ -86,8 +92,10 @@ def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: Packe
             except BaseException as e:  # re-raised in the main thread
                 failure.append(e)
 
-    thread = threading.Thread(target=write_loop, name="ddk-store-writer", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=write_loop, name=f"ddk-store-writer-{i}", daemon=True)
+               for i in range(max(1, WRITE_THREADS if write_threads is None else write_threads))]
+    for thread in threads:
+        thread.start()
     total = sum(u.n_rows for u in pending) * seq_len
     bar = tqdm(total=total, unit="tok", unit_scale=True, disable=not progress, dynamic_ncols=True,
                file=sys.stderr, smoothing=0.1)
@@ -119,8 +127,10 @@ def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: Packe
             bar.update(unit.n_rows * seq_len)
     finally:
         stream.close()
-        q.put(None)
-        thread.join()
+        for thread in threads:
+            q.put(None)
+        for thread in threads:
+            thread.join()
         bar.close()
     if failure:
         raise failure[0]

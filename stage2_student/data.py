@@ -21,7 +21,7 @@ class Batch:
     """One micro-batch. b rows, T = seq_len, P = T - 1, K = top_k."""
 
     tokens: torch.Tensor  #: int64 (b, T)
-    topk_ids: torch.Tensor  #: int64 (b, P, K)
+    topk_ids: torch.Tensor  #: int32 (b, P, K): half the host work and copy of int64; the loss widens per chunk
     topk_logprobs: torch.Tensor  #: float32 (b, P, K), nats; -inf in absent slots
     domains: torch.Tensor  #: int64 (b,), index into the store's domain list
     #: float32 (b, P): log of the teacher's exact mass outside the K entries, when the store's encoding has it
@@ -43,18 +43,25 @@ class Batch:
 def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str = "train", pin: bool = False) -> Batch:
     """Read ``pairs`` ((b, 2): domain index, row index) from the store, one read per domain, in the given order."""
     pairs = np.asarray(pairs, dtype=np.int64)
-    b = len(pairs)
-    T, K = reader.seq_len, reader_slots(reader)
-    tokens = np.empty((b, T), dtype=np.int64)
-    ids = np.empty((b, T - 1, K), dtype=np.int64)
-    lps = np.empty((b, T - 1, K), dtype=np.float32)
-    tail = np.empty((b, T - 1), dtype=np.float32) if reader_has_tail(reader) else None
-    for d in np.unique(pairs[:, 0]):
-        where = np.nonzero(pairs[:, 0] == d)[0]
-        rows = reader.read_rows(domains[int(d)], split, pairs[where, 1])
-        tokens[where], ids[where], lps[where] = rows.tokens, rows.topk_ids, rows.topk_logprobs
-        if tail is not None:
-            tail[where] = rows.topk_log_tail
+    present = np.unique(pairs[:, 0])
+    if len(present) == 1:  # one domain: the reader's arrays are the batch (no copy)
+        rows = reader.read_rows(domains[int(present[0])], split, pairs[:, 1])
+        tokens, ids, lps, tail = (rows.tokens.astype(np.int64), rows.topk_ids, rows.topk_logprobs,
+                                  rows.topk_log_tail if reader_has_tail(reader) else None)
+        tail = None if tail is None else tail.astype(np.float32, copy=False)
+    else:
+        b = len(pairs)
+        T, K = reader.seq_len, reader_slots(reader)
+        tokens = np.empty((b, T), dtype=np.int64)
+        ids = np.empty((b, T - 1, K), dtype=np.int32)
+        lps = np.empty((b, T - 1, K), dtype=np.float32)
+        tail = np.empty((b, T - 1), dtype=np.float32) if reader_has_tail(reader) else None
+        for d in present:
+            where = np.nonzero(pairs[:, 0] == d)[0]
+            rows = reader.read_rows(domains[int(d)], split, pairs[where, 1])
+            tokens[where], ids[where], lps[where] = rows.tokens, rows.topk_ids, rows.topk_logprobs
+            if tail is not None:
+                tail[where] = rows.topk_log_tail
     out = Batch(torch.from_numpy(tokens), torch.from_numpy(ids), torch.from_numpy(lps),
                 torch.from_numpy(pairs[:, 0].copy()), None if tail is None else torch.from_numpy(tail))
     if pin:

@@ -53,7 +53,9 @@ def ids_from_deltas(deltas: np.ndarray) -> np.ndarray:
     before[0] = 0
     before[1:] = flat[:-1, -1]
     flat -= before[:, None]
-    return flat.astype(np.int32).reshape(deltas.shape)
+    # Every id is below 2^31, so the uint32 result is its int32 view (no copy).
+    ids = flat.view(np.int32) if wide is np.uint32 else flat.astype(np.int32)
+    return ids.reshape(deltas.shape)
 
 
 def delta_ids_invariants(deltas: np.ndarray, vocab_size: int) -> list[str]:
