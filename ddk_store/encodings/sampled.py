@@ -60,6 +60,7 @@ def draw_counts(probs: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarr
     pos = np.arange(m)
     edges = (cdf[:, :-1] + pos[:, None].astype(np.float64)).ravel()  # the K inner steps of each position
     u = rng.random((m, n))
+    u.sort(axis=-1)  # counts do not depend on the draws' order; sorted keys make the search below ~2.5x faster
     u += pos[:, None]
     bucket = np.searchsorted(edges, u.ravel(), side="right").reshape(m, n) - (pos * (k1 - 1))[:, None]
     np.clip(bucket, 0, k1 - 1, out=bucket)  # rounding of u + i to i + 1 (u within 2^-28 of 1): the tail
