@@ -19,7 +19,7 @@ from .meta import StoreMeta
 from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_doc_key
 
 __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_meta_from_doc", "root_claim",
-           "read_group_layout", "crc32_of"]
+           "read_group_layout"]
 
 
 def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any]]:
@@ -89,17 +89,6 @@ def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
     if not isinstance(doc, Mapping):
         raise StoreFormatError(f"group '{path}' has no '{spec.GROUP_ATTR}' attribute")
     return GroupLayout.from_dict(doc, f"{path}.{spec.GROUP_ATTR}")
-
-
-def crc32_of(a: np.ndarray, start: int = 0) -> int:
-    """crc32 (zlib polynomial) of the little-endian C-order bytes of ``a``, continuing from ``start`` (the crc32 of
-    the bytes before them: chained over row pieces it gives the crc32 of the whole array)."""
-    import zlib
-
-    a = np.ascontiguousarray(a)
-    if a.dtype.byteorder == ">":
-        a = a.astype(a.dtype.newbyteorder("<"))
-    return zlib.crc32(memoryview(a).cast("B"), start)
 
 
 def codec_names(codecs: Sequence[Any]) -> list[str]:

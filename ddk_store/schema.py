@@ -223,12 +223,13 @@ def check_rows(meta: StoreMeta, rows: Mapping[str, Mapping[str, int]]) -> dict[s
     return out
 
 
-def check_unit_data(meta: StoreMeta, unit: Unit, data: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """The rows of ``unit`` as arrays, after checking their shapes and values against the schema.
+def check_unit_data(meta: StoreMeta, unit: Unit, data: Mapping[str, Any], *, values: bool = True
+                    ) -> dict[str, np.ndarray]:
+    """The rows of ``unit`` as arrays, after checking their shapes (and, unless ``values`` is False, their values:
+    :func:`check_unit_values`) against the schema.
 
     Raises:
-        ValueError: a shape differs from :func:`row_shapes`, an id lies outside [0, vocab_size), or a log-prob is
-            NaN or infinite (a bug of the producer, not of the user).
+        ValueError: a shape differs from :func:`row_shapes`, or a value check fails.
     """
     arrays = {}
     for name, shape in row_shapes(meta, unit.n_rows).items():
@@ -236,13 +237,25 @@ def check_unit_data(meta: StoreMeta, unit: Unit, data: Mapping[str, Any]) -> dic
         if a.shape != shape:
             raise ValueError(f"{unit}: {name} has shape {a.shape}, expected {shape}")
         arrays[name] = a
+    for name in (spec.ARR_TARGET_LOGPROBS, spec.ARR_TOPK_LOGPROBS):
+        arrays[name] = np.asarray(arrays[name], dtype=np.float32)
+    if values:
+        check_unit_values(meta, unit, arrays)
+    return arrays
+
+
+def check_unit_values(meta: StoreMeta, unit: Unit, arrays: Mapping[str, np.ndarray]) -> None:
+    """Check rows of ``unit`` (all of them, or any row block: the writer checks its blocks in parallel).
+
+    Raises:
+        ValueError: an id lies outside [0, vocab_size), or a log-prob is NaN or infinite (a bug of the producer, not
+            of the user).
+    """
     v = meta.tokenizer.vocab_size
     for name in (spec.ARR_TOKENS, spec.ARR_TOPK_IDS):
         a = arrays[name]
         if a.size and (a.min() < 0 or a.max() >= v):
             raise ValueError(f"{unit}: {name} holds ids outside [0, {v})")
     for name in (spec.ARR_TARGET_LOGPROBS, spec.ARR_TOPK_LOGPROBS):
-        arrays[name] = np.asarray(arrays[name], dtype=np.float32)
         if not np.isfinite(arrays[name]).all():
             raise ValueError(f"{unit}: {name} holds NaN or inf")
-    return arrays

@@ -9,7 +9,7 @@ import numpy as np
 
 from . import spec
 from .errors import DdkError, StoreIOError, describe
-from .groups import crc32_of
+from .crc import crc32_of
 from .heldout import heldout_nll, stats_mismatch
 from .reader import StoreReader
 from .encodings import Encoding, encoding_for

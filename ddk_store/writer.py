@@ -20,15 +20,16 @@ from ._version import __version__
 from .difference import identity_difference
 from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
-from .groups import crc32_of, read_group_layout, read_root_doc, root_claim, root_meta_from_doc
+from .crc import crc32_combine, crc32_of
+from .groups import read_group_layout, read_root_doc, root_claim, root_meta_from_doc
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
 from .packed import holds_only_pack
 from .retry import retry_call
 from .nodes import ensure_nodes, layout_difference
-from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, new_layout, check_unit_data, cleared_marker, data_arrays,
-                     done_marker, group_arrays, group_path)
+from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, cleared_marker,
+                     data_arrays, done_marker, group_arrays, group_path, new_layout)
 from .storage import (delete_store_prefix, is_lost_partial, normalize_url, open_zarr_store,
                       remove_stale_partials)
 
@@ -233,29 +234,34 @@ class StoreWriter:
         meta = self.meta
         given = check_unit_data(meta, unit, {spec.ARR_TOKENS: tokens, spec.ARR_TOPK_IDS: topk_ids,
                                              spec.ARR_TOPK_LOGPROBS: topk_logprobs,
-                                             spec.ARR_TARGET_LOGPROBS: target_logprobs})
+                                             spec.ARR_TARGET_LOGPROBS: target_logprobs}, values=False)
         names = data_arrays(meta.encoding)
         arrays = self._arrays_of(unit.domain, unit.split)
         codecs = {name: chunkio.chunk_codec(arrays[name]) for name in names}
         if any(c is None for c in codecs.values()):
+            check_unit_values(meta, unit, given)
             self._write_unit_zarr(unit, self._stored(given, 0, unit.n_rows), arrays, names)
             return
         rows = codecs[names[0]].chunk_rows
         n_chunks = -(-unit.n_rows // rows)
         per = -(-n_chunks // (2 * chunkio.codec_threads())) * rows  # about two tasks per pool thread
 
-        def piece(lo: int) -> tuple[dict[str, np.ndarray], dict[str, list[bytes]]]:
-            stored = self._stored(given, lo, min(lo + per, unit.n_rows))
-            return stored, {name: [chunkio.encode_chunk(codecs[name], stored[name][i:i + rows])
-                                   for i in range(0, len(stored[name]), rows)] for name in names}
+        def piece(lo: int) -> tuple[dict[str, tuple[int, int]], dict[str, list[bytes]]]:
+            """Rows [lo, lo + per): checked, encoded, checksummed (crc32, length) and compressed, in a pool thread."""
+            hi = min(lo + per, unit.n_rows)
+            check_unit_values(meta, unit, {name: a[lo:hi] for name, a in given.items()})
+            stored = self._stored(given, lo, hi)
+            return ({name: (crc32_of(stored[name]), stored[name].nbytes) for name in names},
+                    {name: [chunkio.encode_chunk(codecs[name], stored[name][i:i + rows])
+                            for i in range(0, len(stored[name]), rows)] for name in names})
 
         pieces = list(chunkio.codec_pool().map(piece, range(0, unit.n_rows, per)))
         files: dict[str, bytes] = {}
-        crcs = {name: 0 for name in names}  # crc32 of each whole array: chained over the pieces in row order
+        crcs = {name: 0 for name in names}  # crc32 of each whole array: the pieces' combined in row order
         for name in names:
             files.update(chunkio.objects(codecs[name], unit.start // rows, [c for p in pieces for c in p[1][name]]))
-            for stored, _ in pieces:
-                crcs[name] = crc32_of(stored[name], crcs[name])
+            for sums, _ in pieces:
+                crcs[name] = crc32_combine(crcs[name], *sums[name])
         local = objectio.local_root(self._store)
         if local is not None:
             objectio.write_local(local, files)

@@ -111,7 +111,7 @@ def test_verify_names_a_tail_that_is_not_a_log_mass(tmp_path):
     data = arr[unit.start:unit.stop]
     data[0, 0] = 0.5  # a mass above 1
     arr[unit.start:unit.stop] = data
-    from ddk_store.groups import crc32_of
+    from ddk_store.crc import crc32_of
 
     markers = writer._arrays_of("alpha", "train")[spec.ARR_UNITS]
     row = markers[unit.index]
