@@ -263,9 +263,10 @@ class StoreWriter:
             for sums, _ in pieces:
                 crcs[name] = crc32_combine(crcs[name], *sums[name])
         local = objectio.local_root(self._store)
+        # Whole objects, so a retry after a transient fault is harmless; a full disk becomes one clear error (retry.py).
         if local is not None:
-            objectio.write_local(local, files)
-        else:  # an object store: every object at once. Whole objects, so a retry after a transient fault is harmless
+            self._retry(lambda: objectio.write_local(local, files), f"writing {unit} ({', '.join(names)})")
+        else:  # an object store: every object at once
             self._retry(lambda: sync(objectio.put_objects(self._store, files)), f"writing {unit} ({', '.join(names)})")
         self._mark_done(unit, arrays, crcs)
 
