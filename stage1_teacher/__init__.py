@@ -4,7 +4,9 @@ import multiprocessing as _mp
 
 __all__ = ["Stage1Config", "DumpSummary", "run"]
 
-if _mp.parent_process() is None:
+# A spawned worker imports this package while it unpickles its start-up data, before parent_process() is set:
+# `_inheriting` is true then (multiprocessing.spawn._main).
+if _mp.parent_process() is None and not getattr(_mp.current_process(), "_inheriting", False):
     from .config import Stage1Config
     from .run import DumpSummary, run
 else:  # a tokenizer worker (tokenize.py) imports only what it uses: not the store and engine stack (~1 CPU-s each)

@@ -26,7 +26,7 @@ from ddk_store.storage import delete_store_prefix
 
 from .config import Stage1Config
 from .corpus import DomainSource, load_corpora
-from .pack_stream import Cursor, Selection, pack_training, select_heldout
+from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
 from .packing import check_split_size
 from .plan import RESUME_FLAGS, settings_of, source_uri
 from .tokenize import DocTokenizer, bos_to_add
@@ -127,6 +127,7 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
     # Every domain's select pass first: a domain too small is refused before anything is written.
     todo: list[tuple[DomainSource, Mapping[str, Any] | Selection]] = []
     problems = []
+    cache = EncodingCache()  # ids the select passes tokenized, for the train passes
     for src in corpora:
         st = domains.get(src.name)
         if st is not None and st.get("state") in (PACKED, TRAINING):
@@ -138,7 +139,8 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
         try:
             todo.append((src, select_heldout(src, coder, seq_len=seq_len, heldout_seqs=heldout_seqs,
                                              max_train_rows=src.row_cap(max_rows_per_domain),
-                                             on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id)))
+                                             on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id,
+                                             cache=cache)))
         except ConfigError as e:
             problems.append(str(e))
     if problems:
@@ -149,7 +151,7 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
         echo(f"packing domain {src.name}: training rows" + (" (resuming)" if st["cursor"]["rows"] else ""))
         _pack_domain(pack, src, coder, st, save=save_as(src.name), seq_len=seq_len, heldout_seqs=heldout_seqs,
                      max_train_rows=src.row_cap(max_rows_per_domain), on_bad_utf8=on_bad_utf8, eos_id=eos_id,
-                     bos_id=bos_id, dtype=dtype)
+                     bos_id=bos_id, dtype=dtype, cached=cache.take(src.name))
     return PackedStore(url=pack.url, seq_len=seq_len, dtype=dtype, domains={n: domains[n] for n in names})
 
 
@@ -191,8 +193,10 @@ def _write_selection(pack: PackedRows, name: str, sel: Selection, *, save: Calla
 
 def _pack_domain(pack: PackedRows, src: DomainSource, coder: DocTokenizer, st: Mapping[str, Any], *,
                  save: Callable[[dict[str, Any]], None], seq_len: int, heldout_seqs: int, max_train_rows: int,
-                 on_bad_utf8: str, eos_id: int, bos_id: int | None, dtype: np.dtype) -> None:
-    """The train pass of a domain in state 'training', from its cursor; then its 'packed' state."""
+                 on_bad_utf8: str, eos_id: int, bos_id: int | None, dtype: np.dtype,
+                 cached: dict[int, np.ndarray] | None = None) -> None:
+    """The train pass of a domain in state 'training', from its cursor (``cached``: ids its select pass tokenized in
+    this run); then its 'packed' state."""
     name, chunk_rows = src.name, st["chunk_rows"]
     st = dict(st)
 
@@ -205,7 +209,7 @@ def _pack_domain(pack: PackedRows, src: DomainSource, coder: DocTokenizer, st: M
         src, coder, Cursor(**st["cursor"]), heldout_docs=held, n_read=st["n_read"], seq_len=seq_len,
         max_train_rows=max_train_rows, chunk_rows=chunk_rows, on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id,
         write_chunk=lambda i, rows: pack.write_chunk(name, "train", i, rows, chunk_rows=chunk_rows, dtype=dtype),
-        save=saved)
+        save=saved, cached=cached)
     n_tokens = st["n_tokens"] if st["n_tokens"] is not None else st["held_tokens"] + train_tokens
     check_split_size(name, n_tokens, seq_len, heldout_seqs, st["heldout_rows"], train_rows)  # (select checked it)
     save({"state": PACKED, "chunk_rows": chunk_rows, "train_rows": train_rows, "heldout_rows": st["heldout_rows"],

@@ -9,6 +9,12 @@
    cursor) without tokenizing them, tokenize the rest in --workers processes and cut rows (packing.RowPacker),
    writing each chunk and then the cursor.
 
+The select pass keeps the ids of the training documents it tokenized (an :class:`EncodingCache`, bounded by
+CACHE_BYTES over all domains), and while the cache has room it tokenizes every document, not only the candidates:
+the train pass of the same run then tokenizes none of them again, and reads no file at all when every training
+document is cached (any domain while the cache lasts: 64 MiB hold ~15 M tokens). A resumed run has no cache: it
+tokenizes from its cursor. The ids are the same either way, so the rows are too.
+
 The rows are exactly packing.pack_domain's: held-out = the heap's documents in corpus order; training = every other
 document read, in corpus order.
 """
@@ -16,7 +22,7 @@ document read, in corpus order.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +33,46 @@ from .corpus import DomainSource, ReadStats, read_documents, read_sourced_docume
 from .packing import HeldoutHeap, RowPacker, check_domain_size, check_split_size, doc_key, pack_rows, with_bos
 from .plan import provenance
 from .tokenize import DocTokenizer
+
+
+#: Bytes of token ids the select passes of one run keep for the train passes, over all domains.
+CACHE_BYTES = 64 << 20
+#: What a cached document costs beyond its ids (the array object and the dict entry), counted in the budget.
+DOC_BYTES = 160
+
+
+def _cost(ids: np.ndarray) -> int:
+    return ids.nbytes + DOC_BYTES
+
+
+class EncodingCache:
+    """Ids of documents tokenized by the select pass, by domain and ordinal, within ``budget`` bytes in all."""
+
+    def __init__(self, budget: int | None = None) -> None:
+        self.left = CACHE_BYTES if budget is None else budget
+        self._domains: dict[str, dict[int, np.ndarray]] = {}
+
+    @property
+    def room(self) -> bool:
+        return self.left > 0
+
+    def put(self, domain: str, ordinal: int, ids: np.ndarray) -> None:
+        if _cost(ids) <= self.left:
+            self._domains.setdefault(domain, {})[ordinal] = ids
+            self.left -= _cost(ids)
+
+    def drop(self, domain: str, ordinals: Iterable[int]) -> None:
+        """Forget ``ordinals`` (the held-out documents: they never train)."""
+        docs = self._domains.get(domain, {})
+        for o in ordinals:
+            if (ids := docs.pop(int(o), None)) is not None:
+                self.left += _cost(ids)
+
+    def take(self, domain: str) -> dict[int, np.ndarray]:
+        """The domain's cached ids, handed over (the cache forgets them)."""
+        docs = self._domains.pop(domain, {})
+        self.left += sum(_cost(a) for a in docs.values())
+        return docs
 
 
 @dataclass(frozen=True)
@@ -60,8 +106,10 @@ def ordered(src: DomainSource, *, on_bad_utf8: str) -> Iterator[tuple[int, str]]
 
 
 def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, heldout_seqs: int, max_train_rows: int,
-                   on_bad_utf8: str, eos_id: int, bos_id: int | None) -> Selection:
-    """Pass 1 (see the module docstring). Raises ConfigError when the domain cannot fill its held-out rows."""
+                   on_bad_utf8: str, eos_id: int, bos_id: int | None,
+                   cache: EncodingCache | None = None) -> Selection:
+    """Pass 1 (see the module docstring); the ids it tokenizes go into ``cache`` (the held-out ones dropped at the
+    end). Raises ConfigError when the domain cannot fill its held-out rows."""
     heap = HeldoutHeap(heldout_seqs * seq_len)
     stats = ReadStats()
     hashes: dict[str, tuple[str, int]] = {}
@@ -73,9 +121,11 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     def candidates() -> Iterator[str]:
         for ordinal, key, text in numbered(src, on_bad_utf8=on_bad_utf8, stats=stats, hashes=hashes):
             read[0] = ordinal + 1
+            everything = cache is not None and cache.room
             # A document the heap rejects now it rejects for good; until the training side holds a row, every
             # document is measured, so a domain too small for one training row is known here, before any write.
-            if cap_tokens or train_tokens < seq_len or heap.wants(key, ordinal):
+            # While the cache has room every document is tokenized here (once: the train pass takes the ids).
+            if everything or cap_tokens or train_tokens < seq_len or heap.wants(key, ordinal):
                 sent.append((ordinal, key))
                 yield text
 
@@ -84,6 +134,8 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     try:
         for ids in stream:
             ordinal, key = sent.popleft()
+            if cache is not None:
+                cache.put(src.name, ordinal, ids)
             arr = with_bos(ids, bos_id)
             n_tokens += arr.size + 1
             moved = heap.push(key, ordinal, arr) if heap.wants(key, ordinal) else [(ordinal, arr)]
@@ -98,6 +150,8 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     if not heap.full:  # every document was tokenized: n_tokens is the domain's
         check_domain_size(src.name, n_tokens, seq_len)
     held = heap.documents()
+    if cache is not None:
+        cache.drop(src.name, (o for o, _ in held))
     rows = pack_rows((a for _, a in held), seq_len, eos_id, max_rows=heldout_seqs).rows
     # Raised only when every document was tokenized (heap not full, or no training row), so n_tokens is exact.
     check_split_size(src.name, n_tokens, seq_len, heldout_seqs, rows.shape[0], int(train_tokens >= seq_len))
@@ -125,27 +179,18 @@ class Cursor:
 def pack_training(src: DomainSource, coder: DocTokenizer, cursor: Cursor, *, heldout_docs: np.ndarray, n_read: int,
                   seq_len: int, max_train_rows: int, chunk_rows: int, on_bad_utf8: str, eos_id: int,
                   bos_id: int | None, write_chunk: Callable[[int, np.ndarray], None],
-                  save: Callable[[Cursor], None]) -> tuple[int, int]:
+                  save: Callable[[Cursor], None], cached: dict[int, np.ndarray] | None = None) -> tuple[int, int]:
     """Pass 2 from ``cursor``: writes chunk after chunk (``write_chunk(index, rows)``, then ``save(cursor)``).
 
+    ``cached``: ids of training documents by ordinal (the select pass's :class:`EncodingCache`), not tokenized again.
     Returns (training rows, stream tokens of every training document read).
     """
     held = set(heldout_docs.tolist())
     packer = RowPacker(seq_len, eos_id, chunk_rows, max_rows=max_train_rows, rows_done=cursor.rows)
-    order: deque[int] = deque()
-
-    def texts() -> Iterator[str]:
-        for ordinal, text in ordered(src, on_bad_utf8=on_bad_utf8):
-            if ordinal >= n_read or packer.full:
-                return
-            if ordinal >= cursor.doc and ordinal not in held:  # before the cursor: in the store already
-                order.append(ordinal)
-                yield text
-
-    stream = coder.encode(texts())
+    stream = _training_ids(src, coder, cursor, held=held, n_read=n_read, cached=cached or {},
+                           done=lambda: packer.full, on_bad_utf8=on_bad_utf8)
     try:
-        for ids in stream:
-            ordinal = order.popleft()
+        for ordinal, ids in stream:
             skip = cursor.skip if ordinal == cursor.doc else 0
             for rows in packer.add(ordinal, with_bos(ids, bos_id), skip):
                 write_chunk(packer.rows_done // chunk_rows - 1, rows)
@@ -160,3 +205,39 @@ def pack_training(src: DomainSource, coder: DocTokenizer, cursor: Cursor, *, hel
     if last.shape[0]:
         write_chunk(first // chunk_rows, last)
     return packer.rows_done, cursor.tokens + packer.added_tokens
+
+
+def _training_ids(src: DomainSource, coder: DocTokenizer, cursor: Cursor, *, held: set[int], n_read: int,
+                  cached: dict[int, np.ndarray], done: Callable[[], bool],
+                  on_bad_utf8: str) -> Iterator[tuple[int, np.ndarray]]:
+    """(ordinal, ids) of the training documents from ``cursor.doc`` on, in corpus order: popped from ``cached``
+    where there, else read and tokenized (no file is read when every one is cached); stops reading once ``done()``."""
+    have = sorted(o for o in cached if cursor.doc <= o < n_read)
+    if have and len(have) == n_read - cursor.doc - sum(1 for o in held if o >= cursor.doc):  # every one is cached
+        for o in have:
+            if done():
+                return
+            yield o, cached.pop(o)
+        return
+    order: deque[tuple[int, np.ndarray | None]] = deque()  # every training document read, tokenized or not
+
+    def texts() -> Iterator[str]:
+        for ordinal, text in ordered(src, on_bad_utf8=on_bad_utf8):
+            if ordinal >= n_read or done():
+                return
+            if ordinal >= cursor.doc and ordinal not in held:  # before the cursor: in the store already
+                ids = cached.pop(ordinal, None)
+                order.append((ordinal, ids))
+                if ids is None:
+                    yield text
+
+    stream = coder.encode(texts())
+    try:
+        for ids in stream:
+            while order[0][1] is not None:
+                yield order.popleft()
+            yield order.popleft()[0], ids
+        while order:  # cached documents after the last one tokenized
+            yield order.popleft()
+    finally:
+        stream.close()

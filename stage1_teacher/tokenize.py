@@ -4,6 +4,7 @@ and whether the teacher's tokenizer starts a text with BOS."""
 from __future__ import annotations
 
 import os
+from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -13,12 +14,19 @@ from typing import NoReturn
 
 import numpy as np
 
-# Nothing from ddk_store (its zarr stack costs ~1 CPU-s) at module level: the tokenizer workers import this module.
+from .tokenworker import backend_encoder, encode_task, flat_ids, hash_file, init
+
+# The workers import tokenworker only (no numpy, no store stack): what they run lives there.
 
 #: Documents per tokenizer call (fast tokenizers batch in Rust) and per task sent to a worker...
 BATCH_DOCS = 256
 #: ...and at most this many characters (a batch of long documents would hold hundreds of MB of encodings).
 BATCH_CHARS = 1 << 20
+#: A task sent to a worker holds at most this many characters: small tasks keep every worker busy to the end of a
+#: stream (a domain of a few MB is then dozens of tasks, not two or three of very unequal cost) ...
+TASK_CHARS = 1 << 16
+#: ... and each worker has up to this many tasks queued or running, so it never waits while this process writes.
+TASKS_PER_WORKER = 4
 
 
 def bos_to_add(tok) -> int | None:
@@ -36,61 +44,42 @@ def bos_to_add(tok) -> int | None:
     return int(bos) if special[:1] == [bos] and special[1 : 1 + len(plain)] == plain and plain[:1] != [bos] else None
 
 
-def _flat(encode, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """ids of ``texts`` as one int32 array plus lengths (cheap to send between processes)."""
-    ids = encode(texts)
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    return flat, lengths
+def _split(flat: array, lengths: array) -> list[np.ndarray]:
+    """The ids of each text (views of one int32 array) from :func:`tokenworker.flat_ids`' result."""
+    if not lengths:
+        return []
+    ids = np.frombuffer(flat, dtype=np.int32) if len(flat) else np.zeros(0, dtype=np.int32)
+    return np.split(ids, np.cumsum(np.frombuffer(lengths, dtype=np.int64))[:-1])
 
 
-def _split(flat: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
-    return np.split(flat, np.cumsum(lengths)[:-1]) if lengths.size else []
+def _json_file(text: str) -> tuple[str, bool]:
+    """A file holding ``text``, named by its sha256 in the ddk cache (written once, atomically; shared by runs), and
+    whether it is a temporary file instead (the cache is read-only) that the caller deletes."""
+    import hashlib
 
+    from ddk_store.paths import cache_dir
 
-def _backend_encoder(tokenizer_json: str):
-    """ids without special tokens from a fast tokenizer's Rust backend, rebuilt from its JSON: what ``tok(texts,
-    add_special_tokens=False)`` computes (truncation and padding off, as transformers sets them per call), the same
-    in every process, and on ONE core: one ``encode`` per text, never ``encode_batch``, whose Rust thread pool would
-    take every core of the host (so ``--workers N`` means N cores, and N workers do not fight N thread pools)."""
-    from tokenizers import Tokenizer  # not transformers: a worker starts in a fraction of a second
+    path = cache_dir("tokenizers") / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+        return str(path), False
+    except OSError:  # a read-only cache: a private temporary file
+        import tempfile
 
-    backend = Tokenizer.from_str(tokenizer_json)
-    backend.no_truncation()
-    backend.no_padding()
-    one = backend.encode
-
-    def encode(texts: list[str]) -> list[list[int]]:
-        return [one(t, add_special_tokens=False).ids for t in texts]
-
-    return encode
-
-
-_WORKER_ENCODE = None
-
-
-def _worker_init(tokenizer_json: str) -> None:
-    # One process per core: no Rust thread pool of the tokenizer's own (belt and braces: _backend_encoder never
-    # calls the batch API that would start one).
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ["RAYON_NUM_THREADS"] = "1"
-    global _WORKER_ENCODE
-    _WORKER_ENCODE = _backend_encoder(tokenizer_json)
-
-
-def _worker_encode(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return _flat(_WORKER_ENCODE, texts)
-
-
-def _hash_file(path: str) -> tuple[str, int]:
-    from .corpus import file_sha256  # imported when used: a worker that only tokenizes never loads the store stack
-
-    return file_sha256(path)
+        fd, name = tempfile.mkstemp(prefix="ddk-tokenizer-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return name, True
 
 
 class DocTokenizer:
     """Encodes document streams with ``workers`` processes (started on the first stream of more than one batch and
-    shared by every later stream); results come back in input order, at most ``2 * workers`` batches ahead.
+    shared by every later stream); results come back in input order, at most ``TASKS_PER_WORKER * workers`` tasks
+    of at most TASK_CHARS characters ahead.
 
     A fast tokenizer is run through its Rust backend, here and in the workers alike (the workers get its JSON, so
     every process encodes with the very same tokenizer); a slow (Python) tokenizer runs in this process only.
@@ -99,29 +88,30 @@ class DocTokenizer:
     def __init__(self, tok, *, workers: int = 1, batch: int = BATCH_DOCS) -> None:
         backend = tok.backend_tokenizer if getattr(tok, "is_fast", False) else None
         self._json = backend.to_str() if backend is not None else None
-        self._encode = (_backend_encoder(self._json) if backend is not None else
-                        lambda texts: tok(texts, add_special_tokens=False)["input_ids"])
+        # Built when first used: with workers, only a stream of one batch is tokenized here.
+        self._local = None if backend is not None else lambda texts: tok(texts, add_special_tokens=False)["input_ids"]
         self.workers = workers if backend is not None else 1
         self.batch = batch
         self._pool: ProcessPoolExecutor | None = None
+        self._temp_json: str | None = None  # the workers' tokenizer file, when it is a temporary one
 
     def encode(self, texts: Iterable[str]) -> Iterator[np.ndarray]:
         """Token ids (int32, no special tokens) of every text, in order."""
         from .packing import batched
 
-        batches = batched(texts, self.batch, BATCH_CHARS)
+        batches = batched(texts, self.batch, BATCH_CHARS if self.workers == 1 else TASK_CHARS)
         first = next(batches, None)
         second = next(batches, None) if first is not None else None
         if second is None or self.workers == 1:  # one batch is not worth starting processes for
             for b in chain([first] if first else [], [second] if second else [], batches):
-                yield from _split(*_flat(self._encode, b))
+                yield from _split(*flat_ids(self._encode(), b))
             return
         pool = self._start()
         window: deque = deque()
         try:
             for b in chain([first, second], batches):
-                window.append(pool.submit(_worker_encode, b))
-                if len(window) >= 2 * self.workers:
+                window.append(pool.submit(encode_task, b))
+                if len(window) >= TASKS_PER_WORKER * self.workers:
                     yield from _split(*window.popleft().result())
             while window:
                 yield from _split(*window.popleft().result())
@@ -131,15 +121,20 @@ class DocTokenizer:
             for f in window:
                 f.cancel()
 
+    def _encode(self):
+        if self._local is None:
+            self._local = backend_encoder(self._json)
+        return self._local
+
     def hash_files(self, paths: Iterable[str]) -> dict[str, tuple[str, int]]:
         """path -> (sha256, size) of each file, hashed in the worker processes (one file per worker at a time) when
         there are several, else here: the files no reader hashed as it read them (parquet, read by pyarrow; a
         capped domain's files not read to their end)."""
         paths = list(paths)
         if self.workers == 1 or len(paths) < 2:
-            return {p: _hash_file(p) for p in paths}
+            return {p: hash_file(p) for p in paths}
         try:
-            return dict(zip(paths, self._start().map(_hash_file, paths)))
+            return dict(zip(paths, self._start().map(hash_file, paths)))
         except BrokenProcessPool:
             self._broken()
 
@@ -158,15 +153,21 @@ class DocTokenizer:
             import multiprocessing
 
             # spawn, not fork: the parent may hold torch and tokenizer threads, which fork would copy mid-flight.
+            # The workers get the tokenizer's JSON as a file: passed inline, its megabytes would block this process
+            # in each spawn until that child's interpreter is up and reads them.
+            path, temporary = _json_file(self._json)
+            self._temp_json = path if temporary else None
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_worker_init,
-                                             initargs=(self._json,))
+                                             initializer=init, initargs=(path,))
         return self._pool
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        if self._temp_json is not None:
+            os.unlink(self._temp_json)
+            self._temp_json = None
 
     def __enter__(self) -> DocTokenizer:
         return self
