@@ -28,7 +28,7 @@ def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any
     # zstd-3 byte-shuffle, 73 B/token at ~1 M tok/s where zstd-5 saves 1 B/token at 0.4 M tok/s); level 1 on the
     # float32 targets, where higher levels gain nothing. crc32c last: every chunk carries a checksum that zarr
     # verifies on every read.
-    compressors = {spec.ARR_TOKENS: ("shuffle", 3, 0), spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1, 0)}
+    compressors = {spec.ARR_TOKENS: ("shuffle", 1, 0), spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1, 0)}
     compressors.update({a.name: (a.shuffle, a.clevel, a.blocksize)
                         for a in get_encoding(meta.encoding).arrays(meta.tokenizer.vocab_size)})
     out = {}

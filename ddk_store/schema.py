@@ -254,7 +254,9 @@ def check_unit_values(meta: StoreMeta, unit: Unit, arrays: Mapping[str, np.ndarr
     v = meta.tokenizer.vocab_size
     for name in (spec.ARR_TOKENS, spec.ARR_TOPK_IDS):
         a = arrays[name]
-        if a.size and (a.min() < 0 or a.max() >= v):
+        if a.dtype.kind == "i":  # one pass: a negative id read as unsigned is above any vocabulary
+            a = a.view(np.dtype(f"u{a.dtype.itemsize}").newbyteorder(a.dtype.byteorder))
+        if a.size and ((a.dtype.kind not in "ui" and a.min() < 0) or a.max() >= v):
             raise ValueError(f"{unit}: {name} holds ids outside [0, {v})")
     for name in (spec.ARR_TARGET_LOGPROBS, spec.ARR_TOPK_LOGPROBS):
         if not np.isfinite(arrays[name]).all():

@@ -273,7 +273,7 @@ class StoreWriter:
     def _stored(self, given: Mapping[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
         """The stored (encoded) arrays of rows [lo, hi) of a unit's checked data."""
         meta, v = self.meta, self.meta.tokenizer.vocab_size
-        topk = codec.encode_arrays(given[spec.ARR_TOPK_IDS][lo:hi], np.minimum(given[spec.ARR_TOPK_LOGPROBS][lo:hi], 0.0),
+        topk = codec.encode_arrays(given[spec.ARR_TOPK_IDS][lo:hi], given[spec.ARR_TOPK_LOGPROBS][lo:hi],
                                    encoding=encoding_for(meta), vocab_size=v, scale=meta.logprob_scale)
         return {spec.ARR_TOKENS: given[spec.ARR_TOKENS][lo:hi].astype(codec.id_dtype(v)),
                 spec.ARR_TARGET_LOGPROBS: np.minimum(given[spec.ARR_TARGET_LOGPROBS][lo:hi], 0.0), **topk}

@@ -85,7 +85,8 @@ class Encoding:
 
     def encode(self, ids: np.ndarray, logprobs: np.ndarray, *, vocab_size: int, scale: int) -> dict[str, np.ndarray]:
         """Stored arrays (name -> array) of a rank-ordered top-k: ids (..., K) distinct per position, log-probs
-        (..., K) fp32 nats normalized over the full vocabulary."""
+        (..., K) fp32 nats normalized over the full vocabulary. A log-prob above 0 (fp32 rounding of a log-softmax
+        near p = 1) is stored as 0: each encoding clamps where it matters (the writer does not)."""
         raise NotImplementedError
 
     def decode(self, stored: Mapping[str, np.ndarray], *, scale: int) -> TopK:

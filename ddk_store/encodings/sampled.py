@@ -107,7 +107,7 @@ class Sampled(Encoding):
 
     def encode(self, ids, logprobs, *, vocab_size, scale):
         ids = np.asarray(ids)
-        lp = np.asarray(logprobs, dtype=np.float32)
+        lp = np.minimum(np.asarray(logprobs, dtype=np.float32), 0.0)
         counts = self.counts(ids, lp)[..., :-1]
         s = self.slots(ids.shape[-1])
         wide = np.uint32 if vocab_size < (1 << 24) else np.uint64

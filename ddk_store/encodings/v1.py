@@ -98,7 +98,7 @@ class IdSortQ8(Encoding):
         return (StoredArray(spec.ARR_TOPK_IDS, id_dtype(vocab_size), id_fill(vocab_size), PER_ENTRY, "shuffle", 3),
                 StoredArray(spec.ARR_TOPK_LOGPROBS, np.dtype("u1"), spec.Q8_FILL, PER_ENTRY, "bitshuffle", 1))
 
-    def encode(self, ids, logprobs, *, vocab_size, scale):
+    def encode(self, ids, logprobs, *, vocab_size, scale):  # quantizing clamps log-probs above 0 to code 0
         sorted_ids, codes = sort_by_id(ids, quantize_logprobs(logprobs, scale), vocab_size)
         return {spec.ARR_TOPK_IDS: id_deltas(sorted_ids, vocab_size), spec.ARR_TOPK_LOGPROBS: codes}
 
@@ -128,7 +128,7 @@ class RankF16(Encoding):
 
     def encode(self, ids, logprobs, *, vocab_size, scale):
         return {spec.ARR_TOPK_IDS: ids.astype(id_dtype(vocab_size)),
-                spec.ARR_TOPK_LOGPROBS: logprobs.astype(np.float16)}
+                spec.ARR_TOPK_LOGPROBS: np.minimum(logprobs, 0.0).astype(np.float16)}
 
     def decode(self, stored: Mapping[str, np.ndarray], *, scale: int) -> TopK:
         return TopK(stored[spec.ARR_TOPK_IDS].astype(np.int32), stored[spec.ARR_TOPK_LOGPROBS].astype(np.float32))
