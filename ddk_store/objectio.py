@@ -29,8 +29,18 @@ def local_root(store: Store) -> Path | None:
     return Path(store.root) if isinstance(store, LocalStore) else None
 
 
-def write_local(root: Path, files: Mapping[str, bytes]) -> None:
-    """Write objects under ``root`` in place, without a temporary file and rename.
+#: Directories this process made or found (bounded: a hint, never trusted over a FileNotFoundError).
+_MADE: set[str] = set()
+
+
+def _remember(directory: str) -> None:
+    if len(_MADE) > 100_000:
+        _MADE.clear()
+    _MADE.add(directory)
+
+
+def write_local(root: Path, files: Mapping[str, bytes], atomic: bool = False) -> None:
+    """Write objects under ``root`` in place, without a temporary file and rename (``atomic``: with them, for markers).
 
     Safe by the store's protocol, not by the file system: a unit's objects belong to that unit alone (units are
     whole chunks or shards, shards of a dump disjoint units), and its marker is written after them, so an object
@@ -38,17 +48,28 @@ def write_local(root: Path, files: Mapping[str, bytes]) -> None:
     """
     for key, data in files.items():
         path = os.path.join(root, key)
+        parent = os.path.dirname(path)
+        if parent not in _MADE:  # a new unit's objects lie in new directories: make them before, not after, a failure
+            os.makedirs(parent, exist_ok=True)
+            _remember(parent)
+        target = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial") if atomic else path
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except FileNotFoundError:  # removed since (a store deleted and created again)
+            os.makedirs(parent, exist_ok=True)
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+        except BaseException:
+            if atomic:  # a torn marker would read as a damaged store, not as a unit to redo
+                os.unlink(target)
+            raise
         finally:
             os.close(fd)
+        if atomic:
+            os.replace(target, path)
 
 
 async def put_objects(store: Store, files: Mapping[str, bytes]) -> None:

@@ -227,10 +227,8 @@ class StoreWriter:
     def write_unit(self, unit: Unit, tokens: np.ndarray, topk_ids: np.ndarray, topk_logprobs: np.ndarray,
                    target_logprobs: np.ndarray) -> None:
         """Encode and write the rows of ``unit``, then mark it done with its checksums (the marker is written last).
-
-        The unit's chunks are encoded and compressed in parallel, one task per chunk (chunkio.codec_pool); then each
-        array's objects (its shard, or its chunks) are written whole. Arrays chunkio does not handle take zarr's path.
-        """
+        Row blocks are checked, encoded, checksummed and compressed in parallel (chunkio.codec_pool); each array's
+        objects (its shard, or its chunks) are then written whole. Layouts chunkio does not handle take zarr's path."""
         meta = self.meta
         given = check_unit_data(meta, unit, {spec.ARR_TOKENS: tokens, spec.ARR_TOPK_IDS: topk_ids,
                                              spec.ARR_TOPK_LOGPROBS: topk_logprobs,
@@ -262,12 +260,7 @@ class StoreWriter:
             files.update(chunkio.objects(codecs[name], unit.start // rows, [c for p in pieces for c in p[1][name]]))
             for sums, _ in pieces:
                 crcs[name] = crc32_combine(crcs[name], *sums[name])
-        local = objectio.local_root(self._store)
-        # Whole objects, so a retry after a transient fault is harmless; a full disk becomes one clear error (retry.py).
-        if local is not None:
-            self._retry(lambda: objectio.write_local(local, files), f"writing {unit} ({', '.join(names)})")
-        else:  # an object store: every object at once
-            self._retry(lambda: sync(objectio.put_objects(self._store, files)), f"writing {unit} ({', '.join(names)})")
+        self._write_objects(files, f"writing {unit} ({', '.join(names)})")
         self._mark_done(unit, arrays, crcs)
 
     def _stored(self, given: Mapping[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
@@ -291,7 +284,21 @@ class StoreWriter:
 
     def _mark_done(self, unit: Unit, arrays: Mapping[str, zarr.Array], crcs: Mapping[str, int]) -> None:
         marker = done_marker(dict(crcs))
-        self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
+        c = chunkio.chunk_codec(arrays[spec.ARR_UNITS])
+        if c is None:  # a layout chunkio does not handle: zarr's path
+            self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
+            return
+        # Directly, as the unit's objects: zarr's path costs a few ms per unit in event-loop hand-offs.
+        self._write_objects(chunkio.objects(c, unit.index, [chunkio.encode_chunk(c, marker[None])]),
+                            f"writing the marker of {unit}", atomic=True)
+
+    def _write_objects(self, files: Mapping[str, bytes], what: str, atomic: bool = False) -> None:
+        """Whole objects (a retry is harmless; a full disk is one clear error); ``atomic``: never torn (a marker)."""
+        local = objectio.local_root(self._store)
+        if local is not None:
+            self._retry(lambda: objectio.write_local(local, files, atomic), what)
+        else:  # an object store: every object at once
+            self._retry(lambda: sync(objectio.put_objects(self._store, files)), what)
 
     def reset_units(self, units: list[Unit]) -> None:
         """Clear the completion marker of ``units`` (and the store's 'complete' status) so a rerun rewrites them.
