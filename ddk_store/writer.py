@@ -285,7 +285,7 @@ class StoreWriter:
     def _mark_done(self, unit: Unit, arrays: Mapping[str, zarr.Array], crcs: Mapping[str, int]) -> None:
         marker = done_marker(dict(crcs))
         c = chunkio.chunk_codec(arrays[spec.ARR_UNITS])
-        if c is None:  # a layout chunkio does not handle: zarr's path
+        if c is None or c.chunk_rows != 1 or c.shard_rows:  # not one marker per object: zarr's path
             self._retry(lambda: arrays[spec.ARR_UNITS].__setitem__(unit.index, marker), f"writing the marker of {unit}")
             return
         # Directly, as the unit's objects: zarr's path costs a few ms per unit in event-loop hand-offs.
