@@ -5,9 +5,11 @@ checksums, write, the markers), in tokens/s and tokens per CPU-second.
 The replayed records are the real SmolLM2-135M top-64 over the six built-in domains (bench/store_codec.py computes
 and caches them), at T = 1024; each unit's rows get the records of as many cached rows (cycled). The rows to score
 are packed once from the built-in corpus (`ddk-teacher pack`); every measured dump scores a fresh copy of that
-packed store, with 1 and 2 writer threads side by side (interleaved, ``--repeat`` times each, medians).
+packed store, each setting of ``--write-threads`` x ``--unit-rows`` side by side (interleaved, ``--repeat`` times
+each, medians). ``--unit-rows 0`` is the store's default unit (layout.UNIT_TOKENS tokens); a larger unit spreads the
+fixed cost per unit (its new directories and objects, the marker) over more tokens.
 
-    DDK_CACHE=... .venv/bin/python bench/score_cpu.py [--rows 200] [--repeat 3] [--write-threads 1,2]
+    DDK_CACHE=... .venv/bin/python bench/score_cpu.py [--rows 200] [--repeat 3] [--write-threads 1,2] [--unit-rows 0,64]
 
 Target (issue 12): >= 1 M tokens/s on this 2-core machine, so a GPU teacher never waits on its CPU side.
 """
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ddk_store.allocator import tune_allocator
+from ddk_store.layout import default_chunk_rows, default_unit_rows
 from stage1_teacher.backends import ScoredRows
 from store_codec import SEQ, teacher_data
 
@@ -69,7 +72,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=200, help="rows per domain (T = 1024)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--write-threads", default="1,2")
+    ap.add_argument("--write-threads", default="2")
+    ap.add_argument("--unit-rows", default="0", help="rows per unit to compare (0 = the store's default)")
     args = ap.parse_args()
     tune_allocator()  # as the ddk-teacher command does
     run_module = importlib.import_module("stage1_teacher.run")  # the module (the package exports run())
@@ -92,37 +96,46 @@ def main() -> None:
     teacher, corpora = built_in("builtin-teacher"), built_in("builtin-corpus")
     work = Path(tempfile.mkdtemp(prefix="ddk-score-cpu-"))
     try:
-        def cfg(store: Path) -> Stage1Config:
+        def cfg(store: Path, unit_rows: int) -> Stage1Config:
             return Stage1Config(teacher=teacher, corpora=corpora, store=str(store), seq_len=SEQ, top_k=64,
-                                heldout_seqs=8, max_rows_per_domain=args.rows, backend="hf", progress=False)
+                                heldout_seqs=8, max_rows_per_domain=args.rows, backend="hf", progress=False,
+                                unit_rows=unit_rows)
 
-        packed = work / "packed"
-        subprocess.run([sys.executable, "-m", "stage1_teacher.cli", "pack", "--teacher", teacher, "--corpora",
-                        corpora, "--store", str(packed), "--seq-len", str(SEQ), "--heldout-seqs", "8",
-                        "--max-rows-per-domain", str(args.rows)], check=True, capture_output=True)
-        results: dict[int, list[tuple[float, float, int]]] = {}
+        unit_rows = [int(x) for x in args.unit_rows.split(",")]
+        packed = {}
+        for ur in unit_rows:  # the unit layout is fixed when the store is packed
+            packed[ur] = work / f"packed-{ur}"
+            subprocess.run([sys.executable, "-m", "stage1_teacher.cli", "pack", "--teacher", teacher, "--corpora",
+                            corpora, "--store", str(packed[ur]), "--seq-len", str(SEQ), "--heldout-seqs", "8",
+                            "--max-rows-per-domain", str(args.rows), "--unit-rows", str(ur)],
+                           check=True, capture_output=True)
+        results: dict[tuple[int, int], list[tuple[float, float, int]]] = {}
         default = scoring.WRITE_THREADS
         for rep in range(args.repeat + 1):  # the first round warms up (imports, allocator, page cache)
             for wt in [int(x) for x in args.write_threads.split(",")]:
-                store = work / f"store-{rep}-{wt}"
-                shutil.copytree(packed, store)
-                scoring.WRITE_THREADS = wt
-                s = run_module.run(cfg(store), echo=lambda m: None, backend=backend)
-                if rep:
-                    results.setdefault(wt, []).append((s.score_seconds, cpu_s[0], s.tokens_scored))
-                shutil.rmtree(store)
+                for ur in unit_rows:
+                    store = work / f"store-{rep}-{wt}-{ur}"
+                    shutil.copytree(packed[ur], store)
+                    scoring.WRITE_THREADS = wt
+                    s = run_module.run(cfg(store, ur), echo=lambda m: None, backend=backend)
+                    if rep:
+                        results.setdefault((wt, ur), []).append((s.score_seconds, cpu_s[0], s.tokens_scored))
+                    shutil.rmtree(store)
         scoring.WRITE_THREADS = default
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nreplayed: {label}; {args.rows} rows per domain x 6 domains, T = {SEQ}, K = 64, default encoding")
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    print(f"\n{'writer threads':>15}{'tokens':>12}{'score s (runs)':>28}{'M tok/s':>10}{'per CPU-s':>11}")
-    for wt, rs in results.items():
+    print(f"\n{'writer threads':>15}{'unit rows':>10}{'tokens':>12}{'score s (runs)':>28}{'M tok/s':>10}"
+          f"{'per CPU-s':>11}")
+    default_unit = default_unit_rows(SEQ, default_chunk_rows(SEQ))
+    for (wt, ur), rs in results.items():
         sec = statistics.median(r[0] for r in rs)
         cpu = statistics.median(r[1] for r in rs)
         tok = rs[0][2]
         runs = ", ".join(f"{r[0]:.2f}" for r in rs)
-        print(f"{wt:>15}{tok:>12,}{f'{sec:.2f} ({runs})':>28}{tok / sec / 1e6:>10.3f}{tok / cpu / 1e6:>11.3f}")
+        print(f"{wt:>15}{ur or f'{default_unit} (0)':>10}{tok:>12,}{f'{sec:.2f} ({runs})':>28}"
+              f"{tok / sec / 1e6:>10.3f}{tok / cpu / 1e6:>11.3f}")
     print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, "
           f"date {time.strftime('%Y-%m-%d')}; per CPU-s: tokens per second of this process's CPU time in the scoring "
           "loop (all threads)")

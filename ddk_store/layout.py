@@ -8,9 +8,11 @@ import numpy as np
 
 #: Target tokens per chunk. One chunk of a 1024-token row keeps random row reads free of read amplification.
 CHUNK_TOKENS = 1024
-#: Target tokens per unit (the resume and checksum granularity): large enough to amortize per-unit overhead,
-#: small enough that a killed dump loses little work.
-UNIT_TOKENS = 16384
+#: Target tokens per unit (the resume and checksum granularity): large enough to amortize per-unit overhead (new
+#: directories and objects, the marker: about 1.2x scoring throughput over 16,384, docs/benchmarks.md) and to keep
+#: the object count of a 20 B-token store near 2 M, small enough that a killed dump loses under a second of a GPU
+#: teacher's work. Each group records its own unit_rows, so stores written with another default read the same.
+UNIT_TOKENS = 65536
 
 
 @dataclass(frozen=True)

@@ -46,16 +46,29 @@ def tiny_meta(*, domains: Sequence[str] = ("alpha", "beta", "gamma"), seq_len: i
     )
 
 
+#: The most dense logit values synth_rows holds at once (float64: 8 bytes each).
+SYNTH_BLOCK_VALUES = 1 << 25
+
+
 def synth_rows(rng: np.random.Generator, n: int, seq_len: int, top_k: int, vocab_size: int,
                sharpness: float = 1.0) -> dict[str, np.ndarray]:
-    """Random rows whose top-k and target log-probs come from real (random) distributions."""
+    """Random rows whose top-k and target log-probs come from real (random) distributions.
+
+    The dense logits are built a block of rows at a time (at most ``SYNTH_BLOCK_VALUES`` values), so a real vocabulary
+    at a real sequence length costs a few hundred MB, not [n, T, V] float64 at once."""
     tokens = rng.integers(0, vocab_size, size=(n, seq_len))
-    logits = rng.normal(size=(n, seq_len - 1, vocab_size)) * sharpness
-    # Make the realized next token likely, so the teacher "knows" the data (held-out NLL well below log V).
-    np.put_along_axis(logits, tokens[:, 1:, None], logits.max(axis=-1, keepdims=True) + sharpness, axis=-1)
-    lp = log_softmax(logits)
-    ids, top = topk_of(lp, top_k)
-    target = np.take_along_axis(lp, tokens[:, 1:, None], -1)[..., 0]
+    block = max(1, SYNTH_BLOCK_VALUES // max(1, (seq_len - 1) * vocab_size))
+    parts = []
+    for lo in range(0, max(n, 1), block):  # one (empty) block when n == 0
+        toks = tokens[lo:lo + block]
+        logits = rng.normal(size=(len(toks), seq_len - 1, vocab_size)) * sharpness
+        # Make the realized next token likely, so the teacher "knows" the data (held-out NLL well below log V).
+        np.put_along_axis(logits, toks[:, 1:, None], logits.max(axis=-1, keepdims=True) + sharpness, axis=-1)
+        lp = log_softmax(logits)
+        del logits
+        ids, top = topk_of(lp, top_k)
+        parts.append((ids, top, np.take_along_axis(lp, toks[:, 1:, None], -1)[..., 0]))
+    ids, top, target = (np.concatenate(p) for p in zip(*parts))
     return {"tokens": tokens, "topk_ids": ids, "topk_logprobs": top, "target_logprobs": target}
 
 

@@ -135,3 +135,31 @@ def test_no_module_writes_the_schema_out_again():
         assert not re.search(r"np\.zeros\(\(?0?,? ?5\b|dtype=\"<u4\"\)", text), path.name  # marker rows
         assert "np.mean(target" not in text and "math.isclose(" not in text, path.name  # held-out statistics
         assert "(lay.n_rows, p, k)" not in text and "(n, p, k)" not in text, path.name  # array shapes
+
+
+def test_synth_rows_builds_dense_logits_a_block_at_a_time(monkeypatch):
+    """A real vocabulary at a real length must not build [n, T, V] float64 at once (bench/score_cpu.py's synthetic
+    fallback did, 24 x 1023 x 49,152 values: killed at 24 GB); the blocked result is the one-block result, and a
+    block is what the bound allows."""
+    import ddk_store.testing as testing
+
+    whole = synth_rows(np.random.default_rng(3), 5, 16, 4, 64, sharpness=2.0)
+    seen = []
+
+    class Recording:  # the same generator, recording the size of every normal() draw
+        def __init__(self, rng):
+            self.rng = rng
+
+        def integers(self, *a, **kw):
+            return self.rng.integers(*a, **kw)
+
+        def normal(self, *a, size=None, **kw):
+            seen.append(size)
+            return self.rng.normal(*a, size=size, **kw)
+
+    monkeypatch.setattr(testing, "SYNTH_BLOCK_VALUES", 2 * 15 * 64)  # two rows of [15, 64] logits
+    blocked = synth_rows(Recording(np.random.default_rng(3)), 5, 16, 4, 64, sharpness=2.0)
+    assert seen == [(2, 15, 64), (2, 15, 64), (1, 15, 64)]
+    for k in whole:
+        np.testing.assert_array_equal(blocked[k], whole[k])
+    assert synth_rows(np.random.default_rng(0), 0, 16, 4, 64)["topk_ids"].shape == (0, 15, 4)
