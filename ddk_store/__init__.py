@@ -21,12 +21,12 @@ from .errors import (
 from .fingerprint import tokenizer_fingerprint
 from .layout import Unit
 from .meta import DomainInfo, SourceInfo, StoreMeta, TeacherInfo, TokenizerInfo, validate_domain_name
-from .reader import RowBatch, StoreReader, open_store
+from .reader import RowBatch, StoredRows, StoreReader, open_store
 from .writer import StoreWriter
 
 __all__ = [
     "__version__", "ConfigError", "DdkError", "InvalidNameError", "MissingDependencyError", "ReadOnlyError",
     "StoreAccessError", "StoreCorruptError", "StoreIOError", "StoreExistsError", "StoreFormatError", "StoreIncompleteError", "StoreNoSpaceError", "StoreNotFoundError", "StoreUnreachableError",
     "StoreVersionError", "tokenizer_fingerprint", "Unit", "DomainInfo", "SourceInfo", "StoreMeta", "TeacherInfo",
-    "TokenizerInfo", "validate_domain_name", "RowBatch", "StoreReader", "open_store", "StoreWriter",
+    "TokenizerInfo", "validate_domain_name", "RowBatch", "StoredRows", "StoreReader", "open_store", "StoreWriter",
 ]

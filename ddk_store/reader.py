@@ -36,6 +36,16 @@ class RowBatch:
     topk_log_tail: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class StoredRows:
+    """Rows as stored, checked but not decoded: n rows, T = seq_len, P = T - 1."""
+
+    tokens: np.ndarray  #: int32 [n, T]
+    target_logprobs: np.ndarray  #: float32 [n, P]
+    #: the encoding's top-k arrays by name, with their stored dtypes and shapes (store-format.md, its encoding)
+    topk: dict[str, np.ndarray]
+
+
 #: What zarr raises for metadata it cannot turn into a node (wrong node type, unknown codec, bad field).
 _ZARR_METADATA_ERRORS = (zarr.errors.BaseZarrError, zarr.errors.UnknownCodecError, TypeError, ValueError,
                          AttributeError)
@@ -281,6 +291,29 @@ class StoreReader:
         return (f"store {self.url}: {self._where(domain, split, name, span)}: chunk missing or never written (fill "
                 f"values read where a unit marked done must hold data){more}; {self._verify_hint()}")
 
+    def _read_checked(self, domain: str, split: str, rows: Sequence[int] | np.ndarray):
+        """(stored arrays of the unique rows, unique rows, pick): the stored values of ``rows`` checked for fill
+        values (a missing chunk), and ``pick`` mapping an array of the unique rows to the requested order."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        n_rows = self.num_rows(domain, split)
+        if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+            raise IndexError(f"{group_path(domain, split)}: rows must be in [0, {n_rows}), got {rows.min()}..{rows.max()}")
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        st = self.read_stored(domain, split, uniq)
+        v = self.meta.tokenizer.vocab_size
+        # A missing chunk decodes to fill values, all of them invalid (store-format.md section 6): find them by row.
+        bad_rows = {}
+        if uniq.size:
+            bad_rows[spec.ARR_TOKENS] = (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1)
+            bad_rows.update(encoding_for(self.meta).missing(st, v))
+            bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1)
+        bad = [name for name, mask in bad_rows.items() if mask.any()]
+        if bad:
+            row = int(uniq[np.flatnonzero(bad_rows[bad[0]])[0]])
+            raise StoreCorruptError(self._missing_chunk_message(domain, split, bad[0], row, also=bad[1:]))
+        same = uniq.size == rows.size and np.array_equal(uniq, rows)
+        return st, (lambda a: a) if same else (lambda a: a[inverse])
+
     def read_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray, *, order: str = "stored") -> RowBatch:
         """Decode rows (any order, repeats allowed) of one domain/split.
 
@@ -290,32 +323,12 @@ class StoreReader:
         Raises:
             StoreCorruptError: a chunk fails its checksum, or a chunk is missing (fill values decoded).
         """
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        n_rows = self.num_rows(domain, split)
-        if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
-            raise IndexError(f"{group_path(domain, split)}: rows must be in [0, {n_rows}), got {rows.min()}..{rows.max()}")
-        uniq, inverse = np.unique(rows, return_inverse=True)
-        st = self.read_stored(domain, split, uniq)
-        meta = self.meta
-        v = meta.tokenizer.vocab_size
-        # A missing chunk decodes to fill values, all of them invalid (store-format.md section 6): find them by row.
-        enc = encoding_for(meta)
-        bad_rows = {}
-        if uniq.size:
-            bad_rows[spec.ARR_TOKENS] = (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1)
-            bad_rows.update(enc.missing(st, v))
-            bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1)
-        bad = [name for name, mask in bad_rows.items() if mask.any()]
-        if bad:
-            row = int(uniq[np.flatnonzero(bad_rows[bad[0]])[0]])
-            raise StoreCorruptError(self._missing_chunk_message(domain, split, bad[0], row, also=bad[1:]))
-        topk = enc.decode(st, scale=meta.logprob_scale)
+        st, pick = self._read_checked(domain, split, rows)
+        topk = encoding_for(self.meta).decode(st, scale=self.meta.logprob_scale)
         if order == "rank":
             topk = codec.sort_by_rank(topk)
         elif order != "stored":
             raise ValueError(f"order must be 'stored' or 'rank', got {order!r}")
-        same = uniq.size == rows.size and np.array_equal(uniq, rows)
-        pick = (lambda a: a) if same else (lambda a: a[inverse])
         return RowBatch(
             tokens=pick(st[spec.ARR_TOKENS].astype(np.int32)),
             topk_ids=pick(topk.ids),
@@ -323,6 +336,16 @@ class StoreReader:
             target_logprobs=pick(st[spec.ARR_TARGET_LOGPROBS]),
             topk_log_tail=None if topk.log_tail is None else pick(topk.log_tail),
         )
+
+    def read_stored_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray) -> StoredRows:
+        """Rows (any order, repeats allowed) checked as :meth:`read_rows` checks them, with the top-k arrays left as
+        stored, for a decoder elsewhere (``stage2_student.device_decode`` decodes the default encoding on the
+        training device: a quarter of the host-to-device bytes and no decode on the host)."""
+        st, pick = self._read_checked(domain, split, rows)
+        enc = encoding_for(self.meta)
+        return StoredRows(tokens=pick(st[spec.ARR_TOKENS].astype(np.int32)),
+                          target_logprobs=pick(st[spec.ARR_TARGET_LOGPROBS]),
+                          topk={a.name: pick(st[a.name]) for a in enc.arrays(self.meta.tokenizer.vocab_size)})
 
     def bytes_on_disk(self) -> int:
         """Total stored bytes under the store prefix."""

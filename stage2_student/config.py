@@ -25,12 +25,13 @@ from .reweighting import MIXING_MODES, parse_static_weights
 from .sinks import REPORT_TO
 
 DEVICES = ("auto", "cpu", "cuda")
+TOPK_DECODE = ("auto", "host", "device")
 #: Fields that change how a run executes but not what it computes: they may differ on --resume (``out`` too: a run
 #: directory may have been moved).
 RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_every", "keep_checkpoints",
                                  "save_every", "device", "eval_batch_size", "storage_options", "progress",
-                                 "report_to", "compile", "activation_checkpointing", "read_workers", "cache_dir",
-                                 "cache_max_gib"})
+                                 "report_to", "compile", "activation_checkpointing", "read_workers", "topk_decode",
+                                 "cache_dir", "cache_max_gib"})
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,10 @@ class Stage2Config:
     prefetch: int = setting(4, "Micro-batches read ahead of the training loop (at least --read-workers).")
     read_workers: int | None = setting(None, "Threads reading and decoding micro-batches at once, results in plan "
                                        "order. Default: the host's cores over its ranks, at least 2, at most 8.")
+    topk_decode: str = setting("auto", "Where the teacher's top-k is decoded: 'device' ships the default encoding's "
+                               "stored bytes (3 per entry, not 8) and decodes them on the training device, 'host' "
+                               "decodes in the read threads; auto: device on CUDA, host otherwise.",
+                               choices=TOPK_DECODE)
     cache_dir: str | None = setting(None, "Local disk cache of an s3:// store's chunks, shared by runs and ranks on "
                                     "this host and keyed by the store's identity (a rewritten store is never served "
                                     "stale); 'auto' is $DDK_CACHE/stores. Default: no cache.", metavar="DIR")

@@ -180,13 +180,15 @@ def train(cfg: Stage2Config) -> Path:
     train_model = model if fsdp or world == 1 else parallel.wrap_ddp(model, device)
     train_model = runtime.compile_forward(train_model, cfg.compile, device)  # --compile; eager if it fails
 
+    decode = cfg.topk_decode if cfg.topk_decode != "auto" else ("device" if device.type == "cuda" else "host")
+
     def interval_batches(step: int) -> Prefetcher:
         """This rank's micro-batches from ``step`` to the end of its interval (or of the run)."""
         first, last = step % K, min(K, step % K + (cfg.steps - step))
         plans = [sampler.rows_for(s, batch_size=B, chunk=rank * A + m, num_chunks=world * A)
                  for s in range(first, last) for m in range(A)]
         return Prefetcher(reader, domains, plans, depth=cfg.prefetch, pin=device.type == "cuda",
-                          workers=cfg.read_workers or default_read_workers(env.local_world))
+                          workers=cfg.read_workers or default_read_workers(env.local_world), decode=decode)
 
     # -- 4. the loop
     tokens_per_step = B * reader.seq_len

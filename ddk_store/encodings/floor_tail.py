@@ -90,6 +90,11 @@ class IdSortQ8Tail(Encoding):
         return {spec.ARR_TOPK_IDS: deltas, spec.ARR_TOPK_LOGPROBS: codes,
                 spec.ARR_TOPK_TAIL: encode_tail(outside_mass(lp, drop=drop))}
 
+    def tables(self, scale: int) -> tuple[np.ndarray, np.ndarray]:
+        """The decode's lookup tables, float32 (256,) read-only: log-prob and probability of each 8-bit code
+        (absent and fill: -inf and 0). Also what a decoder on another device gathers from."""
+        return _luts(scale)
+
     def decode(self, stored: Mapping[str, np.ndarray], *, scale: int) -> TopK:
         codes = stored[spec.ARR_TOPK_LOGPROBS]
         lut, plut = _luts(scale)

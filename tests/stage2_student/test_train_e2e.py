@@ -109,3 +109,18 @@ def test_padded_student_and_ablation_modes(tmp_path, store_url, padded_student_d
         if mixing == "natural":
             steps = [r for r in read_metrics(out) if r["event"] == "step"]
             assert all(r["loss"] == pytest.approx(r["ce"]) for r in steps)  # gamma 0: CE only
+
+
+def test_device_decode_trains_as_host_decode(tmp_path, store_url, student_dir):
+    """--topk-decode device (the default on CUDA: stored bytes to the device, decoded there) gives the run that host
+    decoding gives: the same losses at every step, within float32 rounding of the rescale's summation order."""
+    runs = {}
+    for place in ("host", "device"):
+        out = tmp_path / place
+        res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, steps=4, interval=2, log_every=1,
+                                                 topk_decode=place))
+        assert res.exit_code == 0, res.output
+        runs[place] = [r for r in read_metrics(out) if r["event"] == "step"]
+    assert len(runs["host"]) == 4
+    for h, d in zip(runs["host"], runs["device"]):
+        assert d["loss"] == pytest.approx(h["loss"], rel=1e-5) and d["kl"] == pytest.approx(h["kl"], rel=1e-4)
