@@ -10,8 +10,9 @@
 # every later run), then runs DDK from it. --baseline also trains plain KD (natural mixture) from the same warm
 # student for the same steps and puts its final ratios next to DDK's in the report (about 4 more minutes).
 #
-# Sizes are chosen for about 8 minutes on 2 quiet CPU cores from a warm cache (corpus, teacher and store built; 12
-# with --baseline; estimated, see README.md); an empty cache adds the downloads and the vLLM dump (about 5 minutes). Every size is an environment
+# Sizes are chosen for minutes on 2 quiet CPU cores from a warm cache (corpus, teacher and store built): 6 min 25 s
+# measured on 2026-12-01, about 10 with --baseline (README.md); an empty cache adds the downloads and the vLLM dump
+# (about 5 minutes). Every size is an environment
 # variable: DEMO_MAX_MB (corpus MB per domain), DEMO_SEQ_LEN, DEMO_TRAIN_ROWS (per domain), DEMO_HELDOUT_ROWS,
 # DEMO_WARMUP_STEPS (0: no warm-up), DEMO_WARMUP_LR, DEMO_STEPS, DEMO_INTERVAL, DEMO_BATCH, DEMO_LAYERS,
 # DEMO_BACKEND (auto|vllm|hf).
