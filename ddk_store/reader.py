@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -19,31 +18,10 @@ from .layout import contiguous_runs
 from .localcache import cached_store
 from .meta import StoreMeta
 from .retry import is_transient, retry_call
+from .rows import RowBatch, StoredRows
 from .encodings import encoding_for
 from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_path, group_schema
 from .storage import normalize_url, open_zarr_store
-
-
-@dataclass(frozen=True)
-class RowBatch:
-    """Decoded rows. n rows, T = seq_len, P = T - 1 positions, K = top_k."""
-
-    tokens: np.ndarray  #: int32 [n, T]
-    topk_ids: np.ndarray  #: int32 [n, P, K]
-    topk_logprobs: np.ndarray  #: float32 [n, P, K], nats; -inf in absent slots (encodings with an exact tail)
-    target_logprobs: np.ndarray  #: float32 [n, P], teacher log-prob of tokens[:, 1:]
-    #: float32 [n, P]: log of the exact mass outside the entries (None: it is 1 - sum(exp(topk_logprobs)))
-    topk_log_tail: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class StoredRows:
-    """Rows as stored, checked but not decoded: n rows, T = seq_len, P = T - 1."""
-
-    tokens: np.ndarray  #: int32 [n, T]
-    target_logprobs: np.ndarray  #: float32 [n, P]
-    #: the encoding's top-k arrays by name, with their stored dtypes and shapes (store-format.md, its encoding)
-    topk: dict[str, np.ndarray]
 
 
 #: What zarr raises for metadata it cannot turn into a node (wrong node type, unknown codec, bad field).
