@@ -125,13 +125,6 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
     return out
 
 
-def reader_slots(reader) -> int:
-    """Entries per position of the store's decoded records: top_k, or fewer (topk-sampled: min(N, top_k))."""
-    from ddk_store.encodings import encoding_for
-
-    return encoding_for(reader.meta).slots(reader.top_k)
-
-
 def reader_has_tail(reader) -> bool:
     """Whether the store's encoding carries the exact tail (format 1.1 ``topk_tail``); stage 2 then uses it."""
     from ddk_store.encodings import get_encoding
