@@ -147,7 +147,7 @@ def dir_bytes(path: str) -> int:
 
 
 def bench_encoding(encoding: str, data: dict[str, np.ndarray], tmp: str, repeat: int, threads: int,
-                   read_batches: int = 64) -> dict:
+                   read_batches: int = 256) -> dict:
     from stage2_student.data import read_batch
     from stage2_student.device_decode import decodes_on_device
 
@@ -192,7 +192,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=8, help="tile the rows to this many copies for throughput")
     ap.add_argument("--threads", type=int, default=2, help="units written / batches read at once")
     ap.add_argument("--encodings", default=",".join(spec.ENCODINGS), help="comma-separated subset of the encodings")
-    ap.add_argument("--read-batches", type=int, default=64, help="random 8-row batches read per encoding")
+    ap.add_argument("--read-batches", type=int, default=256, help="random 8-row batches read per encoding")
     args = ap.parse_args()
     tune_allocator()  # as every ddk command does (ddk_store/allocator.py)
     data, label = teacher_data(args.rows_per_domain)

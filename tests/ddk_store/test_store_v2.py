@@ -178,3 +178,33 @@ def test_tail_store_holds_only_spec_codecs_numeric_dtypes_and_no_pickle(tmp_path
             assert "/c/" in path.relative_to(url).as_posix()
             assert path.read_bytes()[:2] not in {b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"}
     assert arrays == 3 * 2 * 6  # domains x splits x (5 data arrays + units)
+
+
+def formula_decode(codes: np.ndarray, log_tail: np.ndarray, scale: int) -> np.ndarray:
+    """float64 log-probs from store-format.md: -v/scale for kept codes (v <= 253), -inf for absent ones (254), then
+    every kept entry shifted by log(1 - exp(tail)) - log(sum of the kept probabilities)."""
+    lp = np.where(codes <= 253, -codes.astype(np.float64) / scale, -np.inf)
+    kept = np.exp(lp).sum(-1)
+    return lp + (np.log(-np.expm1(log_tail.astype(np.float64))) - np.log(kept))[..., None]
+
+
+@pytest.mark.parametrize("k, contiguous", [(8, True), (7, True), (8, False)])
+def test_decode_matches_the_formula(k, contiguous):
+    """The default encoding's decode against the format's formula in float64, on even and odd K and on codes that
+    are not contiguous (a view, as a picked or sliced read can hand over)."""
+    rng = np.random.default_rng(k)
+    codes = rng.integers(0, 254, size=(3, 5, k)).astype(np.uint8)
+    kept = rng.integers(1, k + 1, size=(3, 5))
+    codes[np.arange(k) >= kept[..., None]] = 254  # absent slots come last
+    tail = np.log(rng.uniform(1e-4, 0.5, size=(3, 5))).astype(np.float16)
+    deltas = np.ones((3, 5, k), dtype=np.uint16)
+    if not contiguous:
+        codes = np.repeat(codes, 2, axis=-1)[..., ::2]
+        assert not codes.flags.c_contiguous
+    enc = get_encoding(spec.ENC_IDSORT_Q8_TAIL)
+    dec = enc.decode({spec.ARR_TOPK_IDS: deltas, spec.ARR_TOPK_LOGPROBS: codes, spec.ARR_TOPK_TAIL: tail}, scale=32)
+    want = formula_decode(codes, tail, 32)
+    assert dec.logprobs.dtype == np.float32 and dec.logprobs.shape == codes.shape
+    np.testing.assert_array_equal(np.isneginf(dec.logprobs), np.isneginf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(dec.logprobs[finite], want[finite], rtol=0, atol=2e-6)
