@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -101,7 +102,7 @@ def prepare(args) -> tuple[Path, dict[str, Path], Path]:
     cache = cache_dir()
     corpora = path_of([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", args.max_mb])
     teacher = path_of([BIN / "ddk-teacher", "builtin-teacher"])
-    student = cache / "student" / f"smollm2-{args.layers}l"
+    student = cache / "student" / f"smollm2-{student_label(args.layers)}"
     if not (student / "config.json").is_file():
         sh([BIN / "ddk-student", "init", "--teacher", teacher, "--layers", args.layers, "--out", student])
     tag = f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
@@ -120,6 +121,15 @@ def prepare(args) -> tuple[Path, dict[str, Path], Path]:
             "--store", stores[enc], "--seq-len", args.seq_len, "--top-k", 64, "--heldout-seqs", args.heldout,
             "--max-rows-per-domain", args.train_rows, "--backend", args.backend, *extra])
     return teacher, stores, student
+
+
+def student_label(layers: str) -> str:
+    """The cache folder name of the layer-subset student: "6l" for a count, "l0-9_16-29" for indices or ranges."""
+    text = layers.strip()
+    if not re.fullmatch(r"\d+([-,\s]+\d+)*", text):
+        raise argparse.ArgumentTypeError(f"--layers {layers!r}: a count like 6, indices like 0,6,29 or ranges like "
+                                         f"0-9,16-29")
+    return f"{text}l" if text.isdigit() else "l" + re.sub(r"[,\s]+", "_", text)
 
 
 def parse_domain_rows(text: str) -> dict[str, int]:
@@ -323,7 +333,8 @@ def main() -> None:
     p.add_argument("--max-mb", type=float, default=2.0, help="corpus MB per domain")
     p.add_argument("--samples", type=int, default=spec.DEFAULT_SAMPLES,
                    help=f"N, draws per position of the {spec.ENC_SAMPLED} store (arm kd@{spec.ENC_SAMPLED})")
-    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--layers", default="6",
+                   help="the student's teacher layers (ddk-student init --layers): a count, indices or ranges")
     p.add_argument("--backend", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=2, help="training runs at a time")

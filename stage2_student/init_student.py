@@ -46,14 +46,18 @@ def evenly_spaced_layers(num_teacher_layers: int, num_student_layers: int) -> li
 
 
 def resolve_layers(num_teacher_layers: int, layers: int | list[int] | tuple[int, ...] | str) -> list[int]:
-    """Validate ``layers`` (a count, a list of indices, or a string "6" / "0,5,29") into sorted teacher indices."""
+    """Validate ``layers`` (a count, a list of indices, or a string "6" / "0,5,29" / "0-9,16-29", ranges inclusive)
+    into sorted teacher indices."""
     if isinstance(layers, str):
         text = layers.strip()
-        try:
-            parts = [int(p) for p in re.split(r"[,\s]+", text) if p]
-        except ValueError:
-            raise ConfigError(f"layers={layers!r}: expected a count like 6 or indices like 0,6,12,29") from None
-        layers = parts[0] if len(parts) == 1 and "," not in text else parts
+        parts: list[int] = []
+        for part in (p for p in re.split(r"[,\s]+", text) if p):
+            m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+            if not m or (m[2] is not None and int(m[2]) < int(m[1])):
+                raise ConfigError(f"layers={layers!r}: expected a count like 6, indices like 0,6,12,29 or ranges "
+                                  f"like 0-9,16-29 (first <= last); {part!r} is none of these")
+            parts += range(int(m[1]), int(m[2] if m[2] is not None else m[1]) + 1)
+        layers = parts[0] if len(parts) == 1 and not re.search(r"[,-]", text) else parts
     if isinstance(layers, int) and not isinstance(layers, bool):
         return evenly_spaced_layers(num_teacher_layers, layers)
     if not isinstance(layers, (list, tuple)) or not layers:

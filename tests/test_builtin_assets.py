@@ -75,6 +75,8 @@ def test_evenly_spaced_layers_keep_first_and_last():
     assert evenly_spaced_layers(5, 1) == [0]
     assert resolve_layers(30, "0, 10,29") == [0, 10, 29]
     assert resolve_layers(30, "6") == evenly_spaced_layers(30, 6)
+    assert resolve_layers(30, "0-2,27-29") == [0, 1, 2, 27, 28, 29]
+    assert resolve_layers(30, "5-5") == [5]  # a range of one layer is an index, not a count
 
 
 @pytest.mark.parametrize(
@@ -89,6 +91,8 @@ def test_evenly_spaced_layers_keep_first_and_last():
         ([], "non-empty"),
         (True, "expected a count"),
         ("a,b", "0,6,12,29"),
+        ("3-1", "first <= last"),
+        ("0-9", "0..3"),
     ],
 )
 def test_bad_layer_choices_are_refused_with_a_clear_message(layers, fragment):
