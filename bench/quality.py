@@ -162,7 +162,7 @@ def natural_corpora(corpora: Path, rows: dict[str, int], out: Path) -> Path:
 def train_cmd(args, store: Path, student: Path, out: Path, steps: int, seed: int, extra: list[str]) -> list:
     return [BIN / "ddk-student", "train", "--store", store, "--student", student, "--out", out, "--steps", steps,
             "--interval", args.interval, "--batch-size", args.batch_size, "--lr", args.lr, "--seed", seed,
-            "--device", args.device, "--overwrite", *extra]
+            "--device", args.device, "--keep-checkpoints", 1, "--overwrite", *extra]  # one: ~1 GB each at 24 layers
 
 
 def run_all(args, stores: dict[str, Path], student: Path) -> None:
