@@ -24,9 +24,11 @@ Classes are matched by name, so this module imports neither botocore nor aiohttp
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -221,10 +223,38 @@ def retry_call(fn: Callable[[], T], *, what: str, url: str, budget_s: float | No
             sleep(delay)
 
 
+class _OrphanedTransientFilter(logging.Filter):
+    """Drop asyncio's "exception was never retrieved" report when the exception is a transient connection failure.
+
+    When the object store goes away mid-request, aiohttp's own background task that streams a request body
+    (``ClientRequest.write_bytes``) can die with ``ClientConnectionResetError`` after the request it served has
+    already failed; nothing awaits that task, so asyncio logs its traceback when it is collected. The failure itself
+    reaches :func:`retry_call` through the request, which reports it on one line; the orphan's traceback is noise
+    that buries that line. Any other unretrieved exception is still logged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        orphaned = "exception was never retrieved" in str(record.msg)
+        return not (orphaned and exc is not None and is_transient(exc))
+
+
+_ORPHAN_FILTER = _OrphanedTransientFilter()
+_ORPHAN_LOCK = threading.Lock()
+
+
+def quiet_orphaned_transient_errors() -> None:
+    """Install :class:`_OrphanedTransientFilter` on the ``asyncio`` logger (idempotent; object-store opens call it)."""
+    with _ORPHAN_LOCK:
+        log = logging.getLogger("asyncio")
+        if _ORPHAN_FILTER not in log.filters:
+            log.addFilter(_ORPHAN_FILTER)
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 __all__ = ["StoreUnreachableError", "StoreNoSpaceError", "StoreAccessError", "retry_call", "retry_budget_s",
-           "is_transient", "is_no_space", "is_access_denied", "is_missing_credentials", "CREDENTIALS_HINT",
+           "is_transient", "quiet_orphaned_transient_errors", "is_no_space", "is_access_denied", "is_missing_credentials", "CREDENTIALS_HINT",
            "RETRY_SECONDS_ENV", "DEFAULT_RETRY_SECONDS"]

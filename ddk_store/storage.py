@@ -14,6 +14,7 @@ from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from .errors import ConfigError, MissingDependencyError
+from .retry import quiet_orphaned_transient_errors
 
 # memory:// stores live for the life of the process, shared by every open of the same name (tests, notebooks).
 _MEMORY: dict[str, dict[str, Any]] = {}
@@ -128,6 +129,7 @@ def open_zarr_store(url: str, *, read_only: bool, storage_options: Mapping[str, 
         import s3fs  # noqa: F401
     except ImportError:
         raise MissingDependencyError("s3:// stores need s3fs: pip install 'ddk[s3]'") from None
+    quiet_orphaned_transient_errors()
     return FsspecStore.from_url(url, storage_options=s3_storage_options(storage_options), read_only=read_only)
 
 

@@ -271,3 +271,40 @@ def test_retry_policy_retries_connection_and_server_errors_only(server, monkeypa
     monkeypatch.setenv("DDK_RETRY_SECONDS", "soon")
     with pytest.raises(ValueError, match="DDK_RETRY_SECONDS='soon' is not a number"):
         retry_call(down, what="w", url="s3://ddk/x", sleep=sleep)
+
+
+def test_an_orphaned_connection_failure_logs_no_traceback_other_orphans_still_do(caplog):
+    """aiohttp's body-writing task can die with a connection reset after its request already failed (the retry line
+    reports that failure); nothing awaits it, so asyncio would print its traceback. Opening an object store installs
+    the filter that drops exactly those reports; an orphaned exception of any other kind is still logged."""
+    import asyncio
+    import gc
+    import logging
+
+    from aiohttp.client_exceptions import ClientConnectionResetError
+
+    from ddk_store.storage import open_zarr_store
+
+    open_zarr_store("s3://ddk/never/opened", read_only=True, storage_options={"endpoint_url": "http://127.0.0.1:9"})
+
+    async def fail(exc: BaseException) -> None:
+        raise exc
+
+    def orphan(exc: BaseException) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(fail(exc))
+            loop.run_until_complete(asyncio.sleep(0.01))
+            assert task.done()
+        finally:
+            loop.close()
+        del task
+        gc.collect()
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        orphan(ClientConnectionResetError("Cannot write to closing transport"))
+        assert [r for r in caplog.records if r.name == "asyncio"] == []
+        orphan(ValueError("a bug, not an outage"))
+        logged = [r for r in caplog.records if r.name == "asyncio"]
+        assert len(logged) == 1 and "never retrieved" in logged[0].getMessage(), logged
+        assert isinstance(logged[0].exc_info[1], ValueError)
