@@ -13,7 +13,8 @@ written through StoreWriter and read back through StoreReader:
   units at once (numpy sorting and Blosc release the GIL);
 - read: random batches of 8 rows decoded as stage 2 reads them (``stage2_student.data.read_batch``), ``--threads``
   batches at once; for the default encoding also the host side of ``read_batch(decode="device")`` (stage 2 on a GPU:
-  the stored arrays, decoded there), interleaved with the host decode;
+  the stored arrays, decoded there) and the host decode in NumPy (``DDK_KERNELS=0``, without the compiled kernel),
+  interleaved with the host decode;
 - KL: KL(decoded || exact), per position over the top-64 entries plus one tail bucket (entries an encoding drops
   have decoded probability 0, their mass is in its tail), mean over positions;
 - tail error: |decoded tail - the teacher's exact mass outside the decoded entries|, max over positions.
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from ddk_store import StoreWriter, open_store, spec
+from ddk_store import StoreWriter, kernels, open_store, spec
 from ddk_store.allocator import tune_allocator
 from ddk_store.encodings import get_encoding
 from ddk_store.paths import cache_dir
@@ -169,20 +170,27 @@ def bench_encoding(encoding: str, data: dict[str, np.ndarray], tmp: str, repeat:
                for _ in range(read_batches)]
     read_batch(r, ["real"], batches[0])  # open the arrays once
     places = ("host", "device") if decodes_on_device(meta) else ("host",)
+    if encoding == spec.ENC_IDSORT_Q8_TAIL and kernels.available():
+        places += ("numpy",)  # the host decode without the compiled kernel (DDK_KERNELS=0), for comparison
     timed: dict[str, list[tuple[float, float]]] = {p: [] for p in places}
-    for _ in range(2):  # host decode and device decode (its host side) interleaved, the faster of two rounds each
+    for _ in range(2):  # the read paths interleaved, the faster of two rounds each
         for place in places:
+            os.environ[kernels.KERNELS_ENV] = "0" if place == "numpy" else "1"
             t0, c0 = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(lambda b: read_batch(r, ["real"], b, decode=place), batches))
+                list(pool.map(lambda b: read_batch(r, ["real"], b, decode="host" if place == "numpy" else place),
+                              batches))
             timed[place].append((time.perf_counter() - t0, time.process_time() - c0))
-    (read_s, read_cpu), (dev_s, dev_cpu) = min(timed["host"]), min(timed.get("device", [(float("nan"),) * 2]))
+    os.environ.pop(kernels.KERNELS_ENV)
+    nan = [(float("nan"),) * 2]
+    (read_s, read_cpu), (dev_s, dev_cpu) = min(timed["host"]), min(timed.get("device", nan))
+    np_s, np_cpu = min(timed.get("numpy", nan))
     dec = r.read_rows("real", "train", np.arange(n))
     floor = {spec.ENC_IDSORT_Q8: -spec.Q8_MAX / meta.logprob_scale, spec.ENC_RANK_F16: -np.inf}.get(encoding, -np.inf)
     group = f"{url}/real/train"
     per_array = {name: dir_bytes(f"{group}/{name}") for name in sorted(os.listdir(group)) if name != "zarr.json"}
     return dict(bytes=dir_bytes(group), write_s=write_s, read_s=read_s, read_tokens=len(batches) * 8 * (SEQ - 1),
-                write_cpu=write_cpu, read_cpu=read_cpu, dev_s=dev_s, dev_cpu=dev_cpu,
+                write_cpu=write_cpu, read_cpu=read_cpu, dev_s=dev_s, dev_cpu=dev_cpu, np_s=np_s, np_cpu=np_cpu,
                 per_array=per_array, **fidelity(data, dec, floor))
 
 
@@ -210,19 +218,22 @@ def main() -> None:
     print(f"\nload average before the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 'per CPU-s': "
           "tokens per second of this process's CPU time (all threads), what one free core would do")
     print(f"\n{'encoding':<30}{'B/token':>9}{'write Mtok/s':>14}{'per CPU-s':>10}{'read Mtok/s':>13}{'per CPU-s':>10}"
-          f"{'max|dlp|':>10}{'KL nats':>10}{'tail err':>10}{'|m+t-1|':>10}{'kept':>6}{'read, dev. decode':>19}")
+          f"{'max|dlp|':>10}{'KL nats':>10}{'tail err':>10}{'|m+t-1|':>10}{'kept':>6}{'read, dev. decode':>19}"
+          f"{'read, NumPy decode':>20}")
     for enc, r in results.items():
         name = enc + (" *" if enc == spec.DEFAULT_ENCODING else " †" if get_encoding(enc).sampled else "")
         print(f"{name:<30}{r['bytes'] / positions:>9.1f}{positions / r['write_s'] / 1e6:>14.3f}"
               f"{positions / r['write_cpu'] / 1e6:>10.3f}{r['read_tokens'] / r['read_s'] / 1e6:>13.3f}"
               f"{r['read_tokens'] / r['read_cpu'] / 1e6:>10.3f}{r['maxerr']:>10.4f}{r['kl']:>10.2e}"
               f"{r['tail_err']:>10.1e}{r['mass_err']:>10.1e}{r['kept']:>6.1f}"
-              f"{r['read_tokens'] / r['dev_s'] / 1e6:>10.3f} ({r['read_tokens'] / r['dev_cpu'] / 1e6:.3f})")
+              f"{r['read_tokens'] / r['dev_s'] / 1e6:>10.3f} ({r['read_tokens'] / r['dev_cpu'] / 1e6:.3f})"
+              f"{r['read_tokens'] / r['np_s'] / 1e6:>11.3f} ({r['read_tokens'] / r['np_cpu'] / 1e6:.3f})")
     print(f"(* default; † sampled, N={spec.DEFAULT_SAMPLES}: decoded probabilities are draw frequencies count/N, an "
           "unbiased estimate of the teacher's; max|dlp|, KL and tail err are of one draw (sampling noise, not "
           "quantization); kept = distinct sampled ids; read, dev. decode: Mtok/s (per CPU-s) of the host side of "
           "read_batch(decode='device'), the stored arrays ready to copy to a GPU that decodes them; nan: the "
-          "encoding decodes on the host)")
+          "encoding decodes on the host; read, NumPy decode: the host read with the compiled decode off "
+          f"({kernels.KERNELS_ENV}=0); the read column uses it where built: {kernels.available()})")
     print("\nwhere the bytes go (B/token; every row is a whole store):")
     for enc, r in results.items():
         print(f"  {enc:<22}" + "  ".join(f"{k} {b / positions:.2f}" for k, b in r["per_array"].items()))

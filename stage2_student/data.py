@@ -102,7 +102,7 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
     dom = torch.from_numpy(pairs[:, 0].copy())
     if decode == "device" and device_decode.decodes_on_device(reader.meta):
         def read(d, rows):
-            r = reader.read_stored_rows(d, split, rows)
+            r = reader.read_stored_rows(d, split, rows, targets=False)
             return {"tokens": r.tokens, **r.topk}
 
         a = _gather(read, domains, pairs)
@@ -113,7 +113,7 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
         tail = reader_has_tail(reader)
 
         def read(d, rows):
-            r = reader.read_rows(d, split, rows)
+            r = reader.read_rows(d, split, rows, targets=False)
             return {"tokens": r.tokens, "ids": r.topk_ids, "lps": r.topk_logprobs,
                     **({"tail": r.topk_log_tail.astype(np.float32, copy=False)} if tail else {})}
 

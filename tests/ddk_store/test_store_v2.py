@@ -188,16 +188,29 @@ def formula_decode(codes: np.ndarray, log_tail: np.ndarray, scale: int) -> np.nd
     return lp + (np.log(-np.expm1(log_tail.astype(np.float64))) - np.log(kept))[..., None]
 
 
-@pytest.mark.parametrize("k, contiguous", [(8, True), (7, True), (8, False)])
-def test_decode_matches_the_formula(k, contiguous):
-    """The default encoding's decode against the format's formula in float64, on even and odd K and on codes that
-    are not contiguous (a view, as a picked or sliced read can hand over)."""
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+@pytest.mark.parametrize("k, contiguous, id_dtype", [(8, True, np.uint16), (7, True, np.uint16), (8, False, np.uint16),
+                                                     (64, True, np.uint32)])
+def test_decode_matches_the_formula(k, contiguous, id_dtype, path, monkeypatch):
+    """The default encoding's decode, compiled (kernels.py) and NumPy, against the format's formula in float64: even
+    and odd K, codes that are not contiguous (a view, as a picked or sliced read can hand over), 16- and 32-bit ids,
+    a zero tail (log-tail -inf) and a position whose only kept entry holds all the mass."""
+    from ddk_store import kernels
+
+    if path == "numpy":
+        monkeypatch.setenv(kernels.KERNELS_ENV, "0")
+    else:  # the project's install builds the kernels (pyproject ext-modules); a build without them is a failure here
+        assert kernels.available(), "ddk_store/_kernels*.so is not built: pip install -e . with a C compiler"
     rng = np.random.default_rng(k)
     codes = rng.integers(0, 254, size=(3, 5, k)).astype(np.uint8)
     kept = rng.integers(1, k + 1, size=(3, 5))
     codes[np.arange(k) >= kept[..., None]] = 254  # absent slots come last
     tail = np.log(rng.uniform(1e-4, 0.5, size=(3, 5))).astype(np.float16)
-    deltas = np.ones((3, 5, k), dtype=np.uint16)
+    tail[0, 0] = -np.inf  # the top-k holds all the mass
+    codes[1, 1] = 254
+    codes[1, 1, 0] = 3  # one kept entry
+    deltas = rng.integers(1, 300 if id_dtype is np.uint16 else 70_000, size=(3, 5, k)).astype(id_dtype)
+    deltas[np.arange(k) >= kept[..., None]] = 0  # absent slots repeat the last id
     if not contiguous:
         codes = np.repeat(codes, 2, axis=-1)[..., ::2]
         assert not codes.flags.c_contiguous
@@ -208,3 +221,30 @@ def test_decode_matches_the_formula(k, contiguous):
     np.testing.assert_array_equal(np.isneginf(dec.logprobs), np.isneginf(want))
     finite = np.isfinite(want)
     np.testing.assert_allclose(dec.logprobs[finite], want[finite], rtol=0, atol=2e-6)
+    assert dec.ids.dtype == np.int32
+    np.testing.assert_array_equal(dec.ids, np.cumsum(deltas.astype(np.int64), axis=-1))
+    np.testing.assert_array_equal(dec.log_tail, tail.astype(np.float32))
+
+
+def test_training_reads_leave_the_targets_unread(tmp_path):
+    """``targets=False`` (what stage 2's batch reads pass) returns the same tokens and top-k without reading
+    ``target_logprobs``: with that array's chunks deleted, such reads still succeed and the full read names the loss."""
+    import shutil
+
+    from ddk_store.errors import StoreCorruptError
+
+    url = str(tmp_path / "s")
+    make_tiny_store(url, train_rows=8, heldout_rows=2)
+    rows = np.array([5, 1, 1, 6])
+    full = open_store(url).read_rows("alpha", "train", rows)
+    shutil.rmtree(tmp_path / "s" / "alpha" / "train" / spec.ARR_TARGET_LOGPROBS / "c")
+    reader = open_store(url)
+    part = reader.read_rows("alpha", "train", rows, targets=False)
+    assert part.target_logprobs is None
+    for name in ("tokens", "topk_ids", "topk_logprobs", "topk_log_tail"):
+        np.testing.assert_array_equal(getattr(part, name), getattr(full, name), err_msg=name)
+    stored = reader.read_stored_rows("alpha", "train", rows, targets=False)
+    assert stored.target_logprobs is None
+    assert set(stored.topk) == {a.name for a in get_encoding(spec.DEFAULT_ENCODING).arrays(64)}
+    with pytest.raises(StoreCorruptError, match=spec.ARR_TARGET_LOGPROBS):
+        reader.read_rows("alpha", "train", rows)
