@@ -173,12 +173,14 @@ def test_real_entry_point_prints_one_line_and_no_traceback(inputs, tmp_path):
     domain, row = row_at(0)
     store = tmp_path / "store"
     shutil.copytree(pristine, store)
-    flip_byte(chunk_file(store, domain, "train", "target_logprobs", row))
+    # (Training reads tokens and the top-k arrays; the train split's target_logprobs is never read by it, so damage
+    # there is for `ddk-store verify` to find.)
+    flip_byte(chunk_file(store, domain, "train", "topk_ids", row))
     argv = train_argv(str(store), student, tmp_path / "out", **FLAGS)
     proc = subprocess.run([sys.executable, "-m", "stage2_student.cli", *argv], cwd=REPO, env=child_env(),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert_one_clear_error(proc.stderr, store, f"{domain}/train/target_logprobs rows {row}-{row}")
+    assert_one_clear_error(proc.stderr, store, f"{domain}/train/topk_ids rows {row}-{row}")
     assert steps_taken(tmp_path / "out") == 0
 
 
