@@ -49,7 +49,7 @@ def available() -> bool:
 def decode_q8_tail(deltas: np.ndarray, codes: np.ndarray, log_tail: np.ndarray, lut: np.ndarray,
                    plut: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """int32 ids and float32 rescaled log-probs (both shaped as ``codes``) of the default encoding, or None when the
-    kernels are not available (the caller then decodes with NumPy).
+    kernels are not available or the ids are not native uint16/uint32 (the caller then decodes with NumPy).
 
     Args:
         deltas: (..., K) uint16 or uint32 id deltas; codes: (..., K) uint8; log_tail: (...) float (log tail mass);
@@ -61,12 +61,10 @@ def decode_q8_tail(deltas: np.ndarray, codes: np.ndarray, log_tail: np.ndarray, 
     if deltas.shape != codes.shape or log_tail.shape != codes.shape[:-1] or codes.ndim < 1:
         raise ValueError(f"top-k arrays disagree in shape: ids {deltas.shape}, log-probs {codes.shape}, "
                          f"tail {log_tail.shape}")
-    if deltas.dtype == np.uint16:
-        fn = lib.ddk_decode_q8_tail_u16
-    elif deltas.dtype == np.uint32:
-        fn = lib.ddk_decode_q8_tail_u32
-    else:
-        raise ValueError(f"id deltas must be uint16 or uint32, got {deltas.dtype}")
+    fn = {np.dtype(np.uint16): lib.ddk_decode_q8_tail_u16, np.dtype(np.uint32): lib.ddk_decode_q8_tail_u32
+          }.get(deltas.dtype)  # native byte order only (the stored '<u2'/'<u4' on a little-endian host)
+    if fn is None:
+        return None
     d = np.ascontiguousarray(deltas)
     c = np.ascontiguousarray(codes, dtype=np.uint8)
     t = np.ascontiguousarray(log_tail, dtype=np.float32)
