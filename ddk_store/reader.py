@@ -191,21 +191,19 @@ class StoreReader:
         return nll
 
     # ------------------------------------------------------------- reading
-    def read_stored(self, domain: str, split: str, rows: np.ndarray, names: Sequence[str] | None = None
-                    ) -> dict[str, np.ndarray]:
-        """Raw stored (encoded) arrays for sorted unique ``rows``: one concurrent fetch for all the data arrays (or
-        for ``names``, a subset of them).
+    def read_stored(self, domain: str, split: str, rows: np.ndarray, without: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """Raw stored (encoded) arrays for sorted unique ``rows``: one concurrent fetch for every data array but
+        those named in ``without``.
 
         Transient object-store failures are retried (retry.py); a chunk that fails its crc32c is located and named.
         """
         arrays = self.arrays(domain, split)
         every = data_arrays(self.meta.encoding)
-        names = every if names is None else [n for n in every if n in names]
+        names = [n for n in every if n not in without]
         if (domain, split) not in self._chunk_codecs:  # chunkio's path, unless an array needs zarr's own
             cs = {name: chunkio.chunk_codec(arrays[name]) for name in every}
             self._chunk_codecs[(domain, split)] = None if None in cs.values() else cs
-        codecs = self._chunk_codecs[(domain, split)]
-        if codecs is not None:
+        if (codecs := self._chunk_codecs[(domain, split)]) is not None:
             return self._read_direct(domain, split, rows, {name: codecs[name] for name in names})
         runs = contiguous_runs(rows)
 
@@ -282,8 +280,7 @@ class StoreReader:
         if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
             raise IndexError(f"{group_path(domain, split)}: rows must be in [0, {n_rows}), got {rows.min()}..{rows.max()}")
         uniq, inverse = np.unique(rows, return_inverse=True)
-        skip = () if targets else (spec.ARR_TARGET_LOGPROBS,)
-        st = self.read_stored(domain, split, uniq, [n for n in data_arrays(self.meta.encoding) if n not in skip])
+        st = self.read_stored(domain, split, uniq, () if targets else (spec.ARR_TARGET_LOGPROBS,))
         v = self.meta.tokenizer.vocab_size
         # A missing chunk decodes to fill values, all of them invalid (store-format.md section 6): find them by row.
         bad_rows = {}
@@ -291,7 +288,7 @@ class StoreReader:
             bad_rows[spec.ARR_TOKENS] = (st[spec.ARR_TOKENS] >= v).reshape(len(uniq), -1).any(axis=1)
             bad_rows.update(encoding_for(self.meta).missing(st, v))
             if targets:
-                bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(axis=1)
+                bad_rows[spec.ARR_TARGET_LOGPROBS] = np.isnan(st[spec.ARR_TARGET_LOGPROBS]).reshape(len(uniq), -1).any(1)
         bad = [name for name, mask in bad_rows.items() if mask.any()]
         if bad:
             row = int(uniq[np.flatnonzero(bad_rows[bad[0]])[0]])
@@ -312,8 +309,7 @@ class StoreReader:
         """
         if order not in ("stored", "rank"):
             raise ValueError(f"order must be 'stored' or 'rank', got {order!r}")
-        # In the requested order before decoding: fewer bytes to move.
-        r = self.read_stored_rows(domain, split, rows, targets=targets)
+        r = self.read_stored_rows(domain, split, rows, targets=targets)  # in the requested order: fewer bytes to move
         topk = encoding_for(self.meta).decode(r.topk, scale=self.meta.logprob_scale)
         if order == "rank":
             topk = codec.sort_by_rank(topk)
@@ -324,8 +320,7 @@ class StoreReader:
                          targets: bool = True) -> StoredRows:
         """Rows (any order, repeats allowed) checked as :meth:`read_rows` checks them, with the top-k arrays left as
         stored, for a decoder elsewhere (``stage2_student.device_decode`` decodes the default encoding on the
-        training device: a quarter of the host-to-device bytes and no decode on the host). ``targets`` as in
-        :meth:`read_rows`."""
+        training device: a quarter of the host-to-device bytes and no decode on the host); ``targets`` as there."""
         st, pick = self._read_checked(domain, split, rows, targets=targets)
         enc = encoding_for(self.meta)
         return StoredRows(tokens=pick(st[spec.ARR_TOKENS].astype(np.int32)),
