@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -69,10 +70,24 @@ def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
         time.sleep(0.05)
 
 
-def outage(server: SeaweedS3, seconds: float) -> float:
-    """Stop the server, keep it down ``seconds``, start it again; returns how long S3 was unreachable."""
+def stop_under(server: SeaweedS3, proc=None) -> None:
+    """Stop the server with the client ``proc`` paused meanwhile: SeaweedFS drains for a moment after SIGTERM and
+    still answers, and on a fast machine a small dump could finish in that moment, before any outage it was meant to
+    meet. The client resumes against a server that is down."""
+    if proc is not None:
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        server.stop()
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGCONT)
+
+
+def outage(server: SeaweedS3, seconds: float, proc=None) -> float:
+    """Stop the server (``proc`` paused while it goes down), keep it down ``seconds``, start it again; returns how
+    long S3 was unreachable."""
     t0 = time.monotonic()
-    server.stop()
+    stop_under(server, proc)
     time.sleep(seconds)
     server.start()
     return time.monotonic() - t0
@@ -83,7 +98,7 @@ def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs
     argv = s3_dump_argv(server, teacher, corpora, "a/store")
     with reaped(spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))) as proc:
         wait_for(lambda: server.count("a/store", "/units/c/") >= 3, 180, "three units written", proc)
-        down = outage(server, OUTAGE_S)
+        down = outage(server, OUTAGE_S, proc)
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     retries = RETRY_LINE.findall(err)
@@ -124,7 +139,7 @@ def test_outage_during_training_reads_is_retried_and_training_completes(server, 
     with reaped(spawn("stage2_student.cli", argv, env=env)) as proc:
         wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
         at = steps_logged(out)
-        down = outage(server, SHORT_OUTAGE_S)
+        down = outage(server, SHORT_OUTAGE_S, proc)
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert at < steps, "training finished before the outage"
@@ -171,7 +186,7 @@ def test_outage_longer_than_the_budget_fails_clearly_then_the_same_command_resum
     proc = spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="1", **NO_CLIENT_RETRIES))
     try:
         wait_for(lambda: server.count("c/store", "/units/c/") >= 3, 180, "three units written", proc)
-        server.stop()
+        stop_under(server, proc)
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=300)
         gave_up_after = time.monotonic() - t0
