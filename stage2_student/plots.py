@@ -53,7 +53,7 @@ def _log_ratio_axis(ax: Any, values: Sequence[float]) -> None:
     ax.set_ylim(lo / 1.25, hi * 1.25)
     # every integer multiple within about a decade (a warm student's ratios, 0.5-3), 1-2-5 ticks up to three
     # decades, powers of ten beyond (an untrained student starts at ratios ~1e5)
-    subs = tuple(range(1, 10)) if hi / lo <= 20 else (1, 2, 5) if hi / lo <= 2000 else (1,)
+    subs = range(1, 10) if hi / lo <= 20 else (1, 2, 5) if hi / lo <= 2000 else (1,)
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=[float(s) for s in subs]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}" if y >= 1 else f"{y:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
