@@ -42,6 +42,19 @@ def assert_parity(a, b, tol=1e-3):
         assert all(abs(lp[i] - kth[pos]) < tol for i in diff), pos
 
 
+def test_the_cpu_engine_starts_with_ddks_defaults_unless_the_user_set_them(vllm_backend):
+    import os
+
+    import torch
+
+    from stage1_teacher.backends.vllm import cpu_engine_env
+    from stage1_teacher.config import CORES
+
+    if not torch.cuda.is_available():
+        for key in cpu_engine_env(CORES):
+            assert os.environ.get(key), key  # set by the backend before LLM(...) when the user had not
+
+
 def test_auto_picks_vllm_and_says_so():
     name, why = resolve_backend("auto")
     assert name == "vllm" and why.startswith("backend: vllm (auto: ") and "installed" in why
