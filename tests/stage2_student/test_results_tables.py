@@ -103,6 +103,12 @@ def test_weights_table_shows_the_capped_weight_and_the_ddk_weight(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ bench/quality.py
+def quality_report_only(*argv: str) -> subprocess.CompletedProcess:
+    """`bench/quality.py --report-only ARGV...`, run as a user would."""
+    return subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--report-only", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
 def test_quality_report_only_over_a_partly_finished_set_of_runs(tmp_path):
     out = tmp_path / "q"
     ddk_seeds(out)
@@ -111,9 +117,8 @@ def test_quality_report_only_over_a_partly_finished_set_of_runs(tmp_path):
     write_run(out / "kd-s0", [1.5, 9.0, 1.2], [[0.5, 1 / 6, 1 / 3]] * 2, mixing="natural")
     write_run(out / "warmup", [3.0, 12.0, 2.0], [[0.5, 1 / 6, 1 / 3]] * 2, mixing="natural")
     results = tmp_path / "docs" / "results-x.md"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--report-only", "--arms",
-                           "ddk-cap,kd,ddk,es", "--seeds", "0,1", "--out", str(out), "--results", str(results)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = quality_report_only("--arms", "ddk-cap,kd,ddk,es", "--seeds", "0,1", "--out", str(out),
+                               "--results", str(results))
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (out / "results_tables.md").read_text()
     # rows in ARMS order, whatever the order of --arms; es has no run and no row
@@ -140,8 +145,24 @@ def test_quality_report_only_over_a_partly_finished_set_of_runs(tmp_path):
 def test_quality_report_only_without_a_finished_run_says_so(tmp_path):
     out = tmp_path / "q"
     cap_run(out, "ddk-s0", finished=False)
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "quality.py"), "--report-only", "--out", str(out),
-                           "--results", str(tmp_path / "r.md")], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    proc = quality_report_only("--out", str(out), "--results", str(tmp_path / "r.md"))
     assert proc.returncode == 1 and "no finished runs under" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_quality_cap_arm_at_another_e_is_labelled_by_its_e(tmp_path):
+    out = tmp_path / "q"
+    cap_run(out, "ddk-cap@2-s0")
+    cap_run(out, "ddk-cap-s0")
+    proc = quality_report_only("--arms", "ddk-cap@2,ddk-cap", "--seeds", "0", "--out", str(out),
+                               "--results", str(tmp_path / "r.md"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "results_tables.md").read_text()
+    assert md.index("| DDK + epoch cap (E = 5, beyond the paper) | 2.000") < \
+        md.index("| DDK + epoch cap (E = 2, beyond the paper) | 2.000")
+
+
+@pytest.mark.parametrize("arm", ["ddk-cap@0", "ddk-cap@2.5", "ddk-cap@"])
+def test_quality_cap_arm_needs_a_positive_integer_e(tmp_path, arm):
+    proc = quality_report_only("--arms", arm, "--out", str(tmp_path / "q"), "--results", str(tmp_path / "r.md"))
+    assert proc.returncode == 2 and f"unknown arm(s) ['{arm}']" in proc.stderr and "ddk-cap@E" in proc.stderr
