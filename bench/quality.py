@@ -118,9 +118,10 @@ def prepare(args) -> tuple[Path, dict[str, Path], Path]:
     if not (student / "config.json").is_file():
         sh([BIN / "ddk-student", "init", "--teacher", teacher, "--layers", args.layers, "--out", student])
     tag = f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
-    if args.domain_rows:  # unequal domain sizes: a copy of the corpora file with per-domain max_rows
-        corpora = natural_corpora(corpora, args.domain_rows, Path(args.out))
-        tag += "-" + "-".join(f"{d}{n}" for d, n in args.domain_rows.items())
+    if args.domain_rows or args.heldout_seed:  # a copy of the corpora file with per-domain keys
+        corpora = corpora_copy(corpora, args.domain_rows, args.heldout_seed, Path(args.out))
+        tag += "".join(f"-{d}{n}" for d, n in args.domain_rows.items())
+        tag += f"-hs{args.heldout_seed}" if args.heldout_seed else ""
     stores = {}
     for enc in dict.fromkeys([spec.DEFAULT_ENCODING, *map(arm_encoding, args.arms)]):  # each store dumped once
         extra = [] if enc == spec.DEFAULT_ENCODING else ["--encoding", enc]
@@ -155,8 +156,9 @@ def parse_domain_rows(text: str) -> dict[str, int]:
     return out
 
 
-def natural_corpora(corpora: Path, rows: dict[str, int], out: Path) -> Path:
-    """The built-in CORPORA.yaml with ``max_rows`` set per domain (absolute paths, so it can live anywhere)."""
+def corpora_copy(corpora: Path, rows: dict[str, int], heldout_seed: int, out: Path) -> Path:
+    """The built-in CORPORA.yaml with ``max_rows`` set per domain in ``rows`` and, when not 0, ``heldout_seed`` set
+    on every domain (absolute paths, so it can live anywhere)."""
     import yaml
 
     doc = yaml.safe_load(corpora.read_text(encoding="utf-8"))
@@ -165,6 +167,8 @@ def natural_corpora(corpora: Path, rows: dict[str, int], out: Path) -> Path:
         sys.exit(f"--domain-rows: unknown domain(s) {sorted(unknown)}; the corpus has {sorted(doc['domains'])}")
     for name, n in rows.items():
         doc["domains"][name]["max_rows"] = n
+    for spec in doc["domains"].values() if heldout_seed else ():
+        spec["heldout_seed"] = heldout_seed
     out.mkdir(parents=True, exist_ok=True)
     path = out / "CORPORA.natural.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
@@ -342,6 +346,9 @@ def main() -> None:
     p.add_argument("--domain-rows", type=parse_domain_rows, default={},
                    help="unequal domain sizes, e.g. scripture=400,python=40 (others keep --train-rows); the "
                         "natural mixture follows them")
+    p.add_argument("--heldout-seed", type=int, default=0,
+                   help="the corpora's heldout_seed: another pseudo-random draw of held-out documents (0 = the "
+                        "default draw), to check a result on documents it was not chosen on")
     p.add_argument("--max-mb", type=float, default=2.0, help="corpus MB per domain")
     p.add_argument("--samples", type=int, default=spec.DEFAULT_SAMPLES,
                    help=f"N, draws per position of the {spec.ENC_SAMPLED} store (arm kd@{spec.ENC_SAMPLED})")

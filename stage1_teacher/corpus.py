@@ -18,8 +18,8 @@ from ddk_store.yamlio import read_yaml
 from .dataset_source import LOCAL_BUILDERS, dataset_dir, read_dataset
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
-_FILE_KEYS = {"paths", "format", "text_field", "max_rows"}
-_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows", "data_files"}
+_FILE_KEYS = {"paths", "format", "text_field", "max_rows", "heldout_seed"}
+_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows", "heldout_seed", "data_files"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class DomainSource:
     dataset_config: str | None = None
     split: str = "train"
     max_rows: int | None = None  # this domain's cap on training rows; None = the command's --max-rows-per-domain
+    heldout_seed: int = 0  # which pseudo-random draw of documents is held out (0: the one of stores before the key)
 
     def spec_dict(self) -> dict[str, Any]:
         """The definition as written (no file contents): part of the store's resume-identity settings."""
@@ -44,6 +45,8 @@ class DomainSource:
              "dataset": self.dataset, "config": self.dataset_config, "split": self.split}
         if self.max_rows is not None:  # only when set, so stores dumped before the key existed still resume
             d["max_rows"] = self.max_rows
+        if self.heldout_seed:  # likewise: seed 0 is the split every store had before the key existed
+            d["heldout_seed"] = self.heldout_seed
         return d
 
     def row_cap(self, default: int) -> int:
@@ -96,20 +99,30 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
     return out
 
 
-def _max_rows(spec: dict, where: str) -> int | None:
-    value = spec.get("max_rows")
+def _int_field(spec: dict, key: str, where: str, *, least: int, meaning: str, default: str) -> int | None:
+    """The optional integer field ``key`` of a domain (None when absent), at least ``least``."""
+    value = spec.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{where}: field 'max_rows' must be a positive integer (training rows kept for this "
-                          f"domain), got {value!r}; remove it to use --max-rows-per-domain")
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        kind = "a positive integer" if least == 1 else f"an integer >= {least}"
+        raise ConfigError(f"{where}: field {key!r} must be {kind} ({meaning}), got {value!r}; remove it {default}")
     return value
 
 
+def _counts(spec: dict, where: str) -> dict[str, Any]:
+    """The DomainSource fields every kind of source may set: ``max_rows`` and ``heldout_seed``."""
+    return {"max_rows": _int_field(spec, "max_rows", where, least=1, meaning="training rows kept for this domain",
+                                   default="to use --max-rows-per-domain"),
+            "heldout_seed": _int_field(spec, "heldout_seed", where, least=0,
+                                       meaning="which pseudo-random draw of documents is held out",
+                                       default="for draw 0") or 0}
+
+
 def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: bool = False) -> DomainSource:
-    max_rows = _max_rows(spec, where)
+    counts = _counts(spec, where)
     if "dataset" in spec:
-        return _parse_dataset(name, spec, base, where, max_rows, missing_ok)
+        return _parse_dataset(name, spec, base, where, counts, missing_ok)
     unknown = set(spec) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
@@ -124,10 +137,10 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: boo
     if fmt in ("lines", "files") and text_field is not None:
         raise ConfigError(f"{where}: 'text_field' only applies to jsonl/parquet, not format {fmt}")
     return DomainSource(name=name, format=fmt, files=match_files(patterns, base, where, "paths", missing_ok), patterns=patterns,
-                        text_field=text_field, max_rows=max_rows)
+                        text_field=text_field, **counts)
 
 
-def _parse_dataset(name: str, spec: dict, base: Path, where: str, max_rows: int | None,
+def _parse_dataset(name: str, spec: dict, base: Path, where: str, counts: dict[str, Any],
                    missing_ok: bool = False) -> DomainSource:
     unknown = set(spec) - _DATASET_KEYS
     if unknown:
@@ -148,7 +161,7 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, max_rows: int 
     return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
                         patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
                         split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
-                        max_rows=max_rows)
+                        **counts)
 
 
 def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:

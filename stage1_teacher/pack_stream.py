@@ -96,7 +96,7 @@ def numbered(src: DomainSource, *, on_bad_utf8: str, stats: ReadStats | None = N
                                                                    hashes=hashes)):
         index = seen.get(label, 0)
         seen[label] = index + 1
-        yield ordinal, doc_key(src.name, label, index), text
+        yield ordinal, doc_key(src.name, label, index, src.heldout_seed), text
 
 
 def ordered(src: DomainSource, *, on_bad_utf8: str) -> Iterator[tuple[int, str]]:

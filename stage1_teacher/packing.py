@@ -57,14 +57,17 @@ class SplitDomain:
     n_tokens: int
 
 
-def doc_key(domain: str, source: str, index: int) -> int:
-    """A document's place in the held-out order: the first 8 bytes of sha256(domain NUL source NUL index).
+def doc_key(domain: str, source: str, index: int, seed: int = 0) -> int:
+    """A document's place in the held-out order: the first 8 bytes of sha256(domain NUL source NUL index), with
+    NUL seed appended when ``seed`` is not 0.
 
     ``source`` is the document's file relative to its domain's files (or the dataset reference) and ``index`` its
     0-based ordinal among that source's documents, so the split depends on neither where the corpus lives nor on
-    the order or number of workers.
+    the order or number of workers. ``seed`` (a domain's ``heldout_seed``) picks another pseudo-random order, so
+    another held-out sample; seed 0 keys documents as every store before the seed existed did.
     """
-    return int.from_bytes(hashlib.sha256(f"{domain}\0{source}\0{index}".encode()).digest()[:8], "big")
+    text = f"{domain}\0{source}\0{index}" + (f"\0{seed}" if seed else "")
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
 
 
 def batched(items: Iterable[str], size: int, max_chars: int = 0) -> Iterator[list[str]]:

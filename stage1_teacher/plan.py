@@ -75,7 +75,7 @@ def keyed_documents(src: DomainSource, coder: DocTokenizer, *, on_bad_utf8: str,
         label = labels.popleft()
         index = counts.get(label, 0)
         counts[label] = index + 1
-        yield doc_key(src.name, label, index), ids
+        yield doc_key(src.name, label, index, src.heldout_seed), ids
 
 
 def plan_domain(src: DomainSource, coder: DocTokenizer, *, seq_len: int, heldout_seqs: int,

@@ -125,6 +125,12 @@ def test_resumed_store_with_different_settings(tiny_teacher, corpora_yaml, tmp_p
     other = write_corpus(tmp_path / "corpus2", n_docs=121)
     expect_error(dump_argv(tiny_teacher, other, store, "--max-rows-per-domain", "20"), "different settings",
                  "--corpora (source files or their contents)")
+    # So is another held-out draw of the same files.
+    shutil.copytree(corpora_yaml.parent, tmp_path / "corpus3")
+    seeded = tmp_path / "corpus3" / "corpora.yaml"
+    seeded.write_text(corpora_yaml.read_text().replace("}", ", heldout_seed: 1}"), encoding="utf-8")
+    expect_error(dump_argv(tiny_teacher, seeded, store, "--max-rows-per-domain", "20"), "different settings",
+                 "--corpora")
 
 
 def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, tmp_path, monkeypatch):

@@ -145,3 +145,16 @@ def test_per_domain_max_rows_is_parsed_validated_and_part_of_the_identity(tmp_pa
     for bad in ("0", "-3", "lots", "true", "2.5"):
         with pytest.raises(ConfigError, match=r"domain 'a'.*'max_rows' must be a positive integer"):
             load_corpora(write_yaml(tmp_path, f"domains:\n  a: {{paths: [a.txt], format: lines, max_rows: {bad}}}\n"))
+
+
+def test_per_domain_heldout_seed_is_parsed_validated_and_part_of_the_identity(tmp_path):
+    (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
+    srcs = load_corpora(write_yaml(tmp_path, "domains:\n  a: {paths: [a.txt], format: lines, heldout_seed: 3}\n"
+                                             "  b: {paths: [a.txt], format: lines, heldout_seed: 0}\n"
+                                             "  c: {dataset: json, data_files: a.txt, heldout_seed: 2}\n"))
+    assert [s.heldout_seed for s in srcs] == [3, 0, 2]
+    assert srcs[0].spec_dict()["heldout_seed"] == 3
+    assert "heldout_seed" not in srcs[1].spec_dict()  # draw 0: the same identity as before the key existed
+    for bad in ("-1", "some", "true", "1.5"):
+        with pytest.raises(ConfigError, match=r"domain 'a'.*'heldout_seed' must be an integer >= 0"):
+            load_corpora(write_yaml(tmp_path, f"domains:\n  a: {{paths: [a.txt], format: lines, heldout_seed: {bad}}}\n"))

@@ -3,6 +3,7 @@ split is the same in every run, and the rule is recorded in the store; BOS where
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -73,6 +74,36 @@ def test_lowest_keys_fill_the_heldout_rows_whatever_the_document_order():
     assert a.heldout_docs.tolist() == sorted(expect)
     rev = pack_domain(docs[::-1], domain="d", seq_len=4, eos_id=0, heldout_seqs=3)
     assert sorted(59 - i for i in rev.heldout_docs.tolist()) == sorted(expect)
+
+
+def test_document_keys_by_hand():
+    def ref(text: str) -> int:
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+    assert doc_key("law", "a/b.txt", 12) == ref("law\0a/b.txt\x0012") == doc_key("law", "a/b.txt", 12, seed=0)
+    assert doc_key("law", "a/b.txt", 12, seed=5) == ref("law\0a/b.txt\x0012\x005") != doc_key("law", "a/b.txt", 12)
+
+
+def test_a_heldout_seed_draws_other_heldout_documents_from_a_real_corpus(tiny_teacher, corpora_yaml, tmp_path):
+    seeded = tmp_path / "corpora.yaml"
+    shutil.copytree(corpora_yaml.parent, tmp_path, dirs_exist_ok=True)
+    seeded.write_text(corpora_yaml.read_text().replace("}", ", heldout_seed: 1}"), encoding="utf-8")
+    assert [s.heldout_seed for s in load_corpora(seeded)] == [1, 1, 1]
+    draw0, draw1 = _plans(tiny_teacher, corpora_yaml), _plans(tiny_teacher, seeded)
+    for d in draw0:
+        held, train = set(draw1[d].heldout_docs.tolist()), set(draw1[d].train_docs.tolist())
+        assert held and not held & train and held | train == set(range(draw1[d].info.n_documents))
+        assert held != set(draw0[d].heldout_docs.tolist()), d  # another sample of documents
+        assert draw1[d].heldout.shape == draw0[d].heldout.shape
+    again = _plans(tiny_teacher, seeded)
+    assert all(np.array_equal(again[d].heldout_docs, draw1[d].heldout_docs) for d in draw1)  # and a fixed one
+    # The dump's streaming pack phase draws the same documents as the plan.
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, seeded, tmp_path / "s"))
+    assert code == 0, err
+    r = open_store(str(tmp_path / "s"))
+    for d, p in draw1.items():
+        assert np.array_equal(r.read_rows(d, "heldout", range(HELDOUT)).tokens, p.heldout)
+        assert np.array_equal(r.read_rows(d, "train", range(r.num_rows(d, "train"))).tokens, p.train)
 
 
 def test_a_capped_domain_stops_reading_once_both_sides_are_full():
