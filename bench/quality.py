@@ -9,6 +9,7 @@ Arms (the paper's Table 5 sampling ablations plus the two baselines):
   ddk      CE + 0.2 KL, Eq. 1 then Eq. 2 (alpha 0.5)               DDK
   ddk-cap  as ddk, with --max-epochs-per-domain 5                  DDK + the data-aware cap (beyond the paper)
   ddk-cap@E  as ddk-cap, with --max-epochs-per-domain E            the cap at another E (not run by default)
+  es-cap@E   as es, with --max-epochs-per-domain E                 the cap without DDK's weights (not run by default)
   kd@ENC   as kd, from a store dumped with --encoding ENC          one arm per encoding (not run by default);
            kd@topk-sampled: N = --samples draws per position      "kd" itself is KD from the default encoding
 
@@ -71,16 +72,19 @@ def encoding_arm_label(encoding: str, samples: int) -> str:
 
 
 ARM_LABEL.update({arm: encoding_arm_label(e, spec.DEFAULT_SAMPLES) for arm, e in ENCODING_ARMS.items()})
-#: "ddk-cap@E": DDK with the epoch cap at E passes (a positive integer) instead of ddk-cap's 5.
-CAP_ARM = re.compile(r"ddk-cap@([1-9][0-9]*)")
+#: "ddk-cap@E": DDK with the epoch cap at E passes (a positive integer) instead of ddk-cap's 5; "es-cap@E": equal
+#: sampling with that cap, which tells what the cap does without DDK's weights.
+CAP_ARM = re.compile(r"(ddk|es)-cap@([1-9][0-9]*)")
+CAP_ARM_BASE = {"ddk": ("ddk", "DDK"), "es": ("uniform", "Equal sampling")}
 
 
 def add_cap_arm(arm: str) -> bool:
-    """Register the arm "ddk-cap@E" (its training flags and label); False when arm is not of that form."""
+    """Register the arm "ddk-cap@E" or "es-cap@E" (its training flags and label); False when arm is not of that form."""
     match = CAP_ARM.fullmatch(arm)
     if match:
-        ARMS[arm] = ["--mixing", "ddk", "--max-epochs-per-domain", match[1]]
-        ARM_LABEL[arm] = f"DDK + epoch cap (E = {match[1]}, beyond the paper)"
+        mixing, name = CAP_ARM_BASE[match[1]]
+        ARMS[arm] = ["--mixing", mixing, "--max-epochs-per-domain", match[2]]
+        ARM_LABEL[arm] = f"{name} + epoch cap (E = {match[2]}, beyond the paper)"
     return bool(match)
 
 
@@ -364,7 +368,7 @@ def main() -> None:
     args.arms = [a for a in args.arms.split(",") if a]
     unknown = {arm for arm in args.arms if arm not in ARMS and not add_cap_arm(arm)}
     if unknown:
-        p.error(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)} or ddk-cap@E (E a positive integer)")
+        p.error(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)} or ddk-cap@E, es-cap@E (E a positive integer)")
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     ARM_LABEL.update({arm: encoding_arm_label(e, args.samples) for arm, e in ENCODING_ARMS.items()})
     if not args.report_only:

@@ -152,17 +152,18 @@ def test_quality_report_only_without_a_finished_run_says_so(tmp_path):
 
 def test_quality_cap_arm_at_another_e_is_labelled_by_its_e(tmp_path):
     out = tmp_path / "q"
-    cap_run(out, "ddk-cap@2-s0")
-    cap_run(out, "ddk-cap-s0")
-    proc = quality_report_only("--arms", "ddk-cap@2,ddk-cap", "--seeds", "0", "--out", str(out),
+    for name in ("ddk-cap@2-s0", "ddk-cap-s0", "es-cap@3-s0"):
+        cap_run(out, name)
+    proc = quality_report_only("--arms", "es-cap@3,ddk-cap@2,ddk-cap", "--seeds", "0", "--out", str(out),
                                "--results", str(tmp_path / "r.md"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     md = (out / "results_tables.md").read_text()
-    assert md.index("| DDK + epoch cap (E = 5, beyond the paper) | 2.000") < \
-        md.index("| DDK + epoch cap (E = 2, beyond the paper) | 2.000")
+    rows = [md.index(f"| {label} + epoch cap (E = {e}, beyond the paper) | 2.000")
+            for label, e in (("DDK", 5), ("Equal sampling", 3), ("DDK", 2))]
+    assert rows == sorted(rows)  # ddk-cap first (ARMS order), then the E arms in the order --arms names them
 
 
-@pytest.mark.parametrize("arm", ["ddk-cap@0", "ddk-cap@2.5", "ddk-cap@"])
+@pytest.mark.parametrize("arm", ["ddk-cap@0", "ddk-cap@2.5", "ddk-cap@", "kd-cap@2"])
 def test_quality_cap_arm_needs_a_positive_integer_e(tmp_path, arm):
     proc = quality_report_only("--arms", arm, "--out", str(tmp_path / "q"), "--results", str(tmp_path / "r.md"))
-    assert proc.returncode == 2 and f"unknown arm(s) ['{arm}']" in proc.stderr and "ddk-cap@E" in proc.stderr
+    assert proc.returncode == 2 and f"unknown arm(s) ['{arm}']" in proc.stderr and "ddk-cap@E, es-cap@E" in proc.stderr
