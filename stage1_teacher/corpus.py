@@ -110,7 +110,7 @@ def _int_field(spec: dict, key: str, where: str, *, least: int, meaning: str, de
     return value
 
 
-def _counts(spec: dict, where: str) -> dict[str, Any]:
+def _any_source_fields(spec: dict, where: str) -> dict[str, Any]:
     """The DomainSource fields every kind of source may set: ``max_rows`` and ``heldout_seed``."""
     return {"max_rows": _int_field(spec, "max_rows", where, least=1, meaning="training rows kept for this domain",
                                    default="to use --max-rows-per-domain"),
@@ -120,9 +120,9 @@ def _counts(spec: dict, where: str) -> dict[str, Any]:
 
 
 def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: bool = False) -> DomainSource:
-    counts = _counts(spec, where)
+    shared = _any_source_fields(spec, where)
     if "dataset" in spec:
-        return _parse_dataset(name, spec, base, where, counts, missing_ok)
+        return _parse_dataset(name, spec, base, where, shared, missing_ok)
     unknown = set(spec) - _FILE_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
@@ -137,10 +137,10 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: boo
     if fmt in ("lines", "files") and text_field is not None:
         raise ConfigError(f"{where}: 'text_field' only applies to jsonl/parquet, not format {fmt}")
     return DomainSource(name=name, format=fmt, files=match_files(patterns, base, where, "paths", missing_ok), patterns=patterns,
-                        text_field=text_field, **counts)
+                        text_field=text_field, **shared)
 
 
-def _parse_dataset(name: str, spec: dict, base: Path, where: str, counts: dict[str, Any],
+def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[str, Any],
                    missing_ok: bool = False) -> DomainSource:
     unknown = set(spec) - _DATASET_KEYS
     if unknown:
@@ -161,7 +161,7 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, counts: dict[s
     return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
                         patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
                         split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
-                        **counts)
+                        **shared)
 
 
 def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:

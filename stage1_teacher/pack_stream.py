@@ -29,9 +29,9 @@ import numpy as np
 
 from ddk_store import SourceInfo
 
-from .corpus import DomainSource, ReadStats, read_documents, read_sourced_documents
-from .packing import HeldoutHeap, RowPacker, check_domain_size, check_split_size, doc_key, pack_rows, with_bos
-from .plan import provenance
+from .corpus import DomainSource, ReadStats, read_documents
+from .packing import HeldoutHeap, RowPacker, check_domain_size, check_split_size, pack_rows, with_bos
+from .plan import keyed_texts, provenance
 from .tokenize import DocTokenizer
 
 
@@ -90,13 +90,9 @@ class Selection:
 
 def numbered(src: DomainSource, *, on_bad_utf8: str, stats: ReadStats | None = None,
              hashes: dict[str, tuple[str, int]] | None = None) -> Iterator[tuple[int, int, str]]:
-    """(ordinal, held-out key, text) of every document of ``src`` in corpus order."""
-    seen: dict[str, int] = {}
-    for ordinal, (label, text) in enumerate(read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats,
-                                                                   hashes=hashes)):
-        index = seen.get(label, 0)
-        seen[label] = index + 1
-        yield ordinal, doc_key(src.name, label, index, src.heldout_seed), text
+    """(ordinal, held-out key, text) of every document of ``src`` in corpus order (:func:`plan.keyed_texts`)."""
+    for ordinal, (key, text) in enumerate(keyed_texts(src, on_bad_utf8=on_bad_utf8, stats=stats, hashes=hashes)):
+        yield ordinal, key, text
 
 
 def ordered(src: DomainSource, *, on_bad_utf8: str) -> Iterator[tuple[int, str]]:

@@ -60,22 +60,29 @@ class DomainPlan:
     heldout_docs: np.ndarray
 
 
+def keyed_texts(src: DomainSource, *, on_bad_utf8: str, stats: ReadStats | None = None,
+                hashes: dict[str, tuple[str, int]] | None = None) -> Iterator[tuple[int, str]]:
+    """(held-out key, text) of every document of ``src`` in corpus order: :func:`doc_key` of the document's source,
+    its ordinal among that source's documents and the domain's ``heldout_seed``."""
+    seen: dict[str, int] = {}
+    for label, text in read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats, hashes=hashes):
+        index = seen.get(label, 0)
+        seen[label] = index + 1
+        yield doc_key(src.name, label, index, src.heldout_seed), text
+
+
 def keyed_documents(src: DomainSource, coder: DocTokenizer, *, on_bad_utf8: str,
                     stats: ReadStats) -> Iterator[tuple[int, np.ndarray]]:
     """(held-out key, token ids) of every document of ``src`` in corpus order."""
-    labels: deque[str] = deque()  # sources of the documents read but not yet tokenized (a few batches)
-    counts: dict[str, int] = {}
+    keys: deque[int] = deque()  # keys of the documents read but not yet tokenized (a few batches)
 
     def texts() -> Iterator[str]:
-        for label, text in read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats):
-            labels.append(label)
+        for key, text in keyed_texts(src, on_bad_utf8=on_bad_utf8, stats=stats):
+            keys.append(key)
             yield text
 
     for ids in coder.encode(texts()):
-        label = labels.popleft()
-        index = counts.get(label, 0)
-        counts[label] = index + 1
-        yield doc_key(src.name, label, index, src.heldout_seed), ids
+        yield keys.popleft(), ids
 
 
 def plan_domain(src: DomainSource, coder: DocTokenizer, *, seq_len: int, heldout_seqs: int,
