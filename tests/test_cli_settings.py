@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,54 @@ def test_the_config_examples_are_complete_and_load_through_the_cli(name: str, cl
         assert Path(cfg.out).parent == REPO / "runs" and cfg.mixing == "ddk"
     else:
         assert Path(cfg.corpora).is_absolute() and cfg.top_k == 64
+
+
+# ------------------------------------------------------------------------------------------ docs' flag tables
+def flag_table(doc: str, flag_in_it: str) -> dict[str, str]:
+    """The first flag table of `doc` with a row for `flag_in_it`: every flag a row names -> its default column."""
+    lines = (REPO / "docs" / doc).read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| `{flag_in_it}"))
+    while lines[start - 1].startswith("| `--"):
+        start -= 1
+    rows: dict[str, str] = {}
+    for line in lines[start:]:
+        if not line.startswith("| `--"):
+            break
+        flag_cell, default_cell = line.split(" | ")[:2]
+        for flag in re.findall(r"--[a-z0-9-]+", flag_cell):
+            rows[flag] = default_cell.strip().strip("`")
+    return rows
+
+
+#: Defaults that depend on the machine, written in words in the tables.
+MACHINE_DEFAULTS = {"workers": "the cores"}
+
+
+def documented_default(f: dataclasses.Field) -> str | None:
+    """How a table writes the default of `f`: on/off for switches, the value itself for numbers and words, None
+    where the table says it in words instead (required settings, defaults computed at run time)."""
+    if f.name in MACHINE_DEFAULTS:
+        return MACHINE_DEFAULTS[f.name]
+    if f.metadata.get("required") or f.default is None or f.default == "":
+        return None
+    if isinstance(f.default, bool):
+        return "on" if f.default else "off"
+    return str(f.default)
+
+
+@pytest.mark.parametrize("doc, flag_in_it, cls", [("stage1.md", "--teacher", Stage1Config),
+                                                  ("stage2.md", "--student", Stage2Config),
+                                                  ("stage2.md", "--model", EvalConfig)])
+def test_the_flag_tables_of_the_docs_show_every_setting_with_its_default(doc: str, flag_in_it: str, cls: type) -> None:
+    table = flag_table(doc, flag_in_it)
+    for f in dataclasses.fields(cls):
+        flag = settings.flag_of(f)
+        assert flag in table, f"docs/{doc}: the flag table of {cls.__name__} has no row for {flag}"
+        expected = documented_default(f)
+        if expected is not None:
+            assert table[flag] == expected, f"docs/{doc}: {flag}'s default is {expected}, the table says {table[flag]!r}"
+    flags = {"--config"}  # every command's
+    for f in dataclasses.fields(cls):
+        flags |= {settings.flag_of(f), *f.metadata.get("aliases", ())}
+    extra = {flag for flag in table if flag not in flags and not flag.startswith("--no-")}
+    assert not extra, f"docs/{doc}: the table of {cls.__name__} names flags the command does not have: {sorted(extra)}"
