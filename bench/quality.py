@@ -21,10 +21,11 @@ Pipeline (each step is skipped when its output already exists, so an interrupted
      6 of the teacher's 30 layers starts with a held-out perplexity in the millions, far from the paper's setting,
      where the students are trained language models; every arm starts from this warmed-up student;
   4. every arm x seed for --steps optimizer steps, --jobs runs at a time;
-  5. tables and plots into --results (docs/results.md by default).
+  5. tables (results_tables.md) into --out; plots beside the page named by --results (docs/results.md ->
+     docs/results/*.png), or into --out/figures when --results is not given, so a run never replaces a committed figure.
 
 Usage: python bench/quality.py [--steps 240 --interval 20 --seeds 0,1,2 --jobs 2]   (hours on 2 CPU cores)
-       python bench/quality.py --report-only                                         (tables from finished runs)
+       python bench/quality.py --report-only --results docs/results.md               (tables from finished runs)
        python bench/quality.py --domain-rows scripture=400,python=40 --out bench/out/quality-natural \
            --results docs/results-natural.md         (unequal domain sizes: a natural mixture unlike uniform)
 """
@@ -362,7 +363,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--jobs", type=int, default=2, help="training runs at a time")
     p.add_argument("--out", default=str(REPO / "bench" / "out" / "quality"))
-    p.add_argument("--results", default=str(REPO / "docs" / "results.md"))
+    p.add_argument("--results", default=None,
+                   help="the results page the tables are for (e.g. docs/results.md); its plots go to docs/results/. "
+                        "Default: none, plots into --out/figures")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and plots from finished runs")
     args = p.parse_args()
     args.arms = [a for a in args.arms.split(",") if a]
@@ -375,14 +378,19 @@ def main() -> None:
         _, stores, student = prepare(args)
         run_all(args, stores, student)
     summary = summarize(args)
-    results = Path(args.results)
-    fig_dir = results.parent / results.stem  # docs/results.md -> docs/results/*.png
-    figs = plot(summary, fig_dir)
-    body = markdown(args, summary, figs, os.path.relpath(fig_dir, results.parent))
     out = Path(args.out) / "results_tables.md"
+    if args.results:
+        results = Path(args.results)
+        fig_dir = results.parent / results.stem  # docs/results.md -> docs/results/*.png
+        page = results.parent
+    else:
+        fig_dir, page = Path(args.out) / "figures", Path(args.out)
+    figs = plot(summary, fig_dir)
+    body = markdown(args, summary, figs, os.path.relpath(fig_dir, page))
     out.write_text(body + "\n")
     print(body)
-    print(f"\ntables written to {out}; paste them into {results} with the analysis")
+    where = f"; paste them into {args.results} with the analysis" if args.results else f", plots in {fig_dir}"
+    print(f"\ntables written to {out}{where}")
 
 
 if __name__ == "__main__":

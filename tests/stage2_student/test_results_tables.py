@@ -167,3 +167,21 @@ def test_quality_cap_arm_at_another_e_is_labelled_by_its_e(tmp_path):
 def test_quality_cap_arm_needs_a_positive_integer_e(tmp_path, arm):
     proc = quality_report_only("--arms", arm, "--out", str(tmp_path / "q"), "--results", str(tmp_path / "r.md"))
     assert proc.returncode == 2 and f"unknown arm(s) ['{arm}']" in proc.stderr and "ddk-cap@E, es-cap@E" in proc.stderr
+
+
+def test_quality_without_results_keeps_its_plots_under_out(tmp_path):
+    """Without --results nothing is written outside --out: a run cannot replace a committed page's figures."""
+    out = tmp_path / "q"
+    cap_run(out, "ddk-s0")
+    def docs_figures() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in (REPO / "docs" / "results").iterdir()}
+
+    docs_before = docs_figures()
+    proc = quality_report_only("--arms", "ddk", "--seeds", "0", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "results_tables.md").read_text()
+    for png in ("ratios_by_arm.png", "weights_ddk.png"):
+        assert f"![{png}](figures/{png})" in md
+        assert (out / "figures" / png).read_bytes()[:8] == PNG
+    assert docs_figures() == docs_before
+    assert f"plots in {out / 'figures'}" in proc.stdout
