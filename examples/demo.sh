@@ -12,7 +12,7 @@
 # student for the same steps and puts its final ratios next to DDK's in the report (about 7 more minutes).
 #
 # Sizes are chosen for minutes on 2 quiet CPU cores from a warm cache (corpus, teacher and store built): 10 min 20 s
-# measured on 2026-12-01 (README.md); an empty cache adds the downloads and the vLLM dump (about 5 minutes). Every
+# measured on 2026-12-01 (README.md); an empty cache adds the downloads and the vLLM dump (2-3 minutes). Every
 # size is an environment variable: DEMO_MAX_MB (corpus MB per domain), DEMO_SEQ_LEN, DEMO_TRAIN_ROWS (per domain),
 # DEMO_HELDOUT_ROWS, DEMO_WARMUP_STEPS (0: no warm-up), DEMO_WARMUP_LR, DEMO_STEPS, DEMO_INTERVAL, DEMO_BATCH,
 # DEMO_LAYERS (6 is about 2.3x cheaper per step, but its ratios stay tens apart, so DDK's weights jump once and stay),
