@@ -22,7 +22,7 @@ Pipeline (each step is skipped when its output already exists, so an interrupted
      where the students are trained language models; every arm starts from this warmed-up student;
   4. every arm x seed for --steps optimizer steps, --jobs runs at a time;
   5. tables (results_tables.md) into --out; plots beside the page named by --results (docs/results.md ->
-     docs/results/*.png), or into --out/figures when --results is not given, so a run never replaces a committed figure.
+     docs/results/*.png), or into --out/figures when --results is not given (a run without it never replaces a committed figure).
 
 Usage: python bench/quality.py [--steps 240 --interval 20 --seeds 0,1,2 --jobs 2]   (hours on 2 CPU cores)
        python bench/quality.py --report-only --results docs/results.md               (tables from finished runs)

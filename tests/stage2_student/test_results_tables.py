@@ -174,7 +174,7 @@ def test_quality_without_results_keeps_its_plots_under_out(tmp_path):
     out = tmp_path / "q"
     cap_run(out, "ddk-s0")
     def docs_figures() -> dict[str, bytes]:
-        return {p.name: p.read_bytes() for p in (REPO / "docs" / "results").iterdir()}
+        return {str(p): p.read_bytes() for p in (REPO / "docs").rglob("*.png")}
 
     docs_before = docs_figures()
     proc = quality_report_only("--arms", "ddk", "--seeds", "0", "--out", str(out))
