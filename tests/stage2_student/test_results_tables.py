@@ -169,13 +169,15 @@ def test_quality_cap_arm_needs_a_positive_integer_e(tmp_path, arm):
     assert proc.returncode == 2 and f"unknown arm(s) ['{arm}']" in proc.stderr and "ddk-cap@E, es-cap@E" in proc.stderr
 
 
+def docs_figures() -> dict[str, bytes]:
+    """Every committed figure under docs/, by path."""
+    return {str(p): p.read_bytes() for p in (REPO / "docs").rglob("*.png")}
+
+
 def test_quality_without_results_keeps_its_plots_under_out(tmp_path):
     """Without --results nothing is written outside --out: a run cannot replace a committed page's figures."""
     out = tmp_path / "q"
     cap_run(out, "ddk-s0")
-    def docs_figures() -> dict[str, bytes]:
-        return {str(p): p.read_bytes() for p in (REPO / "docs").rglob("*.png")}
-
     docs_before = docs_figures()
     proc = quality_report_only("--arms", "ddk", "--seeds", "0", "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
