@@ -60,14 +60,22 @@ def s3_dump_argv(server: SeaweedS3, teacher, corpora, prefix: str) -> list[str]:
     return dump_argv(teacher, corpora, f"s3://{server.BUCKET}/{prefix}", *pairs)
 
 
-def wait_for(predicate, timeout: float, what: str, proc=None) -> None:
+def pause_at(proc, predicate, timeout: float, what: str, slice_s: float = 0.1) -> None:
+    """Return with ``proc`` paused (SIGSTOP) at the first check where ``predicate`` holds. The process runs in
+    slices of ``slice_s`` seconds and every check is made while it is paused: the check itself (an S3 listing) can
+    take longer than a fast machine needs to finish the small dump, which would then end before the outage it was
+    meant to meet. The caller resumes it (SIGCONT; :func:`stop_under` does)."""
     deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc is not None and proc.poll() is not None:
+    while True:
+        proc.send_signal(signal.SIGSTOP)
+        if proc.poll() is not None:
             pytest.fail(f"the process ended before {what}: {proc.stderr.read()[-2000:]}")
+        if predicate():
+            return
+        proc.send_signal(signal.SIGCONT)
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(slice_s)
 
 
 def stop_under(server: SeaweedS3, proc=None) -> None:
@@ -97,7 +105,7 @@ def test_outage_during_dump_is_retried_and_the_dump_finishes(server, dump_inputs
     teacher, corpora, reference = dump_inputs
     argv = s3_dump_argv(server, teacher, corpora, "a/store")
     with reaped(spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES))) as proc:
-        wait_for(lambda: server.count("a/store", "/units/c/") >= 3, 180, "three units written", proc)
+        pause_at(proc, lambda: server.count("a/store", "/units/c/") >= 3, 180, "three units written")
         down = outage(server, OUTAGE_S, proc)
         _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
@@ -137,7 +145,7 @@ def test_outage_during_training_reads_is_retried_and_training_completes(server, 
     argv, out = s3_training(server, tmp_path, "b/store", steps)
     env = server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES)
     with reaped(spawn("stage2_student.cli", argv, env=env)) as proc:
-        wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
+        pause_at(proc, lambda: steps_logged(out) >= 5, 180, "five training steps")
         at = steps_logged(out)
         down = outage(server, SHORT_OUTAGE_S, proc)
         _, err = proc.communicate(timeout=300)
@@ -160,9 +168,12 @@ def test_credentials_revoked_mid_training_end_in_one_error_line_then_resume(serv
     argv, out = s3_training(server, tmp_path, "e/store", steps)
     env = server.client_env(DDK_RETRY_SECONDS="120", **NO_CLIENT_RETRIES)
     with reaped(spawn("stage2_student.cli", argv, env=env)) as proc:
-        wait_for(lambda: steps_logged(out) >= 5, 180, "five training steps", proc)
+        pause_at(proc, lambda: steps_logged(out) >= 5, 180, "five training steps")
         old_secret = server.secret
-        server.rotate_secret("rotated-secret")
+        try:
+            server.rotate_secret("rotated-secret")
+        finally:
+            proc.send_signal(signal.SIGCONT)
         _, err = proc.communicate(timeout=120)
     assert server.secret != old_secret
     assert proc.returncode == 2, err[-3000:]
@@ -185,7 +196,7 @@ def test_outage_longer_than_the_budget_fails_clearly_then_the_same_command_resum
     argv = s3_dump_argv(server, teacher, corpora, "c/store")
     proc = spawn("stage1_teacher.cli", argv, env=server.client_env(DDK_RETRY_SECONDS="1", **NO_CLIENT_RETRIES))
     try:
-        wait_for(lambda: server.count("c/store", "/units/c/") >= 3, 180, "three units written", proc)
+        pause_at(proc, lambda: server.count("c/store", "/units/c/") >= 3, 180, "three units written")
         stop_under(server, proc)
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=300)
