@@ -26,7 +26,8 @@ from typing import Any
 from ddk_store.errors import ReportError
 
 from . import plots
-from .report import natural_rows, rows_sampled
+from .repeats import rows_sampled
+from .report import natural_rows
 from .rundir import FINAL, INTERVAL, read_config, read_metrics
 from .summary import METRICS, format_mean_sd, mean_sd, summarize
 

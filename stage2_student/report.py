@@ -2,7 +2,8 @@
 
 report.md explains itself to someone who reads only it: what the ratio is (lower is better, 1.0 is the teacher), each
 domain's ratio before and after with every summary metric (:mod:`stage2_student.summary`), the mixture before and
-after (with the passes over each domain's rows), the raw perplexities, and with ``--baseline`` the final ratios of
+after (with the passes over each domain's rows and the domains whose repeated rows stopped paying,
+:mod:`stage2_student.repeats`), the raw perplexities, and with ``--baseline`` the final ratios of
 another run of the same budget (plain KD, say) next to this one's. The run directory is read through
 :mod:`stage2_student.rundir`; the plots are :mod:`stage2_student.plots`.
 """
@@ -16,7 +17,7 @@ from ddk_store.errors import DdkError, ReportError, describe
 
 from . import plots
 from .rundir import METRICS_FILE, RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
-from .sampler import largest_remainder
+from .repeats import RISE_TOL, find_repeats, rows_sampled
 from .summary import METRICS, natural_mixture, summarize
 
 METRIC_ROW = {"mean": "mean (equal weights)", "natural_mean": "mean (natural weights)", "geo_mean": "geometric mean",
@@ -69,16 +70,27 @@ def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
     return intervals + ([final] if final else []), final, read_config(run_dir)
 
 
-def rows_sampled(records: list[dict[str, Any]], batch_size: int) -> list[int]:
-    """Rows trained on from each domain up to the last record: the sampler's allocation of each record's weights
-    over the rows of the steps until the next record. Exact for whole intervals; a last interval cut short by the
-    end of the run trained on a shuffled part of its plan, for which this is the expected count within a row."""
-    out = [0] * len(records[0]["domains"])
-    for rec, nxt in zip(records, records[1:]):
-        if nxt["step"] > rec["step"]:
-            out = [a + int(b) for a, b in zip(out, largest_remainder(rec["weights"], (nxt["step"] - rec["step"])
-                                                                      * batch_size))]
-    return out
+def repeats_lines(records: list[dict[str, Any]], batch_size: int, rows: list[int]) -> list[str]:
+    """The report's paragraph on repeated rows (:mod:`stage2_student.repeats`): the flagged domains, or that there
+    are none."""
+    found = find_repeats(records, batch_size, rows)
+    rule = (f"its held-out ratio ended more than {100 * RISE_TOL:g}% above its lowest while it had more than one "
+            "pass over its training rows and was sampled at least at its natural pace since that lowest")
+    if not found:
+        return [f"**Repeated rows**: no domain is flagged (flagged: {rule})."]
+    return [f"**Repeated rows**: {len(found)} domain(s) flagged ({rule}). More weight on such a domain buys repeats "
+            "of its rows, not a smaller gap:", "", *(f"- {f.message()}" for f in found)]
+
+
+def _guard_text(records: list[dict[str, Any]]) -> str:
+    """Which domains --repeat-guard held at their natural share, and from which step."""
+    since = {}
+    for r in records:
+        for d, g in zip(r["domains"], r.get("guarded") or []):
+            if g and d not in since:
+                since[d] = r["step"]
+    held = ", ".join(f"{d} from step {s}" for d, s in since.items())
+    return "on; " + (f"held at their natural share: {held}" if held else "no domain was flagged")
 
 
 def _budget(cfg: dict[str, Any]) -> str:
@@ -161,6 +173,7 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         f"- mixing: `{mixing}`, alpha {cfg.get('alpha', '?')}, gamma {cfg.get('gamma', '?')}, "
         f"T {cfg.get('temperature', '?')}, interval K {K}",
         f"- epoch cap (--max-epochs-per-domain): {cap_text}",
+        f"- repeat guard (--repeat-guard): {_guard_text(records) if cfg.get('repeat_guard') else 'off'}",
         f"- steps: {last['step']}{'' if final else ' (run not finished: last interval shown)'}, "
         f"rows per step: {cfg.get('batch_size', '?')}, intervals logged: {len(intervals)}",
         "",
@@ -213,6 +226,7 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         for i, d in enumerate(domains):
             passes = f"{sampled[i] / rows[i]:.2f}" if rows[i] else "–"
             lines.append(f"| {d} | {rows[i]} | {sampled[i]:,} | {passes} |" + (f" {held[i]} |" if cap else ""))
+        lines += ["", *repeats_lines(records, batch, rows)]
     lines += ["", "## Perplexities", "",
               "| domain | teacher ppl | student ppl before | student ppl after | ratio after | final weight |",
               "|---|---:|---:|---:|---:|---:|"]

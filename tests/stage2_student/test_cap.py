@@ -159,3 +159,116 @@ def test_impossible_or_invalid_cap_is_one_line_before_training(tmp_path, store_u
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
     res = CliRunner().invoke(cli, train_args(store_url, student_dir, tmp_path / "b", max_epochs_per_domain=0))
     assert res.exit_code == 2 and "--max-epochs-per-domain must be > 0" in res.output
+
+
+# ------------------------------------------------------------------------------------------------ --repeat-guard
+def test_guard_cap_is_the_natural_share_of_a_guarded_domain_and_1_elsewhere():
+    # n = [40, 10, 30, 20] (sum 100): domain 1 guarded -> its natural share 10/100 = 0.1; the others 1 (no cap)
+    np.testing.assert_allclose(rw.guard_cap([40, 10, 30, 20], [False, True, False, False]), [1.0, 0.1, 1.0, 1.0])
+    with pytest.raises(ValueError):
+        rw.guard_cap([40, 10], [True])
+
+
+def test_a_guarded_domain_is_capped_at_its_natural_share_and_its_excess_spread_by_weight():
+    # w = [0.2, 0.5, 0.3], n = [60, 20, 20] (natural [0.6, 0.2, 0.2]), domain 1 guarded, no epoch cap:
+    # domain 1 held at 0.2; its excess 0.3 goes to domains 0 and 2 by 0.2 : 0.3 -> 0.2 + 0.12, 0.3 + 0.18
+    w, cap, held = rw.apply_epoch_cap(np.array([0.2, 0.5, 0.3]), None, remaining_steps=10, rows_per_step=4,
+                                      num_rows=[60, 20, 20], consumed=[0, 0, 0], guarded=[False, True, False])
+    np.testing.assert_allclose(w, [0.32, 0.2, 0.48])
+    np.testing.assert_allclose(cap, [1.0, 0.2, 1.0])
+    assert held.tolist() == [False, True, False]
+    # nothing guarded and no epoch cap: the weights themselves, no cap logged
+    w0 = np.array([0.2, 0.5, 0.3])
+    w, cap, held = rw.apply_epoch_cap(w0, None, remaining_steps=10, rows_per_step=4, num_rows=[60, 20, 20],
+                                      consumed=[0, 0, 0], guarded=[False, False, False])
+    assert w is w0 and cap is None and held is None
+
+
+def test_the_guard_and_the_epoch_cap_together_take_the_smaller_cap():
+    # E = 2, R*B = 10*4 = 40, n = [60, 20, 20], c = [0, 30, 0]: epoch caps [120, 10, 40]/40 = [3, 0.25, 1];
+    # domain 2 guarded: the smaller of 1 and its natural share 0.2 -> caps [3, 0.25, 0.2]. w = [0.2, 0.3, 0.5]:
+    # pass 1: domains 1 and 2 over their caps (0.3 > 0.25, 0.5 > 0.2) -> held at 0.25 and 0.2; domain 0 takes the rest
+    w, cap, held = rw.apply_epoch_cap(np.array([0.2, 0.3, 0.5]), 2, remaining_steps=10, rows_per_step=4,
+                                      num_rows=[60, 20, 20], consumed=[0, 30, 0], guarded=[False, False, True])
+    np.testing.assert_allclose(cap, [3.0, 0.25, 0.2])
+    np.testing.assert_allclose(w, [0.55, 0.25, 0.2])
+    assert held.tolist() == [False, True, True]
+
+
+GUARD_FLAGS = dict(steps=40, interval=4, lr=3e-2, repeat_guard=True, keep_checkpoints=20)
+
+
+def interval_and_final(run) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["event"] in ("interval", "final")]
+
+
+@pytest.fixture(scope="module")
+def guard_run(tmp_path_factory, store_url, student_dir):
+    """DDK with --repeat-guard on random-token rows memorized at a high learning rate (held-out ratios rise as rows
+    repeat), every interval's checkpoint kept; (run directory, its stderr)."""
+    out = tmp_path_factory.mktemp("guard") / "run"
+    res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, **GUARD_FLAGS))
+    assert res.exit_code == 0, res.output
+    return out, res.stderr
+
+
+def test_repeat_guard_in_a_real_run_holds_each_flagged_domain_at_its_natural_share(guard_run):
+    """Once a domain is guarded (the `guarded` of an interval record), every later interval samples it at most at
+    its natural share, and the domains guarded are exactly those the repeats rule flags on the records so far."""
+    from stage2_student.repeats import find_repeats
+
+    out, stderr = guard_run
+    recs = interval_and_final(out)
+    intervals = [r for r in recs if r["event"] == "interval"]
+    rows = intervals[0]["train_rows"]
+    natural = np.asarray(rows) / sum(rows)
+    flagged = np.zeros(len(rows), dtype=bool)
+    for i, r in enumerate(intervals):
+        for f in find_repeats(recs[: i + 1], 4, rows):
+            flagged[r["domains"].index(f.domain)] = True
+        assert r["guarded"] == flagged.tolist(), (i, r["guarded"])
+        assert sum(r["weights"]) == pytest.approx(1.0)
+        assert all(w <= natural[d] + 1e-9 for d, w in enumerate(r["weights"]) if flagged[d]), (i, r["weights"])
+    assert flagged.any(), "expected the memorized random-token rows to raise some domain's held-out ratio"
+    assert not all(intervals[0]["guarded"]) and flagged.sum() >= 1
+    assert "[--repeat-guard: from now on it is sampled at most at its natural share]" in stderr
+
+
+def test_repeat_guard_resumes_as_the_uninterrupted_run_flags(guard_run, tmp_path):
+    """The evaluation history the rule reads is in the checkpoint: a run resumed from an early checkpoint guards
+    the same domains at the same steps and samples the same weights as the uninterrupted run."""
+    import shutil
+
+    out, _ = guard_run
+    ref = interval_and_final(out)
+    first = next(i for i, r in enumerate(ref) if any(r.get("guarded") or []))
+    at = ref[max(first - 1, 1)]["step"]  # a checkpoint before the first domain is guarded
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for ck in (copy / "checkpoints").iterdir():
+        if int(ck.name.split("-")[1]) > at:
+            shutil.rmtree(ck)
+    res = CliRunner().invoke(cli, ["train", "--out", str(copy), "--resume"])
+    assert res.exit_code == 0, res.output
+    got = interval_and_final(copy)
+    assert [r["step"] for r in got] == [r["step"] for r in ref]
+    for a, b in zip(got, ref):
+        assert a.get("guarded") == b.get("guarded") and a["weights"] == pytest.approx(b["weights"]), a["step"]
+
+
+def test_the_report_of_a_guarded_run_names_each_guarded_domain_and_its_first_step(guard_run, tmp_path):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(guard_run[0], out)
+    recs = interval_and_final(out)
+    since = {}
+    for r in recs:
+        for d, g in zip(r["domains"], r.get("guarded") or []):
+            since.setdefault(d, r["step"]) if g else None
+    assert since
+    assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
+    md = (out / "report.md").read_text()
+    expected = ", ".join(f"{d} from step {s}" for d, s in since.items())
+    assert f"- repeat guard (--repeat-guard): on; held at their natural share: {expected}" in md
