@@ -10,8 +10,6 @@ Arms (the paper's Table 5 sampling ablations plus the two baselines):
   ddk-cap  as ddk, with --max-epochs-per-domain 5                  DDK + the data-aware cap (beyond the paper)
   ddk-cap@E  as ddk-cap, with --max-epochs-per-domain E            the cap at another E (not run by default)
   es-cap@E   as es, with --max-epochs-per-domain E                 the cap without DDK's weights (not run by default)
-  ddk-guard  as ddk, with --repeat-guard                           DDK + the repeat guard (beyond the paper; not
-  es-guard   as es, with --repeat-guard                            run by default): the guard without DDK's weights
   kd@ENC   as kd, from a store dumped with --encoding ENC          one arm per encoding (not run by default);
            kd@topk-sampled: N = --samples draws per position      "kd" itself is KD from the default encoding
 
@@ -60,17 +58,13 @@ ARMS = {
 }
 #: The arms the benchmark runs unless --arms says otherwise.
 DEFAULT_ARMS = tuple(ARMS)
-#: --repeat-guard (stage2_student/repeats.py), with DDK's weights and without them; not run by default.
-ARMS.update({"ddk-guard": ["--mixing", "ddk", "--repeat-guard"], "es-guard": ["--mixing", "uniform", "--repeat-guard"]})
 #: An arm per store encoding: "kd@ENCODING" is plain KD trained from a store dumped with --encoding ENCODING (the
 #: other arms train from the default encoding's store, so "kd" is KD from the default encoding).
 ENCODING_ARMS = {f"kd@{e}": e for e in spec.ENCODINGS if e != spec.DEFAULT_ENCODING}
 ARMS.update({arm: ARMS["kd"] for arm in ENCODING_ARMS})
 ARM_LABEL = {"ce": "CE only (γ=0), natural", "kd": "KD, natural", "es": "DDK w/ equal sampling (uniform)",
              "wo-fs": "DDK w/o factor smoothing", "ddk": "DDK",
-             "ddk-cap": "DDK + epoch cap (E = 5, beyond the paper)",
-             "ddk-guard": "DDK + repeat guard (beyond the paper)",
-             "es-guard": "Equal sampling + repeat guard (beyond the paper)"}
+             "ddk-cap": "DDK + epoch cap (E = 5, beyond the paper)"}
 
 
 def encoding_arm_label(encoding: str, samples: int) -> str:

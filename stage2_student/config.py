@@ -58,11 +58,6 @@ class Stage2Config:
                                                   "over its training rows in the run; weight above a domain's cap "
                                                   "goes to the others in proportion to their weights. Default: no "
                                                   "cap (paper-exact DDK).", metavar="E")
-    repeat_guard: bool = setting(False, "Beyond the paper, opt-in: once a domain's held-out ratio has risen more than "
-                                 "2% above its lowest while its rows were repeated (the rule `ddk-student report` "
-                                 "flags under 'Repeated rows'), sample it at no more than its natural share for the "
-                                 "rest of the run; the excess goes to the others in proportion to their weights. "
-                                 "Default: off (paper-exact DDK).")
     # --- loss
     gamma: float = setting(0.2, "Weight of KL(teacher||student) next to cross-entropy; 0 is CE only (CPT baseline).")
     temperature: float = setting(1.0, "Softmax temperature T applied to both distributions in the KL.")

@@ -82,17 +82,6 @@ def repeats_lines(records: list[dict[str, Any]], batch_size: int, rows: list[int
             "of its rows, not a smaller gap:", "", *(f"- {f.message()}" for f in found)]
 
 
-def _guard_text(records: list[dict[str, Any]]) -> str:
-    """Which domains --repeat-guard held at their natural share, and from which step."""
-    since = {}
-    for r in records:
-        for d, g in zip(r["domains"], r.get("guarded") or []):
-            if g and d not in since:
-                since[d] = r["step"]
-    held = ", ".join(f"{d} from step {s}" for d, s in since.items())
-    return "on; " + (f"held at their natural share: {held}" if held else "no domain was flagged")
-
-
 def _budget(cfg: dict[str, Any]) -> str:
     steps, batch = cfg.get("steps"), cfg.get("batch_size")
     return f"{steps} steps x {batch} rows" if steps and batch else "?"
@@ -173,7 +162,6 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         f"- mixing: `{mixing}`, alpha {cfg.get('alpha', '?')}, gamma {cfg.get('gamma', '?')}, "
         f"T {cfg.get('temperature', '?')}, interval K {K}",
         f"- epoch cap (--max-epochs-per-domain): {cap_text}",
-        f"- repeat guard (--repeat-guard): {_guard_text(records) if cfg.get('repeat_guard') else 'off'}",
         f"- steps: {last['step']}{'' if final else ' (run not finished: last interval shown)'}, "
         f"rows per step: {cfg.get('batch_size', '?')}, intervals logged: {len(intervals)}",
         "",

@@ -243,35 +243,15 @@ def cap_weights(weights: Sequence[float], cap: Sequence[float]) -> tuple[np.ndar
         out[free] = w[free] * (left / base)
 
 
-def guard_cap(num_rows: Sequence[int], guarded: Sequence[bool]) -> np.ndarray:
-    """``--repeat-guard``'s cap: a guarded domain's natural share n[d] / sum(n), and 1 (no cap: no weight exceeds 1)
-    for every other domain.
-
-    A domain is guarded from the first evaluation at which :func:`stage2_student.repeats.find_repeats` flags it (its
-    held-out ratio rose while its rows were repeated); it is then sampled at most at the pace of the natural mixture,
-    the pace plain KD samples it at.
-    """
-    n = np.asarray(num_rows, dtype=np.float64)
-    g = np.asarray(guarded, dtype=bool)
-    if n.shape != g.shape or n.ndim != 1 or np.any(n < 0) or n.sum() <= 0:
-        raise ValueError(f"num_rows {n.tolist()} (non-negative, positive sum) and guarded {g.tolist()} must be "
-                         "equal-length")
-    return np.where(g, n / n.sum(), 1.0)
-
-
 def apply_epoch_cap(weights: np.ndarray, max_epochs: float | None, *, remaining_steps: int, rows_per_step: int,
-                    num_rows: Sequence[int], consumed: Sequence[int], guarded: Sequence[bool] | None = None,
+                    num_rows: Sequence[int], consumed: Sequence[int],
                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The weights to sample from now on: ``weights`` itself when there is no cap (paper-exact DDK), else
-    :func:`cap_weights` under :func:`epoch_cap` and, for the ``guarded`` domains (``--repeat-guard``), under
-    :func:`guard_cap` too (the smaller of the two). Returns (weights, cap or None, capped mask or None)."""
-    guarding = guarded is not None and bool(np.any(guarded))
-    if max_epochs is None and not guarding:
+    :func:`cap_weights` under :func:`epoch_cap`. Returns (weights, cap or None, capped mask or None)."""
+    if max_epochs is None:
         return weights, None, None
-    cap = (epoch_cap(max_epochs, remaining_steps=remaining_steps, rows_per_step=rows_per_step, num_rows=num_rows,
-                     consumed=consumed) if max_epochs is not None else np.ones(len(num_rows)))
-    if guarding:
-        cap = np.where(guarded, np.minimum(cap, guard_cap(num_rows, guarded)), cap)
+    cap = epoch_cap(max_epochs, remaining_steps=remaining_steps, rows_per_step=rows_per_step, num_rows=num_rows,
+                    consumed=consumed)
     capped, held = cap_weights(weights, cap)
     return capped, cap, held
 

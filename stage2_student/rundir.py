@@ -15,8 +15,7 @@ Records of metrics.jsonl, told apart by ``event``:
 
 ``interval``/``final`` records may carry more per-domain keys (:data:`OPTIONAL_PER_DOMAIN_KEYS`): ``train_rows`` (the
 store's training rows, whose shares are the natural mixture) and, under ``--max-epochs-per-domain``, ``cap`` and
-``capped`` (the cap on each weight for the interval, and which domains it held), and under ``--repeat-guard``
-``guarded`` (the domains held at their natural share since their held-out ratio rose on repeated rows). ``--report-to`` mirrors every record
+``capped`` (the cap on each weight for the interval, and which domains it held). ``--report-to`` mirrors every record
 into a :class:`RecordSink` (:mod:`stage2_student.sinks`); metrics.jsonl stays the record.
 
 This module is the one place that knows these names and layouts: ``train`` writes through it, and ``report``, the
@@ -51,7 +50,7 @@ PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights", "factor", "
 #: Per-domain keys every reader relies on (older runs may lack the others).
 REQUIRED_PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights")
 #: Per-domain keys an ``interval``/``final`` record has only when the run writes them (older runs lack them).
-OPTIONAL_PER_DOMAIN_KEYS = ("train_rows", "cap", "capped", "guarded")
+OPTIONAL_PER_DOMAIN_KEYS = ("train_rows", "cap", "capped")
 #: Keys of a ``step`` record, in order.
 STEP_KEYS = ("event", "step", "loss", "ce", "kl", "lr", "grad_norm", "tokens_per_s")
 
@@ -62,8 +61,7 @@ _FIX = "it must be the metrics.jsonl written by `ddk-student train`"
 def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[str, Sequence[float]],
                     ppl_teacher: Sequence[float], ratio: Iterable[float], weights: Iterable[float],
                     factor: Iterable[float], event: str = INTERVAL, *, train_rows: Iterable[int] | None = None,
-                    cap: Iterable[float] | None = None, capped: Iterable[bool] | None = None,
-                    guarded: Iterable[bool] | None = None) -> dict[str, Any]:
+                    cap: Iterable[float] | None = None, capped: Iterable[bool] | None = None) -> dict[str, Any]:
     """An ``interval`` (or ``final``) record: the student's and teacher's held-out perplexity per domain, their
     ratio, the sampling weights of the next interval, the DDK factor r_t (it differs from the weights in interval 0
     when --init-mixture is not r0, and where --max-epochs-per-domain caps them) and the student's held-out NLL.
@@ -78,8 +76,6 @@ def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[s
         rec["cap"] = [float(x) for x in cap]
     if capped is not None:
         rec["capped"] = [bool(x) for x in capped]
-    if guarded is not None:
-        rec["guarded"] = [bool(x) for x in guarded]
     return rec
 
 

@@ -121,10 +121,9 @@ def train(cfg: Stage2Config) -> Path:
     writer = CheckpointWriter(out, rank=rank, world_size=world, keep=cfg.keep_checkpoints, sharded=fsdp)
     sampler = DomainSampler(num_rows, rows_per_interval=K * B, seed=cfg.seed)
 
-    # Every evaluation so far (step, ratios, the weights sampled from it on), on every rank and in the checkpoint:
-    # what the repeats rule (repeats.py) reads. --repeat-guard caps the domains it flags; rank 0 warns once each.
+    # Every evaluation so far (step, ratios, the weights sampled from it on), kept in the checkpoint: what the
+    # repeats rule (repeats.py) reads; rank 0 warns once for each domain it flags.
     history: list[dict[str, Any]] = []
-    guarded = np.zeros(D, dtype=bool)
     warned: set[str] = set()
 
     def log(record: dict[str, Any]) -> None:
@@ -132,16 +131,12 @@ def train(cfg: Stage2Config) -> Path:
             rundir.append_record(out, record, sink)
 
     def note_eval(step: int, ratio: np.ndarray) -> None:
-        """Add an evaluation to ``history``; flag the domains whose repeated rows stopped paying (guard, warn)."""
+        """Add an evaluation to ``history``; warn of the domains whose repeated rows stopped paying."""
         history.append({"domains": domains, "step": step, "ratio": [float(x) for x in ratio], "weights": None})
-        for found in find_repeats(history, B, num_rows):
-            if cfg.repeat_guard:
-                guarded[domains.index(found.domain)] = True
-            if rank == 0 and found.domain not in warned:
+        for found in find_repeats(history, B, num_rows) if rank == 0 else ():
+            if found.domain not in warned:
                 warned.add(found.domain)
-                tqdm.write(f"warning: {found.message()}" + (" [--repeat-guard: from now on it is sampled at most at "
-                                                            "its natural share]" if cfg.repeat_guard else ""),
-                           file=sys.stderr)
+                tqdm.write(f"warning: {found.message()}", file=sys.stderr)
 
     def run_eval() -> tuple[dict[str, list[float]], np.ndarray]:
         ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
@@ -153,15 +148,12 @@ def train(cfg: Stage2Config) -> Path:
         writer.save(step, model=model, optimizer=optimizer,  # written by a background thread
                     state={"factor": factor.tolist(), "weights": weights.tolist(), "sampler": sampler.state_dict(),
                            "ppl_teacher": ppl_teacher, "history": [dict(h) for h in history],
-                           "guarded": guarded.tolist(),
                            "config": settings.saved_dict(cfg)})
 
     def capped(w: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """--max-epochs-per-domain and --repeat-guard: (weights to sample from ``step`` on, cap, capped); ``w``
-        itself when neither caps anything."""
+        """--max-epochs-per-domain: (weights to sample from ``step`` on, cap, capped); ``w`` itself without a cap."""
         weights, cap, held = rw.apply_epoch_cap(w, cfg.max_epochs_per_domain, remaining_steps=cfg.steps - step,
-                                                rows_per_step=B, num_rows=num_rows, consumed=sampler.consumed,
-                                                guarded=guarded if cfg.repeat_guard else None)
+                                                rows_per_step=B, num_rows=num_rows, consumed=sampler.consumed)
         history[-1]["weights"] = [float(x) for x in weights]
         return weights, cap, held
 
@@ -174,7 +166,7 @@ def train(cfg: Stage2Config) -> Path:
         weights, cap, held = capped(factor, step)  # after interval 0 the factor is the sampling distribution
         sampler.start_interval(step // K, weights)
         log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor,
-                            train_rows=num_rows, cap=cap, capped=held, guarded=guarded if cfg.repeat_guard else None))
+                            train_rows=num_rows, cap=cap, capped=held))
         checkpoint(step)
 
     # -- 3. restore, or start: evaluate the initial student, r_0 by Eq. 1, interval-0 mixture
@@ -185,8 +177,6 @@ def train(cfg: Stage2Config) -> Path:
         factor, weights = np.asarray(doc["factor"]), np.asarray(doc["weights"])
         sampler.load_state_dict(doc["sampler"])
         history.extend(doc.get("history", []))  # (checkpoints of older versions have none: the rule starts afresh)
-        guarded[:] = doc.get("guarded", [False] * D)
-        warned.update(d for d, g in zip(domains, guarded) if g)
         if rank == 0:
             rundir.truncate_metrics(out, step)
             write_config(cfg, out / CONFIG_FILE)  # the settings it continues with (a larger --steps, say)
@@ -205,7 +195,7 @@ def train(cfg: Stage2Config) -> Path:
         weights, cap, held = capped(weights, 0)
         sampler.start_interval(0, weights)
         log(interval_record(0, 0, domains, ev, ppl_teacher, ratio, weights, factor, train_rows=num_rows, cap=cap,
-                            capped=held, guarded=guarded if cfg.repeat_guard else None))
+                            capped=held))
         checkpoint(0)
 
     train_model = model if fsdp or world == 1 else parallel.wrap_ddp(model, device)

@@ -112,24 +112,63 @@ def test_report_names_a_flagged_domain_and_says_when_none_is(tmp_path):
     assert "**Repeated rows**: no domain is flagged" in (fine / "report.md").read_text()
 
 
-def test_training_warns_once_for_each_domain_its_own_records_flag(tmp_path, store_url, student_dir):
+def interval_and_final(run) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+            if r["event"] in ("interval", "final")]
+
+
+def warnings_of(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("warning: domain ")]
+
+
+@pytest.fixture(scope="module")
+def repeated_run(tmp_path_factory, store_url, student_dir):
     """A real run that repeats its rows (3 domains x 16 random-token rows, 40 steps of 4 rows: about 3 passes each)
-    at a learning rate that memorizes them, so held-out ratios rise: the run prints one warning per domain, the
-    first time the repeats rule flags it on the records written so far, and the report flags the same domains."""
-    out = tmp_path / "run"
+    at a learning rate that memorizes them, so held-out ratios rise; every interval's checkpoint kept.
+    (run directory, its stderr)."""
+    out = tmp_path_factory.mktemp("repeats") / "run"
     res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, steps=40, interval=4, lr=3e-2,
-                                             mixing="uniform"))
+                                             mixing="uniform", keep_checkpoints=20))
     assert res.exit_code == 0, res.output
-    records = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-               if r["event"] in ("interval", "final")]
-    rows = records[0]["train_rows"]
-    first_flagged = []
+    return out, res.stderr
+
+
+def first_flags(records: list[dict], rows: list[int]) -> list[RepeatFinding]:
+    """Each domain's finding at the first record where the rule flags it, in the order they are flagged."""
+    first: list[RepeatFinding] = []
     for i in range(1, len(records) + 1):
-        first_flagged += [f for f in find_repeats(records[:i], 4, rows)
-                          if f.domain not in {g.domain for g in first_flagged}]
-    assert first_flagged, "expected the memorized random-token rows to raise some domain's held-out ratio"
-    warnings = [ln for ln in res.stderr.splitlines() if ln.startswith("warning: domain ")]
-    assert warnings == [f"warning: {f.message()}" for f in first_flagged]
+        first += [f for f in find_repeats(records[:i], 4, rows) if f.domain not in {g.domain for g in first}]
+    return first
+
+
+def test_training_warns_once_for_each_domain_its_own_records_flag(repeated_run):
+    """The run prints one warning per domain, the first time the repeats rule flags it on the records written so
+    far, and the report flags the domains the rule flags at the end."""
+    out, stderr = repeated_run
+    records = interval_and_final(out)
+    rows = records[0]["train_rows"]
+    flagged = first_flags(records, rows)
+    assert flagged, "expected the memorized random-token rows to raise some domain's held-out ratio"
+    assert warnings_of(stderr) == [f"warning: {f.message()}" for f in flagged]
     assert CliRunner().invoke(cli, ["report", str(out)]).exit_code == 0
     md = (out / "report.md").read_text()
     assert all(f"- domain {f.domain!r}: " in md for f in find_repeats(records, 4, rows))
+
+
+def test_a_resumed_run_warns_as_the_uninterrupted_one(repeated_run, tmp_path):
+    """The evaluation history the rule reads is in the checkpoint: resumed from a checkpoint before any domain was
+    flagged, the run prints the same warnings, word for word, as the uninterrupted run."""
+    import shutil
+
+    out, stderr = repeated_run
+    records = interval_and_final(out)
+    first = first_flags(records, records[0]["train_rows"])[0]
+    at = max(s for s in (r["step"] for r in records) if s < first.step and s > 0)
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    for ck in (copy / "checkpoints").iterdir():
+        if int(ck.name.split("-")[1]) > at:
+            shutil.rmtree(ck)
+    res = CliRunner().invoke(cli, ["train", "--out", str(copy), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert warnings_of(res.stderr) == warnings_of(stderr)
