@@ -3,7 +3,8 @@
 Layout of ``OUT/checkpoints/step-00000120/``:
   model.safetensors      student parameters (safetensors; tied tensors stored once)
   optimizer.pt           AdamW ``state_dict()``: plain tensors and numbers, loaded with ``weights_only=True``
-  state.json             step, interval, domain factor r_t, sampling weights, sampler state, resolved config
+  state.json             step, interval, domain factor r_t, sampling weights, sampler state, the evaluation history
+                         (step, ratios, weights: what the repeats warning reads), resolved config
   rng-rank{R}.safetensors  torch CPU (and CUDA) generator states of rank R
 A run trained with ``--fsdp`` has no ``model.safetensors``/``optimizer.pt`` but one ``model-rank{R}.safetensors``
 and ``optimizer-rank{R}.pt`` per rank: each rank's shards (FSDP2 shards every parameter along dim 0, so the ranks'
