@@ -7,12 +7,15 @@ and this module finds it, so that the training loop can warn while the run goes 
 
 A domain is flagged at a record when all of these hold:
 
-1. it has had more than one pass over its training rows (more than any natural-mixture epoch gives it);
+1. it has had more than one pass over its training rows (more than one epoch of the natural mixture gives it);
 2. its ratio there is above the lowest ratio it had at an earlier record, by more than :data:`RISE_TOL` (relative);
 3. since that lowest record it was sampled at least at its natural pace (the passes per step of the natural
    mixture, ``batch_size / sum(train_rows)``), so the rise is not a domain starved of samples regressing.
 
-The lowest record's passes are then about as many as the domain could use in this run; ``--max-epochs-per-domain``
+A rise can also come from the other domains' training (c's ratio rose while DDK sent python 58% of the samples);
+the rule cannot tell the two apart, so it warns and reports, and changes nothing that is sampled (acting on it was
+tried and lost to the baselines: docs/results-natural.md). The lowest record's passes are then about as many as the
+domain could use in this run; ``--max-epochs-per-domain``
 near them bounds the repeats. Choosing E from held-out ratios is choosing on the rows that score the run: check such a
 choice on another draw of held-out documents (docs/results-natural.md, "What a user should do").
 
