@@ -151,7 +151,8 @@ def train(cfg: Stage2Config) -> Path:
                            "config": settings.saved_dict(cfg)})
 
     def capped(w: np.ndarray, step: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """--max-epochs-per-domain: (weights to sample from ``step`` on, cap, capped); ``w`` itself without a cap."""
+        """--max-epochs-per-domain: (weights to sample from ``step`` on, cap, capped); ``w`` itself without a cap.
+        The weights are also recorded on the evaluation just added to ``history``."""
         weights, cap, held = rw.apply_epoch_cap(w, cfg.max_epochs_per_domain, remaining_steps=cfg.steps - step,
                                                 rows_per_step=B, num_rows=num_rows, consumed=sampler.consumed)
         history[-1]["weights"] = [float(x) for x in weights]
