@@ -159,4 +159,3 @@ def test_impossible_or_invalid_cap_is_one_line_before_training(tmp_path, store_u
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
     res = CliRunner().invoke(cli, train_args(store_url, student_dir, tmp_path / "b", max_epochs_per_domain=0))
     assert res.exit_code == 2 and "--max-epochs-per-domain must be > 0" in res.output
-
