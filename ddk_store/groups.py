@@ -24,9 +24,9 @@ __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_me
 
 def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any]]:
     """Arguments of zarr.create_array for each array of a group: :func:`schema.group_schema` plus its codecs."""
-    # Levels chosen by bench/store_codec.py: zstd-3 on tokens; the top-k arrays as their encoding declares (ids:
-    # zstd-3 byte-shuffle, 73 B/token at ~1 M tok/s where zstd-5 saves 1 B/token at 0.4 M tok/s); level 1 on the
-    # float32 targets, where higher levels gain nothing. crc32c last: every chunk carries a checksum that zarr
+    # Levels chosen by bench/store_codec.py: zstd-1 on tokens (within 0.04 B/token of zstd-3, at the write speed
+    # target); the top-k arrays as their encoding declares; level 1 on the float32 targets, where higher levels gain
+    # nothing. crc32c last: every chunk carries a checksum that zarr
     # verifies on every read.
     compressors = {spec.ARR_TOKENS: ("shuffle", 1, 0), spec.ARR_TARGET_LOGPROBS: ("bitshuffle", 1, 0)}
     compressors.update({a.name: (a.shuffle, a.clevel, a.blocksize)

@@ -171,7 +171,7 @@ class PackedRows:
         if name not in self._arrays:
             store = self.store if self.read_only else self.writable()
             if not self.read_only and _get(store, f"{path}/zarr.json") is None:
-                # The codecs of the store's tokens arrays (store-format.md section 1): blosc-zstd, then crc32c, so
+                # Blosc-zstd, then crc32c (the codec chain of store-format.md section 4), so
                 # every chunk read is checked.
                 codecs = [BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=np.dtype(dtype).itemsize),
                           Crc32cCodec()]

@@ -151,7 +151,8 @@ def compare_cmd(arms: tuple[str, ...], out: str | None) -> None:
 @cli.command("init")
 @click.option("--teacher", required=True, help="Hugging Face directory of a Llama-style teacher.")
 @click.option("--layers", default="6", show_default=True,
-              help="Decoder layers to keep: a count (evenly spaced, first and last kept) or indices like 0,6,29.")
+              help="Decoder layers to keep: a count (evenly spaced, first and last kept), or indices and ranges like "
+                   "0,6,29 or 0-9,16-29.")
 @click.option("--out", required=True, help="Directory for the student (save_pretrained + the teacher's tokenizer).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
