@@ -2,27 +2,33 @@
 
 Every console script (``ddk-teacher``, ``ddk-student``, ``ddk-store``, the built-in asset builders) runs through
 :func:`main_entry`, so a user's own mistake ends the same way everywhere: one ``error: ...`` line on stderr and
-exit status 2, no traceback. Ctrl-C says that rerunning the same command resumes (exit 130).
+exit status 2, no traceback. Ctrl-C says that rerunning the same command resumes, or what else continues the work
+(a command's own :class:`~ddk_store.errors.Interrupted`), and exits 130; SIGTERM does the same with exit 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 import click
 
 from ._version import __version__
 from .allocator import tune_allocator
-from .errors import ConfigError, DdkError
+from .errors import ConfigError, DdkError, Interrupted
 
 #: Exit status of a user error (bad flag, bad input, refused store): the same for every command.
 EXIT_USER_ERROR = 2
 #: Exit status after Ctrl-C (128 + SIGINT), as shells report it.
 EXIT_INTERRUPTED = 130
+#: Exit status after SIGTERM (128 + SIGTERM): a scheduler stopping the job.
+EXIT_TERMINATED = 143
 INTERRUPTED = "interrupted; rerun the same command to resume where it stopped"
 
 #: click settings every command group uses.
@@ -37,12 +43,19 @@ def one_line(text: str) -> str:
 def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = None) -> NoReturn:
     """Run a click command or group as a console script with ddk's error contract, then exit."""
     tune_allocator()
+    with _sigterm_as_ctrl_c() as terminated:
+        _run(cli, prog_name, argv, terminated)
+
+
+def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, terminated: list[bool]) -> NoReturn:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo(f"{prog_name}: {INTERRUPTED}", err=True)
+    except (KeyboardInterrupt, click.exceptions.Abort) as e:
+        cause = e.__cause__ if isinstance(e, click.exceptions.Abort) else e  # click wraps Ctrl-C in Abort
+        advice = one_line(str(cause)) if isinstance(cause, Interrupted) and str(cause) else INTERRUPTED
+        click.echo(f"{prog_name}: {advice}", err=True)
         _quiet_shutdown(argv)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(EXIT_TERMINATED if terminated[0] else EXIT_INTERRUPTED)
     except click.exceptions.Exit as e:  # --help, --version
         sys.exit(e.exit_code)
     except click.exceptions.ClickException as e:  # usage errors: unknown flag, missing argument, bad choice
@@ -53,6 +66,28 @@ def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = 
         _quiet_shutdown(argv)
         sys.exit(EXIT_USER_ERROR)
     sys.exit(0)
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[list[bool]]:
+    """While a command runs, SIGTERM (what SLURM or Kubernetes send before they kill a job) stops it as Ctrl-C does:
+    the same cleanup (finally blocks, a checkpoint being written completes) and the same advice, with exit status
+    143. Yields a flag that turns True once SIGTERM arrived. Only in the main thread (where Python runs signal
+    handlers); the previous handler is restored afterwards, so a caller in the same interpreter keeps its own."""
+    got = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield got
+        return
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        got[0] = True
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield got
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _quiet_shutdown(argv: Sequence[str] | None) -> None:

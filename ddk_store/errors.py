@@ -95,6 +95,11 @@ class CorpusError(DdkError):
     """The built-in corpus cannot be built (unknown domain, bad size cap, missing sources or Debian packages)."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM), carrying the command's own advice on how to continue: the entry wrapper prints it instead
+    of the generic "rerun the same command"; the exit status is unchanged (130, or 143 after SIGTERM)."""
+
+
 def describe(exc: BaseException, limit: int = 200, *, with_type: bool = True) -> str:
     """One line for a foreign exception inside a ddk message: ``Type: text``, whitespace folded, shortened.
 

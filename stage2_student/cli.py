@@ -19,7 +19,7 @@ from ddk_store.errors import ConfigError
 
 from .config import EvalConfig, Stage2Config
 from .resume import resume_layer
-from .rundir import CHECKPOINTS_DIR
+from .rundir import CHECKPOINTS_DIR, METRICS_FILE
 
 PROG = "ddk-student"
 
@@ -35,7 +35,20 @@ def train_settings(ctx: click.Context) -> Stage2Config:
     config_file = ctx.params.get(settings.CONFIG_PARAM)
     from_file = settings.read_config(Stage2Config, config_file) if config_file else {}
     typed = settings.typed_params(ctx, Stage2Config)
+    if config_file and "out" not in typed:
+        _check_moved_run(Path(config_file), from_file.get("out"))
     return settings.build(Stage2Config, resume_layer({**from_file, **typed}), from_file, typed)
+
+
+def _check_moved_run(config_file: Path, out: object) -> None:
+    """A run's own config.yaml names the run's --out as it was when it started: if the run directory holding the
+    file has been moved or copied since, refuse to act silently on the directory the file names."""
+    folder = config_file.expanduser().resolve().parent
+    is_run = (folder / CHECKPOINTS_DIR).is_dir() or (folder / METRICS_FILE).is_file()
+    if isinstance(out, str) and out and is_run and Path(out).expanduser().resolve() != folder:
+        raise ConfigError(f"--config {config_file}: it is the config of the run in {folder}, but it names --out {out} "
+                          f"(was the run moved or copied?); give --out {folder} to continue the run here, or "
+                          f"--out {out} for the one it names")
 
 
 @cli.command("train")
@@ -139,13 +152,14 @@ def compare_cmd(arms: tuple[str, ...], out: str | None) -> None:
     Each argument is one arm: a RUN_DIR, or LABEL=DIR,DIR,... for several runs of one setting (seeds), whose cells are
     then mean ± standard deviation over its runs.
     """
-    from .compare import DEFAULT_PNG, bar_chart, load_arms, markdown
+    from .compare import DEFAULT_PNG, bar_chart, load_arms, markdown, png_path
 
+    png = png_path(out or DEFAULT_PNG)
     loaded, notes = load_arms(list(arms))
     click.echo(markdown(loaded))
     for note in notes:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"bars: {bar_chart(loaded, Path(out or DEFAULT_PNG))}", err=True)
+    click.echo(f"bars: {bar_chart(loaded, png)}", err=True)
 
 
 @cli.command("init")

@@ -128,15 +128,39 @@ def check_arms(arms: list[Arm]) -> list[str]:
 
 
 def load_arms(specs: list[str]) -> tuple[list[Arm], list[str]]:
-    """The arms of ``specs`` and the notes for the reader (missing natural mixtures, different held-out rows)."""
+    """The arms of ``specs`` and the notes for the reader (missing natural mixtures, different held-out rows).
+    Two arms with one label, or a run given twice, are refused (ReportError)."""
     if not specs:
         raise ReportError("compare: give at least one RUN_DIR or LABEL=DIR[,DIR...]")
     notes: list[str] = []
-    arms = []
+    arms: list[Arm] = []
+    seen: dict[Path, str] = {}
     for spec in specs:
         label, paths = parse_arm(spec)
+        if label in {a.label for a in arms}:
+            raise ReportError(f"compare: two arms are labelled {label!r}; give each arm its own label "
+                              f"(LABEL=DIR[,DIR...])")
+        for p in paths:
+            if p.resolve() in seen:
+                raise ReportError(f"compare: run {p} is given twice ({seen[p.resolve()]!r} and {label!r}); a run "
+                                  f"counted twice would weigh double in its arm's mean")
+            seen[p.resolve()] = label
         arms.append(Arm(label, [load_run(p, notes) for p in paths]))
     return arms, notes + check_arms(arms)
+
+
+def png_path(out: str | Path) -> Path:
+    """The bar chart's file: ``out`` as given when it ends in .png, with .png added when it has no suffix.
+
+    Raises:
+        ReportError: another suffix (the chart is a PNG), before any run is read.
+    """
+    path = Path(out)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    if path.suffix.lower() != ".png":
+        raise ReportError(f"--out {out}: the bar chart is written as PNG; give a FILE.png")
+    return path
 
 
 def ratio_table(arms: list[Arm]) -> str:
@@ -171,12 +195,16 @@ def passes_table(arms: list[Arm]) -> str:
     if not known:
         return ""
     run = known[0][0].runs[0]
-    rows = run.train_rows or []
+    counts = {tuple(r.train_rows) for a, _ in known for r in a.runs if r.train_rows}
+    same = len(counts) == 1
+    header = [f"{d} ({n} rows)" for d, n in zip(run.domains, next(iter(counts)))] if same else list(run.domains)
     lines = ["Passes each arm's sampler made over each domain's training rows during the run (rows drawn / training "
              "rows, from the logged weights; mean ± sd over runs). Several passes over a small domain mean its gap "
-             "is bounded by its data rather than by how often it is sampled.",
+             "is bounded by its data rather than by how often it is sampled."
+             + ("" if same else " The runs' stores hold different numbers of training rows: each run's passes are "
+                "over its own."),
              "",
-             "| arm | " + " | ".join(f"{d} ({n} rows)" for d, n in zip(run.domains, rows)) + " |",
+             "| arm | " + " | ".join(header) + " |",
              "|---" + "|---:" * len(run.domains) + "|"]
     for a, ps in known:
         lines.append(f"| {a.label} | " + " | ".join(format_mean_sd([p[i] for p in ps], 2)

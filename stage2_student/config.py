@@ -191,6 +191,9 @@ def problems(cfg: Stage2Config) -> list[str]:
                 p.append(f"--{e}".replace("--static_weights", "--static-weights"))
     elif cfg.static_weights:
         p.append(f"--static-weights is only used with --mixing static (got --mixing {cfg.mixing})")
+    if cfg.init_mixture != "natural" and cfg.mixing not in ("ddk", "wo-fs"):
+        p.append(f"--init-mixture {cfg.init_mixture} is only used with --mixing ddk or wo-fs (got --mixing "
+                 f"{cfg.mixing}, which samples its own mixture from step 0)")
     p += _where_problems(cfg.store, "--student", cfg.student)
     return p
 

@@ -129,7 +129,8 @@ def init_student_from_teacher(
     Embeddings, final norm and output head are copied; ``config.num_hidden_layers`` (and ``layer_types`` if
     present) are updated. ``seed`` seeds torch before the student is built (nothing is randomly initialised when the
     teacher is Llama-style, but it makes the build reproducible regardless). ``dtype`` (e.g. ``torch.float32``)
-    defaults to the teacher's stored dtype. An existing non-empty ``out_dir`` is refused unless ``overwrite``.
+    defaults to the teacher's stored dtype. An existing non-empty ``out_dir`` is refused unless ``overwrite`` is given
+    and it holds a student this function wrote (its provenance file); one that is or holds the teacher, always.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -142,10 +143,16 @@ def init_student_from_teacher(
             "pass the directory written by save_pretrained (e.g. the built-in teacher from "
             "`ddk-teacher builtin-teacher`)"
         )
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise ConfigError(f"student output {out} already exists and is not empty; choose another --out or overwrite it")
-    if out.resolve() == teacher_dir.resolve():
-        raise ConfigError(f"student output {out} is the teacher directory; choose another --out")
+    if out.resolve() == teacher_dir.resolve() or out.resolve() in teacher_dir.resolve().parents:
+        raise ConfigError(f"student output {out} is or holds the teacher directory {teacher_dir}; choose another --out")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise ConfigError(f"student output {out} already exists and is not empty; choose another --out, or pass "
+                              "--overwrite to replace a student that `ddk-student init` wrote there")
+        if not (out / PROVENANCE).is_file():
+            # --overwrite replaces what this command wrote, never a directory of something else (a run, a model).
+            raise ConfigError(f"student output {out} is not a student written by `ddk-student init` (no {PROVENANCE} "
+                              "there), so --overwrite does not replace it; choose another --out or remove it yourself")
 
     tokenizer = _load_from(AutoTokenizer, teacher_dir, "teacher {teacher} has no loadable tokenizer ({err}); the "
                            "student must share the teacher's tokenizer, so save it into the teacher directory first")

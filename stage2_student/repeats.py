@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .reweighting import min_epoch_cap
 from .sampler import largest_remainder
 
 #: Relative rise over its lowest earlier ratio above which a repeated domain is flagged (2%: well above the change
@@ -49,19 +50,31 @@ class RepeatFinding:
     step: int
     ratio: float
     passes: float
+    #: The smallest cap the run's steps allow (:func:`~stage2_student.reweighting.min_epoch_cap`); 0 when unknown.
+    min_cap: float = 0.0
 
-    def suggested_cap(self) -> float:
+    def _at_lowest(self) -> float:
         """The passes at the lowest ratio, rounded up to a tenth, and never below one pass."""
         return max(1.0, math.ceil(self.best_passes * 10 - 1e-9) / 10)
 
+    def binds(self) -> bool:
+        """Whether the run's smallest possible cap, not the passes at the lowest ratio, sets the suggestion."""
+        return self.min_cap > self._at_lowest()
+
+    def suggested_cap(self) -> float:
+        """The passes at the lowest ratio (rounded up to a tenth, at least one), or the smallest cap the run's steps
+        allow where that is larger (``train`` refuses a smaller cap)."""
+        return max(self._at_lowest(), self.min_cap)
+
     def message(self) -> str:
         """What happened, in one sentence a user can act on."""
+        cap = f"{self.suggested_cap():g}" + (" (the least this run's steps allow)" if self.binds() else "")
         return (f"domain {self.domain!r}: held-out ratio {self.ratio:.3g} at step {self.step} after "
                 f"{self.passes:.2f} passes over its {self.train_rows} training rows, up from {self.best_ratio:.3g} "
                 f"at step {self.best_step} after {self.best_passes:.2f} passes, though it was sampled at least at "
                 f"its natural pace since: repeating its rows no longer helps. --max-epochs-per-domain "
-                f"{self.suggested_cap():g} would bound the repeats (check such a choice on another draw of held-out "
-                f"documents: docs/results-natural.md)")
+                f"{cap} would bound the repeats (check such a choice on another draw of held-out documents: "
+                f"docs/results-natural.md)")
 
 
 def rows_by_record(records: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
@@ -86,7 +99,7 @@ def rows_sampled(records: Sequence[dict[str, Any]], batch_size: int) -> list[int
 
 
 def find_repeats(records: Sequence[dict[str, Any]], batch_size: int, train_rows: Sequence[int],
-                 tolerance: float = RISE_TOL) -> list[RepeatFinding]:
+                 tolerance: float = RISE_TOL, *, steps: int | None = None) -> list[RepeatFinding]:
     """The domains flagged at the last of ``records`` (interval records, then the final one if any), in domain order.
 
     Args:
@@ -95,6 +108,7 @@ def find_repeats(records: Sequence[dict[str, Any]], batch_size: int, train_rows:
         batch_size: rows per optimizer step (the global batch).
         train_rows: training rows per domain (the natural mixture's counts).
         tolerance: relative rise over the lowest earlier ratio that counts (condition 2).
+        steps: the run's optimizer steps, when known: no suggested cap is below what they allow.
     """
     if len(records) < 2 or batch_size < 1 or sum(train_rows) <= 0:
         return []
@@ -104,6 +118,7 @@ def find_repeats(records: Sequence[dict[str, Any]], batch_size: int, train_rows:
     rows = rows_by_record(records, batch_size)
     total = sum(train_rows)
     last, found = records[-1], []
+    min_cap = min_epoch_cap(train_rows, steps=steps, rows_per_step=batch_size) if steps else 0.0
     for d, name in enumerate(domains):
         n = train_rows[d]
         if not n or not rows[-1][d] > n:  # condition 1: more than one pass
@@ -117,5 +132,6 @@ def find_repeats(records: Sequence[dict[str, Any]], batch_size: int, train_rows:
         if rise and kept_pace:
             found.append(RepeatFinding(domain=name, train_rows=int(n), best_step=records[best]["step"],
                                        best_ratio=records[best]["ratio"][d], best_passes=rows[best][d] / n,
-                                       step=last["step"], ratio=last["ratio"][d], passes=rows[-1][d] / n))
+                                       step=last["step"], ratio=last["ratio"][d], passes=rows[-1][d] / n,
+                                       min_cap=min_cap))
     return found

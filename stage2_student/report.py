@@ -33,7 +33,8 @@ def _pct(new: float, old: float) -> str:
     """``new`` against ``old``: a signed percentage, or a factor (``÷1,250``, ``×12.0``) beyond tenfold."""
     r = new / old
     if 0.1 <= r <= 10:
-        return f"{100.0 * (r - 1.0):+.1f}%"
+        pct = f"{100.0 * (r - 1.0):+.1f}%"
+        return "0.0%" if pct in ("+0.0%", "-0.0%") else pct  # no sign on a change that rounds away
     return f"÷{1 / r:,.0f}" if r < 0.1 else f"×{r:,.1f}"
 
 
@@ -70,10 +71,11 @@ def load_run(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None
     return intervals + ([final] if final else []), final, read_config(run_dir)
 
 
-def repeats_lines(records: list[dict[str, Any]], batch_size: int, rows: list[int]) -> list[str]:
+def repeats_lines(records: list[dict[str, Any]], batch_size: int, rows: list[int], steps: int | None = None
+                  ) -> list[str]:
     """The report's paragraph on repeated rows (:mod:`stage2_student.repeats`): the flagged domains, or that there
-    are none."""
-    found = find_repeats(records, batch_size, rows)
+    are none. ``steps``: the run's steps (no suggested cap below what they allow)."""
+    found = find_repeats(records, batch_size, rows, steps=steps)
     rule = (f"its held-out ratio ended more than {100 * RISE_TOL:g}% above its lowest while it had more than one "
             "pass over its training rows and was sampled at least at its natural pace since that lowest")
     if not found:
@@ -149,6 +151,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
     intervals = records[:-1] if final else records
     K = cfg.get("interval") or (intervals[1]["step"] if len(intervals) > 1 else "?")
     cap_text = f"at most {cap:g} passes over each domain's training rows" if cap else "none (paper-exact DDK)"
+    steps_text = (f"{last['step']}" if final else
+                  f"{last['step']} of {cfg.get('steps', '?')} (run not finished: its last evaluation is shown)")
     lines = [
         f"# ddk-student run: {run_dir.name}",
         "",
@@ -162,7 +166,7 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         f"- mixing: `{mixing}`, alpha {cfg.get('alpha', '?')}, gamma {cfg.get('gamma', '?')}, "
         f"T {cfg.get('temperature', '?')}, interval K {K}",
         f"- epoch cap (--max-epochs-per-domain): {cap_text}",
-        f"- steps: {last['step']}{'' if final else ' (run not finished: last interval shown)'}, "
+        f"- steps: {steps_text}, "
         f"rows per step: {cfg.get('batch_size', '?')}, intervals logged: {len(intervals)}",
         "",
         "## Student/teacher perplexity ratio (lower is better; 1.0 = the teacher)",
@@ -214,7 +218,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         for i, d in enumerate(domains):
             passes = f"{sampled[i] / rows[i]:.2f}" if rows[i] else "–"
             lines.append(f"| {d} | {rows[i]} | {sampled[i]:,} | {passes} |" + (f" {held[i]} |" if cap else ""))
-        lines += ["", *repeats_lines(records, batch, rows)]
+        steps = cfg.get("steps")
+        lines += ["", *repeats_lines(records, batch, rows, steps if isinstance(steps, int) else None)]
     lines += ["", "## Perplexities", "",
               "| domain | teacher ppl | student ppl before | student ppl after | ratio after | final weight |",
               "|---|---:|---:|---:|---:|---:|"]

@@ -20,6 +20,7 @@ from typing import Any
 
 from ddk_store import settings
 from ddk_store.errors import ConfigError
+from ddk_store.storage import local_path
 
 from .config import RUNTIME_ONLY_FIELDS, Stage2Config
 from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
@@ -75,6 +76,17 @@ def differences(saved: Stage2Config, cfg: Stage2Config) -> list[str]:
             if k not in RUNTIME_ONLY_FIELDS and k != "steps" and theirs.get(k) != mine[k]]
 
 
+def inputs_inside(cfg: Stage2Config, out: Path) -> list[str]:
+    """The run's local inputs (``--student``, ``--store``) that are ``out`` or lie inside it, as ``"--flag PATH"``."""
+    root = out.resolve()
+    found = []
+    for flag, path in (("--student", Path(cfg.student).expanduser() if cfg.student else None),
+                       ("--store", local_path(cfg.store) if cfg.store else None)):
+        if path is not None and path.exists() and (path.resolve() == root or root in path.resolve().parents):
+            found.append(f"{flag} {path}")
+    return found
+
+
 def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, echo: Callable[[str], None] = _stderr) -> bool:
     """Check ``--out`` against ``--resume``/``--overwrite`` before anything is loaded; True if a run is to be
     resumed from its latest checkpoint.
@@ -109,10 +121,15 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, echo: Callable[[str], N
         if cfg.steps < checkpoint_step(ckpt):
             raise ConfigError(f"--resume {out}: --steps {cfg.steps} is below the step of its latest checkpoint "
                               f"({checkpoint_step(ckpt)}); give --steps >= {checkpoint_step(ckpt)}")
+        if rank == 0:
+            echo(f"--resume {out}: continuing from its checkpoint at step {checkpoint_step(ckpt)} of {cfg.steps}")
         return True
     if not entries:
         return False
     if cfg.overwrite:
+        if inside := inputs_inside(cfg, out):
+            raise ConfigError(f"--out {out}: --overwrite would delete it, and {' and '.join(inside)} inside it; "
+                              f"write the new run to another --out")
         if rank == 0:
             shutil.rmtree(out)
         return False

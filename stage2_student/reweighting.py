@@ -256,19 +256,31 @@ def apply_epoch_cap(weights: np.ndarray, max_epochs: float | None, *, remaining_
     return capped, cap, held
 
 
-def check_epoch_cap(max_epochs: float | None, num_rows: Sequence[int], *, steps: int, rows_per_step: int) -> None:
-    """Refuse a cap the run cannot keep: E passes over all training rows must hold the steps * B rows it draws.
+def min_epoch_cap(num_rows: Sequence[int], *, steps: int, rows_per_step: int) -> float:
+    """The smallest --max-epochs-per-domain a run of ``steps`` x ``rows_per_step`` rows over domains of ``num_rows``
+    training rows can keep, rounded up to a thousandth: its rows spread over the domains in proportion to their size."""
+    total = sum(int(n) for n in num_rows)
+    return float(np.ceil(1000 * steps * rows_per_step / max(total, 1)) / 1000)
+
+
+def check_epoch_cap(max_epochs: float | None, num_rows: Sequence[int], *, steps: int, rows_per_step: int,
+                    sampled: Sequence[bool] | None = None, why: str = "") -> None:
+    """Refuse a cap the run cannot keep: E passes over the training rows of the domains it samples (``sampled``;
+    default all) must hold the steps * B rows it draws. ``why`` names what leaves the others out (a flag).
 
     Raises:
         ConfigError: naming both row counts and the two ways out.
     """
     if max_epochs is None:
         return
-    total = sum(int(n) for n in num_rows)
+    rows = [int(n) for i, n in enumerate(num_rows) if sampled is None or sampled[i]]
+    total = sum(rows)
     allowed, drawn = max_epochs * total, steps * rows_per_step
     if allowed < drawn:
+        over = f" of the domains {why} samples" if why and len(rows) < len(num_rows) else ""
         raise ConfigError(
             f"--max-epochs-per-domain {max_epochs:g} allows at most {max_epochs:g} x {total} = {allowed:g} "
-            f"training rows, but the run draws --steps {steps} x --batch-size {rows_per_step} = {drawn}; raise "
-            f"--max-epochs-per-domain to at least {np.ceil(1000 * drawn / max(total, 1)) / 1000:g} or lower --steps"
+            f"training rows{over}, but the run draws --steps {steps} x --batch-size {rows_per_step} = {drawn}; raise "
+            f"--max-epochs-per-domain to at least {min_epoch_cap(rows, steps=steps, rows_per_step=rows_per_step):g} "
+            f"or lower --steps"
         )

@@ -23,12 +23,11 @@ from tqdm import tqdm
 
 from ddk_store import open_store, settings
 from ddk_store.encodings import encoding_for
-from ddk_store.errors import ConfigError
-from ddk_store.errors import StoreIOError
+from ddk_store.errors import ConfigError, Interrupted, StoreIOError
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
-from .checkpoint import CheckpointWriter, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointWriter, checkpoint_step, latest_checkpoint, load_checkpoint
 from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
@@ -45,8 +44,8 @@ from .student import load_student
 
 # ----------------------------------------------------------------------------------------------- small helpers
 def _resume_hint(fn):
-    """A store that stays unreachable or refuses access ends the run; say how to continue it (checkpoints make
-    that exact)."""
+    """A store that stays unreachable or refuses access, or Ctrl-C, ends the run; say how to continue it
+    (checkpoints make that exact)."""
     @functools.wraps(fn)
     def wrapper(cfg: Stage2Config) -> Path:
         try:
@@ -54,6 +53,13 @@ def _resume_hint(fn):
         except StoreIOError as e:
             raise e.with_hint("once it is fixed, rerun the same command with --resume to continue from the last "
                               "checkpoint") from None
+        except KeyboardInterrupt:
+            if not (Path(cfg.out) / CONFIG_FILE).is_file():
+                raise  # before the run was written: the generic advice (rerun the same command) holds
+            ckpt = latest_checkpoint(cfg.out)
+            since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
+            raise Interrupted(f"interrupted; `ddk-student train --out {cfg.out} --resume` continues the run from "
+                              f"{since} with its saved settings") from None
 
     return wrapper
 
@@ -86,7 +92,8 @@ def train(cfg: Stage2Config) -> Path:
     D = len(domains)
     static = rw.static_weights_vector(cfg.static_weight_map(), domains) if cfg.mixing == "static" else None
     num_rows = [reader.num_rows(d, "train") for d in domains]
-    rw.check_epoch_cap(cfg.max_epochs_per_domain, num_rows, steps=cfg.steps, rows_per_step=B)
+    rw.check_epoch_cap(cfg.max_epochs_per_domain, num_rows, steps=cfg.steps, rows_per_step=B,
+                       sampled=None if static is None else [w > 0 for w in static], why="--static-weights")
     for d, n in zip(domains, num_rows):
         if n == 0 and cfg.mixing in ("ddk", "wo-fs", "uniform"):
             raise ConfigError(f"store {cfg.store}: domain {d!r} has no training rows; mixing {cfg.mixing!r} samples "
@@ -133,7 +140,7 @@ def train(cfg: Stage2Config) -> Path:
     def note_eval(step: int, ratio: np.ndarray) -> None:
         """Add an evaluation to ``history``; warn of the domains whose repeated rows stopped paying."""
         history.append({"domains": domains, "step": step, "ratio": [float(x) for x in ratio], "weights": None})
-        for found in find_repeats(history, B, num_rows) if rank == 0 else ():
+        for found in find_repeats(history, B, num_rows, steps=cfg.steps) if rank == 0 else ():
             if found.domain not in warned:
                 warned.add(found.domain)
                 tqdm.write(f"warning: {found.message()}", file=sys.stderr)

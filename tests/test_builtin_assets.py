@@ -210,8 +210,19 @@ def test_init_student_input_errors(tiny_teacher, tmp_path):
     with pytest.raises(ConfigError, match="already exists"):
         init_student_from_teacher(tiny_teacher, busy, layers=2)
     assert (busy / "keep.txt").read_text() == "mine"
-    init_student_from_teacher(tiny_teacher, busy, layers=2, overwrite=True)
-    assert not (busy / "keep.txt").exists() and (busy / "config.json").is_file()
+    # --overwrite replaces only a student this command wrote: not a directory of something else, never the teacher
+    with pytest.raises(ConfigError, match="not a student written by `ddk-student init`"):
+        init_student_from_teacher(tiny_teacher, busy, layers=2, overwrite=True)
+    assert (busy / "keep.txt").read_text() == "mine"
+    with pytest.raises(ConfigError, match="is or holds the teacher directory"):
+        init_student_from_teacher(tiny_teacher, tiny_teacher.parent, layers=2, overwrite=True)
+    assert (tiny_teacher / "config.json").is_file()
+    student = tmp_path / "student"
+    init_student_from_teacher(tiny_teacher, student, layers=2)
+    (student / "stale.txt").write_text("from an earlier build")
+    init_student_from_teacher(tiny_teacher, student, layers=[0, 3], overwrite=True)
+    assert not (student / "stale.txt").exists()
+    assert json.loads((student / PROVENANCE).read_text())["kept_layers"] == [0, 3]
 
 
 def test_init_student_cli(tiny_teacher, tmp_path):

@@ -113,6 +113,13 @@ def test_an_impossible_cap_is_refused_with_both_row_counts():
     with pytest.raises(ConfigError, match=r"allows at most 1 x 48 = 48 training rows, but the run draws --steps 13 "
                                           r"x --batch-size 4 = 52; raise --max-epochs-per-domain to at least 1\.084"):
         rw.check_epoch_cap(1.0, [16, 16, 16], steps=13, rows_per_step=4)
+    # Static weights that leave a domain out: only the sampled domains' rows can hold the run's, 1.5 x 16 = 24 < 48
+    rw.check_epoch_cap(1.5, [16, 16, 16], steps=12, rows_per_step=4)  # over all three: 72 >= 48
+    with pytest.raises(ConfigError, match=r"allows at most 1\.5 x 16 = 24 training rows of the domains "
+                                          r"--static-weights samples, .* at least 3\b"):
+        rw.check_epoch_cap(1.5, [16, 16, 16], steps=12, rows_per_step=4, sampled=[True, False, False],
+                           why="--static-weights")
+    assert rw.min_epoch_cap([16, 32], steps=10, rows_per_step=5) == 1.042  # 50 / 48 = 1.0417, rounded up
 
 
 def test_a_whole_run_stays_within_the_cap():

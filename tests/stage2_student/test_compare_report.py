@@ -71,6 +71,15 @@ def test_report_explains_itself_and_has_before_after_and_the_mixture(tmp_path):
         assert (run / png).read_bytes()[:8] == PNG
 
 
+def test_report_of_an_unfinished_run_says_how_far_it_got_and_a_change_that_rounds_away_has_no_sign(tmp_path):
+    run = write_run(tmp_path / "running", [[4.0, 8.0], [4.0 * (1 - 1e-5), 8.0 * (1 + 1e-5)]], final=False)
+    assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
+    md = (run / "report.md").read_text()
+    assert "- steps: 2 of 4 (run not finished: its last evaluation is shown)" in md  # config.yaml: steps 4
+    # -0.001% and +0.001% both round to 0.0%: printed without a sign
+    assert "| a | 4.000 | 4.000 | 0.0% |" in md and "| b | 8.000 | 8.000 | 0.0% |" in md
+
+
 def test_report_of_a_huge_initial_ratio_reads_as_a_factor(tmp_path):
     run = write_run(tmp_path / "raw", [[800000.0, 4.0], [10.0, 3.0], [6.0, 2.0]])
     from stage2_student.report import write_report
@@ -165,3 +174,34 @@ def test_compare_draws_next_to_the_current_directory_by_default(tmp_path, monkey
     res = CliRunner().invoke(cli, ["compare", str(run)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
+
+
+def test_compare_refuses_twice_given_arms_and_runs_and_a_chart_that_is_not_png(tmp_path):
+    a = write_run(tmp_path / "a", [[4.0, 4.0], [1.5, 2.0]])
+    b = write_run(tmp_path / "b", [[4.0, 4.0], [2.5, 3.0]])
+    out = ["--out", str(tmp_path / "c.png")]
+    res = CliRunner().invoke(cli, ["compare", f"X={a}", f"X={b}", *out])
+    assert res.exit_code == 2 and "two arms are labelled 'X'" in res.output
+    res = CliRunner().invoke(cli, ["compare", str(a), f"A={b},{tmp_path / 'b'}", *out])
+    assert res.exit_code == 2 and f"run {tmp_path / 'b'} is given twice ('A' and 'A')" in res.output
+    res = CliRunner().invoke(cli, ["compare", str(a), f"Y={a}", *out])
+    assert res.exit_code == 2 and "is given twice ('a' and 'Y')" in res.output
+    # the chart's file is checked before any run is read: a .txt is refused, a name without suffix gets .png
+    res = CliRunner().invoke(cli, ["compare", str(a), "--out", str(tmp_path / "c.txt")])
+    assert res.exit_code == 2 and "give a FILE.png" in res.output and "| arm |" not in res.output
+    res = CliRunner().invoke(cli, ["compare", str(a), "--out", str(tmp_path / "bars")])
+    assert res.exit_code == 0 and f"bars: {tmp_path / 'bars.png'}" in res.stderr
+    assert (tmp_path / "bars.png").read_bytes()[:8] == PNG
+
+
+def test_compare_passes_of_runs_on_stores_of_other_sizes_name_no_row_counts(tmp_path):
+    a = write_run(tmp_path / "a", [[4.0, 4.0], [1.5, 2.0]], train_rows=[30, 10])
+    b = write_run(tmp_path / "b", [[4.0, 4.0], [1.5, 2.0]], train_rows=[60, 20])
+    res = CliRunner().invoke(cli, ["compare", str(a), "--out", str(tmp_path / "c.png")])
+    assert "| arm | a (30 rows) | b (10 rows) |" in res.stdout
+    res = CliRunner().invoke(cli, ["compare", str(a), str(b), "--out", str(tmp_path / "c.png")])
+    assert res.exit_code == 0, res.output
+    assert "| arm | a | b |" in res.stdout and "each run's passes are over its own" in res.stdout
+    # records at steps 0 and 2 (final): 2 steps x 4 rows at (0.4, 0.6) -> 3 and 5 rows; run a: 3/30 = 0.10 and
+    # 5/10 = 0.50; run b, twice the rows: 0.05 and 0.25
+    assert "| a | 0.10 | 0.50 |" in res.stdout and "| b | 0.05 | 0.25 |" in res.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import pytest
 import zarr
@@ -104,6 +105,11 @@ def test_bad_inputs_one_line_each(tmp_path, bad_stores, store_url, student_dir):
     assert "zeta" in msg and "alpha, beta, gamma" in msg
     msg = _err(train_args(store_url, student_dir, out, mixing="static", static_weights="alpha=0.5,beta=0.4"))
     assert "sum to 1" in msg
+    msg = _err(train_args(store_url, student_dir, out, mixing="static", static_weights="alpha=1", steps=12,
+                          batch_size=4, max_epochs_per_domain=1.5))  # only alpha's 16 rows can take the 48 drawn
+    assert "1.5 x 16 = 24 training rows of the domains --static-weights samples" in msg, msg
+    msg = _err(train_args(store_url, student_dir, out, mixing="natural", init_mixture="r0"))
+    assert "--init-mixture r0 is only used with --mixing ddk or wo-fs (got --mixing natural" in msg, msg
     msg = _err(train_args(store_url, student_dir, out, steps=10, interval=11))
     assert "--interval 11 is larger than the run" in msg
     msg = _err(train_args(str(tmp_path / "nowhere"), student_dir, out))
@@ -124,3 +130,18 @@ def test_out_dir_with_another_run_is_refused(tmp_path, store_url, student_dir):
     msg = _err(train_args(store_url, student_dir, other, overwrite=True))
     assert "holds no ddk-student run" in msg
     assert (other / "precious.txt").read_text() == "keep me"
+
+
+def test_overwrite_never_deletes_the_runs_own_inputs(tmp_path, store_url, student_dir):
+    # A run directory that holds the student (a finished run's model, say) and the store: --overwrite would delete
+    # them before reading them, so it is refused and both stay.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("store: x\n")
+    shutil.copytree(student_dir, out / "model")
+    shutil.copytree(store_url, out / "store")
+    msg = _err(train_args(store_url, out / "model", out, overwrite=True))
+    assert f"--student {out / 'model'} inside it" in msg and "another --out" in msg, msg
+    msg = _err(train_args(str(out / "store"), student_dir, out, overwrite=True))
+    assert f"--store {out / 'store'} inside it" in msg, msg
+    assert (out / "model" / "config.json").is_file() and (out / "store" / "zarr.json").is_file()

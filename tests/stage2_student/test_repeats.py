@@ -65,6 +65,14 @@ def test_b_flagged_once_it_keeps_its_natural_pace():
     (f,) = find_repeats(records, 10, [10, 30])
     assert f.domain == "b" and (f.best_step, f.best_passes, f.passes) == pytest.approx((4, 1.0, 3.0))
     assert f.suggested_cap() == 1.0
+    assert "--max-epochs-per-domain 1 would bound" in f.message()
+    # Given the run's steps (12 x 10 = 120 rows over 40 training rows), no suggestion is below the 3 passes that
+    # train's check_epoch_cap needs: 1 would be refused
+    (f,) = find_repeats(records, 10, [10, 30], steps=12)
+    assert f.suggested_cap() == 3.0 and f.min_cap == 3.0
+    assert "--max-epochs-per-domain 3 (the least this run's steps allow) would bound" in f.message()
+    (a,) = find_repeats(run([12.0, 10.0, 8.0, 9.0], [3.0, 2.0, 2.5, 2.6]), 10, [10, 30], steps=12)
+    assert a.suggested_cap() == pytest.approx(5.2) and "5.2 would bound" in a.message()  # above the least: kept
 
 
 @pytest.mark.parametrize("last_a,flagged", [(8.0 * (1 + RISE_TOL) * 0.999, False),  # within the tolerance
@@ -137,7 +145,7 @@ def first_flags(records: list[dict], rows: list[int]) -> list[RepeatFinding]:
     """Each domain's finding at the first record where the rule flags it, in the order they are flagged."""
     first: list[RepeatFinding] = []
     for i in range(1, len(records) + 1):
-        first += [f for f in find_repeats(records[:i], 4, rows) if f.domain not in {g.domain for g in first}]
+        first += [f for f in find_repeats(records[:i], 4, rows, steps=40) if f.domain not in {g.domain for g in first}]
     return first
 
 

@@ -48,8 +48,11 @@ def finished(tmp_path_factory, store_url, student_dir) -> Path:
 
 @pytest.fixture
 def run(finished: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run whose config.yaml names the copy, as a run started there would."""
     copy = tmp_path / "run"
     shutil.copytree(finished, copy)
+    saved = yaml.safe_load((copy / "config.yaml").read_text())
+    (copy / "config.yaml").write_text(yaml.safe_dump({**saved, "out": str(copy)}))
     return copy
 
 
@@ -85,9 +88,21 @@ def test_config_of_the_run_resumes_from_another_directory(run: Path, tmp_path: P
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     shutil.rmtree(run / "checkpoints" / "step-00000006")  # as if killed after step 4's checkpoint
-    train("--config", str(run / "config.yaml"), "--resume")
+    output = train("--config", str(run / "config.yaml"), "--resume")
+    assert f"--resume {run}: continuing from its checkpoint at step 4 of 6" in output
     assert [r["step"] for r in records(run) if r["event"] == "final"] == [6]
     assert not any(elsewhere.iterdir())
+
+
+def test_the_config_of_a_moved_run_does_not_act_on_the_directory_it_names(finished: Path, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(finished, moved)  # its config.yaml still names `finished`
+    result = run_cli("ddk-student", ["train", "--config", str(moved / "config.yaml"), "--resume"])
+    assert result.code == 2, result.output
+    assert (f"it is the config of the run in {moved}, but it names --out {finished} (was the run moved or copied?); "
+            f"give --out {moved} to continue the run here") in result.output
+    output = train("--config", str(moved / "config.yaml"), "--out", str(moved), "--resume")
+    assert f"--resume {moved}: continuing from its checkpoint at step 6 of 6" in output
 
 
 def test_resume_still_refuses_a_setting_that_changes_the_result(run: Path) -> None:

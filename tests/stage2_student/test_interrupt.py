@@ -1,0 +1,70 @@
+"""Ctrl-C (or a scheduler's SIGTERM) in a real training process: it says which command continues the run and from
+which checkpoint, and that command does."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+from ddk_testkit.commands import train_argv
+from ddk_testkit.processes import reaped, run_process, spawn
+from stage2_student.checkpoint import checkpoint_step, latest_checkpoint
+
+STEPS, K = 40, 4
+
+
+def interrupt_after_first_checkpoint(argv: list[str], out, sig: int) -> tuple[int, str]:
+    """Run ``argv``, deliver ``sig`` once a checkpoint past step 0 exists; (exit status, stderr)."""
+    with reaped(spawn("stage2_student.cli", argv)) as proc:
+        deadline = time.monotonic() + 300
+        while True:  # checked while the process is stopped, so it cannot finish between the check and the signal
+            proc.send_signal(signal.SIGSTOP)
+            assert proc.poll() is None, f"the run ended before its first checkpoint: {proc.stderr.read()[-2000:]}"
+            if latest_checkpoint(out) is not None and checkpoint_step(latest_checkpoint(out)) >= K:
+                break
+            proc.send_signal(signal.SIGCONT)
+            assert time.monotonic() < deadline, "no checkpoint after the first interval"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        proc.send_signal(signal.SIGCONT)
+        _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def advice_step(err: str, out) -> int:
+    """The checkpoint step the last stderr line names; fails unless the line is the advice, word for word."""
+    last = err.strip().splitlines()[-1]
+    m = re.fullmatch(rf"ddk-student: interrupted; `ddk-student train --out {re.escape(str(out))} --resume` continues "
+                     r"the run from its last checkpoint, step (\d+) with its saved settings", last)
+    assert m, last
+    assert "Traceback" not in err
+    return int(m.group(1))
+
+
+def test_ctrl_c_names_the_resume_command_and_the_checkpoint_it_continues_from(tmp_path, store_url, student_dir):
+    out = tmp_path / "run"
+    argv = train_argv(store_url, student_dir, out, steps=STEPS, interval=K, batch_size=4, eval_batch_size=4,
+                      seed=0, device="cpu")
+    code, err = interrupt_after_first_checkpoint(argv, out, signal.SIGINT)
+    assert code == 130, err[-2000:]
+    named = advice_step(err, out)
+    assert named % K == 0 and K <= named <= checkpoint_step(latest_checkpoint(out)) < STEPS
+
+    # The command it names, exactly: no other flag is needed, and the run ends where an uninterrupted one does.
+    done = run_process("stage2_student.cli", ["train", "--out", str(out), "--resume"], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if r["event"] == "step"]
+    assert steps == list(range(1, STEPS + 1))  # every step once: none lost, none logged twice
+    assert records[-1]["event"] == "final" and records[-1]["step"] == STEPS
+
+
+def test_sigterm_from_a_scheduler_ends_the_run_as_ctrl_c_does_with_exit_143(tmp_path, store_url, student_dir):
+    out = tmp_path / "run"
+    argv = train_argv(store_url, student_dir, out, steps=STEPS, interval=K, batch_size=4, eval_batch_size=4,
+                      seed=0, device="cpu")
+    code, err = interrupt_after_first_checkpoint(argv, out, signal.SIGTERM)
+    assert code == 143, err[-2000:]  # 128 + SIGTERM, not a silent death by the signal (-15)
+    assert advice_step(err, out) % K == 0
