@@ -11,7 +11,7 @@ import click
 from . import spec
 from .encodings import get_encoding
 from .entry import CONTEXT_SETTINGS, EntryGroup, storage_option, version_option
-from .errors import StoreCorruptError
+from .errors import StoreCorruptError, StoreIOError
 from .schema import MARKER_DONE_COL
 
 PROG = "ddk-store"
@@ -191,7 +191,16 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
     for dom, split, index in sorted({i.unit for i in data}):
         lay = writer.layout(dom, split)
         units.append(Unit(dom, split, index, *unit_range(index, lay.n_rows, lay.unit_rows)))
-    done_damaged = [u for u in units if writer.is_done(u)]
+
+    def done_or_unreadable(u: Unit) -> bool:
+        try:
+            return writer.is_done(u)
+        except StoreIOError:
+            raise
+        except Exception:  # noqa: BLE001 - a damaged marker chunk (checksum mismatch): clearing it rewrites it
+            return True
+
+    done_damaged = [u for u in units if done_or_unreadable(u)]
     writer.reset_units(done_damaged)
     for u in done_damaged:
         click.echo(f"reset {u}")

@@ -19,6 +19,8 @@ def validate_domain_name(name: object) -> str:
             f"invalid domain name {name!r}: use 1-64 characters from [a-z0-9_.-], starting with a letter or digit "
             "(domain names become paths in the store)"
         )
+    if name in spec.RESERVED_DOMAIN_NAMES or name.endswith(".partial"):
+        raise InvalidNameError(f"invalid domain name {name!r}: the store's own files use that name; choose another")
     return name
 
 

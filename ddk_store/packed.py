@@ -73,6 +73,23 @@ def top_level_names(store: Store) -> set[str]:
         return set()
 
 
+def refuse_foreign_entries(store: Store, url: str) -> None:
+    """Before ``--overwrite`` deletes a store: refuse (StoreExistsError) when its location also holds entries that are
+    not the store's own, i.e. neither the root document, nor the packed rows, nor a Zarr node (a domain group has
+    its zarr.json): a user's notes or results kept beside the store are never deleted with it."""
+    async def is_node(name: str) -> bool:
+        return await store.exists(f"{name}/zarr.json")
+
+    names = top_level_names(store) - {"zarr.json", PACK_PREFIX}
+    # (a temporary file a killed local write left, "<key>.<32 hex>.partial", is the store's own too)
+    foreign = sorted(n for n in names if not n.endswith(".partial") and not sync(is_node(n)))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+        raise StoreExistsError(f"{url} also holds {shown}, which {'is' if len(foreign) == 1 else 'are'} not part of "
+                               "the ddk store, so --overwrite does not delete it; move that out of the store's "
+                               "location first")
+
+
 def holds_only_pack(store: Store) -> bool:
     """Nothing but packed rows (or nothing at all) under the prefix: a store whose score phase has not begun."""
     return top_level_names(store) <= {PACK_PREFIX}
@@ -96,6 +113,7 @@ def check_pack_location(store: Store, url: str) -> None:
 def delete_all_but_pack(store: Store, url: str) -> None:
     """Delete the store's Zarr hierarchy (root document, groups, arrays) and keep its packed rows: what
     ``--overwrite`` does once the pack phase has written rows this run is going to score."""
+    refuse_foreign_entries(store, url)
     path = local_path(normalize_url(url))
     names = top_level_names(store) - {PACK_PREFIX}
     if path is not None:

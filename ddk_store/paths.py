@@ -98,15 +98,30 @@ def _share_permissions(directory: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def check_replaceable(out: Path, owner_file: str) -> None:
+    """Refuse (ConfigError) an ``out`` that :func:`atomic_dir` would not replace: a file, or a non-empty directory
+    without ``owner_file``. For commands that should say so before long work (installing, downloading)."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / owner_file).is_file())):
+        raise ConfigError(f"{out}: exists and is not a directory this command built (no {owner_file} there), so it is "
+                          f"not replaced; choose another output directory or remove it yourself")
+
+
 @contextlib.contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
+def atomic_dir(out: Path, *, owner_file: str) -> Iterator[Path]:
     """Build a directory in a temporary sibling of ``out``; on success move it to ``out``, replacing what is there.
 
-    Yields the temporary directory. If the block raises, the temporary directory is removed and ``out`` is left as
-    it was. The replacement renames the old ``out`` aside first, so there is no moment without a complete ``out``
-    except between two renames.
+    Only an earlier build is replaced: a non-empty ``out`` without ``owner_file`` (the file every build of this kind
+    writes) is refused before anything is built, so a user's own directory is never deleted. Yields the temporary
+    directory. If the block raises, the temporary directory is removed and ``out`` is left as it was. The
+    replacement renames the old ``out`` aside first, so there is no moment without a complete ``out`` except between
+    two renames.
+
+    Raises:
+        ConfigError: ``out`` is a file, or a non-empty directory without ``owner_file``.
     """
     out = Path(out)
+    check_replaceable(out, owner_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:

@@ -74,6 +74,8 @@ Q8_FILL = 255
 
 #: Valid domain names (they become path components). Splits are fixed (SPLITS).
 DOMAIN_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+#: Names the pattern allows that a store's own files take at its root (a domain's group would collide with them).
+RESERVED_DOMAIN_NAMES = frozenset({"zarr.json"})
 
 #: Vocabularies smaller than this store token ids as uint16 (65535 stays free as fill), larger ones as uint32.
 UINT16_VOCAB_LIMIT = 65535

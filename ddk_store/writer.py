@@ -25,7 +25,7 @@ from .groups import read_group_layout, read_root_doc, root_claim, root_meta_from
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
-from .packed import holds_only_pack
+from .packed import holds_only_pack, refuse_foreign_entries
 from .retry import retry_call
 from .nodes import ensure_nodes, layout_difference
 from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, cleared_marker,
@@ -109,6 +109,7 @@ class StoreWriter:
                     f"{url} already holds a ddk store made with different settings ({diff}); rerun with the "
                     "store's settings to resume it, choose another --store, or pass --overwrite to replace it"
                 )
+            refuse_foreign_entries(store, url)
             sync(delete_store_prefix(store, url))
             store = open_zarr_store(url, read_only=False, storage_options=storage_options)
 

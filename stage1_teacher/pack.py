@@ -21,7 +21,7 @@ from ddk_store import DomainInfo, SourceInfo, tokenizer_fingerprint
 from ddk_store.codec import id_dtype
 from ddk_store.difference import first_difference, value_at
 from ddk_store.errors import ConfigError, StoreExistsError
-from ddk_store.packed import PackedRows, check_pack_location, pack_chunk_rows
+from ddk_store.packed import PackedRows, check_pack_location, pack_chunk_rows, refuse_foreign_entries
 from ddk_store.storage import delete_store_prefix
 
 from .config import Stage1Config
@@ -104,9 +104,11 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
     pack = PackedRows(url, storage_options=storage_options)
     check_pack_location(pack.store, pack.url)
     state = pack.read_state()
-    if state is not None and (diff := identity_problem(state["identity"], identity)):
+    if state is not None and ((diff := identity_problem(state["identity"], identity))
+                              or (overwrite and _files_changed(state, corpora, files_complete))):
         if not overwrite:
             raise refusal(pack.url, diff)
+        refuse_foreign_entries(pack.store, pack.url)
         sync(delete_store_prefix(pack.writable(), pack.url))
         pack = PackedRows(url, storage_options=storage_options)
         state = None
@@ -166,6 +168,15 @@ def _wait_for_packer(pack: PackedRows, identity: Mapping[str, Any], names: list[
             raise refusal(pack.url, diff)
         if fully_packed(state, names):
             return state
+
+
+def _files_changed(state: Mapping[str, Any], corpora: list[DomainSource], files_complete: bool) -> bool:
+    """Whether a packed domain's corpus files changed since (what :func:`_check_files` refuses): with --overwrite the
+    packed rows are then packed again, not kept."""
+    domains = state.get("domains") or {}
+    return any(st.get("state") in (PACKED, TRAINING)
+               and files_problem(src, st["sources"], files_complete or st["state"] == TRAINING)
+               for src in corpora if (st := domains.get(src.name)) is not None)
 
 
 def _check_files(url: str, src: DomainSource, st: Mapping[str, Any], files_complete: bool) -> None:

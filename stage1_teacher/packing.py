@@ -199,9 +199,11 @@ def check_split_size(domain: str, n_tokens: int, seq_len: int, heldout_seqs: int
     """Raises ConfigError when the held-out rows are not all filled or no training row is left."""
     if heldout_rows < heldout_seqs or train_rows == 0:
         n = n_tokens // seq_len
+        lower = (f"lower --heldout-seqs (to at most {n - 1}) or --seq-len" if n >= 2 else "lower --seq-len (one row "
+                 "is too few to hold out any)")
         raise ConfigError(f"domain {domain!r} is too small: {n} rows of --seq-len {seq_len} but --heldout-seqs "
                           f"{heldout_seqs} plus at least one training row are needed (held-out rows take whole "
-                          f"documents); lower --heldout-seqs (to at most {max(n - 1, 0)}) or --seq-len, or add text")
+                          f"documents); {lower}, or add text")
 
 
 class HeldoutHeap:

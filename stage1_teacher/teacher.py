@@ -44,7 +44,8 @@ def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = 
             teacher's weights are not hashed (``revision`` is then ''), a hub teacher's not downloaded.
 
     Raises:
-        ConfigError: not a model directory, an unreachable or unknown hub id, an unreadable config, not a causal LM.
+        ConfigError: not a model directory, no weights in it (when ``weights``), an unreachable or unknown hub id,
+            an unreadable config, not a causal LM.
     """
     from transformers import AutoConfig
 
@@ -68,6 +69,10 @@ def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = 
     if not isinstance(getattr(text_cfg, "vocab_size", None), int):
         raise ConfigError(f"--teacher {name}: not a causal language model (its {type(mcfg).__name__} has no "
                           "vocab_size); give a decoder LM such as a Llama-style model directory")
+    if weights and not any(p.suffix in WEIGHT_SUFFIXES for p in Path(model_dir).iterdir()):
+        raise ConfigError(f"--teacher {name}: {model_dir} has a config.json but no weights (no "
+                          f"{', '.join('*' + s for s in WEIGHT_SUFFIXES)} file); copy the model's weights there "
+                          "(save_pretrained writes model.safetensors)")
     return Teacher(name=name.rstrip("/"), model_dir=model_dir, revision=rev, vocab_size=int(text_cfg.vocab_size),
                    max_context=getattr(text_cfg, "max_position_embeddings", None))
 

@@ -201,7 +201,7 @@ def init_student_from_teacher(
     n_teacher_params = sum(p.numel() for p in teacher.parameters())
     del teacher, state
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner_file=PROVENANCE) as tmp:
         student.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         provenance = {

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from ddk_store.errors import ReportError
+from ddk_store.errors import ConfigError, ReportError
 from ddk_store.paths import atomic_dir, cache_dir
 from stage2_student import rundir
 
@@ -86,17 +86,34 @@ def test_no_module_resolves_ddk_cache_itself():
 
 def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     out = tmp_path / "thing"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner_file="a") as tmp:
         (tmp / "a").write_text("1")
     assert (out / "a").read_text() == "1"
-    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+    with pytest.raises(RuntimeError), atomic_dir(out, owner_file="a") as tmp:
         (tmp / "a").write_text("2")
         raise RuntimeError("killed mid-build")
     assert (out / "a").read_text() == "1"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner_file="a") as tmp:
         (tmp / "b").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # no temporary or old copy left
+
+
+def test_atomic_dir_never_replaces_a_directory_it_did_not_build(tmp_path):
+    # `out` now holds only "b", not the owner file "a": a user's directory as far as atomic_dir can tell
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    with pytest.raises(ConfigError, match=r"mine: exists and is not a directory this command built \(no a there\)"):
+        with atomic_dir(mine, owner_file="a") as tmp:
+            (tmp / "a").write_text("1")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # nothing was built beside it
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with atomic_dir(empty, owner_file="a") as tmp:  # an empty directory is fine to fill
+        (tmp / "a").write_text("1")
+    assert (empty / "a").read_text() == "1"
 
 
 # ----------------------------------------------------------------------------------------------- run dir --- #

@@ -353,6 +353,16 @@ def test_build_corpus_cli_errors(tmp_path):
     neg = subprocess.run([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", "-1"], capture_output=True, text=True)
     assert neg.returncode == 2 and "--max-mb must be >= 0" in neg.stderr
     assert not (tmp_path / "c").exists()
+    # --out a directory of the user's own: refused before any source is looked at, and nothing in it is touched
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    own = subprocess.run([BIN / "ddk-teacher", "builtin-corpus", "--out", str(mine), "--domains", "scripture",
+                          "--no-install"], capture_output=True, text=True)
+    assert own.returncode == 2 and own.stderr.strip() == (
+        f"error: {mine}: exists and is not a directory this command built (no CORPUS.json there), so it is not "
+        "replaced; choose another output directory or remove it yourself"), own.stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
 
 
 # ----------------------------------------------------------------------------------------------------- teacher --- #

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 from ddk_store.errors import CorpusError
-from ddk_store.paths import atomic_dir, cache_dir
+from ddk_store.paths import atomic_dir, cache_dir, check_replaceable
 
 from .corpus_sources import DOMAINS, VERSE_REF, candidate_files, ensure_sources, read_text, say, source_lines
 
@@ -206,9 +206,10 @@ def build_corpus(
             say(f"corpus already built in {out} (use --force to rebuild)")
             return out / CORPORA_YAML
 
+    check_replaceable(out, MANIFEST)  # before any package is installed
     ensure_sources(domains, install=install)
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, owner_file=MANIFEST) as tmp:
         infos = {d: _write_domain(tmp, d, cap) for d in domains}
         (tmp / CORPORA_YAML).write_text(corpora_yaml(out, domains, relative=relative_paths))
         manifest = {

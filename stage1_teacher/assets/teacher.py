@@ -282,7 +282,7 @@ def build_smollm2_teacher(out_dir: str | Path | None = None, *, force: bool = Fa
     built = False
     t0 = time.perf_counter()
     try:
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, owner_file=MARKER) as tmp:
             facts = _convert(gguf_path, tmp, log)
             log(f"converted in {time.perf_counter() - t0:.1f} s; verifying the saved copy")
             ppl = _verify(tmp, facts["parameters"])

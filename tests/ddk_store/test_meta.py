@@ -19,7 +19,7 @@ def test_roundtrip(domains, seq_len, vocab, data):
     assert StoreMeta.from_dict(m.to_dict()) == m
 
 
-@pytest.mark.parametrize("name", ["", "A", "../x", "a/b", "-x", ".x", "x" * 65, "a b", "é"])
+@pytest.mark.parametrize("name", ["", "A", "../x", "a/b", "-x", ".x", "x" * 65, "a b", "é", "zarr.json", "a.partial"])
 def test_bad_domain_names(name):
     with pytest.raises(InvalidNameError, match="invalid domain name"):
         validate_domain_name(name)

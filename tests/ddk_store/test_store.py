@@ -156,7 +156,8 @@ def _chunk(store_dir, domain, split, name, row):
     return StoreFiles(store_dir).row_chunk_path(domain, split, name, row)
 
 
-@pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "metadata", "done_without_data", "marker_crc"])
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "metadata", "done_without_data", "marker_crc",
+                                    "marker_flip"])
 def test_verify_locates_every_corruption(tmp_path, damage):
     url = str(tmp_path / "s")
     make_tiny_store(url, unit_rows=4)
@@ -181,11 +182,23 @@ def test_verify_locates_every_corruption(tmp_path, damage):
         row = arr[1]
         row[3] ^= 1
         arr[1] = row
+    elif damage == "marker_flip":  # a byte of unit 1's completion-marker chunk: its checksum fails on read
+        marker = StoreFiles(url).marker_path("beta", "train", 1)
+        b = bytearray(marker.read_bytes())
+        b[len(b) // 2] ^= 0x01
+        marker.write_bytes(bytes(b))
+        expect = "beta/train unit 1 (rows 4-7) units: completion marker unreadable"
     issues = validate_store(url)
     assert issues, damage
     assert any(str(i).startswith(expect) for i in issues), [str(i) for i in issues]
     res = CliRunner().invoke(store_cli, ["verify", url])
     assert res.exit_code == 1 and expect in res.output
+    if damage == "marker_flip":  # only that unit is named, and repair resets it for the dump to rewrite
+        assert [i.unit for i in issues] == [("beta", "train", 1)], [str(i) for i in issues]
+        res = CliRunner().invoke(store_cli, ["repair", url])
+        assert res.exit_code == 0, res.output
+        after = [str(i) for i in validate_store(url) if i.unit is not None]
+        assert after == ["beta/train unit 1 (rows 4-7): not written (no completion marker)"], after
     if damage in ("flip", "truncate", "missing"):
         with pytest.raises(StoreCorruptError, match="beta/train"):
             open_store(url).read_rows("beta", "train", [5])

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from ddk_store import open_store
+from ddk_store.validate import validate_store
 from ddk_testkit.commands import HELDOUT, dump_argv
 from ddk_testkit.corpora import write_corpus
 from ddk_testkit.processes import run_cli
@@ -93,6 +94,13 @@ def test_missing_teacher(corpora_yaml, tmp_path):
     expect_error(dump_argv(tmp_path / "no-such-model", corpora_yaml, tmp_path / "s"), "--teacher", "no-such-model")
 
 
+def test_teacher_without_weights_is_refused_before_the_store_is_made(tiny_teacher, corpora_yaml, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_teacher, bare, ignore=shutil.ignore_patterns("*.safetensors"))
+    expect_error(dump_argv(bare, corpora_yaml, tmp_path / "s"), f"--teacher {bare}", "has a config.json but no weights")
+    assert not (tmp_path / "s").exists()
+
+
 def test_non_store_data_at_store_location(broken_teacher, corpora_yaml, tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "precious.txt").write_text("keep me")
@@ -106,8 +114,17 @@ def test_existing_store_with_other_settings_needs_overwrite(reference_store, tin
     expect_error(dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4"),
                  "already holds a ddk store made with different settings", "--top-k was 8, this run has 4",
                  "--overwrite")
-    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite",
-                                                 "--max-rows-per-domain", "2"))
+    # Files of the user's own kept beside the store: --overwrite deletes the store, never them, so it refuses
+    (store / "NOTES.md").write_text("mine")
+    (store / "results").mkdir()
+    overwrite = dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite", "--max-rows-per-domain", "2")
+    expect_error(overwrite, "also holds NOTES.md, results, which are not part of the ddk store",
+                 "move that out of the store's location first")
+    assert (store / "NOTES.md").read_text() == "mine" and (store / "results").is_dir()
+    assert open_store(str(store)).top_k == 8  # the store itself is untouched too
+    (store / "NOTES.md").unlink()
+    (store / "results").rmdir()
+    code, err = run_cli("ddk-teacher", overwrite)
     assert code == 0, err
     assert open_store(str(store)).top_k == 4
 
@@ -131,6 +148,13 @@ def test_resumed_store_with_different_settings(tiny_teacher, corpora_yaml, tmp_p
     seeded.write_text(corpora_yaml.read_text().replace("}", ", heldout_seed: 1}"), encoding="utf-8")
     expect_error(dump_argv(tiny_teacher, seeded, store, "--max-rows-per-domain", "20"), "different settings",
                  "--corpora")
+    # --overwrite gets past a changed corpus: the packed rows are packed again from the files as they are now
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, other, store, "--max-rows-per-domain", "20",
+                                                 "--overwrite"))
+    assert code == 0, err
+    assert validate_store(str(store)) == []
+    code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, other, store, "--max-rows-per-domain", "20"))
+    assert code == 0 and "nothing to do" in err, err  # and the same command without it now finds it complete
 
 
 def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, tmp_path, monkeypatch):
