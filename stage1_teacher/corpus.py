@@ -94,9 +94,26 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
             out.append(_parse_domain(str(name), spec, base, where, missing_ok))
         except ConfigError as e:
             problems.append(str(e))
+    problems += _shared_files(path, out)
     if problems:
         raise ConfigError("; ".join(problems))
     return out
+
+
+def _shared_files(path: Path, sources: list[DomainSource]) -> list[str]:
+    """A file read the same way (format, text field) by two domains gives both the same documents, so one domain's
+    held-out documents would be another's training rows: one problem per such file. (One JSONL file read through
+    two text fields gives two sets of documents and is fine.)"""
+    owner: dict[tuple[str, str, str | None], str] = {}
+    problems = []
+    for src in sources:
+        for f in src.files:
+            other = owner.setdefault((os.path.realpath(f), src.format, src.text_field), src.name)
+            if other != src.name:
+                problems.append(f"{path}: file {f} is read the same way by domains {other!r} and {src.name!r}; a "
+                                "document belongs to one domain (the other could train on its held-out documents): "
+                                "list the file under one of them")
+    return problems
 
 
 def _int_field(spec: dict, key: str, where: str, *, least: int, meaning: str, default: str) -> int | None:

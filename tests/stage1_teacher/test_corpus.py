@@ -84,6 +84,23 @@ domains:
     assert "domain 'extra': unknown key(s) ['encoding']" in msg
 
 
+def test_a_file_read_the_same_way_by_two_domains_is_refused(tmp_path):
+    (tmp_path / "bible.txt").write_text("In the beginning\n", encoding="utf-8")
+    (tmp_path / "both.jsonl").write_text('{"code": "x = 1", "prose": "hello"}\n', encoding="utf-8")
+    y = write_yaml(tmp_path, """
+domains:
+  scripture: {paths: [bible.txt], format: lines}
+  legal: {paths: ["*.txt"], format: lines}
+  code: {paths: [both.jsonl], format: jsonl, text_field: code}
+  prose: {paths: [both.jsonl], format: jsonl, text_field: prose}
+""")
+    with pytest.raises(ConfigError) as e:
+        load_corpora(y)
+    msg = str(e.value)
+    assert f"file {tmp_path / 'bible.txt'} is read the same way by domains 'scripture' and 'legal'" in msg, msg
+    assert "both.jsonl" not in msg  # two text fields of one file: two sets of documents, allowed
+
+
 def test_file_level_errors(tmp_path):
     with pytest.raises(ConfigError, match="--corpora .*nope.yaml: file not found"):
         load_corpora(tmp_path / "nope.yaml")
@@ -136,8 +153,9 @@ def test_unreachable_hub_dataset_fails_fast_with_a_clear_message(tmp_path):
 
 def test_per_domain_max_rows_is_parsed_validated_and_part_of_the_identity(tmp_path):
     (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("one\ntwo\n", encoding="utf-8")
     srcs = load_corpora(write_yaml(tmp_path, "domains:\n  a: {paths: [a.txt], format: lines, max_rows: 7}\n"
-                                             "  b: {paths: [a.txt], format: lines}\n"))
+                                             "  b: {paths: [b.txt], format: lines}\n"))
     assert [s.max_rows for s in srcs] == [7, None]
     assert [s.row_cap(50) for s in srcs] == [7, 50]
     assert srcs[0].spec_dict()["max_rows"] == 7
@@ -149,8 +167,9 @@ def test_per_domain_max_rows_is_parsed_validated_and_part_of_the_identity(tmp_pa
 
 def test_per_domain_heldout_seed_is_parsed_validated_and_part_of_the_identity(tmp_path):
     (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("one\ntwo\n", encoding="utf-8")
     srcs = load_corpora(write_yaml(tmp_path, "domains:\n  a: {paths: [a.txt], format: lines, heldout_seed: 3}\n"
-                                             "  b: {paths: [a.txt], format: lines, heldout_seed: 0}\n"
+                                             "  b: {paths: [b.txt], format: lines, heldout_seed: 0}\n"
                                              "  c: {dataset: json, data_files: a.txt, heldout_seed: 2}\n"))
     assert [s.heldout_seed for s in srcs] == [3, 0, 2]
     assert srcs[0].spec_dict()["heldout_seed"] == 3
