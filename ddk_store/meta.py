@@ -282,11 +282,17 @@ class StoreMeta:
         """The fields that define *what* the store holds (used to decide whether a rerun may resume it).
 
         ``format_version`` is not one of them: a newer minor version only adds encodings, so a store of an older minor
-        version is resumed as it is (its encoding decides what is written).
+        version is resumed as it is (its encoding decides what is written). Nor are the names the teacher and its
+        tokenizer were given by where their content identifies them: a local teacher's ``revision`` is the hash of
+        its weights and the tokenizer's ``fingerprint`` that of its files, so the same teacher through another path
+        (relative, absolute, a link) resumes the store. A hub teacher's name stays (its revision is a commit).
         """
         d = self.to_dict()
         for volatile in ("status", "tool_version", "created_at", "format_version"):
             d.pop(volatile)
+        d["tokenizer"].pop("name", None)
+        if str(d["teacher"].get("revision", "")).startswith("sha256:"):
+            d["teacher"].pop("name", None)
         for dom in d["domains"]:
             dom.pop("heldout_nll")
             dom.pop("heldout_ppl")

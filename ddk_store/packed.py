@@ -32,7 +32,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
-from .errors import StoreExistsError, StoreFormatError
+from .errors import StoreCorruptError, StoreExistsError, StoreFormatError, describe
 from .groups import read_root_doc, root_meta_from_doc
 from .storage import local_path, normalize_url, open_zarr_store
 
@@ -222,7 +222,14 @@ class PackedRows:
             index = row // chunk_rows
             key = (domain, split, index)
             if self._cache is None or self._cache[0] != key:
-                self._cache = (key, arr[index * chunk_rows : (index + 1) * chunk_rows].astype(np.int32))
+                try:
+                    chunk = arr[index * chunk_rows : (index + 1) * chunk_rows]
+                except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+                    raise StoreCorruptError(
+                        f"{self.url}: packed rows {PACK_PREFIX}/{domain}.{split} chunk {index} are damaged "
+                        f"({describe(e, 120)}); delete {PACK_PREFIX} under the store (readers never need it) and "
+                        "rerun the same `ddk-teacher dump` command: it packs the corpora again") from None
+                self._cache = (key, chunk.astype(np.int32))
             hi = min(stop, (index + 1) * chunk_rows)
             parts.append(self._cache[1][row - index * chunk_rows : hi - index * chunk_rows])
             row = hi

@@ -136,6 +136,13 @@ def test_verify_on_an_unfinished_store_says_to_resume_or_finalize_not_repair(tmp
     assert res.exit_code == 1 and len(error) == 1, res.output
     assert f"{total - 5} unit(s) not written yet" in error[0] and "rerun the same `ddk-teacher dump`" in error[0]
     assert f"ddk-store finalize {url}" in error[0] and "repair" not in error[0]
+    # the units not written are one line per domain and split, with their ranges, not one line each
+    fails = [ln for ln in res.output.splitlines() if ln.startswith("FAIL") and "not written" in ln]
+    assert sum(int(ln.split(": ")[1].split(" ")[0]) for ln in fails) == total - 5, res.output
+    assert len(fails) == len({ln.split(":")[0] for ln in fails}), res.output
+    assert all(" unit(s) not written (no completion marker): units " in ln for ln in fails), res.output
+    from ddk_store.cli import _ranges
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8" and _ranges([4]) == "4"
     res = CliRunner().invoke(store_cli, ["repair", url])  # what the old hint sent users to
     assert res.exit_code == 0 and "nothing to repair" in res.output and "ddk-teacher dump" in res.output
 

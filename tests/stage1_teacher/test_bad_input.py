@@ -108,6 +108,15 @@ def test_non_store_data_at_store_location(broken_teacher, corpora_yaml, tmp_path
     assert (tmp_path / "s" / "precious.txt").read_text() == "keep me"
 
 
+def test_the_same_teacher_through_another_path_finds_the_store_complete(reference_store, tiny_teacher, corpora_yaml,
+                                                                        tmp_path):
+    store = tmp_path / "s"
+    shutil.copytree(reference_store, store)
+    (tmp_path / "link").symlink_to(tiny_teacher)  # the same weights and tokenizer under another name
+    code, err = run_cli("ddk-teacher", dump_argv(tmp_path / "link", corpora_yaml, store))
+    assert code == 0 and "nothing to do" in err, err
+
+
 def test_existing_store_with_other_settings_needs_overwrite(reference_store, tiny_teacher, corpora_yaml, tmp_path):
     store = tmp_path / "s"
     shutil.copytree(reference_store, store)
@@ -117,7 +126,8 @@ def test_existing_store_with_other_settings_needs_overwrite(reference_store, tin
     # Files of the user's own kept beside the store: --overwrite deletes the store, never them, so it refuses
     (store / "NOTES.md").write_text("mine")
     (store / "results").mkdir()
-    overwrite = dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite", "--max-rows-per-domain", "2")
+    overwrite = dump_argv(tiny_teacher, corpora_yaml, store, "--top-k", "4", "--overwrite",
+                          "--max-rows-per-domain", "2")
     expect_error(overwrite, "also holds NOTES.md, results, which are not part of the ddk store",
                  "move that out of the store's location first")
     assert (store / "NOTES.md").read_text() == "mine" and (store / "results").is_dir()

@@ -73,3 +73,20 @@ def test_pack_refuses_bad_input_in_one_line(tiny_teacher, corpus, tmp_path):
     (tmp_path / "other" / "keep.txt").write_text("mine")
     line = one_line_error(*run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, tmp_path / "other")))
     assert "holds no ddk store" in line and (tmp_path / "other" / "keep.txt").read_text() == "mine"
+
+
+def test_damaged_packed_rows_stop_the_dump_in_one_line_that_says_how_to_recover(tiny_teacher, corpus, tmp_path):
+    store = tmp_path / "s"
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "6"))
+    assert code == 0, err
+    chunk = sorted(p for p in (store / "_pack" / "scripture.train").rglob("*")
+                   if p.is_file() and p.name != "zarr.json")[0]
+    b = bytearray(chunk.read_bytes())
+    b[len(b) // 2] ^= 0x01  # the chunk's crc32c no longer matches
+    chunk.write_bytes(bytes(b))
+    dump = dump_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "6")
+    line = one_line_error(*run_cli("ddk-teacher", dump))
+    assert "packed rows _pack/scripture.train chunk 0 are damaged" in line and "delete _pack" in line, line
+    shutil.rmtree(store / "_pack")  # what the line says: the corpora are packed again and the dump completes
+    code, err = run_cli("ddk-teacher", dump)
+    assert code == 0 and "packing domain" in err, err
