@@ -34,7 +34,7 @@ from zarr.storage import MemoryStore
 
 from .errors import StoreCorruptError, StoreExistsError, StoreFormatError, describe
 from .groups import read_root_doc, root_meta_from_doc
-from .storage import local_path, normalize_url, open_zarr_store
+from .storage import delete_store_prefix, local_path, normalize_url, open_zarr_store
 
 PACK_PREFIX = "_pack"
 PACK_ATTR = "ddk_pack"
@@ -88,6 +88,13 @@ def refuse_foreign_entries(store: Store, url: str) -> None:
         raise StoreExistsError(f"{url} also holds {shown}, which {'is' if len(foreign) == 1 else 'are'} not part of "
                                "the ddk store, so --overwrite does not delete it; move that out of the store's "
                                "location first")
+
+
+def delete_whole_store(store: Store, url: str) -> None:
+    """``--overwrite`` of a store and its packed rows: everything under its prefix, once
+    :func:`refuse_foreign_entries` has found nothing there that is not the store's own."""
+    refuse_foreign_entries(store, url)
+    sync(delete_store_prefix(store, url))
 
 
 def holds_only_pack(store: Store) -> bool:

@@ -25,13 +25,12 @@ from .groups import read_group_layout, read_root_doc, root_claim, root_meta_from
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
-from .packed import holds_only_pack, refuse_foreign_entries
+from .packed import delete_whole_store, holds_only_pack
 from .retry import retry_call
 from .nodes import ensure_nodes, layout_difference
 from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, cleared_marker,
                      data_arrays, done_marker, group_arrays, group_path, new_layout)
-from .storage import (delete_store_prefix, is_lost_partial, normalize_url, open_zarr_store,
-                      remove_stale_partials)
+from .storage import is_lost_partial, normalize_url, open_zarr_store, remove_stale_partials
 
 Rows = Mapping[str, Mapping[str, int]]
 
@@ -109,8 +108,7 @@ class StoreWriter:
                     f"{url} already holds a ddk store made with different settings ({diff}); rerun with the "
                     "store's settings to resume it, choose another --store, or pass --overwrite to replace it"
                 )
-            refuse_foreign_entries(store, url)
-            sync(delete_store_prefix(store, url))
+            delete_whole_store(store, url)
             store = open_zarr_store(url, read_only=False, storage_options=storage_options)
 
         now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from zarr.core.sync import sync
 
 from ddk_store import DomainInfo, SourceInfo, tokenizer_fingerprint
 from ddk_store.codec import id_dtype
 from ddk_store.difference import first_difference, value_at
 from ddk_store.errors import ConfigError, StoreExistsError
-from ddk_store.packed import PackedRows, check_pack_location, pack_chunk_rows, refuse_foreign_entries
-from ddk_store.storage import delete_store_prefix
+from ddk_store.packed import PackedRows, check_pack_location, delete_whole_store, pack_chunk_rows
 
 from .config import Stage1Config
 from .corpus import DomainSource, load_corpora
@@ -108,8 +106,7 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
                               or (overwrite and _files_changed(state, corpora, files_complete))):
         if not overwrite:
             raise refusal(pack.url, diff)
-        refuse_foreign_entries(pack.store, pack.url)
-        sync(delete_store_prefix(pack.writable(), pack.url))
+        delete_whole_store(pack.writable(), pack.url)
         pack = PackedRows(url, storage_options=storage_options)
         state = None
     names = [s.name for s in corpora]
