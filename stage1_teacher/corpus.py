@@ -16,6 +16,7 @@ from ddk_store.meta import validate_domain_name
 from ddk_store.yamlio import read_yaml
 
 from .dataset_source import LOCAL_BUILDERS, dataset_dir, read_dataset
+from .filehash import hashed_lines
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
 _FILE_KEYS = {"paths", "format", "text_field", "max_rows", "heldout_seed"}
@@ -213,17 +214,6 @@ def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
     return tuple(dict.fromkeys(files))  # overlapping globs: keep the first occurrence only
 
 
-def file_sha256(path: str) -> tuple[str, int]:
-    """(hex sha256, size in bytes) of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    n = 0
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-            n += len(block)
-    return h.hexdigest(), n
-
-
 def _decode(raw: bytes, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
     try:
         return raw.decode("utf-8")
@@ -256,28 +246,13 @@ def source_labels(src: DomainSource) -> dict[str, str]:
     return {p: Path(os.path.relpath(p, root)).as_posix() for p in src.files}
 
 
-def _hashed_lines(f: Any, path: str, hashes: dict[str, tuple[str, int]] | None) -> Iterator[bytes]:
-    """The lines of binary file ``f``; with ``hashes``, its sha256 and size are recorded there once the last line is
-    read (the hash is computed from the very bytes the reader parses: no second pass over the file)."""
-    if hashes is None:
-        yield from f
-        return
-    h = hashlib.sha256()
-    n = 0
-    for raw in f:
-        h.update(raw)
-        n += len(raw)
-        yield raw
-    hashes[path] = (h.hexdigest(), n)
-
-
 def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stats: ReadStats | None = None,
                            hashes: dict[str, tuple[str, int]] | None = None) -> Iterator[tuple[str, str]]:
     """:func:`read_documents` with each document's source: its file's :func:`source_labels` entry, or for a
     datasets source ``dataset:NAME/CONFIG/SPLIT``.
 
     With ``hashes``, every local file read to its end gets its (sha256, size) recorded there as its bytes are read
-    (parquet files, read by pyarrow, are not: hash them with :func:`file_sha256`).
+    (parquet files, read by pyarrow, are not: hash them with :func:`.filehash.file_sha256`).
     """
     stats = stats if stats is not None else ReadStats()
     if src.format == "dataset":
@@ -290,7 +265,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
         label = labels[path]
         if src.format == "lines":
             with open(path, "rb") as f:
-                for lineno, raw in enumerate(_hashed_lines(f, path, hashes), 1):
+                for lineno, raw in enumerate(hashed_lines(f, path, hashes), 1):
                     text = _decode(raw, f"{path}:{lineno}", on_bad_utf8, stats)
                     text = text.rstrip("\r\n") if text is not None else None
                     if text and text.strip():
@@ -307,7 +282,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
                 yield label, text
         elif src.format == "jsonl":
             with open(path, "rb") as f:
-                for lineno, raw in enumerate(_hashed_lines(f, path, hashes), 1):
+                for lineno, raw in enumerate(hashed_lines(f, path, hashes), 1):
                     where = f"{path}:{lineno}"
                     line = _decode(raw, where, on_bad_utf8, stats)
                     if line is None or not line.strip():

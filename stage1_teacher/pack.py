@@ -24,6 +24,7 @@ from ddk_store.packed import PackedRows, check_pack_location, delete_whole_store
 
 from .config import Stage1Config
 from .corpus import DomainSource, load_corpora
+from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
 from .packing import check_split_size
 from .plan import RESUME_FLAGS, settings_of, source_uri
@@ -177,8 +178,8 @@ def _files_changed(state: Mapping[str, Any], corpora: list[DomainSource], files_
 
 
 def _check_files(url: str, src: DomainSource, st: Mapping[str, Any], files_complete: bool) -> None:
-    """A packed domain's corpus files must still be the ones packed (same path and size) where they still exist;
-    a file gone since is harmless: the rows are in the store."""
+    """A packed domain's corpus files must still be the ones packed (same path, size and contents) where they still
+    exist; a file gone since is harmless: the rows are in the store."""
     if changed := files_problem(src, st["sources"], files_complete):
         raise refusal(url, f"--corpora (source files or their contents): domain {src.name!r} was packed from other "
                            f"files than {changed}")
@@ -245,15 +246,22 @@ def pack_settings(cfg: Stage1Config, corpora: list[DomainSource], tok: Any) -> d
 
 
 def files_problem(src: DomainSource, sources: list[Mapping[str, Any]], files_complete: bool) -> str | None:
-    """Whether ``src``'s corpus files are still the ``sources`` a domain was packed from (same path and size where
-    they still exist; with ``files_complete``, the same set of files): the first changed file, or None."""
-    packed = {s["uri"]: s["bytes"] for s in sources}
+    """Whether ``src``'s corpus files are still the ``sources`` a domain was packed from (same path, size and
+    sha256 where they still exist; with ``files_complete``, the same set of files): the first changed file, or None.
+
+    Sizes are compared first; contents only when every size matches, each file hashed again only when its
+    modification time changed since it was last hashed (:func:`.filehash.cached_file_sha256`).
+    """
     if not src.files:
         return None
-    here = {source_uri(f): os.path.getsize(f) for f in src.files if os.path.exists(f)}
-    changed = [u for u, n in here.items() if packed.get(u) != n]
+    packed = {s["uri"]: s for s in sources}
+    here = {source_uri(f): f for f in src.files if os.path.exists(f)}
+    changed = [u for u, f in here.items() if u not in packed or packed[u]["bytes"] != os.path.getsize(f)]
     if files_complete and set(here) != set(packed):
         changed = changed or sorted(set(here) ^ set(packed))
+    if not changed:
+        changed = [u for u, f in here.items()
+                   if packed[u].get("sha256") and cached_file_sha256(f) != packed[u]["sha256"]]
     return changed[0] if changed else None
 
 

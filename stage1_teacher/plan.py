@@ -15,7 +15,8 @@ import numpy as np
 from ddk_store import DomainInfo, SourceInfo
 from ddk_store.errors import ConfigError
 
-from .corpus import DomainSource, ReadStats, file_sha256, read_sourced_documents
+from .corpus import DomainSource, ReadStats, read_sourced_documents
+from .filehash import file_sha256
 from .packing import HELDOUT_SCHEME, PACKING_SCHEME, doc_key, pack_domain
 from .tokenize import DocTokenizer
 

@@ -3,22 +3,17 @@ tokenizer, and check the run's settings against the teacher, all without loading
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ddk_store.errors import ConfigError, describe
-from ddk_store.paths import cache_dir, looks_like_path
+from ddk_store.paths import looks_like_path
 
-from .corpus import file_sha256
+from .filehash import WEIGHTS_KIND, cache_entry_path, cached, file_sha256, stat_key
 
 #: Files of a model directory that define its weights (with config.json): the revision of a local teacher.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
-#: The cached weights hash of a local teacher (see cached_weights_hash) and the version of its key.
-WEIGHTS_HASH_CACHE_SCHEME = 1
 
 
 @dataclass(frozen=True)
@@ -81,10 +76,10 @@ def weights_hash(model_dir: Path) -> str:
     """``sha256:`` over config.json and the weight files: the teacher revision of a local directory.
 
     Computed once, then reused while every such file keeps its name, size and modification time (see
-    :func:`cached_weights_hash`): a 70B teacher's 140 GB are read once, not at every start, resume and shard.
+    :mod:`.filehash`): a 70B teacher's 140 GB are read once, not at every start, resume and shard.
     """
     files = _weight_files(model_dir)
-    return cached_weights_hash(model_dir, files, lambda: _hash_files(files))
+    return cached(WEIGHTS_KIND, model_dir, stat_key(files), lambda: _hash_files(files))
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -102,37 +97,7 @@ def _hash_files(files: list[Path]) -> str:
 
 def weights_hash_cache_path(model_dir: Path) -> Path:
     """Where the cached weights hash of ``model_dir`` lives: ``$DDK_CACHE/weights-hash/<sha256 of its path>.json``."""
-    return cache_dir("weights-hash") / (hashlib.sha256(str(model_dir.resolve()).encode()).hexdigest()[:32] + ".json")
-
-
-def cached_weights_hash(model_dir: Path, files: list[Path], compute) -> str:
-    """``compute()``, or the value it gave last time for the same files unchanged.
-
-    The cache entry is keyed by the directory's resolved path and the (name, size, mtime_ns) of every file, and
-    lives in ``$DDK_CACHE/weights-hash/`` (ddk never writes into a user's model directory, which may be shared or
-    read-only). Trade-off: a file rewritten in place with the same size and modification time is not noticed
-    (tools that change weights change both).
-    """
-    resolved = model_dir.resolve()
-    key = {"scheme": WEIGHTS_HASH_CACHE_SCHEME, "dir": str(resolved),
-           "files": [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]}
-    place = weights_hash_cache_path(resolved)
-    try:
-        entry = json.loads(place.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        entry = None
-    if isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("hash"), str):
-        return entry["hash"]
-    value = compute()
-    tmp = place.with_name(f"{place.name}.{os.getpid()}.tmp")
-    try:
-        place.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps({"key": key, "hash": value}, indent=1), encoding="utf-8")
-        os.replace(tmp, place)  # atomic: shards starting together never read half a file
-    except OSError:  # an unwritable cache: hash again next time
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    return value
+    return cache_entry_path(WEIGHTS_KIND, model_dir)
 
 
 def _hub_snapshot(repo_id: str, revision: str | None, *, weights: bool = True) -> tuple[str, str]:

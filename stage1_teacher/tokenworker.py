@@ -55,6 +55,6 @@ def encode_task(texts: list[str]) -> tuple[array, array]:
 
 
 def hash_file(path: str) -> tuple[str, int]:
-    from .corpus import file_sha256  # imported when used: a worker that only tokenizes never loads the store stack
+    from .filehash import file_sha256  # imported when used: a worker that only tokenizes never loads the store stack
 
     return file_sha256(path)

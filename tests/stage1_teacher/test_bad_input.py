@@ -6,7 +6,9 @@ would fail with a weights error instead of the expected message, so each test pr
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import sys
 
@@ -165,6 +167,34 @@ def test_resumed_store_with_different_settings(tiny_teacher, corpora_yaml, tmp_p
     assert validate_store(str(store)) == []
     code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, other, store, "--max-rows-per-domain", "20"))
     assert code == 0 and "nothing to do" in err, err  # and the same command without it now finds it complete
+
+
+def test_corpus_edit_that_keeps_the_size_is_seen(tiny_teacher, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus")
+    store = tmp_path / "s"
+    argv = dump_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "20")
+    code, err = run_cli("ddk-teacher", argv)
+    assert code == 0, err
+    text = corpus.parent / "scripture.txt"
+    # Touched, same bytes (a copy, a checkout): hashed again, found the same, the store is complete
+    later = text.stat().st_mtime_ns + 10**9
+    os.utime(text, ns=(later, later))
+    code, err = run_cli("ddk-teacher", argv)
+    assert code == 0 and "nothing to do" in err, err
+    # One letter changed, the size kept: refused like any other corpus change
+    data = text.read_bytes()
+    i = data.index(b"a")
+    text.write_bytes(data[:i] + b"e" + data[i + 1:])
+    os.utime(text, ns=(later + 10**9, later + 10**9))  # (a coarse-clock filesystem could keep the time)
+    assert text.stat().st_size == len(data)
+    expect_error(argv, "different settings", "--corpora (source files or their contents)", "scripture.txt")
+    # --overwrite packs it again: the store's provenance is the file as it is now
+    code, err = run_cli("ddk-teacher", argv + ["--overwrite"])
+    assert code == 0, err
+    scripture = next(d for d in open_store(str(store)).meta.domains if d.name == "scripture")
+    assert [s.sha256 for s in scripture.sources] == [hashlib.sha256(text.read_bytes()).hexdigest()]
+    code, err = run_cli("ddk-teacher", argv)
+    assert code == 0 and "nothing to do" in err, err
 
 
 def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, tmp_path, monkeypatch):

@@ -13,7 +13,8 @@ from ddk_testkit.processes import run_cli
 from ddk_testkit.snapshots import assert_same_store
 from stage1_teacher import teacher as teacher_mod
 from stage1_teacher.config import Stage1Config
-from stage1_teacher.corpus import file_sha256, load_corpora
+from stage1_teacher.corpus import load_corpora
+from stage1_teacher.filehash import file_sha256
 from stage1_teacher.pack import run_pack
 from stage1_teacher.teacher import load_tokenizer, resolve_teacher
 from stage1_teacher.tokenize import DocTokenizer

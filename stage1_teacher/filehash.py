@@ -1,0 +1,95 @@
+"""Content hashes of local files (corpus files, teacher weights), and a cache of them keyed by the files' stat.
+
+Hashing a 140 GB teacher or a terabyte of corpus at every start, resume and shard would cost minutes to hours, so a
+hash is kept in ``$DDK_CACHE/<kind>/`` and reused while the files keep their resolved path, size and modification
+time (ddk never writes into a user's model or corpus directory, which may be shared or read-only). Trade-off: a file
+rewritten in place with the same size *and* the same modification time is not noticed (editors, `cp` and tools
+that write files change the time).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ddk_store.paths import cache_dir
+
+T = TypeVar("T")
+
+#: The version of the cache entries' key: bump it when what a key holds changes.
+HASH_CACHE_SCHEME = 1
+#: The cache folders, one per kind of hash.
+WEIGHTS_KIND = "weights-hash"
+FILE_KIND = "file-hash"
+
+
+def file_sha256(path: str) -> tuple[str, int]:
+    """(hex sha256, size in bytes) of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+            n += len(block)
+    return h.hexdigest(), n
+
+
+def hashed_lines(f: Any, path: str, hashes: dict[str, tuple[str, int]] | None) -> Iterator[bytes]:
+    """The lines of binary file ``f``; with ``hashes``, its sha256 and size are recorded there once the last line is
+    read (the hash is computed from the very bytes the reader parses: no second pass over the file)."""
+    if hashes is None:
+        yield from f
+        return
+    h = hashlib.sha256()
+    n = 0
+    for raw in f:
+        h.update(raw)
+        n += len(raw)
+        yield raw
+    hashes[path] = (h.hexdigest(), n)
+
+
+def cache_entry_path(kind: str, target: Path) -> Path:
+    """Where the cached hash of ``target`` (a file or a directory) lives: ``$DDK_CACHE/<kind>/<sha256 of its
+    resolved path>.json``."""
+    return cache_dir(kind) / (hashlib.sha256(str(target.resolve()).encode()).hexdigest()[:32] + ".json")
+
+
+def stat_key(files: list[Path]) -> list[list[Any]]:
+    """What identifies the unchanged state of ``files``: (name, size, mtime_ns) of each."""
+    return [[p.name, st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
+
+
+def cached(kind: str, target: Path, key: Any, compute: Callable[[], T]) -> T:
+    """``compute()``, or the value it gave last time for ``target`` while ``key`` (JSON: the files' :func:`stat_key`)
+    is unchanged. The value must be JSON (lists come back as lists). An unwritable cache only costs a recompute."""
+    resolved = target.resolve()
+    key = {"scheme": HASH_CACHE_SCHEME, "target": str(resolved), "key": key}
+    place = cache_entry_path(kind, resolved)
+    try:
+        entry = json.loads(place.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        entry = None
+    if isinstance(entry, dict) and entry.get("key") == key and "value" in entry:
+        return entry["value"]
+    value = compute()
+    tmp = place.with_name(f"{place.name}.{os.getpid()}.tmp")
+    try:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"key": key, "value": value}, indent=1), encoding="utf-8")
+        os.replace(tmp, place)  # atomic: shards starting together never read half a file
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+    return value
+
+
+def cached_file_sha256(path: str) -> str:
+    """The hex sha256 of a local file, hashed again only when its size or modification time changed."""
+    p = Path(path)
+    return cached(FILE_KIND, p, stat_key([p]), lambda: file_sha256(path)[0])
