@@ -127,7 +127,7 @@ def bench_backend(name: str, args, teacher: Path, corpora: Path, work: Path) -> 
     return {"backend": name, "engine": cls.engine(), "tokens": tokens, "load_s": load_s,
             "forward": tokens / fwd_s, "score": tokens / score_s, "dump": tokens / dump_s,
             "round_ratios": round_ratios,
-            "bytes_per_token": (summary.store_bytes or 0) / max(1, summary.store_tokens)}
+            "bytes_per_token": (summary.store_bytes or 0) / max(1, summary.store_positions)}
 
 
 def main() -> None:

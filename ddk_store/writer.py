@@ -65,6 +65,7 @@ class StoreWriter:
         """
         url = normalize_url(url)
         rows = check_rows(meta, rows)
+        asked = bool(unit_rows or chunk_rows)  # else an existing store is resumed with its own work units
         chunk_rows = chunk_rows or default_chunk_rows(meta.seq_len)
         unit_rows = unit_rows or default_unit_rows(meta.seq_len, chunk_rows)
         if unit_rows % chunk_rows:
@@ -97,10 +98,17 @@ class StoreWriter:
             root = zarr.open_group(store, mode="r+")
             diff = identity_difference(existing, meta, setting_names)
             if diff is None:
+                have = _first_layout(root, existing)
+                if have is not None and not asked:
+                    chunk_rows, unit_rows = have.chunk_rows, have.unit_rows
                 # A writer killed while creating the store leaves groups or arrays missing: add them (idempotent).
                 if existing.status == spec.STATUS_WRITING:
                     ensure_nodes(root, existing, rows, chunk_rows, unit_rows)
                 diff = layout_difference(root, existing, wanted(existing))
+                if diff is not None and have is not None and (have.unit_rows, have.chunk_rows) != (unit_rows,
+                                                                                                   chunk_rows):
+                    diff = (f"--unit-rows: the store's work units are {have.unit_rows} rows, this run's "
+                            f"{unit_rows}; omit --unit-rows to resume with the store's")
             if diff is None:
                 return cls(url, store, root, existing, resumed=True)
             if not overwrite:
@@ -347,3 +355,12 @@ class StoreWriter:
         doc = self.meta.to_dict()
         self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata (finalize)")
         return self.meta
+
+
+def _first_layout(root: zarr.Group, meta: StoreMeta) -> GroupLayout | None:
+    """The layout of the store's first <domain>/<split> group (every group of a store has the same work units),
+    or None while it does not exist yet."""
+    try:
+        return read_group_layout(root, meta.domain_names[0], spec.SPLITS[0])
+    except (KeyError, IndexError, StoreFormatError):
+        return None

@@ -47,10 +47,12 @@ class Stage1Config:
     backend: str = setting("auto", "Teacher engine: vllm, hf (transformers) or auto (vllm when usable).",
                            choices=BACKENDS)
     shard: str = setting("0/1", "I/N: fill only the units of shard I of N (0-based); then `ddk-store finalize`.")
-    overwrite: bool = setting(False, "Delete an existing store at --store (only its own prefix) and start afresh.")
+    overwrite: bool = setting(False, "Replace a store at --store made with other settings (deletes only its own "
+                                      "prefix); a store of these settings is resumed, or kept when complete.")
     max_rows_per_domain: int = setting(0, "Cap on training rows per domain (0 = use the whole corpus).")
     batch_tokens: int = setting(8192, "Tokens per teacher forward batch (hf; vllm gets a whole unit at once).")
-    unit_rows: int = setting(0, "Rows per resumable work unit (0 = the store's default).")
+    unit_rows: int = setting(0, "Rows per resumable work unit (0 = the store's default; a resumed store "
+                                   "keeps its own).")
     tensor_parallel_size: int = setting(1, "vLLM tensor-parallel degree for teachers larger than one GPU.")
     dtype: str = setting("auto", "Teacher compute dtype (auto: bfloat16 on CUDA, float32 on CPU); log-softmax is "
                          "always fp32.", choices=DTYPES)

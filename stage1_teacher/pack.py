@@ -61,6 +61,7 @@ class PackedStore:
     seq_len: int
     dtype: np.dtype
     domains: Mapping[str, Mapping[str, Any]]  # name -> its 'packed' state (with its chunk_rows)
+    packed_now: tuple[str, ...] = ()  # the domains this run packed (or finished packing); the rest were packed
 
     def rows(self) -> dict[str, dict[str, int]]:
         return {d: {"train": st["train_rows"], "heldout": st["heldout_rows"]} for d, st in self.domains.items()}
@@ -152,7 +153,8 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
         _pack_domain(pack, src, coder, st, save=save_as(src.name), seq_len=seq_len, heldout_seqs=heldout_seqs,
                      max_train_rows=src.row_cap(max_rows_per_domain), on_bad_utf8=on_bad_utf8, eos_id=eos_id,
                      bos_id=bos_id, dtype=dtype, cached=cache.take(src.name))
-    return PackedStore(url=pack.url, seq_len=seq_len, dtype=dtype, domains={n: domains[n] for n in names})
+    return PackedStore(url=pack.url, seq_len=seq_len, dtype=dtype, domains={n: domains[n] for n in names},
+                       packed_now=tuple(src.name for src, _ in todo))
 
 
 def _wait_for_packer(pack: PackedRows, identity: Mapping[str, Any], names: list[str],
@@ -305,6 +307,8 @@ def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
                            echo=echo, packer=True)
     rows = sum(r["train"] + r["heldout"] for r in packed.rows().values())
     seconds = time.perf_counter() - t0
-    echo(f"{packed.url}: packed {len(packed.domains)} domain(s), {rows:,} rows of {cfg.seq_len} tokens "
-         f"({rows * cfg.seq_len:,} tokens) in {seconds:.1f} s; `ddk-teacher dump` with the same settings scores them")
+    what = (f"packed {len(packed.packed_now)} domain(s) in {seconds:.1f} s" if packed.packed_now else
+            "already packed with these settings: nothing to do")
+    echo(f"{packed.url}: {what}; {len(packed.domains)} domain(s), {rows:,} rows of {cfg.seq_len} tokens "
+         f"({rows * cfg.seq_len:,} tokens); `ddk-teacher dump` with the same settings scores them")
     return packed

@@ -144,7 +144,7 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     if n_read is None:
         n_read = read[0]
     if not heap.full:  # every document was tokenized: n_tokens is the domain's
-        check_domain_size(src.name, n_tokens, seq_len)
+        check_domain_size(src.name, n_tokens, seq_len, stats.n_skipped)
     held = heap.documents()
     if cache is not None:
         cache.drop(src.name, (o for o, _ in held))

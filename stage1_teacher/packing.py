@@ -187,11 +187,14 @@ def with_bos(ids: Sequence[int] | np.ndarray, bos_id: int | None) -> np.ndarray:
     return arr
 
 
-def check_domain_size(domain: str, n_tokens: int, seq_len: int) -> None:
-    """Raises ConfigError when a domain's documents give fewer tokens than one row."""
+def check_domain_size(domain: str, n_tokens: int, seq_len: int, skipped: int = 0) -> None:
+    """Raises ConfigError when a domain's documents give fewer tokens than one row (``skipped``: documents left out
+    as invalid UTF-8, named in the message since they may be why)."""
     if n_tokens < seq_len:
+        why = (f" ({skipped} document(s) were skipped as invalid UTF-8: convert the files to UTF-8)" if skipped
+               else "")
         raise ConfigError(f"domain {domain!r} is empty: its documents give {n_tokens} tokens, fewer than one row of "
-                          f"--seq-len {seq_len}; add text to the domain or remove it from the corpora file")
+                          f"--seq-len {seq_len}{why}; add text to the domain or remove it from the corpora file")
 
 
 def check_split_size(domain: str, n_tokens: int, seq_len: int, heldout_seqs: int, heldout_rows: int,

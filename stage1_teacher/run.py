@@ -47,7 +47,7 @@ class DumpSummary:
     teacher_seconds: float = 0.0  # time inside backend.score
     score_seconds: float = 0.0  # wall time of the scoring loop, writer drained (the benchmark's "full dump")
     store_bytes: int | None = None
-    store_tokens: int = 0
+    store_positions: int = 0  # teacher positions stored (seq_len - 1 per row): what bytes/token counts, as `info`
     heldout_ppl: dict[str, float] = field(default_factory=dict)
 
 
@@ -102,10 +102,10 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     # 2. A store already complete with these settings: nothing to pack or score (a store of an older format may
     # hold no packed rows at all, and a complete one needs none).
     if (done := complete_store(cfg.store, meta_of, corpora, files_complete, options)) is not None:
-        echo(f"{cfg.store} is already complete with these settings: nothing to do")
+        echo(_nothing_to_do(cfg))
         summary = DumpSummary(url=cfg.store, backend=backend_name, status="noop",
-                              store_tokens=sum(done.num_rows(d, s) for d in done.domains for s in spec.SPLITS)
-                              * cfg.seq_len)
+                              store_positions=sum(done.num_rows(d, s) for d in done.domains for s in spec.SPLITS)
+                              * (cfg.seq_len - 1))
         _fill_stats(summary, done.meta, options)
         return summary
 
@@ -121,9 +121,9 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
                                             unit_rows=cfg.unit_rows),
                         what="opening the store for writing", url=cfg.store)
     summary = DumpSummary(url=cfg.store, backend=backend_name, status="complete",
-                          store_tokens=sum(r["train"] + r["heldout"] for r in rows.values()) * cfg.seq_len)
+                          store_positions=sum(r["train"] + r["heldout"] for r in rows.values()) * (cfg.seq_len - 1))
     if writer.complete:
-        echo(f"{cfg.store} is already complete with these settings: nothing to do")
+        echo(_nothing_to_do(cfg))
         summary.status = "noop"
         _fill_stats(summary, writer.meta, options)
         return summary
@@ -164,6 +164,12 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     summary.seconds = time.perf_counter() - t0
     print_summary(summary, echo)
     return summary
+
+
+def _nothing_to_do(cfg: Stage1Config) -> str:
+    return (f"{cfg.store} is already complete with these settings: nothing to do"
+            + (" (--overwrite replaces only a store made with other settings; to dump it again, delete it first)"
+               if cfg.overwrite else ""))
 
 
 def complete_store(url: str, meta_of: Callable[[Iterable[DomainInfo]], StoreMeta], corpora: list[DomainSource],
@@ -226,8 +232,8 @@ def _fill_stats(summary: DumpSummary, meta: StoreMeta, storage_options: Mapping[
 def print_summary(s: DumpSummary, echo: Callable[[str], None]) -> None:
     rate = s.tokens_scored / s.seconds if s.seconds else 0.0
     echo(f"summary: {s.tokens_scored:,} tokens scored by {s.backend} in {s.seconds:.1f} s ({rate:,.0f} tok/s)")
-    if s.store_bytes is not None and s.store_tokens:
-        echo(f"summary: store {s.store_bytes:,} bytes for {s.store_tokens:,} tokens "
-             f"({s.store_bytes / s.store_tokens:.1f} bytes/token)")
+    if s.store_bytes is not None and s.store_positions:
+        echo(f"summary: store {s.store_bytes:,} bytes for {s.store_positions:,} teacher positions "
+             f"({s.store_bytes / s.store_positions:.1f} bytes/token)")
     for name, ppl in s.heldout_ppl.items():
         echo(f"summary: teacher held-out perplexity {name}: {ppl:.3f}")

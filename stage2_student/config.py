@@ -178,6 +178,9 @@ def problems(cfg: Stage2Config) -> list[str]:
         need(cfg.interval <= cfg.steps,
              f"--interval {cfg.interval} is larger than the run (--steps {cfg.steps}): no domain reweighting "
              f"would happen; lower --interval or raise --steps")
+        need(cfg.mixing not in ("ddk", "wo-fs") or cfg.interval != cfg.steps,
+             f"--interval {cfg.interval} is the whole run (--steps {cfg.steps}): --mixing {cfg.mixing} would compute "
+             f"its weights only at the final evaluation and never sample by them; lower --interval or raise --steps")
     need(cfg.batch_size % cfg.grad_accum == 0,
          f"--batch-size {cfg.batch_size} must be divisible by --grad-accum {cfg.grad_accum}")
     need(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other; pick one")

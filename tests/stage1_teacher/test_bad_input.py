@@ -195,6 +195,24 @@ def test_corpus_edit_that_keeps_the_size_is_seen(tiny_teacher, tmp_path):
     assert [s.sha256 for s in scripture.sources] == [hashlib.sha256(text.read_bytes()).hexdigest()]
     code, err = run_cli("ddk-teacher", argv)
     assert code == 0 and "nothing to do" in err, err
+    # --overwrite keeps a complete store of the same settings, and says so
+    code, err = run_cli("ddk-teacher", argv + ["--overwrite"])
+    assert code == 0 and "nothing to do (--overwrite replaces only a store made with other settings" in err, err
+
+
+def test_a_resume_keeps_the_stores_work_units_unless_asked_for_others(tiny_teacher, corpora_yaml, tmp_path):
+    store = tmp_path / "s"
+    argv = dump_argv(tiny_teacher, corpora_yaml, store, "--max-rows-per-domain", "20")
+    code, err = run_cli("ddk-teacher", argv + ["--unit-rows", "8", "--shard", "0/2"])
+    assert code == 0, err
+    expect_error(argv + ["--unit-rows", "4", "--shard", "1/2"],
+                 "--unit-rows: the store's work units are 8 rows, this run's 4; omit --unit-rows to resume")
+    # Without --unit-rows (0, the default) the second shard resumes with the store's units
+    code, err = run_cli("ddk-teacher", argv + ["--unit-rows", "0", "--shard", "1/2"])
+    assert code == 0 and "resuming" in err, err
+    code, err = run_cli("ddk-store", ["finalize", str(store)])
+    assert code == 0, err
+    assert validate_store(str(store)) == []
 
 
 def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, tmp_path, monkeypatch):

@@ -39,6 +39,7 @@ def test_pack_then_dump_equals_a_dump_and_needs_no_corpus_file(tiny_teacher, cor
     assert "packed 3 domain(s)" in err and "Loading weights" not in err
     code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpora, store, "--max-rows-per-domain", "6"))
     assert code == 0 and "packing domain" not in err, err  # packed already: nothing is read again
+    assert "already packed with these settings: nothing to do; 3 domain(s)" in err, err
     (copy / "scripture.txt").unlink()  # gone between pack and score: the rows are in the store
     code, err = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora, store, "--max-rows-per-domain", "6"))
     assert code == 0, err

@@ -112,6 +112,8 @@ def test_bad_inputs_one_line_each(tmp_path, bad_stores, store_url, student_dir):
     assert "--init-mixture r0 is only used with --mixing ddk or wo-fs (got --mixing natural" in msg, msg
     msg = _err(train_args(store_url, student_dir, out, steps=10, interval=11))
     assert "--interval 11 is larger than the run" in msg
+    msg = _err(train_args(store_url, student_dir, out, steps=10, interval=10))  # (mixing ddk)
+    assert "--interval 10 is the whole run (--steps 10): --mixing ddk would compute its weights only at" in msg, msg
     msg = _err(train_args(str(tmp_path / "nowhere"), student_dir, out))
     assert "nowhere" in msg
     assert not out.exists() or not any(out.iterdir())  # nothing was trained or written

@@ -49,7 +49,7 @@ def large_vocab_run(tmp_path_factory):
     code, err = run_cli("ddk-teacher", dump_argv(teacher, write_corpus(root / "corpus"), store))
     assert code == 0, err[-3000:]
     out = root / "run"
-    code, err = run_cli("ddk-student", train_args(str(store), student, out, steps=3, interval=3, batch_size=4,
+    code, err = run_cli("ddk-student", train_args(str(store), student, out, steps=3, interval=3, mixing="natural", batch_size=4,
                                                   log_every=1, no_progress=True))
     assert code == 0, err[-3000:]
     return store, out
