@@ -142,6 +142,8 @@ def verify(url: str, storage_options: dict[str, Any]) -> None:
         hints.append(unfinished_hint(url, sum(i.unwritten for i in issues)))
     if any(i.unit is not None and not i.unwritten for i in issues):
         hints.append(f"`{PROG} repair {url}` marks the damaged units for rewriting by the same dump command")
+    if any(i.pack for i in issues):
+        hints.append(f"`{PROG} repair {url}` deletes the damaged packed rows (readers never use them)")
     click.echo(f"error: {len(issues)} problem(s) in {url} (first: {issues[0].where})"
                + "".join(f"; {h}" for h in hints), err=True)
     sys.exit(1)
@@ -197,21 +199,30 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
     """Verify, then clear the completion marker of every unit whose data is damaged so the dump rewrites it.
 
     Rerun the same `ddk-teacher dump` command afterwards: it rewrites only those units and finalizes the store.
-    Problems outside unit data (metadata, array schema) cannot be repaired in place: the store must be re-dumped.
+    Teacher held-out statistics in the metadata that disagree with intact data are recomputed from it in place.
+    Other problems outside unit data (array schema) cannot be repaired in place: the store must be re-dumped.
     """
     from .layout import Unit, unit_range
+    from .packed import PACK_PREFIX, delete_pack
+    from .storage import open_zarr_store
     from .validate import STATUS_ISSUE, validate_store
     from .writer import StoreWriter
 
     issues = validate_store(url, storage_options=storage_options)
     data = [i for i in issues if i.unit is not None and not i.unwritten]
-    other = [i for i in issues if i.unit is None and i.where != STATUS_ISSUE
-             and not i.where.startswith("metadata.domains[")]
+    stats = [i for i in issues if i.where.startswith("metadata.domains[")]
+    pack = [i for i in issues if i.pack]
+    other = [i for i in issues if i.unit is None and i.where != STATUS_ISSUE and i not in stats and not i.pack]
     if other:
         for issue in other:
             click.echo(f"FAIL {issue}", err=True)
         raise StoreCorruptError(f"{url}: {len(other)} problem(s) outside unit data cannot be repaired in place; "
                                 "dump the store again (ddk-teacher dump ... --overwrite)")
+    if pack:
+        delete_pack(open_zarr_store(url, read_only=False, storage_options=storage_options))
+        click.echo(f"deleted {PACK_PREFIX}: {pack[0]}" + (f" (and {len(pack) - 1} more)" if len(pack) > 1 else "")
+                   + "; readers never use the packed rows, and the next `ddk-teacher dump` packs the corpora again")
+        issues = [i for i in issues if not i.pack]
     writer = StoreWriter.resume(url, storage_options=storage_options)
     units = []
     for dom, split, index in sorted({i.unit for i in data}):
@@ -232,11 +243,17 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
         click.echo(f"reset {u}")
     if done_damaged:
         click.echo(f"{len(done_damaged)} unit(s) marked for rewriting; rerun the same `ddk-teacher dump` command to "
-                   "rewrite them and finalize the store")
+                   "rewrite them and finalize the store (which also recomputes the teacher's held-out statistics)")
+    elif stats and len(stats) == len(issues):
+        writer.finalize()  # every unit intact: the statistics are recomputed from the stored held-out data
+        for issue in stats:
+            click.echo(f"recomputed {issue.where} (it {issue.what})")
+        click.echo(f"{url}: the teacher's held-out statistics were rewritten from the stored data")
     elif any(i.unwritten for i in issues) or any(i.where == STATUS_ISSUE for i in issues):
-        click.echo(f"nothing to repair in {url}: {unfinished_hint(url, sum(i.unwritten for i in issues))}")
+        click.echo(f"nothing {'else ' if pack else ''}to repair in {url}: "
+                   f"{unfinished_hint(url, sum(i.unwritten for i in issues))}")
     else:
-        click.echo(f"nothing to repair in {url}")
+        click.echo(f"nothing {'else ' if pack else ''}to repair in {url}")
 
 
 if __name__ == "__main__":

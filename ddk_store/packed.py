@@ -40,6 +40,8 @@ PACK_PREFIX = "_pack"
 PACK_ATTR = "ddk_pack"
 PACK_FORMAT = "ddk-pack"
 PACK_VERSION = 1
+#: A domain's state in the pack document: held-out rows written and training rows being written, or all written.
+TRAINING, PACKED = "training", "packed"
 #: Target tokens per packed chunk: a few MB in memory while packing, one read per many score units.
 CHUNK_TOKENS = 1 << 18
 #: Rows of every packed row array (a bound, not a size: chunks exist only where rows were written).
@@ -95,6 +97,11 @@ def delete_whole_store(store: Store, url: str) -> None:
     :func:`refuse_foreign_entries` has found nothing there that is not the store's own."""
     refuse_foreign_entries(store, url)
     sync(delete_store_prefix(store, url))
+
+
+def delete_pack(store: Store) -> None:
+    """Delete the packed rows (readers never need them; the next dump packs the corpora again)."""
+    sync(store.delete_dir(PACK_PREFIX))
 
 
 def holds_only_pack(store: Store) -> bool:
@@ -241,6 +248,37 @@ class PackedRows:
             parts.append(self._cache[1][row - index * chunk_rows : hi - index * chunk_rows])
             row = hi
         return np.concatenate(parts) if parts else np.zeros((0, seq_len), dtype=np.int32)
+
+    def damaged_chunks(self, dtype: Any) -> list[tuple[str, str]]:
+        """(where, what) of every chunk of rows the pack document counts that is missing or fails its checksum
+        (``ddk-store verify``); a pack document that cannot be read is one problem."""
+        try:
+            state = self.read_state()
+        except StoreFormatError as e:
+            return [(f"{PACK_PREFIX}/zarr.json", str(e))]
+        if state is None:
+            return []
+        problems = []
+        try:
+            seq_len = int(state["identity"]["seq_len"])
+            counted = {(d, split): (int(n), int(st["chunk_rows"])) for d, st in state["domains"].items()
+                       if st.get("state") in (TRAINING, PACKED)
+                       for split, n in (("heldout", st["heldout_rows"]),
+                                        ("train", st["train_rows"] if st["state"] == PACKED else st["cursor"]["rows"]))}
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            return [(f"{PACK_PREFIX}/zarr.json", f"pack document lacks {describe(e, 80)}")]
+        for (domain, split), (n_rows, chunk_rows) in counted.items():
+            arr = self._rows(domain, split, seq_len, chunk_rows, dtype)
+            for index in range(-(-n_rows // chunk_rows)):
+                where = f"{PACK_PREFIX}/{domain}.{split} chunk {index}"
+                if _get(self.store, f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0") is None:
+                    problems.append((where, "missing"))
+                    continue
+                try:
+                    arr[index * chunk_rows : min(n_rows, (index + 1) * chunk_rows)]
+                except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+                    problems.append((where, f"fails its crc32c checksum or cannot be decoded ({describe(e, 120)})"))
+        return problems
 
     def write_ints(self, domain: str, name: str, values: np.ndarray) -> None:
         arr = self._array(f"{domain}.{name}", (MAX_ROWS,), (1 << 16,), np.dtype("<i8"))

@@ -9,8 +9,10 @@ import numpy as np
 
 from . import spec
 from .errors import DdkError, StoreIOError, describe
+from .codec import id_dtype
 from .crc import crc32_of
 from .heldout import heldout_nll, stats_mismatch
+from .packed import PACK_PREFIX, PackedRows
 from .reader import StoreReader
 from .encodings import Encoding, encoding_for
 from .schema import MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width
@@ -28,6 +30,7 @@ class Issue:
     what: str
     unit: tuple[str, str, int] | None = None  # (domain, split, unit index) when the problem lies in one unit's data
     unwritten: bool = False  # the unit is not written yet (an unfinished dump), which is not damage
+    pack: bool = False  # the problem lies in the packed rows (`_pack`), which readers never use
 
     def __str__(self) -> str:
         return f"{self.where}: {self.what}"
@@ -125,6 +128,10 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                     issues.extend(Issue(f"{where} {spec.ARR_TOPK_IDS}", msg, uid) for msg in enc.pair_invariants(good))
             if split == spec.SPLIT_HELDOUT and lay.n_rows and meta.status == spec.STATUS_COMPLETE:
                 issues.extend(_check_heldout_stats(reader, dom, arrays))
+    if progress:
+        progress(PACK_PREFIX)
+    packed = PackedRows(url, storage_options=storage_options, read_only=True)
+    issues.extend(Issue(where, what, pack=True) for where, what in packed.damaged_chunks(id_dtype(v)))
     return issues
 
 

@@ -20,7 +20,8 @@ from ddk_store import DomainInfo, SourceInfo, tokenizer_fingerprint
 from ddk_store.codec import id_dtype
 from ddk_store.difference import first_difference, value_at
 from ddk_store.errors import ConfigError, StoreExistsError
-from ddk_store.packed import PackedRows, check_pack_location, delete_whole_store, pack_chunk_rows
+from ddk_store.packed import (PACKED, TRAINING, PackedRows, check_pack_location, delete_whole_store,
+                              pack_chunk_rows)
 
 from .config import Stage1Config
 from .corpus import DomainSource, load_corpora
@@ -30,7 +31,6 @@ from .packing import check_split_size
 from .plan import RESUME_FLAGS, settings_of, source_uri
 from .tokenize import DocTokenizer, bos_to_add
 
-PACKED, TRAINING = "packed", "training"
 #: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.
 POLL_S = 2.0
 

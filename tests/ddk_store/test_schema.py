@@ -72,6 +72,26 @@ def test_an_edit_beyond_the_tolerance_is_refused_everywhere(tmp_path):
     assert [i.where for i in validate_store(url)] == ["metadata.domains[beta].heldout_nll"]
 
 
+def test_repair_recomputes_edited_heldout_statistics_from_the_data(tmp_path):
+    from click.testing import CliRunner
+
+    from ddk_store.cli import main as store_cli
+
+    url = str(tmp_path / "s")
+    make_tiny_store(url)
+    StoreFiles(url).edit_root_meta(lambda m: m["domains"][1].update(heldout_nll=9.0, heldout_ppl=math.exp(9.0)))
+    assert [i.where for i in validate_store(url)] == ["metadata.domains[beta].heldout_nll"]
+    res = CliRunner().invoke(store_cli, ["repair", url])
+    assert res.exit_code == 0 and "recomputed metadata.domains[beta].heldout_nll" in res.output, res.output
+    assert validate_store(url) == []
+    reader = open_store(url)
+    target = reader.arrays("beta", spec.SPLIT_HELDOUT)[spec.ARR_TARGET_LOGPROBS][:]
+    beta = reader.meta.domain("beta")
+    assert beta.heldout_nll == pytest.approx(reference_nll(target), rel=1e-12)
+    assert beta.heldout_ppl == pytest.approx(math.exp(reference_nll(target)), rel=1e-12)
+    assert reader.meta.status == spec.STATUS_COMPLETE
+
+
 def test_arrays_on_disk_are_the_schema(tmp_path):
     url = str(tmp_path / "s")
     reader = make_tiny_store(url, train_rows=10, heldout_rows=3, unit_rows=4, vocab_size=70000,

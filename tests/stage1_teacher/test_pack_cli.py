@@ -91,3 +91,29 @@ def test_damaged_packed_rows_stop_the_dump_in_one_line_that_says_how_to_recover(
     shutil.rmtree(store / "_pack")  # what the line says: the corpora are packed again and the dump completes
     code, err = run_cli("ddk-teacher", dump)
     assert code == 0 and "packing domain" in err, err
+
+
+def test_verify_finds_damaged_packed_rows_of_a_finished_store_and_repair_deletes_them(tiny_teacher, corpus, tmp_path):
+    store = tmp_path / "s"
+    dump = dump_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "6")
+    code, err = run_cli("ddk-teacher", dump)
+    assert code == 0, err
+    code, out = run_cli("ddk-store", ["verify", str(store)])
+    assert code == 0, out
+    chunk = store / "_pack" / "legal.heldout" / "c" / "0" / "0"
+    b = bytearray(chunk.read_bytes())
+    b[len(b) // 2] ^= 0x01
+    chunk.write_bytes(bytes(b))
+    (store / "_pack" / "python.train" / "c" / "0" / "0").unlink()
+    code, out = run_cli("ddk-store", ["verify", str(store)])
+    assert code == 1, out
+    assert "FAIL _pack/legal.heldout chunk 0: fails its crc32c checksum" in out, out
+    assert "FAIL _pack/python.train chunk 0: missing" in out, out
+    assert "repair" in out.strip().splitlines()[-1]
+    code, out = run_cli("ddk-store", ["repair", str(store)])
+    assert code == 0 and "deleted _pack" in out and "nothing else to repair" in out, out
+    assert not (store / "_pack").exists()
+    code, out = run_cli("ddk-store", ["verify", str(store)])
+    assert code == 0, out
+    code, err = run_cli("ddk-teacher", dump)  # the finished store needs no packed rows
+    assert code == 0 and "nothing to do" in err, err
