@@ -268,7 +268,11 @@ class PackedRows:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             return [(f"{PACK_PREFIX}/zarr.json", f"pack document lacks {describe(e, 80)}")]
         for (domain, split), (n_rows, chunk_rows) in counted.items():
-            arr = self._rows(domain, split, seq_len, chunk_rows, dtype)
+            try:
+                arr = self._rows(domain, split, seq_len, chunk_rows, dtype)
+            except StoreFormatError as e:
+                problems.append((f"{PACK_PREFIX}/{domain}.{split}", str(e)))
+                continue
             for index in range(-(-n_rows // chunk_rows)):
                 where = f"{PACK_PREFIX}/{domain}.{split} chunk {index}"
                 if _get(self.store, f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0") is None:

@@ -105,10 +105,12 @@ def test_verify_finds_damaged_packed_rows_of_a_finished_store_and_repair_deletes
     b[len(b) // 2] ^= 0x01
     chunk.write_bytes(bytes(b))
     (store / "_pack" / "python.train" / "c" / "0" / "0").unlink()
+    (store / "_pack" / "scripture.train" / "zarr.json").unlink()
     code, out = run_cli("ddk-store", ["verify", str(store)])
     assert code == 1, out
     assert "FAIL _pack/legal.heldout chunk 0: fails its crc32c checksum" in out, out
     assert "FAIL _pack/python.train chunk 0: missing" in out, out
+    assert "FAIL _pack/scripture.train: " in out and "missing or unreadable" in out, out
     assert "repair" in out.strip().splitlines()[-1]
     code, out = run_cli("ddk-store", ["repair", str(store)])
     assert code == 0 and "deleted _pack" in out and "nothing else to repair" in out, out
