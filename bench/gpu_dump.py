@@ -122,7 +122,10 @@ def main() -> None:
     from stage1_teacher.config import Stage1Config
     from stage1_teacher.run import run
 
-    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    if not tiny and not torch.cuda.is_available():
+        raise SystemExit("gpu_dump.py measures a GPU and torch sees no CUDA device here; pass --tiny to check the "
+                         "script end to end on the CPU")
+    device = "cuda" if not tiny else "cpu"
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="ddk-gpu-dump-") as tmp:
         work = Path(tmp)

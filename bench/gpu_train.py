@@ -27,10 +27,11 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ddk_testkit.workdirs import work_dir
 
 SMOLLM2_360M = dict(hidden_size=960, intermediate_size=2560, num_layers=32, num_heads=15, num_kv_heads=5,
                     rope_theta=100000.0)
@@ -95,7 +96,7 @@ def step_times(out: Path, tokens_per_step: int, warmup: int) -> list[float]:
 def run_variant(args, name: str, gamma: float, student: Path, store: Path, work: Path) -> dict:
     out = work / f"run-{name}"
     argv = ["train", "--store", str(store), "--student", str(student), "--out", str(out), "--steps", str(args.steps),
-            "--interval", str(args.steps), "--batch-size", str(args.batch_size), "--gamma", str(gamma),
+            "--mixing", "natural", "--interval", str(args.steps), "--batch-size", str(args.batch_size), "--gamma", str(gamma),
             "--lr", "3e-4", *COMPILE_FLAG[args.compile], "--device", args.device, "--eval-batch-size", "4",
             "--heldout-rows", "2", "--log-every", "1", "--no-progress", "--overwrite"]
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)], capture_output=True, text=True,
@@ -123,22 +124,31 @@ def main() -> None:
     p.add_argument("--compile", default="on", choices=("on", "off", "auto"))
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--peak-flops", type=float, default=989e12, help="dense bf16 FLOP/s of the GPU (H100/H200)")
-    p.add_argument("--workdir", type=Path, default=None)
+    p.add_argument("--workdir", type=Path, default=None, help="kept (default: a temporary one, removed at the end)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child_train(json.loads(args.child))
     shape = TINY if args.tiny else SMOLLM2_360M
+    if not args.tiny and args.device != "cpu":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("gpu_train.py measures a GPU and torch sees no CUDA device here; pass --tiny to check "
+                             "the script end to end on the CPU (or --device cpu to measure the CPU at full size)")
     if args.tiny:
         args.steps, args.warmup, args.batch_size, args.seq_len, args.vocab, args.top_k, args.device = \
             8, 3, 4, 64, 2048, 8, "cpu"
+    with work_dir(args.workdir, "ddk-gpu-train-") as work:
+        measure(args, shape, work)
+
+
+def measure(args: argparse.Namespace, shape: dict, work: Path) -> None:
     import torch
 
     from ddk_testkit.vocab import build_llama, build_word_tokenizer
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="ddk-gpu-train-"))
-    work.mkdir(parents=True, exist_ok=True)
     tok = build_word_tokenizer(work / "tok", args.vocab)
     student = build_llama(work / "student", work / "tok", vocab_size=args.vocab, max_positions=max(8192, args.seq_len),
                           **shape)

@@ -43,7 +43,8 @@ from pathlib import Path
 from ddk_store import spec
 from ddk_store.errors import DdkError
 from ddk_store.paths import cache_dir
-from ddk_testkit.processes import REPO
+#: This checkout (the scripts' children run from here, and the default --out lies here), not the installed one.
+REPO = Path(__file__).resolve().parents[1]
 from stage2_student import compare, plots, rundir
 from stage2_student.report import ddk_floor
 
@@ -368,6 +369,9 @@ def main() -> None:
                         "Default: none, plots into --out/figures")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and plots from finished runs")
     args = p.parse_args()
+    args.out = str(Path(args.out).resolve())  # children run in REPO: a path relative to here must mean the same there
+    if args.results:
+        args.results = str(Path(args.results).resolve())
     args.arms = [a for a in args.arms.split(",") if a]
     unknown = {arm for arm in args.arms if arm not in ARMS and not add_cap_arm(arm)}
     if unknown:

@@ -94,6 +94,7 @@ def main() -> None:
     data, label = teacher_data(4)
     backend = ReplayBackend(data)
     teacher, corpora = built_in("builtin-teacher"), built_in("builtin-corpus")
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="ddk-score-cpu-"))
     try:
         def cfg(store: Path, unit_rows: int) -> Stage1Config:
@@ -125,7 +126,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\nreplayed: {label}; {args.rows} rows per domain x 6 domains, T = {SEQ}, K = 64, default encoding")
-    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"load average before: {load_before:.1f} on {os.cpu_count()} cores")
     print(f"\n{'writer threads':>15}{'unit rows':>10}{'tokens':>12}{'score s (runs)':>28}{'M tok/s':>10}"
           f"{'per CPU-s':>11}")
     default_unit = default_unit_rows(SEQ, default_chunk_rows(SEQ))

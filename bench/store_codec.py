@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--encodings", default=",".join(spec.ENCODINGS), help="comma-separated subset of the encodings")
     ap.add_argument("--read-batches", type=int, default=256, help="random 8-row batches read per encoding")
     args = ap.parse_args()
+    if 6 * args.rows_per_domain * args.repeat < 8:
+        ap.error("the read test draws 8-row batches: give --rows-per-domain x 6 domains x --repeat >= 8 rows")
     tune_allocator()  # as every ddk command does (ddk_store/allocator.py)
     data, label = teacher_data(args.rows_per_domain)
     n = len(data["tokens"])
@@ -219,12 +221,13 @@ def main() -> None:
     p = np.exp(data["topk_logprobs"].astype(np.float64))
     print(f"teacher: median top-1 prob {np.median(p[..., 0]):.3f}, mean top-{K} mass {p.sum(-1).mean():.3f}, "
           f"mean exact tail {np.exp(data['log_tail']).mean():.3f}")
+    load_before = os.getloadavg()[0]
     tmp = tempfile.mkdtemp(prefix="ddk-codec-")
     try:
         results = {enc: bench_encoding(enc, data, tmp, args.repeat, args.threads, args.read_batches) for enc in args.encodings.split(",")}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nload average before the runs: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; 'per CPU-s': "
+    print(f"\nload average before the runs: {load_before:.1f} on {os.cpu_count()} cores; 'per CPU-s': "
           "tokens per second of this process's CPU time (all threads), what one free core would do")
     print(f"\n{'encoding':<30}{'B/token':>9}{'write Mtok/s':>14}{'per CPU-s':>10}{'read Mtok/s':>13}{'per CPU-s':>10}"
           f"{'max|dlp|':>10}{'KL nats':>10}{'tail err':>10}{'|m+t-1|':>10}{'kept':>6}{'read, dev. decode':>19}"

@@ -183,6 +183,7 @@ def main() -> None:
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
+        print("warning: --device cuda but torch sees no CUDA device: measuring the CPU", file=sys.stderr)
         args.device = "cpu"
     results = []
     with tempfile.TemporaryDirectory() as tmp:

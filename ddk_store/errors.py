@@ -95,6 +95,10 @@ class CorpusError(DdkError):
     """The built-in corpus cannot be built (unknown domain, bad size cap, missing sources or Debian packages)."""
 
 
+class PeerFailed(DdkError):
+    """Another process of a distributed run (a torchrun rank) stopped or lost its connection mid-run."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM), carrying the command's own advice on how to continue: the entry wrapper prints it instead
     of the generic "rerun the same command"; the exit status is unchanged (130, or 143 after SIGTERM)."""

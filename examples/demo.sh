@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The built-in default, end to end: six real domains, the real SmolLM2-135M teacher, a 24-layer student.
 #
-#   bash examples/demo.sh [--baseline]        (make demo; make demo BASELINE=1)
+#   bash examples/demo.sh [--baseline] [--help]        (make demo; make demo BASELINE=1)
 #
 # DDK steers by each domain's student/teacher perplexity ratio, and Eq. 1 is a softmax over those ratios: it spreads
 # the weights over several domains only when the ratios are within a unit or two of each other, as for the paper's
@@ -23,6 +23,7 @@ BASELINE=0
 for arg in "$@"; do
   case $arg in
     --baseline) BASELINE=1 ;;
+    -h|--help) sed -n '2,19p' examples/demo.sh | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "examples/demo.sh: unknown argument '$arg'; the only one is --baseline" >&2; exit 2 ;;
   esac
 done

@@ -33,11 +33,38 @@ class DistEnv(NamedTuple):
     local_world: int = 1
 
 
-def dist_env() -> DistEnv:
-    """:class:`DistEnv` from torchrun's environment variables; ``(0, 1, 0, 1)`` for a plain process."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    return DistEnv(int(os.environ.get("RANK", 0)), world, int(os.environ.get("LOCAL_RANK", 0)),
-                   int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+#: What torchrun sets for every rank; a process with some of them set and others not was not started by torchrun.
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def dist_env(environ: dict[str, str] | None = None) -> DistEnv:
+    """:class:`DistEnv` from torchrun's environment variables; ``(0, 1, 0, 1)`` for a plain process.
+
+    Raises:
+        ConfigError: the variables are half set or inconsistent (a process started by hand with a leftover
+            ``RANK``, say), which would otherwise hang waiting for peers that never come, or crash inside torch.
+    """
+    env = os.environ if environ is None else environ
+    present = [v for v in TORCHRUN_VARS if v in env]
+    if not present:
+        return DistEnv()
+    fix = (f"launch with torchrun (which sets {', '.join(TORCHRUN_VARS)}), or unset them to train in one "
+           f"process")
+    if len(present) < len(TORCHRUN_VARS) and env.get("WORLD_SIZE", "1") != "1":
+        missing = [v for v in TORCHRUN_VARS if v not in env]
+        raise ConfigError(f"torchrun environment half set: {', '.join(present)} set but {', '.join(missing)} not; "
+                          f"{fix}")
+    try:
+        world = int(env.get("WORLD_SIZE", 1))
+        rank = int(env.get("RANK", 0))
+        local_rank = int(env.get("LOCAL_RANK", 0))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    except ValueError as e:
+        raise ConfigError(f"torchrun environment: not an integer ({e}); {fix}") from None
+    if world < 1 or not 0 <= rank < world or not 0 <= local_rank < max(local_world, 1):
+        raise ConfigError(f"torchrun environment: RANK={rank} LOCAL_RANK={local_rank} do not fit WORLD_SIZE={world} "
+                          f"LOCAL_WORLD_SIZE={local_world} (a rank must be below its world size); {fix}")
+    return DistEnv(rank, world, local_rank, local_world)
 
 
 def choose_device(device: str, *, cuda_available: bool, device_count: int, local_rank: int = 0,

@@ -10,6 +10,7 @@ another run of the same budget (plain KD, say) next to this one's. The run direc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,19 +178,21 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         head += " baseline after | this run vs baseline |"
     lines += [head, "|---" + "|---:" * (head.count("|") - 2) + "|"]
 
-    def row(name: str, b: float, a: float, ba: float | None) -> str:
-        cells = f"| {name} | {_num(b)} | {_num(a)} | {_pct(a, b)} |"
-        return cells + (f" {_num(ba)} | {_pct(a, ba)} |" if ba is not None else (" – | – |" if base else ""))
+    def row(name: str, b: float, a: float, ba: float | None, which: Callable[[dict], str] = lambda r: "") -> str:
+        cells = f"| {name} | {_num(b)}{which(first)} | {_num(a)}{which(last)} | {_pct(a, b)} |"
+        return cells + (f" {_num(ba)}{which(base[-1])} | {_pct(a, ba)} |" if ba is not None
+                        else (" – | – |" if base else ""))
+
+    def worst_of(record: dict) -> str:  # each column's worst domain may be another one
+        return f" ({domains[record['ratio'].index(max(record['ratio']))]})"
 
     for i, d in enumerate(domains):
         lines.append(row(d, first["ratio"][i], last["ratio"][i], base[-1]["ratio"][i] if base else None))
     for key, _ in METRICS:
         if after[key] is None:
             continue
-        name = METRIC_ROW[key]
-        if key == "worst":
-            name += f" ({domains[last['ratio'].index(max(last['ratio']))]} after)"
-        lines.append(row(f"*{name}*", before[key], after[key], b_after[key] if b_after else None))
+        lines.append(row(f"*{METRIC_ROW[key]}*", before[key], after[key], b_after[key] if b_after else None,
+                         worst_of if key == "worst" else lambda r: ""))
     lines += ["", "*change*: after vs before, in percent, or as a factor beyond tenfold (÷1,000: a thousand times "
               "lower). The summary rows are computed over the domains' ratios of each column "
               "(*natural weights*: each domain's share of the training rows; *geometric mean*: exp of the mean log "

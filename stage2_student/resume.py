@@ -87,7 +87,37 @@ def inputs_inside(cfg: Stage2Config, out: Path) -> list[str]:
     return found
 
 
-def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, echo: Callable[[str], None] = _stderr) -> bool:
+def resume_command(out: str | Path, world: int = 1, local_world: int | None = None) -> str:
+    """The command that continues run ``out`` written by ``world`` processes (``local_world`` per host), quoted for a
+    message: ranks must match the run's, so a torchrun run is resumed by the same torchrun launch."""
+    cmd = f"train --out {out} --resume"
+    if world == 1:
+        return f"`ddk-student {cmd}`"
+    per_host = local_world or world
+    if per_host == world:
+        return f"`torchrun --nproc_per_node {world} -m stage2_student.cli {cmd}`"
+    return (f"the same torchrun launch on each of its {world // per_host} hosts (--nproc_per_node {per_host}, "
+            f"{world} processes in all) with `-m stage2_student.cli {cmd}`")
+
+
+def check_checkpoint_fits(out: Path, ckpt: Path, *, world: int, fsdp: bool) -> None:
+    """Refuse (ConfigError, before any model is loaded) to resume checkpoint ``ckpt`` with another number of
+    processes or another --fsdp than the run that wrote it."""
+    from .checkpoint import checkpoint_step, read_state
+
+    doc = read_state(ckpt) or {}
+    at = f"--resume {out}: its checkpoint at step {checkpoint_step(ckpt)}"
+    had = int(doc.get("world_size", world))
+    if had != world:
+        raise ConfigError(f"{at} was written by {had} process(es), this run has {world}; the number must be the "
+                          f"same: {resume_command(out, had)}")
+    if bool(doc.get("sharded", False)) != fsdp:
+        how = "with" if doc.get("sharded") else "without"
+        raise ConfigError(f"{at} was written {how} --fsdp; resume it {how} --fsdp")
+
+
+def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
+                    echo: Callable[[str], None] = _stderr) -> bool:
     """Check ``--out`` against ``--resume``/``--overwrite`` before anything is loaded; True if a run is to be
     resumed from its latest checkpoint.
 
@@ -118,6 +148,7 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, echo: Callable[[str], N
             if rank == 0:
                 echo(f"--resume {out}: no checkpoint found there; starting a fresh run")
             return False
+        check_checkpoint_fits(out, ckpt, world=world, fsdp=cfg.fsdp and world > 1)
         if cfg.steps < checkpoint_step(ckpt):
             raise ConfigError(f"--resume {out}: --steps {cfg.steps} is below the step of its latest checkpoint "
                               f"({checkpoint_step(ckpt)}); give --steps >= {checkpoint_step(ckpt)}")

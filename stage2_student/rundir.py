@@ -57,6 +57,51 @@ STEP_KEYS = ("event", "step", "loss", "ce", "kl", "lr", "grad_norm", "tokens_per
 _FIX = "it must be the metrics.jsonl written by `ddk-student train`"
 
 
+# ------------------------------------------------------------------------------------------------------ owner
+def claim_run_dir(out: str | Path) -> int | None:
+    """Lock run directory ``out`` for this process until :func:`release_run_dir` (or its exit, a kill included):
+    two trainings writing one run would interleave their records and delete each other's checkpoints.
+
+    The lock is an ``flock`` on ``$DDK_CACHE/locks/<sha256 of the resolved path>.lock`` (nothing is written into
+    ``out``, which may not exist yet), so it guards against a second training on the same host; one started on
+    another host that shares the directory is not seen. Returns the lock's file descriptor, or None when the cache
+    is not writable (no lock is taken then).
+
+    Raises:
+        ConfigError: another process holds the lock; it names that process.
+    """
+    import fcntl
+    import hashlib
+    import socket
+
+    from ddk_store.errors import ConfigError
+    from ddk_store.paths import cache_dir
+
+    resolved = Path(out).expanduser().resolve()
+    place = cache_dir("locks") / (hashlib.sha256(str(resolved).encode()).hexdigest()[:32] + ".lock")
+    try:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(place, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise ConfigError(f"--out {out}: {holder} is training this run right now; wait for it to end or stop it "
+                          f"(a torchrun killed alone leaves its workers running: stop them too), then rerun") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"`ddk-student train` (pid {os.getpid()} on {socket.gethostname()})".encode())
+    return fd
+
+
+def release_run_dir(fd: int | None) -> None:
+    """Give up the lock :func:`claim_run_dir` took."""
+    if fd is not None:
+        os.close(fd)
+
+
 # ----------------------------------------------------------------------------------------------------- records
 def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[str, Sequence[float]],
                     ppl_teacher: Sequence[float], ratio: Iterable[float], weights: Iterable[float],

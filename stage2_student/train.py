@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ddk_store import open_store, settings
 from ddk_store.encodings import encoding_for
-from ddk_store.errors import ConfigError, Interrupted, StoreIOError
+from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError, describe
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
@@ -34,7 +34,7 @@ from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
 from .loss_step import student_loss
 from .readpool import default_read_workers
 from .repeats import find_repeats
-from .resume import prepare_out_dir
+from .resume import prepare_out_dir, resume_command
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
@@ -43,11 +43,14 @@ from .student import load_student
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
-def _resume_hint(fn):
-    """A store that stays unreachable or refuses access, or Ctrl-C, ends the run; say how to continue it
-    (checkpoints make that exact)."""
+def _run_guard(fn):
+    """Around a run: rank 0 holds the run directory's lock (:func:`rundir.claim_run_dir`) while it trains; a store
+    that stays unreachable or refuses access, Ctrl-C or SIGTERM, or a peer rank that dies ends the run with how to
+    continue it (checkpoints make that exact) under the launch the run needs."""
     @functools.wraps(fn)
     def wrapper(cfg: Stage2Config) -> Path:
+        env = parallel.dist_env()
+        lock = rundir.claim_run_dir(cfg.out) if env.rank == 0 else None
         try:
             return fn(cfg)
         except StoreIOError as e:
@@ -56,16 +59,32 @@ def _resume_hint(fn):
         except KeyboardInterrupt:
             if not (Path(cfg.out) / CONFIG_FILE).is_file():
                 raise  # before the run was written: the generic advice (rerun the same command) holds
-            ckpt = latest_checkpoint(cfg.out)
-            since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
-            raise Interrupted(f"interrupted; `ddk-student train --out {cfg.out} --resume` continues the run from "
-                              f"{since} with its saved settings") from None
+            raise Interrupted(f"interrupted; {_continue(cfg, env)}") from None
+        except RuntimeError as e:
+            if env.world == 1 or not _peer_failure(e):
+                raise
+            raise PeerFailed(f"another process of this {env.world}-process run stopped ({describe(e, 160)}); "
+                             f"{_continue(cfg, env)}") from None
+        finally:
+            rundir.release_run_dir(lock)
 
     return wrapper
 
 
+def _continue(cfg: Stage2Config, env: parallel.DistEnv) -> str:
+    ckpt = latest_checkpoint(cfg.out)
+    since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
+    return (f"{resume_command(cfg.out, env.world, env.local_world)} continues the run from {since} with its saved "
+            f"settings")
+
+
+def _peer_failure(e: RuntimeError) -> bool:
+    """A collective failed because another rank is gone (gloo: "Connection closed by peer"; NCCL: DistError)."""
+    return isinstance(e, getattr(dist, "DistError", ())) or "gloo" in str(e) or "by peer" in str(e)
+
+
 # ----------------------------------------------------------------------------------------------------- train
-@_resume_hint
+@_run_guard
 def train(cfg: Stage2Config) -> Path:
     """Run stage 2 as configured; return the output directory. Raises DdkError for any bad input, before training."""
     env = parallel.dist_env()
@@ -79,7 +98,7 @@ def train(cfg: Stage2Config) -> Path:
     sink = open_sink(cfg.report_to, out)  # --report-to: a missing package is refused here too; None for none
     if B % (world * A):
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
-    resuming = prepare_out_dir(cfg, rank=rank)
+    resuming = prepare_out_dir(cfg, rank=rank, world=world)
     # refuses incomplete stores, unknown versions and encodings
     reader = open_store(cfg.store, storage_options=cfg.storage_options, cache_dir=cfg.cache_dir,
                         cache_max_bytes=cfg.cache_max_bytes)

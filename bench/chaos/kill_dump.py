@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from ddk_testkit.commands import dump_argv
@@ -31,6 +30,7 @@ from ddk_testkit.kills import dump_kill_chain, dump_schedule, format_table, time
 from ddk_testkit.models import build_tiny_teacher
 from ddk_testkit.snapshots import store_snapshot
 from ddk_testkit.watch import dump_state
+from ddk_testkit.workdirs import work_dir
 
 
 def main() -> int:
@@ -38,9 +38,13 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--docs", type=int, default=600, help="documents per domain (600: about 190 units)")
-    ap.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
+    ap.add_argument("--work", type=Path, default=None, help="working directory, kept (default: a temporary one, removed at the end)")
     args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="ddk-kill-dump-"))
+    with work_dir(args.work, "ddk-kill-dump-") as work:
+        return campaign(args, work)
+
+
+def campaign(args: argparse.Namespace, work: Path) -> int:
     teacher, corpora = build_tiny_teacher(work / "teacher"), write_corpus(work / "corpus", n_docs=args.docs)
 
     times = time_reference_dump(dump_argv(teacher, corpora, work / "reference"), work / "reference")

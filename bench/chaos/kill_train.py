@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 from ddk_testkit.commands import train_argv
 from ddk_testkit.kills import format_table, time_reference_run, train_kill_chain, train_schedule
 from ddk_testkit.stores import student_and_store
+from ddk_testkit.workdirs import work_dir
 
 
 def main() -> int:
@@ -32,13 +32,18 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=200)
-    ap.add_argument("--work", type=Path, default=None, help="working directory (default: a temporary one)")
+    ap.add_argument("--work", type=Path, default=None, help="working directory, kept (default: a temporary one, removed at the end)")
     args = ap.parse_args()
-    work = args.work or Path(tempfile.mkdtemp(prefix="ddk-kill-train-"))
+    with work_dir(args.work, "ddk-kill-train-") as work:
+        return campaign(args, work)
+
+
+def campaign(args: argparse.Namespace, work: Path) -> int:
 
     student, store_dir = student_and_store(work, train_rows=64, heldout_rows=8)
     store = str(store_dir)
-    flags = dict(steps=args.steps, interval=20, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=7,
+    interval = min(20, max(1, args.steps // 2))  # a DDK interval must end before the run does
+    flags = dict(steps=args.steps, interval=interval, batch_size=4, lr=3e-3, seed=0, eval_batch_size=4, save_every=7,
                  log_every=1, device="cpu")
 
     times = time_reference_run(train_argv(store, student, work / "reference", **flags), work / "reference")
@@ -55,7 +60,7 @@ def main() -> int:
 
     print()
     print(format_table(f"kill_train: {args.kills} SIGKILLs of `ddk-student train` (seed {args.seed}, "
-                       f"{args.steps} steps, checkpoints every 7 steps and every 20-step interval)", results))
+                       f"{args.steps} steps, checkpoints every 7 steps and every {interval}-step interval)", results))
     fired = sum(r.fired for r in results)
     same = sum(r.identical for r in results)
     mid_ckpt = sum("checkpoint .tmp" in r.at_kill for r in results)

@@ -59,7 +59,7 @@ def test_report_explains_itself_and_has_before_after_and_the_mixture(tmp_path):
     # before: mean 6, natural .75*4 + .25*8 = 5, worst 8; after: mean 3.5, natural .75*2 + .25*5 = 2.75, worst 5
     assert "| *mean (equal weights)* | 6.000 | 3.500 | -41.7% |" in md
     assert "| *mean (natural weights)* | 5.000 | 2.750 | -45.0% |" in md
-    assert "| *worst domain (b after)* | 8.000 | 5.000 | -37.5% |" in md
+    assert "| *worst domain* | 8.000 (b) | 5.000 (b) | -37.5% |" in md
     assert "- before (step 0): a 0.750, b 0.250" in md
     assert "- after (the last interval, from step 2): a 0.500, b 0.500" in md
     assert "- natural (each domain's share of the training rows): a 0.750, b 0.250" in md
@@ -100,6 +100,12 @@ def test_report_with_a_baseline_compares_the_final_ratios(tmp_path):
     assert "| a | 4.000 | 2.000 | -50.0% | 2.500 | -20.0% |" in md
     assert "| b | 8.000 | 5.000 | -37.5% | 4.000 | +25.0% |" in md
     assert "Baseline: `kd` (natural, gamma 0.2)" in md and "Note:" not in md
+    assert "| *worst domain* | 8.000 (b) | 5.000 (b) | -37.5% | 4.000 (b) | +25.0% |" in md
+    # a baseline whose worst domain is another one: each column names its own
+    other = write_run(tmp_path / "kd2", [[4.0, 8.0], [3.0, 7.0], [4.5, 2.0]], config="mixing: natural\n")
+    res = CliRunner().invoke(cli, ["report", str(run), "--baseline", str(other)])
+    assert res.exit_code == 0, res.output
+    assert "| *worst domain* | 8.000 (b) | 5.000 (b) | -37.5% | 4.500 (a) | +11.1% |" in (run / "report.md").read_text()
 
 
 def test_report_baseline_notes_and_refusals(tmp_path):

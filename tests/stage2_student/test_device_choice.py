@@ -46,3 +46,38 @@ def test_cuda_without_cuda_is_refused():
 def test_local_rank_beyond_gpus_without_local_world_is_refused():
     with pytest.raises(ConfigError, match="3 ranks on this host but it has 2"):
         pick("auto", True, 2, 2, 1)
+
+
+TORCHRUN = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": "29500"}
+
+
+def test_torchrun_environment_is_read_and_half_set_ones_are_refused():
+    from stage2_student.parallel import DistEnv, dist_env
+
+    assert dist_env({}) == DistEnv(0, 1, 0, 1)
+    assert dist_env(TORCHRUN) == DistEnv(1, 2, 1, 2)
+    assert dist_env({**TORCHRUN, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
+                     "LOCAL_WORLD_SIZE": "1"}) == DistEnv(0, 1, 0, 1)  # torchrun --nproc_per_node 1
+    cases = [
+        ({"WORLD_SIZE": "2"}, "half set: WORLD_SIZE set but RANK, MASTER_ADDR, MASTER_PORT not"),
+        ({"RANK": "1"}, "RANK=1 LOCAL_RANK=0 do not fit WORLD_SIZE=1"),  # a leftover RANK: rank 1 of 1
+        ({**TORCHRUN, "RANK": "2"}, "RANK=2 LOCAL_RANK=1 do not fit WORLD_SIZE=2"),
+        ({**TORCHRUN, "LOCAL_RANK": "2"}, "LOCAL_RANK=2 do not fit"),
+        ({**TORCHRUN, "RANK": "one"}, "not an integer"),
+    ]
+    for environ, needle in cases:
+        with pytest.raises(ConfigError) as e:
+            dist_env(environ)
+        assert needle in str(e.value) and "launch with torchrun" in str(e.value), (environ, str(e.value))
+
+
+def test_the_resume_command_names_the_launch_a_run_needs():
+    from stage2_student.resume import resume_command
+
+    assert resume_command("runs/a") == "`ddk-student train --out runs/a --resume`"
+    assert resume_command("runs/a", 4, 4) == ("`torchrun --nproc_per_node 4 -m stage2_student.cli train --out runs/a "
+                                              "--resume`")
+    assert resume_command("runs/a", 16, 8) == ("the same torchrun launch on each of its 2 hosts (--nproc_per_node 8, "
+                                               "16 processes in all) with `-m stage2_student.cli train --out runs/a "
+                                               "--resume`")

@@ -68,3 +68,29 @@ def test_sigterm_from_a_scheduler_ends_the_run_as_ctrl_c_does_with_exit_143(tmp_
     code, err = interrupt_after_first_checkpoint(argv, out, signal.SIGTERM)
     assert code == 143, err[-2000:]  # 128 + SIGTERM, not a silent death by the signal (-15)
     assert advice_step(err, out) % K == 0
+
+
+def test_a_second_training_of_a_run_in_progress_is_refused(tmp_path, store_url, student_dir):
+    out = tmp_path / "run"
+    argv = train_argv(store_url, student_dir, out, steps=STEPS, interval=K, batch_size=4, eval_batch_size=4,
+                      seed=0, device="cpu")
+    with reaped(spawn("stage2_student.cli", argv)) as proc:
+        deadline = time.monotonic() + 300
+        while not (out / "config.yaml").is_file():  # written once the run holds its directory
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            for again in (["train", "--out", str(out), "--resume"], [*argv, "--overwrite"]):
+                second = run_process("stage2_student.cli", again, timeout=120)
+                assert second.returncode == 2, second.stderr[-2000:]
+                last = second.stderr.strip().splitlines()[-1]
+                assert f"--out {out}: `ddk-student train` (pid {proc.pid} on " in last, last
+                assert "is training this run right now" in last, last
+            assert (out / "config.yaml").is_file()  # --overwrite deleted nothing
+        finally:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+    # Once it is gone (SIGKILL included), the run is free again
+    done = run_process("stage2_student.cli", ["train", "--out", str(out), "--resume"], timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from ddk_testkit.commands import train_args
 from ddk_testkit.kills import kill_after_checkpoint, last_checkpoint_step
-from ddk_testkit.processes import REPO, child_env, run_process, spawn
+from ddk_testkit.processes import REPO, child_env, run_cli, run_process, spawn
 
 
 def interval_lines(out):
@@ -79,3 +79,8 @@ def test_ddp_two_gloo_ranks_agree_with_one_process(tmp_path, store_url, student_
         torch.testing.assert_close(pb[k], pa[k], atol=1e-5, rtol=1e-4)
     ranks = {p.name for p in (ddp / "checkpoints" / "step-00000008").iterdir()}
     assert {"rng-rank0.safetensors", "rng-rank1.safetensors"} <= ranks
+    # Its checkpoints need 2 processes: one is refused before any model loads, in one line naming the launch
+    code, err = run_cli("ddk-student", ["train", "--out", str(ddp), "--resume", "--steps", "12"])
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"its checkpoint at step 8 was written by 2 process(es), this run has 1; the number must be the same: "
+            f"`torchrun --nproc_per_node 2 -m stage2_student.cli train --out {ddp} --resume`") in err, err

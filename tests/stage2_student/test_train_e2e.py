@@ -124,3 +124,22 @@ def test_device_decode_trains_as_host_decode(tmp_path, store_url, student_dir):
     assert len(runs["host"]) == 4
     for h, d in zip(runs["host"], runs["device"]):
         assert d["loss"] == pytest.approx(h["loss"], rel=1e-5) and d["kl"] == pytest.approx(h["kl"], rel=1e-4)
+
+
+def test_gpu_train_benchmark_runs_tiny_on_cpu(tmp_path):
+    """bench/gpu_train.py --tiny: the GPU training benchmark's whole path (student, store, KD and CE runs, table) on
+    CPU, so that a change to train's flags cannot break it unseen before a GPU lease; its work directory is kept
+    only when named."""
+    import subprocess
+    import sys
+
+    from ddk_testkit.processes import REPO, child_env
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_train.py"), "--tiny", "--json", "--workdir",
+                           str(tmp_path / "work")], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert [r["variant"] for r in summary["results"]] == ["kd", "ce"]
+    assert all(r["steps_timed"] == 5 and r["tokens_per_s"] > 0 for r in summary["results"])  # 8 steps, 3 untimed
+    assert (tmp_path / "work" / "run-kd" / "metrics.jsonl").is_file()
