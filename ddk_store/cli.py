@@ -21,6 +21,7 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """What ``info`` shows. ``bytes_per_token`` is None until the store is complete (a partial store's bytes and
     positions do not belong together); ``units_written``/``units_total`` say how far its dump got."""
     from .reader import open_store
+    from .retry import retry_call
 
     reader = open_store(url, storage_options=storage_options, allow_incomplete=True)
     meta = reader.meta
@@ -41,7 +42,12 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
             if complete or not units:
                 units_written += units
             else:
-                done = reader.arrays(d.name, split)[spec.ARR_UNITS][:, MARKER_DONE_COL] == spec.UNIT_DONE
+                markers = reader.arrays(d.name, split)[spec.ARR_UNITS]
+                try:
+                    done = retry_call(lambda: markers[:, MARKER_DONE_COL], what=f"reading {d.name}/{split} "
+                                      "completion markers", url=url) == spec.UNIT_DONE
+                except ValueError:  # a damaged marker chunk (`verify` names it): count none of this group written
+                    continue
                 units_written += int(done.sum())
         domains.append(row)
     return {
@@ -71,13 +77,26 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-def unfinished_hint(url: str, units_missing: int) -> str:
+#: Parts of a storage option's name that mark a secret, never echoed into a suggested command.
+_SECRET_PARTS = ("key", "secret", "token", "password", "credential")
+
+
+def target(url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """``url`` plus the ``--storage-option`` flags the user gave (an endpoint, say), for a command to copy; options
+    whose name looks secret are left out (they stay in the user's environment or command history only)."""
+    flags = [f" --storage-option {k}={v}" for k, v in (storage_options or {}).items()
+             if not any(part in k.lower() for part in _SECRET_PARTS)]
+    return url + "".join(flags)
+
+
+def unfinished_hint(url: str, units_missing: int, storage_options: dict[str, Any] | None = None) -> str:
     """What to do with a store whose dump has not finished: resume the dump, or finalize after sharded dumps."""
+    where = target(url, storage_options)
     if units_missing:
         return (f"the dump is unfinished ({units_missing} unit(s) not written yet): rerun the same `ddk-teacher dump` "
                 f"command to write them and finalize the store (after sharded dumps: rerun every --shard, then "
-                f"`{PROG} finalize {url}`)")
-    return f"every unit is written but the store was not finalized: run `{PROG} finalize {url}`"
+                f"`{PROG} finalize {where}`)")
+    return f"every unit is written but the store was not finalized: run `{PROG} finalize {where}`"
 
 
 @click.group(PROG, cls=EntryGroup, context_settings=CONTEXT_SETTINGS)
@@ -111,7 +130,7 @@ def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
     if partial:
         click.echo(f"size       {s['positions']:,} positions planned  {s['bytes']:,} bytes so far  (partial store: "
                    f"bytes/token once it is complete)")
-        click.echo(f"next       {unfinished_hint(s['url'], s['units_total'] - s['units_written'])}")
+        click.echo(f"next       {unfinished_hint(s['url'], s['units_total'] - s['units_written'], storage_options)}")
     else:
         bpt = _fmt(s["bytes_per_token"], 1)
         click.echo(f"size       {s['positions']:,} positions  {s['bytes']:,} bytes  {bpt} bytes/token")
@@ -139,11 +158,13 @@ def verify(url: str, storage_options: dict[str, Any]) -> None:
         click.echo(f"FAIL {line}", err=True)
     hints = []
     if any(i.unwritten for i in issues) or any(i.where == STATUS_ISSUE for i in issues):
-        hints.append(unfinished_hint(url, sum(i.unwritten for i in issues)))
+        hints.append(unfinished_hint(url, sum(i.unwritten for i in issues), storage_options))
     if any(i.unit is not None and not i.unwritten for i in issues):
-        hints.append(f"`{PROG} repair {url}` marks the damaged units for rewriting by the same dump command")
+        hints.append(f"`{PROG} repair {target(url, storage_options)}` marks the damaged units for rewriting by the "
+                     "same dump command")
     if any(i.pack for i in issues):
-        hints.append(f"`{PROG} repair {url}` deletes the damaged packed rows (readers never use them)")
+        hints.append(f"`{PROG} repair {target(url, storage_options)}` deletes the damaged packed rows (readers "
+                     "never use them)")
     click.echo(f"error: {len(issues)} problem(s) in {url} (first: {issues[0].where})"
                + "".join(f"; {h}" for h in hints), err=True)
     sys.exit(1)
@@ -251,7 +272,7 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
         click.echo(f"{url}: the teacher's held-out statistics were rewritten from the stored data")
     elif any(i.unwritten for i in issues) or any(i.where == STATUS_ISSUE for i in issues):
         click.echo(f"nothing {'else ' if pack else ''}to repair in {url}: "
-                   f"{unfinished_hint(url, sum(i.unwritten for i in issues))}")
+                   f"{unfinished_hint(url, sum(i.unwritten for i in issues), storage_options)}")
     else:
         click.echo(f"nothing {'else ' if pack else ''}to repair in {url}")
 

@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import Store
+from zarr.abc.store import RangeByteRequest, Store
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 from .errors import StoreCorruptError, StoreExistsError, StoreFormatError, describe
 from .groups import read_root_doc, root_meta_from_doc
+from .retry import retry_call
 from .storage import delete_store_prefix, local_path, normalize_url, open_zarr_store
 
 PACK_PREFIX = "_pack"
@@ -65,9 +66,26 @@ def _set(store: Store, key: str, data: bytes) -> None:
 
 
 def top_level_names(store: Store) -> set[str]:
-    """The names directly under the store's prefix (files and directories, or object key prefixes)."""
+    """The names directly under the store's prefix (files and directories, or object key prefixes).
+
+    On an object store only names that hold data count: a key, or a prefix with at least one object under it. Some
+    S3 servers (SeaweedFS) keep listing the prefixes of deleted objects, and a console's "create folder" leaves a
+    zero-byte ``prefix/`` object; neither holds anything. (A local empty directory still counts: a user made it.)
+    """
+    async def holds_data(name: str) -> bool:
+        async for key in store.list_prefix(f"{name}/"):
+            if key.startswith(f"{name}/") and key.rstrip("/") != name:  # (not the directory's own marker)
+                return True
+        try:
+            return await store.get(name, default_buffer_prototype(), byte_range=RangeByteRequest(0, 1)) is not None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return False
+
     async def names() -> set[str]:
-        return {n.strip("/") async for n in store.list_dir("")}
+        listed = {n.strip("/") async for n in store.list_dir("")} - {""}
+        if isinstance(store, LocalStore):
+            return listed
+        return {n for n in listed if await holds_data(n)}
 
     try:
         return sync(names())
@@ -111,9 +129,9 @@ def holds_only_pack(store: Store) -> bool:
 
 def check_pack_location(store: Store, url: str) -> None:
     """Refuse to pack into a location that holds something other than a ddk store or its packed rows."""
-    doc = read_root_doc(store, url)
+    doc = retry_call(lambda: read_root_doc(store, url), what="reading the root metadata", url=url)
     if doc is None:
-        if not holds_only_pack(store):
+        if not retry_call(lambda: holds_only_pack(store), what="listing the location", url=url):
             raise StoreExistsError(f"{url} is not empty and holds no ddk store; refusing to write there (and to "
                                    "delete it even with --overwrite): choose an empty or new location")
         return
@@ -177,7 +195,8 @@ class PackedRows:
     # ----------------------------------------------------------------- state
     def read_state(self) -> dict[str, Any] | None:
         """The pack document, or None when nothing was packed yet."""
-        raw = _get(self.store, f"{PACK_PREFIX}/zarr.json")
+        raw = retry_call(lambda: _get(self.store, f"{PACK_PREFIX}/zarr.json"), what="reading the packed rows' "
+                         "document", url=self.url)
         if raw is None:
             return None
         try:
@@ -275,11 +294,13 @@ class PackedRows:
                 continue
             for index in range(-(-n_rows // chunk_rows)):
                 where = f"{PACK_PREFIX}/{domain}.{split} chunk {index}"
-                if _get(self.store, f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0") is None:
+                key = f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0"
+                if retry_call(lambda: _get(self.store, key), what=f"reading {key}", url=self.url) is None:
                     problems.append((where, "missing"))
                     continue
                 try:
-                    arr[index * chunk_rows : min(n_rows, (index + 1) * chunk_rows)]
+                    lo, hi = index * chunk_rows, min(n_rows, (index + 1) * chunk_rows)
+                    retry_call(lambda: arr[lo:hi], what=f"reading {where}", url=self.url)
                 except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
                     problems.append((where, f"fails its crc32c checksum or cannot be decoded ({describe(e, 120)})"))
         return problems

@@ -329,7 +329,7 @@ class StoreReader:
 
     def bytes_on_disk(self) -> int:
         """Total stored bytes under the store prefix."""
-        return int(sync(self._zstore.getsize_prefix("")))
+        return int(retry_call(lambda: sync(self._zstore.getsize_prefix("")), what="sizing the store", url=self.url))
 
     def chunk_keys(self, domain: str, split: str, name: str) -> set[str]:
         """Keys of the chunks of one array that exist in the store (see :func:`schema.chunk_key`); a listing only."""

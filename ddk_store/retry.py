@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import DdkError, StoreAccessError, StoreNoSpaceError, StoreUnreachableError, describe
+from .errors import DdkError, StoreAccessError, StoreIOError, StoreNoSpaceError, StoreUnreachableError, describe
 
 T = TypeVar("T")
 
@@ -115,6 +115,18 @@ def _client_error_transient(exc: BaseException) -> bool | None:
         return None
     code, status = answer
     return code in _TRANSIENT_CODES or (status is not None and (status >= 500 or status == 429))
+
+
+def _client_refusal(exc: BaseException) -> int | None:
+    """The HTTP status of an object store's 4xx answer other than "not found" (a missing key is an ordinary
+    answer that callers handle) behind ``exc``: a malformed request, a bad bucket name, a missing bucket."""
+    if isinstance(exc, FileNotFoundError):
+        return None
+    for e in _chain(exc):
+        answer = _s3_answer(e)
+        if answer is not None and answer[1] is not None and 400 <= answer[1] < 500 and answer[1] != 404:
+            return answer[1]
+    return None
 
 
 def is_no_space(exc: BaseException) -> bool:
@@ -204,6 +216,10 @@ def retry_call(fn: Callable[[], T], *, what: str, url: str, budget_s: float | No
                        "and prefix" if remote else "check the permissions of the store directory and its files")
                 raise StoreAccessError(f"access denied: {what} at {url} ({describe(e, 120)}); {fix}") from None
             if not is_transient(e):
+                if (status := _client_refusal(e)) is not None:
+                    raise StoreIOError(f"the object store refused {what} at {url} with HTTP {status} "
+                                       f"({describe(e, 120)}); check the URL's bucket and prefix and the endpoint",
+                                       "fix that, then rerun the same command") from None
                 raise
             now = time.monotonic()
             first_failure = now if first_failure is None else first_failure

@@ -22,10 +22,12 @@ _MEMORY_LOCK = threading.Lock()
 
 
 def normalize_url(url: str | os.PathLike[str]) -> str:
+    """``url`` as a string, its scheme in lower case (``S3://`` is ``s3://``, as URL schemes are case-insensitive)."""
     url = os.fspath(url)
     if not isinstance(url, str) or not url.strip():
         raise ConfigError("store URL is empty: give a local path, file://, memory:// or s3://bucket/prefix")
-    return url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme.lower()}{sep}{rest}" if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*", scheme) else url
 
 
 _SCHEMES = ("file", "memory", "s3")
@@ -89,6 +91,14 @@ def check_store_url(url: str | os.PathLike[str]) -> str:
                 f"store URL {url!r}: give a bucket and a prefix, e.g. s3://bucket/teams/smollm2-store "
                 "(a store never occupies a bucket root, so overwriting it can never wipe a bucket)"
             )
+        if any(part in ("", ".", "..") for part in parsed.path.rstrip("/").split("/")[1:]):
+            # Object keys are not paths: a server may resolve 'a//b' or 'a/../b' for a read but list it as written,
+            # so the store would not find its own chunks.
+            parts = parsed.path.split("/")
+            example = ("" if ".." in parts else
+                       f", e.g. s3://{parsed.netloc}/{'/'.join(p for p in parts if p not in ('', '.'))}")
+            raise ConfigError(f"store URL {url!r}: an empty, '.' or '..' part in the prefix (object keys are not "
+                              f"resolved like paths); write the prefix without them{example}")
     return url
 
 

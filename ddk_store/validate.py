@@ -8,12 +8,13 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import spec
-from .errors import DdkError, StoreIOError, describe
+from .errors import ConfigError, DdkError, StoreIOError, describe
 from .codec import id_dtype
 from .crc import crc32_of
 from .heldout import heldout_nll, stats_mismatch
 from .packed import PACK_PREFIX, PackedRows
 from .reader import StoreReader
+from .retry import retry_call
 from .encodings import Encoding, encoding_for
 from .schema import MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width
 
@@ -46,12 +47,18 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
     """
     try:
         reader = StoreReader(url, storage_options=storage_options, allow_incomplete=True)
-    except StoreIOError:
+    except (StoreIOError, ConfigError):  # unreachable, or a malformed URL: not a problem in the store
         raise
     except DdkError as e:
         return [Issue("store", str(e))]
     meta = reader.meta
     issues: list[Issue] = []
+
+    def read(fn: Callable[[], Any], what: str) -> Any:
+        """A read retried through transient store failures (an outage is not damage: past the retry budget it ends
+        the check as StoreUnreachableError); a checksum failure comes back at once as zarr's ValueError."""
+        return retry_call(fn, what=f"reading {what}", url=url)
+
     if meta.status != spec.STATUS_COMPLETE:
         issues.append(Issue(STATUS_ISSUE, f"store is '{meta.status}', not '{spec.STATUS_COMPLETE}': it must be "
                                                "resumed and finalized before use"))
@@ -80,7 +87,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
             names = data_arrays(meta.encoding)
             present = {name: reader.chunk_keys(dom, split, name) for name in names}
             try:  # all markers in one read; if one is damaged, unit by unit below
-                units = (arrays[spec.ARR_UNITS][:] if lay.num_units
+                units = (read(lambda: arrays[spec.ARR_UNITS][:], f"{path} completion markers") if lay.num_units
                          else np.zeros((0, marker_width(meta.encoding)), MARKER_DTYPE))
             except StoreIOError:
                 raise
@@ -91,7 +98,8 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                 where = f"{path} unit {u} (rows {start}-{stop - 1})"
                 uid = (dom, split, u)
                 try:  # one marker chunk per unit: a damaged one is this unit's problem, not the whole check's
-                    marker = units[u] if units is not None else arrays[spec.ARR_UNITS][u]
+                    marker = units[u] if units is not None else read(lambda: arrays[spec.ARR_UNITS][u],
+                                                                     f"{where} completion marker")
                 except StoreIOError:
                     raise
                 except Exception as e:  # noqa: BLE001 - as above
@@ -110,7 +118,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                         issues.append(Issue(f"{where} {name}", f"chunk(s) {missing} missing", uid))
                         continue
                     try:
-                        data = arr[start:stop]
+                        data = read(lambda: arr[start:stop], f"{where} {name}")
                     except ValueError as e:
                         issues.append(Issue(f"{where} {name}", f"chunk fails its crc32c checksum or cannot be "
                                                               f"decoded (flipped or truncated bytes): "
@@ -150,7 +158,8 @@ def _invariants(name: str, data: np.ndarray, enc: Encoding, vocab_size: int) -> 
 def _check_heldout_stats(reader: StoreReader, dom: str, arrays: Mapping[str, Any]) -> list[Issue]:
     info = reader.meta.domain(dom)
     try:
-        target = arrays[spec.ARR_TARGET_LOGPROBS][:]
+        target = retry_call(lambda: arrays[spec.ARR_TARGET_LOGPROBS][:], what=f"reading {dom}/heldout target "
+                            "log-probs", url=reader.url)
     except ValueError:
         return []  # already reported per unit
     if not np.isfinite(target).all():

@@ -158,6 +158,10 @@ def problems(cfg: Stage2Config) -> list[str]:
     need(cfg.prefetch >= 1, f"--prefetch must be >= 1, got {cfg.prefetch}")
     if cfg.read_workers is not None:
         need(cfg.read_workers >= 1, f"--read-workers must be >= 1 (omit it for the default), got {cfg.read_workers}")
+    if cfg.cache_dir not in (None, "auto"):
+        need(_writable_dir(Path(cfg.cache_dir).expanduser()),
+             f"--cache-dir {cfg.cache_dir}: not a directory this process can create or write to; give a writable "
+             f"directory (or auto: $DDK_CACHE/stores), or leave it out for no cache")
     if cfg.cache_max_gib is not None:
         need(cfg.cache_max_gib > 0, f"--cache-max-gib must be > 0 (omit it for no cap), got {cfg.cache_max_gib}")
         need(cfg.cache_dir is not None, "--cache-max-gib caps the --cache-dir; give --cache-dir DIR (or auto) too")
@@ -256,3 +260,13 @@ def write_config(cfg: Stage2Config, path: str | Path) -> None:
               "resume": False, "overwrite": False}
     tmp.write_text(yaml.safe_dump(values, sort_keys=False))
     os.replace(tmp, path)
+
+
+def _writable_dir(path: Path) -> bool:
+    """Whether ``path`` is a writable directory, or one that can be created (its nearest existing parent is a
+    writable directory)."""
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)

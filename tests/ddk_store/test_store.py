@@ -259,3 +259,55 @@ def test_s3_roundtrip(s3_server):
     assert res.exit_code == 0 and json.loads(res.output)["status"] == "writing"
     with pytest.raises(Exception, match="give a bucket and a prefix"):
         open_store("s3://ddk", storage_options=opts)
+
+
+def test_verify_rides_out_a_store_outage_instead_of_calling_it_damage(tmp_path, monkeypatch):
+    """A connection failure while verify reads markers and data (faked: the first read of each such chunk raises
+    ConnectionError, as an unreachable object store does) is retried, not reported as damage; an outage that
+    outlasts the retry budget ends the check in one StoreUnreachableError."""
+    from zarr.storage import LocalStore
+
+    from ddk_store import StoreUnreachableError
+
+    url = str(tmp_path / "s")
+    make_tiny_store(url, unit_rows=4)
+    real_get = LocalStore.get
+    failed: set[str] = set()
+
+    async def get_once_failing(self, key, *args, **kwargs):
+        if key.startswith("beta/train/") and ("/units/" in key or "/topk_ids/" in key):
+            if key not in failed or always:
+                failed.add(key)
+                raise ConnectionError(f"faked outage reading {key}")
+        return await real_get(self, key, *args, **kwargs)
+
+    always = False
+    monkeypatch.setattr(LocalStore, "get", get_once_failing)
+    monkeypatch.setenv("DDK_RETRY_SECONDS", "5")
+    assert validate_store(url) == []
+    assert any("/units/" in k for k in failed) and any("/topk_ids/" in k for k in failed)
+    always = True
+    monkeypatch.setenv("DDK_RETRY_SECONDS", "0.5")
+    with pytest.raises(StoreUnreachableError):
+        validate_store(url)
+
+
+def test_url_schemes_are_case_insensitive_and_object_keys_are_not_paths():
+    from ddk_store.errors import ConfigError
+    from ddk_store.storage import check_store_url
+
+    assert check_store_url("S3://bucket/teams/store") == "s3://bucket/teams/store"
+    assert check_store_url("Memory://x") == "memory://x"
+    for bad in ("s3://bucket//teams/store", "s3://bucket/teams/./store", "s3://bucket/teams/../store"):
+        with pytest.raises(ConfigError, match="an empty, '.' or '..' part in the prefix"):
+            check_store_url(bad)
+
+
+def test_suggested_commands_keep_the_endpoint_and_never_a_secret():
+    from ddk_store.cli import target, unfinished_hint
+
+    opts = {"endpoint_url": "http://127.0.0.1:8333", "key": "AKIA", "secret": "s3cr3t", "session_token": "t"}
+    assert target("s3://b/p", opts) == "s3://b/p --storage-option endpoint_url=http://127.0.0.1:8333"
+    hint = unfinished_hint("s3://b/p", 0, opts)
+    assert "`ddk-store finalize s3://b/p --storage-option endpoint_url=http://127.0.0.1:8333`" in hint
+    assert not any(secret in hint for secret in ("AKIA", "s3cr3t", "=t"))

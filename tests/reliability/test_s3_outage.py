@@ -294,6 +294,14 @@ def test_retry_policy_retries_connection_and_server_errors_only(server, monkeypa
                    url="/data/store", sleep=sleep)
     with pytest.raises(FileNotFoundError):  # permanent: raised unchanged, at once
         retry_call(lambda: good.cat(f"{server.BUCKET}/no/such/key"), what="r", url="s3://ddk/z", sleep=sleep)
+    # Any other 4xx answer (a malformed request, a bad bucket name) is one error line naming the status
+    from ddk_store.errors import StoreIOError
+
+    for code, status in (("BadRequest", 400), ("InvalidBucketName", 400)):
+        with pytest.raises(StoreIOError, match=rf"the object store refused r at s3://ddk/z with HTTP {status} .*"
+                                               r"check the URL's bucket and prefix and the endpoint"):
+            retry_call(lambda: (_ for _ in ()).throw(client_error(code, status)), what="r", url="s3://ddk/z",
+                       sleep=sleep)
     monkeypatch.setenv("DDK_RETRY_SECONDS", "soon")
     with pytest.raises(ValueError, match="DDK_RETRY_SECONDS='soon' is not a number"):
         retry_call(down, what="w", url="s3://ddk/x", sleep=sleep)
