@@ -108,6 +108,8 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
                               or (overwrite and _files_changed(state, corpora, files_complete))):
         if not overwrite:
             raise refusal(pack.url, diff)
+        echo(f"{pack.url}: --overwrite replaces the store there ({diff or 'its corpus files changed'}), packed rows "
+             "included")
         delete_whole_store(pack.writable(), pack.url)
         pack = PackedRows(url, storage_options=storage_options)
         state = None

@@ -118,7 +118,7 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     rows = packed.rows()
     # Creating or resuming is idempotent, so a transient object-store failure retries the whole step.
     writer = retry_call(lambda: open_writer(cfg.store, meta, rows, overwrite=cfg.overwrite, storage_options=options,
-                                            unit_rows=cfg.unit_rows),
+                                            unit_rows=cfg.unit_rows, echo=echo),
                         what="opening the store for writing", url=cfg.store)
     summary = DumpSummary(url=cfg.store, backend=backend_name, status="complete",
                           store_positions=sum(r["train"] + r["heldout"] for r in rows.values()) * (cfg.seq_len - 1))
@@ -195,7 +195,8 @@ def complete_store(url: str, meta_of: Callable[[Iterable[DomainInfo]], StoreMeta
 
 
 def open_writer(url: str, meta: StoreMeta, rows: Mapping[str, Mapping[str, int]], *, overwrite: bool,
-                storage_options: Mapping[str, Any] | None, unit_rows: int) -> StoreWriter:
+                storage_options: Mapping[str, Any] | None, unit_rows: int,
+                echo: Callable[[str], None] = lambda m: None) -> StoreWriter:
     """Create, resume or refuse the store at ``url`` (the writer names a changed setting by its flag, and tolerates
     sibling shards creating the same store at the same moment). ``unit_rows`` 0 = the store's default. With
     ``overwrite``, a store of other settings is replaced, its packed rows (this run's, see pack.py) kept."""
@@ -207,9 +208,10 @@ def open_writer(url: str, meta: StoreMeta, rows: Mapping[str, Mapping[str, int]]
 
     try:
         return opened()
-    except StoreExistsError:
+    except StoreExistsError as e:
         if not overwrite:
             raise
+        echo(f"{url}: --overwrite replaces the store there ({str(e).partition('(')[2].rpartition(')')[0] or e})")
     # The pack phase has checked that the location holds a ddk store, and written the rows this run scores: replace
     # the store's hierarchy and keep its packed rows.
     store = open_zarr_store(url, read_only=False, storage_options=storage_options)

@@ -139,6 +139,7 @@ def test_existing_store_with_other_settings_needs_overwrite(reference_store, tin
     code, err = run_cli("ddk-teacher", overwrite)
     assert code == 0, err
     assert open_store(str(store)).top_k == 4
+    assert f"{store}: --overwrite replaces the store there (--max-rows-per-domain was 0, this run has 2)" in err, err
 
 
 def test_resumed_store_with_different_settings(tiny_teacher, corpora_yaml, tmp_path):

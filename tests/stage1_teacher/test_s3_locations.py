@@ -31,6 +31,7 @@ def test_overwrite_and_emptied_locations_on_s3_are_new_locations(s3_server, tiny
     # another --top-k: the packed rows are kept, the store replaced
     code, err = dump(s3_server, tiny_teacher, corpora_yaml, url, "--top-k", "4", "--overwrite")
     assert code == 0, err
+    assert f"{url}: --overwrite replaces the store there (--top-k was 8, this run has 4)" in err, err
     assert open_store(url, storage_options=opts).top_k == 4 and validate_store(url, storage_options=opts) == []
     # another --seq-len: everything replaced, the packed rows too
     code, err = dump(s3_server, tiny_teacher, corpora_yaml, url, "--seq-len", "24", "--overwrite")
