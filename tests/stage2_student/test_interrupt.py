@@ -8,9 +8,13 @@ import re
 import signal
 import time
 
+import pytest
+
+from ddk_store.errors import ConfigError
 from ddk_testkit.commands import train_argv
 from ddk_testkit.processes import reaped, run_process, spawn
 from stage2_student.checkpoint import checkpoint_step, latest_checkpoint
+from stage2_student.rundir import claim_run_dir, release_run_dir
 
 STEPS, K = 40, 4
 
@@ -88,9 +92,10 @@ def test_a_second_training_of_a_run_in_progress_is_refused(tmp_path, store_url, 
                 assert f"--out {out}: `ddk-student train` (pid {proc.pid} on " in last, last
                 assert "is training this run right now" in last, last
             assert (out / "config.yaml").is_file()  # --overwrite deleted nothing
+            with pytest.raises(ConfigError, match="is training this run right now"):
+                claim_run_dir(out)  # (this process sees the same lock)
         finally:
             proc.send_signal(signal.SIGCONT)
             proc.kill()
     # Once it is gone (SIGKILL included), the run is free again
-    done = run_process("stage2_student.cli", ["train", "--out", str(out), "--resume"], timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    release_run_dir(claim_run_dir(out))
