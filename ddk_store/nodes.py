@@ -13,7 +13,7 @@ from .difference import first_difference
 from .errors import StoreFormatError
 from .groups import array_specs, read_group_layout
 from .meta import StoreMeta
-from .schema import group_path, new_layout
+from .schema import GroupLayout, group_path, new_layout
 
 Rows = Mapping[str, Mapping[str, int]]
 
@@ -62,3 +62,35 @@ def layout_difference(root: zarr.Group, meta: StoreMeta, wanted: Mapping[str, Ma
                     return (f"{dom}/{split}/{name}: store has shape {tuple(arr.shape)} {arr.dtype}, this run has "
                             f"{tuple(kwargs['shape'])} {np.dtype(kwargs['dtype'])}")
     return None
+
+
+def wanted_layouts(meta: StoreMeta, rows: Rows, chunk_rows: int, unit_rows: int) -> dict[str, dict[str, dict]]:
+    """The group layouts a writer gives a store of ``meta``'s format with these rows and work units."""
+    return {d: {s: new_layout(meta, n, chunk_rows, unit_rows).to_dict() for s, n in sp.items()}
+            for d, sp in rows.items()}
+
+
+def first_layout(root: zarr.Group, meta: StoreMeta) -> GroupLayout | None:
+    """The layout of the store's first <domain>/<split> group (every group of a store has the same work units),
+    or None while it does not exist yet."""
+    try:
+        return read_group_layout(root, meta.domain_names[0], spec.SPLITS[0])
+    except (KeyError, IndexError, StoreFormatError):
+        return None
+
+
+def resume_difference(root: zarr.Group, meta: StoreMeta, rows: Rows, chunk_rows: int, unit_rows: int, *,
+                      asked: bool) -> str | None:
+    """How the groups of the existing store ``meta`` (same identity) differ from what this run lays out; None: it
+    can be resumed. Unless this run ``asked`` for its work units (--unit-rows), it takes the store's own. A store
+    still being written gets the groups and arrays a killed writer left missing first (idempotent)."""
+    have = first_layout(root, meta)
+    if have is not None and not asked:
+        chunk_rows, unit_rows = have.chunk_rows, have.unit_rows
+    if meta.status == spec.STATUS_WRITING:
+        ensure_nodes(root, meta, rows, chunk_rows, unit_rows)
+    diff = layout_difference(root, meta, wanted_layouts(meta, rows, chunk_rows, unit_rows))
+    if diff is not None and have is not None and (have.unit_rows, have.chunk_rows) != (unit_rows, chunk_rows):
+        return (f"--unit-rows: the store's work units are {have.unit_rows} rows, this run's {unit_rows}; omit "
+                f"--unit-rows to resume with the store's")
+    return diff

@@ -27,9 +27,9 @@ from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, uni
 from .meta import StoreMeta
 from .packed import delete_whole_store, holds_only_pack
 from .retry import retry_call
-from .nodes import ensure_nodes, layout_difference
+from .nodes import ensure_nodes, layout_difference, resume_difference, wanted_layouts
 from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, cleared_marker,
-                     data_arrays, done_marker, group_arrays, group_path, new_layout)
+                     data_arrays, done_marker, group_arrays, group_path)
 from .storage import is_lost_partial, normalize_url, open_zarr_store, remove_stale_partials
 
 Rows = Mapping[str, Mapping[str, int]]
@@ -72,10 +72,6 @@ class StoreWriter:
             raise ConfigError(f"unit_rows ({unit_rows}) must be a multiple of chunk_rows ({chunk_rows})")
         store = open_zarr_store(url, read_only=False, storage_options=storage_options)
 
-        def wanted(m: StoreMeta) -> dict[str, dict[str, dict]]:  # the group layouts of a store of m's format
-            return {d: {s: new_layout(m, n, chunk_rows, unit_rows).to_dict() for s, n in sp.items()}
-                    for d, sp in rows.items()}
-
         doc = read_root_doc(store, url)
         if doc is None and not holds_only_pack(store):  # a store packed by `ddk-teacher pack` only
             # Another writer may be creating the store this instant (its root document is being written).
@@ -98,17 +94,7 @@ class StoreWriter:
             root = zarr.open_group(store, mode="r+")
             diff = identity_difference(existing, meta, setting_names)
             if diff is None:
-                have = _first_layout(root, existing)
-                if have is not None and not asked:
-                    chunk_rows, unit_rows = have.chunk_rows, have.unit_rows
-                # A writer killed while creating the store leaves groups or arrays missing: add them (idempotent).
-                if existing.status == spec.STATUS_WRITING:
-                    ensure_nodes(root, existing, rows, chunk_rows, unit_rows)
-                diff = layout_difference(root, existing, wanted(existing))
-                if diff is not None and have is not None and (have.unit_rows, have.chunk_rows) != (unit_rows,
-                                                                                                   chunk_rows):
-                    diff = (f"--unit-rows: the store's work units are {have.unit_rows} rows, this run's "
-                            f"{unit_rows}; omit --unit-rows to resume with the store's")
+                diff = resume_difference(root, existing, rows, chunk_rows, unit_rows, asked=asked)
             if diff is None:
                 return cls(url, store, root, existing, resumed=True)
             if not overwrite:
@@ -145,7 +131,8 @@ class StoreWriter:
         ours = root_claim(doc) == claim
         diff = identity_difference(winner, meta, setting_names)
         if diff is None:
-            diff = layout_difference(zarr.open_group(store, mode="r+"), meta, wanted(meta))
+            diff = layout_difference(zarr.open_group(store, mode="r+"), meta,
+                                     wanted_layouts(meta, rows, chunk_rows, unit_rows))
         if diff is not None:
             raise StoreExistsError(
                 f"another process created a ddk store at {url} at the same moment with different settings ({diff}); "
@@ -356,11 +343,3 @@ class StoreWriter:
         self._retry(lambda: self._root.attrs.__setitem__(spec.ROOT_ATTR, doc), "writing the root metadata (finalize)")
         return self.meta
 
-
-def _first_layout(root: zarr.Group, meta: StoreMeta) -> GroupLayout | None:
-    """The layout of the store's first <domain>/<split> group (every group of a store has the same work units),
-    or None while it does not exist yet."""
-    try:
-        return read_group_layout(root, meta.domain_names[0], spec.SPLITS[0])
-    except (KeyError, IndexError, StoreFormatError):
-        return None
