@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from typing import Any
 
@@ -82,11 +83,13 @@ _SECRET_PARTS = ("key", "secret", "token", "password", "credential")
 
 
 def target(url: str, storage_options: dict[str, Any] | None = None) -> str:
-    """``url`` plus the ``--storage-option`` flags the user gave (an endpoint, say), for a command to copy; options
-    whose name looks secret are left out (they stay in the user's environment or command history only)."""
-    flags = [f" --storage-option {k}={v}" for k, v in (storage_options or {}).items()
-             if not any(part in k.lower() for part in _SECRET_PARTS)]
-    return url + "".join(flags)
+    """``url`` plus the plain ``--storage-option`` flags the user gave (an endpoint, say), shell-quoted, for a command
+    to copy. Options whose name looks secret, and every structured one (``client_kwargs={...}`` may hold keys), are
+    left out: they stay in the user's environment or command history only."""
+    flags = [f" --storage-option {shlex.quote(f'{k}={v if isinstance(v, str) else json.dumps(v)}')}"
+             for k, v in (storage_options or {}).items()
+             if isinstance(v, (str, int, float, bool)) and not any(part in k.lower() for part in _SECRET_PARTS)]
+    return shlex.quote(url) + "".join(flags)
 
 
 def unfinished_hint(url: str, units_missing: int, storage_options: dict[str, Any] | None = None) -> str:

@@ -91,6 +91,6 @@ def resume_difference(root: zarr.Group, meta: StoreMeta, rows: Rows, chunk_rows:
         ensure_nodes(root, meta, rows, chunk_rows, unit_rows)
     diff = layout_difference(root, meta, wanted_layouts(meta, rows, chunk_rows, unit_rows))
     if diff is not None and have is not None and (have.unit_rows, have.chunk_rows) != (unit_rows, chunk_rows):
-        return (f"--unit-rows: the store's work units are {have.unit_rows} rows, this run's {unit_rows}; omit "
-                f"--unit-rows to resume with the store's")
+        return (f"--unit-rows: the store's work units are {have.unit_rows} rows in chunks of {have.chunk_rows}, "
+                f"this run's {unit_rows} in chunks of {chunk_rows}; omit --unit-rows to resume with the store's")
     return diff

@@ -73,7 +73,9 @@ def top_level_names(store: Store) -> set[str]:
     zero-byte ``prefix/`` object; neither holds anything. (A local empty directory still counts: a user made it.)
     """
     async def holds_data(name: str) -> bool:
-        async for key in store.list_prefix(f"{name}/"):
+        if await store.exists(f"{name}/zarr.json"):  # a Zarr node (a domain group, _pack): no listing of its chunks
+            return True
+        async for key in store.list_prefix(f"{name}/"):  # (a recursive listing: only names that are no node get it)
             if key.startswith(f"{name}/") and key.rstrip("/") != name:  # (not the directory's own marker)
                 return True
         try:

@@ -119,7 +119,7 @@ def _client_error_transient(exc: BaseException) -> bool | None:
 
 def _client_refusal(exc: BaseException) -> int | None:
     """The HTTP status of an object store's 4xx answer other than "not found" (a missing key is an ordinary
-    answer that callers handle) behind ``exc``: a malformed request, a bad bucket name, a missing bucket."""
+    answer that callers handle) behind ``exc``: a malformed request, a bad bucket name."""
     if isinstance(exc, FileNotFoundError):
         return None
     for e in _chain(exc):

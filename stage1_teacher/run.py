@@ -176,8 +176,8 @@ def complete_store(url: str, meta_of: Callable[[Iterable[DomainInfo]], StoreMeta
                    files_complete: bool, storage_options: Mapping[str, Any] | None) -> StoreReader | None:
     """The store at ``url`` when it is complete and this run would make the very same store: the same identity
     once its domains' provenance is taken as this run's, and every corpus file still the one it was packed from
-    (same path and size, the pack phase's own test). None otherwise (no store, not complete, other settings: the
-    usual path then packs, resumes or refuses, naming the flag)."""
+    (same path, size and contents, the pack phase's own test). None otherwise (no store, not complete, other
+    settings: the usual path then packs, resumes or refuses, naming the flag)."""
     try:
         reader = open_store(url, storage_options=storage_options)
     except (StoreNotFoundError, StoreIncompleteError, StoreFormatError):

@@ -306,8 +306,10 @@ def test_url_schemes_are_case_insensitive_and_object_keys_are_not_paths():
 def test_suggested_commands_keep_the_endpoint_and_never_a_secret():
     from ddk_store.cli import target, unfinished_hint
 
-    opts = {"endpoint_url": "http://127.0.0.1:8333", "key": "AKIA", "secret": "s3cr3t", "session_token": "t"}
-    assert target("s3://b/p", opts) == "s3://b/p --storage-option endpoint_url=http://127.0.0.1:8333"
-    hint = unfinished_hint("s3://b/p", 0, opts)
-    assert "`ddk-store finalize s3://b/p --storage-option endpoint_url=http://127.0.0.1:8333`" in hint
-    assert not any(secret in hint for secret in ("AKIA", "s3cr3t", "=t"))
+    opts = {"endpoint_url": "http://127.0.0.1:8333", "key": "AKIA", "secret": "s3cr3t", "session_token": "tok-123",
+            "client_kwargs": {"aws_secret_access_key": "kw-s3cr3t"}, "requester_pays": True}
+    assert target("s3://b/p", opts) == ("s3://b/p --storage-option endpoint_url=http://127.0.0.1:8333 "
+                                        "--storage-option requester_pays=true")
+    hint = unfinished_hint("s3://b/my store", 0, opts)
+    assert "`ddk-store finalize 's3://b/my store' --storage-option endpoint_url=http://127.0.0.1:8333" in hint
+    assert not any(secret in hint for secret in ("AKIA", "s3cr3t", "tok-123", "client_kwargs"))

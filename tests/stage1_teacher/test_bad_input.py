@@ -207,7 +207,8 @@ def test_a_resume_keeps_the_stores_work_units_unless_asked_for_others(tiny_teach
     code, err = run_cli("ddk-teacher", argv + ["--unit-rows", "8", "--shard", "0/2"])
     assert code == 0, err
     expect_error(argv + ["--unit-rows", "4", "--shard", "1/2"],
-                 "--unit-rows: the store's work units are 8 rows, this run's 4; omit --unit-rows to resume")
+                 "--unit-rows: the store's work units are 8 rows in chunks of 8, this run's 4 in chunks of 4; omit "
+                 "--unit-rows to resume")
     # Without --unit-rows (0, the default) the second shard resumes with the store's units
     code, err = run_cli("ddk-teacher", argv + ["--unit-rows", "0", "--shard", "1/2"])
     assert code == 0 and "resuming" in err, err
