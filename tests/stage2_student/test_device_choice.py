@@ -81,3 +81,36 @@ def test_the_resume_command_names_the_launch_a_run_needs():
     assert resume_command("runs/a", 16, 8) == ("the same torchrun launch on each of its 2 hosts (--nproc_per_node 8, "
                                                "16 processes in all) with `-m stage2_student.cli train --out runs/a "
                                                "--resume`")
+
+
+def test_a_dead_peer_rank_is_recognized_in_the_real_gloo_error(tmp_path):
+    """Rank 1 dies mid-collective; the error rank 0's all_reduce raises is what train's guard takes for a peer
+    failure (and turns into the resume advice), while an ordinary RuntimeError is not."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from ddk_testkit.processes import REPO, child_env
+    from stage2_student.train import _peer_failure
+
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not shutil.which(torchrun):
+        pytest.skip("torchrun not installed next to this interpreter")
+    script = tmp_path / "peer.py"
+    script.write_text(
+        "import os, signal, time, torch, torch.distributed as dist\n"
+        "from stage2_student.train import _peer_failure\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # torchrun's SIGTERM must not win the race with the error\n"
+        "dist.init_process_group('gloo')\n"
+        "if dist.get_rank() == 1:\n"
+        "    dist.all_reduce(torch.ones(1)); os._exit(9)\n"
+        "try:\n"
+        "    for _ in range(100):\n"
+        "        dist.all_reduce(torch.ones(1)); time.sleep(0.05)\n"
+        "except RuntimeError as e:\n"
+        "    print('PEER', _peer_failure(e), flush=True)\n")
+    proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(script)], cwd=REPO,
+                          env=child_env(), capture_output=True, text=True, timeout=120)
+    assert "PEER True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    assert not _peer_failure(RuntimeError("CUDA out of memory"))
