@@ -48,8 +48,9 @@ class Stage2Config:
     # --- DDK domain reweighting
     mixing: str = setting("ddk", "Domain mixture: ddk (Eq.1+Eq.2), wo-fs (Eq.1 each interval), uniform, natural, "
                      "static (--static-weights).", choices=MIXING_MODES)
-    interval: int | None = setting(None, "K, optimizer steps per DDK interval (evaluate + reweight every K steps). "
-                              "Default: max(1, steps // 30), the paper's ~30 intervals.")
+    interval: int | None = setting(None, "K, optimizer steps per DDK interval (evaluate + reweight every K steps; "
+                              "below --steps with ddk or wo-fs). Default: max(1, steps // 30), the paper's ~30 "
+                              "intervals.")
     alpha: float = setting(0.5, "Eq. 2 smoothing coefficient; (1-alpha)/N is every domain's floor.")
     init_mixture: str = setting("natural", "Sampling mixture of interval 0 for ddk/wo-fs (r_0 is always Eq. 1): "
                            "natural, uniform or r0.", choices=("natural", "uniform", "r0"))
