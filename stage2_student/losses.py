@@ -61,8 +61,9 @@ def tempered_teacher(topk_logprobs: torch.Tensor, vocab_size: int, temperature: 
     The teacher's tail mass m: the store's exact tail where its encoding has one (``log_tail``, format 1.1), else
     what the top-k implies, 1 - sum of its probs (this function is the one place that derives it). Its shape is
     unknown, so at T != 1 it is taken as spread evenly over the V - K other tokens, the maximum-entropy guess:
-    tail_T = (V-K) * (m / (V-K))^(1/T). At T = 1 this is exactly m. Derived from quantized log-probs, the top-k can
-    sum to slightly more than 1; it is then renormalized and the tail is 0. With an exact tail, top-k and tail are
+    tail_T = (V-K) * (m / (V-K))^(1/T), K counting a row's kept entries (absent slots are tail). At T = 1 this is
+    exactly m. Derived from quantized log-probs, the top-k can sum to slightly more than 1; it is then renormalized
+    and the tail is 0. With an exact tail, top-k and tail are
     normalized together (they already sum to 1 up to float16 rounding of the stored tail).
 
     Args:
@@ -73,7 +74,6 @@ def tempered_teacher(topk_logprobs: torch.Tensor, vocab_size: int, temperature: 
         a distribution.
     """
     lp = topk_logprobs.to(compute_dtype(topk_logprobs))  # (n, K)
-    k = lp.shape[-1]
     if log_tail is not None:
         log_m = log_tail.to(lp.dtype)
         z = torch.logsumexp(torch.cat([lp, log_m[:, None]], dim=-1), dim=-1)  # (n,) ~0
@@ -87,11 +87,11 @@ def tempered_teacher(topk_logprobs: torch.Tensor, vocab_size: int, temperature: 
     if temperature == 1.0:
         return lp, log_m
     a = lp / temperature
-    if vocab_size > k:
-        log_other = math.log(vocab_size - k)
-        log_tail = log_other + (log_m - log_other) / temperature
-    else:
-        log_tail = torch.full_like(log_m, -math.inf)
+    # The tail is every id outside the kept entries: absent slots (-inf) belong to it too.
+    other = vocab_size - torch.isfinite(lp).sum(dim=-1).to(lp.dtype)  # (n,)
+    log_other = torch.log(other.clamp(min=1))
+    log_tail = torch.where(other > 0, log_other + (log_m - log_other) / temperature,
+                           torch.full_like(log_m, -math.inf))
     z = torch.logsumexp(torch.cat([a, log_tail[:, None]], dim=-1), dim=-1)  # (n,)
     return a - z[:, None], log_tail - z
 
