@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .reweighting import min_epoch_cap
-from .sampler import largest_remainder
+from .sampler import allocate
 
 #: Relative rise over its lowest earlier ratio above which a repeated domain is flagged (2%: well above the change
 #: between two evaluations of the same student, which is zero on the same rows, and below the rises of several
@@ -79,15 +79,16 @@ class RepeatFinding:
 
 def rows_by_record(records: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
     """Rows trained on from each domain by each record's step, ``[record][domain]``: the sampler's allocation of each
-    record's weights over the rows of the steps until the next record. Exact for whole intervals; a last interval cut
-    short by the end of the run trained on a shuffled part of its plan, for which this is the expected count within
-    a row."""
+    record's weights over the rows of the steps until the next record, its rounding carried as the sampler carries
+    it (:func:`~stage2_student.sampler.allocate`). Exact for whole intervals; a last interval cut short by the end of
+    the run trained on a shuffled part of its plan, for which this is the expected count within a row."""
     rows = [0] * len(records[0]["domains"]) if records else []
+    owed = None
     out = []
     for i, rec in enumerate(records):
         prev = records[i - 1] if i else None
         if prev is not None and rec["step"] > prev["step"]:
-            drawn = largest_remainder(prev["weights"], (rec["step"] - prev["step"]) * batch_size)
+            drawn, owed = allocate(prev["weights"], (rec["step"] - prev["step"]) * batch_size, owed)
             rows = [a + int(b) for a, b in zip(rows, drawn)]
         out.append(rows)
     return out
@@ -126,7 +127,7 @@ def find_repeats(records: Sequence[dict[str, Any]], batch_size: int, train_rows:
         best = min(range(len(records) - 1), key=lambda i: (records[i]["ratio"][d], i))
         rise = last["ratio"][d] > records[best]["ratio"][d] * (1.0 + tolerance)
         # condition 3: at least the natural mixture's rows since the best record, less the allocation's rounding
-        # (within one row per interval)
+        # (carried between intervals; one row per interval is a generous bound)
         natural = (last["step"] - records[best]["step"]) * batch_size * n / total
         kept_pace = rows[-1][d] - rows[best][d] >= natural - (len(records) - 1 - best)
         if rise and kept_pace:

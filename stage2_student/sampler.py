@@ -1,12 +1,13 @@
 """Domain-weighted interval sampler: which (domain, row) pairs feed each step of a DDK interval.
 
 Per interval (Algorithm 1, lines 12-13): a deterministic largest-remainder allocation of ``K * batch_size`` rows over
-the domains by the current weights, filled from per-domain shuffled streams that cycle with a fresh shuffle when a
-domain is exhausted ("continues cyclically"), then one global shuffle so every batch mixes domains.
+the domains by the current weights (its rounding carried to the next interval, so it favours no domain), filled from
+per-domain shuffled streams that cycle with a fresh shuffle when a domain is exhausted ("continues cyclically"), then
+one global shuffle so every batch mixes domains.
 
 Randomness is a pure function of explicit seeds (streaming's ``seed + epoch`` pattern): domain d's stream in epoch e is
 ``permutation(seed, d, e)``, and interval t's shuffle is ``permutation(seed, t)``. The whole state is therefore a few
-integers per domain, which makes ``state_dict`` tiny, JSON-friendly and exact on resume.
+numbers per domain, which makes ``state_dict`` tiny, JSON-friendly and exact on resume.
 """
 
 from __future__ import annotations
@@ -40,6 +41,33 @@ def largest_remainder(weights: Sequence[float], total: int) -> np.ndarray:
     return counts
 
 
+def allocate(weights: Sequence[float], total: int, owed: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """One interval's rows per domain, carrying each domain's rounding to the next interval.
+
+    ``owed[d]`` is what earlier intervals' rounding still owes domain d (target rows minus rows drawn, within about
+    a row either way). This interval's target is ``w * total + owed``; :func:`largest_remainder` splits ``total``
+    over the targets that are positive, and what it rounds away is owed to the next interval. Rounding alone would
+    favour the same domains every interval (under fixed weights [.5 .2 .15 .1 .05] and 37 rows an interval, the
+    long-run frequencies were [.486 .189 .162 .108 .054]); carried, each domain's running count stays within about
+    a row of the running sum of its targets. A domain of weight 0 gets no row and owes nothing.
+
+    Returns:
+        (counts, owed after this interval), each of len(weights); the counts sum to ``total``.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    counts = largest_remainder(w, total)  # validates the weights
+    if owed is None or total == 0:
+        return counts, np.zeros(len(w))
+    c = np.asarray(owed, dtype=np.float64)
+    if c.shape != w.shape or not np.isfinite(c).all():
+        raise ValueError(f"owed rows must be {len(w)} finite numbers; got {c.tolist()}")
+    p = w / w.sum()
+    target = np.where(p > 0, p * total + c, 0.0)
+    if np.any(target > 0):
+        counts = largest_remainder(np.maximum(target, 0.0), total)
+    return counts, target - counts
+
+
 def stream_rows(num_rows: int, *, seed: int, domain: int, start: int, count: int) -> np.ndarray:
     """Rows ``[start, start+count)`` of domain ``domain``'s infinite stream: epoch e is a fresh permutation."""
     if count == 0:
@@ -71,16 +99,18 @@ class DomainSampler:
         self.rows_per_interval = int(rows_per_interval)
         self.seed = int(seed)
         self.consumed = np.zeros(len(self.num_rows), dtype=np.int64)  # rows drawn so far from each stream
+        self.owed = np.zeros(len(self.num_rows))  # rounding carried to the next interval (:func:`allocate`)
         self.interval = -1
         self.weights: np.ndarray | None = None
         self._consumed_at_start = self.consumed.copy()
+        self._owed_at_start = self.owed.copy()
         self.plan = np.zeros((0, 2), dtype=np.int64)  # [rows_per_interval, 2]: (domain index, row index)
 
     def start_interval(self, interval: int, weights: Sequence[float]) -> np.ndarray:
         """Build and return the shuffled plan of interval ``interval`` drawn with ``weights``."""
         w = np.asarray(weights, dtype=np.float64)
-        self._consumed_at_start = self.consumed.copy()
-        counts = largest_remainder(w, self.rows_per_interval)
+        self._consumed_at_start, self._owed_at_start = self.consumed.copy(), self.owed.copy()
+        counts, self.owed = allocate(w, self.rows_per_interval, self.owed)
         parts = []
         for d, c in enumerate(counts):
             rows = stream_rows(self.num_rows[d], seed=self.seed, domain=d, start=int(self.consumed[d]), count=int(c))
@@ -115,6 +145,7 @@ class DomainSampler:
             "interval": self.interval,
             "weights": None if self.weights is None else [float(x) for x in self.weights],
             "consumed_at_start": [int(x) for x in self._consumed_at_start],
+            "owed_at_start": [float(x) for x in self._owed_at_start],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -125,6 +156,8 @@ class DomainSampler:
             )
         self.seed = int(state["seed"])
         self.consumed = np.asarray(state["consumed_at_start"], dtype=np.int64)
+        # A checkpoint written before the rounding was carried has none: it starts from zero.
+        self.owed = np.asarray(state.get("owed_at_start", [0.0] * len(self.num_rows)), dtype=np.float64)
         if state["interval"] >= 0:
             # Regenerate instead of storing the plan: the plan is a pure function of (seed, streams, weights).
             self.start_interval(int(state["interval"]), state["weights"])
