@@ -127,7 +127,9 @@ def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
     click.echo(f"tokenizer  {tk['name']}  vocab {tk['vocab_size']}  {tk['fingerprint'][:23]}")
     tail = "exact tail stored" if s["exact_tail"] else "tail derived as 1 - top-k mass"
     how = f"1/{s['logprob_scale']} nat steps, {tail}"
-    if s["sampling"]:
+    if s["encoding"] == spec.ENC_RANK_F16:
+        how = f"float16 log-probs, {tail}"
+    elif s["sampling"]:
         how = f"{s['sampling']['samples']} draws per position, seed {s['sampling']['seed']}"
     click.echo(f"layout     seq_len {s['seq_len']}  top_k {s['top_k']}  encoding {s['encoding']} ({how})")
     if partial:

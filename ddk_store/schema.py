@@ -17,7 +17,7 @@ import numpy as np
 from . import spec
 from .encodings import PER_ENTRY, encoding_for, get_encoding, id_dtype, id_fill
 from .errors import ConfigError, StoreFormatError
-from .jsonfields import parse_int
+from .jsonfields import parse_int, reject_unknown
 from .layout import Unit, num_units
 from .meta import StoreMeta, validate_domain_name
 
@@ -116,6 +116,7 @@ class GroupLayout:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], ctx: str) -> "GroupLayout":
+        reject_unknown(d, cls, ctx)
         chunk_rows = parse_int(d, "chunk_rows", ctx, lo=1)
         unit_rows = parse_int(d, "unit_rows", ctx, lo=1)
         if unit_rows % chunk_rows:

@@ -69,3 +69,23 @@ def test_spec_document_names_every_constant():
     missing = [n for n in names if f"`{n}`" not in text and f'"{n}"' not in text]
     assert not missing, f"docs/store-format.md does not mention {missing}"
     assert re.search(r"format 1\.0", text)
+
+
+def test_read_rank_f16_store_with_plain_zarr(tmp_path):
+    """topk-rank-f16: ids stored as themselves in rank order, float16 log-probs (section 4)."""
+    from ddk_store.testing import make_tiny_store, synth_rows  # only to *write* the store
+
+    url = str(tmp_path / "s")
+    make_tiny_store(url, seed=5, unit_rows=4, encoding="topk-rank-f16")
+    expected = synth_rows(np.random.default_rng(5), 4, 16, 4, 64, 1.0)  # alpha/train unit 0 was written first
+    root = zarr.open_group(url, mode="r")
+    assert root.attrs["ddk"]["encoding"] == "topk-rank-f16"
+    g = root["alpha/train"]
+    ids, lp = g["topk_ids"][:4].astype(np.int64), g["topk_logprobs"][:4]
+    assert lp.dtype == np.float16
+    assert np.all(np.diff(lp.astype(np.float32), axis=-1) <= 0)  # rank order: descending log-prob
+    for pos in np.ndindex(4, 15):
+        got = dict(zip(ids[pos].tolist(), lp[pos].astype(np.float64).tolist()))
+        want = dict(zip(expected["topk_ids"][pos].tolist(), expected["topk_logprobs"][pos].tolist()))
+        assert set(got) == set(want)
+        assert all(abs(got[i] - want[i]) <= 2 ** -11 * abs(want[i]) + 1e-7 for i in want)  # float16 rounding

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ddk_store import StoreCorruptError, open_store, spec
+from ddk_store import StoreCorruptError, StoreFormatError, open_store, spec
 from ddk_store.heldout import ABS_TOL, REL_TOL, agrees, heldout_nll, heldout_ppl, stats_mismatch
 from ddk_store.layout import Unit
 from ddk_store.schema import (GROUP_ARRAYS, MARKER_DONE_COL, MARKER_WIDTH, GroupLayout, check_unit_data, chunk_key,
@@ -183,3 +183,10 @@ def test_synth_rows_builds_dense_logits_a_block_at_a_time(monkeypatch):
     for k in whole:
         np.testing.assert_array_equal(blocked[k], whole[k])
     assert synth_rows(np.random.default_rng(0), 0, 16, 4, 64)["topk_ids"].shape == (0, 15, 4)
+
+
+def test_group_layout_refuses_unknown_fields_but_keeps_extensions():
+    doc = {"n_rows": 8, "chunk_rows": 2, "unit_rows": 4}
+    assert GroupLayout.from_dict({**doc, "x_note": "kept"}, "alpha/train.ddk_group") == GroupLayout(8, 2, 4)
+    with pytest.raises(StoreFormatError, match=r"unknown field\(s\) \['surprise'\] in 'alpha/train.ddk_group'"):
+        GroupLayout.from_dict({**doc, "surprise": 1}, "alpha/train.ddk_group")

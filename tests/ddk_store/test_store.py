@@ -223,6 +223,17 @@ def test_cli_info_json_and_errors(tmp_path):
         open_store(str(tmp_path / "nope"))
 
 
+@pytest.mark.parametrize("encoding, says", [("topk-rank-f16", "(float16 log-probs, tail derived as 1 - top-k mass)"),
+                                             ("topk-idsort-q8", "(1/16 nat steps, tail derived as 1 - top-k mass)"),
+                                             ("topk-idsort-q8-tail", "(1/32 nat steps, exact tail stored)")])
+def test_cli_info_describes_each_encoding_as_stored(tmp_path, encoding, says):
+    url = str(tmp_path / "s")
+    make_tiny_store(url, encoding=encoding)
+    res = CliRunner().invoke(store_cli, ["info", url])
+    assert res.exit_code == 0, res.output
+    assert f"encoding {encoding} {says}" in res.output
+
+
 def test_file_url_and_memory_url(tmp_path):
     r = make_tiny_store(f"file://{tmp_path}/f")
     assert open_store(str(tmp_path / "f")).meta == r.meta
