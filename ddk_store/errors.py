@@ -87,6 +87,10 @@ class StudentError(DdkError):
     """The student model cannot be used with this store (tokenizer, vocabulary, context, architecture)."""
 
 
+class TrainingDiverged(DdkError):
+    """Training produced a non-finite loss or held-out perplexity: the learning rate (or the data) made it diverge."""
+
+
 class ReportError(DdkError):
     """A run directory cannot be reported on (missing or malformed metrics.jsonl / config.yaml)."""
 

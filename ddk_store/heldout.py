@@ -7,6 +7,7 @@ the teacher on the same rows as the student with the same function. No I/O here.
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -14,6 +15,8 @@ import numpy as np
 #: ABS_TOL near zero). Recomputing from the same float32 values is exact up to float64 rounding; an edit is not.
 REL_TOL = 1e-6
 ABS_TOL = 1e-9
+#: The largest NLL whose exp is a finite float.
+_MAX_LOG = math.log(sys.float_info.max)
 
 
 def heldout_nll(target_logprobs: np.ndarray) -> float | None:
@@ -29,8 +32,10 @@ def heldout_nll(target_logprobs: np.ndarray) -> float | None:
 
 
 def heldout_ppl(nll: float) -> float:
-    """Perplexity of a mean NLL: ``exp(nll)``."""
-    return math.exp(nll)
+    """Perplexity of a mean NLL: ``exp(nll)``; inf past the float range (a diverged model), not an OverflowError."""
+    if math.isnan(nll):
+        return nll
+    return math.exp(nll) if nll <= _MAX_LOG else math.inf
 
 
 def agrees(recorded: float | None, computed: float) -> bool:

@@ -8,7 +8,6 @@ strided share of the rows and the sums are all-reduced, so every rank gets the s
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -99,4 +98,4 @@ def evaluate(
     for d, (_, n) in zip(domains, sums.tolist()):
         if n == 0:
             raise ValueError(f"domain {d!r} has no held-out rows to evaluate; the store must hold a held-out split")
-    return {"nll": nll, "ppl": [math.exp(x) for x in nll], "tokens": [int(n) for _, n in sums.tolist()]}
+    return {"nll": nll, "ppl": [heldout_ppl(x) for x in nll], "tokens": [int(n) for _, n in sums.tolist()]}

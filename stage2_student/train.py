@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ddk_store import open_store, settings
 from ddk_store.encodings import encoding_for
-from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError, describe
+from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError, TrainingDiverged, describe
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
@@ -43,6 +43,13 @@ from .student import load_student
 
 
 # ----------------------------------------------------------------------------------------------- small helpers
+def _diverged(cfg: Stage2Config, what: str) -> str:
+    """The one-line report of a run whose loss or held-out perplexity stopped being finite."""
+    return (f"{what}: training diverged. Start it again with a lower --lr (this run: {cfg.lr:g}) and --overwrite "
+            f"(a resume keeps the learning rate); if a lower rate diverges too, check the store with "
+            f"`ddk-store verify {cfg.store}`")
+
+
 def _run_guard(fn):
     """Around a run: rank 0 holds the run directory's lock (:func:`rundir.claim_run_dir`) while it trains; a store
     that stays unreachable or refuses access, Ctrl-C or SIGTERM, or a peer rank that dies ends the run with how to
@@ -168,6 +175,9 @@ def train(cfg: Stage2Config) -> Path:
         ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
                       heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=eval_rank,
                       world_size=eval_world)
+        bad = [f"{d} {p:g}" for d, p in zip(domains, ev["ppl"]) if not math.isfinite(p)]
+        if bad:
+            raise TrainingDiverged(_diverged(cfg, f"held-out perplexity {', '.join(bad)}"))
         return ev, rw.perplexity_ratio(ev["ppl"], ppl_teacher)
 
     def checkpoint(step: int) -> None:
@@ -283,8 +293,7 @@ def train(cfg: Stage2Config) -> Path:
                 t_last = now
                 loss, ce, kl = sums.tolist()
                 if not math.isfinite(loss):
-                    raise FloatingPointError(f"step {step}: loss is {loss} (ce={ce}, kl={kl}); lower --lr or check "
-                                             f"the store with `ddk-store verify`")
+                    raise TrainingDiverged(_diverged(cfg, f"step {step}: the loss is {loss} (ce {ce}, kl {kl})"))
                 log(step_record(step, loss=loss, ce=ce, kl=kl, lr=lr, grad_norm=float(grad_norm),
                                 tokens_per_s=tok_s))
                 bar.set_postfix_str(f"loss={loss:.3f} tok/s={tok_s:,.0f} w=[" +

@@ -94,3 +94,22 @@ def test_eval_takes_train_s_eval_batch_size_and_batch_size_alike(store_url, stud
     line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(student_dir),
                                                   "--eval-batch-size", "0"]))
     assert "--eval-batch-size/--batch-size must be >= 1, got 0" in line
+
+
+def test_a_diverging_run_is_one_line_naming_the_learning_rate(tmp_path, store_url, student_dir):
+    # A learning rate far too high: the loss turns NaN within a few steps (it was a FloatingPointError traceback).
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, tmp_path / "run", lr=1e12,
+                                                            no_progress=True)))
+    assert "training diverged" in line and "the loss is nan" in line
+    assert "--lr (this run: 1e+12)" in line and "--overwrite" in line and f"ddk-store verify {store_url}" in line
+
+
+def test_perplexity_past_the_float_range_is_inf_not_an_overflow():
+    import math
+
+    from ddk_store.heldout import heldout_ppl
+
+    assert heldout_ppl(1.0) == pytest.approx(math.e, rel=1e-15)
+    assert heldout_ppl(709.0) == pytest.approx(math.exp(709.0), rel=1e-15)
+    assert heldout_ppl(710.0) == math.inf and heldout_ppl(math.inf) == math.inf
+    assert math.isnan(heldout_ppl(math.nan))
