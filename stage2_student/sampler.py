@@ -56,14 +56,12 @@ def allocate(weights: Sequence[float], total: int, owed: Sequence[float] | None 
     """
     w = np.asarray(weights, dtype=np.float64)
     counts = largest_remainder(w, total)  # validates the weights
-    if owed is None or total == 0:
-        return counts, np.zeros(len(w))
-    c = np.asarray(owed, dtype=np.float64)
+    c = np.zeros(len(w)) if owed is None else np.asarray(owed, dtype=np.float64)
     if c.shape != w.shape or not np.isfinite(c).all():
         raise ValueError(f"owed rows must be {len(w)} finite numbers; got {c.tolist()}")
     p = w / w.sum()
     target = np.where(p > 0, p * total + c, 0.0)
-    if np.any(target > 0):
+    if total and np.any(target > 0):
         counts = largest_remainder(np.maximum(target, 0.0), total)
     return counts, target - counts
 

@@ -142,3 +142,19 @@ def test_rank_chunks_partition_each_step():
         assert np.array_equal(np.concatenate(parts), whole)
     with pytest.raises(IndexError):
         s.rows_for(3, batch_size=8, chunk=0, num_chunks=1)
+
+
+def test_pass_counts_rebuilt_from_the_logged_weights_are_what_the_sampler_drew():
+    # report, compare and the repeats check rebuild each domain's rows from the interval records' weights; they must
+    # carry the rounding from the first interval on, as the sampler does (4 rows over 6 domains: 2 2 0 0 0 0 ...)
+    from stage2_student.repeats import rows_sampled
+
+    s = DomainSampler([24] * 6, rows_per_interval=4, seed=0)
+    drawn = np.zeros(6, dtype=np.int64)
+    records = []
+    for t in range(5):
+        w = [1 / 6] * 6 if t < 3 else [0.5, 0.1, 0.1, 0.1, 0.1, 0.1]
+        records.append({"domains": list("abcdef"), "step": t * 2, "weights": w})
+        drawn += np.bincount(s.start_interval(t, w)[:, 0], minlength=6)
+    records.append({"domains": list("abcdef"), "step": 10, "weights": records[-1]["weights"]})
+    assert rows_sampled(records, batch_size=2) == drawn.tolist()
