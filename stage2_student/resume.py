@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -23,7 +24,7 @@ from ddk_store.errors import ConfigError
 from ddk_store.storage import local_path
 
 from .config import RUNTIME_ONLY_FIELDS, Stage2Config
-from .rundir import CHECKPOINTS_DIR, CONFIG_FILE
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_ENTRIES
 
 _RESTORE = "restore it, or start afresh with --overwrite"
 
@@ -116,13 +117,50 @@ def check_checkpoint_fits(out: Path, ckpt: Path, *, world: int, fsdp: bool) -> N
         raise ConfigError(f"{at} was written {how} --fsdp; resume it {how} --fsdp")
 
 
+#: What ``train`` and ``report`` write into a run directory beside the files of rundir.py: the final student
+#: (``save_pretrained`` of the model and its tokenizer).
+_MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
+                "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer*",
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
+                "*.model")
+
+
+def _run_file(name: str) -> bool:
+    """Whether a top-level entry of a run directory is one a run writes (and ``--overwrite`` may delete)."""
+    return name in RUN_ENTRIES or any(fnmatch.fnmatchcase(name, pattern) for pattern in _MODEL_FILES)
+
+
+def is_run_dir(out: Path) -> bool:
+    """Whether ``out`` holds a ddk-student run: checkpoints, or a config.yaml that names a store and a student (the
+    resolved settings every run writes; a project's own config.yaml does not)."""
+    if (out / CHECKPOINTS_DIR).is_dir():
+        return True
+    try:
+        saved = read_saved(out)
+    except ConfigError:
+        return False
+    return bool(saved and saved.get("store") and saved.get("student"))
+
+
+def replace_run(cfg: Stage2Config, *, rank: int = 0) -> None:
+    """``--overwrite``: delete the run in ``--out`` (what a run wrote; :func:`prepare_out_dir` refused anything
+    else), once every check of the new run has passed. Rank 0 only; callers barrier afterwards."""
+    out = Path(cfg.out)
+    if not cfg.overwrite or rank != 0 or not out.is_dir():
+        return
+    for entry in sorted(out.iterdir()):
+        if _run_file(entry.name):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
 def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
                     echo: Callable[[str], None] = _stderr) -> bool:
     """Check ``--out`` against ``--resume``/``--overwrite`` before anything is loaded; True if a run is to be
     resumed from its latest checkpoint.
 
-    ``--resume`` where there is no checkpoint yet says so in one line and starts a fresh run. Only rank 0 deletes
-    anything (``--overwrite``) or prints; callers barrier afterwards.
+    ``--resume`` where there is no checkpoint yet says so in one line and starts a fresh run. Nothing is deleted
+    here: ``--overwrite`` is checked (only a run's own files, no input inside) and :func:`replace_run` deletes them
+    after the new run's other checks. Only rank 0 prints.
     """
     from .checkpoint import checkpoint_step, latest_checkpoint
 
@@ -130,8 +168,7 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    is_run = (out / CONFIG_FILE).is_file() or (out / CHECKPOINTS_DIR).is_dir()
-    if entries and not is_run:
+    if entries and not is_run_dir(out):
         raise ConfigError(
             f"--out {out}: directory is not empty and holds no ddk-student run ({', '.join(entries[:5])}...); "
             f"choose a new or empty directory"
@@ -161,8 +198,10 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
         if inside := inputs_inside(cfg, out):
             raise ConfigError(f"--out {out}: --overwrite would delete it, and {' and '.join(inside)} inside it; "
                               f"write the new run to another --out")
-        if rank == 0:
-            shutil.rmtree(out)
+        if foreign := [name for name in entries if not _run_file(name)]:
+            raise ConfigError(f"--out {out}: --overwrite replaces only what a run wrote there, and it also holds "
+                              f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}; move them out or "
+                              f"write the new run to another --out")
         return False
     raise ConfigError(
         f"--out {out}: already holds a ddk-student run; pass --resume to continue it or --overwrite to replace it"

@@ -41,6 +41,8 @@ REPORT_FILE = "report.md"
 WEIGHTS_PNG = "weights.png"
 RATIOS_PNG = "ratios.png"
 TENSORBOARD_DIR = "tensorboard"
+#: Every entry above: what a run and its report write into the run directory (the final student's files aside).
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CHECKPOINTS_DIR, REPORT_FILE, WEIGHTS_PNG, RATIOS_PNG, TENSORBOARD_DIR)
 
 INTERVAL, FINAL, STEP = "interval", "final", "step"
 #: Keys of an ``interval``/``final`` record, in order; the per-domain ones hold one number per entry of ``domains``.

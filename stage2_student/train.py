@@ -34,7 +34,7 @@ from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
 from .loss_step import student_loss
 from .readpool import default_read_workers
 from .repeats import find_repeats
-from .resume import prepare_out_dir, resume_command
+from .resume import prepare_out_dir, replace_run, resume_command
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
@@ -132,11 +132,12 @@ def train(cfg: Stage2Config) -> Path:
 
     # -- 2. distributed setup, student
     parallel.init_distributed(device, world)
-    if world > 1:
-        dist.barrier()  # rank 0 may have just wiped --out (--overwrite)
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_student(cfg.student, reader.meta, store=cfg.store,
                                     trust_remote_code=cfg.trust_remote_code, device=device)
+    replace_run(cfg, rank=rank)  # --overwrite: only now that the store and the student have passed every check
+    if world > 1:
+        dist.barrier()  # rank 0 may have just deleted the old run
     model.train()
     if cfg.activation_checkpointing:
         runtime.enable_activation_checkpointing(model)

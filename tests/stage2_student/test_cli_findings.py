@@ -113,3 +113,38 @@ def test_perplexity_past_the_float_range_is_inf_not_an_overflow():
     assert heldout_ppl(709.0) == pytest.approx(math.exp(709.0), rel=1e-15)
     assert heldout_ppl(710.0) == math.inf and heldout_ppl(math.inf) == math.inf
     assert math.isnan(heldout_ppl(math.nan))
+
+
+def test_overwrite_of_a_folder_that_only_has_a_config_yaml_deletes_nothing(tmp_path, store_url, student_dir):
+    # A project's own config.yaml does not make its folder a run (it was deleted whole, before any check)
+    proj = tmp_path / "proj"
+    (proj / "src").mkdir(parents=True)
+    (proj / "config.yaml").write_text("lr: 3.0e-4\n")
+    (proj / "src" / "main.py").write_text("x = 1\n")
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, proj, overwrite=True)))
+    assert "holds no ddk-student run" in line
+    assert (proj / "src" / "main.py").read_text() == "x = 1\n" and (proj / "config.yaml").is_file()
+
+
+def test_overwrite_keeps_a_run_with_files_of_the_users_and_until_the_new_run_passes_its_checks(
+        tmp_path, finished_run, store_url, student_dir):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    before = sorted(p.name for p in run.iterdir())
+    # 1. a file the user put there: named, nothing deleted
+    (run / "NOTES.md").write_text("keep")
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, run, overwrite=True)))
+    assert "replaces only what a run wrote there" in line and "NOTES.md" in line
+    (run / "NOTES.md").unlink()
+    assert sorted(p.name for p in run.iterdir()) == before
+    # 2. a mistake found after --out is checked (an unknown domain): the old run is still whole
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, run, overwrite=True,
+                                                            mixing="static", static_weights="nosuch=1")))
+    assert "nosuch" in line
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert (run / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
+    # 3. a good command replaces it
+    result = run_cli("ddk-student", train_args(store_url, student_dir, run, overwrite=True, steps=2, interval=1,
+                                               batch_size=2, eval_batch_size=2, no_progress=True))
+    assert result.code == 0, result.output
+    assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2

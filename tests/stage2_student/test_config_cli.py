@@ -122,7 +122,7 @@ def test_bad_inputs_one_line_each(tmp_path, bad_stores, store_url, student_dir):
 def test_out_dir_with_another_run_is_refused(tmp_path, store_url, student_dir):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text("store: x\n")
+    (out / "config.yaml").write_text("store: x\nstudent: y\n")
     (out / "metrics.jsonl").write_text("")
     msg = _err(train_args(store_url, student_dir, out))
     assert "already holds a ddk-student run" in msg and "--resume" in msg and "--overwrite" in msg
@@ -139,7 +139,7 @@ def test_overwrite_never_deletes_the_runs_own_inputs(tmp_path, store_url, studen
     # them before reading them, so it is refused and both stay.
     out = tmp_path / "run"
     out.mkdir()
-    (out / "config.yaml").write_text("store: x\n")
+    (out / "config.yaml").write_text("store: x\nstudent: y\n")
     shutil.copytree(student_dir, out / "model")
     shutil.copytree(store_url, out / "store")
     msg = _err(train_args(store_url, out / "model", out, overwrite=True))
