@@ -37,6 +37,8 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file
 
+from ddk_store.errors import StudentError
+
 from .rundir import CHECKPOINTS_DIR
 
 FORMAT = "ddk-stage2-checkpoint/1"
@@ -105,7 +107,13 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     else:
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path}: model mismatch, missing={missing} unexpected={unexpected}")
+        def some(keys) -> str:
+            keys = sorted(keys)
+            return f"{len(keys)}" + (f" ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})" if keys else "")
+        raise StudentError(f"checkpoint {path}: its weights do not fit the model built from the run's --student "
+                           f"(missing {some(missing)}, unexpected {some(unexpected)}): that student directory "
+                           f"changed after the run started (cut again with other --layers?); restore it, or train "
+                           f"a new run from it")
 
 
 def _tied_to(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:

@@ -168,8 +168,12 @@ def compare_cmd(arms: tuple[str, ...], out: str | None) -> None:
               help="Decoder layers to keep: a count (evenly spaced, first and last kept), or indices and ranges like "
                    "0,6,29 or 0-9,16-29.")
 @click.option("--out", required=True, help="Directory for the student (save_pretrained + the teacher's tokenizer).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seeds torch before the student is built. A Llama-style cut copies every weight from the teacher, "
+                   "so the student is the same for every seed; it matters only where weights are new.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a student that `ddk-student init` wrote in --out (never another directory, nor files "
+                   "added there since).")
 def init_cmd(teacher: str, layers: str, out: str, seed: int, overwrite: bool) -> None:
     """Initialise a student from a teacher by keeping a subset of its layers (same tokenizer)."""
     from .init_student import describe_student, init_student_from_teacher

@@ -145,6 +145,9 @@ def init_student_from_teacher(
         )
     if out.resolve() == teacher_dir.resolve() or out.resolve() in teacher_dir.resolve().parents:
         raise ConfigError(f"student output {out} is or holds the teacher directory {teacher_dir}; choose another --out")
+    if teacher_dir.resolve() in out.resolve().parents:
+        raise ConfigError(f"student output {out} is inside the teacher directory {teacher_dir} (a model directory, "
+                          f"often shared, that ddk never writes into); choose an --out outside it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         if not overwrite:
             raise ConfigError(f"student output {out} already exists and is not empty; choose another --out, or pass "
@@ -153,6 +156,10 @@ def init_student_from_teacher(
             # --overwrite replaces what this command wrote, never a directory of something else (a run, a model).
             raise ConfigError(f"student output {out} is not a student written by `ddk-student init` (no {PROVENANCE} "
                               "there), so --overwrite does not replace it; choose another --out or remove it yourself")
+        if added := _added_files(out):
+            raise ConfigError(f"student output {out}: --overwrite replaces only the student `ddk-student init` wrote, "
+                              f"and it also holds {', '.join(added[:5])}{' ...' if len(added) > 5 else ''}; move them "
+                              f"out or choose another --out")
 
     tokenizer = _load_from(AutoTokenizer, teacher_dir, "teacher {teacher} has no loadable tokenizer ({err}); the "
                            "student must share the teacher's tokenizer, so save it into the teacher directory first")
@@ -212,9 +219,22 @@ def init_student_from_teacher(
             "seed": seed,
             "parameters": n_params,
             "teacher_parameters": n_teacher_params,
+            "files": sorted([p.name for p in tmp.iterdir()] + [PROVENANCE]),
         }
         (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     return out
+
+
+def _added_files(out: Path) -> list[str]:
+    """Entries of student directory ``out`` that ``init`` did not write (its provenance lists what it wrote; one
+    written before the list was kept counts as all its own)."""
+    try:
+        written = json.loads((out / PROVENANCE).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        written = None
+    if not isinstance(written, list):
+        return []
+    return sorted(p.name for p in out.iterdir() if p.name not in written)
 
 
 def describe_student(out_dir: str | Path) -> str:

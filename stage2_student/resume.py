@@ -167,6 +167,10 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
+    store = local_path(cfg.store) if cfg.store else None
+    if store is not None and (store.resolve() == out.resolve() or store.resolve() in out.resolve().parents):
+        raise ConfigError(f"--out {out} is inside the store {cfg.store} (read-only to training, and often shared); "
+                          f"write the run outside it")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not is_run_dir(out):
         raise ConfigError(

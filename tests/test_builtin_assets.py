@@ -217,12 +217,30 @@ def test_init_student_input_errors(tiny_teacher, tmp_path):
     with pytest.raises(ConfigError, match="is or holds the teacher directory"):
         init_student_from_teacher(tiny_teacher, tiny_teacher.parent, layers=2, overwrite=True)
     assert (tiny_teacher / "config.json").is_file()
+    with pytest.raises(ConfigError, match="is inside the teacher directory"):
+        init_student_from_teacher(tiny_teacher, tiny_teacher / "sub", layers=2)
+    assert not (tiny_teacher / "sub").exists()
     student = tmp_path / "student"
     init_student_from_teacher(tiny_teacher, student, layers=2)
-    (student / "stale.txt").write_text("from an earlier build")
+    written = json.loads((student / PROVENANCE).read_text())["files"]
+    assert sorted(p.name for p in student.iterdir()) == written and "config.json" in written
+    # files the user added since are named, and nothing is replaced
+    (student / "NOTES.md").write_text("mine")
+    (student / "eval").mkdir()
+    with pytest.raises(ConfigError, match=r"also holds NOTES.md, eval; move them out"):
+        init_student_from_teacher(tiny_teacher, student, layers=[0, 3], overwrite=True)
+    assert (student / "NOTES.md").read_text() == "mine"
+    (student / "NOTES.md").unlink()
+    (student / "eval").rmdir()
     init_student_from_teacher(tiny_teacher, student, layers=[0, 3], overwrite=True)
-    assert not (student / "stale.txt").exists()
     assert json.loads((student / PROVENANCE).read_text())["kept_layers"] == [0, 3]
+    # a student written before the list was kept: all its files count as its own
+    info = json.loads((student / PROVENANCE).read_text())
+    del info["files"]
+    (student / PROVENANCE).write_text(json.dumps(info))
+    (student / "stale.txt").write_text("from an earlier build")
+    init_student_from_teacher(tiny_teacher, student, layers=2, overwrite=True)
+    assert not (student / "stale.txt").exists()
 
 
 def test_init_student_cli(tiny_teacher, tmp_path):

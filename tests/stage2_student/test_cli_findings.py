@@ -148,3 +148,26 @@ def test_overwrite_keeps_a_run_with_files_of_the_users_and_until_the_new_run_pas
                                                batch_size=2, eval_batch_size=2, no_progress=True))
     assert result.code == 0, result.output
     assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
+
+
+def test_a_run_inside_the_store_is_refused_before_anything_is_written(tmp_path, store_url, student_dir):
+    out = Path(store_url) / "run1"
+    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, out)))
+    assert "is inside the store" in line and "outside it" in line
+    assert not out.exists()
+
+
+def test_a_checkpoint_whose_student_was_cut_again_is_one_line(tmp_path, finished_run, store_url, tiny_dir):
+    # The run's --student replaced by one with other layers after the run (ddk-student init --overwrite, say)
+    from ddk_testkit.models import TINY_STUDENT, build_tiny_student
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    other = build_tiny_student(tmp_path / "recut", tiny_dir / "tokenizer", num_layers=TINY_STUDENT["num_layers"] + 1)
+    ckpt = run / "checkpoints" / "step-00000004"
+    state = json.loads((ckpt / "state.json").read_text())
+    state["config"]["student"] = str(other)
+    (ckpt / "state.json").write_text(json.dumps(state))
+    line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(ckpt)]))
+    assert "its weights do not fit the model built from the run's --student" in line and "missing 0" not in line
+    assert "changed after the run started" in line
