@@ -89,12 +89,12 @@ def resolve_against(value: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else (base_dir / p).resolve())
 
 
-def _share_permissions(directory: Path) -> None:
-    """mkdtemp and some writers create owner-only entries; give the tree the permissions of the umask instead, so
-    that other users of a shared cache can read it."""
+def share_permissions(directory: Path) -> None:
+    """mkdtemp and some writers (safetensors) create owner-only entries; give the tree (or one file) the permissions
+    of the umask instead, so that other users of a shared cache or run can read it."""
     umask = os.umask(0)
     os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
+    for path in [directory, *(directory.rglob("*") if directory.is_dir() else ())]:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
@@ -126,7 +126,7 @@ def atomic_dir(out: Path, *, owner_file: str) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        _share_permissions(tmp)
+        share_permissions(tmp)
         old = None
         if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

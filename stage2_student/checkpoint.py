@@ -2,12 +2,14 @@
 
 Layout of ``OUT/checkpoints/step-00000120/``:
   model.safetensors      student parameters (safetensors; tied tensors stored once)
-  optimizer.pt           AdamW ``state_dict()``: plain tensors and numbers, loaded with ``weights_only=True``
+  optimizer.safetensors  AdamW ``state_dict()``: its tensors, with its numbers and ``param_groups`` as JSON in the
+                         file's metadata (:func:`save_optimizer`); a checkpoint of an earlier ddk has
+                         ``optimizer.pt`` instead, read with torch's restricted ``weights_only`` loader
   state.json             step, interval, domain factor r_t, sampling weights, sampler state, the evaluation history
                          (step, ratios, weights: what the repeats warning reads), resolved config
   rng-rank{R}.safetensors  torch CPU (and CUDA) generator states of rank R
-A run trained with ``--fsdp`` has no ``model.safetensors``/``optimizer.pt`` but one ``model-rank{R}.safetensors``
-and ``optimizer-rank{R}.pt`` per rank: each rank's shards (FSDP2 shards every parameter along dim 0, so the ranks'
+A run trained with ``--fsdp`` has no ``model.safetensors``/``optimizer.safetensors`` but one
+``model-rank{R}.safetensors`` and ``optimizer-rank{R}.safetensors`` per rank: each rank's shards (FSDP2 shards every parameter along dim 0, so the ranks'
 model shards concatenated in rank order are the full tensors; :func:`load_weights` does that for ``eval``).
 
 The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete (the commit point), so a kill at any
@@ -38,6 +40,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file
 
 from ddk_store.errors import StudentError
+from ddk_store.paths import share_permissions
 
 from .rundir import CHECKPOINTS_DIR
 
@@ -164,6 +167,40 @@ def optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             "param_groups": sd["param_groups"]}
 
 
+_OPTIMIZER_FORMAT = "ddk-optimizer/1"
+
+
+def save_optimizer(sd: dict[str, Any], path: Path) -> None:
+    """Write an optimizer ``state_dict()`` (CPU tensors) as safetensors: tensor ``state.I.KEY`` for each tensor of
+    parameter I's state; every other value (numbers, ``param_groups``) as JSON in the metadata. No pickle."""
+    tensors, values = {}, {}
+    for i, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"state.{i}.{k}"] = v.contiguous()
+            else:
+                values.setdefault(str(i), {})[k] = v
+    save_file(tensors, str(path), metadata={"format": _OPTIMIZER_FORMAT, "param_groups": json.dumps(
+        sd["param_groups"]), "values": json.dumps(values)})
+
+
+def load_optimizer(ckpt: Path, stem: str) -> dict[str, Any]:
+    """The optimizer ``state_dict()`` that :func:`save_optimizer` wrote as ``ckpt/STEM.safetensors``; an earlier ddk's
+    ``STEM.pt`` is read with torch's restricted loader (tensors and plain values only)."""
+    path = ckpt / f"{stem}.safetensors"
+    if not path.is_file() and (ckpt / f"{stem}.pt").is_file():
+        return torch.load(ckpt / f"{stem}.pt", weights_only=True, map_location="cpu")
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != _OPTIMIZER_FORMAT:
+            raise ValueError(f"{path}: not an optimizer state of this ddk (format {meta.get('format')!r})")
+        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in json.loads(meta["values"]).items()}
+        for key in f.keys():
+            _, i, k = key.split(".", 2)
+            state.setdefault(int(i), {})[k] = f.get_tensor(key)
+    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
+
+
 def _restore_dtensor_state(optimizer: torch.optim.Optimizer) -> None:
     """After loading local shards into an optimizer over DTensor parameters (FSDP2), make its state DTensors
     again, placed as their parameters."""
@@ -183,6 +220,7 @@ def _restore_dtensor_state(optimizer: torch.optim.Optimizer) -> None:
 def _commit(root: Path, tmp: Path, final: Path, keep: int) -> None:
     if final.exists():  # a rerun reached the same step again: replace it
         shutil.rmtree(final)
+    share_permissions(tmp)  # safetensors files are created owner-only; a run's are for its team to read too
     os.replace(tmp, final)  # the commit point
     for old in list_checkpoints(root.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -230,7 +268,7 @@ class CheckpointWriter:
         if self.sharded:
             save_file(model_snapshot(model), str(tmp / f"model-rank{self.rank}.safetensors"),
                       metadata={"sharded": sharded_keys(model)})
-            torch.save(optimizer_snapshot(optimizer), tmp / f"optimizer-rank{self.rank}.pt")
+            save_optimizer(optimizer_snapshot(optimizer), tmp / f"optimizer-rank{self.rank}.safetensors")
             _barrier(self.world)
             if self.rank == 0:
                 (tmp / "state.json").write_text(json.dumps(doc, indent=1))
@@ -248,7 +286,7 @@ class CheckpointWriter:
     def _write(self, tmp: Path, final: Path, weights: dict, optim: dict, doc: dict) -> None:
         try:
             save_file(weights, str(tmp / "model.safetensors"))
-            torch.save(optim, tmp / "optimizer.pt")
+            save_optimizer(optim, tmp / "optimizer.safetensors")
             (tmp / "state.json").write_text(json.dumps(doc, indent=1))
             _commit(self.root, tmp, final, self.keep)
         except BaseException as e:  # noqa: BLE001 (re-raised on the training thread by wait())
@@ -287,12 +325,11 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
             for k, v in model.state_dict().items():
                 if k in local:
                     (v.to_local() if hasattr(v, "to_local") else v).copy_(local[k])
-        optimizer.load_state_dict(torch.load(path / f"optimizer-rank{rank}.pt", weights_only=True,
-                                             map_location="cpu"))
+        optimizer.load_state_dict(load_optimizer(path, f"optimizer-rank{rank}"))
         _restore_dtensor_state(optimizer)
     else:
         load_weights(model, path)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+        optimizer.load_state_dict(load_optimizer(path, "optimizer"))
     rng = load_file(str(path / f"rng-rank{rank}.safetensors"))
     torch.set_rng_state(rng["cpu"])
     if "cuda" in rng and torch.cuda.is_available():

@@ -19,7 +19,7 @@ from ddk_store.errors import ConfigError
 
 from .config import EvalConfig, Stage2Config
 from .resume import resume_layer
-from .rundir import CHECKPOINTS_DIR, METRICS_FILE
+from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RATIOS_PNG, WEIGHTS_PNG
 
 PROG = "ddk-student"
 
@@ -68,16 +68,40 @@ def train_cmd(**_: object) -> None:
     click.echo(f"done: {out}", err=True)
 
 
-def _unfinished_run_hint(model: str) -> None:
-    """--model RUN of a run that has not finished has no model yet: point to its checkpoints."""
-    path = Path(model).expanduser()
-    if path.is_dir() and not (path / "config.json").is_file() and (path / CHECKPOINTS_DIR).is_dir():
-        from .checkpoint import latest_checkpoint
+def _model_dir_hint(model: str) -> None:
+    """A local --model directory that holds no model: an unfinished run (point to its checkpoints), a run's
+    checkpoints/ folder (point to its latest), or anything else (say what --model takes)."""
+    from .checkpoint import latest_checkpoint, read_state
 
+    path = Path(model).expanduser()
+    if not path.is_dir() or (path / "config.json").is_file() or read_state(path) is not None:
+        return
+    if (path / CHECKPOINTS_DIR).is_dir():
         ckpt = latest_checkpoint(path)
         example = f", e.g. --model {ckpt}" if ckpt else ""
         raise ConfigError(f"--model {model}: a run that has not finished (no config.json yet); evaluate a checkpoint "
                           f"of it{example}")
+    if path.name == CHECKPOINTS_DIR and (ckpt := latest_checkpoint(path.parent)) is not None:
+        raise ConfigError(f"--model {model}: the checkpoints folder of a run; evaluate one of them, e.g. "
+                          f"--model {ckpt}")
+    raise ConfigError(f"--model {model}: no config.json there, so it is no model directory; pass a finished run's "
+                      f"--out, a checkpoint RUN/checkpoints/step-N, or a Hugging Face model directory")
+
+
+def _run_heldout_rows(model: str) -> int | None:
+    """The --heldout-rows of the run that --model is (its --out) or belongs to (a checkpoint), when it set one."""
+    from .checkpoint import read_state
+    from .resume import read_saved
+
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return None
+    try:
+        saved = ((read_state(path) or {}).get("config") or read_saved(path) or {})
+    except ConfigError:
+        return None
+    rows = saved.get("heldout_rows")
+    return rows if isinstance(rows, int) else None
 
 
 @cli.command("eval")
@@ -91,7 +115,7 @@ def eval_cmd(**_: object) -> None:
     cfg = settings.from_command(EvalConfig)
     if not cfg.progress:
         settings.hide_library_progress_bars()
-    _unfinished_run_hint(cfg.model)
+    _model_dir_hint(cfg.model)
     import torch
 
     from ddk_store import open_store
@@ -115,13 +139,20 @@ def eval_cmd(**_: object) -> None:
                   autocast_dtype=torch.bfloat16 if dev.type == "cuda" else None)
     teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
     ratio = [s / t for s, t in zip(ev["ppl"], teacher)]
+    run_rows = _run_heldout_rows(cfg.model)
+    if run_rows is not None and cfg.heldout_rows != run_rows:
+        click.echo(f"note: the run evaluated on at most {run_rows} held-out rows per domain (--heldout-rows "
+                   f"{run_rows}); this evaluation uses {cfg.heldout_rows or 'all'}, so its figures differ from "
+                   f"metrics.jsonl's", err=True)
     if cfg.json:
         click.echo(json.dumps({"store": cfg.store, "model": cfg.model, "domains": domains, "ppl_student": ev["ppl"],
                                "ppl_teacher": teacher, "ratio": ratio, "tokens": ev["tokens"]}))
         return
-    click.echo(f"{'domain':<20} {'teacher ppl':>12} {'student ppl':>12} {'ratio':>8}")
+    from .summary import format_ratio
+
+    click.echo(f"{'domain':<20} {'teacher ppl':>12} {'student ppl':>12} {'ratio':>10}")
     for d, t, s, q in zip(domains, teacher, ev["ppl"], ratio):
-        click.echo(f"{d:<20} {t:>12.3f} {s:>12.3f} {q:>8.3f}")
+        click.echo(f"{d:<20} {format_ratio(t):>12} {format_ratio(s):>12} {format_ratio(q):>10}")
 
 
 @cli.command("report")
@@ -136,6 +167,9 @@ def report_cmd(run_dir: str, baseline: str | None) -> None:
 
     check_run_files(Path(run_dir))
     if baseline:
+        if Path(baseline).resolve() == Path(run_dir).resolve():
+            raise ConfigError(f"--baseline {baseline}: that is the run itself; give another run on the same store "
+                              f"(e.g. plain KD of the same budget)")
         check_run_files(Path(baseline))
     path = write_report(run_dir, baseline=baseline)
     click.echo(str(path))
@@ -156,6 +190,10 @@ def compare_cmd(arms: tuple[str, ...], out: str | None) -> None:
 
     png = png_path(out or DEFAULT_PNG)
     loaded, notes = load_arms(list(arms))
+    for run in (r for arm in loaded for r in arm.runs):
+        if png.resolve().parent == run.path.resolve() and png.name in (RATIOS_PNG, WEIGHTS_PNG):
+            raise ConfigError(f"--out {png}: that is a plot of the run {run.path} (`ddk-student report` draws it); "
+                              f"give the chart another name")
     click.echo(markdown(loaded))
     for note in notes:
         click.echo(f"note: {note}", err=True)

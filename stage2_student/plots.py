@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .summary import format_ratio
+
 #: Wording every ratio plot shares.
 RATIO_LABEL = "student / teacher perplexity (log scale; lower is better)"
 
@@ -55,7 +57,7 @@ def _log_ratio_axis(ax: Any, values: Sequence[float]) -> None:
     # decades, powers of ten beyond (an untrained student starts at ratios ~1e5)
     subs = range(1, 10) if hi / lo <= 20 else (1, 2, 5) if hi / lo <= 2000 else (1,)
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=[float(s) for s in subs]))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:,.0f}" if y >= 1 else f"{y:g}"))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: format_ratio(y) if y >= 1000 else f"{y:g}"))
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: ""))
 
 

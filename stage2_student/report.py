@@ -19,15 +19,12 @@ from ddk_store.errors import DdkError, ReportError, describe
 from . import plots
 from .rundir import METRICS_FILE, RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
 from .repeats import RISE_TOL, find_repeats, rows_sampled
-from .summary import METRICS, natural_mixture, summarize
+from .summary import METRICS, format_ratio, natural_mixture, summarize
 
 METRIC_ROW = {"mean": "mean (equal weights)", "natural_mean": "mean (natural weights)", "geo_mean": "geometric mean",
               "worst": "worst domain"}
 
 
-def _num(x: float) -> str:
-    """A ratio or perplexity: 3 decimals, or a thousands-grouped integer for the huge values of an untrained student."""
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3f}"
 
 
 def _pct(new: float, old: float) -> str:
@@ -124,7 +121,7 @@ def _origin(student: Any) -> str:
     gamma = scfg.get("gamma")
     loss = "cross-entropy only (gamma 0)" if gamma == 0 else f"CE + {gamma} KL"
     return (f" (itself a `ddk-student train` run: {final['step']} steps of {loss} on the "
-            f"{scfg.get('mixing', '?')} mixture, which took its mean ratio from {_num(mean[0])} to {_num(mean[1])}; "
+            f"{scfg.get('mixing', '?')} mixture, which took its mean ratio from {format_ratio(mean[0])} to {format_ratio(mean[1])}; "
             f"*before* below is that trained student)")
 
 
@@ -179,8 +176,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
     lines += [head, "|---" + "|---:" * (head.count("|") - 2) + "|"]
 
     def row(name: str, b: float, a: float, ba: float | None, which: Callable[[dict], str] = lambda r: "") -> str:
-        cells = f"| {name} | {_num(b)}{which(first)} | {_num(a)}{which(last)} | {_pct(a, b)} |"
-        return cells + (f" {_num(ba)}{which(base[-1])} | {_pct(a, ba)} |" if ba is not None
+        cells = f"| {name} | {format_ratio(b)}{which(first)} | {format_ratio(a)}{which(last)} | {_pct(a, b)} |"
+        return cells + (f" {format_ratio(ba)}{which(base[-1])} | {_pct(a, ba)} |" if ba is not None
                         else (" – | – |" if base else ""))
 
     def worst_of(record: dict) -> str:  # each column's worst domain may be another one
@@ -227,8 +224,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
               "| domain | teacher ppl | student ppl before | student ppl after | ratio after | final weight |",
               "|---|---:|---:|---:|---:|---:|"]
     for i, d in enumerate(domains):
-        lines.append(f"| {d} | {_num(last['ppl_teacher'][i])} | {_num(first['ppl_student'][i])} | "
-                     f"{_num(last['ppl_student'][i])} | {_num(last['ratio'][i])} | {last['weights'][i]:.4f} |")
+        lines.append(f"| {d} | {format_ratio(last['ppl_teacher'][i])} | {format_ratio(first['ppl_student'][i])} | "
+                     f"{format_ratio(last['ppl_student'][i])} | {format_ratio(last['ratio'][i])} | {last['weights'][i]:.4f} |")
     lines += [
         "",
         f"![domain sampling weights: each evaluation's weights hold until the next]({WEIGHTS_PNG})",

@@ -182,8 +182,13 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
         if saved is not None:
             run = settings.build(Stage2Config, {k: v for k, v in saved.items() if k not in ("resume", "overwrite")})
             if diffs := differences(run, cfg):
+                moved = [k for k in ("store", "student") if any(d.startswith(f"{k}: ") for d in diffs)]
+                how = (f"if the {' and the '.join(moved)} only moved, make {'them' if len(moved) > 1 else 'it'} "
+                       f"reachable at the run's path again (a symbolic link will do) and resume; --overwrite would "
+                       f"start the run over" if len(moved) == len(diffs)
+                       else "resume with the original settings, or start afresh with --overwrite")
                 raise ConfigError(f"--resume {out}: the settings differ from the saved run ({'; '.join(diffs)}); "
-                                  f"resume with the original settings or use --overwrite")
+                                  f"{how}")
         ckpt = latest_checkpoint(out)
         if ckpt is None:
             if rank == 0:
@@ -193,7 +198,10 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
         if cfg.steps < checkpoint_step(ckpt):
             raise ConfigError(f"--resume {out}: --steps {cfg.steps} is below the step of its latest checkpoint "
                               f"({checkpoint_step(ckpt)}); give --steps >= {checkpoint_step(ckpt)}")
-        if rank == 0:
+        if rank == 0 and checkpoint_step(ckpt) == cfg.steps and (out / "config.json").is_file():
+            echo(f"--resume {out}: the run already finished its {cfg.steps} steps; nothing to train (a larger "
+                 f"--steps continues it)")
+        elif rank == 0:
             echo(f"--resume {out}: continuing from its checkpoint at step {checkpoint_step(ckpt)} of {cfg.steps}")
         return True
     if not entries:

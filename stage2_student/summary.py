@@ -21,6 +21,14 @@ import math
 import statistics
 from collections.abc import Sequence
 
+def format_ratio(x: float) -> str:
+    """A ratio or perplexity for a table, a report or an axis: 3 decimals; a thousands-grouped integer from 1,000;
+    scientific from a million (the values of an untrained or diverged student, which would be 30 digits long)."""
+    if not math.isfinite(x) or abs(x) >= 1e6:
+        return f"{x:.3g}"
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3f}"
+
+
 #: (key, column label) of every summary metric, in the order tables show them.
 METRICS = (("mean", "mean"), ("natural_mean", "nat. mean"), ("geo_mean", "geo. mean"), ("worst", "worst"))
 

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ddk_store import open_store, settings
+from ddk_store.paths import share_permissions
 from ddk_store.encodings import encoding_for
 from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError, TrainingDiverged, describe
 
@@ -320,6 +321,9 @@ def train(cfg: Stage2Config) -> Path:
     if rank == 0:
         model.save_pretrained(out, state_dict=full)
         tokenizer.save_pretrained(out)
+        for path in out.iterdir():  # safetensors files are created owner-only; the team shares the student
+            if path.is_file():
+                share_permissions(path)
     checkpoint(step)
     writer.wait()  # the last checkpoint is committed before train() returns
     if world > 1:

@@ -171,3 +171,58 @@ def test_a_checkpoint_whose_student_was_cut_again_is_one_line(tmp_path, finished
     line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(ckpt)]))
     assert "its weights do not fit the model built from the run's --student" in line and "missing 0" not in line
     assert "changed after the run started" in line
+
+
+def test_eval_of_a_folder_that_holds_no_model_says_what_model_takes(tmp_path, finished_run, store_url):
+    line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model",
+                                                  str(finished_run / "checkpoints")]))
+    assert "the checkpoints folder of a run" in line and "checkpoints/step-00000004" in line
+    (tmp_path / "empty").mkdir()
+    line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(tmp_path / "empty")]))
+    assert "no config.json there" in line and "RUN/checkpoints/step-N" in line
+
+
+def test_resume_of_a_finished_run_says_it_is_finished_and_changes_no_record(tmp_path, finished_run):
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    result = run_cli("ddk-student", ["train", "--out", str(run), "--resume", "--no-progress"])
+    assert result.code == 0, result.output
+    assert "already finished its 4 steps; nothing to train" in result.output and "continuing" not in result.output
+    assert (run / "metrics.jsonl").read_text() == (finished_run / "metrics.jsonl").read_text()
+
+
+def test_resume_from_a_moved_store_says_how_to_keep_the_run(tmp_path, finished_run, store_url):
+    moved = tmp_path / "moved-store"
+    shutil.copytree(store_url, moved)
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    line = one_error_line(run_cli("ddk-student", ["train", "--out", str(run), "--resume", "--store", str(moved),
+                                                  "--steps", "6"]))
+    assert f"store: run has {store_url!r}, given {str(moved)!r}" in line
+    assert "if the store only moved, make it reachable at the run's path again" in line
+    assert "--overwrite would start the run over" in line
+
+
+def test_compare_and_report_keep_a_runs_own_plots_and_refuse_the_run_as_its_own_baseline(finished_run):
+    line = one_error_line(run_cli("ddk-student", ["compare", str(finished_run), "--out",
+                                                  str(finished_run / "ratios.png")]))
+    assert "that is a plot of the run" in line and "another name" in line
+    line = one_error_line(run_cli("ddk-student", ["report", str(finished_run), "--baseline", str(finished_run)]))
+    assert "that is the run itself" in line
+
+
+def test_eval_of_a_run_that_used_fewer_heldout_rows_says_its_figures_differ(tmp_path, finished_run, store_url):
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["heldout_rows"] = 2
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run), "--no-progress"])
+    assert result.code == 0, result.output
+    assert "note: the run evaluated on at most 2 held-out rows per domain (--heldout-rows 2); this evaluation uses all" \
+        in result.output
+    result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run), "--heldout-rows", "2",
+                                     "--no-progress"])
+    assert result.code == 0 and "note:" not in result.output, result.output

@@ -211,3 +211,13 @@ def test_compare_passes_of_runs_on_stores_of_other_sizes_name_no_row_counts(tmp_
     # records at steps 0 and 2 (final): 2 steps x 4 rows at (0.4, 0.6) -> 3 and 5 rows; run a: 3/30 = 0.10 and
     # 5/10 = 0.50; run b, twice the rows: 0.05 and 0.25
     assert "| a | 0.10 | 0.50 |" in res.stdout and "| b | 0.05 | 0.25 |" in res.stdout
+
+
+def test_ratios_and_perplexities_are_formatted_to_fit_a_column():
+    from stage2_student.summary import format_ratio
+
+    assert [format_ratio(x) for x in (0.5, 2.5, 999.9994, 12345.6, 999_999.0)] == [
+        "0.500", "2.500", "999.999", "12,346", "999,999"]
+    # an untrained or diverged student: scientific, not 30 digits
+    assert [format_ratio(x) for x in (615182450129026700426608640.0, 1e6, float("inf"), float("nan"))] == [
+        "6.15e+26", "1e+06", "inf", "nan"]

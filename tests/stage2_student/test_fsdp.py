@@ -55,7 +55,7 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path, store_url
     assert not (killed / "model.safetensors").exists()  # it really died mid-run
     at = last_checkpoint_step(ckpts)
     assert at < FLAGS["steps"]
-    assert {"model-rank0.safetensors", "model-rank1.safetensors", "optimizer-rank0.pt", "optimizer-rank1.pt",
+    assert {"model-rank0.safetensors", "model-rank1.safetensors", "optimizer-rank0.safetensors", "optimizer-rank1.safetensors",
             "rng-rank0.safetensors", "rng-rank1.safetensors", "state.json"} == \
         {p.name for p in (ckpts / f"step-{at:08d}").iterdir()}
     finished(p2, "fsdp reference")

@@ -102,7 +102,7 @@ def test_the_config_of_a_moved_run_does_not_act_on_the_directory_it_names(finish
     assert (f"it is the config of the run in {moved}, but it names --out {finished} (was the run moved or copied?); "
             f"give --out {moved} to continue the run here") in result.output
     output = train("--config", str(moved / "config.yaml"), "--out", str(moved), "--resume")
-    assert f"--resume {moved}: continuing from its checkpoint at step 6 of 6" in output
+    assert f"--resume {moved}: the run already finished its 6 steps; nothing to train" in output
 
 
 def test_resume_still_refuses_a_setting_that_changes_the_result(run: Path) -> None:

@@ -37,7 +37,7 @@ def test_exact_output_files(trained):
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
     assert ckpts == ["step-00000008", "step-00000012"]  # keep_checkpoints=2, no *.tmp left behind
     assert {p.name for p in (trained / "checkpoints" / "step-00000012").iterdir()} == {
-        "model.safetensors", "optimizer.pt", "state.json", "rng-rank0.safetensors"}
+        "model.safetensors", "optimizer.safetensors", "state.json", "rng-rank0.safetensors"}
     cfg = settings.from_mapping(Stage2Config, __import__("yaml").safe_load((trained / "config.yaml").read_text()))
     assert cfg.steps == 12 and cfg.interval == 4 and cfg.mixing == "ddk"
 
@@ -143,3 +143,58 @@ def test_gpu_train_benchmark_runs_tiny_on_cpu(tmp_path):
     assert [r["variant"] for r in summary["results"]] == ["kd", "ce"]
     assert all(r["steps_timed"] == 5 and r["tokens_per_s"] > 0 for r in summary["results"])  # 8 steps, 3 untimed
     assert (tmp_path / "work" / "run-kd" / "metrics.jsonl").is_file()
+
+
+def test_checkpoints_hold_no_pickle_and_every_file_is_readable_by_the_team(trained):
+    import os
+    import stat
+
+    ckpt = trained / "checkpoints" / "step-00000012"
+    for path in [*ckpt.iterdir(), *(p for p in trained.iterdir() if p.is_file())]:
+        assert not path.read_bytes().startswith(b"PK\x03\x04"), f"{path} is a torch.save (pickle) archive"
+        umask = os.umask(0)
+        os.umask(umask)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, f"{path}: {oct(path.stat().st_mode)}"
+
+
+def test_optimizer_state_round_trips_through_safetensors_exactly(tmp_path):
+    from stage2_student.checkpoint import load_optimizer, save_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95))
+    for _ in range(3):
+        model(torch.randn(2, 5)).sum().backward()
+        opt.step()
+    sd = opt.state_dict()
+    save_optimizer(sd, tmp_path / "optimizer.safetensors")
+    back = load_optimizer(tmp_path, "optimizer")
+    assert back["param_groups"] == json.loads(json.dumps(sd["param_groups"]))
+    assert set(back["state"]) == set(sd["state"])
+    for i, st in sd["state"].items():
+        assert set(back["state"][i]) == set(st)
+        for k, v in st.items():
+            assert torch.equal(back["state"][i][k], v) and back["state"][i][k].dtype == v.dtype
+    twin = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.8, 0.95))
+    twin.load_state_dict(back)  # a resumed optimizer steps exactly as the original
+    model(torch.randn(2, 5)).sum().backward()
+    params = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    after_opt = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), params):
+            p.copy_(q)
+    twin.step()
+    assert all(torch.equal(a, p) for a, p in zip(after_opt, model.parameters()))
+
+
+def test_an_earlier_checkpoints_optimizer_pt_is_still_read(tmp_path):
+    from stage2_student.checkpoint import load_optimizer
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(1, 3)).sum().backward()
+    opt.step()
+    torch.save(opt.state_dict(), tmp_path / "optimizer.pt")  # what checkpoints of an earlier ddk hold
+    back = load_optimizer(tmp_path, "optimizer")
+    assert torch.equal(back["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
