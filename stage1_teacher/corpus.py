@@ -102,17 +102,19 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
 
 
 def _shared_files(path: Path, sources: list[DomainSource]) -> list[str]:
-    """A file read the same way (format, text field) by two domains gives both the same documents, so one domain's
-    held-out documents would be another's training rows: one problem per such file. (One JSONL file read through
-    two text fields gives two sets of documents and is fine.)"""
-    owner: dict[tuple[str, str, str | None], str] = {}
+    """A file whose text two domains read gives both the same text, so one domain's held-out documents would be
+    another's training rows: one problem per such file. A text file's text is the same whether it is read as
+    ``lines`` or as ``files`` (one document per line, or one for the file); a file of records (JSONL, Parquet, a
+    dataset's data files) read through two text fields gives two sets of documents and is fine."""
+    owner: dict[tuple[str, str | None], str] = {}
     problems = []
     for src in sources:
         for f in src.files:
-            other = owner.setdefault((os.path.realpath(f), src.format, src.text_field), src.name)
+            text = None if src.format in ("lines", "files") else src.text_field  # lines and files: the whole text
+            other = owner.setdefault((os.path.realpath(f), text), src.name)
             if other != src.name:
-                problems.append(f"{path}: file {f} is read the same way by domains {other!r} and {src.name!r}; a "
-                                "document belongs to one domain (the other could train on its held-out documents): "
+                problems.append(f"{path}: file {f} is read by domains {other!r} and {src.name!r}, whose documents "
+                                "would then share its text (one could train on the other's held-out documents): "
                                 "list the file under one of them")
     return problems
 

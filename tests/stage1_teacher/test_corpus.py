@@ -84,20 +84,23 @@ domains:
     assert "domain 'extra': unknown key(s) ['encoding']" in msg
 
 
-def test_a_file_read_the_same_way_by_two_domains_is_refused(tmp_path):
+def test_a_file_whose_text_two_domains_read_is_refused(tmp_path):
     (tmp_path / "bible.txt").write_text("In the beginning\n", encoding="utf-8")
     (tmp_path / "both.jsonl").write_text('{"code": "x = 1", "prose": "hello"}\n', encoding="utf-8")
     y = write_yaml(tmp_path, """
 domains:
   scripture: {paths: [bible.txt], format: lines}
   legal: {paths: ["*.txt"], format: lines}
+  whole: {paths: [bible.txt], format: files}
   code: {paths: [both.jsonl], format: jsonl, text_field: code}
   prose: {paths: [both.jsonl], format: jsonl, text_field: prose}
 """)
     with pytest.raises(ConfigError) as e:
         load_corpora(y)
     msg = str(e.value)
-    assert f"file {tmp_path / 'bible.txt'} is read the same way by domains 'scripture' and 'legal'" in msg, msg
+    assert f"file {tmp_path / 'bible.txt'} is read by domains 'scripture' and 'legal'" in msg, msg
+    # read as one document (files) or one per line (lines), a text file's text is the same
+    assert f"file {tmp_path / 'bible.txt'} is read by domains 'scripture' and 'whole'" in msg, msg
     assert "both.jsonl" not in msg  # two text fields of one file: two sets of documents, allowed
 
 
