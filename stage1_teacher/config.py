@@ -118,7 +118,7 @@ def problems(cfg: Stage1Config) -> list[str]:
                  "delete the store once, then start without --overwrite")
     if cfg.tensor_parallel_size < 1:
         p.append(f"--tensor-parallel-size must be >= 1, got {cfg.tensor_parallel_size}")
-    if cfg.batch_tokens < cfg.seq_len and cfg.seq_len >= 2:
+    if cfg.backend == "hf" and cfg.batch_tokens < cfg.seq_len and cfg.seq_len >= 2:  # the only backend that reads it
         p.append(f"--batch-tokens ({cfg.batch_tokens}) must be >= --seq-len ({cfg.seq_len}): a batch holds whole rows")
     parts = cfg.shard.split("/")
     if len(parts) != 2 or not all(x.isdigit() for x in parts) or not int(parts[0]) < int(parts[1]):

@@ -140,12 +140,18 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
             continue
         echo(f"packing domain {src.name}: selecting the held-out documents")
         try:
-            todo.append((src, select_heldout(src, coder, seq_len=seq_len, heldout_seqs=heldout_seqs,
-                                             max_train_rows=src.row_cap(max_rows_per_domain),
-                                             on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id,
-                                             cache=cache)))
+            sel = select_heldout(src, coder, seq_len=seq_len, heldout_seqs=heldout_seqs,
+                                 max_train_rows=src.row_cap(max_rows_per_domain), on_bad_utf8=on_bad_utf8,
+                                 eos_id=eos_id, bos_id=bos_id, cache=cache)
         except ConfigError as e:
             problems.append(str(e))
+            continue
+        todo.append((src, sel))
+        unused = sel.held_tokens - sel.heldout_rows.size
+        if unused > seq_len:  # more than the remainder of a row: a long last document
+            echo(f"note: domain {src.name}: its held-out documents ({sel.heldout_docs.size}) hold {unused:,} tokens "
+                 f"beyond the {sel.heldout_rows.shape[0]} held-out rows, used in neither split (held-out rows take "
+                 f"whole documents, and none trains); split long documents (`format: lines`) to keep them")
     if problems:
         raise ConfigError("; ".join(problems))
     for src, st in todo:

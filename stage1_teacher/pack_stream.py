@@ -150,7 +150,8 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
         cache.drop(src.name, (o for o, _ in held))
     rows = pack_rows((a for _, a in held), seq_len, eos_id, max_rows=heldout_seqs).rows
     # Raised only when every document was tokenized (heap not full, or no training row), so n_tokens is exact.
-    check_split_size(src.name, n_tokens, seq_len, heldout_seqs, rows.shape[0], int(train_tokens >= seq_len))
+    check_split_size(src.name, n_tokens, seq_len, heldout_seqs, rows.shape[0], int(train_tokens >= seq_len),
+                     held_documents=len(held), train_tokens=train_tokens)
     return Selection(heldout_rows=rows, heldout_docs=np.array([o for o, _ in held], dtype=np.int64),
                      held_tokens=heap.tokens, n_read=n_read, n_tokens=n_tokens if cap_tokens else None,
                      n_skipped=stats.n_skipped,

@@ -198,8 +198,18 @@ def check_domain_size(domain: str, n_tokens: int, seq_len: int, skipped: int = 0
 
 
 def check_split_size(domain: str, n_tokens: int, seq_len: int, heldout_seqs: int, heldout_rows: int,
-                     train_rows: int) -> None:
-    """Raises ConfigError when the held-out rows are not all filled or no training row is left."""
+                     train_rows: int, *, held_documents: int | None = None, train_tokens: int | None = None) -> None:
+    """Raises ConfigError when the held-out rows are not all filled or no training row is left.
+
+    ``held_documents`` and ``train_tokens`` (the documents the held-out rows took, the tokens left for training),
+    when known, tell a domain of too few documents from one of too few tokens: held-out rows take whole documents,
+    so lowering --heldout-seqs does not help a domain whose one document fills them."""
+    if heldout_rows >= heldout_seqs and train_rows == 0 and held_documents is not None and train_tokens is not None:
+        raise ConfigError(f"domain {domain!r} has too few documents: its held-out rows take whole documents, and the "
+                          f"{held_documents} that fill --heldout-seqs {heldout_seqs} leave {train_tokens} tokens for "
+                          f"training, fewer than one row of --seq-len {seq_len}; add documents to it (a file read "
+                          f"with `format: files` is one document, `format: lines` makes one per line)"
+                          + (", or lower --heldout-seqs" if held_documents > 1 else ""))
     if heldout_rows < heldout_seqs or train_rows == 0:
         n = n_tokens // seq_len
         lower = (f"lower --heldout-seqs (to at most {n - 1}) or --seq-len" if n >= 2 else "lower --seq-len (one row "

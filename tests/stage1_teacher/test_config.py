@@ -52,7 +52,10 @@ def test_cross_field_rules():
     with pytest.raises(ConfigError, match="needs --backend vllm"):
         Stage1Config(**REQ, backend="hf", tensor_parallel_size=2)
     with pytest.raises(ConfigError, match="--batch-tokens"):
-        Stage1Config(**REQ, seq_len=64, batch_tokens=32)
+        Stage1Config(**REQ, backend="hf", seq_len=64, batch_tokens=32)
+    # vLLM and pack never read --batch-tokens: a long --seq-len is not refused for it
+    assert Stage1Config(**REQ, backend="vllm", seq_len=16384).batch_tokens == 8192
+    assert Stage1Config(**REQ, backend="auto", seq_len=16384).seq_len == 16384
     with pytest.raises(ConfigError, match="--storage-option: expected a mapping"):
         Stage1Config(**REQ, storage_options=[1])
     assert Stage1Config(**REQ, storage_options={"endpoint_url": "x"}).storage_options_dict == {"endpoint_url": "x"}

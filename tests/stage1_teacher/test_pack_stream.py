@@ -119,3 +119,39 @@ def test_too_small_domains_are_one_error_naming_each(tiny_teacher, corpora_yaml,
     with DocTokenizer(tok, workers=1) as coder, pytest.raises(ConfigError) as e:
         pack_corpora(str(tmp_path / "s"), corpora, coder, **kw)
     assert all(f"domain {d!r} is too small" in str(e.value) for d in ("scripture", "python", "legal"))
+
+
+def test_a_domain_of_one_document_says_to_add_documents_not_to_lower_heldout_seqs(tiny_teacher, tmp_path):
+    # One long document (a file read with `format: files`): it fills the held-out rows whatever --heldout-seqs is,
+    # so the advice to lower --heldout-seqs could never work.
+    (tmp_path / "one.txt").write_text(" ".join(f"word{i}" for i in range(400)), encoding="utf-8")
+    (tmp_path / "many.txt").write_text("\n".join(f"line {i} of many" for i in range(200)), encoding="utf-8")
+    (tmp_path / "c.yaml").write_text("domains:\n  one: {paths: [one.txt], format: files}\n"
+                                     "  many: {paths: [many.txt], format: lines}\n")
+    tok, corpora, kw = _setup(tiny_teacher, tmp_path / "c.yaml", heldout=1)
+    with DocTokenizer(tok, workers=1) as coder, pytest.raises(ConfigError) as e:
+        pack_corpora(str(tmp_path / "s"), corpora, coder, **kw)
+    msg = str(e.value)
+    assert "domain 'one' has too few documents: its held-out rows take whole documents, and the 1 that fill " \
+           "--heldout-seqs 1 leave 0 tokens for training" in msg, msg
+    assert "lower --heldout-seqs" not in msg and "'many'" not in msg
+
+
+def test_held_out_tokens_beyond_the_held_out_rows_are_named(tiny_teacher, tmp_path):
+    # Two long documents: the one held out fills --heldout-seqs 1 with most of its tokens to spare, which go to
+    # neither split; the user is told how many.
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_text(" ".join(f"{name}{i}" for i in range(300)), encoding="utf-8")
+    (tmp_path / "c.yaml").write_text("domains:\n  long: {paths: [a.txt, b.txt], format: files}\n")
+    tok, corpora, kw = _setup(tiny_teacher, tmp_path / "c.yaml", heldout=1)
+    said = []
+    with DocTokenizer(tok, workers=1) as coder:
+        packed = pack_corpora(str(tmp_path / "s"), corpora, coder, **{**kw, "echo": said.append})
+    sizes = {len(tok((tmp_path / name).read_text())["input_ids"]) for name in ("a.txt", "b.txt")}
+    assert len(sizes) == 1  # whichever is held out
+    held_doc = sizes.pop()
+    unused = [m for m in said if m.startswith("note: domain long: its held-out documents (1) hold ")]
+    assert len(unused) == 1, said
+    n = int(unused[0].split(" hold ")[1].split(" tokens")[0].replace(",", ""))
+    assert held_doc - SEQ_LEN <= n <= held_doc + 2 - SEQ_LEN  # the document (with BOS/EOS) less the one row used
+    assert packed.domains["long"]["heldout_rows"] == 1 and packed.domains["long"]["train_rows"] >= 1
