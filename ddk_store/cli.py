@@ -12,7 +12,7 @@ import click
 from . import spec
 from .encodings import get_encoding
 from .entry import CONTEXT_SETTINGS, EntryGroup, storage_option, version_option
-from .errors import StoreCorruptError, StoreIOError
+from .errors import DdkError, StoreCorruptError, StoreIOError, StoreNotFoundError
 from .schema import MARKER_DONE_COL
 
 PROG = "ddk-store"
@@ -230,10 +230,17 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
     """
     from .layout import Unit, unit_range
     from .packed import PACK_PREFIX, delete_pack
+    from .reader import StoreReader
     from .storage import open_zarr_store
     from .validate import STATUS_ISSUE, validate_store
     from .writer import StoreWriter
 
+    try:  # no store here (or packed rows only): say so instead of suggesting a dump with --overwrite
+        StoreReader(url, storage_options=storage_options, allow_incomplete=True)
+    except StoreNotFoundError:
+        raise
+    except DdkError:
+        pass  # verify below names it
     issues = validate_store(url, storage_options=storage_options)
     data = [i for i in issues if i.unit is not None and not i.unwritten]
     stats = [i for i in issues if i.where.startswith("metadata.domains[")]

@@ -14,7 +14,7 @@ from zarr.core.sync import sync
 
 from . import spec
 from .encodings import get_encoding
-from .errors import StoreFormatError, describe
+from .errors import StoreFormatError, StoreNotFoundError, describe
 from .meta import StoreMeta
 from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_doc_key
 
@@ -42,6 +42,20 @@ def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any
         out[name] = dict(shape=a.shape, chunks=a.chunks, dtype=a.dtype, fill_value=a.fill_value, compressors=codecs,
                          dimension_names=a.dims, **({"shards": a.shards} if a.shards else {}))
     return out
+
+
+def no_store(store: Store, url: str) -> StoreNotFoundError:
+    """The error for a location without a root document: one that holds only stage 1's packed rows (`ddk-teacher
+    pack`, or a dump stopped before scoring) is said to be one, with what finishes it."""
+    try:
+        packed = sync(store.exists(f"{spec.PACK_PREFIX}/zarr.json"))
+    except (FileNotFoundError, OSError):
+        packed = False
+    if packed:
+        return StoreNotFoundError(f"{url} holds only packed rows (`ddk-teacher pack`), not a scored store yet: run "
+                                  f"`ddk-teacher dump` with the same settings and --store {url} to score them")
+    return StoreNotFoundError(f"no ddk store at {url} (no root zarr.json); check the URL, or create one with "
+                              f"`ddk-teacher dump`")
 
 
 def read_root_doc(store: Store, where: str | None = None) -> Mapping[str, Any] | None:

@@ -32,12 +32,13 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 from zarr.storage import LocalStore, MemoryStore
 
+from . import spec
 from .errors import StoreCorruptError, StoreExistsError, StoreFormatError, describe
 from .groups import read_root_doc, root_meta_from_doc
 from .retry import retry_call
 from .storage import delete_store_prefix, local_path, normalize_url, open_zarr_store
 
-PACK_PREFIX = "_pack"
+PACK_PREFIX = spec.PACK_PREFIX
 PACK_ATTR = "ddk_pack"
 PACK_FORMAT = "ddk-pack"
 PACK_VERSION = 1

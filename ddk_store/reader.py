@@ -11,8 +11,8 @@ import zarr.errors
 from zarr.core.sync import sync
 
 from . import chunkio, codec, objectio, spec
-from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, StoreNotFoundError, describe
-from .groups import codec_names, read_group_layout, read_root_doc, root_meta_from_doc
+from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
+from .groups import codec_names, no_store, read_group_layout, read_root_doc, root_meta_from_doc
 from .heldout import heldout_nll, stats_mismatch
 from .layout import contiguous_runs
 from .localcache import cached_store
@@ -39,9 +39,7 @@ class StoreReader:
         self._zstore = open_zarr_store(self.url, read_only=True, storage_options=storage_options)
         doc = retry_call(lambda: read_root_doc(self._zstore), what="reading the root metadata", url=self.url)
         if doc is None:
-            raise StoreNotFoundError(
-                f"no ddk store at {self.url} (no root zarr.json); check the URL, or create one with `ddk-teacher dump`"
-            )
+            raise no_store(self._zstore, self.url)
         self.meta: StoreMeta = root_meta_from_doc(doc, self.url)
         # remote stores only: chunks read through a local disk cache keyed by this root document (localcache.py)
         self._zstore = cached_store(self._zstore, self.url, doc, cache_dir, max_bytes=cache_max_bytes)

@@ -24,6 +24,8 @@ GROUP_ATTR = "ddk_group"
 ALLOWED_CODECS = frozenset({"bytes", "blosc", "crc32c", "sharding_indexed"})
 #: Root attribute holding a random token of the process that created the store (detects two creators racing).
 CLAIM_ATTR = "ddk_claim"
+#: Group of stage 1's packed rows (docs/store-format.md, section 8); it may exist before the root document does.
+PACK_PREFIX = "_pack"
 
 STATUS_WRITING = "writing"
 STATUS_COMPLETE = "complete"

@@ -21,7 +21,7 @@ from .difference import identity_difference
 from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
 from .crc import crc32_combine, crc32_of
-from .groups import read_group_layout, read_root_doc, root_claim, root_meta_from_doc
+from .groups import no_store, read_group_layout, read_root_doc, root_claim, root_meta_from_doc
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
@@ -149,9 +149,7 @@ class StoreWriter:
         store = open_zarr_store(url, read_only=False, storage_options=storage_options)
         doc = retry_call(lambda: read_root_doc(store), what="reading the root metadata", url=url)
         if doc is None:
-            from .errors import StoreNotFoundError
-
-            raise StoreNotFoundError(f"no ddk store at {url}")
+            raise no_store(store, url)
         existing = root_meta_from_doc(doc, url)
         root = retry_call(lambda: zarr.open_group(store, mode="r+"), what="opening the root group", url=url)
         return cls(url, store, root, existing, resumed=True)

@@ -155,3 +155,21 @@ def test_held_out_tokens_beyond_the_held_out_rows_are_named(tiny_teacher, tmp_pa
     n = int(unused[0].split(" hold ")[1].split(" tokens")[0].replace(",", ""))
     assert held_doc - SEQ_LEN <= n <= held_doc + 2 - SEQ_LEN  # the document (with BOS/EOS) less the one row used
     assert packed.domains["long"]["heldout_rows"] == 1 and packed.domains["long"]["train_rows"] >= 1
+
+
+def test_a_location_with_packed_rows_only_is_named_so_by_every_store_command(tiny_teacher, corpora_yaml, tmp_path):
+    from click.testing import CliRunner
+
+    from ddk_store.cli import main as store_cli
+
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
+    url = str(tmp_path / "s")
+    with DocTokenizer(tok, workers=1) as coder:
+        pack_corpora(url, corpora, coder, **kw)
+    want = f"{url} holds only packed rows (`ddk-teacher pack`), not a scored store yet: run `ddk-teacher dump` " \
+           f"with the same settings and --store {url}"
+    for command in ("info", "finalize", "repair", "verify"):
+        res = CliRunner().invoke(store_cli, [command, url])
+        assert res.exit_code != 0 and want in res.output, (command, res.output)
+        assert "--overwrite" not in res.output, (command, res.output)  # which would throw the packed rows away
+    assert PackedRows(url, read_only=True).read_state() is not None  # and nothing was touched
