@@ -32,6 +32,8 @@ from .config import Stage1Config
 #: torchrun's environment: the global rank, the number of ranks, the rank on this host.
 RANK_ENV, WORLD_ENV, LOCAL_RANK_ENV = "RANK", "WORLD_SIZE", "LOCAL_RANK"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
+#: Set for a dump whose store another process finalizes (the --devices parent, torchrun's rank 0): who, in words.
+FINALIZER_ENV = "DDK_STAGE1_FINALIZER"
 #: How often rank 0 looks whether the other ranks' units are all written (torchrun).
 POLL_S = 5.0
 
@@ -107,6 +109,8 @@ def run_rank(cfg: Stage1Config, rank: int, world: int, local: int, run_one: Call
             [str(x) for x in range(local * per, (local + 1) * per)]
         os.environ[VISIBLE_ENV] = ",".join(mine)
     shard = compose_shard((cfg.shard_index, cfg.shard_count), rank, world)
+    if cfg.shard_count == 1:
+        os.environ[FINALIZER_ENV] = "rank 0"
     run_one(dataclasses.replace(cfg, shard=f"{shard[0]}/{shard[1]}"))
     if rank == 0 and cfg.shard_count == 1:
         finalize_when_written(cfg, _echo)
@@ -173,7 +177,7 @@ def launch(cfg: Stage1Config, echo: Callable[[str], None] = _echo) -> None:
     try:
         for d, gpus in enumerate(groups):
             shard = compose_shard((cfg.shard_index, cfg.shard_count), d, cfg.devices)
-            children.append(_Child(d, gpus, shard, text, cfg.devices))
+            children.append(_Child(d, gpus, shard, text, cfg.devices, cfg.shard_count))
         echo(f"--devices {cfg.devices}: {len(children)} {where} process(es) scoring shards "
              + ", ".join(c.shard for c in children))
         failed = _wait_all(children)
@@ -218,10 +222,14 @@ def _wait_all(children: list[_Child]) -> _Child | None:
 class _Child:
     """One device's `ddk-teacher dump` process and the thread forwarding its output."""
 
-    def __init__(self, index: int, gpus: str | None, shard: tuple[int, int], settings_yaml: str, n: int) -> None:
+    def __init__(self, index: int, gpus: str | None, shard: tuple[int, int], settings_yaml: str, n: int,
+                 shard_count: int) -> None:
+        """``shard_count``: the host's --shard count (1: the parent finalizes the store once the children end)."""
         self.index, self.gpus = index, gpus
         self.shard = f"{shard[0]}/{shard[1]}"
         env = dict(os.environ)
+        if shard_count == 1:
+            env[FINALIZER_ENV] = f"the --devices {n} process"
         if gpus is not None:
             env[VISIBLE_ENV] = gpus
         elif "OMP_NUM_THREADS" not in env:  # CPU processes share the cores instead of oversubscribing them

@@ -8,6 +8,7 @@ store), scoring.py (teacher reading packed rows, and writer thread).
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +30,7 @@ from .backends import BackendOptions, backend_class, resolve_backend, resolve_dt
 from .config import Stage1Config
 from .corpus import check_dataset_source
 from .corpus import DomainSource
+from .devices import FINALIZER_ENV
 from .pack import files_problem, load_corpora_for, pack_phase, pack_settings
 from .plan import RESUME_FLAGS
 from .scoring import score_units
@@ -159,7 +161,9 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     else:
         summary.status = "shard-done"
         left = len(writer.pending_units())
+        finalizer = os.environ.get(FINALIZER_ENV)
         echo(f"shard {cfg.shard} done; " + (f"{left} unit(s) of other shards still pending" if left else
+                                           f"all units written; {finalizer} finalizes the store" if finalizer else
                                            f"all units written: run `ddk-store finalize {cfg.store}`"))
     summary.seconds = time.perf_counter() - t0
     print_summary(summary, echo)

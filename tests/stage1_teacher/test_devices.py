@@ -40,6 +40,8 @@ def test_devices_2_equals_the_single_process_store(reference_store, tiny_teacher
     res = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, "--devices", "2"))
     assert res.code == 0, res.output[-3000:]
     assert "[device 0]" in res.output and "[device 1]" in res.output and "finalized" in res.output
+    assert "ddk-store finalize" not in res.output  # the parent finalizes: no device tells the user to
+    assert "all units written; the --devices 2 process finalizes the store" in res.output
     assert_same_store(store, reference_store)
 
 
@@ -54,6 +56,7 @@ def test_torchrun_ranks_equal_the_single_process_store(reference_store, tiny_tea
             errs.append(p.communicate(timeout=600)[1])
             assert p.returncode == 0, errs[-1][-3000:]
     assert "finalized" in errs[0] and "finalized" not in errs[1]
+    assert not any("ddk-store finalize" in e for e in errs)  # rank 0 finalizes
     assert_same_store(store, reference_store)
 
 
