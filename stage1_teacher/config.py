@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +122,7 @@ def problems(cfg: Stage1Config) -> list[str]:
     if cfg.backend == "hf" and cfg.batch_tokens < cfg.seq_len and cfg.seq_len >= 2:  # the only backend that reads it
         p.append(f"--batch-tokens ({cfg.batch_tokens}) must be >= --seq-len ({cfg.seq_len}): a batch holds whole rows")
     parts = cfg.shard.split("/")
-    if len(parts) != 2 or not all(x.isdigit() for x in parts) or not int(parts[0]) < int(parts[1]):
+    if not re.fullmatch(r"(0|[1-9][0-9]*)/[1-9][0-9]*", cfg.shard) or not int(parts[0]) < int(parts[1]):
         p.append(f"--shard must be I/N with 0 <= I < N (e.g. 0/2), got {cfg.shard!r}")
     if cfg.overwrite and len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > 1:
         p.append("--overwrite cannot be combined with --shard I/N for N > 1 (each shard would wipe the others' "

@@ -148,6 +148,9 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: boo
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
                           f"or {sorted(_DATASET_KEYS)} for a datasets source)")
     fmt = spec.get("format")
+    if fmt is None:
+        raise ConfigError(f"{where}: field 'format' is missing; give one of {', '.join(FORMATS)} (lines: a document "
+                          f"per line; files: a document per file)")
     if fmt not in FORMATS:
         raise ConfigError(f"{where}: field 'format' must be one of {', '.join(FORMATS)}, got {fmt!r}")
     patterns = _patterns(spec.get("paths"), "paths", where)

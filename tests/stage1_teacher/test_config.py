@@ -101,3 +101,10 @@ def test_cli_reports_config_errors_on_one_line_with_exit_2(tmp_path):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "nonsense_key" in lines[0]
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("shard", ["00/3", "1/03", "\uff11/3", " 1/3", "1/3/4", "3/3", "0/0", "-1/3"])
+def test_shard_is_plain_ascii_digits_without_leading_zeros(shard):
+    with pytest.raises(ConfigError, match="--shard must be I/N"):
+        Stage1Config(**REQ, shard=shard)
+    assert Stage1Config(**REQ, shard="10/12").shard_index == 10

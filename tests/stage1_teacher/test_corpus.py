@@ -71,6 +71,7 @@ domains:
   noglob: {paths: ["nothing/*.py"], format: files}
   nofield: {paths: [missing.jsonl], format: jsonl}
   badfmt: {paths: [a.txt], format: csv}
+  noformat: {paths: [a.txt]}
   extra: {paths: [a.txt], format: lines, encoding: latin1}
 """)
     with pytest.raises(ConfigError) as e:
@@ -81,6 +82,7 @@ domains:
     assert "domain 'noglob': path 'nothing/*.py'" in msg and "matches no file" in msg
     assert "domain 'nofield': format jsonl needs field 'text_field'" in msg
     assert "domain 'badfmt': field 'format' must be one of" in msg
+    assert "domain 'noformat': field 'format' is missing; give one of lines, files, jsonl, parquet" in msg
     assert "domain 'extra': unknown key(s) ['encoding']" in msg
 
 
