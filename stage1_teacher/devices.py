@@ -111,7 +111,10 @@ def run_rank(cfg: Stage1Config, rank: int, world: int, local: int, run_one: Call
     shard = compose_shard((cfg.shard_index, cfg.shard_count), rank, world)
     if cfg.shard_count == 1:
         os.environ[FINALIZER_ENV] = "rank 0"
-    run_one(dataclasses.replace(cfg, shard=f"{shard[0]}/{shard[1]}"))
+    try:
+        run_one(dataclasses.replace(cfg, shard=f"{shard[0]}/{shard[1]}"))
+    finally:
+        os.environ.pop(FINALIZER_ENV, None)  # this rank's dump only
     if rank == 0 and cfg.shard_count == 1:
         finalize_when_written(cfg, _echo)
 

@@ -9,8 +9,9 @@ Layout of ``OUT/checkpoints/step-00000120/``:
                          (step, ratios, weights: what the repeats warning reads), resolved config
   rng-rank{R}.safetensors  torch CPU (and CUDA) generator states of rank R
 A run trained with ``--fsdp`` has no ``model.safetensors``/``optimizer.safetensors`` but one
-``model-rank{R}.safetensors`` and ``optimizer-rank{R}.safetensors`` per rank: each rank's shards (FSDP2 shards every parameter along dim 0, so the ranks'
-model shards concatenated in rank order are the full tensors; :func:`load_weights` does that for ``eval``).
+``model-rank{R}.safetensors`` and ``optimizer-rank{R}.safetensors`` per rank: each rank's shards (FSDP2 shards every
+parameter along dim 0, so the ranks' model shards concatenated in rank order are the full tensors;
+:func:`load_weights` does that for ``eval``).
 
 The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete (the commit point), so a kill at any
 moment leaves either the previous checkpoints or a new complete one; ``*.tmp`` leftovers are ignored and cleaned up.
@@ -114,9 +115,9 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
             keys = sorted(keys)
             return f"{len(keys)}" + (f" ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})" if keys else "")
         raise StudentError(f"checkpoint {path}: its weights do not fit the model built from the run's --student "
-                           f"(missing {some(missing)}, unexpected {some(unexpected)}): that student directory "
-                           f"changed after the run started (cut again with other --layers?); restore it, or train "
-                           f"a new run from it")
+                           f"(missing {some(missing)}, unexpected {some(unexpected)}): that student changed after "
+                           f"the run started (e.g. cut again with other --layers); restore it, or train a new run "
+                           f"from it")
 
 
 def _tied_to(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:
@@ -180,8 +181,13 @@ def save_optimizer(sd: dict[str, Any], path: Path) -> None:
                 tensors[f"state.{i}.{k}"] = v.contiguous()
             else:
                 values.setdefault(str(i), {})[k] = v
+    def plain(v: Any) -> Any:  # a one-element tensor hyperparameter (a tensor lr, say) as its number
+        if torch.is_tensor(v) and v.numel() == 1:
+            return v.item()
+        raise TypeError(f"optimizer state value {v!r} is neither a tensor of a parameter's state nor a number")
+
     save_file(tensors, str(path), metadata={"format": _OPTIMIZER_FORMAT, "param_groups": json.dumps(
-        sd["param_groups"]), "values": json.dumps(values)})
+        sd["param_groups"], default=plain), "values": json.dumps(values, default=plain)})
 
 
 def load_optimizer(ckpt: Path, stem: str) -> dict[str, Any]:
@@ -190,10 +196,15 @@ def load_optimizer(ckpt: Path, stem: str) -> dict[str, Any]:
     path = ckpt / f"{stem}.safetensors"
     if not path.is_file() and (ckpt / f"{stem}.pt").is_file():
         return torch.load(ckpt / f"{stem}.pt", weights_only=True, map_location="cpu")
+    if not path.is_file():
+        raise StudentError(f"checkpoint {ckpt}: no {path.name}; the checkpoint is damaged: remove it to resume from "
+                           f"the one before, or start afresh with --overwrite")
     with safe_open(str(path), "pt") as f:
         meta = f.metadata() or {}
         if meta.get("format") != _OPTIMIZER_FORMAT:
-            raise ValueError(f"{path}: not an optimizer state of this ddk (format {meta.get('format')!r})")
+            raise StudentError(f"{path}: not an optimizer state written by ddk (format {meta.get('format')!r}); "
+                               f"remove the checkpoint to resume from the one before, or start afresh with "
+                               f"--overwrite")
         state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in json.loads(meta["values"]).items()}
         for key in f.keys():
             _, i, k = key.split(".", 2)

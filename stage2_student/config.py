@@ -110,7 +110,8 @@ class Stage2Config:
                              "out/tensorboard/ (tensorboard); metrics.jsonl stays the record.", choices=REPORT_TO)
     resume: bool = setting(False, "Continue the run in --out from its latest checkpoint, with the settings saved in "
                            "its config.yaml (flags typed now override them; a larger --steps extends the run).")
-    overwrite: bool = setting(False, "Delete the run already in --out and start afresh.")
+    overwrite: bool = setting(False, "Replace the run already in --out: its own files are deleted once the new "
+                                     "run has passed its checks (a file of yours there is refused, not deleted).")
 
     def __post_init__(self) -> None:
         settings.check(self, problems, "stage-2 config")

@@ -25,8 +25,6 @@ METRIC_ROW = {"mean": "mean (equal weights)", "natural_mean": "mean (natural wei
               "worst": "worst domain"}
 
 
-
-
 def _pct(new: float, old: float) -> str:
     """``new`` against ``old``: a signed percentage, or a factor (``÷1,250``, ``×12.0``) beyond tenfold."""
     r = new / old
@@ -121,7 +119,8 @@ def _origin(student: Any) -> str:
     gamma = scfg.get("gamma")
     loss = "cross-entropy only (gamma 0)" if gamma == 0 else f"CE + {gamma} KL"
     return (f" (itself a `ddk-student train` run: {final['step']} steps of {loss} on the "
-            f"{scfg.get('mixing', '?')} mixture, which took its mean ratio from {format_ratio(mean[0])} to {format_ratio(mean[1])}; "
+            f"{scfg.get('mixing', '?')} mixture, which took its mean ratio from {format_ratio(mean[0])} to "
+            f"{format_ratio(mean[1])}; "
             f"*before* below is that trained student)")
 
 
@@ -225,7 +224,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
               "|---|---:|---:|---:|---:|---:|"]
     for i, d in enumerate(domains):
         lines.append(f"| {d} | {format_ratio(last['ppl_teacher'][i])} | {format_ratio(first['ppl_student'][i])} | "
-                     f"{format_ratio(last['ppl_student'][i])} | {format_ratio(last['ratio'][i])} | {last['weights'][i]:.4f} |")
+                     f"{format_ratio(last['ppl_student'][i])} | {format_ratio(last['ratio'][i])} | "
+                     f"{last['weights'][i]:.4f} |")
     lines += [
         "",
         f"![domain sampling weights: each evaluation's weights hold until the next]({WEIGHTS_PNG})",

@@ -117,12 +117,13 @@ def check_checkpoint_fits(out: Path, ckpt: Path, *, world: int, fsdp: bool) -> N
         raise ConfigError(f"{at} was written {how} --fsdp; resume it {how} --fsdp")
 
 
-#: What ``train`` and ``report`` write into a run directory beside the files of rundir.py: the final student
-#: (``save_pretrained`` of the model and its tokenizer).
+#: What ``train`` writes into a run directory beside the files of rundir.py: the final student (``save_pretrained``
+#: of the model and its tokenizer, with a --trust-remote-code model's own code) and what a killed write leaves.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
                 "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer*",
-                "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
-                "*.model")
+                "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
+                "chat_template.jinja", "chat_template.json", "*.model", "configuration_*.py", "modeling_*.py",
+                "tokenization_*.py", "config.yaml.tmp", "metrics.tmp")
 
 
 def _run_file(name: str) -> bool:
@@ -133,13 +134,25 @@ def _run_file(name: str) -> bool:
 def is_run_dir(out: Path) -> bool:
     """Whether ``out`` holds a ddk-student run: checkpoints, or a config.yaml that names a store and a student (the
     resolved settings every run writes; a project's own config.yaml does not)."""
-    if (out / CHECKPOINTS_DIR).is_dir():
+    from .checkpoint import latest_checkpoint, read_state
+
+    ckpt = latest_checkpoint(out)
+    if ckpt is not None and read_state(ckpt) is not None:  # a checkpoint of ddk's (step-N/state.json)
         return True
     try:
         saved = read_saved(out)
     except ConfigError:
         return False
     return bool(saved and saved.get("store") and saved.get("student"))
+
+
+def run_finished(out: Path, steps: int) -> bool:
+    """Whether the run in ``out`` has finished ``steps`` steps: its last checkpoint is at that step and its final
+    student is saved."""
+    from .checkpoint import checkpoint_step, latest_checkpoint
+
+    ckpt = latest_checkpoint(out)
+    return ckpt is not None and checkpoint_step(ckpt) == steps and (out / "config.json").is_file()
 
 
 def replace_run(cfg: Stage2Config, *, rank: int = 0) -> None:
@@ -173,6 +186,8 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
                           f"write the run outside it")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if entries and not is_run_dir(out):
+        if cfg.resume:
+            read_saved(out)  # a run's damaged config.yaml says so (and how to restore it)
         raise ConfigError(
             f"--out {out}: directory is not empty and holds no ddk-student run ({', '.join(entries[:5])}...); "
             f"choose a new or empty directory"
@@ -198,7 +213,7 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
         if cfg.steps < checkpoint_step(ckpt):
             raise ConfigError(f"--resume {out}: --steps {cfg.steps} is below the step of its latest checkpoint "
                               f"({checkpoint_step(ckpt)}); give --steps >= {checkpoint_step(ckpt)}")
-        if rank == 0 and checkpoint_step(ckpt) == cfg.steps and (out / "config.json").is_file():
+        if rank == 0 and run_finished(out, cfg.steps):
             echo(f"--resume {out}: the run already finished its {cfg.steps} steps; nothing to train (a larger "
                  f"--steps continues it)")
         elif rank == 0:

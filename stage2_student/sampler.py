@@ -41,7 +41,8 @@ def largest_remainder(weights: Sequence[float], total: int) -> np.ndarray:
     return counts
 
 
-def allocate(weights: Sequence[float], total: int, owed: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def allocate(weights: Sequence[float], total: int,
+             owed: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One interval's rows per domain, carrying each domain's rounding to the next interval.
 
     ``owed[d]`` is what earlier intervals' rounding still owes domain d (target rows minus rows drawn, within about

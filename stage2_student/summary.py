@@ -21,12 +21,13 @@ import math
 import statistics
 from collections.abc import Sequence
 
+
 def format_ratio(x: float) -> str:
     """A ratio or perplexity for a table, a report or an axis: 3 decimals; a thousands-grouped integer from 1,000;
     scientific from a million (the values of an untrained or diverged student, which would be 30 digits long)."""
-    if not math.isfinite(x) or abs(x) >= 1e6:
+    if not math.isfinite(x) or abs(round(x)) >= 1e6:
         return f"{x:.3g}"
-    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3f}"
+    return f"{x:,.0f}" if abs(round(x, 3)) >= 1000 else f"{x:.3f}"
 
 
 #: (key, column label) of every summary metric, in the order tables show them.
@@ -64,4 +65,8 @@ def mean_sd(xs: Sequence[float]) -> tuple[float, float | None]:
 def format_mean_sd(xs: Sequence[float], digits: int = 3) -> str:
     """``1.234 ± 0.056`` over several runs, ``1.234`` for one (the cells of docs/results*.md)."""
     m, sd = mean_sd(xs)
-    return f"{m:.{digits}f}" if sd is None else f"{m:.{digits}f} ± {sd:.{digits}f}"
+
+    def fmt(v: float) -> str:  # 3 digits: as format_ratio (so an untrained student's ratio is not 30 digits long)
+        return format_ratio(v) if digits == 3 else f"{v:.{digits}f}"
+
+    return fmt(m) if sd is None else f"{fmt(m)} ± {fmt(sd)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
 from .loss_step import student_loss
 from .readpool import default_read_workers
 from .repeats import find_repeats
-from .resume import prepare_out_dir, replace_run, resume_command
+from .resume import prepare_out_dir, replace_run, resume_command, run_finished
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
@@ -107,6 +108,8 @@ def train(cfg: Stage2Config) -> Path:
     if B % (world * A):
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
     resuming = prepare_out_dir(cfg, rank=rank, world=world)
+    if resuming and run_finished(out, cfg.steps):
+        return out  # (prepare_out_dir said so) nothing to train, evaluate or save again
     # refuses incomplete stores, unknown versions and encodings
     reader = open_store(cfg.store, storage_options=cfg.storage_options, cache_dir=cfg.cache_dir,
                         cache_max_bytes=cfg.cache_max_bytes)
@@ -136,9 +139,6 @@ def train(cfg: Stage2Config) -> Path:
     torch.manual_seed(cfg.seed)
     model, tokenizer = load_student(cfg.student, reader.meta, store=cfg.store,
                                     trust_remote_code=cfg.trust_remote_code, device=device)
-    replace_run(cfg, rank=rank)  # --overwrite: only now that the store and the student have passed every check
-    if world > 1:
-        dist.barrier()  # rank 0 may have just deleted the old run
     model.train()
     if cfg.activation_checkpointing:
         runtime.enable_activation_checkpointing(model)
@@ -222,12 +222,15 @@ def train(cfg: Stage2Config) -> Path:
         if step % K == 0 and step < cfg.steps and sampler.interval < step // K:
             new_interval(step)  # a finished run extended by --steps: its last boundary was the end of the run
     else:
+        step = 0
+        ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows
+        replace_run(cfg, rank=rank)  # --overwrite: only now that the store and the student have passed every check
+        if world > 1:
+            dist.barrier()  # rank 0 may have just deleted the old run
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             write_config(cfg, out / CONFIG_FILE)
             rundir.start_metrics(out)
-        step = 0
-        ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows
         note_eval(0, ratio)
         factor, weights = rw.initial_weights(cfg.mixing, ratio=ratio, num_rows=num_rows, static=static,
                                              init_mixture=cfg.init_mixture)
@@ -322,7 +325,7 @@ def train(cfg: Stage2Config) -> Path:
         model.save_pretrained(out, state_dict=full)
         tokenizer.save_pretrained(out)
         for path in out.iterdir():  # safetensors files are created owner-only; the team shares the student
-            if path.is_file():
+            if path.is_file() and path.stat().st_uid == os.getuid():  # (a teammate's files are theirs to change)
                 share_permissions(path)
     checkpoint(step)
     writer.wait()  # the last checkpoint is committed before train() returns

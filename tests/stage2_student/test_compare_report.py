@@ -216,8 +216,12 @@ def test_compare_passes_of_runs_on_stores_of_other_sizes_name_no_row_counts(tmp_
 def test_ratios_and_perplexities_are_formatted_to_fit_a_column():
     from stage2_student.summary import format_ratio
 
-    assert [format_ratio(x) for x in (0.5, 2.5, 999.9994, 12345.6, 999_999.0)] == [
-        "0.500", "2.500", "999.999", "12,346", "999,999"]
+    assert [format_ratio(x) for x in (0.5, 2.5, 999.9994, 999.9996, 12345.6, 999_999.0)] == [
+        "0.500", "2.500", "999.999", "1,000", "12,346", "999,999"]
+    from stage2_student.summary import format_mean_sd
+
+    assert format_mean_sd([1.0, 3.0]) == "2.000 ± 1.414"
+    assert format_mean_sd([6e26, 8e26]) == "7e+26 ± 1.41e+26"
     # an untrained or diverged student: scientific, not 30 digits
     assert [format_ratio(x) for x in (615182450129026700426608640.0, 1e6, float("inf"), float("nan"))] == [
         "6.15e+26", "1e+06", "inf", "nan"]
