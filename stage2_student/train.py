@@ -329,6 +329,9 @@ def train(cfg: Stage2Config) -> Path:
                 share_permissions(path)
     checkpoint(step)
     writer.wait()  # the last checkpoint is committed before train() returns
+    if rank == 0 and resuming and (out / rundir.REPORT_FILE).is_file():
+        tqdm.write(f"note: {out / rundir.REPORT_FILE} and its plots show the run before this resume; "
+                   f"`ddk-student report {out}` draws them anew", file=sys.stderr)
     if world > 1:
         dist.barrier()
     return out

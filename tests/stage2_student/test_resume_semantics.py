@@ -118,3 +118,10 @@ def test_resume_where_there_is_no_run_says_it_starts_afresh(tmp_path: Path, stor
     output = train(*train_argv(store_url, student_dir, out, **{**FLAGS, "steps": 3, "resume": True})[1:])
     assert f"--resume {out}: no checkpoint found there; starting a fresh run" in output
     assert [r["step"] for r in records(out) if r["event"] == "final"] == [3]
+
+
+def test_a_run_extended_after_its_report_says_the_report_is_from_before(run: Path) -> None:
+    assert run_cli("ddk-student", ["report", str(run)]).code == 0
+    output = train("--out", str(run), "--resume", "--steps", "8")
+    assert f"note: {run / 'report.md'} and its plots show the run before this resume" in output
+    assert f"`ddk-student report {run}` draws them anew" in output
