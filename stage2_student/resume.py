@@ -24,7 +24,7 @@ from ddk_store.errors import ConfigError
 from ddk_store.storage import local_path
 
 from .config import RUNTIME_ONLY_FIELDS, Stage2Config
-from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_ENTRIES
+from .rundir import CONFIG_FILE, RUN_ENTRIES
 
 _RESTORE = "restore it, or start afresh with --overwrite"
 
