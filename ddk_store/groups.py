@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import zarr
 from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, Crc32cCodec
