@@ -143,9 +143,9 @@ def init_student_from_teacher(
             "pass the directory written by save_pretrained (e.g. the built-in teacher from "
             "`ddk-teacher builtin-teacher`)"
         )
-    if out.resolve() == teacher_dir.resolve() or out.resolve() in teacher_dir.resolve().parents:
+    if teacher_dir.resolve().is_relative_to(out.resolve()):
         raise ConfigError(f"student output {out} is or holds the teacher directory {teacher_dir}; choose another --out")
-    if teacher_dir.resolve() in out.resolve().parents:
+    if out.resolve().is_relative_to(teacher_dir.resolve()):  # (== is refused above)
         raise ConfigError(f"student output {out} is inside the teacher directory {teacher_dir} (a model directory, "
                           f"often shared, that ddk never writes into); choose an --out outside it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -83,7 +83,7 @@ def inputs_inside(cfg: Stage2Config, out: Path) -> list[str]:
     found = []
     for flag, path in (("--student", Path(cfg.student).expanduser() if cfg.student else None),
                        ("--store", local_path(cfg.store) if cfg.store else None)):
-        if path is not None and path.exists() and (path.resolve() == root or root in path.resolve().parents):
+        if path is not None and path.exists() and path.resolve().is_relative_to(root):
             found.append(f"{flag} {path}")
     return found
 
@@ -181,7 +181,7 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: exists and is not a directory")
     store = local_path(cfg.store) if cfg.store else None
-    if store is not None and (store.resolve() == out.resolve() or store.resolve() in out.resolve().parents):
+    if store is not None and out.resolve().is_relative_to(store.resolve()):
         raise ConfigError(f"--out {out} is inside the store {cfg.store} (read-only to training, and often shared); "
                           f"write the run outside it")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
