@@ -187,12 +187,14 @@ def normalize(cls: type, data: Mapping[Any, Any], where: str, *, base_dir: Path 
         if problem := _type_problem(fs[key], out[key]):
             problems.append(problem)
     if unknown:
-        hints = []
+        hints, unguessed = [], False
         for key in unknown:
             guess = difflib.get_close_matches(key.replace("-", "_"), list(fs), n=1, cutoff=0.6)
-            hints.append(f"unknown key {key!r}, did you mean {guess[0]!r}?" if guess
-                         else f"unknown key {key!r} is not a setting (valid keys: {', '.join(fs)})")
-        problems.insert(0, f"unknown key(s) {', '.join(unknown)}: " + "; ".join(hints))
+            hints.append(f"unknown key {key!r} (did you mean {guess[0]!r}?)" if guess else f"unknown key {key!r}")
+            unguessed |= not guess
+        if unguessed:
+            hints[-1] += f" (valid keys: {', '.join(fs)})"
+        problems[:0] = hints
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
     return resolve_paths(cls, out, base_dir) if base_dir is not None else out

@@ -131,7 +131,7 @@ def problems(cfg: Stage1Config) -> list[str]:
         p.append("--tensor-parallel-size > 1 needs --backend vllm (the hf backend runs on one device)")
     if cfg.store:
         try:
-            check_store_url(cfg.store)
+            check_store_url(cfg.store, cfg.storage_options)
         except ConfigError as e:
             p.append(str(e).replace("store URL ", "--store ", 1))
         else:

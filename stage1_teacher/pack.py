@@ -204,7 +204,8 @@ def _write_selection(pack: PackedRows, name: str, sel: Selection, *, save: Calla
     pack.write_ints(name, "heldout_docs", sel.heldout_docs)
     st = {"state": TRAINING, "chunk_rows": chunk_rows, "heldout_rows": int(sel.heldout_rows.shape[0]),
           "heldout_docs": int(sel.heldout_docs.size), "held_tokens": sel.held_tokens, "n_read": sel.n_read,
-          "n_tokens": sel.n_tokens, "n_skipped": sel.n_skipped, "sources": [s.to_dict() for s in sel.sources],
+          "n_tokens": sel.n_tokens, "n_skipped": sel.n_skipped,
+          "skipped_where": list(sel.skipped_where), "sources": [s.to_dict() for s in sel.sources],
           "cursor": Cursor().to_dict()}
     save(st)
     return st
@@ -232,7 +233,8 @@ def _pack_domain(pack: PackedRows, src: DomainSource, coder: DocTokenizer, st: M
     n_tokens = st["n_tokens"] if st["n_tokens"] is not None else st["held_tokens"] + train_tokens
     check_split_size(name, n_tokens, seq_len, heldout_seqs, st["heldout_rows"], train_rows)  # (select checked it)
     save({"state": PACKED, "chunk_rows": chunk_rows, "train_rows": train_rows, "heldout_rows": st["heldout_rows"],
-          "n_documents": st["n_read"], "n_tokens": n_tokens, "n_skipped": st["n_skipped"], "sources": st["sources"]})
+          "n_documents": st["n_read"], "n_tokens": n_tokens, "n_skipped": st["n_skipped"],
+          "skipped_where": st.get("skipped_where", []), "sources": st["sources"]})
 
 
 def load_corpora_for(cfg: Stage1Config) -> tuple[list[DomainSource], bool]:
@@ -293,7 +295,9 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
                               files_complete=files_complete)
     for name, st in packed.domains.items():
         if st["n_skipped"]:
-            echo(f"domain {name}: skipped {st['n_skipped']} document(s) with invalid UTF-8")
+            where = st.get("skipped_where") or []  # (packs from before it was kept have none)
+            echo(f"domain {name}: skipped {st['n_skipped']} document(s) with invalid UTF-8"
+                 + (f" (first: {', '.join(where)})" if where else ""))
     return packed, settings
 
 

@@ -85,6 +85,7 @@ class Selection:
     n_read: int  # documents read: training documents are the others among ordinals [0, n_read)
     n_tokens: int | None  # stream tokens of every document read (known only for a capped domain)
     n_skipped: int
+    skipped_where: tuple[str, ...]  # the first few skipped documents' locations
     sources: tuple[SourceInfo, ...]
 
 
@@ -154,7 +155,7 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
                      held_documents=len(held), train_tokens=train_tokens)
     return Selection(heldout_rows=rows, heldout_docs=np.array([o for o, _ in held], dtype=np.int64),
                      held_tokens=heap.tokens, n_read=n_read, n_tokens=n_tokens if cap_tokens else None,
-                     n_skipped=stats.n_skipped,
+                     n_skipped=stats.n_skipped, skipped_where=tuple(stats.skipped_where),
                      sources=provenance(src, known={**hashes, **coder.hash_files(f for f in src.files
                                                                                  if f not in hashes)}))
 

@@ -203,16 +203,17 @@ def problems(cfg: Stage2Config) -> list[str]:
     if cfg.init_mixture != "natural" and cfg.mixing not in ("ddk", "wo-fs"):
         p.append(f"--init-mixture {cfg.init_mixture} is only used with --mixing ddk or wo-fs (got --mixing "
                  f"{cfg.mixing}, which samples its own mixture from step 0)")
-    p += _where_problems(cfg.store, "--student", cfg.student)
+    p += _where_problems(cfg.store, "--student", cfg.student, cfg.storage_options)
     return p
 
 
-def _where_problems(store: str, model_flag: str, model: str) -> list[str]:
+def _where_problems(store: str, model_flag: str, model: str,
+                    storage_options: dict[str, Any] | None) -> list[str]:
     """The store URL and the model reference (local directory or hub id) of train and eval, checked before use."""
     p = []
     if store:
         try:
-            check_store_url(store)
+            check_store_url(store, storage_options)
         except ConfigError as e:
             p.append(str(e).replace("store URL ", "--store ", 1))
     if model and (problem := model_ref_problem(model_flag, model)):
@@ -249,7 +250,7 @@ def eval_problems(cfg: EvalConfig) -> list[str]:
         p.append(f"--eval-batch-size/--batch-size must be >= 1, got {cfg.eval_batch_size}")
     if cfg.heldout_rows is not None and cfg.heldout_rows < 1:
         p.append(f"--heldout-rows must be >= 1 (omit it for all rows), got {cfg.heldout_rows}")
-    return p + _where_problems(cfg.store, "--model", cfg.model)
+    return p + _where_problems(cfg.store, "--model", cfg.model, cfg.storage_options)
 
 
 def write_config(cfg: Stage2Config, path: str | Path) -> None:

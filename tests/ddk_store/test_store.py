@@ -314,6 +314,22 @@ def test_url_schemes_are_case_insensitive_and_object_keys_are_not_paths():
             check_store_url(bad)
 
 
+def test_storage_options_are_refused_for_a_store_that_is_not_s3():
+    from ddk_store.errors import ConfigError
+    from ddk_store.storage import check_store_url, open_zarr_store
+
+    opts = {"endpoint_url": "http://127.0.0.1:8333", "secret": "s3cr3t"}
+    for url, kind in (("bucket/prefix", "a local path"), ("memory://x", "a memory:// store")):
+        for check in (lambda: check_store_url(url, opts), lambda: open_zarr_store(url, read_only=True,
+                                                                                   storage_options=opts)):
+            with pytest.raises(ConfigError) as e:
+                check()
+            msg = str(e.value)
+            assert f"is {kind}" in msg and "endpoint_url, secret" in msg and "s3cr3t" not in msg, msg
+    assert check_store_url("s3://bucket/prefix", opts) == "s3://bucket/prefix"
+    assert check_store_url("memory://x", {}) == "memory://x"  # no options given: nothing to refuse
+
+
 def test_suggested_commands_keep_the_endpoint_and_never_a_secret():
     from ddk_store.cli import target, unfinished_hint
 

@@ -119,3 +119,19 @@ def test_verify_finds_damaged_packed_rows_of_a_finished_store_and_repair_deletes
     assert code == 0, out
     code, err = run_cli("ddk-teacher", dump)  # the finished store needs no packed rows
     assert code == 0 and "nothing to do" in err, err
+
+
+def test_documents_skipped_for_invalid_utf8_are_located_in_the_note_on_every_run(tiny_teacher, corpus, tmp_path):
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus.parent, copy)
+    with open(copy / "scripture.txt", "ab") as f:
+        f.write(b"a line that is not \xff UTF-8\n")
+    (copy / "python" / "mod_0003.py").write_bytes(b"def f():\n    return '\xfe'\n")
+    store = tmp_path / "s"
+    for attempt in ("packs", "finds it packed"):
+        code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, copy / corpus.name, store))
+        assert code == 0, err
+        lines = [x for x in err.splitlines() if "invalid UTF-8" in x]
+        assert f"domain scripture: skipped 1 document(s) with invalid UTF-8 (first: {copy}/scripture.txt:61)" \
+            in lines and f"domain python: skipped 1 document(s) with invalid UTF-8 (first: " \
+            f"{copy}/python/mod_0003.py)" in lines, (attempt, err)

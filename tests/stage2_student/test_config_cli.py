@@ -65,7 +65,7 @@ def test_yaml_precedence_and_unknown_keys(tmp_path):
     assert (cfg.steps, cfg.alpha, cfg.lr, cfg.gamma) == (70, 0.3, 3e-4, 0.2)  # flag > YAML > default
     y.write_text("store: s\nstudent: m\nout: o\nbatchsize: 3\n")
     res = CliRunner().invoke(cli, ["train", "--config", str(y)])
-    assert res.exit_code == 2 and "unknown key(s) batchsize" in res.output
+    assert res.exit_code == 2 and "unknown key 'batchsize' (did you mean 'batch_size'?)" in res.output
 
 
 def _err(args: list[str]) -> str:
