@@ -11,6 +11,7 @@ from ddk_store import open_store, spec
 from ddk_testkit.commands import dump_argv, train_args
 from ddk_testkit.models import build_tiny_student
 from ddk_testkit.processes import run_cli
+from ddk_testkit.snapshots import store_differences, store_snapshot
 
 SAMPLED = ["--encoding", "topk-sampled", "--samples", "6", "--sampling-seed", "7", "--max-rows-per-domain", "3"]
 
@@ -34,6 +35,9 @@ def test_sampled_dump_is_deterministic_verifies_and_trains(tiny_teacher, corpora
     files = data_files(a)
     assert any("topk_logprobs" in k for k in files)
     assert data_files(b) == files and data_files(c) == files  # rerun and shards: the same bytes
+    snap = store_snapshot(str(a))  # ... and the same metadata (settings, sampling, statistics), creation time aside
+    for other in (b, c):
+        assert store_differences(snap, store_snapshot(str(other))) == [], other
 
     r = open_store(str(a))
     assert r.meta.encoding == spec.ENC_SAMPLED and r.meta.sampling.to_dict() == {"samples": 6, "seed": 7}
