@@ -16,6 +16,7 @@ from .encodings import get_encoding
 from .errors import StoreFormatError, StoreNotFoundError, describe
 from .meta import StoreMeta
 from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_doc_key
+from .storage import options_without_s3
 
 __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_meta_from_doc", "root_claim",
            "read_group_layout"]
@@ -43,9 +44,10 @@ def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any
     return out
 
 
-def no_store(store: Store, url: str) -> StoreNotFoundError:
+def no_store(store: Store, url: str, storage_options: Mapping[str, Any] | None = None) -> StoreNotFoundError:
     """The error for a location without a root document: one that holds only stage 1's packed rows (`ddk-teacher
-    pack`, or a dump stopped before scoring) is said to be one, with what finishes it."""
+    pack`, or a dump stopped before scoring) is said to be one, with what finishes it; storage options given for a
+    local location are named (a location written without s3://)."""
     try:
         packed = sync(store.exists(f"{spec.PACK_PREFIX}/zarr.json"))
     except (FileNotFoundError, OSError):
@@ -53,8 +55,9 @@ def no_store(store: Store, url: str) -> StoreNotFoundError:
     if packed:
         return StoreNotFoundError(f"{url} holds only packed rows (`ddk-teacher pack`), not a scored store yet: run "
                                   f"`ddk-teacher dump` with the same settings and --store {url} to score them")
-    return StoreNotFoundError(f"no ddk store at {url} (no root zarr.json); check the URL, or create one with "
-                              f"`ddk-teacher dump`")
+    hint = options_without_s3(url, storage_options)
+    return StoreNotFoundError(f"no ddk store at {url} (no root zarr.json); check the URL"
+                              + (f" ({hint})" if hint else "") + ", or create one with `ddk-teacher dump`")
 
 
 def read_root_doc(store: Store, where: str | None = None) -> Mapping[str, Any] | None:

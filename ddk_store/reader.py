@@ -39,7 +39,7 @@ class StoreReader:
         self._zstore = open_zarr_store(self.url, read_only=True, storage_options=storage_options)
         doc = retry_call(lambda: read_root_doc(self._zstore), what="reading the root metadata", url=self.url)
         if doc is None:
-            raise no_store(self._zstore, self.url)
+            raise no_store(self._zstore, self.url, storage_options)
         self.meta: StoreMeta = root_meta_from_doc(doc, self.url)
         # remote stores only: chunks read through a local disk cache keyed by this root document (localcache.py)
         self._zstore = cached_store(self._zstore, self.url, doc, cache_dir, max_bytes=cache_max_bytes)

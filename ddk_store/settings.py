@@ -187,13 +187,13 @@ def normalize(cls: type, data: Mapping[Any, Any], where: str, *, base_dir: Path 
         if problem := _type_problem(fs[key], out[key]):
             problems.append(problem)
     if unknown:
-        hints, unguessed = [], False
+        hints, unguessed = [], None
         for key in unknown:
             guess = difflib.get_close_matches(key.replace("-", "_"), list(fs), n=1, cutoff=0.6)
             hints.append(f"unknown key {key!r} (did you mean {guess[0]!r}?)" if guess else f"unknown key {key!r}")
-            unguessed |= not guess
-        if unguessed:
-            hints[-1] += f" (valid keys: {', '.join(fs)})"
+            unguessed = unguessed if guess else len(hints) - 1
+        if unguessed is not None:  # the valid keys once, after the last key without a guess
+            hints[unguessed] += f" (valid keys: {', '.join(fs)})"
         problems[:0] = hints
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))

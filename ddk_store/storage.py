@@ -59,25 +59,19 @@ def local_path(url: str) -> Path | None:
     return Path(parsed.path)
 
 
-def check_store_url(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None) -> str:
+def check_store_url(url: str | os.PathLike[str]) -> str:
     """Check a store URL without opening it (cheap: run it before any model loads); return it.
 
     Only the URL's form is checked, plus, for a local path, that it is not a file.
 
     Raises:
         ConfigError: empty, unsupported scheme, a lost '/', memory:// without a name, s3:// without a prefix,
-            a file:// URL without an absolute path, a local path that is a file, or storage options given for
-            a store that is not s3://.
+            a file:// URL without an absolute path, or a local path that is a file.
     """
     url = normalize_url(url)
     scheme = url_scheme(url)
     if scheme not in _SCHEMES:
         raise ConfigError(f"store URL {url!r}: unsupported scheme {scheme!r}; use a path, file://, memory:// or s3://")
-    if scheme != "s3" and storage_options:
-        # Most likely an object-store location written without its scheme: it would become a local folder.
-        raise ConfigError(f"store URL {url!r} is a {'local path' if scheme == 'file' else 'memory:// store'}, and "
-                          f"storage options ({', '.join(map(str, dict(storage_options)))}) apply to s3:// stores only: "
-                          "write an object store's location as s3://bucket/prefix, or drop --storage-option")
     if scheme == "file":
         m = _LOST_SLASH.match(url)
         if m:
@@ -128,9 +122,22 @@ def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, A
     return opts
 
 
+def options_without_s3(url: str, storage_options: Mapping[str, Any] | None) -> str | None:
+    """Storage options given for a store that is not s3:// (they apply to s3:// only): what to say, or None.
+
+    Most likely an object-store location written without its scheme. A command that creates a store refuses it (the
+    location would become a local folder); a reader only adds it to its "no store there" error, since a run's saved
+    settings may carry an S3 run's options to a local copy of its store. Names the option keys, never their values.
+    """
+    if not storage_options or url_scheme(normalize_url(url)) == "s3":
+        return None
+    return (f"storage options ({', '.join(map(str, dict(storage_options)))}) were given, which apply to s3:// "
+            f"stores only: an object store's location is written s3://bucket/prefix")
+
+
 def open_zarr_store(url: str, *, read_only: bool, storage_options: Mapping[str, Any] | None = None) -> Store:
     """Return a zarr Store rooted at the store's own prefix."""
-    url = check_store_url(url, storage_options)
+    url = check_store_url(url)  # (storage options apply to s3:// only: see options_without_s3)
     scheme = url_scheme(url)
     if scheme == "file":
         path = local_path(url)

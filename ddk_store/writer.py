@@ -149,7 +149,7 @@ class StoreWriter:
         store = open_zarr_store(url, read_only=False, storage_options=storage_options)
         doc = retry_call(lambda: read_root_doc(store), what="reading the root metadata", url=url)
         if doc is None:
-            raise no_store(store, url)
+            raise no_store(store, url, storage_options)
         existing = root_meta_from_doc(doc, url)
         root = retry_call(lambda: zarr.open_group(store, mode="r+"), what="opening the root group", url=url)
         return cls(url, store, root, existing, resumed=True)

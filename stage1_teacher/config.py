@@ -15,7 +15,7 @@ from typing import Any
 from ddk_store import settings, spec
 from ddk_store.errors import ConfigError
 from ddk_store.settings import MODEL, PATH, setting
-from ddk_store.storage import check_store_url, undeletable_reason
+from ddk_store.storage import check_store_url, options_without_s3, undeletable_reason
 from ddk_store.yamlio import UniqueKeyLoader  # noqa: F401 (re-exported: the loader every --config goes through)
 
 BACKENDS = ("auto", "vllm", "hf")
@@ -62,7 +62,9 @@ class Stage1Config:
                                choices=ON_BAD_UTF8)
     teacher_revision: str = setting("", "Hub revision of a hub-id teacher (branch, tag or commit; '' = main).")
     trust_remote_code: bool = setting(False, "Allow custom model code from the teacher repository (off: safer).")
-    storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
+    storage_options: dict[str, Any] | None = setting(
+        None, settings.STORAGE_OPTION_HELP + " Refused with a --store that is not s3:// (it would become a local folder).",
+        flag="--storage-option")
     progress: bool = setting(True, "Show a progress bar on stderr.")
     workers: int = setting(CORES, "Processes that tokenize the corpora (default: this machine's cores); the store "
                            "is the same for any number.")
@@ -131,10 +133,12 @@ def problems(cfg: Stage1Config) -> list[str]:
         p.append("--tensor-parallel-size > 1 needs --backend vllm (the hf backend runs on one device)")
     if cfg.store:
         try:
-            check_store_url(cfg.store, cfg.storage_options)
+            check_store_url(cfg.store)
         except ConfigError as e:
             p.append(str(e).replace("store URL ", "--store ", 1))
         else:
+            if hint := options_without_s3(cfg.store, cfg.storage_options):  # (the dump would create a local folder)
+                p.append(f"--store {cfg.store!r} is not an s3:// location, but {hint}; or drop the storage options")
             why = undeletable_reason(cfg.store) if cfg.overwrite else None
             if why:
                 p.append(f"--store with --overwrite: {why}")

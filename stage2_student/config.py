@@ -34,6 +34,11 @@ RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_
                                  "cache_dir", "cache_max_gib"})
 
 
+#: Readers ignore storage options on a store that is not s3:// (a run's saved settings may carry an S3 run's options
+#: to a local copy of its store).
+_READ_OPTION_HELP = (settings.STORAGE_OPTION_HELP
+                     + " Ignored for a store that is not s3:// (named if no store is found there).")
+
 @dataclass(frozen=True)
 class Stage2Config:
     """Resolved settings of one stage-2 run (saved as ``config.yaml`` in the output dir)."""
@@ -104,7 +109,7 @@ class Stage2Config:
     keep_checkpoints: int = setting(2, "Resumable checkpoints to keep in out/checkpoints/.")
     log_every: int = setting(1, "Write a 'step' line to metrics.jsonl every N steps.")
     trust_remote_code: bool = setting(False, "Allow the student's own modelling code from its repo (off: safer).")
-    storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
+    storage_options: dict[str, Any] | None = setting(None, _READ_OPTION_HELP, flag="--storage-option")
     progress: bool = setting(True, "Show a progress bar on stderr.")
     report_to: str = setting("none", "Also write every metrics.jsonl record as TensorBoard scalars into "
                              "out/tensorboard/ (tensorboard); metrics.jsonl stays the record.", choices=REPORT_TO)
@@ -203,17 +208,16 @@ def problems(cfg: Stage2Config) -> list[str]:
     if cfg.init_mixture != "natural" and cfg.mixing not in ("ddk", "wo-fs"):
         p.append(f"--init-mixture {cfg.init_mixture} is only used with --mixing ddk or wo-fs (got --mixing "
                  f"{cfg.mixing}, which samples its own mixture from step 0)")
-    p += _where_problems(cfg.store, "--student", cfg.student, cfg.storage_options)
+    p += _where_problems(cfg.store, "--student", cfg.student)
     return p
 
 
-def _where_problems(store: str, model_flag: str, model: str,
-                    storage_options: dict[str, Any] | None) -> list[str]:
+def _where_problems(store: str, model_flag: str, model: str) -> list[str]:
     """The store URL and the model reference (local directory or hub id) of train and eval, checked before use."""
     p = []
     if store:
         try:
-            check_store_url(store, storage_options)
+            check_store_url(store)
         except ConfigError as e:
             p.append(str(e).replace("store URL ", "--store ", 1))
     if model and (problem := model_ref_problem(model_flag, model)):
@@ -236,7 +240,7 @@ class EvalConfig:
     heldout_rows: int | None = setting(None, "Use at most this many held-out rows per domain (default: all).")
     device: str = setting("auto", "auto (cuda if available), cpu or cuda.", choices=DEVICES)
     trust_remote_code: bool = setting(False, "Allow the model's own modelling code from its repo (off: safer).")
-    storage_options: dict[str, Any] | None = setting(None, settings.STORAGE_OPTION_HELP, flag="--storage-option")
+    storage_options: dict[str, Any] | None = setting(None, _READ_OPTION_HELP, flag="--storage-option")
     progress: bool = setting(True, "Show the model loading bars on stderr.")
 
     def __post_init__(self) -> None:
@@ -250,7 +254,7 @@ def eval_problems(cfg: EvalConfig) -> list[str]:
         p.append(f"--eval-batch-size/--batch-size must be >= 1, got {cfg.eval_batch_size}")
     if cfg.heldout_rows is not None and cfg.heldout_rows < 1:
         p.append(f"--heldout-rows must be >= 1 (omit it for all rows), got {cfg.heldout_rows}")
-    return p + _where_problems(cfg.store, "--model", cfg.model, cfg.storage_options)
+    return p + _where_problems(cfg.store, "--model", cfg.model)
 
 
 def write_config(cfg: Stage2Config, path: str | Path) -> None:

@@ -314,20 +314,26 @@ def test_url_schemes_are_case_insensitive_and_object_keys_are_not_paths():
             check_store_url(bad)
 
 
-def test_storage_options_are_refused_for_a_store_that_is_not_s3():
-    from ddk_store.errors import ConfigError
-    from ddk_store.storage import check_store_url, open_zarr_store
+def test_storage_options_for_a_store_that_is_not_s3_are_named_where_no_store_is_found(tmp_path):
+    from ddk_store.errors import StoreNotFoundError
+    from ddk_store.storage import open_zarr_store, options_without_s3
 
     opts = {"endpoint_url": "http://127.0.0.1:8333", "secret": "s3cr3t"}
-    for url, kind in (("bucket/prefix", "a local path"), ("memory://x", "a memory:// store")):
-        for check in (lambda: check_store_url(url, opts), lambda: open_zarr_store(url, read_only=True,
-                                                                                   storage_options=opts)):
-            with pytest.raises(ConfigError) as e:
-                check()
-            msg = str(e.value)
-            assert f"is {kind}" in msg and "endpoint_url, secret" in msg and "s3cr3t" not in msg, msg
-    assert check_store_url("s3://bucket/prefix", opts) == "s3://bucket/prefix"
-    assert check_store_url("memory://x", {}) == "memory://x"  # no options given: nothing to refuse
+    for url in ("bucket/prefix", "memory://x"):
+        hint = options_without_s3(url, opts)
+        assert hint is not None and "(endpoint_url, secret)" in hint and "s3cr3t" not in hint, hint
+    assert options_without_s3("s3://bucket/prefix", opts) is None and options_without_s3("memory://x", {}) is None
+    # A reader ignores them on a local store (a run's saved settings may carry an S3 run's options to a local copy)...
+    url = str(tmp_path / "store")
+    make_tiny_store(url)
+    assert open_store(url, storage_options=opts).domains
+    assert open_zarr_store(url, read_only=True, storage_options=opts) is not None
+    # ... and names them when there is no store there: most likely an s3:// location written without its scheme.
+    with pytest.raises(StoreNotFoundError) as e:
+        open_store(str(tmp_path / "bucket" / "prefix"), storage_options=opts)
+    msg = str(e.value)
+    assert "no ddk store at" in msg and "storage options (endpoint_url, secret) were given" in msg, msg
+    assert "s3cr3t" not in msg
 
 
 def test_suggested_commands_keep_the_endpoint_and_never_a_secret():

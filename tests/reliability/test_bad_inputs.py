@@ -60,3 +60,5 @@ def test_docs_table_lists_every_case() -> None:
     assert sorted(documented) == sorted(c.id for c in CASES), (
         "docs/reliability_bad_inputs.md is stale: run `python bench/chaos/bad_inputs_table.py > "
         "docs/reliability_bad_inputs.md`")
+    summary = (DOC.parent / "reliability.md").read_text(encoding="utf-8")
+    assert f"| {len(CASES)} bad inputs across the three CLIs |" in summary and f"all {len(CASES)}:" in summary

@@ -129,7 +129,7 @@ def plant_codec(store: Path, codec: dict[str, Any], marker: Path) -> None:
 
 
 @pytest.fixture
-def unpickling_codecs():
+def unpickling_codecs(monkeypatch):
     """Register a codec that unpickles its chunks under every planted name, as a zarr install with such a codec
     (a plugin, a future numcodecs) would: without it plain zarr refuses the names as unknown, and the test below could
     not fail. Removed afterwards."""
@@ -163,14 +163,9 @@ def unpickling_codecs():
         return Unpickle
 
     registries = vars(zarr.registry)["__codec_registries"]
-    names = [c["name"] for c in MALICIOUS_CODECS.values()]
-    before = {n: registries[n] for n in names if n in registries}
-    for name in names:
+    for name in (c["name"] for c in MALICIOUS_CODECS.values()):
+        monkeypatch.setitem(registries, name, zarr.registry.Registry())  # (restored as it was afterwards)
         zarr.registry.register_codec(name, unpickling(name))
-    yield
-    for name in names:
-        registries.pop(name, None)
-    registries.update(before)
 
 
 @pytest.mark.parametrize("codec", MALICIOUS_CODECS.values(), ids=MALICIOUS_CODECS.keys())
@@ -191,8 +186,8 @@ def test_planted_codec_never_runs_code(ws: Workspace, tmp_path: Path, codec: dic
         pass
     assert marker.exists(), "the control did not run the payload: the check above proves nothing"
     marker.unlink()
-    # Separate processes (no codec registered there): verify decodes every array and refuses; info reads only
-    # metadata, eval only the held-out rows (the codec is planted on training tokens).
+    # In this process, the unpickling codecs still registered: verify decodes every array and refuses; info reads
+    # only metadata, eval only the held-out rows (the codec is planted on training tokens).
     assert run_cli("ddk-store", ["verify", str(store)])[0] != 0
     run_cli("ddk-store", ["info", str(store)])
     run_cli("ddk-student", ["eval", "--store", str(store), "--model", str(ws.student)])

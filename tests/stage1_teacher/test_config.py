@@ -58,7 +58,12 @@ def test_cross_field_rules():
     assert Stage1Config(**REQ, backend="auto", seq_len=16384).seq_len == 16384
     with pytest.raises(ConfigError, match="--storage-option: expected a mapping"):
         Stage1Config(**REQ, storage_options=[1])
-    assert Stage1Config(**REQ, storage_options={"endpoint_url": "x"}).storage_options_dict == {"endpoint_url": "x"}
+    s3 = {**REQ, "store": "s3://bucket/prefix"}
+    assert Stage1Config(**s3, storage_options={"endpoint_url": "x"}).storage_options_dict == {"endpoint_url": "x"}
+    # a dump would create the local folder 'bucket/prefix': storage options name the likely missing s3://
+    with pytest.raises(ConfigError, match=r"--store 'bucket/prefix' is not an s3:// location, but storage options "
+                                          r"\(endpoint_url\) were given"):
+        Stage1Config(**{**REQ, "store": "bucket/prefix"}, storage_options={"endpoint_url": "x"})
 
 
 def test_cli_options_mirror_the_dataclass_fields():

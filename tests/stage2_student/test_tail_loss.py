@@ -129,3 +129,41 @@ def test_renorm_tail_skips_absent_slots(seed):
     want.backward()
     assert float(out.total) == pytest.approx(float(want), rel=1e-10)
     assert torch.allclose(g_got, logits.grad, atol=1e-10)
+
+
+def test_read_batch_carries_the_tail(tmp_path):
+    r = make_tiny_store(str(tmp_path / "v11"), top_k=8, vocab_size=200)
+    b = read_batch(r, r.domains, np.array([[0, 1], [2, 3], [0, 1]]))
+    assert b.topk_log_tail is not None and b.topk_log_tail.shape == (3, 15)
+    assert torch.equal(b.topk_log_tail[0], b.topk_log_tail[2])
+    total = b.topk_logprobs.double().exp().sum(-1) + b.topk_log_tail.double().exp()
+    assert (total - 1).abs().max() <= 1e-3
+    old = make_tiny_store(str(tmp_path / "v10"), encoding=spec.ENC_IDSORT_Q8)
+    assert read_batch(old, old.domains, np.array([[0, 1]])).topk_log_tail is None
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_tempered_tail_counts_absent_slots_as_tail(temperature):
+    # 8 slots of which 3 are kept (-inf in the others), over V = 20 ids: the tail is the 17 ids outside the kept 3
+    V = 20
+    p = [0.5, 0.3, 0.1]
+    m = 0.1
+    stored = torch.full((1, 8), -math.inf, dtype=torch.float64)
+    stored[0, :3] = torch.log(torch.tensor(p, dtype=torch.float64))
+    lp, lt = tempered_teacher(stored, V, temperature, torch.tensor([math.log(m)], dtype=torch.float64))
+    kept = [x ** (1 / temperature) for x in p]
+    tail = (V - 3) * (m / (V - 3)) ** (1 / temperature)
+    z = sum(kept) + tail
+    assert float(lt[0].exp()) == pytest.approx(tail / z, rel=1e-12)
+    assert lp[0, :3].exp().tolist() == pytest.approx([x / z for x in kept], rel=1e-12)
+    assert bool(torch.isneginf(lp[0, 3:]).all())
+
+
+def test_tempered_tail_when_every_slot_is_an_id_but_some_are_absent():
+    # V = K = 8 with 3 kept: the 5 absent ids still carry the teacher's tail at T != 1 (it used to vanish)
+    stored = torch.full((1, 8), -math.inf, dtype=torch.float64)
+    stored[0, :3] = torch.log(torch.tensor([0.5, 0.3, 0.1], dtype=torch.float64))
+    _, lt = tempered_teacher(stored, 8, 2.0, torch.tensor([math.log(0.1)], dtype=torch.float64))
+    tail = 5 * (0.1 / 5) ** 0.5
+    z = sum(x ** 0.5 for x in (0.5, 0.3, 0.1)) + tail
+    assert float(lt[0].exp()) == pytest.approx(tail / z, rel=1e-12)
