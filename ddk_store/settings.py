@@ -23,7 +23,7 @@ import difflib
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +161,19 @@ def device_problem(flag: str, device: str, cuda_available: bool) -> str | None:
 
 
 # ----------------------------------------------------------------------------------------------- mappings, files
+def unknown_key_hints(unknown: Sequence[str], valid: Sequence[str], valid_text: str | None = None) -> list[str]:
+    """One message per unknown key, each named once: with the valid key it probably meant, and the valid keys
+    (``valid_text``, default the list) once, after the last key without such a guess."""
+    hints, unguessed = [], None
+    for key in unknown:
+        guess = difflib.get_close_matches(str(key).replace("-", "_"), list(valid), n=1, cutoff=0.6)
+        hints.append(f"unknown key {str(key)!r} (did you mean {guess[0]!r}?)" if guess else f"unknown key {str(key)!r}")
+        unguessed = unguessed if guess else len(hints) - 1
+    if unguessed is not None:
+        hints[unguessed] += f" (valid keys: {valid_text or ', '.join(valid)})"
+    return hints
+
+
 def normalize(cls: type, data: Mapping[Any, Any], where: str, *, base_dir: Path | None = None) -> dict[str, Any]:
     """``data`` (e.g. a YAML mapping) as field values of ``cls``: keys as fields or flags (``seq-len`` == ``seq_len``),
     values coerced and type-checked, relative paths read from ``base_dir`` when given.
@@ -186,15 +199,7 @@ def normalize(cls: type, data: Mapping[Any, Any], where: str, *, base_dir: Path 
         out[key] = _coerce(fs[key], value)
         if problem := _type_problem(fs[key], out[key]):
             problems.append(problem)
-    if unknown:
-        hints, unguessed = [], None
-        for key in unknown:
-            guess = difflib.get_close_matches(key.replace("-", "_"), list(fs), n=1, cutoff=0.6)
-            hints.append(f"unknown key {key!r} (did you mean {guess[0]!r}?)" if guess else f"unknown key {key!r}")
-            unguessed = unguessed if guess else len(hints) - 1
-        if unguessed is not None:  # the valid keys once, after the last key without a guess
-            hints[unguessed] += f" (valid keys: {', '.join(fs)})"
-        problems[:0] = hints
+    problems[:0] = unknown_key_hints(unknown, list(fs))
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems))
     return resolve_paths(cls, out, base_dir) if base_dir is not None else out

@@ -13,6 +13,7 @@ from typing import Any
 
 from ddk_store.errors import ConfigError, DdkError, describe
 from ddk_store.meta import validate_domain_name
+from ddk_store.settings import unknown_key_hints
 from ddk_store.yamlio import read_yaml
 
 from .dataset_source import LOCAL_BUILDERS, dataset_dir, read_dataset
@@ -145,8 +146,9 @@ def _parse_domain(name: str, spec: dict, base: Path, where: str, missing_ok: boo
         return _parse_dataset(name, spec, base, where, shared, missing_ok)
     unknown = set(spec) - _FILE_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} (allowed: {sorted(_FILE_KEYS)}, "
-                          f"or {sorted(_DATASET_KEYS)} for a datasets source)")
+        raise ConfigError(f"{where}: " + "; ".join(unknown_key_hints(
+            sorted(unknown, key=str), sorted(_FILE_KEYS),
+            f"{', '.join(sorted(_FILE_KEYS))}; or {', '.join(sorted(_DATASET_KEYS))} for a datasets source")))
     fmt = spec.get("format")
     if fmt is None:
         raise ConfigError(f"{where}: field 'format' is missing; give one of {', '.join(FORMATS)} (lines: a document "
@@ -167,8 +169,9 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
                    missing_ok: bool = False) -> DomainSource:
     unknown = set(spec) - _DATASET_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown, key=str)} for a dataset source "
-                          f"(allowed: {sorted(_DATASET_KEYS)})")
+        raise ConfigError(f"{where}: " + "; ".join(unknown_key_hints(
+            sorted(unknown, key=str), sorted(_DATASET_KEYS),
+            f"{', '.join(sorted(_DATASET_KEYS))} for a datasets source")))
     for key, optional in (("dataset", False), ("config", True), ("split", True), ("text_field", True)):
         value = spec.get(key)
         if not (isinstance(value, str) and value.strip() and "\0" not in value) and not (optional and value is None):

@@ -259,7 +259,7 @@ CASES: list[BadInput] = [
              dump_corpora("domains: {}\n"), ("'domains' is empty",)),
     BadInput("corpora-unknown-domain-key", "ddk-teacher", "domain uses 'path:' instead of 'paths:'",
              dump_corpora("domains:\n  prose: {path: [a.txt], format: lines}\n", **{"a.txt": TEXT}),
-             ("domain 'prose'", "unknown key(s) ['path']")),
+             ("domain 'prose': unknown key 'path' (did you mean 'paths'?)",)),
     BadInput("corpora-domain-not-a-mapping", "ddk-teacher", "domain maps to a string, not a mapping",
              dump_corpora("domains:\n  prose: a.txt\n"), ("domain 'prose'", "expected a mapping")),
     BadInput("corpora-format-missing", "ddk-teacher", "domain without 'format'",
