@@ -50,9 +50,10 @@ def test_the_cpu_engine_starts_with_ddks_defaults_set(vllm_backend):
     from stage1_teacher.backends.vllm import cpu_engine_env
     from stage1_teacher.config import CORES
 
-    if not torch.cuda.is_available():
-        for key in cpu_engine_env(CORES):
-            assert os.environ.get(key), key  # set by the backend before LLM(...) when the user had not
+    if torch.cuda.is_available():
+        pytest.skip("the CPU engine's defaults: a CUDA machine starts the GPU engine")
+    for key in cpu_engine_env(CORES):
+        assert os.environ.get(key), key  # set by the backend before LLM(...) when the user had not
 
 
 def test_auto_picks_vllm_and_says_so():
