@@ -19,6 +19,19 @@ from stage2_student.rundir import claim_run_dir, release_run_dir
 STEPS, K = 40, 4
 
 
+@pytest.fixture(autouse=True)
+def sigint_reaches_children():
+    """A child started from here gets SIGINT at its default, as from a terminal: a shell that started the suite in
+    the background (``cmd &`` without job control) ignores SIGINT, every child inherits the ignore, and the Ctrl-C
+    under test would never arrive. A handler (unlike an ignore) is reset at exec, so installing Python's own for the
+    test gives the children the default."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupt_after_first_checkpoint(argv: list[str], out, sig: int) -> tuple[int, str]:
     """Run ``argv``, deliver ``sig`` once a checkpoint past step 0 exists; (exit status, stderr)."""
     with reaped(spawn("stage2_student.cli", argv)) as proc:
