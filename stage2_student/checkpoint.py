@@ -255,14 +255,16 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def wait(self) -> None:
-        """Block until the checkpoint being written is committed; re-raise the writer's error."""
+    def wait(self, *, reraise: bool = True) -> None:
+        """Block until the checkpoint being written is committed; re-raise the writer's error (``reraise=False``,
+        leaving a failed run: drop it; that checkpoint then does not exist)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
         if self._error is not None:
             err, self._error = self._error, None
-            raise err
+            if reraise:
+                raise err
 
     def save(self, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              state: dict[str, Any]) -> Path:

@@ -8,6 +8,7 @@ strided share of the rows and the sums are all-reduced, so every rank gets the s
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 
 import numpy as np

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -115,6 +116,32 @@ def check_checkpoint_fits(out: Path, ckpt: Path, *, world: int, fsdp: bool) -> N
     if bool(doc.get("sharded", False)) != fsdp:
         how = "with" if doc.get("sharded") else "without"
         raise ConfigError(f"{at} was written {how} --fsdp; resume it {how} --fsdp")
+
+
+def check_same_store(out: Path, ckpt: Path, store: str, *, domains: list[str], num_rows: list[int],
+                     ppl_teacher: list[float]) -> None:
+    """Refuse (ConfigError, before any model is loaded) to resume checkpoint ``ckpt`` from a store whose domains,
+    training rows or teacher held-out perplexities are not the ones it was trained on (a store dumped again at the
+    run's path): its sampler state and its ratios would be about other rows."""
+    from .checkpoint import checkpoint_step, read_state
+
+    doc = read_state(ckpt) or {}
+    had_rows = (doc.get("sampler") or {}).get("num_rows")
+    had_domains = next((h.get("domains") for h in doc.get("history") or [] if h.get("domains")), None)
+    had_ppl = doc.get("ppl_teacher")
+    what = []
+    if had_domains is not None and list(had_domains) != list(domains):
+        what.append(f"domains {had_domains} then, {domains} now")
+    elif had_rows is not None and list(had_rows) != list(num_rows):
+        what.append(f"training rows per domain {had_rows} then, {num_rows} now")
+    elif had_ppl is not None and (moved := [f"{d} {a:.6g} then, {b:.6g} now" for d, a, b in
+                                           zip(domains, had_ppl, ppl_teacher) if not math.isclose(a, b, rel_tol=1e-9)]):
+        what.append(f"other teacher held-out perplexities: {', '.join(moved)}")
+    if what:
+        raise ConfigError(f"--resume {out}: store {store} is not the one its checkpoint at step "
+                          f"{checkpoint_step(ckpt)} was trained on ({what[0]}); it was dumped or packed again. "
+                          f"Resume from the original store, or start a new run on this one (--overwrite, or another "
+                          f"--out)")
 
 
 #: What ``train`` writes into a run directory beside the files of rundir.py: the final student (``save_pretrained``

@@ -36,7 +36,7 @@ from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
 from .loss_step import student_loss
 from .readpool import default_read_workers
 from .repeats import find_repeats
-from .resume import prepare_out_dir, replace_run, resume_command, run_finished
+from .resume import check_same_store, prepare_out_dir, replace_run, resume_command, run_finished
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
@@ -133,6 +133,9 @@ def train(cfg: Stage2Config) -> Path:
     # Reads every held-out target log-prob and checks the recorded teacher statistics against them (seconds): a
     # damaged or edited store stops here, before the student is even loaded. Chunks read later are checked as read.
     ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
+    if resuming:  # the same store as the checkpoint's (one dumped again at its path is refused here)
+        check_same_store(out, latest_checkpoint(out), cfg.store, domains=domains, num_rows=num_rows,
+                         ppl_teacher=ppl_teacher)
 
     # -- 2. distributed setup, student
     parallel.init_distributed(device, world)
@@ -215,7 +218,11 @@ def train(cfg: Stage2Config) -> Path:
         step = int(doc["step"])
         factor, weights = np.asarray(doc["factor"]), np.asarray(doc["weights"])
         sampler.load_state_dict(doc["sampler"])
-        history.extend(doc.get("history", []))  # (checkpoints of older versions have none: the rule starts afresh)
+        # (checkpoints of older versions have none: the rule starts afresh); a finished run's last entry is its
+        # final evaluation, which nothing was sampled from: an extended run samples on from its interval
+        history.extend(h for h in doc.get("history", []) if h.get("weights") is not None)
+        warned.update(f.domain for i in range(2, len(history) + 1) if rank == 0  # warned before: not again
+                      for f in find_repeats(history[:i], B, num_rows, steps=cfg.steps))
         if rank == 0:
             rundir.truncate_metrics(out, step)
             write_config(cfg, out / CONFIG_FILE)  # the settings it continues with (a larger --steps, say)
@@ -281,8 +288,8 @@ def train(cfg: Stage2Config) -> Path:
                     (parts.total / A).backward()
                 sums += torch.tensor([float(parts.total.detach()), float(parts.ce), float(parts.kl)], dtype=torch.float64) / A
                 del parts
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0
-                         else torch.tensor(float("nan")))
+            # (--grad-clip 0: the norm is still measured and logged; an infinite bound scales by 1)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
             grad_norm = parallel.full_tensor(grad_norm)  # a DTensor under FSDP
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -311,6 +318,9 @@ def train(cfg: Stage2Config) -> Path:
                 batches = iter(prefetch)
             elif cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 checkpoint(step)
+    except BaseException:
+        writer.wait(reraise=False)  # Ctrl-C in a checkpoint's write: the message names the step --resume starts at
+        raise
     finally:
         prefetch.close()
         bar.close()

@@ -167,20 +167,38 @@ def test_training_warns_once_for_each_domain_its_own_records_flag(repeated_run):
     assert ("**Repeated rows**: no domain is flagged" in md) == (not final)
 
 
-def test_a_resumed_run_warns_as_the_uninterrupted_one(repeated_run, tmp_path):
-    """The evaluation history the rule reads is in the checkpoint: resumed from a checkpoint before any domain was
-    flagged, the run prints the same warnings, word for word, as the uninterrupted run."""
+def resumed_from(run, at: int, tmp_path) -> str:
+    """A copy of ``run`` with its checkpoints after step ``at`` deleted, resumed; the resumed run's stderr."""
     import shutil
 
-    out, stderr = repeated_run
-    records = interval_and_final(out)
-    first = first_flags(records, records[0]["train_rows"])[0]
-    at = max(s for s in (r["step"] for r in records) if s < first.step and s > 0)
     copy = tmp_path / "run"
-    shutil.copytree(out, copy)
+    shutil.copytree(run, copy)
     for ck in (copy / "checkpoints").iterdir():
         if int(ck.name.split("-")[1]) > at:
             shutil.rmtree(ck)
     res = CliRunner().invoke(cli, ["train", "--out", str(copy), "--resume"])
     assert res.exit_code == 0, res.output
-    assert warnings_of(res.stderr) == warnings_of(stderr)
+    return res.stderr
+
+
+def test_a_resumed_run_warns_as_the_uninterrupted_one(repeated_run, tmp_path):
+    """The evaluation history the rule reads is in the checkpoint: resumed from a checkpoint before any domain was
+    flagged, the run prints the same warnings, word for word, as the uninterrupted run."""
+    out, stderr = repeated_run
+    records = interval_and_final(out)
+    first = first_flags(records, records[0]["train_rows"])[0]
+    at = max(s for s in (r["step"] for r in records) if s < first.step and s > 0)
+    assert warnings_of(resumed_from(out, at, tmp_path)) == warnings_of(stderr)
+
+
+def test_a_run_resumed_after_a_warning_does_not_repeat_it(repeated_run, tmp_path):
+    """Resumed from the checkpoint of the evaluation that first flagged a domain, the run prints only the warnings
+    the uninterrupted run printed after it: the domains warned of before the checkpoint are not warned of again."""
+    out, stderr = repeated_run
+    records = interval_and_final(out)
+    flagged = first_flags(records, records[0]["train_rows"])
+    at = flagged[0].step
+    assert 0 < at < records[-1]["step"], "expected the first flag at an interval boundary, before the end"
+    resumed = warnings_of(resumed_from(out, at, tmp_path))
+    assert resumed == [f"warning: {f.message()}" for f in flagged if f.step > at]
+    assert len(resumed) < len(warnings_of(stderr))

@@ -15,6 +15,7 @@ import yaml
 
 from ddk_testkit.commands import train_argv
 from ddk_testkit.processes import run_cli
+from ddk_testkit.stores import make_store
 from stage2_student.schedule import lr_at
 
 #: A 6-step run, K = 2: interval boundaries at 2 and 4, its end (6) is a boundary too.
@@ -125,3 +126,43 @@ def test_a_run_extended_after_its_report_says_the_report_is_from_before(run: Pat
     output = train("--out", str(run), "--resume", "--steps", "8")
     assert f"note: {run / 'report.md'} and its plots show the run before this resume" in output
     assert f"`ddk-student report {run}` draws them anew" in output
+
+
+def test_a_run_that_ends_inside_an_interval_extends(tmp_path: Path, store_url: str, student_dir: Path) -> None:
+    """A 5-step run (K = 2) ends one step into interval 2. Its checkpoint's evaluation history ends with the final
+    evaluation, which nothing was sampled from; extended to 8 steps the run samples on from interval 2 and
+    re-evaluates at 6 (it used to fail there, reading that entry's absent weights)."""
+    out = tmp_path / "run"
+    train(*train_argv(store_url, student_dir, out, **{**FLAGS, "steps": 5})[1:])
+    train("--out", str(out), "--resume", "--steps", "8")
+    after = records(out)
+    assert [r["step"] for r in after if r["event"] == "step"] == list(range(1, 9))
+    assert [r["step"] for r in after if r["event"] == "interval"] == [0, 2, 4, 6]
+    assert [r["step"] for r in after if r["event"] == "final"] == [8]
+    state = json.loads((out / "checkpoints" / "step-00000008" / "state.json").read_text())
+    assert [h["step"] for h in state["history"]] == [0, 2, 4, 6, 8]  # the old final evaluation (5) is gone
+
+
+@pytest.mark.parametrize("again, then_now", [
+    (dict(train_rows=12), "training rows per domain [16, 16, 16] then, [12, 12, 12] now"),
+    (dict(seed=1), "other teacher held-out perplexities: alpha "),
+], ids=["rows", "teacher"])
+def test_resume_refuses_a_store_dumped_again_at_the_runs_path(tmp_path: Path, tiny_tokenizer, student_dir: Path,
+                                                             again: dict, then_now: str) -> None:
+    """The checkpoint's sampler state and ratios are about the store it was trained on: a store written again at
+    the run's path, with other rows or another teacher, is refused in one line before the student is loaded."""
+    store = tmp_path / "store"
+    make_store(store, tiny_tokenizer, train_rows=16, heldout_rows=4)
+    out = tmp_path / "run"
+    train(*train_argv(str(store), student_dir, out, **{**FLAGS, "steps": 4})[1:])
+    shutil.rmtree(store)
+    make_store(store, tiny_tokenizer, **{"train_rows": 16, "heldout_rows": 4, **again})
+    result = run_cli("ddk-student", ["train", "--out", str(out), "--resume", "--steps", "6"])
+    assert result.code == 2, result.output
+    assert (f"--resume {out}: store {store.resolve()} is not the one its checkpoint at step 4 was trained on "
+            f"({then_now}") in result.output
+    assert "it was dumped or packed again. Resume from the original store" in result.output
+    assert "Traceback" not in result.output
+    make_store(store, tiny_tokenizer, train_rows=16, heldout_rows=4, overwrite=True)  # the original again: resumes
+    train("--out", str(out), "--resume", "--steps", "6")
+    assert [r["step"] for r in records(out) if r["event"] == "final"] == [6]
