@@ -229,7 +229,7 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
     Other problems outside unit data (array schema) cannot be repaired in place: the store must be re-dumped.
     """
     from .layout import Unit, unit_range
-    from .packed import PACK_PREFIX, delete_pack
+    from .location import PACK_PREFIX, delete_pack
     from .reader import StoreReader
     from .storage import open_zarr_store
     from .validate import STATUS_ISSUE, validate_store

@@ -107,6 +107,16 @@ def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
     return GroupLayout.from_dict(doc, f"{path}.{spec.GROUP_ATTR}")
 
 
+def refuse_foreign_codecs(array: Any, where: str, hint: str = "") -> None:
+    """Refuse (StoreFormatError) to decode ``array`` when it declares a codec outside the store format's
+    allowlist: only the spec's codecs are ever run on stored bytes (no pickle or third-party codec). Every opener of
+    stored arrays calls this before reading a chunk."""
+    bad = [n for n in codec_names(array.metadata.codecs) if n not in spec.ALLOWED_CODECS]
+    if bad:
+        raise StoreFormatError(f"{where} declares codec(s) {bad}, outside the store format's "
+                               f"{sorted(spec.ALLOWED_CODECS)}; refusing to decode it.{' ' + hint if hint else ''}")
+
+
 def codec_names(codecs: Sequence[Any]) -> list[str]:
     """Names of every codec an array declares, those inside a shard (its chunk and index codecs) included."""
     out = []

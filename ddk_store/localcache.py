@@ -15,8 +15,8 @@ cache every file including the metadata documents that tell a rewritten store fr
 - **Concurrent fillers.** A chunk is written to a temporary file in its final directory and renamed into place
   (atomic on POSIX): ranks and runs on one host may fill one cache at once; readers see a whole chunk or none. A
   failed cache write (a full disk) only costs the cache, never the read.
-- **Size cap.** With ``max_bytes``, the least recently used chunks under the cache root are deleted once the root
-  holds more than the cap (down to 80% of it).
+- **Size cap.** With ``max_bytes``, the least recently used chunks of the cache root's store directories are deleted
+  once they hold more than the cap (down to 80% of it); nothing else under the root is counted or deleted.
 
 Local and memory:// stores are never cached (they are already local).
 """
@@ -46,6 +46,9 @@ from .storage import url_scheme
 AUTO = "auto"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _TMP_SUFFIX = ".tmp"
+_DIGEST_CHARS = 24
+#: The name of one store version's directory under the cache root (:func:`store_cache_dir`).
+_STORE_DIR = re.compile(rf"^[A-Za-z0-9._-]*-[0-9a-f]{{{_DIGEST_CHARS}}}$")
 
 
 def resolve_cache_root(value: str | os.PathLike[str]) -> Path:
@@ -57,7 +60,7 @@ def store_cache_dir(root: str | os.PathLike[str], url: str, root_doc: Mapping[st
     """The directory of one store version under the cache root: a readable form of the URL plus a hash of the URL and
     the store's root document (metadata and creation claim)."""
     canonical = json.dumps(root_doc, sort_keys=True, separators=(",", ":"), default=str)
-    digest = hashlib.sha256(f"{url}\n{canonical}".encode()).hexdigest()[:24]
+    digest = hashlib.sha256(f"{url}\n{canonical}".encode()).hexdigest()[:_DIGEST_CHARS]
     readable = _UNSAFE.sub("_", url.split("://", 1)[-1]).strip("_")[-80:]
     return resolve_cache_root(root) / f"{readable}-{digest}"
 
@@ -99,11 +102,17 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def evict(root: Path, max_bytes: int, keep_fraction: float = 0.8) -> int:
-    """Delete the least recently used files under ``root`` until it holds at most ``keep_fraction * max_bytes``
-    (when it holds more than ``max_bytes``); returns the bytes it holds afterwards. Temporary files are left alone
-    (another process is writing them)."""
+    """Delete the least recently used chunks in the store directories under ``root`` (those
+    :func:`store_cache_dir` names) until they hold at most ``keep_fraction * max_bytes`` (when they hold more than
+    ``max_bytes``); returns the bytes they hold afterwards. Anything else under ``root`` (a ``--cache-dir`` that
+    also holds the user's files) is neither counted nor deleted; temporary files are left alone (another process
+    is writing them)."""
     files = []
-    for dirpath, _, names in os.walk(root):
+    try:
+        stores = [e.path for e in os.scandir(root) if _STORE_DIR.match(e.name) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        stores = []
+    for dirpath, _, names in (walked for top in stores for walked in os.walk(top)):
         for name in names:
             if name.endswith(_TMP_SUFFIX):
                 continue

@@ -19,24 +19,23 @@ complete chunks (a later run writes the same chunk again, byte for byte). See do
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import zarr
-from zarr.abc.store import RangeByteRequest, Store
+from zarr.abc.store import Store
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
-from zarr.storage import LocalStore, MemoryStore
+from zarr.storage import MemoryStore
 
 from . import spec
-from .errors import StoreCorruptError, StoreExistsError, StoreFormatError, describe
-from .groups import read_root_doc, root_meta_from_doc
+from .errors import InvalidNameError, StoreCorruptError, StoreFormatError, describe
+from .groups import refuse_foreign_codecs
+from .meta import validate_domain_name
 from .retry import retry_call
-from .storage import delete_store_prefix, local_path, normalize_url, open_zarr_store
+from .storage import normalize_url, open_zarr_store
 
 PACK_PREFIX = spec.PACK_PREFIX
 PACK_ATTR = "ddk_pack"
@@ -66,109 +65,16 @@ def _set(store: Store, key: str, data: bytes) -> None:
     sync(store.set(key, default_buffer_prototype().buffer.from_bytes(data)))
 
 
-def top_level_names(store: Store) -> set[str]:
-    """The names directly under the store's prefix (files and directories, or object key prefixes).
-
-    On an object store only names that hold data count: a key, or a prefix with at least one object under it. Some
-    S3 servers (SeaweedFS) keep listing the prefixes of deleted objects, and a console's "create folder" leaves a
-    zero-byte ``prefix/`` object; neither holds anything. (A local empty directory still counts: a user made it.)
-    """
-    async def holds_data(name: str) -> bool:
-        if await store.exists(f"{name}/zarr.json"):  # a Zarr node (a domain group, _pack): no listing of its chunks
-            return True
-        async for key in store.list_prefix(f"{name}/"):  # (a recursive listing: only names that are no node get it)
-            if key.startswith(f"{name}/") and key.rstrip("/") != name:  # (not the directory's own marker)
-                return True
-        try:
-            return await store.get(name, default_buffer_prototype(), byte_range=RangeByteRequest(0, 1)) is not None
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return False
-
-    async def names() -> set[str]:
-        listed = {n.strip("/") async for n in store.list_dir("")} - {""}
-        if isinstance(store, LocalStore):
-            return listed
-        return {n for n in listed if await holds_data(n)}
-
-    try:
-        return sync(names())
-    except FileNotFoundError:
-        return set()
-
-
-def refuse_foreign_entries(store: Store, url: str) -> None:
-    """Before ``--overwrite`` deletes a store: refuse (StoreExistsError) when its location also holds entries that are
-    not the store's own, i.e. neither the root document, nor the packed rows, nor a Zarr node (a domain group has
-    its zarr.json): a user's notes or results kept beside the store are never deleted with it."""
-    async def is_node(name: str) -> bool:
-        return await store.exists(f"{name}/zarr.json")
-
-    names = top_level_names(store) - {"zarr.json", PACK_PREFIX}
-    # (a temporary file a killed local write left, "<key>.<32 hex>.partial", is the store's own too)
-    foreign = sorted(n for n in names if not n.endswith(".partial") and not sync(is_node(n)))
-    if foreign:
-        shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-        raise StoreExistsError(f"{url} also holds {shown}, which {'is' if len(foreign) == 1 else 'are'} not part of "
-                               "the ddk store, so --overwrite does not delete it; move that out of the store's "
-                               "location first")
-
-
-def delete_whole_store(store: Store, url: str) -> None:
-    """``--overwrite`` of a store and its packed rows: everything under its prefix, once
-    :func:`refuse_foreign_entries` has found nothing there that is not the store's own."""
-    refuse_foreign_entries(store, url)
-    sync(delete_store_prefix(store, url))
-
-
-def delete_pack(store: Store) -> None:
-    """Delete the packed rows (readers never need them; the next dump packs the corpora again)."""
-    sync(store.delete_dir(PACK_PREFIX))
-
-
-def holds_only_pack(store: Store) -> bool:
-    """Nothing but packed rows (or nothing at all) under the prefix: a store whose score phase has not begun."""
-    return top_level_names(store) <= {PACK_PREFIX}
-
-
-def check_pack_location(store: Store, url: str) -> None:
-    """Refuse to pack into a location that holds something other than a ddk store or its packed rows."""
-    doc = retry_call(lambda: read_root_doc(store, url), what="reading the root metadata", url=url)
-    if doc is None:
-        if not retry_call(lambda: holds_only_pack(store), what="listing the location", url=url):
-            raise StoreExistsError(f"{url} is not empty and holds no ddk store; refusing to write there (and to "
-                                   "delete it even with --overwrite): choose an empty or new location")
-        return
-    try:
-        root_meta_from_doc(doc, url)
-    except StoreFormatError as e:
-        raise StoreExistsError(f"{url} holds something that is not a readable ddk store ({e}); refusing to touch "
-                               "it: choose another location") from None
-
-
-def delete_all_but_pack(store: Store, url: str) -> None:
-    """Delete the store's Zarr hierarchy (root document, groups, arrays) and keep its packed rows: what
-    ``--overwrite`` does once the pack phase has written rows this run is going to score."""
-    refuse_foreign_entries(store, url)
-    path = local_path(normalize_url(url))
-    names = top_level_names(store) - {PACK_PREFIX}
-    if path is not None:
-        for name in names:
-            p = path / name
-            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else os.unlink(p)
-        return
-    for name in names:  # a prefix (a group) or one object (the root document)
-        sync(store.delete_dir(name))
-        try:
-            sync(store.delete(name))
-        except (FileNotFoundError, KeyError):
-            pass
-
-
 def _node_doc(make: Any) -> bytes:
     """The zarr.json of a node made by ``make(store)`` in a scratch memory store (so no parent node is written)."""
     scratch = MemoryStore()
     make(scratch)
     return sync(scratch.get("n/zarr.json", prototype=default_buffer_prototype())).to_bytes()
+
+
+def _chunk_key(domain: str, split: str, index: int) -> str:
+    """The object of chunk ``index`` of the packed rows of ``domain/split`` (zarr v3's default chunk keys)."""
+    return f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0"
 
 
 class PackedRows:
@@ -232,10 +138,12 @@ class PackedRows:
                 _set(store, f"{path}/zarr.json", _node_doc(lambda m: zarr.create_array(
                     m, name="n", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=codecs)))
             try:
-                self._arrays[name] = zarr.open_array(store, path=path, mode="r" if self.read_only else "r+")
+                arr = zarr.open_array(store, path=path, mode="r" if self.read_only else "r+")
             except (FileNotFoundError, KeyError, ValueError) as e:
                 raise StoreFormatError(f"{self.url}: packed array {path} is missing or unreadable ({e}); rerun "
                                        "`ddk-teacher pack` with --overwrite") from None
+            refuse_foreign_codecs(arr, f"{self.url}: packed array {path}", "Rerun `ddk-teacher pack` with --overwrite")
+            self._arrays[name] = arr
         return self._arrays[name]
 
     def _rows(self, domain: str, split: str, seq_len: int, chunk_rows: int, dtype: Any) -> zarr.Array:
@@ -258,13 +166,19 @@ class PackedRows:
             index = row // chunk_rows
             key = (domain, split, index)
             if self._cache is None or self._cache[0] != key:
+                # zarr reads a missing chunk as its fill value (0, a valid token id): rows of token 0 must not be
+                # scored as data
+                where = f"{self.url}: packed rows {PACK_PREFIX}/{domain}.{split} chunk {index}"
+                again = (f"delete {PACK_PREFIX} under the store (readers never need it) and rerun the same "
+                         "`ddk-teacher dump` command: it packs the corpora again")
+                chunk_key = _chunk_key(domain, split, index)
+                if not retry_call(lambda: sync(self.store.exists(chunk_key)), what=f"reading {chunk_key}",
+                                  url=self.url):
+                    raise StoreCorruptError(f"{where} are missing; {again}")
                 try:
                     chunk = arr[index * chunk_rows : (index + 1) * chunk_rows]
                 except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
-                    raise StoreCorruptError(
-                        f"{self.url}: packed rows {PACK_PREFIX}/{domain}.{split} chunk {index} are damaged "
-                        f"({describe(e, 120)}); delete {PACK_PREFIX} under the store (readers never need it) and "
-                        "rerun the same `ddk-teacher dump` command: it packs the corpora again") from None
+                    raise StoreCorruptError(f"{where} are damaged ({describe(e, 120)}); {again}") from None
                 self._cache = (key, chunk.astype(np.int32))
             hi = min(stop, (index + 1) * chunk_rows)
             parts.append(self._cache[1][row - index * chunk_rows : hi - index * chunk_rows])
@@ -291,13 +205,18 @@ class PackedRows:
             return [(f"{PACK_PREFIX}/zarr.json", f"pack document lacks {describe(e, 80)}")]
         for (domain, split), (n_rows, chunk_rows) in counted.items():
             try:
+                validate_domain_name(domain)  # (a name from a stored document becomes a path below)
+            except InvalidNameError as e:
+                problems.append((f"{PACK_PREFIX}/zarr.json", f"names a domain the store format forbids ({e})"))
+                continue
+            try:
                 arr = self._rows(domain, split, seq_len, chunk_rows, dtype)
             except StoreFormatError as e:
                 problems.append((f"{PACK_PREFIX}/{domain}.{split}", str(e)))
                 continue
             for index in range(-(-n_rows // chunk_rows)):
                 where = f"{PACK_PREFIX}/{domain}.{split} chunk {index}"
-                key = f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0"
+                key = _chunk_key(domain, split, index)
                 if retry_call(lambda: _get(self.store, key), what=f"reading {key}", url=self.url) is None:
                     problems.append((where, "missing"))
                     continue

@@ -12,7 +12,7 @@ from zarr.core.sync import sync
 
 from . import chunkio, codec, objectio, spec
 from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
-from .groups import codec_names, no_store, read_group_layout, read_root_doc, root_meta_from_doc
+from .groups import no_store, read_group_layout, read_root_doc, refuse_foreign_codecs, root_meta_from_doc
 from .heldout import heldout_nll, stats_mismatch
 from .layout import contiguous_runs
 from .localcache import cached_store
@@ -110,13 +110,8 @@ class StoreReader:
                     except _ZARR_METADATA_ERRORS as e:
                         raise StoreFormatError(f"store {self.url}: array '{path}/{name}' has metadata this reader "
                                                f"refuses ({describe(e)}); {self._verify_hint()}") from None
-                    # Allowlist: only the spec's codecs are ever decoded (no pickle or third-party codec can run).
-                    names = codec_names(arrs[name].metadata.codecs)
-                    bad = [n for n in names if n not in spec.ALLOWED_CODECS]
-                    if bad:
-                        raise StoreFormatError(f"store {self.url}: array '{path}/{name}' declares codec(s) {bad}, "
-                                               f"outside the store format's {sorted(spec.ALLOWED_CODECS)}; refusing "
-                                               f"to decode it. {self._verify_hint()}")
+                    refuse_foreign_codecs(arrs[name], f"store {self.url}: array '{path}/{name}'",
+                                          self._verify_hint())
                 return arrs
 
             arrs = retry_call(open_arrays, what=f"opening the arrays of {path}", url=self.url)

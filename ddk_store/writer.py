@@ -21,11 +21,12 @@ from .difference import identity_difference
 from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
 from .crc import crc32_combine, crc32_of
-from .groups import no_store, read_group_layout, read_root_doc, root_claim, root_meta_from_doc
+from .groups import (no_store, read_group_layout, read_root_doc, refuse_foreign_codecs, root_claim,
+                     root_meta_from_doc)
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
-from .packed import delete_whole_store, holds_only_pack
+from .location import delete_whole_store, holds_only_pack
 from .retry import retry_call
 from .nodes import ensure_nodes, layout_difference, resume_difference, wanted_layouts
 from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, cleared_marker,
@@ -171,7 +172,11 @@ class StoreWriter:
         if key not in self._arrays:
             def open_arrays() -> dict[str, zarr.Array]:
                 grp = self._root[group_path(domain, split)]
-                return {name: grp[name] for name in group_arrays(self.meta.encoding)}
+                arrs = {name: grp[name] for name in group_arrays(self.meta.encoding)}
+                for name, arr in arrs.items():  # (a resumed store's arrays were written by someone else)
+                    refuse_foreign_codecs(arr, f"store {self.url}: array '{group_path(domain, split)}/{name}'",
+                                          "Write the store anew (--overwrite) or into another --store")
+                return arrs
 
             self._arrays[key] = self._retry(open_arrays, f"opening the arrays of {domain}/{split}")
         return self._arrays[key]

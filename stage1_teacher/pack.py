@@ -19,9 +19,9 @@ import numpy as np
 from ddk_store import DomainInfo, SourceInfo, tokenizer_fingerprint
 from ddk_store.codec import id_dtype
 from ddk_store.difference import first_difference, value_at
-from ddk_store.errors import ConfigError, StoreExistsError
-from ddk_store.packed import (PACKED, TRAINING, PackedRows, check_pack_location, delete_whole_store,
-                              pack_chunk_rows)
+from ddk_store.errors import ConfigError, StoreExistsError, StoreFormatError, describe
+from ddk_store.location import check_pack_location, delete_whole_store
+from ddk_store.packed import PACKED, TRAINING, PackedRows, pack_chunk_rows
 
 from .config import Stage1Config
 from .corpus import DomainSource, load_corpora
@@ -77,6 +77,16 @@ def read_pack(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, 
     return PackedRows(url, storage_options=storage_options).read_state()
 
 
+def packed_domains(cfg: Stage1Config) -> set[str]:
+    """The domains --store holds packed already, whose sources are not read again (none when its packed rows are
+    unreadable: the pack phase says why)."""
+    try:
+        state = PackedRows(cfg.store, storage_options=cfg.storage_options_dict, read_only=True).read_state()
+    except StoreFormatError:
+        return set()
+    return {d for d, st in ((state or {}).get("domains") or {}).items() if (st or {}).get("state") == PACKED}
+
+
 def fully_packed(state: Mapping[str, Any] | None, names: list[str]) -> bool:
     domains = (state or {}).get("domains") or {}
     return all((domains.get(n) or {}).get("state") == PACKED for n in names)
@@ -103,13 +113,18 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
     seq_len = int(identity["seq_len"])
     pack = PackedRows(url, storage_options=storage_options)
     check_pack_location(pack.store, pack.url)
-    state = pack.read_state()
-    if state is not None and ((diff := identity_problem(state["identity"], identity))
-                              or (overwrite and _files_changed(state, corpora, files_complete))):
+    try:
+        state, unreadable = pack.read_state(), ""
+    except StoreFormatError as e:  # another version's or a damaged pack document: only --overwrite replaces it
+        if not overwrite:
+            raise
+        state, unreadable = None, describe(e, 160)
+    diff = identity_problem(state["identity"], identity) if state is not None else ""
+    if unreadable or (state is not None and (diff or (overwrite and _files_changed(state, corpora, files_complete)))):
         if not overwrite:
             raise refusal(pack.url, diff)
-        echo(f"{pack.url}: --overwrite replaces the store there ({diff or 'its corpus files changed'}), packed rows "
-             "included")
+        echo(f"{pack.url}: --overwrite replaces the store there ({unreadable or diff or 'its corpus files changed'}), "
+             "packed rows included")
         delete_whole_store(pack.writable(), pack.url)
         pack = PackedRows(url, storage_options=storage_options)
         state = None

@@ -135,7 +135,10 @@ class RankF16(Encoding):
 
     def invariants(self, name, data, vocab_size):
         if name == spec.ARR_TOPK_IDS:
-            return _ids_invariants(data.astype(np.int64), vocab_size)
+            ids = np.sort(data.astype(np.int64), axis=-1)
+            if (ids[..., 1:] == ids[..., :-1]).any():
+                return ["repeated top-k id within a position"]
+            return _ids_invariants(ids, vocab_size)
         if name == spec.ARR_TOPK_LOGPROBS and (~np.isfinite(data) | (data > 0)).any():
             return ["top-k log-prob not finite or > 0"]
         return []

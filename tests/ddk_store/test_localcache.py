@@ -47,17 +47,25 @@ def test_local_stores_are_never_cached(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_eviction_deletes_least_recently_used_first(tmp_path):
+def test_eviction_deletes_least_recently_used_first_and_only_cached_chunks(tmp_path):
     import os
 
+    cached = store_cache_dir(tmp_path, "s3://bucket/store", {"attributes": {}})
     for i in range(10):
-        write_atomic(tmp_path / "s" / f"c{i}", b"x" * 100)
-        os.utime(tmp_path / "s" / f"c{i}", (1000 + i, 1000 + i))
-    (tmp_path / "s" / "c9.abc.tmp").write_bytes(b"y" * 100)  # another process's file being written: kept
+        write_atomic(cached / "a" / f"c{i}", b"x" * 100)
+        os.utime(cached / "a" / f"c{i}", (1000 + i, 1000 + i))
+    (cached / "a" / "c9.abc.tmp").write_bytes(b"y" * 100)  # another process's file being written: kept
+    # a --cache-dir that also holds the user's own files, older than every chunk: never counted, never deleted
+    for mine in (tmp_path / "notes.txt", tmp_path / "runs" / "model.safetensors"):
+        mine.parent.mkdir(exist_ok=True)
+        mine.write_bytes(b"m" * 300)
+        os.utime(mine, (1, 1))
     assert evict(tmp_path, max_bytes=2000) == 1000  # under the cap: nothing goes
     left = evict(tmp_path, max_bytes=500)
     assert left <= 400
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["c6", "c7", "c8", "c9", "c9.abc.tmp"]
+    assert sorted(p.name for p in (cached / "a").iterdir()) == ["c6", "c7", "c8", "c9", "c9.abc.tmp"]
+    assert (tmp_path / "notes.txt").read_bytes() == b"m" * 300
+    assert (tmp_path / "runs" / "model.safetensors").read_bytes() == b"m" * 300
 
 
 # ------------------------------------------------------------------------------------------ real S3 server

@@ -243,6 +243,51 @@ def test_file_url_and_memory_url(tmp_path):
     assert r2.meta.domain_names == ("alpha", "beta", "gamma")
 
 
+def test_an_overwrite_killed_part_way_leaves_a_location_the_next_overwrite_takes(tmp_path, monkeypatch):
+    """--overwrite deletes the old store file by file; killed after every 4th deletion, what is left still reads
+    as the store's own (each group is renamed to a temporary name first and the root document goes last), so
+    rerunning with --overwrite finishes the job instead of refusing the location as holding something else."""
+    import os
+    import shutil
+    import threading
+
+    template = tmp_path / "template"
+    make_tiny_store(str(template), domains=("alpha",), train_rows=2, heldout_rows=1)
+    other = tiny_meta(domains=("alpha",), seq_len=8)
+    rows = {d: {"train": 2, "heldout": 1} for d in other.domain_names}
+    real_unlink, real_rmdir = os.unlink, os.rmdir
+    for kill_after in range(1, 10_000, 4):
+        url = tmp_path / f"s{kill_after}"
+        shutil.copytree(template, url)
+        deleted = 0
+
+        def counting(real):
+            def delete(*args, **kwargs):
+                nonlocal deleted
+                if threading.current_thread() is not threading.main_thread():
+                    return real(*args, **kwargs)  # (zarr's I/O thread: an interrupt there would hang its loop)
+                if deleted == kill_after:
+                    raise KeyboardInterrupt  # the kill, between two deletions
+                real(*args, **kwargs)
+                deleted += 1
+            return delete
+
+        monkeypatch.setattr(os, "unlink", counting(real_unlink))
+        monkeypatch.setattr(os, "rmdir", counting(real_rmdir))
+        try:
+            StoreWriter.open_or_create(str(url), other, rows, overwrite=True)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        monkeypatch.setattr(os, "unlink", real_unlink)
+        monkeypatch.setattr(os, "rmdir", real_rmdir)
+        if finished:
+            break
+        w = StoreWriter.open_or_create(str(url), other, rows, overwrite=True)  # not refused: the store's own is left
+        assert not w.resumed and w.meta.seq_len == 8
+    assert kill_after > 20  # the old store's files and directories were kill points throughout
+
+
 @pytest.mark.s3
 def test_s3_roundtrip(s3_server):
     url = "s3://ddk/team-a/stores/tiny"
@@ -346,3 +391,25 @@ def test_suggested_commands_keep_the_endpoint_and_never_a_secret():
     hint = unfinished_hint("s3://b/my store", 0, opts)
     assert "`ddk-store finalize 's3://b/my store' --storage-option endpoint_url=http://127.0.0.1:8333" in hint
     assert not any(secret in hint for secret in ("AKIA", "s3cr3t", "tok-123", "client_kwargs"))
+
+
+@pytest.mark.parametrize("encoding", [spec.ENC_RANK_F16, spec.ENC_IDSORT_Q8])
+def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, encoding):
+    """The format requires the K ids of a position to be distinct (store-format.md, section 6): a writer that
+    repeated one is caught by verify in every 1.0 encoding; the same store with distinct ids passes."""
+    def write(url: str, ids_of_position: list[int]) -> None:
+        meta = tiny_meta(domains=("alpha",), seq_len=4, top_k=3, vocab_size=64, encoding=encoding)
+        w = StoreWriter.open_or_create(url, meta, {"alpha": {"train": 2, "heldout": 1}})
+        for split in spec.SPLITS:
+            for u in w.units("alpha", split):
+                n = u.n_rows
+                w.write_unit(u, np.ones((n, 4), np.int32), np.tile(np.array(ids_of_position, np.int32), (n, 3, 1)),
+                             np.tile(np.array([-1.0, -2.0, -3.0], np.float32), (n, 3, 1)),
+                             np.full((n, 3), -1.0, np.float32))  # (T - 1 = 3 predicted positions)
+        w.finalize()
+
+    write(str(tmp_path / "ok"), [5, 9, 7])
+    assert validate_store(str(tmp_path / "ok")) == []
+    write(str(tmp_path / "bad"), [5, 5, 7])
+    issues = [str(i) for i in validate_store(str(tmp_path / "bad"))]
+    assert issues and all("repeated top-k id within a position" in i for i in issues), issues

@@ -33,6 +33,7 @@ from ddk_store import (
     validate_domain_name,
 )
 from ddk_store.groups import group_path
+from ddk_store.packed import PackedRows
 from ddk_store.storage import delete_store_prefix
 from ddk_store.testing import make_tiny_store, tiny_meta
 from ddk_store.validate import validate_store
@@ -115,9 +116,9 @@ MALICIOUS_CODECS = {
 }
 
 
-def plant_codec(store: Path, codec: dict[str, Any], marker: Path) -> None:
-    """Declare ``codec`` on alpha/train/tokens and replace its chunks by a pickle that would create ``marker``."""
-    meta = store / "alpha" / "train" / "tokens" / "zarr.json"
+def plant_codec(store: Path, codec: dict[str, Any], marker: Path, array: str = "alpha/train/tokens") -> None:
+    """Declare ``codec`` on ``array`` and replace its chunks by a pickle that would create ``marker``."""
+    meta = store / array / "zarr.json"
     doc = json.loads(meta.read_text())
     doc["codecs"] = [doc["codecs"][0], codec]
     meta.write_text(json.dumps(doc))
@@ -192,6 +193,55 @@ def test_planted_codec_never_runs_code(ws: Workspace, tmp_path: Path, codec: dic
     run_cli("ddk-store", ["info", str(store)])
     run_cli("ddk-student", ["eval", "--store", str(store), "--model", str(ws.student)])
     assert not marker.exists(), "reading a store executed code from its data"
+
+
+def test_planted_codec_in_packed_rows_or_an_unfinished_store_never_runs_code(tmp_path: Path,
+                                                                            unpickling_codecs: None) -> None:
+    """The packed rows (read by a dump's score phase and by verify) and the writer (resuming or finalizing a store
+    another process began) open stored arrays too: the same allowlist stands before their first read."""
+    import zarr
+
+    codec, marker = MALICIOUS_CODECS["pickle-codec"], tmp_path / "marker"
+    packed = tmp_path / "packed"
+    make_tiny_store(str(packed), domains=("alpha",), train_rows=4, heldout_rows=2)
+    rows = PackedRows(str(packed))
+    for split in ("heldout", "train"):
+        rows.write_chunk("alpha", split, 0, np.ones((2, 16), np.int32), chunk_rows=2, dtype=np.uint16)
+    rows.write_state({"seq_len": 16}, {"alpha": {"state": "packed", "chunk_rows": 2, "heldout_rows": 2,
+                                                 "train_rows": 2}})
+    assert validate_store(str(packed)) == []
+    plant_codec(packed, codec, marker, array="_pack/alpha.heldout")
+    with pytest.raises(StoreFormatError, match=codec["name"]):
+        PackedRows(str(packed), read_only=True).read_rows("alpha", "heldout", 0, 2, seq_len=16, chunk_rows=2,
+                                                          dtype=np.uint16)
+    assert [i for i in validate_store(str(packed)) if codec["name"] in str(i)]
+    unfinished = tmp_path / "unfinished"
+    make_tiny_store(str(unfinished), domains=("alpha",), train_rows=4, heldout_rows=2, finalize=False)
+    plant_codec(unfinished, codec, marker, array="alpha/heldout/target_logprobs")
+    with pytest.raises(StoreFormatError, match=codec["name"]):
+        StoreWriter.resume(str(unfinished)).finalize()
+    assert not marker.exists(), "opening packed rows or an unfinished store executed code from its data"
+    # The control: plain zarr, with the same codec registered, runs the payload of either.
+    for url, array in ((packed, "_pack/alpha.heldout"), (unfinished, "alpha/heldout/target_logprobs")):
+        try:
+            zarr.open_array(str(url), path=array, mode="r")[:1]
+        except Exception:  # noqa: BLE001 - the payload's return value is no valid chunk; it has run by then
+            pass
+        assert marker.exists(), f"the control did not run the payload in {array}: the check above proves nothing"
+        marker.unlink()
+
+
+@pytest.mark.parametrize("name", ["../../outside/evil", "a/b", ".hidden", "zarr.json"])
+def test_a_pack_document_naming_a_path_is_reported_and_not_followed(tmp_path: Path, name: str) -> None:
+    """Domain names in the stored pack document become array paths in verify: one that is no valid domain name is
+    a problem verify names, and nothing is opened at that path."""
+    store = tmp_path / "store"
+    make_tiny_store(str(store), domains=("alpha",), train_rows=4, heldout_rows=2)
+    PackedRows(str(store)).write_state({"seq_len": 16}, {name: {"state": "packed", "chunk_rows": 2,
+                                                                "heldout_rows": 2, "train_rows": 2}})
+    issues = [str(i) for i in validate_store(str(store))]
+    assert any("names a domain the store format forbids" in i and "_pack/zarr.json" in i for i in issues), issues
+    assert not any("missing or unreadable" in i for i in issues), issues  # nothing was looked up at that path
 
 
 @pytest.mark.parametrize("codec", MALICIOUS_CODECS.values(), ids=MALICIOUS_CODECS.keys())

@@ -70,6 +70,24 @@ def test_a_store_packed_with_other_settings_is_one_line_naming_the_flag(tiny_tea
     assert code == 0 and "packing domain" in err, err
 
 
+def test_packed_rows_of_another_version_are_refused_and_replaced_with_overwrite(tiny_teacher, corpus, tmp_path):
+    """The refusal says to pass --overwrite, and --overwrite does replace them."""
+    store = tmp_path / "s"
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "3"))
+    assert code == 0, err
+    doc_path = store / "_pack" / "zarr.json"
+    doc = json.loads(doc_path.read_text())
+    doc["attributes"]["ddk_pack"]["version"] += 1  # as a later ddk would write them
+    doc_path.write_text(json.dumps(doc))
+    line = one_line_error(*run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "3")))
+    assert "packed rows of version" in line and "pass --overwrite" in line, line
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "3",
+                                                 "--overwrite"))
+    assert code == 0 and "--overwrite replaces the store there (" in err and "packing domain" in err, err
+    assert json.loads(doc_path.read_text())["attributes"]["ddk_pack"]["version"] == doc["attributes"]["ddk_pack"][
+        "version"] - 1
+
+
 def test_pack_refuses_bad_input_in_one_line(tiny_teacher, corpus, tmp_path):
     line = one_line_error(*run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, tmp_path / "s", "--workers", "0")))
     assert "--workers must be >= 1" in line and not (tmp_path / "s").exists()
@@ -79,18 +97,24 @@ def test_pack_refuses_bad_input_in_one_line(tiny_teacher, corpus, tmp_path):
     assert "holds no ddk store" in line and (tmp_path / "other" / "keep.txt").read_text() == "mine"
 
 
-def test_damaged_packed_rows_stop_the_dump_in_one_line_that_says_how_to_recover(tiny_teacher, corpus, tmp_path):
+@pytest.mark.parametrize("damage", ["flipped byte", "deleted chunk"])
+def test_damaged_packed_rows_stop_the_dump_in_one_line_that_says_how_to_recover(tiny_teacher, corpus, tmp_path,
+                                                                                damage):
     store = tmp_path / "s"
     code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "6"))
     assert code == 0, err
     chunk = sorted(p for p in (store / "_pack" / "scripture.train").rglob("*")
                    if p.is_file() and p.name != "zarr.json")[0]
-    b = bytearray(chunk.read_bytes())
-    b[len(b) // 2] ^= 0x01  # the chunk's crc32c no longer matches
-    chunk.write_bytes(bytes(b))
+    if damage == "flipped byte":
+        b = bytearray(chunk.read_bytes())
+        b[len(b) // 2] ^= 0x01  # the chunk's crc32c no longer matches
+        chunk.write_bytes(bytes(b))
+    else:
+        chunk.unlink()  # zarr would read its fill value: rows of token 0, scored as if they were data
     dump = dump_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "6")
     line = one_line_error(*run_cli("ddk-teacher", dump))
-    assert "packed rows _pack/scripture.train chunk 0 are damaged" in line and "delete _pack" in line, line
+    said = "are damaged" if damage == "flipped byte" else "are missing"
+    assert f"packed rows _pack/scripture.train chunk 0 {said}" in line and "delete _pack" in line, line
     shutil.rmtree(store / "_pack")  # what the line says: the corpora are packed again and the dump completes
     code, err = run_cli("ddk-teacher", dump)
     assert code == 0 and "packing domain" in err, err
