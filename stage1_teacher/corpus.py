@@ -177,7 +177,7 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
         if not (isinstance(value, str) and value.strip() and "\0" not in value) and not (optional and value is None):
             raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
     dataset = spec["dataset"]
-    local_dir = dataset_dir(dataset, base, where)
+    local_dir = dataset_dir(dataset, base, where, missing_ok)
     patterns = () if spec.get("data_files") is None else _patterns(spec["data_files"], "data_files", where)
     if dataset in LOCAL_BUILDERS and not patterns:
         raise ConfigError(f"{where}: dataset {dataset!r} reads local files: name them with 'data_files' (paths or "

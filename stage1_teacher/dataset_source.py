@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 LOCAL_BUILDERS = ("arrow", "csv", "json", "pandas", "parquet", "text")
 
 
-def dataset_dir(name: str, base: Path, where: str) -> str | None:
+def dataset_dir(name: str, base: Path, where: str, missing_ok: bool = False) -> str | None:
     """The local directory ``dataset: name`` names (resolved against ``base``), or None for a builder or hub id.
+    ``missing_ok``: a directory that is gone is still named (its domain is packed into the store already).
 
     Raises:
         ConfigError: ``name`` is written as a path (``./x``, ``/x``, ``~/x``, ``a/b/c``) but no such directory exists.
@@ -34,7 +35,7 @@ def dataset_dir(name: str, base: Path, where: str) -> str | None:
     if name in LOCAL_BUILDERS or "://" in name:
         return None
     resolved = resolve_against(name, base)
-    if os.path.isdir(resolved):
+    if os.path.isdir(resolved) or (missing_ok and looks_like_path(name)):
         return resolved
     if looks_like_path(name):
         raise ConfigError(f"{where}: dataset directory {name!r} ({resolved}) does not exist; fix 'dataset' in the "

@@ -22,7 +22,7 @@ from ddk_store.difference import identity_difference
 from ddk_store.errors import (ConfigError, DdkError, StoreExistsError, StoreFormatError, StoreIncompleteError,
                               StoreNotFoundError)
 from ddk_store.layout import default_chunk_rows
-from ddk_store.packed import delete_all_but_pack
+from ddk_store.location import delete_all_but_pack
 from ddk_store.retry import is_transient, retry_call
 from ddk_store.storage import open_zarr_store
 
@@ -31,7 +31,7 @@ from .config import Stage1Config
 from .corpus import check_dataset_source
 from .corpus import DomainSource
 from .devices import FINALIZER_ENV
-from .pack import files_problem, load_corpora_for, pack_phase, pack_settings
+from .pack import files_problem, load_corpora_for, pack_phase, pack_settings, packed_domains
 from .plan import RESUME_FLAGS
 from .scoring import score_units
 from .teacher import fit_problems, load_tokenizer, resolve_teacher
@@ -83,8 +83,9 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     problems = fit_problems(teacher, len(tok), cls, seq_len=cfg.seq_len, top_k=cfg.top_k)
     if problems:
         raise ConfigError("; ".join(problems))
+    packed = packed_domains(cfg)  # (their datasets are not read again: a packed domain needs neither hub nor dir)
     for src in corpora:
-        if src.format == "dataset":
+        if src.format == "dataset" and src.name not in packed:
             check_dataset_source(src)  # offline hub lookups fail here, in seconds, not after the model loads
 
     dtype = resolve_dtype(cfg.dtype, cfg.device if backend_name == "hf" else "auto")

@@ -131,3 +131,23 @@ def test_dump_from_a_json_lines_file_named_by_data_files(tiny_teacher, tmp_path,
     (source,) = meta.domains[0].sources
     assert source.uri == data.resolve().as_uri() and source.bytes == data.stat().st_size
     assert meta.settings["corpora"]["web"]["patterns"] == ["data/web.jsonl"]
+
+
+def test_a_packed_dataset_domain_needs_its_directory_no_more(tiny_teacher, tmp_path, monkeypatch):
+    """Like a text file, a local dataset directory may be gone once its domain is in the store: a rerun of the same
+    dump reads the store, not the directory (it used to stop at the directory's absence)."""
+    import shutil
+
+    texts = [f"a local dataset row {i}, with words {i * 3} and {i * 5}" for i in range(60)]
+    y = project(tmp_path, "  web: {dataset: ./corpora/web, text_field: text}\n")
+    jsonl(y.parent / "corpora" / "web" / "train.jsonl", texts)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    cfg = Stage1Config(teacher=str(tiny_teacher), corpora=str(y), store=str(tmp_path / "store"), seq_len=16, top_k=4,
+                       heldout_seqs=2, backend="hf", device="cpu", batch_tokens=64, progress=False)
+    assert run(cfg, echo=lambda _: None).status == "complete"
+    before = open_store(str(tmp_path / "store")).read_rows("web", "train", [0, 1]).tokens
+    shutil.rmtree(y.parent / "corpora" / "web")
+    said: list[str] = []
+    assert run(cfg, echo=said.append).status == "noop"  # the store is complete: nothing to dump again
+    assert (open_store(str(tmp_path / "store")).read_rows("web", "train", [0, 1]).tokens == before).all()
+    assert not any("does not exist" in line for line in said), said
