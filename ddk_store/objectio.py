@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -39,12 +40,13 @@ def _remember(directory: str) -> None:
     _MADE.add(directory)
 
 
-def write_local(root: Path, files: Mapping[str, bytes], atomic: bool = False) -> None:
-    """Write objects under ``root`` in place, without a temporary file and rename (``atomic``: with them, for markers).
+def write_local(root: Path, files: Mapping[str, bytes]) -> None:
+    """Write objects under ``root``, each through a temporary file in its directory and a rename: never torn.
 
-    Safe by the store's protocol, not by the file system: a unit's objects belong to that unit alone (units are
-    whole chunks or shards, shards of a dump disjoint units), and its marker is written after them, so an object
-    torn by a kill belongs to a unit not marked done, which every rerun rewrites; readers only read complete stores.
+    The store's protocol (a unit's objects belong to it alone, its marker is written after them) makes a torn object
+    harmless within one dump; the rename also covers two identical dumps joined on one store (stage1.md), where a
+    process killed while rewriting a unit the other had already marked done would otherwise leave it damaged. A
+    unit's objects are few (one shard or a few chunks per array), so the renames cost nothing measurable.
     """
     for key, data in files.items():
         path = os.path.join(root, key)
@@ -52,7 +54,7 @@ def write_local(root: Path, files: Mapping[str, bytes], atomic: bool = False) ->
         if parent not in _MADE:  # a new unit's objects lie in new directories: make them before, not after, a failure
             os.makedirs(parent, exist_ok=True)
             _remember(parent)
-        target = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.partial") if atomic else path
+        target = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except FileNotFoundError:  # removed since (a store deleted and created again)
@@ -63,13 +65,11 @@ def write_local(root: Path, files: Mapping[str, bytes], atomic: bool = False) ->
             while view:
                 view = view[os.write(fd, view):]
         except BaseException:
-            if atomic:  # a torn marker would read as a damaged store, not as a unit to redo
-                os.unlink(target)
+            os.unlink(target)
             raise
         finally:
             os.close(fd)
-        if atomic:
-            os.replace(target, path)
+        os.replace(target, path)
 
 
 async def put_objects(store: Store, files: Mapping[str, bytes]) -> None:

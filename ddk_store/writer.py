@@ -287,13 +287,13 @@ class StoreWriter:
             return
         # Directly, as the unit's objects: zarr's path costs a few ms per unit in event-loop hand-offs.
         self._write_objects(chunkio.objects(c, unit.index, [chunkio.encode_chunk(c, marker[None])]),
-                            f"writing the marker of {unit}", atomic=True)
+                            f"writing the marker of {unit}")
 
-    def _write_objects(self, files: Mapping[str, bytes], what: str, atomic: bool = False) -> None:
-        """Whole objects (a retry is harmless; a full disk is one clear error); ``atomic``: never torn (a marker)."""
+    def _write_objects(self, files: Mapping[str, bytes], what: str) -> None:
+        """Whole objects, never torn (a retry is harmless; a full disk is one clear error)."""
         local = objectio.local_root(self._store)
         if local is not None:
-            self._retry(lambda: objectio.write_local(local, files, atomic), what)
+            self._retry(lambda: objectio.write_local(local, files), what)
         else:  # an object store: every object at once
             self._retry(lambda: sync(objectio.put_objects(self._store, files)), what)
 

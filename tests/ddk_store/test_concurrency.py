@@ -143,3 +143,35 @@ def test_settings_difference_names_the_command_line_setting_first(tmp_path):
     rows = {d: {"train": 16, "heldout": 4} for d in other.domain_names}
     with pytest.raises(StoreExistsError, match=r"\(meta\.top_k: store has 4, this run has 8\)"):
         StoreWriter.open_or_create(url, other, rows)
+
+
+def test_a_writer_killed_while_rewriting_a_done_unit_leaves_it_whole(tmp_path, monkeypatch):
+    """Two identical dumps joined on one store may both write a unit (docs/stage1.md): the one killed half-way
+    through rewriting a unit the other already marked done leaves that unit whole (objects are renamed into place),
+    and the store finalizes and verifies."""
+    import os
+
+    url = str(tmp_path / "s")
+    meta = tiny_meta()
+    first = StoreWriter.open_or_create(url, meta, _rows(meta), unit_rows=2, chunk_rows=1)
+    data = {}
+    for unit in first.pending_units():
+        data[unit] = synth_rows(np.random.default_rng(unit.index), unit.n_rows, meta.seq_len, meta.top_k, 64)
+        first.write_unit(unit, **data[unit])
+    second = StoreWriter.open_or_create(url, meta, _rows(meta), unit_rows=2, chunk_rows=1)  # joins: same settings
+    assert second.resumed
+    unit = next(iter(data))
+    real_write = os.write
+
+    def killed_half_way(fd, view):
+        real_write(fd, bytes(view[: max(1, len(view) // 2)]))
+        raise KeyboardInterrupt  # the kill, half-way through an object
+
+    monkeypatch.setattr(os, "write", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        second.write_unit(unit, **data[unit])
+    monkeypatch.setattr(os, "write", real_write)
+    first.finalize()
+    assert validate_store(url) == []
+    np.testing.assert_array_equal(open_store(url).read_rows(unit.domain, unit.split, [0, 1]).tokens,
+                                  data[unit]["tokens"][:2])
