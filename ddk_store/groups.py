@@ -107,14 +107,38 @@ def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
     return GroupLayout.from_dict(doc, f"{path}.{spec.GROUP_ATTR}")
 
 
-def refuse_foreign_codecs(array: Any, where: str, hint: str = "") -> None:
+#: What zarr raises for metadata it cannot turn into a node (wrong node type, unknown codec, bad field).
+ZARR_METADATA_ERRORS = (zarr.errors.BaseZarrError, zarr.errors.UnknownCodecError, TypeError, ValueError,
+                        AttributeError)
+
+
+def refuse_foreign_codecs(array: Any, where: str, hint: str) -> None:
     """Refuse (StoreFormatError) to decode ``array`` when it declares a codec outside the store format's
     allowlist: only the spec's codecs are ever run on stored bytes (no pickle or third-party codec). Every opener of
     stored arrays calls this before reading a chunk."""
     bad = [n for n in codec_names(array.metadata.codecs) if n not in spec.ALLOWED_CODECS]
     if bad:
         raise StoreFormatError(f"{where} declares codec(s) {bad}, outside the store format's "
-                               f"{sorted(spec.ALLOWED_CODECS)}; refusing to decode it.{' ' + hint if hint else ''}")
+                               f"{sorted(spec.ALLOWED_CODECS)}; refusing to decode it; {hint}")
+
+
+def open_group_arrays(root: Any, url: str, domain: str, split: str, names: Sequence[str],
+                      hint: str) -> dict[str, Any]:
+    """The arrays ``names`` of group ``domain/split`` under ``root``, each refused (StoreFormatError, ending with
+    ``hint``: how to recover) when it is missing, when zarr cannot read its metadata, or when it declares a codec
+    outside the allowlist (:func:`refuse_foreign_codecs`)."""
+    path = group_path(domain, split)
+    grp, arrs = root[path], {}
+    for name in names:
+        where = f"store {url}: array '{path}/{name}'"
+        try:
+            arrs[name] = grp[name]
+        except KeyError:
+            raise StoreFormatError(f"{where} is missing; {hint}") from None
+        except ZARR_METADATA_ERRORS as e:
+            raise StoreFormatError(f"{where} has metadata ddk refuses ({describe(e)}); {hint}") from None
+        refuse_foreign_codecs(arrs[name], where, hint)
+    return arrs
 
 
 def codec_names(codecs: Sequence[Any]) -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import threading
+import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -54,7 +54,7 @@ def write_local(root: Path, files: Mapping[str, bytes]) -> None:
         if parent not in _MADE:  # a new unit's objects lie in new directories: make them before, not after, a failure
             os.makedirs(parent, exist_ok=True)
             _remember(parent)
-        target = os.path.join(parent, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.partial")
+        target = f"{path}.{uuid.uuid4().hex}.partial"  # zarr's own name for it: a kill's leftover is cleaned up
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except FileNotFoundError:  # removed since (a store deleted and created again)

@@ -72,6 +72,11 @@ def _node_doc(make: Any) -> bytes:
     return sync(scratch.get("n/zarr.json", prototype=default_buffer_prototype())).to_bytes()
 
 
+#: How to recover from damaged packed rows (the store's readers never read them).
+_REPACK = (f"delete {PACK_PREFIX} under the store (readers never need it) and rerun the same `ddk-teacher dump` "
+           "command: it packs the corpora again")
+
+
 def _chunk_key(domain: str, split: str, index: int) -> str:
     """The object of chunk ``index`` of the packed rows of ``domain/split`` (zarr v3's default chunk keys)."""
     return f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0"
@@ -138,11 +143,13 @@ class PackedRows:
                 _set(store, f"{path}/zarr.json", _node_doc(lambda m: zarr.create_array(
                     m, name="n", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, compressors=codecs)))
             try:
-                arr = zarr.open_array(store, path=path, mode="r" if self.read_only else "r+")
+                # every chunk written is stored, one of zeros too: a chunk that is not there is missing, never rows
+                arr = zarr.open_array(store, path=path, mode="r" if self.read_only else "r+").with_config(
+                    {"write_empty_chunks": True})
             except (FileNotFoundError, KeyError, ValueError) as e:
-                raise StoreFormatError(f"{self.url}: packed array {path} is missing or unreadable ({e}); rerun "
-                                       "`ddk-teacher pack` with --overwrite") from None
-            refuse_foreign_codecs(arr, f"{self.url}: packed array {path}", "Rerun `ddk-teacher pack` with --overwrite")
+                raise StoreFormatError(f"{self.url}: packed array {path} is missing or unreadable ({e}); "
+                                       f"{_REPACK}") from None
+            refuse_foreign_codecs(arr, f"{self.url}: packed array {path}", _REPACK)
             self._arrays[name] = arr
         return self._arrays[name]
 
@@ -169,16 +176,14 @@ class PackedRows:
                 # zarr reads a missing chunk as its fill value (0, a valid token id): rows of token 0 must not be
                 # scored as data
                 where = f"{self.url}: packed rows {PACK_PREFIX}/{domain}.{split} chunk {index}"
-                again = (f"delete {PACK_PREFIX} under the store (readers never need it) and rerun the same "
-                         "`ddk-teacher dump` command: it packs the corpora again")
                 chunk_key = _chunk_key(domain, split, index)
                 if not retry_call(lambda: sync(self.store.exists(chunk_key)), what=f"reading {chunk_key}",
                                   url=self.url):
-                    raise StoreCorruptError(f"{where} are missing; {again}")
+                    raise StoreCorruptError(f"{where} are missing; {_REPACK}")
                 try:
                     chunk = arr[index * chunk_rows : (index + 1) * chunk_rows]
                 except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
-                    raise StoreCorruptError(f"{where} are damaged ({describe(e, 120)}); {again}") from None
+                    raise StoreCorruptError(f"{where} are damaged ({describe(e, 120)}); {_REPACK}") from None
                 self._cache = (key, chunk.astype(np.int32))
             hi = min(stop, (index + 1) * chunk_rows)
             parts.append(self._cache[1][row - index * chunk_rows : hi - index * chunk_rows])

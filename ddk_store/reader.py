@@ -12,7 +12,8 @@ from zarr.core.sync import sync
 
 from . import chunkio, codec, objectio, spec
 from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
-from .groups import no_store, read_group_layout, read_root_doc, refuse_foreign_codecs, root_meta_from_doc
+from .groups import (ZARR_METADATA_ERRORS, no_store, open_group_arrays, read_group_layout, read_root_doc,
+                     root_meta_from_doc)
 from .heldout import heldout_nll, stats_mismatch
 from .layout import contiguous_runs
 from .localcache import cached_store
@@ -22,11 +23,6 @@ from .rows import RowBatch, StoredRows
 from .encodings import encoding_for
 from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_path, group_schema
 from .storage import normalize_url, open_zarr_store
-
-
-#: What zarr raises for metadata it cannot turn into a node (wrong node type, unknown codec, bad field).
-_ZARR_METADATA_ERRORS = (zarr.errors.BaseZarrError, zarr.errors.UnknownCodecError, TypeError, ValueError,
-                         AttributeError)
 
 
 class StoreReader:
@@ -52,7 +48,7 @@ class StoreReader:
         def open_root() -> zarr.Group:
             try:
                 return zarr.open_group(self._zstore, mode="r")
-            except _ZARR_METADATA_ERRORS as e:
+            except ZARR_METADATA_ERRORS as e:
                 raise StoreFormatError(f"store {self.url}: root zarr.json is not a zarr group ({describe(e)}); "
                                        "this is not a ddk store, or its metadata was damaged") from None
 
@@ -99,20 +95,8 @@ class StoreReader:
             path = group_path(domain, split)
 
             def open_arrays() -> dict[str, Any]:
-                grp = self._root[path]
-                arrs = {}
-                for name in group_arrays(self.meta.encoding):
-                    try:
-                        arrs[name] = grp[name]
-                    except KeyError:
-                        raise StoreFormatError(f"store {self.url}: array '{path}/{name}' is missing; "
-                                               f"{self._verify_hint()}") from None
-                    except _ZARR_METADATA_ERRORS as e:
-                        raise StoreFormatError(f"store {self.url}: array '{path}/{name}' has metadata this reader "
-                                               f"refuses ({describe(e)}); {self._verify_hint()}") from None
-                    refuse_foreign_codecs(arrs[name], f"store {self.url}: array '{path}/{name}'",
-                                          self._verify_hint())
-                return arrs
+                return open_group_arrays(self._root, self.url, domain, split, group_arrays(self.meta.encoding),
+                                         self._verify_hint())
 
             arrs = retry_call(open_arrays, what=f"opening the arrays of {path}", url=self.url)
             t, k = self.meta.seq_len, self.meta.top_k

@@ -21,7 +21,7 @@ from .difference import identity_difference
 from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
 from .crc import crc32_combine, crc32_of
-from .groups import (no_store, read_group_layout, read_root_doc, refuse_foreign_codecs, root_claim,
+from .groups import (no_store, open_group_arrays, read_group_layout, read_root_doc, root_claim,
                      root_meta_from_doc)
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
@@ -170,13 +170,9 @@ class StoreWriter:
     def _arrays_of(self, domain: str, split: str) -> dict[str, zarr.Array]:
         key = (domain, split)
         if key not in self._arrays:
-            def open_arrays() -> dict[str, zarr.Array]:
-                grp = self._root[group_path(domain, split)]
-                arrs = {name: grp[name] for name in group_arrays(self.meta.encoding)}
-                for name, arr in arrs.items():  # (a resumed store's arrays were written by someone else)
-                    refuse_foreign_codecs(arr, f"store {self.url}: array '{group_path(domain, split)}/{name}'",
-                                          "Write the store anew (--overwrite) or into another --store")
-                return arrs
+            def open_arrays() -> dict[str, zarr.Array]:  # (a resumed store's arrays: written by someone else)
+                return open_group_arrays(self._root, self.url, domain, split, group_arrays(self.meta.encoding),
+                                         "delete the store and dump it again, or dump into another --store")
 
             self._arrays[key] = self._retry(open_arrays, f"opening the arrays of {domain}/{split}")
         return self._arrays[key]

@@ -220,9 +220,10 @@ def train(cfg: Stage2Config) -> Path:
         sampler.load_state_dict(doc["sampler"])
         # (checkpoints of older versions have none: the rule starts afresh); a finished run's last entry is its
         # final evaluation, which nothing was sampled from: an extended run samples on from its interval
-        history.extend(h for h in doc.get("history", []) if h.get("weights") is not None)
-        warned.update(f.domain for i in range(2, len(history) + 1) if rank == 0  # warned before: not again
-                      for f in find_repeats(history[:i], B, num_rows, steps=cfg.steps))
+        saved = doc.get("history", [])
+        history.extend(h for h in saved if h.get("weights") is not None)
+        warned.update(f.domain for i in range(2, len(saved) + 1) if rank == 0  # warned before: not again
+                      for f in find_repeats(saved[:i], B, num_rows, steps=cfg.steps))
         if rank == 0:
             rundir.truncate_metrics(out, step)
             write_config(cfg, out / CONFIG_FILE)  # the settings it continues with (a larger --steps, say)

@@ -195,13 +195,16 @@ def test_planted_codec_never_runs_code(ws: Workspace, tmp_path: Path, codec: dic
     assert not marker.exists(), "reading a store executed code from its data"
 
 
-def test_planted_codec_in_packed_rows_or_an_unfinished_store_never_runs_code(tmp_path: Path,
-                                                                            unpickling_codecs: None) -> None:
+@pytest.mark.parametrize("codec", MALICIOUS_CODECS.values(), ids=MALICIOUS_CODECS.keys())
+def test_planted_codec_in_packed_rows_or_an_unfinished_store_never_runs_code(tmp_path: Path, codec: dict[str, Any],
+                                                                            monkeypatch, unpickling_codecs: None
+                                                                            ) -> None:
     """The packed rows (read by a dump's score phase and by verify) and the writer (resuming or finalizing a store
-    another process began) open stored arrays too: the same allowlist stands before their first read."""
+    another process began) open stored arrays too: the same allowlist stands before their first read, and a codec
+    zarr does not know is the same one-line refusal, not zarr's own error."""
     import zarr
 
-    codec, marker = MALICIOUS_CODECS["pickle-codec"], tmp_path / "marker"
+    marker = tmp_path / "marker"
     packed = tmp_path / "packed"
     make_tiny_store(str(packed), domains=("alpha",), train_rows=4, heldout_rows=2)
     rows = PackedRows(str(packed))
@@ -229,6 +232,13 @@ def test_planted_codec_in_packed_rows_or_an_unfinished_store_never_runs_code(tmp
             pass
         assert marker.exists(), f"the control did not run the payload in {array}: the check above proves nothing"
         marker.unlink()
+    monkeypatch.undo()  # the codecs unregistered, as in a plain zarr install
+    for check in (lambda: StoreWriter.resume(str(unfinished)).finalize(),
+                  lambda: PackedRows(str(packed), read_only=True).read_rows("alpha", "heldout", 0, 2, seq_len=16,
+                                                                            chunk_rows=2, dtype=np.uint16)):
+        with pytest.raises(StoreFormatError, match=codec["name"]):
+            check()
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("name", ["../../outside/evil", "a/b", ".hidden", "zarr.json"])

@@ -111,6 +111,21 @@ def test_padded_student_and_ablation_modes(tmp_path, store_url, padded_student_d
             assert all(r["loss"] == pytest.approx(r["ce"]) for r in steps)  # gamma 0: CE only
 
 
+def test_grad_clip_0_still_logs_the_gradient_norm(tmp_path, store_url, student_dir):
+    """--grad-clip 0 turns clipping off, not the measurement: every step logs a finite norm (it used to be NaN, which
+    strict JSON readers refuse), and step 1's equals a clipped run's (the norm is taken before clipping)."""
+    norms = {}
+    for clip in (0.0, 1.0):
+        out = tmp_path / f"clip{clip}"
+        res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, steps=2, interval=1, log_every=1,
+                                                 grad_clip=clip))
+        assert res.exit_code == 0, res.output
+        norms[clip] = [r["grad_norm"] for r in read_metrics(out) if r["event"] == "step"]
+        assert "NaN" not in (out / "metrics.jsonl").read_text()
+    assert len(norms[0.0]) == 2 and all(math.isfinite(g) and g > 0 for g in norms[0.0])
+    assert norms[0.0][0] == pytest.approx(norms[1.0][0], rel=1e-6)
+
+
 def test_device_decode_trains_as_host_decode(tmp_path, store_url, student_dir):
     """--topk-decode device (the default on CUDA: stored bytes to the device, decoded there) gives the run that host
     decoding gives: the same losses at every step, within float32 rounding of the rescale's summation order."""
