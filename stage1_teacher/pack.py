@@ -77,19 +77,21 @@ def read_pack(url: str, storage_options: Mapping[str, Any] | None) -> dict[str, 
     return PackedRows(url, storage_options=storage_options).read_state()
 
 
+def _packed_names(state: Mapping[str, Any] | None) -> set[str]:
+    return {d for d, st in ((state or {}).get("domains") or {}).items() if (st or {}).get("state") == PACKED}
+
+
 def packed_domains(cfg: Stage1Config) -> set[str]:
     """The domains --store holds packed already, whose sources are not read again (none when its packed rows are
     unreadable: the pack phase says why)."""
     try:
-        state = PackedRows(cfg.store, storage_options=cfg.storage_options_dict, read_only=True).read_state()
+        return _packed_names(read_pack(cfg.store, cfg.storage_options_dict))
     except StoreFormatError:
         return set()
-    return {d for d, st in ((state or {}).get("domains") or {}).items() if (st or {}).get("state") == PACKED}
 
 
 def fully_packed(state: Mapping[str, Any] | None, names: list[str]) -> bool:
-    domains = (state or {}).get("domains") or {}
-    return all((domains.get(n) or {}).get("state") == PACKED for n in names)
+    return set(names) <= _packed_names(state)
 
 
 def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, identity: Mapping[str, Any],

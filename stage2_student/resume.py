@@ -129,17 +129,17 @@ def check_same_store(out: Path, ckpt: Path, store: str, *, domains: list[str], n
     had_rows = (doc.get("sampler") or {}).get("num_rows")
     had_domains = next((h.get("domains") for h in doc.get("history") or [] if h.get("domains")), None)
     had_ppl = doc.get("ppl_teacher")
-    what = []
+    what = ""
     if had_domains is not None and list(had_domains) != list(domains):
-        what.append(f"domains {had_domains} then, {domains} now")
+        what = f"domains {had_domains} then, {domains} now"
     elif had_rows is not None and list(had_rows) != list(num_rows):
-        what.append(f"training rows per domain {had_rows} then, {num_rows} now")
+        what = f"training rows per domain {had_rows} then, {num_rows} now"
     elif had_ppl is not None and (moved := [f"{d} {a:.6g} then, {b:.6g} now" for d, a, b in
                                            zip(domains, had_ppl, ppl_teacher) if not math.isclose(a, b, rel_tol=1e-9)]):
-        what.append(f"other teacher held-out perplexities: {', '.join(moved)}")
+        what = f"other teacher held-out perplexities: {', '.join(moved)}"
     if what:
         raise ConfigError(f"--resume {out}: store {store} is not the one its checkpoint at step "
-                          f"{checkpoint_step(ckpt)} was trained on ({what[0]}); it was dumped or packed again. "
+                          f"{checkpoint_step(ckpt)} was trained on ({what}); it was dumped or packed again. "
                           f"Resume from the original store, or start a new run on this one (--overwrite, or another "
                           f"--out)")
 
