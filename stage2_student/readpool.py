@@ -11,13 +11,21 @@ its exception to the consumer, which re-raises it when it reaches that item (the
 first); no item after a failed one is started. ``close()`` (also on Ctrl-C, via the caller's ``finally``) stops
 handing out work and returns at once: reads already running finish in their daemon threads and are dropped
 (``join`` waits for them; the trainer's Prefetcher waits up to 5 s).
+
+No worker may still be reading when the interpreter exits: a daemon thread inside a torch call that released the
+GIL is ended by the interpreter's finalization through C++ frames that cannot unwind, and the process aborts
+("terminate called without an active exception", exit 134) instead of exiting with its status (130 after a Ctrl-C).
+So a pool interrupted while it starts its threads closes itself, and at exit every pool still open is closed and
+its running reads are waited for (:func:`_close_pools_at_exit`).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
 
@@ -26,6 +34,10 @@ R = TypeVar("R")
 
 #: Worker threads per process are capped here: beyond it the decoding, not the I/O, is the bottleneck.
 MAX_DEFAULT_WORKERS = 8
+#: Seconds the interpreter's exit waits for the reads still running (a store that hangs must not hang the exit).
+EXIT_WAIT_S = 60.0
+
+_OPEN: weakref.WeakSet[ReadPool] = weakref.WeakSet()  # pools whose workers may still run (their threads hold them)
 
 
 def available_cores() -> int:
@@ -69,8 +81,13 @@ class ReadPool(Generic[T, R]):
         self._closed = False
         n = max(1, min(workers, inflight, len(self._items)))
         self._threads = [threading.Thread(target=self._work, daemon=True, name=f"{name}-{i}") for i in range(n)]
-        for t in self._threads:
-            t.start()
+        _OPEN.add(self)
+        try:
+            for t in self._threads:
+                t.start()  # (waits for the thread to run: a Ctrl-C can land here)
+        except BaseException:
+            self.close()  # no owner will ever close a pool whose construction failed
+            raise
 
     def _take_index(self) -> int | None:
         """The next index to read, waiting while ``inflight`` items are ahead of the consumer; None: nothing left."""
@@ -129,3 +146,15 @@ class ReadPool(Generic[T, R]):
         for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self._threads)
+
+
+@atexit.register
+def _close_pools_at_exit() -> None:
+    """Close every pool still open and wait (up to :data:`EXIT_WAIT_S` in all) for the reads they are running. Runs
+    before the interpreter finalizes, which would end a daemon thread inside a torch call by aborting the process."""
+    pools = list(_OPEN)
+    for pool in pools:
+        pool.close()
+    deadline = time.monotonic() + EXIT_WAIT_S
+    for pool in pools:
+        pool.join(max(0.0, deadline - time.monotonic()))
