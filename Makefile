@@ -26,7 +26,7 @@ lint: setup
 
 # BASELINE=1: also train plain KD from the same warm student and compare the two in the report.
 demo: setup
-	bash examples/demo.sh $(if $(BASELINE),--baseline)
+	bash examples/demo.sh $(if $(filter 1 yes true on,$(BASELINE)),--baseline)
 
 bench: setup
 	$(PY) bench/store_codec.py

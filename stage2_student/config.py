@@ -44,10 +44,12 @@ class Stage2Config:
     """Resolved settings of one stage-2 run (saved as ``config.yaml`` in the output dir)."""
 
     # --- where
-    store: str = setting("", "Teacher-logit store URL: path, file://, s3://bucket/prefix or memory://name.",
-                         required=True, path=PATH, metavar="URL")
+    store: str = setting("", "Teacher-logit store URL: path, file://, s3://bucket/prefix or memory://name. "
+                         "(train --resume reads it from the run's config.yaml.)", required=True, path=PATH,
+                         metavar="URL")
     student: str = setting("", "The student to start from: a Hugging Face causal-LM directory or hub id (`eval` "
-                           "names the model it measures --model).", required=True, path=MODEL, metavar="MODEL")
+                           "names the model it measures --model; train --resume reads it from the run's "
+                           "config.yaml).", required=True, path=MODEL, metavar="MODEL")
     out: str = setting("", "Run directory: final model, config.yaml, metrics.jsonl, checkpoints/.", required=True,
                        path=PATH, metavar="DIR")
     # --- DDK domain reweighting

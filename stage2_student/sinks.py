@@ -9,8 +9,8 @@
                            summary/worst (:mod:`stage2_student.summary`)
 
 each at the record's step, plus a custom-scalars layout (TensorBoard's "Custom Scalars" tab) that draws all domains of
-ratio and of weights on one chart each. ``tokens_per_s`` is left out where the record has 0.0 (a last step off the
---log-every grid, where it is not measured).
+ratio and of weights on one chart each. ``tokens_per_s`` is left out where the record has 0.0 (runs of earlier
+versions wrote it for a last step off the --log-every grid, which they did not measure).
 
 The event files are a view of metrics.jsonl: at the first record of a process the sink deletes ``RUN/tensorboard/``
 and writes every record metrics.jsonl holds (a resumed run's kept records, after the resume dropped the rest, and
@@ -51,7 +51,7 @@ def scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
     event = record.get("event")
     if event == rundir.STEP:
         return [(f"train/{k}", float(record[k])) for k in STEP_TAGS
-                if k in record and not (k == "tokens_per_s" and record[k] == 0.0)]
+                if k in record and not (k == "tokens_per_s" and record[k] == 0.0)]  # (older runs' unmeasured)
     if event not in (rundir.INTERVAL, rundir.FINAL):
         return []
     out = [(f"{key}/{d}", float(v)) for key in DOMAIN_TAGS if key in record

@@ -267,7 +267,7 @@ def train(cfg: Stage2Config) -> Path:
                dynamic_ncols=True)
     prefetch = interval_batches(step)
     batches = iter(prefetch)
-    t_last = time.perf_counter()
+    t_last, step_last = time.perf_counter(), step  # tokens/s: over the steps since the last step line
     try:
         while step < cfg.steps:
             lr = lr_at(step, peak_lr=cfg.lr, total_steps=cfg.steps, warmup_steps=cfg.warmup,
@@ -302,8 +302,8 @@ def train(cfg: Stage2Config) -> Path:
                     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
                     sums /= world
                 now = time.perf_counter()
-                tok_s = tokens_per_step * cfg.log_every / max(now - t_last, 1e-9) if step % cfg.log_every == 0 else 0.0
-                t_last = now
+                tok_s = tokens_per_step * (step - step_last) / max(now - t_last, 1e-9)
+                t_last, step_last = now, step
                 loss, ce, kl = sums.tolist()
                 if not math.isfinite(loss):
                     raise TrainingDiverged(_diverged(cfg, f"step {step}: the loss is {loss} (ce {ce}, kl {kl})"))

@@ -84,7 +84,7 @@ def test_a_resumed_run_is_mirrored_again_without_stale_points(tb_run):
 def test_scalars_of_each_record_kind():
     step = {"event": "step", "step": 7, "loss": 2.0, "ce": 1.5, "kl": 2.5, "lr": 1e-3, "grad_norm": 0.5,
             "tokens_per_s": 0.0}
-    # tokens/s 0.0 marks a step logged off the --log-every grid (not measured): left out
+    # tokens/s 0.0 marks a step earlier versions did not measure (off the --log-every grid): left out
     assert sinks.scalars(step) == [("train/loss", 2.0), ("train/ce", 1.5), ("train/kl", 2.5), ("train/lr", 1e-3),
                                    ("train/grad_norm", 0.5)]
     interval = {"event": "interval", "step": 4, "domains": ["a", "b"], "ratio": [1.5, 2.0], "weights": [0.4, 0.6],

@@ -126,6 +126,17 @@ def test_grad_clip_0_still_logs_the_gradient_norm(tmp_path, store_url, student_d
     assert norms[0.0][0] == pytest.approx(norms[1.0][0], rel=1e-6)
 
 
+def test_every_step_line_measures_its_throughput(tmp_path, store_url, student_dir):
+    """tokens/s covers the steps since the previous step line: the last step off the --log-every grid is measured
+    too (it was written as 0.0, a false drop on every chart)."""
+    out = tmp_path / "run"
+    res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, steps=5, interval=4, log_every=2))
+    assert res.exit_code == 0, res.output
+    steps = [r for r in read_metrics(out) if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [2, 4, 5]
+    assert all(r["tokens_per_s"] > 0 for r in steps), steps
+
+
 def test_device_decode_trains_as_host_decode(tmp_path, store_url, student_dir):
     """--topk-decode device (the default on CUDA: stored bytes to the device, decoded there) gives the run that host
     decoding gives: the same losses at every step, within float32 rounding of the rescale's summation order."""

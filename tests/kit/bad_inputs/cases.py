@@ -540,7 +540,7 @@ CASES: list[BadInput] = [
              lambda ws, t: ["info", str(ws.store), "--storage-option", "endpoint"], ("--storage-option", "KEY=VALUE"),
              usage=True),
     BadInput("verify-missing", "ddk-store", "verify on a path that does not exist",
-             lambda ws, t: ["verify", str(t / "no-store")], ("1 problem(s)",), in_output=("FAIL store: no ddk store",)),
+             lambda ws, t: ["verify", str(t / "no-store")], ("no ddk store at",)),
     BadInput("verify-format-2.0", "ddk-store", "verify on a store of format_version 2.0",
              lambda ws, t: ["verify", str(ws.store_v2)], ("1 problem(s)",),
              in_output=("FAIL store: ", "store format version 2.0 is not supported")),
