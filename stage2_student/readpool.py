@@ -86,7 +86,7 @@ class ReadPool(Generic[T, R]):
             for t in self._threads:
                 t.start()  # (waits for the thread to run: a Ctrl-C can land here)
         except BaseException:
-            self.close()  # no owner will ever close a pool whose construction failed
+            self.close()  # no owner will ever close a pool whose construction failed (the exit still joins it)
             raise
 
     def _take_index(self) -> int | None:
@@ -143,9 +143,10 @@ class ReadPool(Generic[T, R]):
         """Wait up to ``timeout`` seconds in all for the worker threads to exit (after :meth:`close` or the last item);
         True when all have."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for t in self._threads:
+        started = [t for t in self._threads if t.ident is not None]  # (a start interrupted by Ctrl-C: not all are)
+        for t in started:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)
+        return not any(t.is_alive() for t in started)
 
 
 @atexit.register
