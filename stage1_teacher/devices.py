@@ -275,15 +275,20 @@ class _Child:
         return f"exit status {rc}" + (f" ({self.last.strip()[:200]})" if self.last else "")
 
     def stop(self) -> None:
-        """End the child if it still runs: SIGTERM, then SIGKILL after 10 s (vLLM's engine exits with its parent)."""
-        if self.proc.poll() is not None:
-            return
-        for end in (self.proc.terminate, self.proc.kill):
-            try:
-                end()
-                self.proc.wait(timeout=10)
+        """End the child if it still runs: SIGTERM, then SIGKILL after 10 s (vLLM's engine exits with its parent);
+        then wait for the thread forwarding its output (a daemon thread still printing when the interpreter exits
+        can abort it)."""
+        try:
+            if self.proc.poll() is not None:
                 return
-            except ProcessLookupError:
-                return
-            except subprocess.TimeoutExpired:
-                continue
+            for end in (self.proc.terminate, self.proc.kill):
+                try:
+                    end()
+                    self.proc.wait(timeout=10)
+                    return
+                except ProcessLookupError:
+                    return
+                except subprocess.TimeoutExpired:
+                    continue
+        finally:
+            self.reader.join(timeout=2)  # (the child's output ends with it, unless a grandchild holds the pipe)

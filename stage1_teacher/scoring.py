@@ -126,12 +126,14 @@ def score_units(backend, writer: StoreWriter, pending: list[Unit], packed: Packe
             bar.set_postfix_str(f"{unit.domain}/{unit.split} rows {done_rows}/{total // seq_len}", refresh=False)
             bar.update(unit.n_rows * seq_len)
     finally:
-        stream.close()
-        for thread in threads:
-            q.put(None)
-        for thread in threads:
-            thread.join()
-        bar.close()
+        try:
+            stream.close()
+        finally:  # (the writers end even when closing the teacher's stream raises)
+            for thread in threads:
+                q.put(None)
+            for thread in threads:
+                thread.join()
+            bar.close()
     if failure:
         raise failure[0]
     return done_rows * seq_len, teacher_s

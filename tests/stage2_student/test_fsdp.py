@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from ddk_testkit.commands import train_args
 from ddk_testkit.kills import kill_after_checkpoint, last_checkpoint_step
-from ddk_testkit.processes import REPO, child_env, spawn
+from ddk_testkit.processes import REPO, child_env, free_port, spawn
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
 FLAGS = dict(steps=16, interval=8, batch_size=4, save_every=3, log_every=1)
@@ -46,8 +46,8 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path, store_url
     # One process with grad_accum=2 reads the same two half-batches per step as two ranks with grad_accum=1.
     p1 = spawn("stage2_student.cli", train_args(store_url, student_dir, single, grad_accum=2, **FLAGS),
                stderr=subprocess.PIPE)
-    p2 = torchrun(train_args(store_url, student_dir, ref, fsdp=True, **FLAGS), 29731, stderr=subprocess.PIPE)
-    victim = torchrun(train_args(store_url, student_dir, killed, fsdp=True, **FLAGS), 29732,
+    p2 = torchrun(train_args(store_url, student_dir, ref, fsdp=True, **FLAGS), free_port(), stderr=subprocess.PIPE)
+    victim = torchrun(train_args(store_url, student_dir, killed, fsdp=True, **FLAGS), free_port(),
                       stderr=subprocess.DEVNULL)
     ckpts = killed / "checkpoints"
     # Kill every rank once a mid-interval checkpoint (step 3 or later, not a multiple of 8) is committed.
@@ -60,7 +60,7 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path, store_url
         {p.name for p in (ckpts / f"step-{at:08d}").iterdir()}
     finished(p2, "fsdp reference")
     finished(p1, "one process")
-    resumed = torchrun(train_args(store_url, student_dir, killed, fsdp=True, resume=True, **FLAGS), 29733,
+    resumed = torchrun(train_args(store_url, student_dir, killed, fsdp=True, resume=True, **FLAGS), free_port(),
                        stderr=subprocess.PIPE)
     finished(resumed, "fsdp resume")
 
