@@ -34,7 +34,11 @@ class SeaweedS3:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.other_ports = [free_port() for _ in range(3)]  # master, volume, filer: the same on every restart
+        # every other port it listens on, the same on every restart (weed's defaults are fixed numbers or offsets
+        # of the ones given, which another process may hold): master, volume, filer, admin, and their gRPC ports
+        self.other_ports = {name: free_port() for name in ("master.port", "volume.port", "filer.port", "admin.port",
+                                                           "master.port.grpc", "volume.port.grpc", "filer.port.grpc",
+                                                           "admin.port.grpc", "s3.port.grpc")}
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self.secret = self.SECRET
         self.proc: subprocess.Popen | None = None
@@ -61,10 +65,9 @@ class SeaweedS3:
         weed = weed_binary()
         if weed is None:
             raise RuntimeError(WEED_MISSING)
-        master, volume, filer = self.other_ports
         cmd = [weed, "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               f"-s3.port={self.port}", f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+               "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+               f"-s3.port={self.port}", *(f"-{name}={port}" for name, port in self.other_ports.items()),
                f"-bucket={self.BUCKET}"]
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.secret)
         with open(self.data_dir / "weed.log", "ab") as log:
