@@ -94,7 +94,9 @@ def test_a_second_training_of_a_run_in_progress_is_refused(tmp_path, store_url, 
     with reaped(spawn("stage2_student.cli", argv)) as proc:
         deadline = time.monotonic() + 300
         while not (out / "config.yaml").is_file():  # written once the run holds its directory
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()  # (reading the stderr of a live process would wait for it forever)
+                pytest.fail(f"no run directory was written: {proc.communicate()[1][-2000:]}")
             time.sleep(0.05)
         proc.send_signal(signal.SIGSTOP)
         try:
