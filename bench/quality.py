@@ -13,7 +13,9 @@ Arms (the paper's Table 5 sampling ablations plus the two baselines):
   kd@ENC   as kd, from a store dumped with --encoding ENC          one arm per encoding (not run by default);
            kd@topk-sampled: N = --samples draws per position      "kd" itself is KD from the default encoding
 
-Pipeline (each step is skipped when its output already exists, so an interrupted run resumes):
+Pipeline (each step is skipped when its output already exists, so an interrupted run resumes; a finished run whose
+config.yaml holds other settings than these arguments ask for, another --steps say, is trained again, and a warm-up of
+other settings is refused; a run that fails leaves NAME.failed beside its log, which the tables name):
   1. the built-in corpus, teacher and layer-subset student, with the commands `make demo` (examples/demo.sh) runs:
      `ddk-teacher builtin-corpus`, `ddk-teacher builtin-teacher`, `ddk-student init`;
   2. one store: `ddk-teacher dump` of every domain (seq --seq-len, top-64, --heldout held-out rows per domain);
@@ -120,26 +122,38 @@ def prepare(args) -> tuple[Path, dict[str, Path], Path]:
     cache = cache_dir()
     corpora = path_of([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", args.max_mb])
     teacher = path_of([BIN / "ddk-teacher", "builtin-teacher"])
-    student = cache / "student" / f"smollm2-{student_label(args.layers)}"
+    student = raw_student(args)
     if not (student / "config.json").is_file():
         sh([BIN / "ddk-student", "init", "--teacher", teacher, "--layers", args.layers, "--out", student])
-    tag = f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
     if args.domain_rows or args.heldout_seed:  # a copy of the corpora file with per-domain keys
         corpora = corpora_copy(corpora, args.domain_rows, args.heldout_seed, Path(args.out))
-        tag += "".join(f"-{d}{n}" for d, n in args.domain_rows.items())
-        tag += f"-hs{args.heldout_seed}" if args.heldout_seed else ""
-    stores = {}
-    for enc in dict.fromkeys([spec.DEFAULT_ENCODING, *map(arm_encoding, args.arms)]):  # each store dumped once
+    stores = store_paths(args)
+    for enc in stores:  # each store dumped once
         extra = [] if enc == spec.DEFAULT_ENCODING else ["--encoding", enc]
-        suffix = "" if enc == spec.DEFAULT_ENCODING else f"-{enc}"
         if enc == spec.ENC_SAMPLED:
             extra += ["--samples", args.samples, "--sampling-seed", 0]
-            suffix += f"-n{args.samples}"
-        stores[enc] = cache / "stores" / (tag + suffix)
         sh([BIN / "ddk-teacher", "dump", "--teacher", teacher, "--corpora", corpora,
             "--store", stores[enc], "--seq-len", args.seq_len, "--top-k", 64, "--heldout-seqs", args.heldout,
             "--max-rows-per-domain", args.train_rows, "--backend", args.backend, *extra])
     return teacher, stores, student
+
+
+def raw_student(args) -> Path:
+    """Where the layer-subset student is cached."""
+    return cache_dir() / "student" / f"smollm2-{student_label(args.layers)}"
+
+
+def store_paths(args) -> dict[str, Path]:
+    """The store of each encoding the arms need (the default's always), named by every setting that shapes it."""
+    tag = f"quality-s{args.seq_len}-r{args.train_rows}-h{args.heldout}"
+    tag += "".join(f"-{d}{n}" for d, n in args.domain_rows.items())
+    tag += f"-hs{args.heldout_seed}" if args.heldout_seed else ""
+    stores = {}
+    for enc in dict.fromkeys([spec.DEFAULT_ENCODING, *map(arm_encoding, args.arms)]):
+        suffix = "" if enc == spec.DEFAULT_ENCODING else f"-{enc}"
+        suffix += f"-n{args.samples}" if enc == spec.ENC_SAMPLED else ""
+        stores[enc] = cache_dir() / "stores" / (tag + suffix)
+    return stores
 
 
 def student_label(layers: str) -> str:
@@ -187,17 +201,53 @@ def train_cmd(args, store: Path, student: Path, out: Path, steps: int, seed: int
             "--device", args.device, "--keep-checkpoints", 1, "--overwrite", *extra]  # one: ~1 GB each at 24 layers
 
 
-def run_all(args, stores: dict[str, Path], student: Path) -> None:
-    store = stores[spec.DEFAULT_ENCODING]
+def warmup_cmd(args) -> list[str]:
+    """The shared warm-up's `ddk-student train` command: CE on the natural mixture from the raw student."""
+    return [str(a) for a in train_cmd(args, store_paths(args)[spec.DEFAULT_ENCODING], raw_student(args),
+                                      Path(args.out) / "warmup", args.warmup_steps, 1234,
+                                      ["--mixing", "natural", "--gamma", "0"])]
+
+
+def arm_cmd(args, arm: str, seed: int) -> list[str]:
+    """The `ddk-student train` command of one arm and seed (from the warm-up, or the raw student without one)."""
+    out = Path(args.out)
+    start = out / "warmup" if args.warmup_steps else raw_student(args)
+    return [str(a) for a in train_cmd(args, store_paths(args)[arm_encoding(arm)], start, out / f"{arm}-s{seed}",
+                                      args.steps, seed, ARMS[arm])]
+
+
+def run_settings(cmd: list[str]) -> dict:
+    """The settings the `ddk-student train` command ``cmd`` runs with, as its config.yaml saves them."""
+    from stage2_student.cli import cli, train_settings
+    from stage2_student.config import saved_values
+
+    return saved_values(train_settings(cli.commands["train"].make_context("train", cmd[2:])))
+
+
+def stale_reason(cmd: list[str]) -> str | None:
+    """Why the finished run that `ddk-student train` command ``cmd`` names (its --out) is not the run ``cmd`` asks
+    for (another --steps, --lr, store, start...: the settings its config.yaml saved differ), or None when it is."""
+    import yaml
+
+    from stage2_student.config import RUNTIME_ONLY_FIELDS
+
+    want = run_settings(cmd)
+    saved = yaml.safe_load((Path(want["out"]) / rundir.CONFIG_FILE).read_text()) or {}
+    diff = [k for k in sorted(set(want) | set(saved)) if k not in RUNTIME_ONLY_FIELDS and want.get(k) != saved.get(k)]
+    return ("; ".join(f"{k} {saved.get(k)!r}, asked {want.get(k)!r}" for k in diff[:3])
+            + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")) if diff else None
+
+
+def run_all(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    warm = out / "warmup"
-    if args.warmup_steps and not rundir.is_finished(warm):
-        sh(train_cmd(args, store, student, warm, args.warmup_steps, 1234, ["--mixing", "natural", "--gamma", "0"]),
-           log=out / "warmup.log")
-    start = warm if args.warmup_steps else student
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms
-            if not rundir.is_finished(out / f"{arm}-s{seed}")]
+    if args.warmup_steps:
+        if not rundir.is_finished(out / "warmup"):
+            sh(warmup_cmd(args), log=out / "warmup.log")
+        elif reason := stale_reason(warmup_cmd(args)):  # every arm under --out starts from it
+            sys.exit(f"{out / 'warmup'} was trained with other settings ({reason}): give another --out")
+    todo = [(arm, seed) for seed in args.seeds for arm in args.arms  # (a finished run of other settings: again)
+            if not rundir.is_finished(out / f"{arm}-s{seed}") or stale_reason(arm_cmd(args, arm, seed))]
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     running: list[tuple[subprocess.Popen, str, float]] = []
@@ -207,9 +257,8 @@ def run_all(args, stores: dict[str, Path], student: Path) -> None:
     while todo or running:
         while todo and len(running) < args.jobs:
             arm, seed = todo.pop(0)
-            run = out / f"{arm}-s{seed}"
-            cmd = [str(a) for a in train_cmd(args, stores[arm_encoding(arm)], start, run, args.steps, seed,
-                                             ARMS[arm])]
+            cmd = arm_cmd(args, arm, seed)
+            (out / f"{arm}-s{seed}.failed").unlink(missing_ok=True)
             log = open(out / f"{arm}-s{seed}.log", "w")
             running.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
                             f"{arm}-s{seed}", time.time()))
@@ -220,6 +269,10 @@ def run_all(args, stores: dict[str, Path], student: Path) -> None:
                 continue
             running.remove(item)
             if proc.returncode:
+                (out / f"{name}.failed").write_text(f"exit status {proc.returncode}\n")  # summarize names it
+                for other, _, _ in running:  # (a run left behind would go on writing into --out)
+                    other.terminate()
+                    other.wait()
                 sys.exit(f"{name} failed ({proc.returncode}); see {out / (name + '.log')}")
             done += 1
             eta = (time.time() - t0) / done * (total - done)
@@ -252,10 +305,13 @@ def summarize(args) -> dict:
             runs = []
             for s in args.seeds:
                 run = out / f"{arm}-s{s}"
-                if finished(run):
-                    runs.append(compare.load_run(run, notes))
-                else:
+                failed = out / f"{run.name}.failed"
+                if failed.is_file():
+                    missing.append(f"{run.name} (FAILED, {failed.read_text().strip()}: see {run.name}.log)")
+                elif not finished(run):
                     missing.append(run.name)
+                else:  # (runs of other budgets are named by check_arms' note)
+                    runs.append(compare.load_run(run, notes))
             if runs:
                 arms.append(compare.Arm(ARM_LABEL.get(arm, arm), runs))
                 keys.append(arm)
@@ -304,7 +360,7 @@ def markdown(args, summary: dict, figs: list[str], fig_rel: str) -> str:
     status = [f"{sum(len(a.runs) for a in arms)} run(s) finished over {len(arms)} arm(s), of seeds "
               f"{', '.join(map(str, args.seeds))} asked for each arm."]
     if summary["missing"]:
-        status.append(f"Not finished yet, so not in the tables: {', '.join(summary['missing'])}.")
+        status.append(f"Not finished (or failed), so not in the tables: {', '.join(summary['missing'])}.")
     if not any("held-out rows" in n for n in summary["notes"]):
         status.append("Every run's teacher perplexities are equal, so every arm and seed was measured on the same "
                       "held-out rows.")
@@ -337,7 +393,7 @@ def markdown(args, summary: dict, figs: list[str], fig_rel: str) -> str:
     return "\n".join(sections)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arms", default=",".join(DEFAULT_ARMS), help="comma-separated subset of " + ", ".join(ARMS))
     p.add_argument("--seeds", default="0,1,2")
@@ -368,7 +424,7 @@ def main() -> None:
                    help="the results page the tables are for (e.g. docs/results.md); its plots go to docs/results/. "
                         "Default: none, plots into --out/figures")
     p.add_argument("--report-only", action="store_true", help="only rebuild tables and plots from finished runs")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.out = str(Path(args.out).resolve())  # children run in REPO: a path relative to here must mean the same there
     if args.results:
         args.results = str(Path(args.results).resolve())
@@ -378,9 +434,14 @@ def main() -> None:
         p.error(f"unknown arm(s) {sorted(unknown)}; choose from {list(ARMS)} or ddk-cap@E, es-cap@E (E a positive integer)")
     args.seeds = [int(s) for s in args.seeds.split(",") if s]
     ARM_LABEL.update({arm: encoding_arm_label(e, args.samples) for arm, e in ENCODING_ARMS.items()})
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     if not args.report_only:
-        _, stores, student = prepare(args)
-        run_all(args, stores, student)
+        prepare(args)
+        run_all(args)
     summary = summarize(args)
     out = Path(args.out) / "results_tables.md"
     if args.results:

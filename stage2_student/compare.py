@@ -112,18 +112,36 @@ def load_run(path: Path, notes: list[str]) -> Run:
                intervals + [final], cfg, rows)
 
 
+#: Settings every compared run should share (the same budget from the same start), and those the runs of one arm
+#: should share too (what makes them the same arm): a difference is noted above the tables.
+BUDGET_KEYS = ("steps", "batch_size", "lr", "student")
+ARM_KEYS = ("store", "mixing", "gamma", "alpha", "max_epochs_per_domain", "temperature")
+
+
+def _differ(key: str, ref: Run, runs: list[Run], why: str) -> str | None:
+    """The note for the runs of ``runs`` whose config ``key`` is not ``ref``'s, or None."""
+    odd = [r for r in runs if r.config.get(key) != ref.config.get(key)]
+    return (f"{why}: {key} is {ref.config.get(key)!r} in {ref.path} but " +
+            ", ".join(f"{r.config.get(key)!r} in {r.path}" for r in odd)) if odd else None
+
+
 def check_arms(arms: list[Arm]) -> list[str]:
-    """Refuse runs of other domains (ReportError); the note for runs measured on other held-out rows, if any."""
+    """Refuse runs of other domains (ReportError); notes for runs measured on other held-out rows, runs of another
+    budget or start, and arms whose runs differ in more than their seed."""
     runs = [r for a in arms for r in a.runs]
     ref = runs[0]
     for r in runs[1:]:
         if r.domains != ref.domains:
             raise ReportError(f"{r.path}: its domains {r.domains} differ from {ref.path}'s {ref.domains}; compare runs "
                               f"on the same store")
+    notes = [_differ(k, ref, runs[1:], "not the same budget or start") for k in BUDGET_KEYS]
+    notes += [_differ(k, a.runs[0], a.runs[1:], f"the runs of {a.label!r} differ in more than their seed")
+              for a in arms for k in ARM_KEYS]
+    notes = [n for n in notes if n]
     differ = [r for r in runs[1:] if any(abs(a - b) > 1e-6 * b for a, b in zip(r.ppl_teacher, ref.ppl_teacher))]
     if not differ:
-        return []
-    return [f"the teacher perplexities of {', '.join(str(r.path) for r in differ)} differ from {ref.path}'s: those "
+        return notes
+    return notes + [f"the teacher perplexities of {', '.join(str(r.path) for r in differ)} differ from {ref.path}'s: those "
             f"runs were measured on other held-out rows, so their ratios are not comparable cell by cell"]
 
 

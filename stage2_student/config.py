@@ -260,14 +260,19 @@ def eval_problems(cfg: EvalConfig) -> list[str]:
     return p + _where_problems(cfg.store, "--model", cfg.model)
 
 
+def saved_values(cfg: Stage2Config) -> dict[str, Any]:
+    """The settings a run's config.yaml holds for ``cfg``."""
+    return {**settings.saved_dict(cfg), "interval": cfg.interval_steps, "warmup_steps": cfg.warmup,
+            "resume": False, "overwrite": False}
+
+
 def write_config(cfg: Stage2Config, path: str | Path) -> None:
     """Save ``cfg`` as a run's config.yaml: absolute paths (``--config RUN/config.yaml`` works from anywhere), K and
     the warm-up as used (a run extended by a larger --steps keeps them), no credentials; written to a temporary file
     and renamed, so a kill leaves the old or the new file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    values = {**settings.saved_dict(cfg), "interval": cfg.interval_steps, "warmup_steps": cfg.warmup,
-              "resume": False, "overwrite": False}
+    values = saved_values(cfg)
     tmp.write_text(yaml.safe_dump(values, sort_keys=False))
     os.replace(tmp, path)
 

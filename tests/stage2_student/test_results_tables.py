@@ -127,7 +127,7 @@ def test_quality_report_only_over_a_partly_finished_set_of_runs(tmp_path):
     assert kd < ddk < cap and "equal sampling" not in md.split("## Passes")[0].split("| arm |")[1]
     expected = (
         "runs: KD, natural 1, DDK 2, DDK + epoch cap (E = 5, beyond the paper) 1",
-        "Not finished yet, so not in the tables: kd-s1, es-s0, es-s1, ddk-cap-s1.",
+        "Not finished (or failed), so not in the tables: kd-s1, es-s0, es-s1, ddk-cap-s1.",
         "measured on the same held-out rows",
         # kd: natural mean (12*1.5 + 4*9 + 8*1.2)/24 = (18 + 36 + 9.6)/24 = 2.65
         "| KD, natural | 1.500 | 9.000 | 1.200 | 3.900 | 2.650 |",
@@ -140,6 +140,63 @@ def test_quality_report_only_over_a_partly_finished_set_of_runs(tmp_path):
     for png in ("ratios_by_arm.png", "weights_ddk.png", "weights_ddk-cap.png"):
         assert f"![{png}](results-x/{png})" in md
         assert (results.parent / "results-x" / png).read_bytes()[:8] == PNG
+
+
+def test_quality_report_only_names_a_failed_run(tmp_path):
+    out = tmp_path / "q"
+    ddk_seeds(out)
+    cap_run(out, "ddk-s2", finished=False)
+    (out / "ddk-s2.failed").write_text("exit status 1\n")  # what a run that failed leaves beside its log
+    proc = quality_report_only("--arms", "ddk", "--seeds", "0,1,2", "--out", str(out), "--results",
+                               str(tmp_path / "r.md"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (out / "results_tables.md").read_text()
+    assert "Not finished (or failed), so not in the tables: ddk-s2 (FAILED, exit status 1: see ddk-s2.log)." in md
+
+
+def _quality():
+    """bench/quality.py as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quality_bench", REPO / "bench" / "quality.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_reruns_a_finished_run_of_other_settings(tmp_path):
+    """A finished run is reused only when its config.yaml holds the settings the arguments ask for: another --steps
+    or another --samples (the sampled store's N) makes it stale, so it is trained again, not reported under the new
+    arguments' label."""
+    import yaml
+
+    q = _quality()
+    out = tmp_path / "q"
+    (out / "warmup").mkdir(parents=True)  # the arms' start must exist for their settings to build
+    base = ["--out", str(out), "--steps", "12", "--interval", "4", "--arms", "kd,kd@topk-sampled"]
+    args = q.parse_args(base)
+    for arm in ("kd", "kd@topk-sampled"):
+        run = out / f"{arm}-s0"
+        run.mkdir()
+        (run / rundir.CONFIG_FILE).write_text(yaml.safe_dump(q.run_settings(q.arm_cmd(args, arm, 0))))
+        assert q.stale_reason(q.arm_cmd(args, arm, 0)) is None
+    longer = q.parse_args([*base, "--steps", "24"])
+    assert q.stale_reason(q.arm_cmd(longer, "kd", 0)) == "steps 12, asked 24"
+    other_n = q.parse_args([*base, "--samples", "7"])
+    assert q.stale_reason(q.arm_cmd(other_n, "kd", 0)) is None  # the default store is the same
+    assert "topk-sampled-n7" in q.stale_reason(q.arm_cmd(other_n, "kd@topk-sampled", 0))
+
+
+def test_compare_notes_runs_of_another_budget_and_arms_mixing_settings(tmp_path):
+    a0, a1 = ddk_seeds(tmp_path)
+    b0 = write_run(tmp_path / "kd-s0", [1.5, 9.0, 1.2], [[0.5, 1 / 6, 1 / 3]] * 2, mixing="natural")
+    config = (b0 / rundir.CONFIG_FILE).read_text()
+    (b0 / rundir.CONFIG_FILE).write_text(config.replace("steps: 4", "steps: 8"))
+    (a1 / rundir.CONFIG_FILE).write_text((a1 / rundir.CONFIG_FILE).read_text().replace("mixing: ddk", "mixing: wo-fs"))
+    _, notes = compare.load_arms([f"DDK={a0},{a1}", f"KD={b0}"])
+    assert f"not the same budget or start: steps is 4 in {a0} but 8 in {b0}" in notes
+    assert f"the runs of 'DDK' differ in more than their seed: mixing is 'ddk' in {a0} but 'wo-fs' in {a1}" in notes
+    assert len(notes) == 2, notes
 
 
 def test_quality_report_only_without_a_finished_run_says_so(tmp_path):
