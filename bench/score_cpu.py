@@ -9,7 +9,8 @@ packed store, each setting of ``--write-threads`` x ``--unit-rows`` side by side
 each, medians). ``--unit-rows 0`` is the store's default unit (layout.UNIT_TOKENS tokens); a larger unit spreads the
 fixed cost per unit (its new directories and objects, the marker) over more tokens.
 
-    DDK_CACHE=... .venv/bin/python bench/score_cpu.py [--rows 200] [--repeat 3] [--write-threads 1,2] [--unit-rows 0,64]
+    DDK_CACHE=... .venv/bin/python bench/score_cpu.py [--rows 200] [--repeat 3] [--write-threads 2] [--unit-rows 0]
+    (comma-separated lists compare settings side by side, e.g. --write-threads 1,2 --unit-rows 0,64)
 
 Target (issue 12): >= 1 M tokens/s on this 2-core machine, so a GPU teacher never waits on its CPU side.
 """
