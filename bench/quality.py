@@ -15,7 +15,8 @@ Arms (the paper's Table 5 sampling ablations plus the two baselines):
 
 Pipeline (each step is skipped when its output already exists, so an interrupted run resumes; a finished run whose
 config.yaml holds other settings than these arguments ask for, another --steps say, is trained again, and a warm-up of
-other settings is refused; a run that fails leaves NAME.failed beside its log, which the tables name):
+other settings is refused; an arm's run that fails leaves NAME.failed beside its log, which the tables name, and is
+trained again by the next call):
   1. the built-in corpus, teacher and layer-subset student, with the commands `make demo` (examples/demo.sh) runs:
      `ddk-teacher builtin-corpus`, `ddk-teacher builtin-teacher`, `ddk-student init`;
   2. one store: `ddk-teacher dump` of every domain (seq --seq-len, top-64, --heldout held-out rows per domain);
@@ -119,7 +120,6 @@ def path_of(argv: list) -> Path:
 def prepare(args) -> tuple[Path, dict[str, Path], Path]:
     """(teacher dir, store path per encoding the arms need, raw student dir), built once in the cache by the commands
     the demo runs; the default encoding's store (every arm but "kd@ENCODING") is always built."""
-    cache = cache_dir()
     corpora = path_of([BIN / "ddk-teacher", "builtin-corpus", "--max-mb", args.max_mb])
     teacher = path_of([BIN / "ddk-teacher", "builtin-teacher"])
     student = raw_student(args)
@@ -232,10 +232,28 @@ def stale_reason(cmd: list[str]) -> str | None:
     from stage2_student.config import RUNTIME_ONLY_FIELDS
 
     want = run_settings(cmd)
-    saved = yaml.safe_load((Path(want["out"]) / rundir.CONFIG_FILE).read_text()) or {}
-    diff = [k for k in sorted(set(want) | set(saved)) if k not in RUNTIME_ONLY_FIELDS and want.get(k) != saved.get(k)]
+    path = Path(want["out"]) / rundir.CONFIG_FILE
+    if not path.is_file():
+        return f"it has no {path.name}"
+    saved = yaml.safe_load(path.read_text()) or {}
+    # (a setting its version did not have is not a difference: a new setting would otherwise retrain every run)
+    diff = [k for k in sorted(saved) if k not in RUNTIME_ONLY_FIELDS and want.get(k) != saved[k]]
     return ("; ".join(f"{k} {saved.get(k)!r}, asked {want.get(k)!r}" for k in diff[:3])
             + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")) if diff else None
+
+
+def runs_to_train(args) -> list[tuple[str, int]]:
+    """(arm, seed) of every run under --out to train: not finished, failed, or finished with other settings."""
+    out, todo = Path(args.out), []
+    for seed in args.seeds:
+        for arm in args.arms:
+            name = f"{arm}-s{seed}"
+            if not rundir.is_finished(out / name) or (out / f"{name}.failed").is_file():  # (it can fail after its
+                todo.append((arm, seed))                                                # final line: the export)
+            elif reason := stale_reason(arm_cmd(args, arm, seed)):
+                print(f"[quality] {name}: trained again, its settings differ ({reason})", flush=True)
+                todo.append((arm, seed))
+    return todo
 
 
 def run_all(args) -> None:
@@ -246,8 +264,7 @@ def run_all(args) -> None:
             sh(warmup_cmd(args), log=out / "warmup.log")
         elif reason := stale_reason(warmup_cmd(args)):  # every arm under --out starts from it
             sys.exit(f"{out / 'warmup'} was trained with other settings ({reason}): give another --out")
-    todo = [(arm, seed) for seed in args.seeds for arm in args.arms  # (a finished run of other settings: again)
-            if not rundir.is_finished(out / f"{arm}-s{seed}") or stale_reason(arm_cmd(args, arm, seed))]
+    todo = runs_to_train(args)
     threads = max(1, (os.cpu_count() or 2) // args.jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     running: list[tuple[subprocess.Popen, str, float]] = []
@@ -263,17 +280,21 @@ def run_all(args) -> None:
             running.append((subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT),
                             f"{arm}-s{seed}", time.time()))
         time.sleep(2)
+        for proc, name, _ in running:
+            if proc.poll():
+                (out / f"{name}.failed").write_text(f"exit status {proc.returncode}\n")  # summarize names it
+        failed = [name for proc, name, _ in running if proc.poll()]
+        if failed:
+            for proc, _, _ in running:  # (a run left behind would go on writing into --out)
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
+            sys.exit(f"{', '.join(failed)} failed; see {', '.join(str(out / (n + '.log')) for n in failed)}")
         for item in list(running):
             proc, name, started = item
             if proc.poll() is None:
                 continue
             running.remove(item)
-            if proc.returncode:
-                (out / f"{name}.failed").write_text(f"exit status {proc.returncode}\n")  # summarize names it
-                for other, _, _ in running:  # (a run left behind would go on writing into --out)
-                    other.terminate()
-                    other.wait()
-                sys.exit(f"{name} failed ({proc.returncode}); see {out / (name + '.log')}")
             done += 1
             eta = (time.time() - t0) / done * (total - done)
             print(f"[quality] {name} done in {time.time() - started:.0f} s ({done}/{total}, ETA {eta / 60:.0f} min)",

@@ -15,7 +15,7 @@ PIP="$VENV/bin/python -m pip"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-  say "installing torch 2.13.0 (CPU build${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL})"
+  say "installing torch 2.13.0${TORCH_INDEX_URL:+ from $TORCH_INDEX_URL}"
   $PIP install -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==2.13.0"
 fi
 

@@ -34,8 +34,9 @@ R = TypeVar("R")
 
 #: Worker threads per process are capped here: beyond it the decoding, not the I/O, is the bottleneck.
 MAX_DEFAULT_WORKERS = 8
-#: Seconds the interpreter's exit waits for the reads still running (a store that hangs must not hang the exit).
-EXIT_WAIT_S = 60.0
+#: Seconds the interpreter's exit waits for the reads still running: a read's torch calls take milliseconds; a read
+#: stuck retrying an unreachable store is in Python, which the exit may end, and must not hold the exit for long.
+EXIT_WAIT_S = 5.0
 
 _OPEN: weakref.WeakSet[ReadPool] = weakref.WeakSet()  # pools whose workers may still run (their threads hold them)
 
@@ -157,5 +158,8 @@ def _close_pools_at_exit() -> None:
     for pool in pools:
         pool.close()
     deadline = time.monotonic() + EXIT_WAIT_S
-    for pool in pools:
-        pool.join(max(0.0, deadline - time.monotonic()))
+    try:
+        for pool in pools:
+            pool.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting (no traceback from an exit handler)
+        pass

@@ -23,13 +23,14 @@ ROWS = [12, 4, 8]  # natural mixture 1/2, 1/6, 1/3
 
 
 def write_run(run: Path, final_ratio: list[float], weights: list[list[float]], *, factor=None, capped=None,
-              cap=None, mixing: str = "ddk", finished: bool = True, teacher: float = 2.0) -> Path:
+              cap=None, mixing: str = "ddk", finished: bool = True, teacher: float = 2.0,
+              config: str | None = None) -> Path:
     """A run of 4 steps x 4 rows, interval K = 2: interval records at steps 0 and 2 (``weights[0]``, ``[1]``), the
     final one at step 4 with ``final_ratio``. ``capped``/``cap``/``factor``: per interval, as --max-epochs-per-domain
     logs them."""
     run.mkdir(parents=True, exist_ok=True)
-    (run / rundir.CONFIG_FILE).write_text(f"store: s\nstudent: m\nmixing: {mixing}\nalpha: 0.5\ngamma: 0.2\n"
-                                          "steps: 4\nbatch_size: 4\ninterval: 2\n")
+    (run / rundir.CONFIG_FILE).write_text(config or f"store: s\nstudent: m\nmixing: {mixing}\nalpha: 0.5\n"
+                                                    "gamma: 0.2\nsteps: 4\nbatch_size: 4\ninterval: 2\n")
     rundir.start_metrics(run)
     for t in range(2):
         q = [4.0, 8.0, 3.0]
@@ -173,7 +174,7 @@ def test_quality_reruns_a_finished_run_of_other_settings(tmp_path):
     q = _quality()
     out = tmp_path / "q"
     (out / "warmup").mkdir(parents=True)  # the arms' start must exist for their settings to build
-    base = ["--out", str(out), "--steps", "12", "--interval", "4", "--arms", "kd,kd@topk-sampled"]
+    base = ["--out", str(out), "--steps", "12", "--interval", "4", "--arms", "kd,kd@topk-sampled", "--seeds", "0"]
     args = q.parse_args(base)
     for arm in ("kd", "kd@topk-sampled"):
         run = out / f"{arm}-s0"
@@ -185,6 +186,21 @@ def test_quality_reruns_a_finished_run_of_other_settings(tmp_path):
     other_n = q.parse_args([*base, "--samples", "7"])
     assert q.stale_reason(q.arm_cmd(other_n, "kd", 0)) is None  # the default store is the same
     assert "topk-sampled-n7" in q.stale_reason(q.arm_cmd(other_n, "kd@topk-sampled", 0))
+    finished = [(arm, 0) for arm in ("kd", "kd@topk-sampled")]
+    for arm, _ in finished:
+        write_run(out / f"{arm}-s0", [1.5, 9.0, 1.2], [[0.5, 1 / 6, 1 / 3]] * 2, mixing="natural",
+                  config=yaml.safe_dump(q.run_settings(q.arm_cmd(args, arm, 0))))
+    assert q.runs_to_train(args) == []
+    assert q.runs_to_train(longer) == finished
+    (out / "kd-s0.failed").write_text("exit status 134\n")  # failed after its final line (say, in the export)
+    assert q.runs_to_train(args) == [("kd", 0)]
+    # a setting the run's version did not have yet is no difference; a run without its config.yaml is stale
+    saved = yaml.safe_load((out / "kd-s0" / rundir.CONFIG_FILE).read_text())
+    del saved["loss_chunk_size"]
+    (out / "kd-s0" / rundir.CONFIG_FILE).write_text(yaml.safe_dump(saved))
+    assert q.stale_reason(q.arm_cmd(args, "kd", 0)) is None
+    (out / "kd-s0" / rundir.CONFIG_FILE).unlink()
+    assert q.stale_reason(q.arm_cmd(args, "kd", 0)) == "it has no config.yaml"
 
 
 def test_compare_notes_runs_of_another_budget_and_arms_mixing_settings(tmp_path):
