@@ -26,7 +26,7 @@ def test_defaults_match_the_product_contract():
 
 def test_every_field_is_typed_defaulted_and_documented():
     for f in dataclasses.fields(Stage1Config):
-        assert f.type in ("int", "str", "bool", "dict[str, Any] | None"), f.name
+        assert f.type in ("int", "int | None", "str", "bool", "dict[str, Any] | None"), f.name
         assert f.default is not dataclasses.MISSING, f.name
         assert len(f.metadata["help"]) > 15, f.name
 
