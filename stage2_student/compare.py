@@ -137,12 +137,12 @@ def check_arms(arms: list[Arm]) -> list[str]:
     notes = [_differ(k, ref, runs[1:], "not the same budget or start") for k in BUDGET_KEYS]
     notes += [_differ(k, a.runs[0], a.runs[1:], f"the runs of {a.label!r} differ in more than their seed")
               for a in arms for k in ARM_KEYS]
-    notes = [n for n in notes if n]
     differ = [r for r in runs[1:] if any(abs(a - b) > 1e-6 * b for a, b in zip(r.ppl_teacher, ref.ppl_teacher))]
-    if not differ:
-        return notes
-    return notes + [f"the teacher perplexities of {', '.join(str(r.path) for r in differ)} differ from {ref.path}'s: those "
-            f"runs were measured on other held-out rows, so their ratios are not comparable cell by cell"]
+    if differ:
+        notes.append(f"the teacher perplexities of {', '.join(str(r.path) for r in differ)} differ from {ref.path}'s: "
+                     "those runs were measured on other held-out rows, so their ratios are not comparable cell by "
+                     "cell")
+    return [n for n in notes if n]
 
 
 def load_arms(specs: list[str]) -> tuple[list[Arm], list[str]]:
