@@ -93,8 +93,7 @@ class Stage2Config:
     activation_checkpointing: bool = setting(False, "Recompute each decoder layer's activations in the backward pass "
                                              "instead of keeping them (less memory, about a third more compute).")
     fsdp: bool = setting(False, "Under torchrun, shard parameters, gradients and optimizer state over the ranks "
-                         "(FSDP2, one unit per decoder layer) instead of replicating them (DDP); the loss then runs "
-                         "on the full logits, not fused.")
+                         "(FSDP2, one unit per decoder layer) instead of replicating them (DDP).")
     prefetch: int = setting(4, "Micro-batches read ahead of the training loop (at least --read-workers).")
     read_workers: int | None = setting(None, "Threads reading and decoding micro-batches at once, results in plan "
                                        "order. Default: the host's cores over its ranks, at least 2, at most 8.")

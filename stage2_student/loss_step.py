@@ -53,8 +53,6 @@ def head_plan(model: torch.nn.Module) -> _Head:
     emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(emb, torch.nn.Linear):
         return _Head(False, reason=f"its output layer is {type(emb).__name__}, not a linear lm_head")
-    if _is_sharded(emb.weight):
-        return _Head(False, reason="its lm_head weight is sharded (a DTensor: FSDP or tensor parallel)")
     cfg = getattr(model, "config", None)
     for name in _UNSUPPORTED:
         if getattr(cfg, name, None):
@@ -84,6 +82,9 @@ def probe_head(model: torch.nn.Module, tokens: torch.Tensor,
             hidden = out.hidden_states[-1] if getattr(out, "hidden_states", None) else None
             if hidden is None or out.logits is None or out.logits.shape[1] != 1:
                 return _Head(False, reason="its forward does not return hidden states and honour logits_to_keep")
+            if _is_sharded(emb.weight):  # looked up after the forward, as the fused path does
+                return _Head(False, reason="its lm_head weight is still sharded after the forward (a DTensor: tensor "
+                                           "parallel, or an FSDP root that reshards after its forward)")
             mine = torch.nn.functional.linear(hidden[:, -1:], emb.weight, emb.bias).float() * head.logit_scale
     except (TypeError, ValueError) as e:
         return _Head(False, reason=f"its forward refused output_hidden_states/logits_to_keep ({describe(e)})")
@@ -131,7 +132,12 @@ def student_loss(
             out = train_model(input_ids=tokens, use_cache=False, output_hidden_states=True, logits_to_keep=1)
             hidden = out.hidden_states[-1]  # (b, T, H), after the final norm
             del out
-            return fused_distill_loss(hidden, emb.weight, tokens[:, 1:], topk_ids, topk_logprobs, bias=emb.bias,
+            weight = emb.weight  # under FSDP2, the root's unsharded weight: the root reshards only in its backward
+            if _is_sharded(weight):
+                raise RuntimeError(f"student {type(model).__name__}: its lm_head weight is sharded after this "
+                                   f"forward though it was whole after the first step's; the fused loss cannot read "
+                                   f"it. Train without --fsdp (DDP) and report the torch version ({torch.__version__})")
+            return fused_distill_loss(hidden, weight, tokens[:, 1:], topk_ids, topk_logprobs, bias=emb.bias,
                                       logit_scale=head.logit_scale, **kw)
     with autocast():
         logits = train_model(input_ids=tokens, use_cache=False).logits  # (b, T, Vm)

@@ -36,9 +36,10 @@ def interval_lines(out):
             if r["event"] in ("interval", "final")]
 
 
-def finished(proc, what):
+def finished(proc, what) -> str:
     _, err = proc.communicate(timeout=400)
     assert proc.returncode == 0, f"{what}: {(err or '')[-3000:]}"
+    return err
 
 
 def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path, store_url, student_dir):
@@ -58,8 +59,9 @@ def test_fsdp_two_ranks_match_one_process_and_resume_exactly(tmp_path, store_url
     assert {"model-rank0.safetensors", "model-rank1.safetensors", "optimizer-rank0.safetensors", "optimizer-rank1.safetensors",
             "rng-rank0.safetensors", "rng-rank1.safetensors", "state.json"} == \
         {p.name for p in (ckpts / f"step-{at:08d}").iterdir()}
-    finished(p2, "fsdp reference")
-    finished(p1, "one process")
+    # Both take the fused loss: under FSDP the root's lm_head weight is whole (unsharded) after the forward
+    assert "unfused loss" not in finished(p2, "fsdp reference")
+    assert "unfused loss" not in finished(p1, "one process")
     resumed = torchrun(train_args(store_url, student_dir, killed, fsdp=True, resume=True, **FLAGS), free_port(),
                        stderr=subprocess.PIPE)
     finished(resumed, "fsdp resume")
