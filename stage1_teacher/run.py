@@ -74,7 +74,8 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     options = cfg.storage_options_dict
 
     # 1. Cheap checks: backend choice, corpora file, teacher config and tokenizer (no weights).
-    backend_name, why = resolve_backend(cfg.backend)
+    backend_name, why = resolve_backend(cfg.backend, cfg.teacher, revision=cfg.teacher_revision,
+                                        trust_remote_code=cfg.trust_remote_code)
     echo(why)
     cls = backend_class(backend_name)
     corpora, files_complete = load_corpora_for(cfg)

