@@ -19,7 +19,8 @@ from ddk_store.errors import ConfigError
 
 from .config import EvalConfig, Stage2Config
 from .resume import resume_layer
-from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RATIOS_PNG, WEIGHTS_PNG
+from .rundir import CHECKPOINTS_DIR, METRICS_FILE, RATIOS_PNG, WEIGHTS_PNG, read_metrics
+from .summary import format_ratio, summarize
 
 PROG = "ddk-student"
 
@@ -62,23 +63,42 @@ def train_cmd(**_: object) -> None:
     cfg = train_settings(click.get_current_context())
     if not cfg.progress:
         settings.hide_library_progress_bars()
+    from .parallel import dist_env
     from .train import train  # torch/transformers load only once the config is known to be valid
 
     out = train(cfg)
     click.echo(f"done: {out}", err=True)
+    if dist_env().rank == 0 and (line := final_line(out)):
+        click.echo(line, err=True)
+
+
+def final_line(out: Path) -> str | None:
+    """What the run reached, for its last line on the terminal: the summary of its final held-out ratios and how to
+    see more. None when it logged no final evaluation."""
+    _, final = read_metrics(out)
+    if final is None:
+        return None
+    domains, ratio = final["domains"], final["ratio"]
+    s = summarize(ratio)
+    worst = domains[ratio.index(max(ratio))]
+    return (f"held-out perplexity ratio to the teacher (lower is better, 1.0 = the teacher): mean "
+            f"{format_ratio(s['mean'])}, worst {format_ratio(s['worst'])} ({worst}); `ddk-student report {out}` "
+            f"writes report.md and its plots")
 
 
 def _model_dir_hint(model: str) -> None:
     """A local --model directory that holds no model: an unfinished run (point to its checkpoints), a run's
     checkpoints/ folder (point to its latest), or anything else (say what --model takes)."""
-    from .checkpoint import latest_checkpoint, read_state
+    from .checkpoint import checkpoint_step, latest_checkpoint, read_state
 
     path = Path(model).expanduser()
     if not path.is_dir() or (path / "config.json").is_file() or read_state(path) is not None:
         return
     if (path / CHECKPOINTS_DIR).is_dir():
         ckpt = latest_checkpoint(path)
-        example = f", e.g. --model {ckpt}" if ckpt else ""
+        example = (f", e.g. --model {ckpt}, or make the run a model directory: `ddk-student train --out {model} "
+                   f"--resume` finishes it, and with `--steps {checkpoint_step(ckpt)}` exports it as it stands") \
+            if ckpt else ""
         raise ConfigError(f"--model {model}: a run that has not finished (no config.json yet); evaluate a checkpoint "
                           f"of it{example}")
     if path.name == CHECKPOINTS_DIR and (ckpt := latest_checkpoint(path.parent)) is not None:
@@ -148,8 +168,6 @@ def eval_cmd(**_: object) -> None:
         click.echo(json.dumps({"store": cfg.store, "model": cfg.model, "domains": domains, "ppl_student": ev["ppl"],
                                "ppl_teacher": teacher, "ratio": ratio, "tokens": ev["tokens"]}))
         return
-    from .summary import format_ratio
-
     click.echo(f"{'domain':<20} {'teacher ppl':>12} {'student ppl':>12} {'ratio':>10}")
     for d, t, s, q in zip(domains, teacher, ev["ppl"], ratio):
         click.echo(f"{d:<20} {format_ratio(t):>12} {format_ratio(s):>12} {format_ratio(q):>10}")

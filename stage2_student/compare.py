@@ -115,7 +115,7 @@ def load_run(path: Path, notes: list[str]) -> Run:
 #: Settings every compared run should share (the same budget from the same start), and those the runs of one arm
 #: should share too (what makes them the same arm): a difference is noted above the tables.
 BUDGET_KEYS = ("steps", "batch_size", "lr", "student")
-ARM_KEYS = ("store", "mixing", "gamma", "alpha", "max_epochs_per_domain", "temperature")
+ARM_KEYS = ("store", "mixing", "gamma", "alpha", "interval", "max_epochs_per_domain", "temperature")
 
 
 def _differ(key: str, ref: Run, runs: list[Run], why: str) -> str | None:

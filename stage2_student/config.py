@@ -128,6 +128,16 @@ class Stage2Config:
     def interval_steps(self) -> int:
         return self.interval if self.interval is not None else max(1, self.steps // 30)
 
+    def plan_line(self, *, seq_len: int, device: str, world: int) -> str:
+        """The run's shape in one line, printed as training starts: the budget, how often it evaluates, where."""
+        K, steps, B = self.interval_steps, self.steps, self.batch_size
+        evals = 2 + (steps - 1) // K  # step 0, each interval boundary before the end, the final evaluation
+        what = "evaluation and reweighting" if self.mixing in ("ddk", "wo-fs") else "evaluation"
+        default = "" if self.interval is not None else " (the default, --steps / 30; --interval sets it)"
+        return (f"training: {steps:,} steps of {B} rows x {seq_len} tokens ({steps * B * seq_len:,} tokens), mixing "
+                f"{self.mixing}; held-out {what} every {K} step(s){default}, {evals} in all; {device}, "
+                f"{world} process(es)")
+
     @property
     def warmup(self) -> int:
         return self.warmup_steps if self.warmup_steps is not None else self.steps // 30

@@ -13,7 +13,7 @@ import torch
 
 from ddk_store import tokenizer_fingerprint
 from ddk_store.errors import StudentError, describe
-from ddk_store.paths import hub_snapshot
+from ddk_store.paths import hub_snapshot, no_tokenizer_files
 
 
 def model_dir(flag: str, name: str) -> str:
@@ -31,6 +31,8 @@ def load_tokenizer(name: str, *, trust_remote_code: bool = False, local_dir: str
     try:
         return AutoTokenizer.from_pretrained(local_dir or name, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
+        if missing := no_tokenizer_files(name, local_dir):
+            raise StudentError(f"cannot load the student tokenizer: {missing}") from None
         raise StudentError(
             f"cannot load the student tokenizer from {name!r}: {describe(e, with_type=False)}; pass a Hugging Face "
             f"model directory (with tokenizer files) or a hub id available offline"

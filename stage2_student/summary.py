@@ -24,8 +24,9 @@ from collections.abc import Sequence
 
 def format_ratio(x: float) -> str:
     """A ratio or perplexity for a table, a report or an axis: 3 decimals; a thousands-grouped integer from 1,000;
-    scientific from a million (the values of an untrained or diverged student, which would be 30 digits long)."""
-    if not math.isfinite(x) or abs(round(x)) >= 1e6:
+    scientific from a million (the values of an untrained or diverged student, which would be 30 digits long); 3
+    significant digits for a non-zero value that 3 decimals would show as 0.000 (a student far past a weak teacher)."""
+    if not math.isfinite(x) or abs(round(x)) >= 1e6 or (x != 0 and round(x, 3) == 0):
         return f"{x:.3g}"
     return f"{x:,.0f}" if abs(round(x, 3)) >= 1000 else f"{x:.3f}"
 

@@ -262,6 +262,8 @@ def train(cfg: Stage2Config) -> Path:
                           workers=cfg.read_workers or default_read_workers(env.local_world), decode=decode)
 
     # -- 4. the loop
+    if rank == 0:
+        tqdm.write(cfg.plan_line(seq_len=reader.seq_len, device=str(device), world=world), file=sys.stderr)
     tokens_per_step = B * reader.seq_len
     bar = tqdm(total=cfg.steps, initial=step, disable=rank != 0 or not cfg.progress, desc="ddk-student",
                dynamic_ncols=True)

@@ -29,7 +29,34 @@ def finished_run(tmp_path_factory, store_url, student_dir) -> Path:
     result = run_cli("ddk-student", train_args(store_url, student_dir, out, steps=4, interval=2, batch_size=2,
                                                eval_batch_size=2, no_progress=True))
     assert result.code == 0, result.output
+    (out.parent / "train-output.txt").write_text(result.output)
     return out
+
+
+def test_train_says_its_shape_first_and_its_final_ratios_last(finished_run):
+    lines = (finished_run.parent / "train-output.txt").read_text().splitlines()
+    assert [ln for ln in lines if ln.startswith("training:")] == [
+        "training: 4 steps of 2 rows x 16 tokens (128 tokens), mixing ddk; held-out evaluation and reweighting "
+        "every 2 step(s), 3 in all; cpu, 1 process(es)"]
+    final = [json.loads(ln) for ln in (finished_run / "metrics.jsonl").read_text().splitlines()][-1]
+    ratio = [p / t for p, t in zip(final["ppl_student"], final["ppl_teacher"])]
+    worst = max(range(len(ratio)), key=ratio.__getitem__)
+    assert lines[-2:] == [
+        f"done: {finished_run}",
+        f"held-out perplexity ratio to the teacher (lower is better, 1.0 = the teacher): mean "
+        f"{sum(ratio) / len(ratio):.3f}, worst {ratio[worst]:.3f} ({final['domains'][worst]}); "
+        f"`ddk-student report {finished_run}` writes report.md and its plots"]
+
+
+def test_the_default_interval_is_named_with_its_evaluation_count():
+    from stage2_student.config import Stage2Config
+
+    cfg = Stage2Config(store="s", student="m", out="o", steps=30, mixing="natural")
+    assert cfg.plan_line(seq_len=128, device="cuda:0", world=8) == (
+        "training: 30 steps of 8 rows x 128 tokens (30,720 tokens), mixing natural; held-out evaluation every 1 "
+        "step(s) (the default, --steps / 30; --interval sets it), 31 in all; cuda:0, 8 process(es)")
+    assert "every 4 step(s), 9 in all" in Stage2Config(store="s", student="m", out="o", steps=30, interval=4,
+                                                        ).plan_line(seq_len=1, device="cpu", world=1)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
@@ -84,6 +111,7 @@ def test_eval_of_an_unfinished_run_points_to_its_checkpoints(tmp_path, finished_
     shutil.copytree(finished_run / "checkpoints", run / "checkpoints")
     line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run)]))
     assert "has not finished" in line and "checkpoints/step-00000004" in line
+    assert f"`ddk-student train --out {run} --resume` finishes it" in line and "`--steps 4` exports it" in line
 
 
 def test_eval_takes_train_s_eval_batch_size_and_batch_size_alike(store_url, student_dir):
@@ -98,8 +126,10 @@ def test_eval_takes_train_s_eval_batch_size_and_batch_size_alike(store_url, stud
 
 def test_a_diverging_run_is_one_line_naming_the_learning_rate(tmp_path, store_url, student_dir):
     # A learning rate far too high: the loss turns NaN within a few steps (it was a FloatingPointError traceback).
-    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, tmp_path / "run", lr=1e12,
-                                                            no_progress=True)))
+    result = run_cli("ddk-student", train_args(store_url, student_dir, tmp_path / "run", lr=1e12, no_progress=True))
+    started, *rest = result.output.splitlines()  # the run had started: its shape line, then the error alone
+    assert started.startswith("training: ")
+    line = one_error_line(result._replace(output="\n".join(rest)))
     assert "training diverged" in line and "the loss is nan" in line
     assert "--lr (this run: 1e+12)" in line and "--overwrite" in line and f"ddk-store verify {store_url}" in line
 

@@ -225,3 +225,6 @@ def test_ratios_and_perplexities_are_formatted_to_fit_a_column():
     # an untrained or diverged student: scientific, not 30 digits
     assert [format_ratio(x) for x in (615182450129026700426608640.0, 1e6, float("inf"), float("nan"))] == [
         "6.15e+26", "1e+06", "inf", "nan"]
+    # a student far past a weak teacher: significant digits, not a column of 0.000
+    assert [format_ratio(x) for x in (2.9e-05, 0.00042, 0.0005, 0.0, -0.00031)] == [
+        "2.9e-05", "0.00042", "0.001", "0.000", "-0.00031"]

@@ -208,11 +208,13 @@ def test_compare_notes_runs_of_another_budget_and_arms_mixing_settings(tmp_path)
     b0 = write_run(tmp_path / "kd-s0", [1.5, 9.0, 1.2], [[0.5, 1 / 6, 1 / 3]] * 2, mixing="natural")
     config = (b0 / rundir.CONFIG_FILE).read_text()
     (b0 / rundir.CONFIG_FILE).write_text(config.replace("steps: 4", "steps: 8"))
-    (a1 / rundir.CONFIG_FILE).write_text((a1 / rundir.CONFIG_FILE).read_text().replace("mixing: ddk", "mixing: wo-fs"))
+    (a1 / rundir.CONFIG_FILE).write_text((a1 / rundir.CONFIG_FILE).read_text().replace("mixing: ddk", "mixing: wo-fs")
+                                         .replace("interval: 2", "interval: 3"))
     _, notes = compare.load_arms([f"DDK={a0},{a1}", f"KD={b0}"])
+    assert f"the runs of 'DDK' differ in more than their seed: interval is 2 in {a0} but 3 in {a1}" in notes
     assert f"not the same budget or start: steps is 4 in {a0} but 8 in {b0}" in notes
     assert f"the runs of 'DDK' differ in more than their seed: mixing is 'ddk' in {a0} but 'wo-fs' in {a1}" in notes
-    assert len(notes) == 2, notes
+    assert len(notes) == 3, notes
 
 
 def test_quality_report_only_without_a_finished_run_says_so(tmp_path):
