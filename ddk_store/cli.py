@@ -74,6 +74,29 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def packed_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
+    """What ``info`` shows of a location that holds only stage 1's packed rows (`ddk-teacher pack`, or a dump stopped
+    before scoring): each domain's packed rows so far, and the command that goes on. None when nothing is packed."""
+    from .packed import PACKED, PackedRows
+
+    state = PackedRows(url, storage_options=storage_options, read_only=True).read_state()
+    if state is None:
+        return None
+    domains = []
+    for name, st in (state.get("domains") or {}).items():
+        done = st.get("state") == PACKED
+        domains.append({"name": name, "state": "packed" if done else "packing",
+                        "train_rows": st["train_rows"] if done else st["cursor"]["rows"],
+                        "heldout_rows": st["heldout_rows"]})
+    where = target(url, storage_options)
+    next_step = (f"run `ddk-teacher dump` with the same settings and --store {where} to score them"
+                 if domains and all(d["state"] == "packed" for d in domains) else
+                 f"rerun the same `ddk-teacher pack` (or `ddk-teacher dump`) command with --store {where} to finish "
+                 "packing")
+    return {"url": url, "status": "packed", "seq_len": (state.get("identity") or {}).get("seq_len"),
+            "domains": domains, "next": next_step}
+
+
 def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -113,8 +136,18 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @storage_option
 def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
-    """Domains, sizes, teacher, tokenizer, k, bytes/token and teacher held-out perplexity of a store."""
-    s = store_summary(url, storage_options)
+    """Domains, sizes, teacher, tokenizer, k, bytes/token and teacher held-out perplexity of a store.
+
+    A location that holds only packed rows (`ddk-teacher pack`, not scored yet) shows each domain's packed rows and
+    the command that scores them (in JSON: status "packed", seq_len, domains, next).
+    """
+    try:
+        s = store_summary(url, storage_options)
+    except StoreNotFoundError:
+        if (packed := packed_summary(url, storage_options)) is None:
+            raise
+        _print_packed(packed, as_json)
+        return
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
@@ -146,6 +179,22 @@ def info(url: str, as_json: bool, storage_options: dict[str, Any]) -> None:
         pos = d["train_positions"] + d["heldout_positions"]
         click.echo(f"{d['name']:<16}{d['train_rows']:>11}{d['heldout_rows']:>13}{pos:>12,}"
                    f"{_fmt(d['teacher_heldout_nll']):>12}{_fmt(d['teacher_heldout_ppl']):>12}")
+
+
+def _print_packed(p: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(p, indent=2))
+        return
+    done = sum(d["state"] == "packed" for d in p["domains"])
+    packing = len(p["domains"]) - done
+    click.echo(f"store      {p['url']}  (packed rows only, not scored yet: {done} domain(s) packed"
+               + (f", {packing} being packed" if packing else "") + ")")
+    click.echo(f"layout     seq_len {p['seq_len']}")
+    click.echo(f"next       {p['next']}")
+    click.echo("")
+    click.echo(f"{'domain':<16}{'train rows':>11}{'heldout rows':>13}  state")
+    for d in p["domains"]:
+        click.echo(f"{d['name']:<16}{d['train_rows']:>11}{d['heldout_rows']:>13}  {d['state']}")
 
 
 @main.command()

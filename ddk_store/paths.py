@@ -51,6 +51,24 @@ def model_ref_problem(flag: str, name: str) -> str | None:
     return None
 
 
+#: Files a Hugging Face tokenizer is loaded from (any one of them: fast, sentencepiece, BPE or WordPiece).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+                   "vocab.txt", "spiece.model")
+
+
+def no_tokenizer_files(name: str, model_dir: str | Path | None = None) -> str | None:
+    """When the local model directory ``name`` (found at ``model_dir``, default ``name``) holds none of
+    :data:`TOKENIZER_FILES`, the usual slip of saving a model without its tokenizer: what to say (that it has none,
+    and how to save them beside the model). None for a directory with one of them, and for a hub id."""
+    if not Path(name).expanduser().is_dir():
+        return None
+    path = Path(model_dir if model_dir is not None else name).expanduser()
+    if not path.is_dir() or any((path / f).exists() for f in TOKENIZER_FILES):
+        return None
+    return (f"{name} has no tokenizer files ({' / '.join(TOKENIZER_FILES[:2])} ...); save them beside the model "
+            f"with `tokenizer.save_pretrained(\"{name}\")`")
+
+
 #: Files of a hub model that ddk needs: config, tokenizer, safetensors weights, and any custom modelling code.
 HUB_MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.py")
 

@@ -30,8 +30,10 @@ class StoreReader:
 
     def __init__(self, url: str, *, storage_options: Mapping[str, Any] | None = None,
                  allow_incomplete: bool = False, cache_dir: str | None = None,
-                 cache_max_bytes: int | None = None) -> None:
+                 cache_max_bytes: int | None = None, verifying: bool = False) -> None:
+        """``verifying``: opened by ``ddk-store verify``, whose problems then say what repairs them, not to verify."""
         self.url = normalize_url(url)
+        self.verifying = verifying
         self._zstore = open_zarr_store(self.url, read_only=True, storage_options=storage_options)
         doc = retry_call(lambda: read_root_doc(self._zstore), what="reading the root metadata", url=self.url)
         if doc is None:
@@ -112,6 +114,9 @@ class StoreReader:
         return self._arrays[key]
 
     def _verify_hint(self) -> str:
+        if self.verifying:  # (only the store's structure fails while verify opens it: no unit data to repair)
+            return ("`ddk-store repair` cannot fix this in place: dump the store again (the same `ddk-teacher dump` "
+                    "command with --overwrite)")
         return (f"run `ddk-store verify {self.url}` to list every problem, then `ddk-store repair {self.url}` and "
                 f"rerun the dump (or dump the store again)")
 

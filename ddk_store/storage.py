@@ -102,6 +102,16 @@ def check_store_url(url: str | os.PathLike[str]) -> str:
     return url
 
 
+def memory_note(url: str) -> str | None:
+    """For a command that writes the store at ``url``: a ``note:`` line when it is a memory:// store, which lives
+    only inside this process (gone when the command ends); None for any other URL."""
+    url = normalize_url(url)
+    if url_scheme(url) != "memory":
+        return None
+    return (f"note: {url} lives only inside this process: the store is gone when this command ends (give a directory "
+            "path or an s3:// URL to keep it)")
+
+
 def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
     """s3fs options: the caller's, plus a custom endpoint from AWS_ENDPOINT_URL(_S3) when set.
 

@@ -47,7 +47,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
         StoreNotFoundError: no store at ``url`` (a mistyped URL): a usage mistake, not damage.
     """
     try:
-        reader = StoreReader(url, storage_options=storage_options, allow_incomplete=True)
+        reader = StoreReader(url, storage_options=storage_options, allow_incomplete=True, verifying=True)
     except (StoreIOError, StoreNotFoundError, ConfigError):  # unreachable, no store there, or a malformed URL:
         raise  # not a problem in the store (exit 2 like every other command, not verify's 1)
     except DdkError as e:

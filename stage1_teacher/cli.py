@@ -7,6 +7,7 @@ import click
 from ddk_store import settings
 from ddk_store.entry import CONTEXT_SETTINGS, EntryGroup, main_entry, version_option
 from ddk_store.errors import ConfigError
+from ddk_store.storage import memory_note
 
 from .assets.commands import builtin_corpus_cmd, builtin_teacher_cmd
 from .config import Stage1Config
@@ -47,6 +48,8 @@ def dump(**_: object) -> None:
 def dump_one(cfg: Stage1Config) -> None:
     """One process's dump (all of --shard I/N)."""
     check_device(cfg)
+    if note := memory_note(cfg.store):
+        click.echo(note, err=True)
     if not cfg.progress:
         settings.hide_library_progress_bars()
     from .run import run
@@ -63,6 +66,8 @@ def pack(**_: object) -> None:
     rows without reading the corpora again. The scoring flags are accepted and ignored.
     """
     cfg = settings.from_command(Stage1Config)
+    if note := memory_note(cfg.store):
+        click.echo(note, err=True)
     if not cfg.progress:
         settings.hide_library_progress_bars()  # a hub tokenizer's download bars
     from .pack import run_pack

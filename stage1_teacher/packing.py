@@ -214,9 +214,29 @@ def check_split_size(domain: str, n_tokens: int, seq_len: int, heldout_seqs: int
         n = n_tokens // seq_len
         lower = (f"lower --heldout-seqs (to at most {n - 1}) or --seq-len" if n >= 2 else "lower --seq-len (one row "
                  "is too few to hold out any)")
-        raise ConfigError(f"domain {domain!r} is too small: {n} rows of --seq-len {seq_len} but --heldout-seqs "
-                          f"{heldout_seqs} plus at least one training row are needed (held-out rows take whole "
-                          f"documents); {lower}, or add text")
+        raise DomainTooSmall(f"domain {domain!r} is too small: {n} rows of --seq-len {seq_len} but --heldout-seqs "
+                             f"{heldout_seqs} plus at least one training row are needed (held-out rows take whole "
+                             f"documents); {lower}, or add text", domain, n, seq_len, heldout_seqs)
+
+
+class DomainTooSmall(ConfigError):
+    """A domain of too few rows of --seq-len (``rows``) for --heldout-seqs plus one training row."""
+
+    def __init__(self, message: str, domain: str, rows: int, seq_len: int, heldout_seqs: int) -> None:
+        super().__init__(message)
+        self.domain, self.rows, self.seq_len, self.heldout_seqs = domain, rows, seq_len, heldout_seqs
+
+
+def too_small_together(errors: Sequence[DomainTooSmall]) -> str:
+    """One line for several domains too small for the same --heldout-seqs and --seq-len: the need said once, then
+    each domain's rows, then the --heldout-seqs that all of them could give."""
+    need, seq_len = errors[0].heldout_seqs, errors[0].seq_len
+    most = min(e.rows for e in errors) - 1
+    counts = ", ".join(f"{e.domain} {'has ' if i == 0 else ''}{e.rows}" for i, e in enumerate(errors))
+    lower = f"lower --heldout-seqs (to at most {most}) or --seq-len" if most >= 1 else "lower --seq-len"
+    return (f"{len(errors)} domains are too small: --heldout-seqs {need} needs at least {need + 1} rows of --seq-len "
+            f"{seq_len} tokens per domain (held-out rows take whole documents, and one row must be left to train "
+            f"on); {counts}; {lower}, or add text")
 
 
 class HeldoutHeap:

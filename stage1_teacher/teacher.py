@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ddk_store.errors import ConfigError, describe
-from ddk_store.paths import looks_like_path
+from ddk_store.paths import looks_like_path, no_tokenizer_files
 
 from .filehash import WEIGHTS_KIND, cache_entry_path, cached, file_sha256, stat_key
 
@@ -128,6 +128,8 @@ def load_tokenizer(teacher: Teacher, *, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(teacher.model_dir, trust_remote_code=trust_remote_code)
     except Exception as e:
+        if missing := no_tokenizer_files(teacher.name, teacher.model_dir):
+            raise ConfigError(f"--teacher {missing}") from None
         raise ConfigError(f"--teacher {teacher.name}: cannot load its tokenizer ({describe(e, 300)})") from None
     if tok.eos_token_id is None:
         raise ConfigError(f"--teacher {teacher.name}: its tokenizer has no EOS token, which separates packed "

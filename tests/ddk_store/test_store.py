@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ddk_store import (StoreCorruptError, StoreExistsError, StoreIncompleteError, StoreNotFoundError, StoreWriter,
                        open_store, spec)
 from ddk_store.cli import main as store_cli
+from ddk_store.errors import StoreFormatError
 from ddk_store.testing import StoreFiles, make_tiny_store, synth_rows, tiny_meta
 from ddk_store.validate import validate_store
 
@@ -203,6 +204,25 @@ def test_verify_locates_every_corruption(tmp_path, damage):
         with pytest.raises(StoreCorruptError, match="beta/train"):
             open_store(url).read_rows("beta", "train", [5])
         open_store(url).read_rows("beta", "train", [0, 1, 9])  # undamaged rows still read
+
+
+def test_verify_of_damaged_array_metadata_says_what_repairs_it_not_to_run_verify(tmp_path):
+    """An array whose metadata disagrees with the group layout: a reader's error says to run verify; verify's own
+    FAIL line says instead that repair cannot fix it in place and the dump must be made again, as repair then says."""
+    url = str(tmp_path / "s")
+    make_tiny_store(url)
+    StoreFiles(url).edit_doc(lambda doc: doc.__setitem__("shape", [doc["shape"][0] + 1, *doc["shape"][1:]]),
+                             "alpha", "heldout", spec.ARR_TOKENS)
+    with pytest.raises(StoreFormatError, match=f"run `ddk-store verify {url}` to list every problem"):
+        open_store(url).check_structure()
+    res = CliRunner().invoke(store_cli, ["verify", url])
+    assert res.exit_code == 1, res.output
+    fail = [x for x in res.output.splitlines() if x.startswith("FAIL ")]
+    assert len(fail) == 1 and fail[0].startswith("FAIL alpha/heldout: ") and "ddk-store verify" not in res.output
+    assert fail[0].endswith("the metadata was edited or the store is damaged; `ddk-store repair` cannot fix this in "
+                            "place: dump the store again (the same `ddk-teacher dump` command with --overwrite)"), fail
+    res = CliRunner().invoke(store_cli, ["repair", url])
+    assert res.exit_code != 0 and "cannot be repaired in place" in res.output, res.output
 
 
 def test_cli_info_json_and_errors(tmp_path):

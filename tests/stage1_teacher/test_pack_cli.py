@@ -162,3 +162,51 @@ def test_documents_skipped_for_invalid_utf8_are_located_in_the_note_on_every_run
         assert f"domain scripture: skipped 1 document(s) with invalid UTF-8 (first: {copy}/scripture.txt:61)" \
             in lines and f"domain python: skipped 1 document(s) with invalid UTF-8 (first: " \
             f"{copy}/python/mod_0003.py)" in lines, (attempt, err)
+
+
+def test_a_memory_store_is_said_to_live_only_in_this_process(tiny_teacher, corpus, tmp_path):
+    """pack and dump into memory:// work, and each says, first, that the store is gone when the command ends (a
+    later `ddk-store info memory://...` finds nothing); a store on disk gets no such note."""
+    note = ("note: memory://{} lives only inside this process: the store is gone when this command ends (give a "
+            "directory path or an s3:// URL to keep it)")
+    for argv, name in ((pack_argv, "mem-note-pack"), (dump_argv, "mem-note-dump")):
+        code, err = run_cli("ddk-teacher", argv(tiny_teacher, corpus, f"memory://{name}", "--max-rows-per-domain",
+                                                "2"))
+        assert code == 0, err
+        lines = err.splitlines()
+        assert note.format(name) in lines, err
+        assert lines.index(note.format(name)) < min(i for i, x in enumerate(lines) if x.startswith("packing domain"))
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, tmp_path / "s", "--max-rows-per-domain", "2"))
+    assert code == 0 and "lives only inside this process" not in err, err
+
+
+def test_info_on_a_packed_store_shows_its_rows_and_the_command_that_scores_them(tiny_teacher, corpus, tmp_path):
+    store = tmp_path / "s"
+    code, err = run_cli("ddk-teacher", pack_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "3"))
+    assert code == 0, err
+    code, out = run_cli("ddk-store", ["info", str(store)])
+    assert code == 0, out
+    assert out.splitlines() == [
+        f"store      {store}  (packed rows only, not scored yet: 3 domain(s) packed)",
+        "layout     seq_len 32",
+        f"next       run `ddk-teacher dump` with the same settings and --store {store} to score them",
+        "",
+        "domain           train rows heldout rows  state",
+        *(f"{d:<16}{3:>11}{HELDOUT:>13}  packed" for d in ("scripture", "python", "legal")),
+    ]
+    code, out = run_cli("ddk-store", ["info", str(store), "--json"])
+    got = json.loads(out)
+    assert code == 0 and got["status"] == "packed" and got["seq_len"] == 32, out
+    assert got["domains"][0] == {"name": "scripture", "state": "packed", "train_rows": 3, "heldout_rows": HELDOUT}
+    # A pack stopped part-way through a domain: that domain is still being packed, and the pack command goes on.
+    doc_path = store / "_pack" / "zarr.json"
+    doc = json.loads(doc_path.read_text())
+    legal = doc["attributes"]["ddk_pack"]["domains"]["legal"]
+    doc["attributes"]["ddk_pack"]["domains"]["legal"] = {
+        "state": "training", "chunk_rows": legal["chunk_rows"], "heldout_rows": legal["heldout_rows"],
+        "cursor": {"rows": 0, "doc": 0, "skip": 0, "tokens": 0}}
+    doc_path.write_text(json.dumps(doc))
+    code, out = run_cli("ddk-store", ["info", str(store)])
+    assert code == 0 and "(packed rows only, not scored yet: 2 domain(s) packed, 1 being packed)" in out, out
+    assert f"next       rerun the same `ddk-teacher pack` (or `ddk-teacher dump`) command with --store {store} to " \
+           "finish packing" in out and f"legal{0:>22}{HELDOUT:>13}  packing" in out, out

@@ -3,6 +3,8 @@ packed rows in the store (``_pack``) invisible to store readers."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -118,7 +120,19 @@ def test_too_small_domains_are_one_error_naming_each(tiny_teacher, corpora_yaml,
     tok, corpora, kw = _setup(tiny_teacher, corpora_yaml, heldout=100_000)
     with DocTokenizer(tok, workers=1) as coder, pytest.raises(ConfigError) as e:
         pack_corpora(str(tmp_path / "s"), corpora, coder, **kw)
-    assert all(f"domain {d!r} is too small" in str(e.value) for d in ("scripture", "python", "legal"))
+    msg = str(e.value)
+    # One compact line: the need said once, each domain's rows, the --heldout-seqs every domain could give.
+    m = re.fullmatch(r"3 domains are too small: --heldout-seqs 100000 needs at least 100001 rows of --seq-len "
+                     rf"{SEQ_LEN} tokens per domain \(held-out rows take whole documents, and one row must be left "
+                     r"to train on\); scripture has (\d+), python (\d+), legal (\d+); lower --heldout-seqs \(to at "
+                     r"most (\d+)\) or --seq-len, or add text", msg)
+    assert m, msg
+    rows = {d: int(n) for d, n in zip(("scripture", "python", "legal"), m.groups())}
+    for d, n in rows.items():  # each count is the one the domain's own check gives
+        with DocTokenizer(tok, workers=1) as coder, pytest.raises(ConfigError) as one:
+            pack_corpora(str(tmp_path / d), [c for c in corpora if c.name == d], coder, **kw)
+        assert f"domain {d!r} is too small: {n} rows of --seq-len {SEQ_LEN}" in str(one.value)
+    assert int(m.group(4)) == min(rows.values()) - 1
 
 
 def test_a_domain_of_one_document_says_to_add_documents_not_to_lower_heldout_seqs(tiny_teacher, tmp_path):
@@ -137,17 +151,24 @@ def test_a_domain_of_one_document_says_to_add_documents_not_to_lower_heldout_seq
     assert "lower --heldout-seqs" not in msg and "'many'" not in msg
 
 
-def test_held_out_tokens_beyond_the_held_out_rows_are_named(tiny_teacher, tmp_path):
+@pytest.mark.parametrize("fmt, documents", [("files", "files"), ("jsonl", "records")])
+def test_held_out_tokens_beyond_the_held_out_rows_are_named(tiny_teacher, tmp_path, fmt, documents):
     # Two long documents: the one held out fills --heldout-seqs 1 with most of its tokens to spare, which go to
-    # neither split; the user is told how many.
-    for name in ("a.txt", "b.txt"):
-        (tmp_path / name).write_text(" ".join(f"{name}{i}" for i in range(300)), encoding="utf-8")
-    (tmp_path / "c.yaml").write_text("domains:\n  long: {paths: [a.txt, b.txt], format: files}\n")
+    # neither split; the user is told how many, and the two ways to keep them, in the words of the domain's format
+    # (a file, a record): split such documents, or raise --heldout-seqs to the number it names, which keeps them all.
+    texts = {name: " ".join(f"{name}{i}" for i in range(300)) for name in ("a.txt", "b.txt")}
+    if fmt == "files":
+        for name, text in texts.items():
+            (tmp_path / name).write_text(text, encoding="utf-8")
+        (tmp_path / "c.yaml").write_text("domains:\n  long: {paths: [a.txt, b.txt], format: files}\n")
+    else:
+        (tmp_path / "r.jsonl").write_text("".join(f'{{"body": "{t}"}}\n' for t in texts.values()), encoding="utf-8")
+        (tmp_path / "c.yaml").write_text("domains:\n  long: {paths: [r.jsonl], format: jsonl, text_field: body}\n")
     tok, corpora, kw = _setup(tiny_teacher, tmp_path / "c.yaml", heldout=1)
     said = []
     with DocTokenizer(tok, workers=1) as coder:
         packed = pack_corpora(str(tmp_path / "s"), corpora, coder, **{**kw, "echo": said.append})
-    sizes = {len(tok((tmp_path / name).read_text())["input_ids"]) for name in ("a.txt", "b.txt")}
+    sizes = {len(tok(text)["input_ids"]) for text in texts.values()}
     assert len(sizes) == 1  # whichever is held out
     held_doc = sizes.pop()
     unused = [m for m in said if m.startswith("note: domain long: its held-out documents (1) hold ")]
@@ -155,6 +176,17 @@ def test_held_out_tokens_beyond_the_held_out_rows_are_named(tiny_teacher, tmp_pa
     n = int(unused[0].split(" hold ")[1].split(" tokens")[0].replace(",", ""))
     assert held_doc - SEQ_LEN <= n <= held_doc + 2 - SEQ_LEN  # the document (with BOS/EOS) less the one row used
     assert packed.domains["long"]["heldout_rows"] == 1 and packed.domains["long"]["train_rows"] >= 1
+    m = re.search(rf"; to keep them, split long {documents} into shorter ones, or raise --heldout-seqs \(up to "
+                  r"(\d+)\) so the held-out rows use them$", unused[0])
+    assert m and "format: lines" not in unused[0], unused[0]
+    raised = int(m.group(1))
+    tok, corpora, kw = _setup(tiny_teacher, tmp_path / "c.yaml", heldout=raised)
+    said = []
+    with DocTokenizer(tok, workers=1) as coder:
+        packed = pack_corpora(str(tmp_path / "s2"), corpora, coder, **{**kw, "echo": said.append})
+    assert not [x for x in said if x.startswith("note:")], said  # the same document, every row of it held out
+    assert packed.domains["long"]["heldout_rows"] == raised and packed.domains["long"]["train_rows"] >= 1
+    assert raised * SEQ_LEN > held_doc - SEQ_LEN  # (one document's rows: the other still trains)
 
 
 def test_a_location_with_packed_rows_only_is_named_so_by_every_store_command(tiny_teacher, corpora_yaml, tmp_path):
@@ -168,7 +200,7 @@ def test_a_location_with_packed_rows_only_is_named_so_by_every_store_command(tin
         pack_corpora(url, corpora, coder, **kw)
     want = f"{url} holds only packed rows (`ddk-teacher pack`), not a scored store yet: run `ddk-teacher dump` " \
            f"with the same settings and --store {url}"
-    for command in ("info", "finalize", "repair", "verify"):
+    for command in ("finalize", "repair", "verify"):  # (`info` shows the packed rows: test_pack_cli.py)
         res = CliRunner().invoke(store_cli, [command, url])
         assert res.exit_code != 0 and want in res.output, (command, res.output)
         assert "--overwrite" not in res.output, (command, res.output)  # which would throw the packed rows away

@@ -350,7 +350,7 @@ CASES: list[BadInput] = [
                           **{"a.txt": TEXT, "b.txt": b"\xff\xfe one\n\xff two\n"}),
              ("domain 'bin' is empty", "2 document(s) were skipped as invalid UTF-8")),
     BadInput("corpus-too-small-for-heldout", "ddk-teacher", "--heldout-seqs 100000 (more than the domain's rows)",
-             lambda ws, t: dump(ws, t, "--heldout-seqs", "100000"), ("is too small", "--heldout-seqs 100000")),
+             lambda ws, t: dump(ws, t, "--heldout-seqs", "100000"), ("too small", "--heldout-seqs 100000")),
     BadInput("corpus-non-utf8-fail", "ddk-teacher", "invalid UTF-8 line with --on-bad-utf8 fail",
              dump_corpora(LINES, "--on-bad-utf8", "fail", **{"a.txt": TEXT.encode() + b"\xff\xfe\n"}),
              ("a.txt:41: not valid UTF-8", "--on-bad-utf8 skip")),
