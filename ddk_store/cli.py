@@ -85,9 +85,13 @@ def packed_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any] 
     domains = []
     for name, st in (state.get("domains") or {}).items():
         done = st.get("state") == PACKED
-        domains.append({"name": name, "state": "packed" if done else "packing",
-                        "train_rows": st["train_rows"] if done else st["cursor"]["rows"],
-                        "heldout_rows": st["heldout_rows"]})
+        try:
+            domains.append({"name": name, "state": "packed" if done else "packing",
+                            "train_rows": st["train_rows"] if done else st["cursor"]["rows"],
+                            "heldout_rows": st["heldout_rows"]})
+        except (KeyError, TypeError) as e:
+            raise StoreCorruptError(f"{url}: the packed rows' document lacks {e} for domain {name!r} (edited or "
+                                    f"damaged); delete the location and pack again") from None
     where = target(url, storage_options)
     next_step = (f"run `ddk-teacher dump` with the same settings and --store {where} to score them"
                  if domains and all(d["state"] == "packed" for d in domains) else
@@ -299,7 +303,8 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
         for issue in other:
             click.echo(f"FAIL {issue}", err=True)
         raise StoreCorruptError(f"{url}: {len(other)} problem(s) outside unit data cannot be repaired in place; "
-                                "dump the store again (ddk-teacher dump ... --overwrite)")
+                                "delete the store (or give another --store) and rerun the `ddk-teacher dump` command that made it "
+                                "(--overwrite does not replace a store of the same settings)")
     if pack:
         delete_pack(open_zarr_store(url, read_only=False, storage_options=storage_options))
         click.echo(f"deleted {PACK_PREFIX}: {pack[0]}" + (f" (and {len(pack) - 1} more)" if len(pack) > 1 else "")

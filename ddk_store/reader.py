@@ -115,8 +115,9 @@ class StoreReader:
 
     def _verify_hint(self) -> str:
         if self.verifying:  # (only the store's structure fails while verify opens it: no unit data to repair)
-            return ("`ddk-store repair` cannot fix this in place: dump the store again (the same `ddk-teacher dump` "
-                    "command with --overwrite)")
+            return ("`ddk-store repair` cannot fix this in place: delete the store (or give another --store), then "
+                    "rerun the `ddk-teacher dump` command that made it (--overwrite does not replace a store of the "
+                    "same settings)")
         return (f"run `ddk-store verify {self.url}` to list every problem, then `ddk-store repair {self.url}` and "
                 f"rerun the dump (or dump the store again)")
 

@@ -178,7 +178,8 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
             echo(f"note: domain {src.name}: its held-out documents ({sel.heldout_docs.size}) hold {unused:,} tokens "
                  f"beyond the {sel.heldout_rows.shape[0]} held-out rows, used in neither split (held-out rows take "
                  f"whole documents, and none trains); to keep them, split long {_DOCUMENTS[src.format]} into shorter "
-                 f"ones, or raise --heldout-seqs (up to {sel.held_tokens // seq_len}) so the held-out rows use them")
+                 f"ones, or raise --heldout-seqs (up to {sel.held_tokens // seq_len}; it applies to every domain) so "
+                 f"the held-out rows use them")
     if len(small) > 1:
         problems.insert(0, too_small_together(small))
     elif small:

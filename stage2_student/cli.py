@@ -89,16 +89,15 @@ def final_line(out: Path) -> str | None:
 def _model_dir_hint(model: str) -> None:
     """A local --model directory that holds no model: an unfinished run (point to its checkpoints), a run's
     checkpoints/ folder (point to its latest), or anything else (say what --model takes)."""
-    from .checkpoint import checkpoint_step, latest_checkpoint, read_state
+    from .checkpoint import latest_checkpoint, read_state
 
     path = Path(model).expanduser()
     if not path.is_dir() or (path / "config.json").is_file() or read_state(path) is not None:
         return
     if (path / CHECKPOINTS_DIR).is_dir():
         ckpt = latest_checkpoint(path)
-        example = (f", e.g. --model {ckpt}, or make the run a model directory: `ddk-student train --out {model} "
-                   f"--resume` finishes it, and with `--steps {checkpoint_step(ckpt)}` exports it as it stands") \
-            if ckpt else ""
+        example = (f", e.g. --model {ckpt}, or finish the run (`ddk-student train --out {model} --resume`), which "
+                   f"writes the model there") if ckpt else ""
         raise ConfigError(f"--model {model}: a run that has not finished (no config.json yet); evaluate a checkpoint "
                           f"of it{example}")
     if path.name == CHECKPOINTS_DIR and (ckpt := latest_checkpoint(path.parent)) is not None:

@@ -193,8 +193,8 @@ def engine_start_error(exc: BaseException, engine_output: str = "", *, verbose: 
     reason = " ".join(_SEE_ABOVE.sub("", reason or describe(exc, 1000)).split())
     if len(reason) > 300:
         reason = describe(RuntimeError(reason), 300, with_type=False)
-    return EngineStartError(f"the vLLM engine failed to start: {reason}; pass --backend hf to score with "
-                            "transformers instead" + ("; the engine's log is above" if verbose else
+    return EngineStartError(f"the vLLM engine failed to start: {reason}; pass --backend hf --overwrite to "
+                            "score with transformers instead (the store was set up for vllm)" + ("; the engine's log is above" if verbose else
                                                       ", or rerun with --verbose to see the engine's log"))
 
 

@@ -220,9 +220,10 @@ def test_verify_of_damaged_array_metadata_says_what_repairs_it_not_to_run_verify
     fail = [x for x in res.output.splitlines() if x.startswith("FAIL ")]
     assert len(fail) == 1 and fail[0].startswith("FAIL alpha/heldout: ") and "ddk-store verify" not in res.output
     assert fail[0].endswith("the metadata was edited or the store is damaged; `ddk-store repair` cannot fix this in "
-                            "place: dump the store again (the same `ddk-teacher dump` command with --overwrite)"), fail
+                            "place: delete the store (or give another --store), then rerun the `ddk-teacher dump` "
+                            "command that made it (--overwrite does not replace a store of the same settings)"), fail
     res = CliRunner().invoke(store_cli, ["repair", url])
-    assert res.exit_code != 0 and "cannot be repaired in place" in res.output, res.output
+    assert res.exit_code != 0 and "cannot be repaired in place; delete the store" in res.output, res.output
 
 
 def test_cli_info_json_and_errors(tmp_path):

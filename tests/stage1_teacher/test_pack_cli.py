@@ -210,3 +210,10 @@ def test_info_on_a_packed_store_shows_its_rows_and_the_command_that_scores_them(
     assert code == 0 and "(packed rows only, not scored yet: 2 domain(s) packed, 1 being packed)" in out, out
     assert f"next       rerun the same `ddk-teacher pack` (or `ddk-teacher dump`) command with --store {store} to " \
            "finish packing" in out and f"legal{0:>22}{HELDOUT:>13}  packing" in out, out
+    # A damaged pack document: one error line, no traceback
+    del doc["attributes"]["ddk_pack"]["domains"]["legal"]["heldout_rows"]
+    doc_path.write_text(json.dumps(doc))
+    code, out = run_cli("ddk-store", ["info", str(store)])
+    assert code == 2 and out.splitlines() == [
+        f"error: {store}: the packed rows' document lacks 'heldout_rows' for domain 'legal' (edited or damaged); "
+        f"delete the location and pack again"], out

@@ -177,7 +177,7 @@ def test_held_out_tokens_beyond_the_held_out_rows_are_named(tiny_teacher, tmp_pa
     assert held_doc - SEQ_LEN <= n <= held_doc + 2 - SEQ_LEN  # the document (with BOS/EOS) less the one row used
     assert packed.domains["long"]["heldout_rows"] == 1 and packed.domains["long"]["train_rows"] >= 1
     m = re.search(rf"; to keep them, split long {documents} into shorter ones, or raise --heldout-seqs \(up to "
-                  r"(\d+)\) so the held-out rows use them$", unused[0])
+                  r"(\d+); it applies to every domain\) so the held-out rows use them$", unused[0])
     assert m and "format: lines" not in unused[0], unused[0]
     raised = int(m.group(1))
     tok, corpora, kw = _setup(tiny_teacher, tmp_path / "c.yaml", heldout=raised)

@@ -129,11 +129,12 @@ def test_engine_start_error_quotes_the_engines_reason():
     exc = RuntimeError("Engine core initialization failed. See root cause above. Failed core proc(s): {}")
     err = engine_start_error(exc, ENGINE_OUTPUT)
     assert str(err) == ("the vLLM engine failed to start: RuntimeError: Worker failed with error 'Unsupported CPU "
-                        "attention configuration: head_dim=16 isa=2 kv_cache_idx=0'; pass --backend hf to score "
-                        "with transformers instead, or rerun with --verbose to see the engine's log")
+                        "attention configuration: head_dim=16 isa=2 kv_cache_idx=0'; pass --backend hf --overwrite "
+                        "to score with transformers instead (the store was set up for vllm), or rerun with --verbose to see the engine's log")
     bare = str(engine_start_error(exc, "", verbose=True))  # --verbose: the engine's log went to the terminal
     assert bare == ("the vLLM engine failed to start: RuntimeError: Engine core initialization failed. Failed core "
-                    "proc(s): {}; pass --backend hf to score with transformers instead; the engine's log is above")
+                    "proc(s): {}; pass --backend hf --overwrite to score with transformers instead (the store was set "
+                    "up for vllm); the engine's log is above")
 
 
 @pytest.mark.vllm

@@ -111,7 +111,7 @@ def test_eval_of_an_unfinished_run_points_to_its_checkpoints(tmp_path, finished_
     shutil.copytree(finished_run / "checkpoints", run / "checkpoints")
     line = one_error_line(run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run)]))
     assert "has not finished" in line and "checkpoints/step-00000004" in line
-    assert f"`ddk-student train --out {run} --resume` finishes it" in line and "`--steps 4` exports it" in line
+    assert f"finish the run (`ddk-student train --out {run} --resume`), which writes the model there" in line
 
 
 def test_eval_takes_train_s_eval_batch_size_and_batch_size_alike(store_url, student_dir):
