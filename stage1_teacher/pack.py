@@ -27,16 +27,13 @@ from .config import CORES, Stage1Config
 from .corpus import DomainSource, load_corpora
 from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
-from .packing import DomainTooSmall, check_split_size, too_small_together
+from .domain_size import DomainTooSmall, check_split_size, heldout_leftover_note, too_small_together
 from .plan import RESUME_FLAGS, settings_of, source_uri
 from .tokenize import DocTokenizer, bos_to_add
 
 #: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.
 POLL_S = 2.0
 
-
-#: What one document of a domain is, by its format (a note says to split long ones).
-_DOCUMENTS = {"lines": "lines", "files": "files", "jsonl": "records", "parquet": "records", "dataset": "records"}
 
 
 def pack_identity(*, seq_len: int, fingerprint: str, settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,18 +169,11 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
             problems.append(str(e))
             continue
         todo.append((src, sel))
-        unused = sel.held_tokens - sel.heldout_rows.size
-        if unused > seq_len:  # more than the remainder of a row: a long last document
-            # The same documents stay held out up to --heldout-seqs held_tokens // seq_len, whose rows take them all.
-            echo(f"note: domain {src.name}: its held-out documents ({sel.heldout_docs.size}) hold {unused:,} tokens "
-                 f"beyond the {sel.heldout_rows.shape[0]} held-out rows, used in neither split (held-out rows take "
-                 f"whole documents, and none trains); to keep them, split long {_DOCUMENTS[src.format]} into shorter "
-                 f"ones, or raise --heldout-seqs (up to {sel.held_tokens // seq_len}; it applies to every domain) so "
-                 f"the held-out rows use them")
-    if len(small) > 1:
+        if note := heldout_leftover_note(src.name, src.format, docs=sel.heldout_docs.size, held_tokens=sel.held_tokens,
+                                         rows=sel.heldout_rows.shape[0], seq_len=seq_len):
+            echo(note)
+    if small:
         problems.insert(0, too_small_together(small))
-    elif small:
-        problems.insert(0, str(small[0]))
     if problems:
         raise ConfigError("; ".join(problems))
     for src, st in todo:

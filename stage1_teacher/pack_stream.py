@@ -30,7 +30,8 @@ import numpy as np
 from ddk_store import SourceInfo
 
 from .corpus import DomainSource, ReadStats, read_documents
-from .packing import HeldoutHeap, RowPacker, check_domain_size, check_split_size, pack_rows, with_bos
+from .domain_size import check_domain_size, check_split_size
+from .packing import HeldoutHeap, RowPacker, pack_rows, with_bos
 from .plan import keyed_texts, provenance
 from .tokenize import DocTokenizer
 

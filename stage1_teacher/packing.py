@@ -12,7 +12,7 @@ from itertools import islice
 
 import numpy as np
 
-from ddk_store.errors import ConfigError
+from .domain_size import check_domain_size, check_split_size
 
 #: Names recorded in the store settings, so a change of algorithm is a different store, never a silent mix.
 #: v2: each document is [BOS] (only when the teacher's tokenizer adds one) + ids + EOS; training and held-out
@@ -185,58 +185,6 @@ def with_bos(ids: Sequence[int] | np.ndarray, bos_id: int | None) -> np.ndarray:
     arr[0] = bos_id
     arr[1:] = ids
     return arr
-
-
-def check_domain_size(domain: str, n_tokens: int, seq_len: int, skipped: int = 0) -> None:
-    """Raises ConfigError when a domain's documents give fewer tokens than one row (``skipped``: documents left out
-    as invalid UTF-8, named in the message since they may be why)."""
-    if n_tokens < seq_len:
-        why = (f" ({skipped} document(s) were skipped as invalid UTF-8: convert the files to UTF-8)" if skipped
-               else "")
-        raise ConfigError(f"domain {domain!r} is empty: its documents give {n_tokens} tokens, fewer than one row of "
-                          f"--seq-len {seq_len}{why}; add text to the domain or remove it from the corpora file")
-
-
-def check_split_size(domain: str, n_tokens: int, seq_len: int, heldout_seqs: int, heldout_rows: int,
-                     train_rows: int, *, held_documents: int | None = None, train_tokens: int | None = None) -> None:
-    """Raises ConfigError when the held-out rows are not all filled or no training row is left.
-
-    ``held_documents`` and ``train_tokens`` (the documents the held-out rows took, the tokens left for training),
-    when known, tell a domain of too few documents from one of too few tokens: held-out rows take whole documents,
-    so lowering --heldout-seqs does not help a domain whose one document fills them."""
-    if heldout_rows >= heldout_seqs and train_rows == 0 and held_documents is not None and train_tokens is not None:
-        raise ConfigError(f"domain {domain!r} has too few documents: its held-out rows take whole documents, and the "
-                          f"{held_documents} that fill --heldout-seqs {heldout_seqs} leave {train_tokens} tokens for "
-                          f"training, fewer than one row of --seq-len {seq_len}; add documents to it (a file read "
-                          f"with `format: files` is one document, `format: lines` makes one per line)"
-                          + (", or lower --heldout-seqs" if held_documents > 1 else ""))
-    if heldout_rows < heldout_seqs or train_rows == 0:
-        n = n_tokens // seq_len
-        lower = (f"lower --heldout-seqs (to at most {n - 1}) or --seq-len" if n >= 2 else "lower --seq-len (one row "
-                 "is too few to hold out any)")
-        raise DomainTooSmall(f"domain {domain!r} is too small: {n} rows of --seq-len {seq_len} but --heldout-seqs "
-                             f"{heldout_seqs} plus at least one training row are needed (held-out rows take whole "
-                             f"documents); {lower}, or add text", domain, n, seq_len, heldout_seqs)
-
-
-class DomainTooSmall(ConfigError):
-    """A domain of too few rows of --seq-len (``rows``) for --heldout-seqs plus one training row."""
-
-    def __init__(self, message: str, domain: str, rows: int, seq_len: int, heldout_seqs: int) -> None:
-        super().__init__(message)
-        self.domain, self.rows, self.seq_len, self.heldout_seqs = domain, rows, seq_len, heldout_seqs
-
-
-def too_small_together(errors: Sequence[DomainTooSmall]) -> str:
-    """One line for several domains too small for the same --heldout-seqs and --seq-len: the need said once, then
-    each domain's rows, then the --heldout-seqs that all of them could give."""
-    need, seq_len = errors[0].heldout_seqs, errors[0].seq_len
-    most = min(e.rows for e in errors) - 1
-    counts = ", ".join(f"{e.domain} {'has ' if i == 0 else ''}{e.rows}" for i, e in enumerate(errors))
-    lower = f"lower --heldout-seqs (to at most {most}) or --seq-len" if most >= 1 else "lower --seq-len"
-    return (f"{len(errors)} domains are too small: --heldout-seqs {need} needs at least {need + 1} rows of --seq-len "
-            f"{seq_len} tokens per domain (held-out rows take whole documents, and one row must be left to train "
-            f"on); {counts}; {lower}, or add text")
 
 
 class HeldoutHeap:
