@@ -26,6 +26,8 @@ from .sinks import REPORT_TO
 
 DEVICES = ("auto", "cpu", "cuda")
 TOPK_DECODE = ("auto", "host", "device")
+#: The mixings whose weights follow the held-out ratios (Eq. 1): they evaluate to reweight, not only to report.
+REWEIGHTED = ("ddk", "wo-fs")
 #: Fields that change how a run executes but not what it computes: they may differ on --resume (``out`` too: a run
 #: directory may have been moved).
 RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_every", "keep_checkpoints",
@@ -129,10 +131,11 @@ class Stage2Config:
         return self.interval if self.interval is not None else max(1, self.steps // 30)
 
     def plan_line(self, *, seq_len: int, device: str, world: int) -> str:
-        """The run's shape in one line, printed as training starts: the budget, how often it evaluates, where."""
+        """The run's shape in one line (printed once the student has been evaluated at step 0): the budget, how often
+        it evaluates, where."""
         K, steps, B = self.interval_steps, self.steps, self.batch_size
         evals = 2 + (steps - 1) // K  # step 0, each interval boundary before the end, the final evaluation
-        what = "evaluation and reweighting" if self.mixing in ("ddk", "wo-fs") else "evaluation"
+        what = "evaluation and reweighting" if self.mixing in REWEIGHTED else "evaluation"
         default = "" if self.interval is not None else " (the default, --steps / 30; --interval sets it)"
         return (f"training: {steps:,} steps of {B} rows x {seq_len} tokens ({steps * B * seq_len:,} tokens), mixing "
                 f"{self.mixing}; held-out {what} every {K} step(s){default}, {evals} in all; {device}, "
@@ -201,7 +204,7 @@ def problems(cfg: Stage2Config) -> list[str]:
         need(cfg.interval <= cfg.steps,
              f"--interval {cfg.interval} is larger than the run (--steps {cfg.steps}): no domain reweighting "
              f"would happen; lower --interval or raise --steps")
-        need(cfg.mixing not in ("ddk", "wo-fs") or cfg.interval != cfg.steps,
+        need(cfg.mixing not in REWEIGHTED or cfg.interval != cfg.steps,
              f"--interval {cfg.interval} is the whole run (--steps {cfg.steps}): --mixing {cfg.mixing} would compute "
              f"its weights only at the final evaluation and never sample by them; lower --interval or raise --steps")
     need(cfg.batch_size % cfg.grad_accum == 0,
@@ -217,7 +220,7 @@ def problems(cfg: Stage2Config) -> list[str]:
                 p.append(f"--{e}".replace("--static_weights", "--static-weights"))
     elif cfg.static_weights:
         p.append(f"--static-weights is only used with --mixing static (got --mixing {cfg.mixing})")
-    if cfg.init_mixture != "natural" and cfg.mixing not in ("ddk", "wo-fs"):
+    if cfg.init_mixture != "natural" and cfg.mixing not in REWEIGHTED:
         p.append(f"--init-mixture {cfg.init_mixture} is only used with --mixing ddk or wo-fs (got --mixing "
                  f"{cfg.mixing}, which samples its own mixture from step 0)")
     p += _where_problems(cfg.store, "--student", cfg.student)
