@@ -13,9 +13,9 @@ $(STAMP): pyproject.toml scripts/setup_env.sh
 	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
 	touch $(STAMP)
 
-# The whole suite, vLLM and the real S3 server included.
+# The whole suite, vLLM and the real S3 server included; it ends with its 15 slowest tests (CI keeps an eye on time).
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -113,12 +113,19 @@ def memory_note(url: str) -> str | None:
 
 
 def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """s3fs options: the caller's, plus a custom endpoint from AWS_ENDPOINT_URL(_S3) when set.
+    """s3fs options: the caller's, plus a custom endpoint from AWS_ENDPOINT_URL(_S3) when set, and s3fs's listing
+    cache off unless the caller sets ``use_listings_cache``.
+
+    A store is written by several processes (shards, teammates), and s3fs answers ``exists`` from a directory
+    listing it cached earlier in the process: a key another process wrote since reads as missing, one it deleted as
+    present. (A second dump in one Python process refused a location emptied in between as "not empty".) Every
+    check then asks the server; zarr reads chunks by key, never by listing, so reading is as fast as before.
 
     Raises:
         ConfigError: the endpoint is not an http(s) URL (botocore would fail later with a bare ValueError).
     """
     opts = dict(storage_options or {})
+    opts.setdefault("use_listings_cache", False)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
         opts["endpoint_url"] = endpoint

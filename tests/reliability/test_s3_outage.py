@@ -62,20 +62,25 @@ def s3_dump_argv(server: SeaweedS3, teacher, corpora, prefix: str) -> list[str]:
 
 def pause_at(proc, predicate, timeout: float, what: str, slice_s: float = 0.1) -> None:
     """Return with ``proc`` paused (SIGSTOP) at the first check where ``predicate`` holds. The process runs in
-    slices of ``slice_s`` seconds and every check is made while it is paused: the check itself (an S3 listing) can
-    take longer than a fast machine needs to finish the small dump, which would then end before the outage it was
-    meant to meet. The caller resumes it (SIGCONT; :func:`stop_under` does)."""
+    slices and every check is made while it is paused: the check itself (an S3 listing) can take longer than a fast
+    machine needs to finish the small dump, which would then end before the outage it was meant to meet. A slice is
+    as long as the check before it, at least ``slice_s`` seconds: the process runs about half the time wherever the
+    listing is slow (with fixed 0.1 s slices and 0.6 s listings it ran a seventh of it, and reaching three units took
+    74 s), and never longer between checks than one check takes. The caller resumes it (SIGCONT; :func:`stop_under`
+    does)."""
     deadline = time.monotonic() + timeout
     while True:
         proc.send_signal(signal.SIGSTOP)
         if proc.poll() is not None:
             pytest.fail(f"the process ended before {what}: {proc.stderr.read()[-2000:]}")
+        t0 = time.monotonic()
         if predicate():
             return
+        checked_in = time.monotonic() - t0
         proc.send_signal(signal.SIGCONT)
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(slice_s)
+        time.sleep(max(slice_s, checked_in))
 
 
 def stop_under(server: SeaweedS3, proc=None) -> None:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 import time
 
 import pytest
 
 from ddk_store.errors import ConfigError
 from ddk_testkit.commands import train_argv
-from ddk_testkit.processes import reaped, run_process, spawn
+from ddk_testkit.processes import reaped, run_cli, run_process, spawn
+from stage2_student import checkpoint
 from stage2_student.checkpoint import checkpoint_step, latest_checkpoint
 from stage2_student.rundir import claim_run_dir, release_run_dir
 
@@ -85,6 +87,28 @@ def test_sigterm_from_a_scheduler_ends_the_run_as_ctrl_c_does_with_exit_143(tmp_
     code, err = interrupt_after_first_checkpoint(argv, out, signal.SIGTERM)
     assert code == 143, err[-2000:]  # 128 + SIGTERM, not a silent death by the signal (-15)
     assert advice_step(err, out) % K == 0
+
+
+def test_ctrl_c_while_the_last_checkpoint_is_written_waits_for_it_and_says_the_run_finished(
+        tmp_path, store_url, student_dir, monkeypatch):
+    out, steps = tmp_path / "run", 4
+    real_save = checkpoint.save_file
+
+    def save_file(tensors, path, *args, **kwargs):  # the background writer's call, at the final checkpoint's weights
+        if f"step-{steps:08d}.tmp" in path and path.endswith("model.safetensors"):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # Ctrl-C, while the main thread waits
+            time.sleep(0.5)  # (and the write is still under way when it lands)
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", save_file)
+    result = run_cli("ddk-student", train_argv(store_url, student_dir, out, steps=steps, interval=2, batch_size=4,
+                                              eval_batch_size=4, seed=0, device="cpu", no_progress=True))
+    assert result.code == 130, result.output[-2000:]
+    last = result.output.strip().splitlines()[-1]
+    assert last == (f"ddk-student: interrupted; the run had finished: its student and last checkpoint (step {steps}) "
+                    f"are saved in {out}; `ddk-student report {out}` writes report.md and its plots"), last
+    assert checkpoint_step(latest_checkpoint(out)) == steps  # committed before the process said so
+    assert not list((out / "checkpoints").glob("*.tmp"))
 
 
 def test_a_second_training_of_a_run_in_progress_is_refused(tmp_path, store_url, student_dir):
