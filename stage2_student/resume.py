@@ -173,6 +173,20 @@ def is_run_dir(out: Path) -> bool:
     return bool(saved and saved.get("store") and saved.get("student"))
 
 
+def continue_advice(cfg: Stage2Config, world: int = 1, local_world: int | None = None) -> str:
+    """How the interrupted run ``cfg.out`` continues: the resume command and the checkpoint it starts from, or, when
+    its last checkpoint was committed, that it had finished and how to report it."""
+    from .checkpoint import checkpoint_step, latest_checkpoint
+
+    out, steps = cfg.out, cfg.steps
+    if run_finished(Path(out), steps):
+        return (f"the run had finished: its student and last checkpoint (step {steps}) are saved in {out}; "
+                f"`ddk-student report {out}` writes report.md and its plots")
+    ckpt = latest_checkpoint(out)
+    since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
+    return f"{resume_command(out, world, local_world)} continues the run from {since} with its saved settings"
+
+
 def run_finished(out: Path, steps: int) -> bool:
     """Whether the run in ``out`` has finished ``steps`` steps: its last checkpoint is at that step and its final
     student is saved."""

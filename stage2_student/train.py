@@ -29,14 +29,14 @@ from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError,
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
-from .checkpoint import CheckpointWriter, checkpoint_step, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointWriter, latest_checkpoint, load_checkpoint
 from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
 from .loss_step import student_loss
 from .readpool import default_read_workers
 from .repeats import find_repeats
-from .resume import check_same_store, prepare_out_dir, replace_run, resume_command, run_finished
+from .resume import check_same_store, continue_advice, prepare_out_dir, replace_run, run_finished
 from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
@@ -68,26 +68,16 @@ def _run_guard(fn):
         except KeyboardInterrupt:
             if not (Path(cfg.out) / CONFIG_FILE).is_file():
                 raise  # before the run was written: the generic advice (rerun the same command) holds
-            raise Interrupted(f"interrupted; {_continue(cfg, env)}") from None
+            raise Interrupted(f"interrupted; {continue_advice(cfg, env.world, env.local_world)}") from None
         except RuntimeError as e:
             if env.world == 1 or not _peer_failure(e):
                 raise
             raise PeerFailed(f"another process of this {env.world}-process run stopped ({describe(e, 160)}); "
-                             f"{_continue(cfg, env)}") from None
+                             f"{continue_advice(cfg, env.world, env.local_world)}") from None
         finally:
             rundir.release_run_dir(lock)
 
     return wrapper
-
-
-def _continue(cfg: Stage2Config, env: parallel.DistEnv) -> str:
-    if run_finished(Path(cfg.out), cfg.steps):  # interrupted after its last checkpoint was committed
-        return (f"the run had finished: its student and last checkpoint (step {cfg.steps}) are saved in {cfg.out}; "
-                f"`ddk-student report {cfg.out}` writes report.md and its plots")
-    ckpt = latest_checkpoint(cfg.out)
-    since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
-    return (f"{resume_command(cfg.out, env.world, env.local_world)} continues the run from {since} with its saved "
-            f"settings")
 
 
 def _peer_failure(e: RuntimeError) -> bool:
