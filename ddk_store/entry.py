@@ -153,7 +153,7 @@ def storage_options_callback(flag: str = "--storage-option", *, none_when_empty:
 
 #: The storage option flag, identical on every command that opens a store; the command receives a dict.
 storage_option = click.option(
-    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE", callback=storage_options_callback(),
+    "--storage-option", "--storage-options", "storage_options", multiple=True, metavar="KEY=VALUE", callback=storage_options_callback(),
     help="Option for s3:// stores (repeatable), e.g. endpoint_url=http://127.0.0.1:8333; AWS_* environment "
          "variables are read as usual.")
 

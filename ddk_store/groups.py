@@ -1,9 +1,10 @@
-"""Shared node-level helpers: zarr arguments of the schema's arrays, reading the root and group documents."""
+"""Shared node-level helpers: zarr arguments of the schema's arrays, reading the root and group documents, and
+reading a group's array so that a damaged chunk is named by its unit."""
 
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import zarr
 from zarr.abc.store import Store
@@ -13,8 +14,10 @@ from zarr.core.sync import sync
 
 from . import spec
 from .encodings import get_encoding
-from .errors import StoreFormatError, StoreNotFoundError, describe
+from .errors import DdkError, StoreCorruptError, StoreFormatError, StoreNotFoundError, describe
+from .layout import Unit
 from .meta import StoreMeta
+from .retry import retry_call
 from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_doc_key
 from .storage import options_without_s3
 
@@ -139,6 +142,37 @@ def open_group_arrays(root: Any, url: str, domain: str, split: str, names: Seque
             raise StoreFormatError(f"{where} has metadata ddk refuses ({describe(e)}); {hint}") from None
         refuse_foreign_codecs(arrs[name], where, hint)
     return arrs
+
+
+def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read: Callable[[], Any]) -> Any:
+    """``read()`` of ``array`` (array ``name`` of the group of ``units``, non-empty) through transient faults. A
+    chunk that fails its checksum (zarr's ValueError) is a StoreCorruptError naming the first of ``units`` whose part
+    fails alone (a marker's row, or its rows of data) and how to have the damaged units rewritten."""
+    try:
+        return retry_call(read, what=f"reading {group_path(units[0].domain, units[0].split)}/{name}", url=url)
+    except DdkError:  # (an outage past the retry budget is not damage)
+        raise
+    except ValueError as e:
+        where = group_path(units[0].domain, units[0].split)
+        for u in units:
+            try:
+                retry_call(lambda: array[u.index] if name == spec.ARR_UNITS else array[u.start:u.stop],
+                           what=f"reading {u} {name}", url=url)
+            except ValueError as bad:
+                if isinstance(bad, DdkError):
+                    raise
+                where = str(u)
+                break
+        what = "completion marker" if name == spec.ARR_UNITS else name
+        raise StoreCorruptError(f"{url}: {where}: {what} fails its crc32c checksum or cannot be decoded "
+                                f"({describe(e, 60)}); {rewrite_hint(url)}") from None
+
+
+def rewrite_hint(url: str) -> str:
+    """How the damaged units of a store get written again."""
+    return (f"`ddk-store verify {url}` lists the damage and `ddk-store repair {url}` marks the damaged units for "
+            "rewriting; then rerun the same `ddk-teacher dump` command to rewrite them and finalize the store (after "
+            f"sharded dumps: rerun every --shard, then `ddk-store finalize {url}`)")
 
 
 def codec_names(codecs: Sequence[Any]) -> list[str]:

@@ -31,7 +31,7 @@ from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from . import spec
-from .errors import InvalidNameError, StoreCorruptError, StoreFormatError, describe
+from .errors import DdkError, InvalidNameError, StoreCorruptError, StoreFormatError, describe
 from .groups import refuse_foreign_codecs
 from .meta import validate_domain_name
 from .retry import retry_call
@@ -43,6 +43,8 @@ PACK_FORMAT = "ddk-pack"
 PACK_VERSION = 1
 #: A domain's state in the pack document: held-out rows written and training rows being written, or all written.
 TRAINING, PACKED = "training", "packed"
+#: The int64 array of a domain's held-out documents' corpus ordinals (and its count's key in a 'training' state).
+HELDOUT_DOCS = "heldout_docs"
 #: Target tokens per packed chunk: a few MB in memory while packing, one read per many score units.
 CHUNK_TOKENS = 1 << 18
 #: Rows of every packed row array (a bound, not a size: chunks exist only where rows were written).
@@ -77,9 +79,10 @@ _REPACK = (f"delete {PACK_PREFIX} under the store (readers never need it) and re
            "command: it packs the corpora again")
 
 
-def _chunk_key(domain: str, split: str, index: int) -> str:
-    """The object of chunk ``index`` of the packed rows of ``domain/split`` (zarr v3's default chunk keys)."""
-    return f"{PACK_PREFIX}/{domain}.{split}/c/{index}/0"
+def _chunk_key(name: str, index: int, ndim: int) -> str:
+    """The object of chunk ``index`` (along the first dimension) of the ``ndim``-dimensional array ``_pack/<name>``
+    (zarr v3's default chunk keys)."""
+    return f"{PACK_PREFIX}/{name}/c/{index}" + "/0" * (ndim - 1)
 
 
 class PackedRows:
@@ -173,26 +176,43 @@ class PackedRows:
             index = row // chunk_rows
             key = (domain, split, index)
             if self._cache is None or self._cache[0] != key:
-                # zarr reads a missing chunk as its fill value (0, a valid token id): rows of token 0 must not be
-                # scored as data
-                where = f"{self.url}: packed rows {PACK_PREFIX}/{domain}.{split} chunk {index}"
-                chunk_key = _chunk_key(domain, split, index)
-                if not retry_call(lambda: sync(self.store.exists(chunk_key)), what=f"reading {chunk_key}",
-                                  url=self.url):
-                    raise StoreCorruptError(f"{where} are missing; {_REPACK}")
-                try:
-                    chunk = arr[index * chunk_rows : (index + 1) * chunk_rows]
-                except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
-                    raise StoreCorruptError(f"{where} are damaged ({describe(e, 120)}); {_REPACK}") from None
+                chunk = self._read_chunk(arr, f"{domain}.{split}", index, MAX_ROWS, "packed rows ")
                 self._cache = (key, chunk.astype(np.int32))
             hi = min(stop, (index + 1) * chunk_rows)
             parts.append(self._cache[1][row - index * chunk_rows : hi - index * chunk_rows])
             row = hi
         return np.concatenate(parts) if parts else np.zeros((0, seq_len), dtype=np.int32)
 
+    def _chunk_problem(self, arr: zarr.Array, name: str, index: int, count: int) -> tuple[np.ndarray | None, str]:
+        """Chunk ``index`` of ``_pack/<name>`` (of which ``count`` items along the first dimension are meaningful),
+        or what is wrong with it: ``(None, "missing")`` or ``(None, "fails its crc32c checksum ...")``.
+
+        Every read of packed data goes through here: zarr reads a chunk that is not there as its fill value (0, a
+        valid token id and a valid document ordinal), which must never pass for data."""
+        key = _chunk_key(name, index, arr.ndim)
+        if not retry_call(lambda: sync(self.store.exists(key)), what=f"reading {key}", url=self.url):
+            return None, "missing"
+        step = arr.chunks[0]
+        try:
+            return retry_call(lambda: arr[index * step : min(count, (index + 1) * step)],
+                              what=f"reading {key}", url=self.url), ""
+        except DdkError:  # the store unreachable past the retry budget: not damage
+            raise
+        except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+            return None, f"fails its crc32c checksum or cannot be decoded ({describe(e, 120)})"
+
+    def _read_chunk(self, arr: zarr.Array, name: str, index: int, count: int, what: str = "") -> np.ndarray:
+        """:meth:`_chunk_problem`'s chunk; StoreCorruptError naming it (``what``: how to call its contents) when
+        it is missing or damaged."""
+        data, problem = self._chunk_problem(arr, name, index, count)
+        if data is None:
+            raise StoreCorruptError(f"{self.url}: {what}{PACK_PREFIX}/{name} chunk {index}: {problem}; {_REPACK}")
+        return data
+
     def damaged_chunks(self, dtype: Any) -> list[tuple[str, str]]:
-        """(where, what) of every chunk of rows the pack document counts that is missing or fails its checksum
-        (``ddk-store verify``); a pack document that cannot be read is one problem."""
+        """(where, what) of every chunk the pack document counts (rows, and the held-out document ordinals a domain
+        still being packed needs) that is missing or fails its checksum (``ddk-store verify``); a pack document that
+        cannot be read is one problem."""
         try:
             state = self.read_state()
         except StoreFormatError as e:
@@ -200,42 +220,46 @@ class PackedRows:
         if state is None:
             return []
         problems = []
+        counted: list[tuple[str, str, int, int]] = []  # (domain, array, items counted, chunk rows; 0: ordinals)
         try:
             seq_len = int(state["identity"]["seq_len"])
-            counted = {(d, split): (int(n), int(st["chunk_rows"])) for d, st in state["domains"].items()
-                       if st.get("state") in (TRAINING, PACKED)
-                       for split, n in (("heldout", st["heldout_rows"]),
-                                        ("train", st["train_rows"] if st["state"] == PACKED else st["cursor"]["rows"]))}
+            for d, st in state["domains"].items():
+                if st.get("state") not in (TRAINING, PACKED):
+                    continue
+                train = st["train_rows"] if st["state"] == PACKED else st["cursor"]["rows"]
+                counted += [(d, split, int(n), int(st["chunk_rows"]))
+                            for split, n in (("heldout", st["heldout_rows"]), ("train", train))]
+                if st["state"] == TRAINING:  # its train pass still skips them (a packed domain's never reads them)
+                    counted.append((d, HELDOUT_DOCS, int(st[HELDOUT_DOCS]), 0))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             return [(f"{PACK_PREFIX}/zarr.json", f"pack document lacks {describe(e, 80)}")]
-        for (domain, split), (n_rows, chunk_rows) in counted.items():
+        for domain, name, count, chunk_rows in counted:
             try:
                 validate_domain_name(domain)  # (a name from a stored document becomes a path below)
             except InvalidNameError as e:
                 problems.append((f"{PACK_PREFIX}/zarr.json", f"names a domain the store format forbids ({e})"))
                 continue
             try:
-                arr = self._rows(domain, split, seq_len, chunk_rows, dtype)
+                arr = (self._rows(domain, name, seq_len, chunk_rows, dtype) if chunk_rows else
+                       self._ints(domain, name))
             except StoreFormatError as e:
-                problems.append((f"{PACK_PREFIX}/{domain}.{split}", str(e)))
+                problems.append((f"{PACK_PREFIX}/{domain}.{name}", str(e)))
                 continue
-            for index in range(-(-n_rows // chunk_rows)):
-                where = f"{PACK_PREFIX}/{domain}.{split} chunk {index}"
-                key = _chunk_key(domain, split, index)
-                if retry_call(lambda: _get(self.store, key), what=f"reading {key}", url=self.url) is None:
-                    problems.append((where, "missing"))
-                    continue
-                try:
-                    lo, hi = index * chunk_rows, min(n_rows, (index + 1) * chunk_rows)
-                    retry_call(lambda: arr[lo:hi], what=f"reading {where}", url=self.url)
-                except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
-                    problems.append((where, f"fails its crc32c checksum or cannot be decoded ({describe(e, 120)})"))
+            for index in range(-(-count // arr.chunks[0])):
+                _, problem = self._chunk_problem(arr, f"{domain}.{name}", index, count)
+                if problem:
+                    problems.append((f"{PACK_PREFIX}/{domain}.{name} chunk {index}", problem))
         return problems
 
+    def _ints(self, domain: str, name: str) -> zarr.Array:
+        return self._array(f"{domain}.{name}", (MAX_ROWS,), (1 << 16,), np.dtype("<i8"))
+
     def write_ints(self, domain: str, name: str, values: np.ndarray) -> None:
-        arr = self._array(f"{domain}.{name}", (MAX_ROWS,), (1 << 16,), np.dtype("<i8"))
-        arr[: values.size] = values
+        self._ints(domain, name)[: values.size] = values
 
     def read_ints(self, domain: str, name: str, n: int) -> np.ndarray:
-        arr = self._array(f"{domain}.{name}", (MAX_ROWS,), (1 << 16,), np.dtype("<i8"))
-        return np.asarray(arr[:n], dtype=np.int64)
+        """The first ``n`` integers of ``_pack/<domain>.<name>``; StoreCorruptError when a chunk holding them is
+        missing or damaged."""
+        arr = self._ints(domain, name)
+        parts = [self._read_chunk(arr, f"{domain}.{name}", index, n) for index in range(-(-n // arr.chunks[0]))]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)

@@ -275,9 +275,9 @@ def _default_text(f: dataclasses.Field) -> str:
 def _option(f: dataclasses.Field) -> Callable:
     base, _ = kind(f)
     flag = flag_of(f)
-    # The field's own name as a flag always works (a test mirrors fields and flags); ``flag`` is the spelling used
-    # in messages and docs, ``aliases`` are further spellings.
-    names = list(dict.fromkeys(["--" + f.name.replace("_", "-"), flag, *f.metadata.get("aliases", ())]))
+    # ``flag`` is the spelling used in messages and docs, so --help lists it first; the field's own name as a flag
+    # always works too (a test mirrors fields and flags), and ``aliases`` are further spellings.
+    names = list(dict.fromkeys([flag, "--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]))
     help_text = f.metadata["help"] + _default_text(f)
     if base == "bool":
         return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)

@@ -72,8 +72,8 @@ def synth_rows(rng: np.random.Generator, n: int, seq_len: int, top_k: int, vocab
     return {"tokens": tokens, "topk_ids": ids, "topk_logprobs": top, "target_logprobs": target}
 
 
-def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gamma"), train_rows: int = 16,
-                    heldout_rows: int = 4, seq_len: int = 16, top_k: int = 4, vocab_size: int = 64,
+def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gamma"),
+                    train_rows: int | Mapping[str, int] = 16, heldout_rows: int | Mapping[str, int] = 4, seq_len: int = 16, top_k: int = 4, vocab_size: int = 64,
                     fingerprint: str = "sha256:test", seed: int = 0, encoding: str = spec.DEFAULT_ENCODING,
                     sharpness: Mapping[str, float] | None = None, unit_rows: int | None = None,
                     finalize: bool = True, teacher_nll: Any = None,
@@ -81,12 +81,16 @@ def make_tiny_store(url: str, *, domains: Sequence[str] = ("alpha", "beta", "gam
     """Write a complete store of synthetic teacher data and return a reader on it (a writer if not finalized).
 
     ``sharpness`` (per domain, default 1.0..2.0 spread) controls how peaked the teacher is, hence its held-out NLL.
-    ``teacher_nll`` is accepted as an alias of ``sharpness`` for older callers.
+    ``teacher_nll`` is accepted as an alias of ``sharpness`` for older callers. ``train_rows`` and ``heldout_rows``:
+    one count for every domain, or a count per domain.
     """
     sharpness = dict(sharpness or teacher_nll or {})
     meta = tiny_meta(domains=domains, seq_len=seq_len, top_k=top_k, vocab_size=vocab_size, fingerprint=fingerprint,
                      encoding=encoding, format_version=format_version)
-    rows = {d: {spec.SPLIT_TRAIN: train_rows, spec.SPLIT_HELDOUT: heldout_rows} for d in domains}
+    def count(n: int | Mapping[str, int], d: str) -> int:
+        return n if isinstance(n, int) else n[d]
+
+    rows = {d: {spec.SPLIT_TRAIN: count(train_rows, d), spec.SPLIT_HELDOUT: count(heldout_rows, d)} for d in domains}
     writer = StoreWriter.open_or_create(url, meta, rows, unit_rows=unit_rows, chunk_rows=1 if unit_rows else None,
                                         overwrite=overwrite)
     rng = np.random.default_rng(seed)

@@ -21,8 +21,8 @@ from .difference import identity_difference
 from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
 from .crc import crc32_combine, crc32_of
-from .groups import (no_store, open_group_arrays, read_group_layout, read_root_doc, root_claim,
-                     root_meta_from_doc)
+from .groups import (no_store, open_group_arrays, read_group_layout, read_root_doc, read_unit_array,
+                     rewrite_hint, root_claim, root_meta_from_doc)
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
@@ -201,12 +201,12 @@ class StoreWriter:
         units = self._arrays_of(domain, split)[spec.ARR_UNITS]
         if not units.shape[0]:
             return np.zeros(0, dtype=bool)
-        return self._retry(lambda: units[:, MARKER_DONE_COL],
-                           f"reading the unit markers of {domain}/{split}") == spec.UNIT_DONE
+        return read_unit_array(self.url, self.units(domain, split), spec.ARR_UNITS, units,
+                               lambda: units[:, MARKER_DONE_COL]) == spec.UNIT_DONE
 
     def is_done(self, unit: Unit) -> bool:
         units = self._arrays_of(unit.domain, unit.split)[spec.ARR_UNITS]
-        return bool(self._retry(lambda: units[unit.index, MARKER_DONE_COL], f"reading the marker of {unit}")
+        return bool(read_unit_array(self.url, [unit], spec.ARR_UNITS, units, lambda: units[unit.index, MARKER_DONE_COL])
                     == spec.UNIT_DONE)
 
     def pending_units(self, shard: tuple[int, int] | None = None) -> list[Unit]:
@@ -329,11 +329,11 @@ class StoreWriter:
         domains = []
         for dom in self.meta.domains:
             arrays = self._arrays_of(dom.name, spec.SPLIT_HELDOUT)
-            target = self._retry(lambda: arrays[spec.ARR_TARGET_LOGPROBS][:],
-                                 f"reading {dom.name}/heldout/{spec.ARR_TARGET_LOGPROBS}")
+            target = read_unit_array(self.url, self.units(dom.name, spec.SPLIT_HELDOUT), spec.ARR_TARGET_LOGPROBS,
+                                     arrays[spec.ARR_TARGET_LOGPROBS], lambda: arrays[spec.ARR_TARGET_LOGPROBS][:])
             if not np.isfinite(target).all():
-                raise StoreCorruptError(f"{dom.name}/heldout/{spec.ARR_TARGET_LOGPROBS}: missing or non-finite values; "
-                                        f"run `ddk-store verify {self.url}` to locate them")
+                raise StoreCorruptError(f"{self.url}: {dom.name}/heldout/{spec.ARR_TARGET_LOGPROBS}: missing or "
+                                        f"non-finite values; {rewrite_hint(self.url)}")
             nll = heldout_nll(target)
             domains.append(replace(dom, heldout_nll=nll, heldout_ppl=None if nll is None else heldout_ppl(nll)))
         self.meta = self.meta.replace(domains=tuple(domains), status=spec.STATUS_COMPLETE)

@@ -93,6 +93,12 @@ class Stage1Config:
         return dataclasses.asdict(self)
 
 
+def overwrite_refusal(what: str, each: str, start: str = "start") -> str:
+    """Why --overwrite is refused when ``what`` makes several processes write one store, and what to do instead."""
+    return (f"--overwrite cannot be combined with {what} (each {each} would wipe the others' units); delete the store "
+            f"once, then {start} without --overwrite")
+
+
 def problems(cfg: Stage1Config) -> list[str]:
     """Every range and cross-field problem of ``cfg``, as flag-named messages (empty when valid); the per-field
     checks (types, required, choices) are :func:`ddk_store.settings.check`'s."""
@@ -118,8 +124,7 @@ def problems(cfg: Stage1Config) -> list[str]:
     if cfg.devices < 1:
         p.append(f"--devices must be >= 1 (scoring processes on this host, one per GPU), got {cfg.devices}")
     if cfg.overwrite and cfg.devices > 1:
-        p.append("--overwrite cannot be combined with --devices N > 1 (each device would wipe the others' units); "
-                 "delete the store once, then start without --overwrite")
+        p.append(overwrite_refusal("--devices N > 1", "device"))
     if cfg.tensor_parallel_size < 1:
         p.append(f"--tensor-parallel-size must be >= 1, got {cfg.tensor_parallel_size}")
     if cfg.backend == "hf" and cfg.batch_tokens < cfg.seq_len and cfg.seq_len >= 2:  # the only backend that reads it
@@ -128,8 +133,7 @@ def problems(cfg: Stage1Config) -> list[str]:
     if not re.fullmatch(r"(0|[1-9][0-9]*)/[1-9][0-9]*", cfg.shard) or not int(parts[0]) < int(parts[1]):
         p.append(f"--shard must be I/N with 0 <= I < N (e.g. 0/2), got {cfg.shard!r}")
     if cfg.overwrite and len(parts) == 2 and parts[1].isdigit() and int(parts[1]) > 1:
-        p.append("--overwrite cannot be combined with --shard I/N for N > 1 (each shard would wipe the others' "
-                 "units); delete the store once, then start every shard without --overwrite")
+        p.append(overwrite_refusal("--shard I/N for N > 1", "shard", "start every shard"))
     if cfg.tensor_parallel_size > 1 and cfg.backend == "hf":
         p.append("--tensor-parallel-size > 1 needs --backend vllm (the hf backend runs on one device)")
     if cfg.store:

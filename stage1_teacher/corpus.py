@@ -201,7 +201,8 @@ def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
 
 def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
                 missing_ok: bool = False) -> tuple[str, ...]:
-    """The readable files ``patterns`` (field ``key``, relative to ``base``) match: sorted per pattern, de-duplicated.
+    """The readable files ``patterns`` (field ``key``, relative to ``base``) match: sorted per pattern, each real file
+    once, under its first path (one read twice, via overlapping globs or a symlink, would train on its held-out text).
 
     Raises:
         ConfigError: a pattern matches no file, or a match is not readable.
@@ -219,7 +220,10 @@ def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
             if not os.access(m, os.R_OK):
                 raise ConfigError(f"{where}: file {m} is not readable (check its permissions)")
         files.extend(matches)
-    return tuple(dict.fromkeys(files))  # overlapping globs: keep the first occurrence only
+    first: dict[str, str] = {}  # real path -> the path that matched it first (as _shared_files compares files)
+    for f in files:
+        first.setdefault(os.path.realpath(f), f)
+    return tuple(first.values())
 
 
 def _decode(raw: bytes, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
@@ -241,8 +245,7 @@ def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
 
     Empty documents (blank lines, empty files) are not documents and are silently dropped.
     """
-    for _, text in read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats):
-        yield text
+    yield from (text for _, text in read_sourced_documents(src, on_bad_utf8=on_bad_utf8, stats=stats))
 
 
 def source_labels(src: DomainSource) -> dict[str, str]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ddk_store.errors import ConfigError, DdkError
 
-from .config import Stage1Config
+from .config import Stage1Config, overwrite_refusal
 
 #: torchrun's environment: the global rank, the number of ranks, the rank on this host.
 RANK_ENV, WORLD_ENV, LOCAL_RANK_ENV = "RANK", "WORLD_SIZE", "LOCAL_RANK"
@@ -102,6 +102,8 @@ def multi_device(cfg: Stage1Config, run_one: Callable[[Stage1Config], None]) -> 
 # ------------------------------------------------------------------------------------------------ torchrun ranks
 def run_rank(cfg: Stage1Config, rank: int, world: int, local: int, run_one: Callable[[Stage1Config], None]) -> None:
     """One torchrun rank: its GPU(s), its shard; rank 0 then waits for every unit of the host shard and finalizes."""
+    if cfg.overwrite:  # (before any rank opens the store; each rank's own shard would be refused less clearly)
+        raise ConfigError(overwrite_refusal(f"a torchrun launch of {world} ranks", "rank", "start torchrun"))
     if cfg.device != "cpu":
         visible = os.environ.get(VISIBLE_ENV)
         per = cfg.tensor_parallel_size

@@ -21,7 +21,7 @@ from ddk_store.codec import id_dtype
 from ddk_store.difference import first_difference, value_at
 from ddk_store.errors import ConfigError, StoreExistsError, StoreFormatError, describe
 from ddk_store.location import check_pack_location, delete_whole_store
-from ddk_store.packed import PACKED, TRAINING, PackedRows, pack_chunk_rows
+from ddk_store.packed import HELDOUT_DOCS, PACKED, TRAINING, PackedRows, pack_chunk_rows
 
 from .config import CORES, Stage1Config
 from .corpus import DomainSource, load_corpora
@@ -223,9 +223,9 @@ def _write_selection(pack: PackedRows, name: str, sel: Selection, *, save: Calla
     for i in range(0, sel.heldout_rows.shape[0], chunk_rows):
         pack.write_chunk(name, "heldout", i // chunk_rows, sel.heldout_rows[i : i + chunk_rows],
                          chunk_rows=chunk_rows, dtype=dtype)
-    pack.write_ints(name, "heldout_docs", sel.heldout_docs)
+    pack.write_ints(name, HELDOUT_DOCS, sel.heldout_docs)
     st = {"state": TRAINING, "chunk_rows": chunk_rows, "heldout_rows": int(sel.heldout_rows.shape[0]),
-          "heldout_docs": int(sel.heldout_docs.size), "held_tokens": sel.held_tokens, "n_read": sel.n_read,
+          HELDOUT_DOCS: int(sel.heldout_docs.size), "held_tokens": sel.held_tokens, "n_read": sel.n_read,
           "n_tokens": sel.n_tokens, "n_skipped": sel.n_skipped,
           "skipped_where": list(sel.skipped_where), "sources": [s.to_dict() for s in sel.sources],
           "cursor": Cursor().to_dict()}
@@ -246,7 +246,7 @@ def _pack_domain(pack: PackedRows, src: DomainSource, coder: DocTokenizer, st: M
         st["cursor"] = c.to_dict()
         save(dict(st))
 
-    held = pack.read_ints(name, "heldout_docs", st["heldout_docs"])
+    held = pack.read_ints(name, HELDOUT_DOCS, st[HELDOUT_DOCS])  # (missing or damaged: StoreCorruptError)
     train_rows, train_tokens = pack_training(
         src, coder, Cursor(**st["cursor"]), heldout_docs=held, n_read=st["n_read"], seq_len=seq_len,
         max_train_rows=max_train_rows, chunk_rows=chunk_rows, on_bad_utf8=on_bad_utf8, eos_id=eos_id, bos_id=bos_id,

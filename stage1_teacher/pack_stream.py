@@ -51,16 +51,22 @@ class EncodingCache:
 
     def __init__(self, budget: int | None = None) -> None:
         self.left = CACHE_BYTES if budget is None else budget
+        self.full = self.left <= 0  # from the first document that does not fit, for the rest of the run
         self._domains: dict[str, dict[int, np.ndarray]] = {}
 
     @property
     def room(self) -> bool:
-        return self.left > 0
+        """Whether the select pass still tokenizes every document for the cache: until a document does not fit (the
+        bytes left stay above zero, a little under the budget, so they alone would tokenize every document)."""
+        return not self.full
 
     def put(self, domain: str, ordinal: int, ids: np.ndarray) -> None:
+        """Keep ``ids`` if they fit (a document that does not makes the cache full; later ones that fit are kept)."""
         if _cost(ids) <= self.left:
             self._domains.setdefault(domain, {})[ordinal] = ids
             self.left -= _cost(ids)
+        else:
+            self.full = True
 
     def drop(self, domain: str, ordinals: Iterable[int]) -> None:
         """Forget ``ordinals`` (the held-out documents: they never train)."""

@@ -65,6 +65,11 @@ def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = 
         raise ConfigError(f"--teacher {name}: not a causal language model (its {type(mcfg).__name__} has no "
                           "vocab_size); give a decoder LM such as a Llama-style model directory")
     if weights and not any(p.suffix in WEIGHT_SUFFIXES for p in Path(model_dir).iterdir()):
+        if not path.is_dir():  # a hub snapshot: only *.safetensors are fetched (a .bin is a pickle file)
+            raise ConfigError(f"--teacher {name}: the hub repository has no *.safetensors weights at this revision "
+                              "(ddk fetches safetensors only: .bin weights are pickle files, which it never loads); "
+                              "use a revision or repository that ships safetensors, or a local directory that "
+                              "save_pretrained wrote")
         raise ConfigError(f"--teacher {name}: {model_dir} has a config.json but no weights (no "
                           f"{', '.join('*' + s for s in WEIGHT_SUFFIXES)} file); copy the model's weights there "
                           "(save_pretrained writes model.safetensors)")

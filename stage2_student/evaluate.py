@@ -13,13 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from ddk_store import spec
 from ddk_store.heldout import heldout_nll, heldout_ppl
 
 from .data import read_batch
 from .losses import token_nll_sum
+from .parallel import all_reduce_sum
 
 
 def heldout_row_count(reader, domain: str, limit: int | None) -> int:
@@ -88,11 +88,8 @@ def evaluate(
             sums[i, 0] += nll
             sums[i, 1] += n
             del logits
-    if world_size > 1 and dist.is_available() and dist.is_initialized():
-        backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-        sums_dev = sums.to(backend_device)
-        dist.all_reduce(sums_dev, op=dist.ReduceOp.SUM)
-        sums = sums_dev.cpu()
+    if world_size > 1:
+        sums = all_reduce_sum(sums)
     if was_training:
         model.train()
     nll = [float(s / max(n, 1.0)) for s, n in sums.tolist()]

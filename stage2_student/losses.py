@@ -154,8 +154,10 @@ def kd_chunk(z: torch.Tensor, targets: torch.Tensor, topk_ids: torch.Tensor, top
         logq_hat = torch.log_softmax(zk.masked_fill(absent, -math.inf), dim=-1)
         p_hat = logp_hat.exp()
         kl_tok = torch.where(absent, torch.zeros_like(p_hat), p_hat * (logp_hat - logq_hat)).sum(-1)
+        # A position whose slots are all absent (masked padding) is NaN here, and NaN * 0 is NaN: select, not scale.
+        kl_tok = torch.where(w > 0, kl_tok, torch.zeros_like(kl_tok))
         if need_grad:
-            g.scatter_add_(1, ids, (logq_hat.exp() - p_hat) * wk[:, None])
+            g.scatter_add_(1, ids, torch.where(w[:, None] > 0, (logq_hat.exp() - p_hat) * wk[:, None], 0.0))
     else:
         logp_k, log_mt = tempered_teacher(topk_logprobs.reshape(n, -1).to(z.dtype), z.shape[1], temperature,
                                           None if topk_log_tail is None else topk_log_tail.reshape(n))

@@ -108,6 +108,22 @@ def init_distributed(device: torch.device, world: int) -> None:
                                 device_id=device if device.type == "cuda" else None)
 
 
+def collective_device(backend: str) -> str:
+    """Where a tensor must be for a collective of ``backend``: nccl reduces only CUDA tensors (a CPU tensor fails with
+    "No backend type associated with device type cpu"), gloo CPU ones."""
+    return "cuda" if backend == "nccl" else "cpu"
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over the ranks, on ``t``'s device; ``t`` itself when no process group of several ranks is up.
+    Every collective on values the loop keeps on the CPU (loss sums, held-out sums) goes through here."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    moved = t.to(collective_device(dist.get_backend()))
+    dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+    return moved.to(t.device)
+
+
 def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The student's transformer blocks (``model.model.layers`` for Llama-shaped causal LMs), for per-layer FSDP
     units and activation checkpointing; empty when the layout is unknown."""

@@ -209,24 +209,33 @@ def epoch_cap(max_epochs: float, *, remaining_steps: int, rows_per_step: int, nu
     return np.maximum(0.0, max_epochs * n - c) / (remaining_steps * rows_per_step)
 
 
-def cap_weights(weights: Sequence[float], cap: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def cap_weights(weights: Sequence[float], cap: Sequence[float], *,
+                spill: Sequence[bool] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Lower each weight above its cap to the cap and spread the excess over the uncapped domains in proportion to
     their weights; repeat until no domain exceeds its cap (spreading can push another domain over its own).
 
-    When the excess has nowhere to go (every domain with weight is capped: the caps sum to < 1 over them), the
-    capped weights are rescaled to sum to 1, so each such domain exceeds its cap by the same factor; the training
-    loop refuses such a cap up front (:func:`check_epoch_cap`), so there this happens only through rounding.
+    When every uncapped domain has weight 0 (Eq. 1 underflows to exact zeros once one domain's ratio is over 745
+    above the others'), the excess goes to the uncapped domains of ``spill`` (default: all) in proportion to their
+    caps, each filling the same share of the rows it has left. When it has nowhere to go (the caps sum to < 1 over
+    the domains that may take it), the capped weights are rescaled to sum to 1, so each such domain exceeds its cap
+    by the same factor; the training loop refuses such a cap up front (:func:`check_epoch_cap`), so there this
+    happens only through rounding.
 
     Args:
         weights: w, shape (D,), a distribution (the DDK factor, or any mixture).
         cap: shape (D,), from :func:`epoch_cap`.
+        spill: shape (D,), the domains that may take weight they were not given (``--static-weights`` passes its
+            domains of weight > 0, so a domain set to 0 stays at 0).
     Returns:
         (capped weights, shape (D,), sum 1; bool mask of the domains held at their cap).
     """
     w = np.asarray(weights, dtype=np.float64)
     cap = np.asarray(cap, dtype=np.float64)
-    if w.shape != cap.shape or w.ndim != 1 or np.any(w < 0) or np.any(cap < 0) or abs(w.sum() - 1) > WEIGHT_SUM_TOL:
-        raise ValueError(f"weights {w.tolist()} (a distribution) and cap {cap.tolist()} must be equal-length, >= 0")
+    spill = np.ones(w.shape, dtype=bool) if spill is None else np.asarray(spill, dtype=bool)
+    if (w.shape != cap.shape or w.shape != spill.shape or w.ndim != 1 or np.any(w < 0) or np.any(cap < 0)
+            or abs(w.sum() - 1) > WEIGHT_SUM_TOL):
+        raise ValueError(f"weights {w.tolist()} (a distribution), cap {cap.tolist()} and spill {spill.tolist()} "
+                         "must be equal-length, >= 0")
     out = w.copy()  # a cap that holds no domain changes nothing, bit for bit
     held = np.zeros(w.shape, dtype=bool)
     while True:
@@ -237,22 +246,26 @@ def cap_weights(weights: Sequence[float], cap: Sequence[float]) -> tuple[np.ndar
         out[held] = cap[held]
         free = ~held
         left, base = 1.0 - out[held].sum(), w[free].sum()
+        if left > 0 and base <= 0:  # the uncapped domains have no weight: fill the room they have left
+            free &= spill & (cap > 0)
+            base, w = cap[free].sum(), np.where(free, cap, 0.0)
         if left <= 0 or base <= 0:  # all capped: nothing can take the excess
-            held |= w > 0
+            held |= out > 0
             return out / out.sum(), held
         out[free] = w[free] * (left / base)
 
 
 def apply_epoch_cap(weights: np.ndarray, max_epochs: float | None, *, remaining_steps: int, rows_per_step: int,
-                    num_rows: Sequence[int], consumed: Sequence[int],
+                    num_rows: Sequence[int], consumed: Sequence[int], spill: Sequence[bool] | None = None,
                     ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """The weights to sample from now on: ``weights`` itself when there is no cap (paper-exact DDK), else
-    :func:`cap_weights` under :func:`epoch_cap`. Returns (weights, cap or None, capped mask or None)."""
+    :func:`cap_weights` (``spill`` as there) under :func:`epoch_cap`. Returns (weights, cap or None, capped mask or
+    None)."""
     if max_epochs is None:
         return weights, None, None
     cap = epoch_cap(max_epochs, remaining_steps=remaining_steps, rows_per_step=rows_per_step, num_rows=num_rows,
                     consumed=consumed)
-    capped, held = cap_weights(weights, cap)
+    capped, held = cap_weights(weights, cap, spill=spill)
     return capped, cap, held
 
 

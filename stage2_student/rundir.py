@@ -128,8 +128,9 @@ def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[s
 
 def step_record(step: int, *, loss: float, ce: float, kl: float, lr: float, grad_norm: float,
                 tokens_per_s: float) -> dict[str, Any]:
-    """A ``step`` record: the loss and its two parts (mean over the step's micro-batches), learning rate, gradient
-    norm before clipping, and throughput (0.0 when the step is logged off the --log-every grid)."""
+    """A ``step`` record: the loss and its two parts (mean over the step's micro-batches; ``kl`` as it enters the
+    loss, so T² x KL with --kl-t2-scale and 0 when --gamma 0 skips it), learning rate, gradient norm before clipping,
+    and throughput over the steps since the previous step record."""
     return {"event": STEP, "step": step, "loss": loss, "ce": ce, "kl": kl, "lr": lr, "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_s}
 

@@ -117,12 +117,14 @@ def train(cfg: Stage2Config) -> Path:
     num_rows = [reader.num_rows(d, "train") for d in domains]
     rw.check_epoch_cap(cfg.max_epochs_per_domain, num_rows, steps=cfg.steps, rows_per_step=B,
                        sampled=None if static is None else [w > 0 for w in static], why="--static-weights")
-    for d, n in zip(domains, num_rows):
-        if n == 0 and cfg.mixing in ("ddk", "wo-fs", "uniform"):
+    for i, (d, n) in enumerate(zip(domains, num_rows)):
+        if n == 0 and (cfg.mixing in ("ddk", "wo-fs", "uniform") or (static is not None and static[i] > 0)):
             raise ConfigError(f"store {cfg.store}: domain {d!r} has no training rows; mixing {cfg.mixing!r} samples "
-                              f"every domain")
+                              + ("every domain" if static is None else f"it at weight {static[i]:g} (--static-weights: "
+                                 f"give {d} weight 0)"))
         if heldout_row_count(reader, d, cfg.heldout_rows) == 0:
-            raise ConfigError(f"store {cfg.store}: domain {d!r} has no held-out rows; Eq. 1 needs them")
+            raise ConfigError(f"store {cfg.store}: domain {d!r} has no held-out rows; every domain's held-out "
+                              "perplexity is measured (and Eq. 1 steers by it)")
     # Reads every held-out target log-prob and checks the recorded teacher statistics against them (seconds): a
     # damaged or edited store stops here, before the student is even loaded. Chunks read later are checked as read.
     ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
@@ -188,7 +190,8 @@ def train(cfg: Stage2Config) -> Path:
         """--max-epochs-per-domain: (weights to sample from ``step`` on, cap, capped); ``w`` itself without a cap.
         The weights are also recorded on the evaluation just added to ``history``."""
         weights, cap, held = rw.apply_epoch_cap(w, cfg.max_epochs_per_domain, remaining_steps=cfg.steps - step,
-                                                rows_per_step=B, num_rows=num_rows, consumed=sampler.consumed)
+                                                rows_per_step=B, num_rows=num_rows, consumed=sampler.consumed,
+                                                spill=None if static is None else [x > 0 for x in static])
         history[-1]["weights"] = [float(x) for x in weights]
         return weights, cap, held
 
@@ -294,8 +297,7 @@ def train(cfg: Stage2Config) -> Path:
 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 if world > 1:
-                    dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-                    sums /= world
+                    sums = parallel.all_reduce_sum(sums) / world  # on the GPU under nccl, which has no CPU path
                 now = time.perf_counter()
                 tok_s = tokens_per_step * (step - step_last) / max(now - t_last, 1e-9)
                 t_last, step_last = now, step

@@ -2,6 +2,7 @@
 
 import json
 import multiprocessing as mp
+import re
 
 import numpy as np
 import pytest
@@ -204,6 +205,41 @@ def test_verify_locates_every_corruption(tmp_path, damage):
         with pytest.raises(StoreCorruptError, match="beta/train"):
             open_store(url).read_rows("beta", "train", [5])
         open_store(url).read_rows("beta", "train", [0, 1, 9])  # undamaged rows still read
+
+
+@pytest.mark.parametrize("damaged", ["marker", "held-out target"])
+def test_a_damaged_chunk_stops_a_resume_or_finalize_in_one_line_that_names_the_unit_and_works(tmp_path, damaged):
+    # A flipped byte in a unit's completion marker (read by every resume and by finalize) or in the held-out target
+    # log-probs (read by finalize): zarr's checksum ValueError was a raw traceback. Now one line naming the unit, whose
+    # advice (repair, then rewrite the units the dump rewrites) ends in a valid store.
+    url = str(tmp_path / "s")
+    meta = make_tiny_store(url, unit_rows=4, finalize=False).meta
+    files = StoreFiles(url)
+    if damaged == "marker":
+        path = files.marker_path("beta", "train", 1)
+        offset, length = 0, path.stat().st_size
+        expect = "beta/train unit 1 (rows 4-7): completion marker fails its crc32c checksum"
+    else:
+        path, offset, length = files.row_chunk_span("beta", "heldout", spec.ARR_TARGET_LOGPROBS, 2)
+        expect = f"beta/heldout unit 0 (rows 0-3): {spec.ARR_TARGET_LOGPROBS} fails its crc32c checksum"
+    b = bytearray(path.read_bytes())
+    b[offset + length // 2] ^= 0x01
+    path.write_bytes(bytes(b))
+    if damaged == "marker":  # what `ddk-teacher dump` asks first when it resumes, any shard
+        with pytest.raises(StoreCorruptError, match=re.escape(expect)):
+            StoreWriter.resume(url).pending_units(shard=(1, 2))
+    res = CliRunner().invoke(store_cli, ["finalize", url])
+    errors = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert f"{url}: {expect}" in errors[0] and f"`ddk-store repair {url}`" in errors[0], errors[0]
+    res = CliRunner().invoke(store_cli, ["repair", url])
+    assert res.exit_code == 0 and "1 unit(s) marked for rewriting" in res.output, res.output
+    w = StoreWriter.resume(url)
+    rng = np.random.default_rng(1)
+    for u in w.pending_units():  # what the rerun dump does
+        w.write_unit(u, **synth_rows(rng, u.n_rows, meta.seq_len, meta.top_k, meta.tokenizer.vocab_size))
+    res = CliRunner().invoke(store_cli, ["finalize", url])
+    assert res.exit_code == 0 and validate_store(url) == [], res.output
 
 
 def test_verify_of_damaged_array_metadata_says_what_repairs_it_not_to_run_verify(tmp_path):

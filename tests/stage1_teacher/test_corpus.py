@@ -107,6 +107,29 @@ domains:
     assert "both.jsonl" not in msg  # two text fields of one file: two sets of documents, allowed
 
 
+def test_a_file_reached_twice_within_a_domain_is_read_once_under_its_first_path(tmp_path):
+    # A symbolic link (or a linked directory) matched beside its target: read twice, each held-out document's copy
+    # would train. Kept once, under the path matched first; a link into another domain's file is still refused.
+    (tmp_path / "s.txt").write_text("first line\nsecond line\n", encoding="utf-8")
+    (tmp_path / "s_link.txt").symlink_to("s.txt")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "t.txt").write_text("third line\n", encoding="utf-8")
+    (tmp_path / "sub_link").symlink_to("sub")
+    y = write_yaml(tmp_path, """
+domains:
+  globbed: {paths: ["*.txt", "sub*/*.txt"], format: lines}
+  linked_first: {paths: [s_link.txt, s.txt], format: files}
+""")
+    with pytest.raises(ConfigError, match="is read by domains 'globbed' and 'linked_first'"):
+        load_corpora(y)
+    y.write_text("domains:\n  globbed: {paths: ['*.txt', 'sub*/*.txt'], format: lines}\n", encoding="utf-8")
+    (src,) = load_corpora(y)
+    assert src.files == tuple(str(tmp_path / f) for f in ("s.txt", "sub/t.txt")), src.files
+    assert docs_of(src)[0] == ["first line", "second line", "third line"]
+    y.write_text("domains:\n  linked: {paths: [s_link.txt, s.txt], format: lines}\n", encoding="utf-8")
+    assert load_corpora(y)[0].files == (str(tmp_path / "s_link.txt"),)
+
+
 def test_file_level_errors(tmp_path):
     with pytest.raises(ConfigError, match="--corpora .*nope.yaml: file not found"):
         load_corpora(tmp_path / "nope.yaml")

@@ -84,3 +84,24 @@ def test_a_dead_device_ends_the_command_with_one_line_naming_it(tiny_teacher, co
     assert "rerun the same command" in errors[0]
     for c in others:  # the other device was stopped, not left running
         assert not c.is_running() or c.status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize("how", ["torchrun", "--devices 2"])
+def test_overwrite_with_several_processes_is_refused_up_front_naming_how_they_were_started(
+        tiny_teacher, corpora_yaml, tmp_path, monkeypatch, how):
+    # Each rank took a --shard of its own and was refused for a --shard the user never typed; refused now before any
+    # process opens the store, in the words of how the processes were started.
+    store = tmp_path / "store"
+    extra = ["--overwrite"]
+    if how == "torchrun":
+        for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}.items():
+            monkeypatch.setenv(k, v)
+    else:
+        extra += ["--devices", "2"]
+    res = run_cli("ddk-teacher", dump_argv(tiny_teacher, corpora_yaml, store, *extra))
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.code == 2 and len(errors) == 1, res.output
+    named = "a torchrun launch of 2 ranks" if how == "torchrun" else "--devices N > 1"
+    assert f"--overwrite cannot be combined with {named}" in errors[0], errors[0]
+    assert "--shard" not in errors[0] and "delete the store once" in errors[0], errors[0]
+    assert not store.exists()

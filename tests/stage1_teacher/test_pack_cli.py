@@ -113,8 +113,8 @@ def test_damaged_packed_rows_stop_the_dump_in_one_line_that_says_how_to_recover(
         chunk.unlink()  # zarr would read its fill value: rows of token 0, scored as if they were data
     dump = dump_argv(tiny_teacher, corpus, store, "--max-rows-per-domain", "6")
     line = one_line_error(*run_cli("ddk-teacher", dump))
-    said = "are damaged" if damage == "flipped byte" else "are missing"
-    assert f"packed rows _pack/scripture.train chunk 0 {said}" in line and "delete _pack" in line, line
+    said = "fails its crc32c checksum" if damage == "flipped byte" else "missing;"
+    assert f"packed rows _pack/scripture.train chunk 0: {said}" in line and "delete _pack" in line, line
     shutil.rmtree(store / "_pack")  # what the line says: the corpora are packed again and the dump completes
     code, err = run_cli("ddk-teacher", dump)
     assert code == 0 and "packing domain" in err, err

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from ddk_store.errors import ConfigError
+from ddk_store.errors import ConfigError, StoreCorruptError
 from ddk_store.packed import PackedRows
 from ddk_testkit.commands import HELDOUT, SEQ_LEN
 from stage1_teacher.corpus import load_corpora
@@ -205,3 +205,38 @@ def test_a_location_with_packed_rows_only_is_named_so_by_every_store_command(tin
         assert res.exit_code != 0 and want in res.output, (command, res.output)
         assert "--overwrite" not in res.output, (command, res.output)  # which would throw the packed rows away
     assert PackedRows(url, read_only=True).read_state() is not None  # and nothing was touched
+
+
+@pytest.mark.parametrize("damage", ["deleted", "flipped byte"])
+def test_a_resumed_pack_refuses_damaged_held_out_document_ordinals(tiny_teacher, corpora_yaml, tmp_path, monkeypatch,
+                                                                   damage):
+    # A pack stopped inside a domain's train pass resumes it skipping the held-out documents its `heldout_docs` array
+    # names: read as zeros (a missing chunk) those documents would train. Refused, named, and seen by verify.
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
+    url = str(tmp_path / "s")
+    real = PackedRows.write_chunk
+
+    def failing(self, domain, split, *a, **k):
+        if split == "train":
+            raise Stop
+        return real(self, domain, split, *a, **k)
+
+    monkeypatch.setattr(PackedRows, "write_chunk", failing)
+    with DocTokenizer(tok, workers=1) as coder, pytest.raises(Stop):
+        pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+    monkeypatch.setattr(PackedRows, "write_chunk", real)
+    d = next(d for d, st in PackedRows(url).read_state()["domains"].items() if st["state"] == "training")
+    chunk = tmp_path / "s" / "_pack" / f"{d}.heldout_docs" / "c" / "0"
+    if damage == "deleted":
+        chunk.unlink()
+        said = "missing"
+    else:
+        b = bytearray(chunk.read_bytes())
+        b[len(b) // 2] ^= 0x01
+        chunk.write_bytes(bytes(b))
+        said = "fails its crc32c checksum"
+    where = f"_pack/{d}.heldout_docs chunk 0"
+    assert [(w, p[: len(said)]) for w, p in PackedRows(url).damaged_chunks(np.int32)] == [(where, said)]
+    with DocTokenizer(tok, workers=1) as coder, pytest.raises(StoreCorruptError) as e:
+        pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+    assert f"{where}: {said}" in str(e.value) and "delete _pack" in str(e.value), str(e.value)

@@ -60,6 +60,27 @@ def test_offline_hub_id_fails_at_once_with_a_whole_sentence(monkeypatch, tmp_pat
     assert why and not why.endswith("..."), why  # the hub client's reason, whole
 
 
+def test_a_hub_teacher_without_safetensors_says_so_not_to_copy_weights(monkeypatch, tmp_path, tiny_teacher):
+    """A hub repository that ships only pickle .bin weights: ddk fetches *.safetensors only, so the snapshot holds a
+    config and no weights. The message named a local directory to copy weights into; it names the repository."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    commit = "0" * 40
+    snapshot = cache / "models--ddk-test-org--bin-only" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    shutil.copy(tiny_teacher / "config.json", snapshot / "config.json")  # what a .bin-only repository leaves here
+    (cache / "models--ddk-test-org--bin-only" / "refs").mkdir()
+    (cache / "models--ddk-test-org--bin-only" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(ConfigError) as info:
+        resolve_teacher("ddk-test-org/bin-only")
+    msg = str(info.value)
+    assert msg.startswith("--teacher ddk-test-org/bin-only: the hub repository has no *.safetensors weights"), msg
+    assert "pickle" in msg and "copy the model's weights" not in msg
+
+
 def test_tokenizer_and_fit_checks_name_the_flags(tiny_teacher):
     t = resolve_teacher(str(tiny_teacher))
     tok = load_tokenizer(t)

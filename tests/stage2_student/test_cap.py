@@ -167,3 +167,30 @@ def test_impossible_or_invalid_cap_is_one_line_before_training(tmp_path, store_u
     assert not (tmp_path / "a" / "metrics.jsonl").exists()
     res = CliRunner().invoke(cli, train_args(store_url, student_dir, tmp_path / "b", max_epochs_per_domain=0))
     assert res.exit_code == 2 and "--max-epochs-per-domain must be > 0" in res.output
+
+
+def test_excess_over_domains_of_weight_zero_fills_their_room_in_proportion_to_their_caps():
+    # Eq. 1 underflows to exact zeros: w = [1, 0, 0], cap = [0.125, 1.0, 0.5]. Domain 0 is held at 0.125; the 0.875
+    # left has no weight to follow, so it goes to domains 1 and 2 in proportion 1.0 : 0.5 -> 0.875 x 2/3 = 0.58333,
+    # 0.875 x 1/3 = 0.29167 (each below its cap). The old code put domain 0 back at weight 1, eight times its cap.
+    w, held = rw.cap_weights([1.0, 0.0, 0.0], [0.125, 1.0, 0.5])
+    np.testing.assert_allclose(w, [0.125, 0.875 * 2 / 3, 0.875 / 3])
+    assert held.tolist() == [True, False, False]
+    # The limit of proportional spreading: any tiny equal weights give the same split as equal caps would.
+    w_zero, _ = rw.cap_weights([1.0, 0.0, 0.0], [0.125, 1.0, 1.0])
+    w_tiny, _ = rw.cap_weights([1.0 - 2e-300, 1e-300, 1e-300], [0.125, 1.0, 1.0])
+    np.testing.assert_allclose(w_zero, [0.125, 0.4375, 0.4375])
+    np.testing.assert_allclose(w_tiny, w_zero)
+
+
+def test_excess_never_spills_onto_a_domain_outside_spill():
+    # spill = [T, F, T]: domain 0 held at 0.125; only domain 2 may take the 0.875, but its cap is 0.5: it is held
+    # too, and the caps rescale: [0.125, 0, 0.5] / 0.625 = [0.2, 0, 0.8].
+    w, held = rw.cap_weights([1.0, 0.0, 0.0], [0.125, 1.0, 0.5], spill=[True, False, True])
+    np.testing.assert_allclose(w, [0.2, 0.0, 0.8])
+    assert held.tolist() == [True, False, True]
+    # --static-weights a=1,b=0,c=0 passes spill = weight > 0: the domains set to 0 stay at 0 and domain 0, alone,
+    # rescales to 1 (a cap the loop refuses up front; here only rounding gets this far).
+    w, held = rw.cap_weights([1.0, 0.0, 0.0], [0.125, 1.0, 0.5], spill=[True, False, False])
+    np.testing.assert_allclose(w, [1.0, 0.0, 0.0])
+    assert held.tolist() == [True, False, False]

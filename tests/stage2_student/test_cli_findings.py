@@ -258,3 +258,23 @@ def test_eval_of_a_run_that_used_fewer_heldout_rows_says_its_figures_differ(tmp_
     result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run), "--heldout-rows", "2",
                                      "--no-progress"])
     assert result.code == 0 and "note:" not in result.output, result.output
+
+
+def test_weight_on_a_domain_without_training_rows_is_refused_before_anything_is_written(tmp_path, tiny_tokenizer,
+                                                                                         student_dir):
+    """--mixing static with weight on an empty domain trained to its first batch and died in a traceback, leaving
+    a run directory that the same command then refused; weight 0 there trains."""
+    from ddk_testkit.stores import make_store
+
+    make_store(tmp_path / "store", tiny_tokenizer, train_rows={"alpha": 16, "beta": 16, "gamma": 0})
+    store = str(tmp_path / "store")
+    out = tmp_path / "run"
+    line = one_error_line(run_cli("ddk-student", train_args(store, student_dir, out, mixing="static",
+                                                            static_weights="alpha=0.4,beta=0.4,gamma=0.2")))
+    assert "domain 'gamma' has no training rows" in line and "weight 0.2" in line and "give gamma weight 0" in line
+    assert not out.exists()
+    line = one_error_line(run_cli("ddk-student", train_args(store, student_dir, out, mixing="uniform")))
+    assert "domain 'gamma' has no training rows" in line and "every domain" in line
+    ok = run_cli("ddk-student", train_args(store, student_dir, out, mixing="static", steps=2, interval=2,
+                                           static_weights="alpha=0.5,beta=0.5,gamma=0", no_progress=True))
+    assert ok.code == 0, ok.output

@@ -114,3 +114,26 @@ def test_a_dead_peer_rank_is_recognized_in_the_real_gloo_error(tmp_path):
                           env=child_env(), capture_output=True, text=True, timeout=120)
     assert "PEER True" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert not _peer_failure(RuntimeError("CUDA out of memory"))
+
+
+def test_collectives_run_where_their_backend_reduces():
+    """nccl has no CPU path: the loop's CPU sums go to the GPU for it (a multi-GPU run died at its first logged step
+    with "No backend type associated with device type cpu" when train.py all-reduced them in place)."""
+    from stage2_student.parallel import collective_device
+
+    assert collective_device("nccl") == "cuda"
+    assert collective_device("gloo") == "cpu"
+
+
+def test_only_parallel_calls_all_reduce():
+    """Every all-reduce of stage 2 goes through parallel.all_reduce_sum, which moves its tensor where the backend
+    reduces; a direct dist.all_reduce elsewhere is the bug above again (gloo on CPU, the tests, cannot catch it)."""
+    import pathlib
+    import re
+
+    import stage2_student
+
+    root = pathlib.Path(stage2_student.__file__).parent
+    direct = [f"{p.name}:{n}" for p in sorted(root.rglob("*.py")) if p.name != "parallel.py"
+              for n, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"\bdist\.all_reduce\(", line)]
+    assert not direct, f"dist.all_reduce outside stage2_student/parallel.py: {direct}"

@@ -134,6 +134,26 @@ def test_masked_positions_do_not_count():
     assert float(distill_loss(logits, targets2, ids, lp, mask, vocab_size=23).total) == pytest.approx(base)
 
 
+@pytest.mark.parametrize("tail", ["bucket", "renorm"])
+def test_a_masked_position_with_no_teacher_entry_is_not_nan(tail):
+    """A padding position whose teacher slots are all absent (-inf): masked, it counts for nothing, in both tails
+    (renorm's log_softmax over all -inf is NaN there, and NaN x weight 0 stayed NaN)."""
+    logits, targets, ids, lp, mask, _ = make_case()
+    mask[:] = True
+    mask[1, -1] = False
+    padded = lp.clone()
+    padded[1, -1] = -math.inf
+    logits.grad = None
+    out = distill_loss(logits, targets, ids, padded, mask, vocab_size=23, gamma=0.2, tail=tail)
+    out.total.backward()
+    grad = logits.grad.clone()
+    logits.grad = None
+    ref = distill_loss(logits, targets, ids, lp, mask, vocab_size=23, gamma=0.2, tail=tail)  # the entries it had
+    ref.total.backward()
+    assert math.isfinite(float(out.total)) and float(out.total) == pytest.approx(float(ref.total), rel=1e-6)
+    torch.testing.assert_close(grad, logits.grad)
+
+
 def test_quantized_teacher_mass_over_one_is_renormalized():
     lp = torch.log(torch.tensor([[0.7, 0.4]]))  # sums to 1.1 after rounding
     lpT, log_tail = tempered_teacher(lp, vocab_size=10, temperature=1.0)
