@@ -16,12 +16,13 @@ from ddk_store.meta import validate_domain_name
 from ddk_store.settings import unknown_key_hints
 from ddk_store.yamlio import read_yaml
 
-from .dataset_source import LOCAL_BUILDERS, dataset_dir, read_dataset
+from .dataset_source import LOCAL_BUILDERS, dataset_dir, dataset_label, read_dataset, unpinned_note
 from .filehash import hashed_lines
+from .parquet_source import read_parquet
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
 _FILE_KEYS = {"paths", "format", "text_field", "max_rows", "heldout_seed"}
-_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows", "heldout_seed", "data_files"}
+_DATASET_KEYS = {"dataset", "config", "split", "text_field", "max_rows", "heldout_seed", "data_files", "revision"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DomainSource:
     data_files: tuple[str, ...] = ()  # what `datasets` gets as data_files: local files resolved, hub paths as written
     dataset_config: str | None = None
     split: str = "train"
+    revision: str | None = None  # a hub dataset's commit, tag or branch ('revision'); None: its main branch, unpinned
     max_rows: int | None = None  # this domain's cap on training rows; None = the command's --max-rows-per-domain
     heldout_seed: int = 0  # which pseudo-random draw of documents is held out (0: the one of stores before the key)
 
@@ -49,6 +51,8 @@ class DomainSource:
             d["max_rows"] = self.max_rows
         if self.heldout_seed:  # likewise: seed 0 is the split every store had before the key existed
             d["heldout_seed"] = self.heldout_seed
+        if self.revision is not None:  # likewise
+            d["revision"] = self.revision
         return d
 
     def row_cap(self, default: int) -> int:
@@ -172,7 +176,8 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
         raise ConfigError(f"{where}: " + "; ".join(unknown_key_hints(
             sorted(unknown, key=str), sorted(_DATASET_KEYS),
             f"{', '.join(sorted(_DATASET_KEYS))} for a datasets source")))
-    for key, optional in (("dataset", False), ("config", True), ("split", True), ("text_field", True)):
+    for key, optional in (("dataset", False), ("config", True), ("split", True), ("text_field", True),
+                          ("revision", True)):
         value = spec.get(key)
         if not (isinstance(value, str) and value.strip() and "\0" not in value) and not (optional and value is None):
             raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
@@ -183,11 +188,13 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
         raise ConfigError(f"{where}: dataset {dataset!r} reads local files: name them with 'data_files' (paths or "
                           f"globs relative to the corpora file)")
     local = local_dir is not None or dataset in LOCAL_BUILDERS  # else a hub id: data_files are paths in its repo
+    if local and spec.get("revision") is not None:
+        raise ConfigError(f"{where}: 'revision' pins a hub dataset; {dataset!r} is read from local files")
     files = match_files(patterns, base, where, "data_files", missing_ok) if local else ()
     return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
                         patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
                         split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
-                        **shared)
+                        revision=spec.get("revision"), **shared)
 
 
 def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
@@ -267,7 +274,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
     """
     stats = stats if stats is not None else ReadStats()
     if src.format == "dataset":
-        label = f"dataset:{src.dataset}/{src.dataset_config or ''}/{src.split}"
+        label = dataset_label(src)
         for text in read_dataset(src, stats):
             yield label, text
         return
@@ -307,7 +314,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
                         stats.n_documents += 1
                         yield label, text
         elif src.format == "parquet":
-            for text in _read_parquet(path, src, stats):
+            for text in read_parquet(path, src, stats):
                 yield label, text
         else:  # pragma: no cover - _parse_domain admits only FORMATS
             raise AssertionError(src.format)
@@ -325,26 +332,9 @@ def _field(rec: Any, src: DomainSource, where: str) -> str:
     return text
 
 
-def _read_parquet(path: str, src: DomainSource, stats: ReadStats) -> Iterator[str]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises several types for a non-parquet file
-        raise ConfigError(f"domain {src.name!r}: {path}: not a readable parquet file ({describe(e)})") from None
-    names = pf.schema_arrow.names
-    if src.text_field not in names:
-        raise ConfigError(f"domain {src.name!r}: {path}: no column {src.text_field!r} (columns: {names}); "
-                          f"fix 'text_field' in the corpora file")
-    # Row groups one at a time: memory stays bounded for large files; order is the file's order.
-    for i in range(pf.num_row_groups):
-        for text in pf.read_row_group(i, columns=[src.text_field]).column(0).to_pylist():
-            if isinstance(text, str) and text.strip():
-                stats.n_documents += 1
-                yield text
-
-
-def check_dataset_source(src: DomainSource) -> None:
-    """Fail fast (before any model load) when a datasets source cannot be opened or lacks its text field."""
+def check_dataset_source(src: DomainSource) -> str | None:
+    """Fail fast (before any model load) when a datasets source cannot be opened or lacks its text field; returns
+    a note to print when it is a hub dataset without a pinned 'revision' (:func:`.dataset_source.unpinned_note`)."""
     for _ in read_dataset(src, ReadStats()):
         break
+    return unpinned_note(src)

@@ -48,6 +48,22 @@ def is_on_hub(src: DomainSource) -> bool:
     return src.format == "dataset" and src.dataset_dir is None and src.dataset not in LOCAL_BUILDERS
 
 
+def dataset_label(src: DomainSource) -> str:
+    """How a datasets source names its documents: ``dataset:NAME/CONFIG/SPLIT``, ``@REVISION`` when pinned."""
+    pinned = f"@{src.revision}" if src.revision else ""
+    return f"dataset:{src.dataset}/{src.dataset_config or ''}/{src.split}{pinned}"
+
+
+def unpinned_note(src: DomainSource) -> str | None:
+    """The note for a hub dataset without 'revision': the select and train passes, and any resume, each read the
+    hub's current main branch, so a push in between changes the documents (and which ones are held out)."""
+    if not is_on_hub(src) or src.revision:
+        return None
+    return (f"note: domain {src.name!r}: hub dataset {src.dataset!r} is not pinned; the pack reads it twice (and again "
+            "on a resume), so a change pushed in between would mix held-out documents into training: add "
+            "'revision: COMMIT' (the dataset's commit hash on the hub) to its entry in the corpora file")
+
+
 def read_dataset(src: DomainSource, stats: ReadStats) -> Iterator[str]:
     """Yield the documents of a datasets source in its stored order (deterministic for fixed files or revision)."""
     try:
@@ -56,11 +72,14 @@ def read_dataset(src: DomainSource, stats: ReadStats) -> Iterator[str]:
         from ddk_store.errors import MissingDependencyError
 
         raise MissingDependencyError(f"domain {src.name!r} uses a datasets source: pip install datasets") from None
-    label = f"dataset {src.dataset!r} (config {src.dataset_config!r}, split {src.split!r})"
+    label = (f"dataset {src.dataset!r} (config {src.dataset_config!r}, split {src.split!r}"
+             + (f", revision {src.revision!r})" if src.revision else ")"))
     on_hub = is_on_hub(src)
     if on_hub:
         _check_hub_reachable(src, label)
     extra = {"data_files": list(src.data_files)} if src.data_files else {}
+    if src.revision:
+        extra["revision"] = src.revision
     try:
         ds = datasets.load_dataset(src.dataset_dir or src.dataset, src.dataset_config, split=src.split,
                                    streaming=True, **extra)

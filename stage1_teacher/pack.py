@@ -335,8 +335,8 @@ def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
                               weights=False)
     tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
     for src in corpora:
-        if src.format == "dataset":
-            check_dataset_source(src)
+        if src.format == "dataset" and (note := check_dataset_source(src)):
+            echo(note)
     packed, _ = pack_phase(cfg, corpora, tok, vocab_size=teacher.vocab_size, files_complete=files_complete,
                            echo=echo, packer=True)
     rows = sum(r["train"] + r["heldout"] for r in packed.rows().values())

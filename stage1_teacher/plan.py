@@ -124,7 +124,8 @@ def provenance(src: DomainSource, known: Mapping[str, tuple[str, int]] | None = 
     others are read here.
     """
     if src.format == "dataset" and not src.files:
-        return (SourceInfo(uri=f"hf://{src.dataset}/{src.dataset_config or ''}/{src.split}", sha256="", bytes=0),)
+        return (SourceInfo(uri=f"hf://{src.dataset}/{src.dataset_config or ''}/{src.split}"
+                           + (f"@{src.revision}" if src.revision else ""), sha256="", bytes=0),)
     known = known or {}
     return tuple(SourceInfo(uri=source_uri(p), sha256=d, bytes=n)
                  for p in src.files for d, n in [known.get(p) or file_sha256(p)])

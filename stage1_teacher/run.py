@@ -87,7 +87,9 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     packed = packed_domains(cfg)  # (their datasets are not read again: a packed domain needs neither hub nor dir)
     for src in corpora:
         if src.format == "dataset" and src.name not in packed:
-            check_dataset_source(src)  # offline hub lookups fail here, in seconds, not after the model loads
+            # offline hub lookups fail here, in seconds, not after the model loads
+            if note := check_dataset_source(src):
+                echo(note)
 
     dtype = resolve_dtype(cfg.dtype, cfg.device if backend_name == "hf" else "auto")
 

@@ -84,7 +84,7 @@ domains:
     assert "domain 'badfmt': field 'format' must be one of" in msg
     assert "domain 'noformat': field 'format' is missing; give one of lines, files, jsonl, parquet" in msg
     assert "domain 'extra': unknown key 'encoding' (valid keys: format, heldout_seed, max_rows, paths, text_field; " \
-           "or config, data_files, dataset, heldout_seed, max_rows, split, text_field for a datasets source)" in msg
+           "or config, data_files, dataset, heldout_seed, max_rows, revision, split, text_field for a datasets source)" in msg
 
 
 def test_a_file_whose_text_two_domains_read_is_refused(tmp_path):

@@ -116,6 +116,30 @@ def test_hub_data_files_are_paths_inside_the_repository(tmp_path):
     assert src.data_files == ("en/c4-train.00000-of-01024.json.gz",)
 
 
+def test_a_hub_dataset_is_pinned_by_revision_and_an_unpinned_one_gets_a_note(tmp_path):
+    """Without 'revision' the select pass, the train pass and any resume each read the hub's main branch: a push in
+    between would move documents across the held-out split. The revision is part of the definition a resume must
+    match and of the provenance; a local source refuses it."""
+    from stage1_teacher.dataset_source import dataset_label, unpinned_note
+
+    commit = "a" * 40
+    y = project(tmp_path, f"  c4: {{dataset: allenai/c4, data_files: en/x.json.gz, revision: {commit}}}\n"
+                          "  wiki: {dataset: wikimedia/wikipedia, config: 20231101.en}\n")
+    c4, wiki = load_corpora(y)
+    assert c4.revision == commit and c4.spec_dict()["revision"] == commit and "revision" not in wiki.spec_dict()
+    assert dataset_label(c4) == f"dataset:allenai/c4//train@{commit}"
+    assert provenance(c4)[0].uri == f"hf://allenai/c4//train@{commit}"
+    assert unpinned_note(c4) is None
+    note = unpinned_note(wiki)
+    assert note.startswith("note: domain 'wiki': hub dataset 'wikimedia/wikipedia' is not pinned") and "revision: " in note
+    y = project(tmp_path, "  web: {dataset: json, data_files: data/*.jsonl, revision: main}\n")
+    (tmp_path / "project" / "data").mkdir(exist_ok=True)
+    (tmp_path / "project" / "data" / "a.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(ConfigError, match="'revision' pins a hub dataset; 'json' is read from local files"):
+        load_corpora(y)
+    assert unpinned_note(load_corpora(project(tmp_path, "  web: {dataset: json, data_files: data/*.jsonl}\n"))[0]) is None
+
+
 def test_dump_from_a_json_lines_file_named_by_data_files(tiny_teacher, tmp_path, monkeypatch):
     """A whole dump with no network: the file's hash is in the store's provenance and its settings."""
     texts = [f"the quick brown fox {i} jumps over the lazy dog {i * 7}" for i in range(60)]
