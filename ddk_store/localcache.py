@@ -14,9 +14,12 @@ cache every file including the metadata documents that tell a rewritten store fr
   and fetched again. Missing chunks are not cached (the reader reports them as it does without a cache).
 - **Concurrent fillers.** A chunk is written to a temporary file in its final directory and renamed into place
   (atomic on POSIX): ranks and runs on one host may fill one cache at once; readers see a whole chunk or none. A
-  failed cache write (a full disk) only costs the cache, never the read.
+  failed cache write (a full disk) only costs the cache, never the read: for a while after one, misses fetch only
+  the bytes asked for instead of whole objects to cache (:data:`BYPASS_SECONDS`).
 - **Size cap.** With ``max_bytes``, the least recently used chunks of the cache root's store directories are deleted
-  once they hold more than the cap (down to 80% of it); nothing else under the root is counted or deleted.
+  once they hold more than the cap (down to 80% of it); nothing else under the root is counted or deleted. Each
+  process rescans the root after adding 1/32 of the cap (:data:`RESCAN_FRACTION`), so N processes filling one
+  cache overshoot it by at most N/32 of it.
 
 Local and memory:// stores are never cached (they are already local).
 """
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -47,6 +51,12 @@ AUTO = "auto"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _TMP_SUFFIX = ".tmp"
 _DIGEST_CHARS = 24
+#: A process rescans the cache root (and evicts) after adding this fraction of the cap since its last scan: the
+#: other processes' fills are seen only by a scan.
+RESCAN_FRACTION = 1 / 32
+#: After a failed cache write, misses pass their byte range to the remote store for this long (no whole objects
+#: fetched to be cached), then caching is tried again.
+BYPASS_SECONDS = 60.0
 #: The name of one store version's directory under the cache root (:func:`store_cache_dir`).
 _STORE_DIR = re.compile(rf"^[A-Za-z0-9._-]*-[0-9a-f]{{{_DIGEST_CHARS}}}$")
 
@@ -151,7 +161,9 @@ class CachedStore(WrapperStore[Store]):
         self.max_bytes = max_bytes
         self.hits = self.fills = self.unverified = 0
         self._lock = threading.Lock()
-        self._approx_total: int | None = None  # bytes under the root, known after the first scan
+        self._scanned: int | None = None  # bytes under the root at the last scan (None: not scanned yet)
+        self._added = 0  # bytes this process cached since then
+        self._bypass_until = 0.0  # time.monotonic() until which misses fetch byte ranges only (a write failed)
 
     def _with_store(self, store: Store) -> CachedStore:
         return type(self)(store, self.directory, max_bytes=self.max_bytes, root=self.root)
@@ -174,18 +186,21 @@ class CachedStore(WrapperStore[Store]):
             pass
         return data
 
-    def _fill(self, path: Path, data: bytes) -> None:
+    def _fill(self, path: Path, data: bytes) -> bool:
+        """Cache ``data`` at ``path`` and keep the cap; False when the write failed (a full or read-only disk)."""
         try:
             write_atomic(path, data)
         except OSError:
-            return  # a full or read-only disk costs the cache, not the read
+            self._bypass_until = time.monotonic() + BYPASS_SECONDS
+            return False
         if self.max_bytes is None:
-            return
+            return True
         with self._lock:
-            if self._approx_total is None or self._approx_total + len(data) > self.max_bytes:
-                self._approx_total = evict(self.root, self.max_bytes)
-            else:
-                self._approx_total += len(data)
+            self._added += len(data)
+            if (self._scanned is None or self._scanned + self._added > self.max_bytes
+                    or self._added > RESCAN_FRACTION * self.max_bytes):
+                self._scanned, self._added = evict(self.root, self.max_bytes), 0
+        return True
 
     # ------------------------------------------------------------------ zarr Store API
     async def get(self, key: str, prototype: BufferPrototype | None = None,
@@ -198,17 +213,18 @@ class CachedStore(WrapperStore[Store]):
         if data is not None:
             self.hits += 1
             return prototype.buffer.from_bytes(slice_bytes(data, byte_range))
+        if time.monotonic() < self._bypass_until:  # the cache cannot be written just now: fetch what was asked
+            return await self._store.get(key, prototype, byte_range)
         # A miss fetches the whole object, even for a byte range (a shard's index or one of its chunks): the next
         # ranges of the same shard are then served from disk.
         buf = await self._store.get(key, prototype)
         if buf is None:
             return None
         data = buf.to_bytes()
-        if checksum_ok(data):
-            self.fills += 1
-            await asyncio.to_thread(self._fill, path, data)
-        else:
+        if not checksum_ok(data):
             self.unverified += 1
+        elif await asyncio.to_thread(self._fill, path, data):
+            self.fills += 1
         return buf if byte_range is None else prototype.buffer.from_bytes(slice_bytes(data, byte_range))
 
     async def get_partial_values(self, prototype: BufferPrototype,

@@ -228,3 +228,67 @@ def test_two_processes_fill_one_cache_at_once(s3_env, tmp_path):
     assert not list(cache.rglob("*.tmp"))
     delete_chunks(s3_env, "cache/two-ranks")
     assert digest_of(open_store(url, cache_dir=str(cache))) == expected  # what they cached is whole and correct
+
+
+def cache_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_several_readers_filling_one_cache_keep_near_its_cap(s3_env, tmp_path):
+    """Four readers (the ranks of a host) fill one capped cache in turn. Each kept its own running total and
+    rescanned only when its own fills passed the cap, so the cache grew to 2-3 times the cap; each now rescans
+    after adding 1/32 of it."""
+    from ddk_store.localcache import RESCAN_FRACTION
+
+    url = "s3://ddk/cache/four-ranks"
+    make_tiny_store(url, domains=DOMAINS, train_rows=64, heldout_rows=4, seq_len=16, top_k=8, vocab_size=300,
+                    unit_rows=4, seed=5)
+    full = tmp_path / "full"
+    read_all(open_store(url, cache_dir=str(full)))
+    cap = cache_bytes(full) // 3
+    capped = tmp_path / "capped"
+    readers = [open_store(url, cache_dir=str(capped), cache_max_bytes=cap) for _ in range(4)]
+    largest, peak = max(p.stat().st_size for p in full.rglob("*") if p.is_file()), 0
+    for step in range(16):
+        for i, reader in enumerate(readers):
+            reader.read_rows(DOMAINS[(i + step) % 3], spec.SPLIT_TRAIN, np.arange(step * 4, step * 4 + 4))
+            peak = max(peak, cache_bytes(capped))
+    # each reader may add up to 1/32 of the cap (and its last object) before it sees the others' fills
+    assert 0 < peak <= cap * (1 + 4 * RESCAN_FRACTION) + 4 * largest, (peak, cap)
+
+
+class CountingStore:
+    """Counts the bytes a store serves (wrapping the real S3 store; metadata documents not counted)."""
+
+    def __init__(self, store):
+        self.store, self.bytes = store, 0
+
+    async def get(self, key, prototype=None, byte_range=None):
+        buf = await self.store.get(key, prototype, byte_range)
+        if buf is not None and not key.endswith("zarr.json"):
+            self.bytes += len(buf)
+        return buf
+
+
+def test_a_cache_that_cannot_be_written_fetches_only_what_is_read(s3_env, tmp_path):
+    """A miss fetches a whole shard to cache it; when the cache cannot be written (a full or read-only disk) every
+    chunk read fetched the whole shard again (5x the bytes here, ~65x at the default shard size) while `fills`
+    counted objects it never cached. After a failed write, misses fetch only the byte ranges asked for."""
+    url = "s3://ddk/cache/unwritable"
+    make_tiny_store(url, domains=DOMAINS, train_rows=64, heldout_rows=4, seq_len=16, top_k=8, vocab_size=300,
+                    unit_rows=16, seed=6)
+    (tmp_path / "a-file").write_text("not a directory")
+    fetched, rows, fills = {}, {}, {}
+    for name, cache in (("working", tmp_path / "cache"), ("unwritable", tmp_path / "a-file" / "cache")):
+        reader = open_store(url, cache_dir=str(cache))
+        counter = CountingStore(reader._zstore._store)
+        reader._zstore._store = counter
+        rows[name] = {d: reader.read_rows(d, spec.SPLIT_TRAIN, np.arange(64)) for d in DOMAINS}
+        fetched[name], fills[name] = counter.bytes, reader._zstore.fills
+    assert fills["working"] > 0 and fills["unwritable"] == 0  # nothing was cached, and the count says so
+    for d in DOMAINS:
+        for f in FIELDS:
+            assert getattr(rows["working"][d], f).tobytes() == getattr(rows["unwritable"][d], f).tobytes()
+    # A working cache fetches each object once, whole; the unwritable one fetched one whole shard before its write
+    # failed, then only the ranges read (about the same bytes: every row is read once).
+    assert fetched["unwritable"] <= 1.5 * fetched["working"], fetched
