@@ -201,7 +201,7 @@ def compare_cmd(arms: tuple[str, ...], out: str | None) -> None:
     natural-weighted and geometric means and the worst domain, and draw them as bars.
 
     Each argument is one arm: a RUN_DIR, or LABEL=DIR,DIR,... for several runs of one setting (seeds), whose cells are
-    then mean ± standard deviation over its runs.
+    then mean ± sample standard deviation (n - 1) over its runs.
     """
     from .compare import DEFAULT_PNG, bar_chart, load_arms, markdown, png_path
 

@@ -207,7 +207,7 @@ def ratio_table(arms: list[Arm]) -> str:
 
 
 def passes_table(arms: list[Arm]) -> str:
-    """Passes over each domain's training rows, per arm (mean ± sd over its runs); "" when no run can say."""
+    """Passes over each domain's training rows, per arm (mean ± sample sd over its runs); "" when no run can say."""
     known = [(a, [p for p in (r.passes() for r in a.runs) if p is not None]) for a in arms]
     known = [(a, ps) for a, ps in known if ps]
     if not known:
@@ -217,7 +217,7 @@ def passes_table(arms: list[Arm]) -> str:
     same = len(counts) == 1
     header = [f"{d} ({n} rows)" for d, n in zip(run.domains, next(iter(counts)))] if same else list(run.domains)
     lines = ["Passes each arm's sampler made over each domain's training rows during the run (rows drawn / training "
-             "rows, from the logged weights; mean ± sd over runs). Several passes over a small domain mean its gap "
+             "rows, from the logged weights; mean ± sample sd over runs). Several passes over a small domain mean its gap "
              "is bounded by its data rather than by how often it is sampled."
              + ("" if same else " The runs' stores hold different numbers of training rows: each run's passes are "
                 "over its own."),
@@ -231,7 +231,7 @@ def passes_table(arms: list[Arm]) -> str:
 
 
 def cap_table(arms: list[Arm]) -> str:
-    """For the arms run with --max-epochs-per-domain: the intervals the cap held each domain (mean ± sd over runs,
+    """For the arms run with --max-epochs-per-domain: the intervals the cap held each domain (mean ± sample sd over runs,
     out of the run's intervals); "" when no arm has the cap."""
     capped = [(a, [c for c in (r.intervals_capped() for r in a.runs) if c is not None]) for a in arms]
     capped = [(a, cs) for a, cs in capped if cs]
@@ -239,7 +239,7 @@ def cap_table(arms: list[Arm]) -> str:
         return ""
     domains = arms[0].runs[0].domains
     lines = ["Intervals at the epoch cap (--max-epochs-per-domain): in how many of a run's intervals the cap held each "
-             "domain below its DDK weight, the excess going to the other domains (mean ± sd over runs).",
+             "domain below its DDK weight, the excess going to the other domains (mean ± sample sd over runs).",
              "",
              "| arm | intervals | " + " | ".join(domains) + " |",
              "|---|---:" + "|---:" * len(domains) + "|"]
