@@ -15,6 +15,7 @@ parameter along dim 0, so the ranks' model shards concatenated in rank order are
 
 The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete (the commit point), so a kill at any
 moment leaves either the previous checkpoints or a new complete one; ``*.tmp`` leftovers are ignored and cleaned up.
+A checkpoint rewritten at its own step is set aside whole (``step-X.replaced``) until its successor is committed.
 Training does not wait for the disk: the parameters and optimizer state are copied to CPU memory on the training
 thread, and a background thread (:class:`CheckpointWriter`) writes and commits them while the next steps run. FSDP
 checkpoints are written synchronously by every rank. The learning-rate schedule is a pure function of the step, so
@@ -32,21 +33,29 @@ import os
 import re
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file
 
-from ddk_store.errors import StudentError
+from ddk_store.errors import StudentError, describe
 from ddk_store.paths import share_permissions
 
+from .optimizer_file import damaged, load_optimizer, save_optimizer
 from .rundir import CHECKPOINTS_DIR
 
 FORMAT = "ddk-stage2-checkpoint/1"
 _STEP_RE = re.compile(r"^step-(\d{8})$")
+#: A checkpoint being replaced by one of the same step (``--resume --steps N`` rewrites the step it resumes from):
+#: renamed to this suffix before the new one takes its name, and deleted after. A kill in between leaves it whole,
+#: and :func:`list_checkpoints` takes it for its step while no other directory has that step.
+_REPLACED = ".replaced"
+#: The writers of this process (:func:`finish_writes`).
+_WRITERS: weakref.WeakSet[CheckpointWriter] = weakref.WeakSet()
 
 
 def _barrier(world_size: int) -> None:
@@ -59,8 +68,11 @@ def list_checkpoints(out_dir: str | Path) -> list[Path]:
     root = Path(out_dir) / CHECKPOINTS_DIR
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_RE.match(p.name)) and p.is_dir()]
-    return [p for _, p in sorted(found)]
+    found = {}
+    for p in sorted(root.iterdir(), key=lambda p: p.name.endswith(_REPLACED)):  # a plain step-N wins
+        if (m := _STEP_RE.match(p.name.removesuffix(_REPLACED))) and p.is_dir():
+            found.setdefault(int(m.group(1)), p)
+    return [found[k] for k in sorted(found)]
 
 
 def latest_checkpoint(out_dir: str | Path) -> Path | None:
@@ -70,7 +82,7 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 def checkpoint_step(path: str | Path) -> int:
     """The step of checkpoint directory ``path`` (from its name ``step-XXXXXXXX``)."""
-    m = _STEP_RE.match(Path(path).name)
+    m = _STEP_RE.match(Path(path).name.removesuffix(_REPLACED))
     if not m:
         raise ValueError(f"{path}: not a checkpoint directory name (step-XXXXXXXX)")
     return int(m.group(1))
@@ -168,50 +180,6 @@ def optimizer_snapshot(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             "param_groups": sd["param_groups"]}
 
 
-_OPTIMIZER_FORMAT = "ddk-optimizer/1"
-
-
-def save_optimizer(sd: dict[str, Any], path: Path) -> None:
-    """Write an optimizer ``state_dict()`` (CPU tensors) as safetensors: tensor ``state.I.KEY`` for each tensor of
-    parameter I's state; every other value (numbers, ``param_groups``) as JSON in the metadata. No pickle."""
-    tensors, values = {}, {}
-    for i, st in sd["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v):
-                tensors[f"state.{i}.{k}"] = v.contiguous()
-            else:
-                values.setdefault(str(i), {})[k] = v
-    def plain(v: Any) -> Any:  # a one-element tensor hyperparameter (a tensor lr, say) as its number
-        if torch.is_tensor(v) and v.numel() == 1:
-            return v.item()
-        raise TypeError(f"optimizer state value {v!r} is neither a tensor of a parameter's state nor a number")
-
-    save_file(tensors, str(path), metadata={"format": _OPTIMIZER_FORMAT, "param_groups": json.dumps(
-        sd["param_groups"], default=plain), "values": json.dumps(values, default=plain)})
-
-
-def load_optimizer(ckpt: Path, stem: str) -> dict[str, Any]:
-    """The optimizer ``state_dict()`` that :func:`save_optimizer` wrote as ``ckpt/STEM.safetensors``; an earlier ddk's
-    ``STEM.pt`` is read with torch's restricted loader (tensors and plain values only)."""
-    path = ckpt / f"{stem}.safetensors"
-    if not path.is_file() and (ckpt / f"{stem}.pt").is_file():
-        return torch.load(ckpt / f"{stem}.pt", weights_only=True, map_location="cpu")
-    if not path.is_file():
-        raise StudentError(f"checkpoint {ckpt}: no {path.name}; the checkpoint is damaged: remove it to resume from "
-                           f"the one before, or start afresh with --overwrite")
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != _OPTIMIZER_FORMAT:
-            raise StudentError(f"{path}: not an optimizer state written by ddk (format {meta.get('format')!r}); "
-                               f"remove the checkpoint to resume from the one before, or start afresh with "
-                               f"--overwrite")
-        state: dict[int, dict[str, Any]] = {int(i): dict(v) for i, v in json.loads(meta["values"]).items()}
-        for key in f.keys():
-            _, i, k = key.split(".", 2)
-            state.setdefault(int(i), {})[k] = f.get_tensor(key)
-    return {"state": state, "param_groups": json.loads(meta["param_groups"])}
-
-
 def _restore_dtensor_state(optimizer: torch.optim.Optimizer) -> None:
     """After loading local shards into an optimizer over DTensor parameters (FSDP2), make its state DTensors
     again, placed as their parameters."""
@@ -229,14 +197,24 @@ def _restore_dtensor_state(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _commit(root: Path, tmp: Path, final: Path, keep: int) -> None:
-    if final.exists():  # a rerun reached the same step again: replace it
-        shutil.rmtree(final)
+    replaced = final.with_name(final.name + _REPLACED)
+    if final.exists():  # a rerun reached the same step again: set the old one aside whole, never half-deleted
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(final, replaced)
     share_permissions(tmp)  # safetensors files are created owner-only; a run's are for its team to read too
     os.replace(tmp, final)  # the commit point
+    shutil.rmtree(replaced, ignore_errors=True)
     for old in list_checkpoints(root.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     for junk in root.glob("*.tmp"):
         shutil.rmtree(junk, ignore_errors=True)
+
+
+def finish_writes() -> None:
+    """Wait for every checkpoint still being written in this process, dropping write errors: a run that ends early
+    (Ctrl-C, a dead peer) names its last committed checkpoint, and releases its lock, only after these commit."""
+    for writer in list(_WRITERS):
+        writer.wait(reraise=False)
 
 
 class CheckpointWriter:
@@ -254,6 +232,7 @@ class CheckpointWriter:
         self.rank, self.world, self.keep, self.sharded = rank, world_size, keep, sharded
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        _WRITERS.add(self)
 
     def wait(self, *, reraise: bool = True) -> None:
         """Block until the checkpoint being written is committed; re-raise the writer's error (``reraise=False``,
@@ -319,8 +298,17 @@ def save_checkpoint(out_dir: str | Path, step: int, *, model: torch.nn.Module, o
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     rank: int = 0, world_size: int = 1, sharded: bool = False) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from ``path``; return the state.json document."""
+    """Restore model, optimizer and this rank's RNG from ``path``; return the state.json document. A checkpoint
+    whose files are missing, truncated or not what ddk writes is a StudentError saying how to go on."""
     path = Path(path)
+    try:
+        return _load(path, model=model, optimizer=optimizer, rank=rank, world_size=world_size, sharded=sharded)
+    except (OSError, SafetensorError, json.JSONDecodeError, KeyError) as e:
+        raise damaged(path, describe(e, 200)) from None
+
+
+def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, world_size: int,
+          sharded: bool) -> dict[str, Any]:
     doc = json.loads((path / "state.json").read_text())
     if doc.get("format") != FORMAT:
         raise ValueError(f"{path}/state.json: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")

@@ -25,7 +25,7 @@ from ddk_store.errors import ConfigError
 from ddk_store.storage import local_path
 
 from .config import RUNTIME_ONLY_FIELDS, Stage2Config
-from .rundir import CONFIG_FILE, RUN_ENTRIES
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_ENTRIES
 
 _RESTORE = "restore it, or start afresh with --overwrite"
 
@@ -202,7 +202,9 @@ def replace_run(cfg: Stage2Config, *, rank: int = 0) -> None:
     out = Path(cfg.out)
     if not cfg.overwrite or rank != 0 or not out.is_dir():
         return
-    for entry in sorted(out.iterdir()):
+    # What marks the directory as a run (config.yaml, checkpoints/: :func:`is_run_dir`) goes last, so a kill part-way
+    # leaves a directory the same --overwrite still recognizes and finishes.
+    for entry in sorted(out.iterdir(), key=lambda p: (p.name in (CONFIG_FILE, CHECKPOINTS_DIR), p.name)):
         if _run_file(entry.name):
             shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from ddk_store.errors import ReportError, describe
+from ddk_store.errors import ReportError, StudentError, describe
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -158,12 +158,21 @@ def append_record(run_dir: str | Path, record: dict[str, Any], sink: RecordSink 
 
 
 def truncate_metrics(run_dir: str | Path, step: int) -> None:
-    """Drop the records written after checkpoint ``step`` (a resumed run writes them again), atomically."""
+    """Drop the records written after checkpoint ``step`` (a resumed run writes them again), atomically. A last line
+    that is not whole JSON (a write cut by a full disk or a kill) is dropped too: it is a record after the step."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines()
-            if ln.strip() and json.loads(ln).get("event") != FINAL and json.loads(ln)["step"] <= step]
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    records = []
+    for i, ln in enumerate(lines):
+        try:
+            records.append((ln, json.loads(ln)))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise StudentError(f"{path}: line {i + 1} is not JSON ({ln[:60]!r}); the run's records are damaged "
+                                   "there: restore the file, or start afresh with --overwrite") from None
+    keep = [ln for ln, rec in records if rec.get("event") != FINAL and rec["step"] <= step]
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)

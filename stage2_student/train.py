@@ -29,7 +29,7 @@ from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError,
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
-from .checkpoint import CheckpointWriter, latest_checkpoint, load_checkpoint
+from .checkpoint import CheckpointWriter, finish_writes, latest_checkpoint, load_checkpoint
 from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
@@ -66,15 +66,18 @@ def _run_guard(fn):
             raise e.with_hint("once it is fixed, rerun the same command with --resume to continue from the last "
                               "checkpoint") from None
         except KeyboardInterrupt:
+            finish_writes()  # the advice names the last checkpoint: the one being written, once committed
             if not (Path(cfg.out) / CONFIG_FILE).is_file():
                 raise  # before the run was written: the generic advice (rerun the same command) holds
             raise Interrupted(f"interrupted; {continue_advice(cfg, env.world, env.local_world)}") from None
         except RuntimeError as e:
             if env.world == 1 or not _peer_failure(e):
                 raise
+            finish_writes()
             raise PeerFailed(f"another process of this {env.world}-process run stopped ({describe(e, 160)}); "
                              f"{continue_advice(cfg, env.world, env.local_world)}") from None
         finally:
+            finish_writes()  # (no-op when the run waited already) the lock outlives the last write
             rundir.release_run_dir(lock)
 
     return wrapper
@@ -335,12 +338,8 @@ def train(cfg: Stage2Config) -> Path:
         for path in out.iterdir():  # safetensors files are created owner-only; the team shares the student
             if path.is_file() and path.stat().st_uid == os.getuid():  # (a teammate's files are theirs to change)
                 share_permissions(path)
-    try:
-        checkpoint(step)
-        writer.wait()  # the last checkpoint is committed before train() returns
-    except KeyboardInterrupt:  # Ctrl-C while it is written: finish the write, so the message can say the run is done
-        writer.wait(reraise=False)
-        raise
+    checkpoint(step)
+    writer.wait()  # committed before train() returns (a Ctrl-C meanwhile: _run_guard waits, then says it finished)
     if rank == 0 and resuming and (out / rundir.REPORT_FILE).is_file():
         tqdm.write(f"note: {out / rundir.REPORT_FILE} and its plots show the run before this resume; "
                    f"`ddk-student report {out}` draws them anew", file=sys.stderr)

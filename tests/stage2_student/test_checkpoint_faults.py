@@ -1,0 +1,142 @@
+"""Checkpoints and run records under faults a review found: a checkpoint rewritten at its own step and killed
+half-way, damaged checkpoint files, a torn last metrics line, a kill during --overwrite's deletion, and a run that
+ends early while a checkpoint is still being written. Real checkpoints of a real (small) model and optimizer; the
+faults are a raised exception at a chosen moment, a truncated file, a half-written line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ddk_store.errors import StudentError
+from stage2_student import checkpoint, rundir
+from stage2_student.checkpoint import (CheckpointWriter, checkpoint_step, finish_writes, latest_checkpoint,
+                                       load_checkpoint, save_checkpoint)
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL at a chosen moment: nothing after it runs."""
+
+
+def model_and_optimizer(seed: int):
+    torch.manual_seed(seed)
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def test_a_checkpoint_rewritten_at_its_own_step_survives_a_kill_between_the_two_renames(tmp_path, monkeypatch):
+    """`--resume --steps N` rewrites the step it resumes from. The old one was deleted before the new one took its
+    name: a kill in between left no checkpoint (keep 1) and the resume started afresh, or a half-deleted one."""
+    old_model, old_opt = model_and_optimizer(0)
+    save_checkpoint(tmp_path, 6, model=old_model, optimizer=old_opt, state={"tag": "old"}, keep=1)
+    new_model, new_opt = model_and_optimizer(1)
+    real_replace, calls = checkpoint.os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:  # the old checkpoint is set aside; the new one is about to take its name
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint.os, "replace", replace)
+    writer = CheckpointWriter(tmp_path, keep=1)
+    writer.save(6, model=new_model, optimizer=new_opt, state={"tag": "new"})
+    with pytest.raises(Killed):
+        writer.wait()
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    found = latest_checkpoint(tmp_path)
+    assert found is not None and checkpoint_step(found) == 6 and found.name.endswith(".replaced")
+    model, opt = model_and_optimizer(2)
+    assert load_checkpoint(found, model=model, optimizer=opt)["tag"] == "old"
+    assert torch.equal(model.weight, old_model.weight)
+    # the next commit of that step replaces it cleanly and leaves nothing aside
+    save_checkpoint(tmp_path, 6, model=new_model, optimizer=new_opt, state={"tag": "new"}, keep=1)
+    assert [p.name for p in (tmp_path / rundir.CHECKPOINTS_DIR).iterdir()] == ["step-00000006"]
+    assert json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["tag"] == "new"
+
+
+@pytest.mark.parametrize("damage", ["truncate model", "truncate optimizer", "delete rng", "delete state"])
+def test_a_damaged_checkpoint_is_one_error_that_says_how_to_go_on(tmp_path, damage):
+    model, opt = model_and_optimizer(0)
+    path = save_checkpoint(tmp_path, 4, model=model, optimizer=opt, state={})
+    what, name = damage.split()
+    target = path / {"model": "model.safetensors", "optimizer": "optimizer.safetensors",
+                     "rng": "rng-rank0.safetensors", "state": "state.json"}[name]
+    if what == "truncate":
+        target.write_bytes(target.read_bytes()[:40])
+    else:
+        target.unlink()
+    with pytest.raises(StudentError) as info:
+        load_checkpoint(path, model=model, optimizer=opt)
+    msg = str(info.value)
+    assert msg.startswith(f"checkpoint {path} is damaged: ") and f"mv {path} {path}.damaged" in msg
+    assert "--overwrite" in msg and "\n" not in msg
+
+
+def test_a_torn_last_metrics_line_is_dropped_on_resume_and_a_torn_middle_one_is_named(tmp_path):
+    """A write cut by a full disk leaves half a line; every later --resume died on it in json.loads."""
+    path = tmp_path / rundir.METRICS_FILE
+    whole = [{"event": "step", "step": s, "loss": 1.0} for s in (1, 2, 3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in whole) + '{"event": "step", "step": 4, "loss": 1.')
+    rundir.truncate_metrics(tmp_path, 2)
+    assert [json.loads(ln) for ln in path.read_text().splitlines()] == whole[:2]
+    path.write_text(json.dumps(whole[0]) + '\n{"event": "st\n' + json.dumps(whole[1]) + "\n")
+    with pytest.raises(StudentError, match=r"line 2 is not JSON .*restore the file, or start afresh with --overwrite"):
+        rundir.truncate_metrics(tmp_path, 2)
+
+
+def test_a_kill_during_overwrites_deletion_leaves_a_run_the_same_overwrite_finishes(tmp_path, monkeypatch, store_url,
+                                                                                     student_dir):
+    """--overwrite deleted in name order, config.yaml first: a kill after it left a folder the same command then
+    refused as "holds no ddk-student run". What marks a run now goes last."""
+    from ddk_testkit.processes import run_cli
+    from ddk_testkit.commands import train_args
+    from stage2_student.config import Stage2Config
+    from stage2_student.resume import is_run_dir, replace_run
+
+    out = tmp_path / "run"
+    assert run_cli("ddk-student", train_args(store_url, student_dir, out, steps=2, interval=1,
+                                             no_progress=True)).code == 0
+    real_rmtree, real_unlink, deleted = shutil.rmtree, type(out).unlink, []
+
+    def gate(path) -> None:  # the first deletion happens; the process is killed before the second
+        if deleted:
+            raise Killed
+        deleted.append(str(path))
+
+    monkeypatch.setattr(shutil, "rmtree", lambda path, *a, **k: (gate(path), real_rmtree(path, *a, **k)))
+    monkeypatch.setattr(type(out), "unlink", lambda self, *a, **k: (gate(self), real_unlink(self, *a, **k)))
+    with pytest.raises(Killed):
+        replace_run(Stage2Config(store=store_url, student=str(student_dir), out=str(out), overwrite=True))
+    monkeypatch.undo()
+    assert len(deleted) == 1 and not deleted[0].endswith((rundir.CONFIG_FILE, rundir.CHECKPOINTS_DIR))
+    assert is_run_dir(out)
+    again = run_cli("ddk-student", train_args(store_url, student_dir, out, steps=2, interval=1, overwrite=True,
+                                              no_progress=True))
+    assert again.code == 0, again.output
+
+
+def test_a_run_that_ends_early_waits_for_the_checkpoint_being_written(tmp_path, monkeypatch):
+    """Ctrl-C or a dead peer named the checkpoint before the one still being written, which then committed."""
+    model, opt = model_and_optimizer(0)
+    real_save, started = checkpoint.save_file, []
+
+    def slow_save(*args, **kw):
+        started.append(1)
+        import time
+
+        time.sleep(0.5)
+        return real_save(*args, **kw)
+
+    writer = CheckpointWriter(tmp_path)
+    monkeypatch.setattr(checkpoint, "save_file", slow_save)
+    writer.save(8, model=model, optimizer=opt, state={})
+    assert latest_checkpoint(tmp_path) is None  # still being written
+    finish_writes()
+    assert latest_checkpoint(tmp_path) is not None and checkpoint_step(latest_checkpoint(tmp_path)) == 8
