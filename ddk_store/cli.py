@@ -60,7 +60,8 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
         "seq_len": meta.seq_len,
         "top_k": meta.top_k,
         "encoding": meta.encoding,
-        "exact_tail": get_encoding(meta.encoding).exact_tail,
+        # the sampled encoding's tail is estimated from its draws, like its entries: not exact
+        "exact_tail": get_encoding(meta.encoding).exact_tail and not get_encoding(meta.encoding).sampled,
         "logprob_scale": meta.logprob_scale,
         "sampling": None if meta.sampling is None else meta.sampling.to_dict(),
         "positions": total_tokens,
@@ -324,7 +325,9 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
         except Exception:  # noqa: BLE001 - a damaged marker chunk (checksum mismatch): clearing it rewrites it
             return True
 
-    done_damaged = [u for u in units if done_or_unreadable(u)]
+    # A finalized store resets every damaged unit, a lost marker's too: back to writing, the dump then rewrites it.
+    lost = writer.meta.status == spec.STATUS_COMPLETE
+    done_damaged = [u for u in units if lost or done_or_unreadable(u)]
     writer.reset_units(done_damaged)
     for u in done_damaged:
         click.echo(f"reset {u}")

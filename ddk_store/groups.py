@@ -145,9 +145,11 @@ def open_group_arrays(root: Any, url: str, domain: str, split: str, names: Seque
 
 
 def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read: Callable[[], Any]) -> Any:
-    """``read()`` of ``array`` (array ``name`` of the group of ``units``, non-empty) through transient faults. A
+    """``read()`` of ``array`` (array ``name`` of the group of ``units``) through transient faults. A
     chunk that fails its checksum (zarr's ValueError) is a StoreCorruptError naming the first of ``units`` whose part
     fails alone (a marker's row, or its rows of data) and how to have the damaged units rewritten."""
+    if not units:  # an empty split (no rows): nothing to read or name
+        return read()
     try:
         return retry_call(read, what=f"reading {group_path(units[0].domain, units[0].split)}/{name}", url=url)
     except DdkError:  # (an outage past the retry budget is not damage)

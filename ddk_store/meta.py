@@ -241,9 +241,8 @@ class StoreMeta:
         if self.seq_len < 2:
             raise StoreFormatError(f"field 'seq_len': expected int >= 2, got {self.seq_len}")
         if not 1 <= self.top_k <= self.tokenizer.vocab_size:
-            raise StoreFormatError(
-                f"field 'top_k': expected int in [1, vocab_size={self.tokenizer.vocab_size}], got {self.top_k}"
-            )
+            raise StoreFormatError(f"field 'top_k': expected int in [1, vocab_size={self.tokenizer.vocab_size}], "
+                                   f"got {self.top_k}")
         if self.encoding not in spec.ENCODINGS:
             raise StoreVersionError(f"field 'encoding': unknown top-k encoding {self.encoding!r}; known: {list(spec.ENCODINGS)}")
         if self.logprob_scale is None:
@@ -256,9 +255,11 @@ class StoreMeta:
         if (self.sampling is not None) != (self.encoding == spec.ENC_SAMPLED):
             raise StoreFormatError(f"field 'sampling': required with encoding {spec.ENC_SAMPLED!r} and only with it "
                                    f"(encoding {self.encoding!r}, sampling {self.sampling})")
-        if self.sampling is not None and _version_before(self.format_version, spec.SAMPLED_SINCE):
-            raise StoreFormatError(f"field 'sampling': a store of format {self.format_version} cannot have it (added "
-                                   f"in {'.'.join(map(str, spec.SAMPLED_SINCE))}): the metadata was edited")
+        for name, added, has in (("sampling", spec.SAMPLED_SINCE, self.sampling is not None),
+                                 ("encoding", spec.TAIL_SINCE, self.encoding == spec.ENC_IDSORT_Q8_TAIL)):
+            if has and _version_before(self.format_version, added):
+                raise StoreFormatError(f"field {name!r}: a store of format {self.format_version} cannot have it (added "
+                                       f"in {'.'.join(map(str, added))}): the metadata was edited")
 
     @property
     def domain_names(self) -> tuple[str, ...]:

@@ -11,6 +11,8 @@ FORMAT_VERSION = "1.2"
 FORMAT_MAJOR = 1
 #: (format 1.2) The encoding ENC_SAMPLED and the root field ``sampling`` it needs: a store with them declares >= 1.2.
 SAMPLED_SINCE = (1, 2)
+#: (format 1.1) The encoding ENC_IDSORT_Q8_TAIL and its array ARR_TOPK_TAIL.
+TAIL_SINCE = (1, 1)
 #: (format 1.2) From this version on, the data arrays are sharded: one stored object per write unit and array, the
 #: chunks inside it indexed (zarr's sharding_indexed codec). Older stores keep one object per chunk.
 SHARDED_SINCE = (1, 2)

@@ -16,7 +16,8 @@ from .packed import PACK_PREFIX, PackedRows
 from .reader import StoreReader
 from .retry import retry_call
 from .encodings import Encoding, encoding_for
-from .schema import MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width
+from .schema import (MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width,
+                     sharded)
 
 
 #: ``Issue.where`` of the problem "the store is not finalized" (its status is still 'writing').
@@ -78,6 +79,11 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
             except (DdkError, KeyError) as e:
                 issues.append(Issue(path, str(e)))
                 continue
+            if bool(lay.shard_rows) != sharded(meta):  # the layout follows the version the store was created at
+                issues.append(Issue(path, f"{'sharded' if lay.shard_rows else 'unsharded'} arrays in a store of format "
+                                          f"{meta.format_version} (sharded since "
+                                          f"{'.'.join(map(str, spec.SHARDED_SINCE))}): the metadata was edited"))
+                continue
             for name, want in group_schema(meta, lay).items():
                 problem = want.mismatch(arrays[name].shape, arrays[name].chunks, arrays[name].dtype,
                                         arrays[name].shards)
@@ -108,7 +114,11 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                                         uid))
                     continue
                 if marker[MARKER_DONE_COL] != spec.UNIT_DONE:
-                    issues.append(Issue(where, "not written (no completion marker)", uid, unwritten=True))
+                    if meta.status == spec.STATUS_COMPLETE:  # finalize saw every marker: this one was lost since
+                        issues.append(Issue(f"{where} {spec.ARR_UNITS}", "completion marker lost in a finalized "
+                                                                         "store", uid))
+                    else:
+                        issues.append(Issue(where, "not written (no completion marker)", uid, unwritten=True))
                     continue
                 good = {}
                 for col, name in enumerate(names, start=MARKER_DONE_COL + 1):

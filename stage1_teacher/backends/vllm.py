@@ -145,6 +145,8 @@ class VLLMBackend:
             if tail := log_tail(self.engine_log):
                 e.add_note(f"vLLM's own output (hidden without --verbose), last lines:\n{tail}")
             raise
+        if len(results) != n:  # rows left unfilled would be written as scored
+            raise RuntimeError(f"vLLM returned {len(results)} outputs for {n} prompts")
         for r, res in enumerate(results):  # outputs come back in prompt order
             unpack_prompt_logprobs(res.prompt_logprobs, tokens[r], k, out.topk_ids[r], out.topk_logprobs[r],
                                    out.target_logprobs[r])

@@ -242,6 +242,26 @@ def test_a_damaged_chunk_stops_a_resume_or_finalize_in_one_line_that_names_the_u
     assert res.exit_code == 0 and validate_store(url) == [], res.output
 
 
+def test_a_marker_lost_from_a_finalized_store_is_damage_that_repair_resets(tmp_path):
+    """verify called a finalized store's lost marker "not written" (an unfinished dump), repair then had nothing to
+    do, the store stayed 'complete' and a dump of a complete store has nothing to do either: no way out."""
+    url = str(tmp_path / "s")
+    meta = make_tiny_store(url, unit_rows=4).meta
+    StoreFiles(url).marker_path("beta", "heldout", 0).unlink()
+    res = CliRunner().invoke(store_cli, ["verify", url])
+    assert res.exit_code == 1 and "beta/heldout unit 0 (rows 0-3) units: completion marker lost in a finalized store" \
+        in res.output, res.output
+    res = CliRunner().invoke(store_cli, ["repair", url])
+    assert res.exit_code == 0 and "1 unit(s) marked for rewriting" in res.output, res.output
+    w = StoreWriter.resume(url)
+    assert w.meta.status == spec.STATUS_WRITING and [(u.domain, u.split, u.index) for u in w.pending_units()] == [
+        ("beta", "heldout", 0)]
+    rng = np.random.default_rng(1)
+    for u in w.pending_units():  # what the rerun dump does
+        w.write_unit(u, **synth_rows(rng, u.n_rows, meta.seq_len, meta.top_k, meta.tokenizer.vocab_size))
+    assert CliRunner().invoke(store_cli, ["finalize", url]).exit_code == 0 and validate_store(url) == []
+
+
 def test_verify_of_damaged_array_metadata_says_what_repairs_it_not_to_run_verify(tmp_path):
     """An array whose metadata disagrees with the group layout: a reader's error says to run verify; verify's own
     FAIL line says instead that repair cannot fix it in place and the dump must be made again, as repair then says."""
@@ -495,3 +515,12 @@ def test_an_s3_store_sees_what_other_processes_wrote_and_deleted_since_it_listed
     for s in (store, again):
         assert sync(s.exists("second")) and not sync(s.exists("first"))
     assert sync(listed()) == {"second"}
+
+
+def test_a_domain_with_no_held_out_rows_finalizes_with_no_statistics(tmp_path):
+    """finalize read the held-out targets through a helper that named the first unit, and an empty split has none:
+    an IndexError traceback. (`ddk-teacher dump` always holds rows out; the writer accepts none.)"""
+    url = str(tmp_path / "s")
+    meta = make_tiny_store(url, heldout_rows={"alpha": 0, "beta": 4, "gamma": 4}, finalize=False).finalize()
+    assert [d.heldout_nll is None for d in meta.domains] == [True, False, False]
+    assert validate_store(url) == []

@@ -13,7 +13,7 @@ import pytest
 
 from ddk_store import codec, open_store, spec
 from ddk_store.encodings import REGISTRY, get_encoding
-from ddk_store.errors import StoreVersionError
+from ddk_store.errors import StoreFormatError, StoreVersionError
 from ddk_store.testing import StoreFiles, make_tiny_store, tiny_meta
 from ddk_store.validate import validate_store
 from ddk_store.writer import StoreWriter
@@ -158,7 +158,10 @@ def test_a_dump_with_another_encoding_does_not_resume_the_store():
 
     diff = identity_difference(tiny_meta(), tiny_meta(encoding=spec.ENC_IDSORT_Q8), RESUME_FLAGS)
     assert diff == "--encoding was 'topk-idsort-q8-tail', this run has 'topk-idsort-q8'"
-    assert identity_difference(tiny_meta(), tiny_meta().replace(format_version="1.0")) is None
+    q8 = tiny_meta(encoding=spec.ENC_IDSORT_Q8)  # (a tail store cannot be 1.0: the tail came in 1.1)
+    assert identity_difference(q8, q8.replace(format_version="1.0")) is None
+    with pytest.raises(StoreFormatError, match="field 'encoding': a store of format 1.0 cannot have it"):
+        tiny_meta().replace(format_version="1.0")
 
 
 def test_tail_store_holds_only_spec_codecs_numeric_dtypes_and_no_pickle(tmp_path):
@@ -248,3 +251,17 @@ def test_training_reads_leave_the_targets_unread(tmp_path):
     assert set(stored.topk) == {a.name for a in get_encoding(spec.DEFAULT_ENCODING).arrays(64)}
     with pytest.raises(StoreCorruptError, match=spec.ARR_TARGET_LOGPROBS):
         reader.read_rows("alpha", "train", rows)
+
+
+def test_verify_refuses_a_format_version_its_encoding_or_layout_contradict(tmp_path):
+    """Relabelled stores verified ok: a tail store as 1.0 (the tail came in 1.1), and an unsharded 1.1 store as 1.2
+    (sharded since 1.2)."""
+    tail = tmp_path / "tail"
+    make_tiny_store(str(tail))
+    StoreFiles(str(tail)).edit_root_meta(lambda m: m.__setitem__("format_version", "1.0"))
+    assert any("field 'encoding': a store of format 1.0 cannot have it" in str(i) for i in validate_store(str(tail)))
+    old = tmp_path / "old"
+    make_tiny_store(str(old), format_version="1.1")
+    assert validate_store(str(old)) == []
+    StoreFiles(str(old)).edit_root_meta(lambda m: m.__setitem__("format_version", "1.2"))
+    assert any("unsharded arrays in a store of format 1.2" in str(i) for i in validate_store(str(old)))

@@ -105,3 +105,24 @@ def test_overwrite_with_several_processes_is_refused_up_front_naming_how_they_we
     assert f"--overwrite cannot be combined with {named}" in errors[0], errors[0]
     assert "--shard" not in errors[0] and "delete the store once" in errors[0], errors[0]
     assert not store.exists()
+
+
+def test_a_torchrun_rank_without_a_gpu_of_its_own_is_refused_not_moved_to_the_cpu(monkeypatch):
+    """A launcher that gives each rank one GPU already (CUDA_VISIBLE_DEVICES=3 in every rank): rank 1's slice of it
+    was empty, which hid every GPU, and the rank scored on the CPU in float32 against the others' bf16 store."""
+    from ddk_store.errors import ConfigError
+    from stage1_teacher.config import Stage1Config
+    from stage1_teacher.devices import VISIBLE_ENV, run_rank
+
+    monkeypatch.setenv(VISIBLE_ENV, "3")
+    cfg = Stage1Config(teacher="t", corpora="c.yaml", store="s", device="cuda", shard="0/2")  # (no finalizing here)
+    started = []
+    with pytest.raises(ConfigError, match=r"torchrun rank 1 \(LOCAL_RANK 1\) needs GPUs 1-1 of CUDA_VISIBLE_DEVICES=3 "
+                                          r"\(--tensor-parallel-size 1\); launch with --nproc_per_node 1 or fewer"):
+        run_rank(cfg, 1, 2, 1, started.append)
+    assert not started
+    run_rank(cfg, 0, 2, 0, started.append)  # rank 0 takes the one GPU listed
+    assert started[0].shard == "0/4"
+    import os
+
+    assert os.environ[VISIBLE_ENV] == "3"
