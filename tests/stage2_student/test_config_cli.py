@@ -24,8 +24,8 @@ def test_flags_mirror_config_fields():
     flags = {p.name for p in train.params}
     fields = {f.name for f in dataclasses.fields(Stage2Config)}
     assert flags - {"config_file"} == fields
-    for p in train.params:  # flag spelling is the field name with dashes
-        assert p.opts[0] == "--" + ("config" if p.name == "config_file" else p.name.replace("_", "-"))
+    for p in train.params:  # the field name with dashes is always a spelling of its flag (--help lists the flag first)
+        assert "--" + ("config" if p.name == "config_file" else p.name.replace("_", "-")) in p.opts
     for f in dataclasses.fields(Stage2Config):
         assert f.metadata["help"], f"field {f.name} has no help text"
 
