@@ -140,16 +140,21 @@ def _check_crc(data: Any) -> memoryview:
     return view[:-4]
 
 
+def framed_ok(data: bytes) -> bool:
+    """Whether ``data`` ends with the crc32c of what precedes it: an intact chunk, or a shard's index."""
+    return len(data) >= 4 and _crc(np.frombuffer(data, dtype=np.uint8)[:-4]) == bytes(data[-4:])
+
+
 def object_ok(data: bytes, max_chunks: int = 4096) -> bool:
     """Whether ``data`` is an intact stored object without knowing its array: a chunk whose crc32c matches, or a
     shard whose index (found by its crc32c: an index of n chunks is the 16n bytes before the last 4) and every chunk
     it points to match theirs. Used by the local cache (localcache.py) to keep only verified objects."""
+    if framed_ok(data):
+        return True
     view = np.frombuffer(data, dtype=np.uint8)
     if len(view) < 4:
         return False
     tail = bytes(view[-4:])
-    if _crc(view[:-4]) == tail:
-        return True
     for n in range(1, min(max_chunks, (len(view) - 4) // 16) + 1):
         start = len(view) - 4 - 16 * n
         if _crc(view[start:-4]) != tail:

@@ -61,7 +61,7 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
         "top_k": meta.top_k,
         "encoding": meta.encoding,
         # the sampled encoding's tail is estimated from its draws, like its entries: not exact
-        "exact_tail": get_encoding(meta.encoding).exact_tail and not get_encoding(meta.encoding).sampled,
+        "exact_tail": (enc := get_encoding(meta.encoding)).has_tail and not enc.sampled,
         "logprob_scale": meta.logprob_scale,
         "sampling": None if meta.sampling is None else meta.sampling.to_dict(),
         "positions": total_tokens,

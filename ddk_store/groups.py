@@ -144,6 +144,10 @@ def open_group_arrays(root: Any, url: str, domain: str, split: str, names: Seque
     return arrs
 
 
+#: What zarr raises for a chunk that fails its crc32c checksum or cannot be decoded (damage, never retried).
+DECODE_ERRORS = (ValueError, RuntimeError)
+
+
 def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read: Callable[[], Any]) -> Any:
     """``read()`` of ``array`` (array ``name`` of the group of ``units``) through transient faults. A
     chunk that fails its checksum (zarr's ValueError) is a StoreCorruptError naming the first of ``units`` whose part
@@ -154,13 +158,13 @@ def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read
         return retry_call(read, what=f"reading {group_path(units[0].domain, units[0].split)}/{name}", url=url)
     except DdkError:  # (an outage past the retry budget is not damage)
         raise
-    except ValueError as e:
+    except DECODE_ERRORS as e:
         where = group_path(units[0].domain, units[0].split)
         for u in units:
             try:
                 retry_call(lambda: array[u.index] if name == spec.ARR_UNITS else array[u.start:u.stop],
                            what=f"reading {u} {name}", url=url)
-            except ValueError as bad:
+            except DECODE_ERRORS as bad:
                 if isinstance(bad, DdkError):
                     raise
                 where = str(u)

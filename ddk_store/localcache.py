@@ -10,8 +10,9 @@ cache every file including the metadata documents that tell a rewritten store fr
   created it, spec.CLAIM_ATTR): a store deleted and dumped again at the same URL gets a new directory, never the old
   chunks. Metadata documents (``zarr.json``) are never cached: they are always read from the remote store.
 - **Only verified chunks.** Every chunk of the store format ends with its CRC-32C (docs/store-format.md); a chunk is
-  written to the cache only when it matches, and a cached chunk that no longer matches (a damaged disk) is dropped
-  and fetched again. Missing chunks are not cached (the reader reports them as it does without a cache).
+  written to the cache only when it matches, and a cached chunk that no longer matches (a damaged disk) is fetched
+  again and replaced. Every hit is checked: a byte range that is one chunk of a shard or its index (each ends with
+  its own CRC-32C) alone, anything else with the whole object. Missing chunks are not cached (the reader reports them as it does without a cache).
 - **Concurrent fillers.** A chunk is written to a temporary file in its final directory and renamed into place
   (atomic on POSIX): ranks and runs on one host may fill one cache at once; readers see a whole chunk or none. A
   failed cache write (a full disk) only costs the cache, never the read: for a while after one, misses fetch only
@@ -34,15 +35,16 @@ import re
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 from zarr.storage import WrapperStore
 
-from .chunkio import object_ok
+from .chunkio import framed_ok, object_ok
 from .paths import cache_dir as ddk_cache_dir
 from .storage import url_scheme
 
@@ -86,16 +88,29 @@ def checksum_ok(data: bytes) -> bool:
     return object_ok(data)
 
 
-def slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:
+def byte_span(byte_range: ByteRequest | None, size: int) -> tuple[int, int]:
+    """[start, end) of ``byte_range`` in an object of ``size`` bytes (all of it for None)."""
     if byte_range is None:
-        return data
+        return 0, size
     if isinstance(byte_range, RangeByteRequest):
-        return data[byte_range.start:byte_range.end]
+        return min(byte_range.start, size), min(byte_range.end, size)
     if isinstance(byte_range, OffsetByteRequest):
-        return data[byte_range.offset:]
+        return min(byte_range.offset, size), size
     if isinstance(byte_range, SuffixByteRequest):
-        return data[max(0, len(data) - byte_range.suffix):]
+        return max(0, size - byte_range.suffix), size
     raise TypeError(f"unexpected byte range {byte_range!r}")
+
+
+def slice_bytes(data: bytes, byte_range: ByteRequest | None) -> bytes:
+    start, end = byte_span(byte_range, len(data))
+    return data[start:end]
+
+
+def read_range(f: BinaryIO, size: int, byte_range: ByteRequest | None) -> bytes:
+    """``byte_range`` of an open file of ``size`` bytes, reading only those bytes."""
+    start, end = byte_span(byte_range, size)
+    f.seek(start)
+    return f.read(max(0, end - start))
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -146,6 +161,25 @@ def evict(root: Path, max_bytes: int, keep_fraction: float = 0.8) -> int:
     return total
 
 
+@dataclass
+class _RootState:
+    """What this process knows of one cache root, shared by all its CachedStores (zarr makes new ones freely)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    scanned: int | None = None  # bytes under the root at the last scan (None: not scanned yet)
+    added: int = 0  # bytes this process cached since then
+    bypass_until: float = 0.0  # time.monotonic() until which misses fetch byte ranges only (a write failed)
+
+
+_ROOTS: dict[str, _RootState] = {}
+_ROOTS_LOCK = threading.Lock()
+
+
+def _root_state(root: Path) -> _RootState:
+    with _ROOTS_LOCK:
+        return _ROOTS.setdefault(os.path.abspath(root), _RootState())
+
+
 class CachedStore(WrapperStore[Store]):
     """Read-through cache of one store version's chunks in ``directory`` (see the module docstring).
 
@@ -160,10 +194,7 @@ class CachedStore(WrapperStore[Store]):
         self.root = Path(root) if root is not None else self.directory.parent
         self.max_bytes = max_bytes
         self.hits = self.fills = self.unverified = 0
-        self._lock = threading.Lock()
-        self._scanned: int | None = None  # bytes under the root at the last scan (None: not scanned yet)
-        self._added = 0  # bytes this process cached since then
-        self._bypass_until = 0.0  # time.monotonic() until which misses fetch byte ranges only (a write failed)
+        self._root = _root_state(self.root)  # shared by every CachedStore of this process under that root
 
     def _with_store(self, store: Store) -> CachedStore:
         return type(self)(store, self.directory, max_bytes=self.max_bytes, root=self.root)
@@ -172,34 +203,43 @@ class CachedStore(WrapperStore[Store]):
         return f"CachedStore({self._store!r}, {str(self.directory)!r})"
 
     # ------------------------------------------------------------------ disk side (run in a worker thread)
-    def _read_cached(self, path: Path) -> bytes | None:
+    def _read_cached(self, path: Path, byte_range: ByteRequest | None) -> bytes | None:
+        """``byte_range`` of the cached object at ``path``, or None (not cached, or damaged: fetched again). A range
+        that ends with its own crc32c (one chunk of a shard, or its index: what the readers ask for) is read and
+        checked alone; any other request reads and checks the whole object."""
         try:
-            data = path.read_bytes()
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                part = None if byte_range is None else read_range(f, size, byte_range)
+                if part is None or not framed_ok(part):
+                    f.seek(0)
+                    data = f.read()
+                    part = slice_bytes(data, byte_range) if checksum_ok(data) else None
         except OSError:
             return None
-        if not checksum_ok(data):
-            path.unlink(missing_ok=True)  # damaged on disk: fetch it again
-            return None
+        if part is None:  # damaged on disk: fetched again, and replaced by its rename (not deleted first, so that
+            return None   # concurrent reads of its other, intact chunks are still served from disk)
         try:
             os.utime(path)  # least recently used = oldest mtime
         except OSError:
             pass
-        return data
+        return part
 
     def _fill(self, path: Path, data: bytes) -> bool:
         """Cache ``data`` at ``path`` and keep the cap; False when the write failed (a full or read-only disk)."""
         try:
             write_atomic(path, data)
         except OSError:
-            self._bypass_until = time.monotonic() + BYPASS_SECONDS
+            self._root.bypass_until = time.monotonic() + BYPASS_SECONDS
             return False
         if self.max_bytes is None:
             return True
-        with self._lock:
-            self._added += len(data)
-            if (self._scanned is None or self._scanned + self._added > self.max_bytes
-                    or self._added > RESCAN_FRACTION * self.max_bytes):
-                self._scanned, self._added = evict(self.root, self.max_bytes), 0
+        st = self._root
+        with st.lock:
+            st.added += len(data)
+            if (st.scanned is None or st.scanned + st.added > self.max_bytes
+                    or st.added > RESCAN_FRACTION * self.max_bytes):
+                st.scanned, st.added = evict(self.root, self.max_bytes), 0
         return True
 
     # ------------------------------------------------------------------ zarr Store API
@@ -209,11 +249,11 @@ class CachedStore(WrapperStore[Store]):
         if not is_cached_key(key):
             return await self._store.get(key, prototype, byte_range)
         path = self.directory / key
-        data = await asyncio.to_thread(self._read_cached, path)
+        data = await asyncio.to_thread(self._read_cached, path, byte_range)
         if data is not None:
             self.hits += 1
-            return prototype.buffer.from_bytes(slice_bytes(data, byte_range))
-        if time.monotonic() < self._bypass_until:  # the cache cannot be written just now: fetch what was asked
+            return prototype.buffer.from_bytes(data)
+        if time.monotonic() < self._root.bypass_until:  # the cache cannot be written just now: fetch what was asked
             return await self._store.get(key, prototype, byte_range)
         # A miss fetches the whole object, even for a byte range (a shard's index or one of its chunks): the next
         # ranges of the same shard are then served from disk.

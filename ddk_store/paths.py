@@ -116,6 +116,23 @@ def share_permissions(directory: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def sync_tree(path: Path) -> None:
+    """Flush every file under ``path`` (a directory or one file) and the directories themselves to the disk, so
+    that a rename that commits them afterwards cannot, after a power loss, name a file whose data never landed."""
+    path = Path(path)
+    for entry in sorted([path, *(path.rglob("*") if path.is_dir() else ())], key=lambda e: -len(e.parts)):
+        sync_entry(entry)
+
+
+def sync_entry(entry: Path) -> None:
+    """fsync one file or directory (a directory: the names in it, e.g. after a rename into it)."""
+    fd = os.open(entry, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def check_replaceable(out: Path, owner_file: str) -> None:
     """Refuse (ConfigError) an ``out`` that :func:`atomic_dir` would not replace: a file, or a non-empty directory
     without ``owner_file``. For commands that should say so before long work (installing, downloading)."""
@@ -145,6 +162,7 @@ def atomic_dir(out: Path, *, owner_file: str) -> Iterator[Path]:
     try:
         yield tmp
         share_permissions(tmp)
+        sync_tree(tmp)
         old = None
         if out.exists() or out.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
@@ -152,6 +170,7 @@ def atomic_dir(out: Path, *, owner_file: str) -> Iterator[Path]:
             os.rename(out, old)
         try:
             os.rename(tmp, out)
+            sync_entry(out.parent)
         finally:  # also when another writer put its own ``out`` there first: the old copy never lingers
             if old is not None:
                 if old.is_dir() and not old.is_symlink():

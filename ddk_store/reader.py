@@ -12,8 +12,8 @@ from zarr.core.sync import sync
 
 from . import chunkio, codec, objectio, spec
 from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
-from .groups import (ZARR_METADATA_ERRORS, no_store, open_group_arrays, read_group_layout, read_root_doc,
-                     root_meta_from_doc)
+from .groups import (DECODE_ERRORS, ZARR_METADATA_ERRORS, no_store, open_group_arrays, read_group_layout,
+                     read_root_doc, rewrite_hint, root_meta_from_doc)
 from .heldout import heldout_nll, stats_mismatch
 from .layout import contiguous_runs
 from .localcache import cached_store
@@ -118,8 +118,7 @@ class StoreReader:
             return ("`ddk-store repair` cannot fix this in place: delete the store (or give another --store), then "
                     "rerun the `ddk-teacher dump` command that made it (--overwrite does not replace a store of the "
                     "same settings)")
-        return (f"run `ddk-store verify {self.url}` to list every problem, then `ddk-store repair {self.url}` and "
-                f"rerun the dump (or dump the store again)")
+        return rewrite_hint(self.url)
 
     def _where(self, domain: str, split: str, name: str, rows: tuple[int, int]) -> str:
         lay = self.layout(domain, split)
@@ -237,7 +236,7 @@ class StoreReader:
             try:
                 retry_call(lambda: arr[span[0]:span[1]], what=f"reading {group_path(domain, split)}/{name}",
                            url=self.url)
-            except (ValueError, RuntimeError):
+            except DECODE_ERRORS:
                 bad = span
                 break
         span = bad or (int(rows[0]), int(rows[-1]) + 1)

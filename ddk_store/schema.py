@@ -249,8 +249,8 @@ def check_unit_values(meta: StoreMeta, unit: Unit, arrays: Mapping[str, np.ndarr
     """Check rows of ``unit`` (all of them, or any row block: the writer checks its blocks in parallel).
 
     Raises:
-        ValueError: an id lies outside [0, vocab_size), or a log-prob is NaN or infinite (a bug of the producer, not
-            of the user).
+        ValueError: an id lies outside [0, vocab_size), a position's top-k repeats an id, or a log-prob is NaN or
+            infinite (a bug of the producer, not of the user).
     """
     v = meta.tokenizer.vocab_size
     for name in (spec.ARR_TOKENS, spec.ARR_TOPK_IDS):
@@ -259,6 +259,9 @@ def check_unit_values(meta: StoreMeta, unit: Unit, arrays: Mapping[str, np.ndarr
             a = a.view(np.dtype(f"u{a.dtype.itemsize}").newbyteorder(a.dtype.byteorder))
         if a.size and ((a.dtype.kind not in "ui" and a.min() < 0) or a.max() >= v):
             raise ValueError(f"{unit}: {name} holds ids outside [0, {v})")
+    ids = np.sort(arrays[spec.ARR_TOPK_IDS], axis=-1)  # a top-k holds distinct tokens: a repeat would count twice
+    if ids.shape[-1] > 1 and (ids[..., 1:] == ids[..., :-1]).any():
+        raise ValueError(f"{unit}: {spec.ARR_TOPK_IDS} repeats an id within a position")
     for name in (spec.ARR_TARGET_LOGPROBS, spec.ARR_TOPK_LOGPROBS):
         if not np.isfinite(arrays[name]).all():
             raise ValueError(f"{unit}: {name} holds NaN or inf")

@@ -48,10 +48,17 @@ def is_on_hub(src: DomainSource) -> bool:
     return src.format == "dataset" and src.dataset_dir is None and src.dataset not in LOCAL_BUILDERS
 
 
+def dataset_ref(src: DomainSource, *, pinned: bool = True) -> str:
+    """A datasets source as ``NAME/CONFIG/SPLIT``, then ``@REVISION`` when it is pinned (and ``pinned``)."""
+    return f"{src.dataset}/{src.dataset_config or ''}/{src.split}" + (f"@{src.revision}" if pinned and src.revision
+                                                                      else "")
+
+
 def dataset_label(src: DomainSource) -> str:
-    """How a datasets source names its documents: ``dataset:NAME/CONFIG/SPLIT``, ``@REVISION`` when pinned."""
-    pinned = f"@{src.revision}" if src.revision else ""
-    return f"dataset:{src.dataset}/{src.dataset_config or ''}/{src.split}{pinned}"
+    """How a datasets source names its documents in their held-out keys (packing.doc_key):
+    ``dataset:NAME/CONFIG/SPLIT``, without the revision, so that pinning the commit already read moves no document
+    across the held-out split (the revision is in the corpus definition a resume must match, and the provenance)."""
+    return "dataset:" + dataset_ref(src, pinned=False)
 
 
 def unpinned_note(src: DomainSource) -> str | None:

@@ -110,10 +110,12 @@ def run_rank(cfg: Stage1Config, rank: int, world: int, local: int, run_one: Call
         mine = visible.split(",")[local * per : (local + 1) * per] if visible else \
             [str(x) for x in range(local * per, (local + 1) * per)]
         if len(mine) < per:  # an empty list would hide every GPU: the rank would score on the CPU
+            fits = len(visible.split(",")) // per
+            how = (f"launch with --nproc_per_node {fits} or fewer" if fits else
+                   f"make {per} GPUs visible to each rank, or give a smaller --tensor-parallel-size")
             raise ConfigError(f"torchrun rank {rank} (LOCAL_RANK {local}) needs GPUs {local * per}-"
                               f"{(local + 1) * per - 1} of {VISIBLE_ENV}={visible} (--tensor-parallel-size {per}); "
-                              f"launch with --nproc_per_node {len(visible.split(',')) // per} or fewer, with every "
-                              f"rank seeing the host's GPUs")
+                              f"{how}, with every rank seeing the host's GPUs")
         os.environ[VISIBLE_ENV] = ",".join(mine)
     shard = compose_shard((cfg.shard_index, cfg.shard_count), rank, world)
     if cfg.shard_count == 1:

@@ -16,6 +16,7 @@ from ddk_store import DomainInfo, SourceInfo
 from ddk_store.errors import ConfigError
 
 from .corpus import DomainSource, ReadStats, read_sourced_documents
+from .dataset_source import dataset_ref
 from .filehash import file_sha256
 from .packing import HELDOUT_SCHEME, PACKING_SCHEME, doc_key, pack_domain
 from .tokenize import DocTokenizer
@@ -124,8 +125,7 @@ def provenance(src: DomainSource, known: Mapping[str, tuple[str, int]] | None = 
     others are read here.
     """
     if src.format == "dataset" and not src.files:
-        return (SourceInfo(uri=f"hf://{src.dataset}/{src.dataset_config or ''}/{src.split}"
-                           + (f"@{src.revision}" if src.revision else ""), sha256="", bytes=0),)
+        return (SourceInfo(uri=f"hf://{dataset_ref(src)}", sha256="", bytes=0),)
     known = known or {}
     return tuple(SourceInfo(uri=source_uri(p), sha256=d, bytes=n)
                  for p in src.files for d, n in [known.get(p) or file_sha256(p)])

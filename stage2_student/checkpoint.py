@@ -13,8 +13,9 @@ A run trained with ``--fsdp`` has no ``model.safetensors``/``optimizer.safetenso
 parameter along dim 0, so the ranks' model shards concatenated in rank order are the full tensors;
 :func:`load_weights` does that for ``eval``).
 
-The directory is written as ``step-XXXXXXXX.tmp`` and renamed when complete (the commit point), so a kill at any
-moment leaves either the previous checkpoints or a new complete one; ``*.tmp`` leftovers are ignored and cleaned up.
+The directory is written as ``step-XXXXXXXX.tmp``, flushed to the disk and renamed when complete (the commit
+point), so a kill or a power loss at any moment leaves either the previous checkpoints or a new complete one;
+``*.tmp`` leftovers are ignored and cleaned up.
 A checkpoint rewritten at its own step is set aside whole (``step-X.replaced``) until its successor is committed.
 Training does not wait for the disk: the parameters and optimizer state are copied to CPU memory on the training
 thread, and a background thread (:class:`CheckpointWriter`) writes and commits them while the next steps run. FSDP
@@ -39,13 +40,13 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, load_model, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
-from ddk_store.errors import StudentError, describe
-from ddk_store.paths import share_permissions
+from ddk_store.errors import describe
+from ddk_store.paths import share_permissions, sync_entry, sync_tree
 
-from .optimizer_file import damaged, load_optimizer, save_optimizer
+from .checkpoint_files import copy_into, damaged, load_optimizer, load_weights, save_optimizer
 from .rundir import CHECKPOINTS_DIR
 
 FORMAT = "ddk-stage2-checkpoint/1"
@@ -106,36 +107,6 @@ def checkpoint_student(path: str | Path) -> str | None:
     doc = read_state(path)
     student = ((doc or {}).get("config") or {}).get("student")
     return student if isinstance(student, str) and student else None
-
-
-def load_weights(model: torch.nn.Module, path: str | Path) -> None:
-    """Load checkpoint ``path``'s parameters into ``model`` (same architecture, not sharded), refusing any mismatch;
-    the shards of an FSDP checkpoint are concatenated first."""
-    path = Path(path)
-    if not (path / "model.safetensors").is_file() and (path / "model-rank0.safetensors").is_file():
-        files = sorted(path.glob("model-rank*.safetensors"), key=lambda p: int(p.name[10:-12]))
-        shards = [load_file(str(p)) for p in files]
-        with safe_open(str(files[0]), "pt") as f:
-            split = set(json.loads((f.metadata() or {}).get("sharded", "[]")))
-        full = {k: torch.cat([s[k] for s in shards]) if k in split else shards[0][k] for k in shards[0]}
-        missing, unexpected = model.load_state_dict(full, strict=False)
-        missing = [k for k in missing if not _tied_to(model, k, full)]
-    else:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        def some(keys) -> str:
-            keys = sorted(keys)
-            return f"{len(keys)}" + (f" ({', '.join(keys[:2])}{', ...' if len(keys) > 2 else ''})" if keys else "")
-        raise StudentError(f"checkpoint {path}: its weights do not fit the model built from the run's --student "
-                           f"(missing {some(missing)}, unexpected {some(unexpected)}): that student changed after "
-                           f"the run started (e.g. cut again with other --layers); restore it, or train a new run "
-                           f"from it")
-
-
-def _tied_to(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:
-    """Whether parameter ``key`` shares its storage with a parameter that ``loaded`` holds (tied embeddings)."""
-    sd = model.state_dict(keep_vars=True)
-    return any(sd[key] is sd[k] for k in loaded if k in sd)
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
@@ -202,12 +173,15 @@ def _commit(root: Path, tmp: Path, final: Path, keep: int) -> None:
         shutil.rmtree(replaced, ignore_errors=True)
         os.replace(final, replaced)
     share_permissions(tmp)  # safetensors files are created owner-only; a run's are for its team to read too
+    sync_tree(tmp)  # on the disk before the rename that commits it
     os.replace(tmp, final)  # the commit point
-    shutil.rmtree(replaced, ignore_errors=True)
+    sync_entry(root)
+    for junk in root.iterdir():  # unfinished writes; checkpoints set aside whose successor is committed (this one)
+        if junk.name.endswith(".tmp") or (junk.name.endswith(_REPLACED)
+                                          and (root / junk.name.removesuffix(_REPLACED)).is_dir()):
+            shutil.rmtree(junk, ignore_errors=True)
     for old in list_checkpoints(root.parent)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for junk in root.glob("*.tmp"):
-        shutil.rmtree(junk, ignore_errors=True)
 
 
 def finish_writes() -> None:
@@ -310,8 +284,8 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
 def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, world_size: int,
           sharded: bool) -> dict[str, Any]:
     doc = json.loads((path / "state.json").read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}/state.json: unknown checkpoint format {doc.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise damaged(path, f"state.json is not the state of a checkpoint written by ddk (format {FORMAT!r})")
     if doc["world_size"] != world_size:
         raise ValueError(
             f"checkpoint {path} was written by {doc['world_size']} rank(s), this run has {world_size}; resume with "
@@ -321,11 +295,7 @@ def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimize
         raise ValueError(f"checkpoint {path} was written {'with' if doc.get('sharded') else 'without'} --fsdp; "
                          f"resume it {'with' if doc.get('sharded') else 'without'} --fsdp")
     if sharded:
-        local = load_file(str(path / f"model-rank{rank}.safetensors"))
-        with torch.no_grad():
-            for k, v in model.state_dict().items():
-                if k in local:
-                    (v.to_local() if hasattr(v, "to_local") else v).copy_(local[k])
+        copy_into(model, load_file(str(path / f"model-rank{rank}.safetensors")), path)
         optimizer.load_state_dict(load_optimizer(path, f"optimizer-rank{rank}"))
         _restore_dtensor_state(optimizer)
     else:

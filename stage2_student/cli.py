@@ -139,7 +139,8 @@ def eval_cmd(**_: object) -> None:
 
     from ddk_store import open_store
 
-    from .checkpoint import checkpoint_student, load_weights
+    from .checkpoint import checkpoint_student
+    from .checkpoint_files import load_weights
     from .evaluate import evaluate, teacher_heldout_ppl
     from .parallel import pick_device
     from .student import load_student

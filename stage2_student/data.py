@@ -126,10 +126,11 @@ def read_batch(reader, domains: Sequence[str], pairs: np.ndarray, *, split: str 
 
 
 def reader_has_tail(reader) -> bool:
-    """Whether the store's encoding carries the exact tail (format 1.1 ``topk_tail``); stage 2 then uses it."""
+    """Whether the store's encoding carries the tail mass (``topk_tail``: exact, or the sampled estimate); stage 2
+    then uses it."""
     from ddk_store.encodings import get_encoding
 
-    return get_encoding(reader.meta.encoding).exact_tail
+    return get_encoding(reader.meta.encoding).has_tail
 
 
 class Prefetcher:

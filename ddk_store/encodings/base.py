@@ -63,8 +63,8 @@ class Encoding:
 
     #: The name recorded in the store's metadata (``encoding``).
     name: str = ""
-    #: Whether decoded records carry ``log_tail`` (an exact per-position tail mass).
-    exact_tail: bool = False
+    #: Whether decoded records carry ``log_tail``, a per-position tail mass (exact, or estimated when ``sampled``).
+    has_tail: bool = False
     #: The ``logprob_scale`` a new store of this encoding gets when none is given (None: the encoding has none).
     default_scale: int | None = None
     #: Whether decoded probabilities are sample frequencies (an unbiased estimate of the teacher's at temperature 1

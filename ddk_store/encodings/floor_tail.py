@@ -45,7 +45,7 @@ def _luts(scale: int) -> tuple[np.ndarray, np.ndarray]:
 
 class IdSortQ8Tail(Encoding):
     name = spec.ENC_IDSORT_Q8_TAIL
-    exact_tail = True
+    has_tail = True
     default_scale = TAIL_SCALE
 
     def arrays(self, vocab_size: int) -> tuple[StoredArray, ...]:

@@ -72,7 +72,7 @@ class Sampled(Encoding):
     """N draws per position; unique ids (deltas) with uint8 counts, absent slots last; the tail's count derived."""
 
     name = spec.ENC_SAMPLED
-    exact_tail = True  # decoded records carry log_tail (an estimate, like every other entry)
+    has_tail = True  # decoded records carry log_tail (an estimate, like every other entry)
     sampled = True
     default_scale = None  # logprob_scale is recorded (spec.DEFAULT_LOGPROB_SCALE) and unused
 

@@ -68,6 +68,46 @@ def test_eviction_deletes_least_recently_used_first_and_only_cached_chunks(tmp_p
     assert (tmp_path / "runs" / "model.safetensors").read_bytes() == b"m" * 300
 
 
+def test_a_hit_on_one_chunk_of_a_shard_reads_and_checks_that_chunk_only(tmp_path, monkeypatch):
+    """A hit with a byte range (a shard's index, one of its chunks) read and checked the whole shard every time. A
+    range that ends with its own crc32c is now read and checked alone; another range, or a chunk whose bytes were
+    damaged on disk, has the whole object checked: a damaged one is dropped and fetched again."""
+    import asyncio
+
+    from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
+    from zarr.storage import LocalStore
+
+    from ddk_store import chunkio, localcache
+
+    make_tiny_store(str(tmp_path / "store"), domains=DOMAINS, train_rows=12, heldout_rows=4, seq_len=16, top_k=8,
+                    vocab_size=300, unit_rows=4)
+    remote = LocalStore(str(tmp_path / "store"), read_only=True)  # stands for the remote store here
+    key = "alpha/train/topk_ids/c/1/0/0"  # a shard of one unit: 4 rows, one chunk per row
+    whole = (tmp_path / "store" / key).read_bytes()
+    n = 4  # chunks in the shard; its index: n (offset, nbytes) pairs, then its crc32c
+    index = np.frombuffer(whole[-(16 * n + 4):-4], dtype="<u8").reshape(n, 2)
+    offset, nbytes = (int(v) for v in index[1])
+    chunk = RangeByteRequest(offset, offset + nbytes)
+    checked = []
+    monkeypatch.setattr(localcache, "checksum_ok", lambda data: checked.append(len(data)) or chunkio.object_ok(data))
+    cache = CachedStore(remote, tmp_path / "cache" / "v1")
+
+    def get(byte_range=None) -> bytes:
+        return asyncio.run(cache.get(key, byte_range=byte_range)).to_bytes()
+
+    assert get() == whole and cache.fills == 1 and checked == [len(whole)]  # the miss: fetched whole, checked
+    checked.clear()
+    assert get(SuffixByteRequest(16 * n + 4)) == whole[-(16 * n + 4):] and get(chunk) == whole[offset:offset + nbytes]
+    assert checked == [] and cache.hits == 2  # the index and one chunk, each checked by its own crc32c
+    assert get(OffsetByteRequest(offset)) == whole[offset:] and checked == [len(whole)]  # no crc of its own
+    cached = tmp_path / "cache" / "v1" / key
+    with open(cached, "r+b") as f:  # one byte of the chunk flipped in place, as a failing disk would leave it
+        f.seek(offset + 1)
+        f.write(bytes([whole[offset + 1] ^ 0xFF]))
+    assert get(chunk) == whole[offset:offset + nbytes] and cache.fills == 2  # dropped, fetched again
+    assert cached.read_bytes() == whole
+
+
 # ------------------------------------------------------------------------------------------ real S3 server
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):

@@ -140,6 +140,10 @@ def test_write_unit_checks_rows_against_the_schema():
         check_unit_data(meta, unit, {**rows, "topk_ids": rows["topk_ids"][..., :3]})
     with pytest.raises(ValueError, match="ids outside"):
         check_unit_data(meta, unit, {**rows, "tokens": rows["tokens"] + 64})
+    repeated = rows["topk_ids"].copy()
+    repeated[2, 7, -1] = repeated[2, 7, 0]
+    with pytest.raises(ValueError, match="topk_ids repeats an id within a position"):
+        check_unit_data(meta, unit, {**rows, "topk_ids": repeated})
     bad = rows["target_logprobs"].copy()
     bad[0, 0] = np.nan
     with pytest.raises(ValueError, match="target_logprobs holds NaN"):

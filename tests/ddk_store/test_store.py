@@ -15,6 +15,7 @@ from ddk_store import (StoreCorruptError, StoreExistsError, StoreIncompleteError
 from ddk_store.cli import main as store_cli
 from ddk_store.errors import StoreFormatError
 from ddk_store.testing import StoreFiles, make_tiny_store, synth_rows, tiny_meta
+from ddk_store import writer as writer_module
 from ddk_store.validate import validate_store
 
 ROWS = {"alpha": {"train": 10, "heldout": 3}, "beta": {"train": 7, "heldout": 2}}
@@ -269,7 +270,7 @@ def test_verify_of_damaged_array_metadata_says_what_repairs_it_not_to_run_verify
     make_tiny_store(url)
     StoreFiles(url).edit_doc(lambda doc: doc.__setitem__("shape", [doc["shape"][0] + 1, *doc["shape"][1:]]),
                              "alpha", "heldout", spec.ARR_TOKENS)
-    with pytest.raises(StoreFormatError, match=f"run `ddk-store verify {url}` to list every problem"):
+    with pytest.raises(StoreFormatError, match=f"`ddk-store verify {url}` lists the damage"):
         open_store(url).check_structure()
     res = CliRunner().invoke(store_cli, ["verify", url])
     assert res.exit_code == 1, res.output
@@ -471,9 +472,10 @@ def test_suggested_commands_keep_the_endpoint_and_never_a_secret():
 
 
 @pytest.mark.parametrize("encoding", [spec.ENC_RANK_F16, spec.ENC_IDSORT_Q8])
-def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, encoding):
-    """The format requires the K ids of a position to be distinct (store-format.md, section 6): a writer that
-    repeated one is caught by verify in every 1.0 encoding; the same store with distinct ids passes."""
+def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, monkeypatch, encoding):
+    """The format requires the K ids of a position to be distinct (store-format.md, section 6): the writer refuses
+    a repeat, and a store written without that check (an earlier ddk) is caught by verify in every 1.0 encoding;
+    the same store with distinct ids passes."""
     def write(url: str, ids_of_position: list[int]) -> None:
         meta = tiny_meta(domains=("alpha",), seq_len=4, top_k=3, vocab_size=64, encoding=encoding)
         w = StoreWriter.open_or_create(url, meta, {"alpha": {"train": 2, "heldout": 1}})
@@ -487,6 +489,9 @@ def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, encoding):
 
     write(str(tmp_path / "ok"), [5, 9, 7])
     assert validate_store(str(tmp_path / "ok")) == []
+    with pytest.raises(ValueError, match="topk_ids repeats an id within a position"):
+        write(str(tmp_path / "refused"), [5, 5, 7])
+    monkeypatch.setattr(writer_module, "check_unit_values", lambda *args: None)  # the fault: a writer without it
     write(str(tmp_path / "bad"), [5, 5, 7])
     issues = [str(i) for i in validate_store(str(tmp_path / "bad"))]
     assert issues and all("repeated top-k id within a position" in i for i in issues), issues

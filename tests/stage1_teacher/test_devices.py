@@ -3,6 +3,7 @@ both equal the single-process store; a device process that dies ends the command
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import time
 
@@ -121,6 +122,10 @@ def test_a_torchrun_rank_without_a_gpu_of_its_own_is_refused_not_moved_to_the_cp
                                           r"\(--tensor-parallel-size 1\); launch with --nproc_per_node 1 or fewer"):
         run_rank(cfg, 1, 2, 1, started.append)
     assert not started
+    tp2 = dataclasses.replace(cfg, tensor_parallel_size=2)  # no rank can have 2 of 1 GPU: not "--nproc_per_node 0"
+    with pytest.raises(ConfigError, match=r"needs GPUs 0-1 of CUDA_VISIBLE_DEVICES=3 \(--tensor-parallel-size 2\); "
+                                          r"make 2 GPUs visible to each rank, or give a smaller --tensor-parallel"):
+        run_rank(tp2, 0, 2, 0, started.append)
     run_rank(cfg, 0, 2, 0, started.append)  # rank 0 takes the one GPU listed
     assert started[0].shard == "0/4"
     import os

@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from ddk_store.errors import ConfigError, StoreCorruptError
+from ddk_store.errors import ConfigError, StoreCorruptError, StoreFormatError
 from ddk_store.packed import PackedRows
 from ddk_testkit.commands import HELDOUT, SEQ_LEN
 from stage1_teacher.corpus import load_corpora
@@ -82,6 +82,12 @@ def test_streaming_pack_gives_the_plans_rows(tiny_teacher, corpora_yaml, tmp_pat
         info = packed.info(d)
         assert (info.n_documents, info.n_tokens, info.sources) == (plan.info.n_documents, plan.info.n_tokens,
                                                                     plan.info.sources)
+    if max_rows == 0:  # packed arrays read with other chunk rows than they hold: refused, not the wrong rows
+        d = next(iter(packed.domains))
+        with pytest.raises(StoreFormatError, match=rf"_pack/{d}\.train holds chunks of \(4, {SEQ_LEN}\), the "
+                                                   rf"pack document says chunks of \(8, {SEQ_LEN}\)"):
+            PackedRows(packed.url, read_only=True).read_rows(d, "train", 0, 4, seq_len=packed.seq_len, chunk_rows=8,
+                                                             dtype=packed.dtype)
 
 
 class Stop(Exception):

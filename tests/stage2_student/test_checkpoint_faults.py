@@ -140,3 +140,90 @@ def test_a_run_that_ends_early_waits_for_the_checkpoint_being_written(tmp_path, 
     assert latest_checkpoint(tmp_path) is None  # still being written
     finish_writes()
     assert latest_checkpoint(tmp_path) is not None and checkpoint_step(latest_checkpoint(tmp_path)) == 8
+
+
+def test_a_checkpoint_is_on_the_disk_before_the_rename_that_commits_it(tmp_path, monkeypatch):
+    """A power loss after the commit rename must not leave a step-N whose files never reached the disk: every file
+    and the directory are fsynced before the rename, and the checkpoints folder (the new name) after it."""
+    import os
+
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    model, opt = model_and_optimizer(0)
+    final = save_checkpoint(tmp_path, 3, model=model, optimizer=opt, state={})
+    commit = events.index(("replace", str(final) + ".tmp"))
+    synced_before = {path for kind, path in events[:commit] if kind == "fsync"}
+    assert {str(final) + ".tmp/" + p.name for p in final.iterdir()} | {str(final) + ".tmp"} <= synced_before
+    assert ("fsync", str(final.parent)) in events[commit:]
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_weights_that_do_not_fit_the_model_are_one_error_naming_the_keys(tmp_path, sharded):
+    """A checkpoint of another shape (the student was cut again after the run) is refused by name, also in the
+    per-rank (--fsdp) layout, which skipped the names it did not find and loaded the rest silently."""
+    model, opt = model_and_optimizer(0)
+    path = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, state={}, sharded=sharded)
+    torch.manual_seed(0)
+    wider = torch.nn.Linear(4, 5)
+    with pytest.raises(StudentError, match=r"other shape 2 \(bias, weight\)"):
+        load_checkpoint(path, model=wider, optimizer=torch.optim.AdamW(wider.parameters()), sharded=sharded)
+    no_bias = torch.nn.Linear(4, 3, bias=False)
+    before = no_bias.weight.detach().clone()
+    with pytest.raises(StudentError, match=r"missing 0, unexpected 1 \(bias\), other shape 0"):
+        load_checkpoint(path, model=no_bias, optimizer=torch.optim.AdamW(no_bias.parameters()), sharded=sharded)
+    assert torch.equal(no_bias.weight, before)  # nothing was loaded
+    same, same_opt = model_and_optimizer(1)
+    load_checkpoint(path, model=same, optimizer=same_opt, sharded=sharded)
+    assert torch.equal(same.weight, model.weight) and torch.equal(same.bias, model.bias)
+
+
+@pytest.mark.parametrize("damage", ["foreign state", "state list", "legacy optimizer", "foreign tensor",
+                                    "weights truncated"])
+def test_a_checkpoint_with_foreign_or_damaged_files_is_one_error(tmp_path, damage):
+    """Files a run-directory check lets through (config.yaml makes it a run) but that ddk did not write were a
+    ValueError, AttributeError or RuntimeError traceback out of load_checkpoint and eval's load_weights."""
+    from safetensors.torch import save_file
+
+    from stage2_student.checkpoint_files import load_weights
+
+    model, opt = model_and_optimizer(0)
+    path = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, state={})
+    if damage == "foreign state":
+        (path / "state.json").write_text(json.dumps({"format": "someone-else/3", "step": 2}))
+    elif damage == "state list":
+        (path / "state.json").write_text("[1, 2]")
+    elif damage == "legacy optimizer":
+        (path / "optimizer.safetensors").unlink()
+        (path / "optimizer.pt").write_bytes(b"PK\x03\x04 not a whole zip")
+    elif damage == "foreign tensor":
+        save_file({"momentum": torch.zeros(2)}, str(path / "optimizer.safetensors"),
+                  metadata={"format": "ddk-optimizer/1", "param_groups": "[]", "values": "{}"})
+    else:
+        data = (path / "model.safetensors").read_bytes()
+        (path / "model.safetensors").write_bytes(data[:len(data) // 2])
+    fresh, fresh_opt = model_and_optimizer(1)
+    with pytest.raises(StudentError, match=f"checkpoint {path} is damaged: .*move it aside"):
+        load_checkpoint(path, model=fresh, optimizer=fresh_opt)
+    if damage == "weights truncated":
+        with pytest.raises(StudentError, match="is damaged"):
+            load_weights(fresh, path)
+
+
+def test_a_set_aside_checkpoint_whose_successor_was_committed_is_cleaned_up(tmp_path):
+    """A kill after the new step-N was committed but before its set-aside step-N.replaced was deleted left both:
+    an extra checkpoint beyond --keep-checkpoints, taken for step N again once retention removed step-N."""
+    model, opt = model_and_optimizer(0)
+    first = save_checkpoint(tmp_path, 4, model=model, optimizer=opt, state={}, keep=1)
+    shutil.copytree(first, first.with_name(first.name + ".replaced"))  # what the kill left beside it
+    save_checkpoint(tmp_path, 6, model=model, optimizer=opt, state={}, keep=1)
+    assert [p.name for p in (tmp_path / rundir.CHECKPOINTS_DIR).iterdir()] == ["step-00000006"]

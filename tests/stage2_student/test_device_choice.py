@@ -118,7 +118,9 @@ def test_a_dead_peer_rank_is_recognized_in_the_real_gloo_error(tmp_path):
 
 def test_collectives_run_where_their_backend_reduces():
     """nccl has no CPU path: the loop's CPU sums go to the GPU for it (a multi-GPU run died at its first logged step
-    with "No backend type associated with device type cpu" when train.py all-reduced them in place)."""
+    with "No backend type associated with device type cpu" when train.py all-reduced them in place). The mapping
+    only: all_reduce_sum itself runs, under gloo, in every two-rank test (test_resume_ddp, test_fsdp), whose sums
+    are checked against one process."""
     from stage2_student.parallel import collective_device
 
     assert collective_device("nccl") == "cuda"

@@ -185,7 +185,7 @@ def test_checkpoints_hold_no_pickle_and_every_file_is_readable_by_the_team(train
 
 
 def test_optimizer_state_round_trips_through_safetensors_exactly(tmp_path):
-    from stage2_student.optimizer_file import load_optimizer, save_optimizer
+    from stage2_student.checkpoint_files import load_optimizer, save_optimizer
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3))
@@ -216,7 +216,7 @@ def test_optimizer_state_round_trips_through_safetensors_exactly(tmp_path):
 
 
 def test_an_earlier_checkpoints_optimizer_pt_is_still_read(tmp_path):
-    from stage2_student.optimizer_file import load_optimizer
+    from stage2_student.checkpoint_files import load_optimizer
 
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
