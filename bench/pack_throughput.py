@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import os
+import shutil
 import resource
 import subprocess
 import sys
@@ -38,7 +39,8 @@ def built_in(command: str) -> str:
 
 
 def scaled_corpus(corpus: Path, scale: int, root: Path) -> Path:
-    """CORPORA.yaml naming every file of ``corpus`` ``scale`` times, through symlinked copies of its directory."""
+    """CORPORA.yaml naming every file of ``corpus`` ``scale`` times, through copies of its files (real copies: the
+    corpus loader reads a file reached through two symlinks once)."""
     from stage1_teacher.corpus import load_corpora
 
     if scale == 1:
@@ -49,10 +51,12 @@ def scaled_corpus(corpus: Path, scale: int, root: Path) -> Path:
     for s in sources:
         paths = []
         for i in range(scale):
-            link = root / f"copy{i}"
-            if not link.exists():
-                link.symlink_to(base, target_is_directory=True)
-            paths += [str(link / os.path.relpath(f, base)) for f in s.files]
+            for f in s.files:
+                copy = root / f"copy{i}" / os.path.relpath(f, base)
+                if not copy.exists():
+                    copy.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(f, copy)
+                paths.append(str(copy))
         lines.append(f"  {s.name}: {{format: {s.format}, paths: {json.dumps(paths)}}}")
     out = root / f"corpora-x{scale}.yaml"
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
