@@ -8,6 +8,7 @@ atomically (in a temporary sibling, renamed into place only when complete). No d
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -125,10 +126,15 @@ def sync_tree(path: Path) -> None:
 
 
 def sync_entry(entry: Path) -> None:
-    """fsync one file or directory (a directory: the names in it, e.g. after a rename into it)."""
+    """fsync one file or directory (a directory: the names in it, e.g. after a rename into it). A filesystem that
+    cannot sync an entry at all (EINVAL, ENOTSUP: some network and FUSE mounts for directories) is skipped; an I/O
+    error is raised."""
     fd = os.open(entry, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
     finally:
         os.close(fd)
 

@@ -99,6 +99,38 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # no temporary or old copy left
 
 
+def test_atomic_dir_is_on_the_disk_before_its_rename_and_tolerates_mounts_that_cannot_sync(tmp_path, monkeypatch):
+    """The build is flushed (files, then its directory) before the rename that publishes it, and the parent after;
+    a mount that cannot fsync directories (EINVAL) is skipped, while an I/O error stops the build."""
+    import errno
+
+    events, real_fsync, real_rename = [], os.fsync, os.rename
+
+    def fsync(fd):
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", path))
+        if os.path.isdir(path) and fail_dirs:
+            raise OSError(fail_dirs[0], "cannot sync here")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", lambda a, b: events.append(("rename", str(a))) or real_rename(a, b))
+    out, fail_dirs = tmp_path / "thing", []
+    with atomic_dir(out, owner_file="a") as tmp:
+        (tmp / "a").write_text("1")
+    publish = events.index(("rename", str(tmp)))
+    assert [e for e in events[:publish] if e[0] == "fsync"] == [("fsync", str(tmp / "a")), ("fsync", str(tmp))]
+    assert ("fsync", str(tmp_path)) in events[publish:]
+    fail_dirs.append(errno.EINVAL)
+    with atomic_dir(out, owner_file="a") as tmp:
+        (tmp / "a").write_text("2")
+    assert (out / "a").read_text() == "2"
+    fail_dirs[0] = errno.EIO
+    with pytest.raises(OSError, match="cannot sync here"), atomic_dir(out, owner_file="a") as tmp:
+        (tmp / "a").write_text("3")
+    assert (out / "a").read_text() == "2"
+
+
 def test_atomic_dir_never_replaces_a_directory_it_did_not_build(tmp_path):
     # `out` now holds only "b", not the owner file "a": a user's directory as far as atomic_dir can tell
     mine = tmp_path / "mine"
