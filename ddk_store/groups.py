@@ -150,8 +150,9 @@ DECODE_ERRORS = (ValueError, RuntimeError)
 
 def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read: Callable[[], Any]) -> Any:
     """``read()`` of ``array`` (array ``name`` of the group of ``units``) through transient faults. A
-    chunk that fails its checksum (zarr's ValueError) is a StoreCorruptError naming the first of ``units`` whose part
-    fails alone (a marker's row, or its rows of data) and how to have the damaged units rewritten."""
+    chunk that fails its checksum or cannot be decoded (DECODE_ERRORS) is a StoreCorruptError naming the first of
+    ``units`` whose part fails alone (a marker's row, or its rows of data) and how to have the damaged units
+    rewritten; when none fails alone, the error is not damage and is raised as it is."""
     if not units:  # an empty split (no rows): nothing to read or name
         return read()
     try:
@@ -159,7 +160,6 @@ def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read
     except DdkError:  # (an outage past the retry budget is not damage)
         raise
     except DECODE_ERRORS as e:
-        where = group_path(units[0].domain, units[0].split)
         for u in units:
             try:
                 retry_call(lambda: array[u.index] if name == spec.ARR_UNITS else array[u.start:u.stop],
@@ -169,6 +169,8 @@ def read_unit_array(url: str, units: Sequence[Unit], name: str, array: Any, read
                     raise
                 where = str(u)
                 break
+        else:  # every unit reads alone: not damage of the stored bytes (a closed session, say)
+            raise
         what = "completion marker" if name == spec.ARR_UNITS else name
         raise StoreCorruptError(f"{url}: {where}: {what} fails its crc32c checksum or cannot be decoded "
                                 f"({describe(e, 60)}); {rewrite_hint(url)}") from None

@@ -28,6 +28,7 @@ Local and memory:// stores are never cached (they are already local).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -161,6 +162,14 @@ def evict(root: Path, max_bytes: int, keep_fraction: float = 0.8) -> int:
     return total
 
 
+def _drop(path: Path) -> None:
+    """Delete a cached file if it is there; a cache that cannot be written cannot be cleaned either (no error)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 @dataclass
 class _RootState:
     """What this process knows of one cache root, shared by all its CachedStores (zarr makes new ones freely)."""
@@ -218,7 +227,7 @@ class CachedStore(WrapperStore[Store]):
         except OSError:
             return None
         if part is None:  # damaged on disk: fetched again, and replaced by its rename (not deleted first, so that
-            return None   # concurrent reads of its other, intact chunks are still served from disk)
+            return None   # concurrent reads of its other, intact chunks are still served from disk; see get)
         try:
             os.utime(path)  # least recently used = oldest mtime
         except OSError:
@@ -253,18 +262,25 @@ class CachedStore(WrapperStore[Store]):
         if data is not None:
             self.hits += 1
             return prototype.buffer.from_bytes(data)
+        # Not cached, or cached damaged: a damaged copy is replaced below, or deleted where it cannot be.
+        drop = functools.partial(asyncio.to_thread, _drop, path)
         if time.monotonic() < self._root.bypass_until:  # the cache cannot be written just now: fetch what was asked
+            await drop()
             return await self._store.get(key, prototype, byte_range)
         # A miss fetches the whole object, even for a byte range (a shard's index or one of its chunks): the next
         # ranges of the same shard are then served from disk.
         buf = await self._store.get(key, prototype)
         if buf is None:
+            await drop()
             return None
         data = buf.to_bytes()
         if not checksum_ok(data):
             self.unverified += 1
+            await drop()
         elif await asyncio.to_thread(self._fill, path, data):
             self.fills += 1
+        else:
+            await drop()
         return buf if byte_range is None else prototype.buffer.from_bytes(slice_bytes(data, byte_range))
 
     async def get_partial_values(self, prototype: BufferPrototype,

@@ -153,11 +153,12 @@ class PackedRows:
                 raise StoreFormatError(f"{self.url}: packed array {path} is missing or unreadable ({e}); "
                                        f"{_REPACK}") from None
             refuse_foreign_codecs(arr, f"{self.url}: packed array {path}", _REPACK)
-            if (arr.shape[1:], arr.chunks) != (tuple(shape[1:]), tuple(chunks)):  # else rows would be misplaced
-                raise StoreFormatError(f"{self.url}: packed array {path} holds chunks of {arr.chunks}, the pack "
-                                       f"document says chunks of {tuple(chunks)}; {_REPACK}")
             self._arrays[name] = arr
-        return self._arrays[name]
+        arr = self._arrays[name]
+        if (arr.shape[1:], arr.chunks) != (tuple(shape[1:]), tuple(chunks)):  # else rows would be misplaced
+            raise StoreFormatError(f"{self.url}: packed array {path} holds chunks of {arr.chunks}, the pack "
+                                   f"document says chunks of {tuple(chunks)}; {_REPACK}")
+        return arr
 
     def _rows(self, domain: str, split: str, seq_len: int, chunk_rows: int, dtype: Any) -> zarr.Array:
         return self._array(f"{domain}.{split}", (MAX_ROWS, seq_len), (chunk_rows, seq_len), np.dtype(dtype))

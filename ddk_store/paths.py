@@ -125,18 +125,23 @@ def sync_tree(path: Path) -> None:
         sync_entry(entry)
 
 
+#: What fsync (or opening an entry for it) raises where a filesystem cannot sync that entry at all: some network
+#: and FUSE mounts for directories, an SMB server for a handle it does not allow to flush, a parent not readable.
+_CANNOT_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EBADF)
+
+
 def sync_entry(entry: Path) -> None:
-    """fsync one file or directory (a directory: the names in it, e.g. after a rename into it). A filesystem that
-    cannot sync an entry at all (EINVAL, ENOTSUP: some network and FUSE mounts for directories) is skipped; an I/O
-    error is raised."""
-    fd = os.open(entry, os.O_RDONLY)
+    """fsync one file (opened for writing) or directory (the names in it, e.g. after a rename into it). An entry the
+    filesystem cannot sync (:data:`_CANNOT_SYNC`) is skipped; an I/O error is raised."""
     try:
-        os.fsync(fd)
+        fd = os.open(entry, os.O_RDONLY if os.path.isdir(entry) else os.O_WRONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if e.errno not in _CANNOT_SYNC:
             raise
-    finally:
-        os.close(fd)
 
 
 def check_replaceable(out: Path, owner_file: str) -> None:

@@ -43,10 +43,10 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ddk_store.errors import describe
+from ddk_store.errors import DdkError, describe
 from ddk_store.paths import share_permissions, sync_entry, sync_tree
 
-from .checkpoint_files import copy_into, damaged, load_optimizer, load_weights, save_optimizer
+from .checkpoint_files import copy_into, damaged, load_optimizer, load_weights, save_optimizer, storage_key
 from .rundir import CHECKPOINTS_DIR
 
 FORMAT = "ddk-stage2-checkpoint/1"
@@ -126,12 +126,11 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 def model_snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's state as CPU copies, each tied (shared) tensor once, under its first name."""
-    seen: set[int] = set()
+    seen: set[tuple] = set()
     out = {}
     for k, v in model.state_dict().items():
-        t = v.to_local() if hasattr(v, "to_local") else v
-        key = (t.data_ptr(), tuple(t.shape), t.storage_offset())
-        if t.numel() and key in seen:
+        key = storage_key(v)
+        if v.numel() and key in seen:
             continue
         seen.add(key)
         out[k] = _local(v)
@@ -176,6 +175,7 @@ def _commit(root: Path, tmp: Path, final: Path, keep: int) -> None:
     sync_tree(tmp)  # on the disk before the rename that commits it
     os.replace(tmp, final)  # the commit point
     sync_entry(root)
+    sync_entry(root.parent)  # (checkpoints/ itself, created by the first save)
     for junk in root.iterdir():  # unfinished writes; checkpoints set aside whose successor is committed (this one)
         if junk.name.endswith(".tmp") or (junk.name.endswith(_REPLACED)
                                           and (root / junk.name.removesuffix(_REPLACED)).is_dir()):
@@ -296,13 +296,18 @@ def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimize
                          f"resume it {'with' if doc.get('sharded') else 'without'} --fsdp")
     if sharded:
         copy_into(model, load_file(str(path / f"model-rank{rank}.safetensors")), path)
-        optimizer.load_state_dict(load_optimizer(path, f"optimizer-rank{rank}"))
-        _restore_dtensor_state(optimizer)
     else:
         load_weights(model, path)
-        optimizer.load_state_dict(load_optimizer(path, "optimizer"))
     rng = load_file(str(path / f"rng-rank{rank}.safetensors"))
-    torch.set_rng_state(rng["cpu"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+    try:  # (a well-formed file of another optimizer or generator: torch's ValueError or RuntimeError)
+        optimizer.load_state_dict(load_optimizer(path, f"optimizer-rank{rank}" if sharded else "optimizer"))
+        torch.set_rng_state(rng["cpu"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    except DdkError:
+        raise
+    except (ValueError, RuntimeError) as e:
+        raise damaged(path, f"its optimizer or RNG state does not fit this run ({describe(e, 160)})") from None
+    if sharded:
+        _restore_dtensor_state(optimizer)
     return doc

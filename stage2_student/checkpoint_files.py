@@ -75,7 +75,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     path = Path(path)
     try:
         full = _read_weights(path)
-    except (OSError, SafetensorError, KeyError, ValueError) as e:
+    except (OSError, SafetensorError, KeyError, ValueError, RuntimeError) as e:  # (torch.cat of foreign shards)
         raise damaged(path, describe(e, 200)) from None
     copy_into(model, full, path)
 
@@ -84,6 +84,8 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The whole model's tensors of checkpoint ``path`` (an FSDP checkpoint's per-rank shards concatenated)."""
     if not (path / "model.safetensors").is_file() and (path / "model-rank0.safetensors").is_file():
         files = sorted(path.glob("model-rank*.safetensors"), key=lambda p: int(p.name[10:-12]))
+        if [p.name for p in files] != [f"model-rank{r}.safetensors" for r in range(len(files))]:
+            raise OSError(f"its rank files are {', '.join(p.name for p in files)}: one is missing")
         shards = [load_file(str(p)) for p in files]
         with safe_open(str(files[0]), "pt") as f:
             split = set(json.loads((f.metadata() or {}).get("sharded", "[]")))
@@ -91,11 +93,20 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "model.safetensors"))
 
 
+def storage_key(t: torch.Tensor) -> tuple[int, tuple[int, ...], int]:
+    """What two names of one tied tensor share (a DTensor: its local shard): where its data lies, and its shape."""
+    t = t.to_local() if hasattr(t, "to_local") else t
+    return t.data_ptr(), tuple(t.shape), t.storage_offset()
+
+
 def copy_into(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path: Path) -> None:
     """Copy ``loaded`` into ``model``'s tensors (a DTensor's: into its local shard), after refusing, as one
-    StudentError, names or shapes that do not fit (a tied tensor is stored once, under one of its names)."""
-    state = {k: (v.to_local() if hasattr(v, "to_local") else v) for k, v in model.state_dict().items()}
-    missing = [k for k in state if k not in loaded and not _tied_to(model, k, loaded)]
+    StudentError, names or shapes that do not fit (a tied tensor is stored once, under one of its names:
+    checkpoint.model_snapshot)."""
+    sd = model.state_dict()
+    state = {k: (v.to_local() if hasattr(v, "to_local") else v) for k, v in sd.items()}
+    stored = {storage_key(sd[k]) for k in loaded if k in sd and sd[k].numel()}
+    missing = [k for k in state if k not in loaded and not (sd[k].numel() and storage_key(sd[k]) in stored)]
     unexpected = [k for k in loaded if k not in state]
     reshaped = [k for k in loaded if k in state and tuple(loaded[k].shape) != tuple(state[k].shape)]
     if missing or unexpected or reshaped:
@@ -109,9 +120,3 @@ def copy_into(model: torch.nn.Module, loaded: dict[str, torch.Tensor], path: Pat
     with torch.no_grad():
         for k, v in loaded.items():
             state[k].copy_(v)
-
-
-def _tied_to(model: torch.nn.Module, key: str, loaded: dict[str, torch.Tensor]) -> bool:
-    """Whether parameter ``key`` shares its storage with a parameter that ``loaded`` holds (tied embeddings)."""
-    sd = model.state_dict(keep_vars=True)
-    return any(sd[key] is sd[k] for k in loaded if k in sd)

@@ -1,6 +1,6 @@
 """The local chunk cache of remote stores (localcache.py), against a real S3 server (SeaweedFS on loopback): a
 second read comes from disk, a store rewritten at the same URL is never served stale, two processes fill one cache
-at once correctly, the size cap holds, and damaged cache files are dropped."""
+at once correctly, the size cap holds, and damaged cache files are fetched again."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -71,7 +72,7 @@ def test_eviction_deletes_least_recently_used_first_and_only_cached_chunks(tmp_p
 def test_a_hit_on_one_chunk_of_a_shard_reads_and_checks_that_chunk_only(tmp_path, monkeypatch):
     """A hit with a byte range (a shard's index, one of its chunks) read and checked the whole shard every time. A
     range that ends with its own crc32c is now read and checked alone; another range, or a chunk whose bytes were
-    damaged on disk, has the whole object checked: a damaged one is dropped and fetched again."""
+    damaged on disk, has the whole object checked: a damaged one is fetched again and replaced."""
     import asyncio
 
     from zarr.abc.store import OffsetByteRequest, RangeByteRequest, SuffixByteRequest
@@ -104,8 +105,14 @@ def test_a_hit_on_one_chunk_of_a_shard_reads_and_checks_that_chunk_only(tmp_path
     with open(cached, "r+b") as f:  # one byte of the chunk flipped in place, as a failing disk would leave it
         f.seek(offset + 1)
         f.write(bytes([whole[offset + 1] ^ 0xFF]))
-    assert get(chunk) == whole[offset:offset + nbytes] and cache.fills == 2  # dropped, fetched again
+    assert get(chunk) == whole[offset:offset + nbytes] and cache.fills == 2  # fetched again, replaced
     assert cached.read_bytes() == whole
+    with open(cached, "r+b") as f:  # damaged again, while a failed cache write keeps the cache from being filled
+        f.seek(offset + 1)
+        f.write(bytes([whole[offset + 1] ^ 0xFF]))
+    cache._root.bypass_until = time.monotonic() + 60
+    assert get(chunk) == whole[offset:offset + nbytes] and cache.fills == 2
+    assert not cached.exists()  # not kept to be read whole and found damaged at every request
 
 
 # ------------------------------------------------------------------------------------------ real S3 server
@@ -187,7 +194,7 @@ def test_a_store_rewritten_at_the_same_url_is_not_served_stale(s3_env, tmp_path)
 
 
 @pytest.mark.s3
-def test_damaged_cache_files_are_dropped_and_fetched_again(s3_env, tmp_path):
+def test_damaged_cache_files_are_fetched_again_and_replaced(s3_env, tmp_path):
     url = "s3://ddk/cache/damaged"
     expected = read_all(write_store(url, seed=2))
     cache = tmp_path / "cache"

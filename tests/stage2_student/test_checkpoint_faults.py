@@ -188,7 +188,7 @@ def test_weights_that_do_not_fit_the_model_are_one_error_naming_the_keys(tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["foreign state", "state list", "legacy optimizer", "foreign tensor",
-                                    "weights truncated"])
+                                    "other optimizer", "weights truncated", "rank file missing"])
 def test_a_checkpoint_with_foreign_or_damaged_files_is_one_error(tmp_path, damage):
     """Files a run-directory check lets through (config.yaml makes it a run) but that ddk did not write were a
     ValueError, AttributeError or RuntimeError traceback out of load_checkpoint and eval's load_weights."""
@@ -208,13 +208,19 @@ def test_a_checkpoint_with_foreign_or_damaged_files_is_one_error(tmp_path, damag
     elif damage == "foreign tensor":
         save_file({"momentum": torch.zeros(2)}, str(path / "optimizer.safetensors"),
                   metadata={"format": "ddk-optimizer/1", "param_groups": "[]", "values": "{}"})
+    elif damage == "other optimizer":  # well-formed, of an optimizer without parameter groups: torch's ValueError
+        save_file({"state.0.x": torch.zeros(2)}, str(path / "optimizer.safetensors"),
+                  metadata={"format": "ddk-optimizer/1", "param_groups": "[]", "values": "{}"})
+    elif damage == "rank file missing":  # an --fsdp checkpoint of ranks 0 and 2: rank 1's shard is gone
+        (path / "model.safetensors").rename(path / "model-rank0.safetensors")
+        shutil.copy(path / "model-rank0.safetensors", path / "model-rank2.safetensors")
     else:
         data = (path / "model.safetensors").read_bytes()
         (path / "model.safetensors").write_bytes(data[:len(data) // 2])
     fresh, fresh_opt = model_and_optimizer(1)
     with pytest.raises(StudentError, match=f"checkpoint {path} is damaged: .*move it aside"):
         load_checkpoint(path, model=fresh, optimizer=fresh_opt)
-    if damage == "weights truncated":
+    if damage in ("weights truncated", "rank file missing"):
         with pytest.raises(StudentError, match="is damaged"):
             load_weights(fresh, path)
 
@@ -227,3 +233,20 @@ def test_a_set_aside_checkpoint_whose_successor_was_committed_is_cleaned_up(tmp_
     shutil.copytree(first, first.with_name(first.name + ".replaced"))  # what the kill left beside it
     save_checkpoint(tmp_path, 6, model=model, optimizer=opt, state={}, keep=1)
     assert [p.name for p in (tmp_path / rundir.CHECKPOINTS_DIR).iterdir()] == ["step-00000006"]
+
+
+def test_tied_tensors_that_are_two_parameters_over_one_storage_load_back(tmp_path):
+    """model_snapshot stores a tensor that shares its storage with another once; loading forgave the missing name
+    only for the same Parameter object, so a model tying by storage refused its own checkpoint."""
+    def tied(seed: int):
+        torch.manual_seed(seed)
+        model = torch.nn.ModuleDict({"emb": torch.nn.Embedding(5, 3), "head": torch.nn.Linear(3, 5, bias=False)})
+        model["head"].weight = torch.nn.Parameter(model["emb"].weight.data)  # its own Parameter, the same storage
+        return model, torch.optim.AdamW(model.parameters())
+
+    model, opt = tied(0)
+    path = save_checkpoint(tmp_path, 1, model=model, optimizer=opt, state={})
+    fresh, fresh_opt = tied(1)
+    load_checkpoint(path, model=fresh, optimizer=fresh_opt)
+    assert torch.equal(fresh["head"].weight, model["emb"].weight) and torch.equal(fresh["emb"].weight,
+                                                                                  model["emb"].weight)
