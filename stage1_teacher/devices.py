@@ -9,7 +9,8 @@ their global ordinal, :func:`ddk_store.layout.shard_owns`). A host's shard ``I/M
 
 ``--devices N`` (the parent): one ``ddk-teacher dump`` child per device, given the resolved settings as YAML on its
 stdin (nothing written to disk, storage credentials included) plus ``--shard`` and ``--devices 1``. Their output is
-forwarded line by line, prefixed ``[device d]``. A child that fails stops the others and ends the command with one
+forwarded line by line, prefixed ``[device d]``; a line about the settings that every child prints alike (its backend,
+a note, a warning) is forwarded once. A child that fails stops the others and ends the command with one
 ``error:`` line naming the device; rerunning the same command resumes every device's units.
 """
 
@@ -34,6 +35,8 @@ RANK_ENV, WORLD_ENV, LOCAL_RANK_ENV = "RANK", "WORLD_SIZE", "LOCAL_RANK"
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 #: Set for a dump whose store another process finalizes (the --devices parent, torchrun's rank 0): who, in words.
 FINALIZER_ENV = "DDK_STAGE1_FINALIZER"
+#: Lines about the settings, printed alike by every child: the parent forwards each text once (the first device's).
+SHARED_LINES = ("backend:", "note:", "warning:")
 #: How often rank 0 looks whether the other ranks' units are all written (torchrun).
 POLL_S = 5.0
 
@@ -186,10 +189,11 @@ def launch(cfg: Stage1Config, echo: Callable[[str], None] = _echo) -> None:
     text = child_settings(cfg)
     t0 = time.perf_counter()
     children: list[_Child] = []
+    shared = _Once()
     try:
         for d, gpus in enumerate(groups):
             shard = compose_shard((cfg.shard_index, cfg.shard_count), d, cfg.devices)
-            children.append(_Child(d, gpus, shard, text, cfg.devices, cfg.shard_count))
+            children.append(_Child(d, gpus, shard, text, cfg.devices, cfg.shard_count, shared))
         echo(f"--devices {cfg.devices}: {len(children)} {where} process(es) scoring shards "
              + ", ".join(c.shard for c in children))
         failed = _wait_all(children)
@@ -231,13 +235,31 @@ def _wait_all(children: list[_Child]) -> _Child | None:
         time.sleep(0.2)
 
 
+class _Once:
+    """The texts of :data:`SHARED_LINES` forwarded so far, over every child's forwarding thread."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def first(self, line: str) -> bool:
+        """Whether ``line`` is to be forwarded: any line but a shared one, and a shared one the first time."""
+        if not line.startswith(SHARED_LINES):
+            return True
+        with self._lock:
+            new = line not in self._seen
+            self._seen.add(line)
+        return new
+
+
 class _Child:
     """One device's `ddk-teacher dump` process and the thread forwarding its output."""
 
     def __init__(self, index: int, gpus: str | None, shard: tuple[int, int], settings_yaml: str, n: int,
-                 shard_count: int) -> None:
-        """``shard_count``: the host's --shard count (1: the parent finalizes the store once the children end)."""
-        self.index, self.gpus = index, gpus
+                 shard_count: int, shared: _Once) -> None:
+        """``shard_count``: the host's --shard count (1: the parent finalizes the store once the children end);
+        ``shared``: the settings lines forwarded so far, over every child."""
+        self.index, self.gpus, self.shared = index, gpus, shared
         self.shard = f"{shard[0]}/{shard[1]}"
         env = dict(os.environ)
         if shard_count == 1:
@@ -268,7 +290,7 @@ class _Child:
             self.last = line
             if line.startswith("error:"):
                 self.errors.append(line[len("error:"):].strip())  # the parent's one error line carries it
-            else:
+            elif self.shared.first(line):
                 print(f"[device {self.index}] {line}", file=sys.stderr, flush=True)
 
     def reason(self) -> str:

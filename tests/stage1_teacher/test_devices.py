@@ -43,6 +43,8 @@ def test_devices_2_equals_the_single_process_store(reference_store, tiny_teacher
     assert "[device 0]" in res.output and "[device 1]" in res.output and "finalized" in res.output
     assert "ddk-store finalize" not in res.output  # the parent finalizes: no device tells the user to
     assert "all units written; the --devices 2 process finalizes the store" in res.output
+    # Each device prints which backend it runs; the same line is forwarded once, not once per device.
+    assert sum("backend: hf (requested)" in ln for ln in res.output.splitlines()) == 1, res.output[-3000:]
     assert_same_store(store, reference_store)
 
 
