@@ -1,7 +1,7 @@
 """Pure distillation losses: CE + gamma * KL(teacher || student) over the stored top-k, chunked.
 
 Eq. 3 of DDK (arXiv 2407.16154) with the teacher known only through its top-k log-probabilities. Two supports for
-the KL (docs/reweighting.md, "KL over a top-k"):
+the KL (docs/reweighting.md, "Eq. 3: the loss"):
 
 * ``bucket`` (default): the K stored tokens plus one extra outcome "any other token", holding the remaining mass of
   each distribution (teacher: 1 - sum of its top-k probs; student: its mass on the V - K other ids). This is a true

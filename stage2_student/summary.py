@@ -2,8 +2,8 @@
 the TensorBoard sink.
 
 A ratio is ``ppl_student / ppl_teacher`` on a domain's held-out rows: lower is better, 1.0 is the teacher. Which
-summary a reader picks changes which method looks best, so every one is reported (docs/stage2.md, "Comparing
-runs"):
+summary a reader picks changes which method looks best, so every one is reported (docs/stage2.md, "Reading a run:
+`report`, `compare`, TensorBoard"):
 
 - ``mean``: equal-weighted mean over domains; every domain counts the same, however small.
 - ``natural_mean``: weighted by the store's natural training-row mixture; the large domains dominate, as they do
