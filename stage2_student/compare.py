@@ -216,8 +216,10 @@ def passes_table(arms: list[Arm]) -> str:
     counts = {tuple(r.train_rows) for a, _ in known for r in a.runs if r.train_rows}
     same = len(counts) == 1
     header = [f"{d} ({n} rows)" for d, n in zip(run.domains, next(iter(counts)))] if same else list(run.domains)
+    logged = all("rows_trained" in rec for a, _ in known for r in a.runs for rec in r.records)
+    source = "as the records count them" if logged else "rebuilt from the logged weights"
     lines = ["Passes each arm's sampler made over each domain's training rows during the run (rows drawn / training "
-             "rows, from the logged weights; mean ± sample sd over runs). Several passes over a small domain mean its gap "
+             f"rows, {source}; mean ± sample sd over runs). Several passes over a small domain mean its gap "
              "is bounded by its data rather than by how often it is sampled."
              + ("" if same else " The runs' stores hold different numbers of training rows: each run's passes are "
                 "over its own."),

@@ -78,10 +78,14 @@ class RepeatFinding:
 
 
 def rows_by_record(records: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
-    """Rows trained on from each domain by each record's step, ``[record][domain]``: the sampler's allocation of each
-    record's weights over the rows of the steps until the next record, its rounding carried as the sampler carries
-    it (:func:`~stage2_student.sampler.allocate`). Exact for whole intervals; a last interval cut short by the end of
-    the run trained on a shuffled part of its plan, for which this is the expected count within a row."""
+    """Rows trained on from each domain by each record's step, ``[record][domain]``: the ``rows_trained`` the records
+    carry (what the sampler drew, written by train since 2026-12-04) when every one carries them. Otherwise (records of
+    an older run) the sampler's allocation of each record's weights over the rows of the steps until the next
+    record, its rounding carried as the sampler carries it (:func:`~stage2_student.sampler.allocate`): exact for whole
+    intervals; a last interval cut short by the end of the run trained on a shuffled part of its plan, for which this
+    is the expected count within a row."""
+    if records and all(isinstance(r.get("rows_trained"), list) for r in records):
+        return [[int(x) for x in r["rows_trained"]] for r in records]
     rows = [0] * len(records[0]["domains"]) if records else []
     owed = None
     out = []

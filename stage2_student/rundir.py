@@ -14,7 +14,8 @@ Records of metrics.jsonl, told apart by ``event``:
 - ``step``: every ``--log-every`` steps.
 
 ``interval``/``final`` records may carry more per-domain keys (:data:`OPTIONAL_PER_DOMAIN_KEYS`): ``train_rows`` (the
-store's training rows, whose shares are the natural mixture) and, under ``--max-epochs-per-domain``, ``cap`` and
+store's training rows, whose shares are the natural mixture), ``rows_trained`` (the rows of each domain trained on
+before the record's step) and, under ``--max-epochs-per-domain``, ``cap`` and
 ``capped`` (the cap on each weight for the interval, and which domains it held). ``--report-to`` mirrors every record
 into a :class:`RecordSink` (:mod:`stage2_student.sinks`); metrics.jsonl stays the record.
 
@@ -52,7 +53,7 @@ PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights", "factor", "
 #: Per-domain keys every reader relies on (older runs may lack the others).
 REQUIRED_PER_DOMAIN_KEYS = ("ppl_student", "ppl_teacher", "ratio", "weights")
 #: Per-domain keys an ``interval``/``final`` record has only when the run writes them (older runs lack them).
-OPTIONAL_PER_DOMAIN_KEYS = ("train_rows", "cap", "capped")
+OPTIONAL_PER_DOMAIN_KEYS = ("train_rows", "rows_trained", "cap", "capped")
 #: Keys of a ``step`` record, in order.
 STEP_KEYS = ("event", "step", "loss", "ce", "kl", "lr", "grad_norm", "tokens_per_s")
 
@@ -108,7 +109,8 @@ def release_run_dir(fd: int | None) -> None:
 def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[str, Sequence[float]],
                     ppl_teacher: Sequence[float], ratio: Iterable[float], weights: Iterable[float],
                     factor: Iterable[float], event: str = INTERVAL, *, train_rows: Iterable[int] | None = None,
-                    cap: Iterable[float] | None = None, capped: Iterable[bool] | None = None) -> dict[str, Any]:
+                    rows_trained: Iterable[int] | None = None, cap: Iterable[float] | None = None,
+                    capped: Iterable[bool] | None = None) -> dict[str, Any]:
     """An ``interval`` (or ``final``) record: the student's and teacher's held-out perplexity per domain, their
     ratio, the sampling weights of the next interval, the DDK factor r_t (it differs from the weights in interval 0
     when --init-mixture is not r0, and where --max-epochs-per-domain caps them) and the student's held-out NLL.
@@ -119,6 +121,8 @@ def interval_record(step: int, interval: int, domains: Sequence[str], ev: dict[s
            "nll_student": list(ev["nll"])}
     if train_rows is not None:
         rec["train_rows"] = [int(x) for x in train_rows]
+    if rows_trained is not None:
+        rec["rows_trained"] = [int(x) for x in rows_trained]
     if cap is not None:
         rec["cap"] = [float(x) for x in cap]
     if capped is not None:

@@ -135,6 +135,12 @@ class DomainSampler:
             raise IndexError(f"step {step_in_interval} is past the plan of interval {self.interval}")
         return self.plan[start : start + per_chunk]
 
+    def rows_trained(self, steps_done: int, batch_size: int) -> list[int]:
+        """Rows drawn from each domain by the intervals before the current one and the first ``steps_done`` steps
+        (of ``batch_size`` rows, the global batch) of its shuffled plan: what the run has trained on so far."""
+        done = np.bincount(self.plan[: steps_done * batch_size, 0], minlength=len(self.num_rows))
+        return [int(a) + int(b) for a, b in zip(self._consumed_at_start, done)]
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-friendly state that rebuilds the current interval's plan exactly."""
         return {

@@ -168,7 +168,9 @@ def train(cfg: Stage2Config) -> Path:
 
     def note_eval(step: int, ratio: np.ndarray) -> None:
         """Add an evaluation to ``history``; warn of the domains whose repeated rows stopped paying."""
-        history.append({"domains": domains, "step": step, "ratio": [float(x) for x in ratio], "weights": None})
+        trained = sampler.rows_trained(step - max(sampler.interval, 0) * K, B)  # up to this step: what the rule counts
+        history.append({"domains": domains, "step": step, "ratio": [float(x) for x in ratio], "weights": None,
+                        "rows_trained": trained})
         for found in find_repeats(history, B, num_rows, steps=cfg.steps) if rank == 0 else ():
             if found.domain not in warned:
                 warned.add(found.domain)
@@ -207,7 +209,7 @@ def train(cfg: Stage2Config) -> Path:
         weights, cap, held = capped(factor, step)  # after interval 0 the factor is the sampling distribution
         sampler.start_interval(step // K, weights)
         log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor,
-                            train_rows=num_rows, cap=cap, capped=held))
+                            train_rows=num_rows, rows_trained=history[-1]["rows_trained"], cap=cap, capped=held))
         checkpoint(step)
 
     # -- 3. restore, or start: evaluate the initial student, r_0 by Eq. 1, interval-0 mixture
@@ -243,8 +245,8 @@ def train(cfg: Stage2Config) -> Path:
                                              init_mixture=cfg.init_mixture)
         weights, cap, held = capped(weights, 0)
         sampler.start_interval(0, weights)
-        log(interval_record(0, 0, domains, ev, ppl_teacher, ratio, weights, factor, train_rows=num_rows, cap=cap,
-                            capped=held))
+        log(interval_record(0, 0, domains, ev, ppl_teacher, ratio, weights, factor, train_rows=num_rows,
+                            rows_trained=history[-1]["rows_trained"], cap=cap, capped=held))
         checkpoint(0)
 
     train_model = model if fsdp or world == 1 else parallel.wrap_ddp(model, device)
@@ -330,7 +332,7 @@ def train(cfg: Stage2Config) -> Path:
     ev, ratio = run_eval()
     note_eval(step, ratio)  # (a last warning; nothing is sampled after it)
     log(interval_record(step, step // K, domains, ev, ppl_teacher, ratio, weights, factor, event=rundir.FINAL,
-                        train_rows=num_rows))
+                        train_rows=num_rows, rows_trained=history[-1]["rows_trained"]))
     full = parallel.full_state_dict(model) if fsdp else None  # gathered on rank 0 (a collective)
     if rank == 0:
         model.save_pretrained(out, state_dict=full)

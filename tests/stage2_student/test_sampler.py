@@ -176,3 +176,22 @@ def test_resume_carries_the_rounding_owed_at_the_checkpoint():
               for s in (a, b, zeroed)]
     assert counts[1] == counts[0]
     assert counts[2] != counts[0]  # forgetting what is owed changes the draws
+
+
+def test_rows_trained_counts_the_rows_read_so_far_mid_interval_and_after_a_resume():
+    # What the trainer reads is rows_for's rows, step by step; rows_trained must count exactly those, also partway
+    # through an interval (a run whose --steps is not a multiple of --interval ends there) and after a resume.
+    w = [0.55, 0.25, 0.2]
+    s = DomainSampler([7, 5, 30], rows_per_interval=12, seed=3)
+    read = np.zeros(3, dtype=np.int64)
+    for t in range(3):
+        s.start_interval(t, w)
+        assert s.rows_trained(0, batch_size=4) == read.tolist()
+        steps = 3 if t < 2 else 2  # the last interval is cut after 2 of its 3 steps
+        for step in range(steps):
+            read += np.bincount(s.rows_for(step, batch_size=4, chunk=0, num_chunks=1)[:, 0], minlength=3)
+            assert s.rows_trained(step + 1, batch_size=4) == read.tolist()
+    assert sum(read) == 32
+    resumed = DomainSampler([7, 5, 30], rows_per_interval=12, seed=3)
+    resumed.load_state_dict(json.loads(json.dumps(s.state_dict())))
+    assert resumed.rows_trained(2, batch_size=4) == read.tolist()
