@@ -145,17 +145,34 @@ def framed_ok(data: bytes) -> bool:
     return len(data) >= 4 and _crc(np.frombuffer(data, dtype=np.uint8)[:-4]) == bytes(data[-4:])
 
 
+def _index_sizes(view: np.ndarray, max_chunks: int) -> list[int]:
+    """The chunk counts n a shard index at the end of ``view`` may have, most likely first: every n whose last n
+    entries give chunks that exactly fill the bytes before them (how zarr and ddk write a shard: chunks back to back
+    from offset 0, then the index), whatever n is; then every n up to ``max_chunks`` (a shard laid out otherwise)."""
+    most = (len(view) - 4) // 16
+    entries = np.frombuffer(view[len(view) - 4 - 16 * most: len(view) - 4], dtype="<u8").reshape(most, 2)
+    nbytes = np.where((entries[:, 0] == EMPTY) & (entries[:, 1] == EMPTY), np.uint64(0), entries[:, 1])
+    with np.errstate(over="ignore"):  # garbage sizes wrap around: they only make a candidate fail below
+        filled = np.cumsum(nbytes[::-1], dtype=np.uint64)  # filled[n-1]: the bytes the last n entries point to
+    n = np.arange(1, most + 1, dtype=np.uint64)
+    packed = (np.flatnonzero(filled == np.uint64(len(view) - 4) - np.uint64(16) * n) + 1).tolist()
+    tried = set(packed)
+    return packed + [k for k in range(1, min(max_chunks, most) + 1) if k not in tried]
+
+
 def object_ok(data: bytes, max_chunks: int = 4096) -> bool:
     """Whether ``data`` is an intact stored object without knowing its array: a chunk whose crc32c matches, or a
     shard whose index (found by its crc32c: an index of n chunks is the 16n bytes before the last 4) and every chunk
-    it points to match theirs. Used by the local cache (localcache.py) to keep only verified objects."""
+    it points to match theirs. Used by the local cache (localcache.py) to keep only verified objects. A shard
+    written back to back (as zarr and ddk write them) is found with any number of chunks; one laid out otherwise,
+    with up to ``max_chunks``."""
     if framed_ok(data):
         return True
     view = np.frombuffer(data, dtype=np.uint8)
-    if len(view) < 4:
+    if len(view) < 20:
         return False
     tail = bytes(view[-4:])
-    for n in range(1, min(max_chunks, (len(view) - 4) // 16) + 1):
+    for n in _index_sizes(view, max_chunks):
         start = len(view) - 4 - 16 * n
         if _crc(view[start:-4]) != tail:
             continue

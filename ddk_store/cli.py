@@ -47,6 +47,8 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
                 try:
                     done = retry_call(lambda: markers[:, MARKER_DONE_COL], what=f"reading {d.name}/{split} "
                                       "completion markers", url=url) == spec.UNIT_DONE
+                except StoreIOError:  # an outage past the retry budget: not a count of zero
+                    raise
                 except ValueError:  # a damaged marker chunk (`verify` names it): count none of this group written
                     continue
                 units_written += int(done.sum())

@@ -22,7 +22,7 @@ from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_
 from .storage import options_without_s3
 
 __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_meta_from_doc", "root_claim",
-           "read_group_layout"]
+           "open_group", "read_group_layout"]
 
 
 def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any]]:
@@ -98,12 +98,28 @@ def root_claim(doc: Mapping[str, Any] | None) -> Any:
     return ((doc or {}).get(DOC_ATTRIBUTES) or {}).get(spec.CLAIM_ATTR)
 
 
-def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
-    path = group_path(domain, split)
+def open_group(root: zarr.Group, path: str) -> zarr.Group:
+    """Group ``path`` of ``root``. StoreFormatError when it is missing, or its zarr.json is not a group's (damaged
+    bytes, not JSON, another node type): one line, not zarr's traceback."""
     try:
-        grp = root[path]
+        node = root[path]
     except KeyError:
         raise StoreFormatError(f"group '{path}' is missing") from None
+    except DdkError:
+        raise
+    except ZARR_METADATA_ERRORS as e:
+        raise StoreFormatError(f"group '{path}': its zarr.json is not a zarr group's ({describe(e, 160)}); the "
+                               "file was damaged or edited: restore it from a copy of the store, or dump the store "
+                               "again") from None
+    if not isinstance(node, zarr.Group):
+        raise StoreFormatError(f"'{path}' is an array, not a group: the store's metadata was edited; restore it "
+                               "from a copy of the store, or dump the store again")
+    return node
+
+
+def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
+    path = group_path(domain, split)
+    grp = open_group(root, path)
     doc = grp.attrs.get(spec.GROUP_ATTR)
     if not isinstance(doc, Mapping):
         raise StoreFormatError(f"group '{path}' has no '{spec.GROUP_ATTR}' attribute")

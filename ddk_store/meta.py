@@ -189,7 +189,7 @@ def parse_format_version(d: Mapping[str, Any]) -> str:
     return version
 
 
-def _version_before(version: str, since: tuple[int, int]) -> bool:
+def version_before(version: str, since: tuple[int, int]) -> bool:
     """Whether ``"MAJOR.MINOR"`` (already parsed) is older than ``since`` (compared as text: no int of huge digits)."""
     parts = [p.lstrip("0") or "0" for p in version.split(".")]
     key = tuple((len(p), p) for p in parts)
@@ -257,7 +257,7 @@ class StoreMeta:
                                    f"(encoding {self.encoding!r}, sampling {self.sampling})")
         for name, added, has in (("sampling", spec.SAMPLED_SINCE, self.sampling is not None),
                                  ("encoding", spec.TAIL_SINCE, self.encoding == spec.ENC_IDSORT_Q8_TAIL)):
-            if has and _version_before(self.format_version, added):
+            if has and version_before(self.format_version, added):
                 raise StoreFormatError(f"field {name!r}: a store of format {self.format_version} cannot have it (added "
                                        f"in {'.'.join(map(str, added))}): the metadata was edited")
 

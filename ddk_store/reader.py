@@ -11,9 +11,9 @@ import zarr.errors
 from zarr.core.sync import sync
 
 from . import chunkio, codec, objectio, spec
-from .errors import StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
-from .groups import (DECODE_ERRORS, ZARR_METADATA_ERRORS, no_store, open_group_arrays, read_group_layout,
-                     read_root_doc, rewrite_hint, root_meta_from_doc)
+from .errors import DdkError, StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
+from .groups import (DECODE_ERRORS, ZARR_METADATA_ERRORS, no_store, open_group, open_group_arrays,
+                     read_group_layout, read_root_doc, rewrite_hint, root_meta_from_doc)
 from .heldout import heldout_nll, stats_mismatch
 from .layout import contiguous_runs
 from .localcache import cached_store
@@ -86,6 +86,11 @@ class StoreReader:
                                             what=f"reading the layout of {domain}/{split}")
         return self._layouts[key]
 
+    def check_group(self, path: str) -> None:
+        """StoreFormatError when group ``path`` (a domain's, say, which reads never open) is missing or its
+        zarr.json is not a group's."""
+        retry_call(lambda: open_group(self._root, path), what=f"opening group {path}", url=self.url)
+
     def num_rows(self, domain: str, split: str) -> int:
         return self.layout(domain, split).n_rows
 
@@ -156,7 +161,9 @@ class StoreReader:
         arr = self.arrays(domain, split)[name]
         try:
             target = retry_call(lambda: arr[:n], what=f"reading {group_path(domain, split)}/{name}", url=self.url)
-        except (ValueError, RuntimeError) as e:  # crc32c mismatch or undecodable chunk
+        except DdkError:  # an outage past the retry budget (a ValueError too): not damage
+            raise
+        except DECODE_ERRORS as e:  # crc32c mismatch or undecodable chunk
             raise StoreCorruptError(self._locate_bad_chunk(domain, split, name, np.arange(n), e)) from None
         missing = np.flatnonzero(np.isnan(target).any(axis=1))  # (n, P): NaN is the fill value
         if missing.size:
@@ -236,6 +243,8 @@ class StoreReader:
             try:
                 retry_call(lambda: arr[span[0]:span[1]], what=f"reading {group_path(domain, split)}/{name}",
                            url=self.url)
+            except DdkError:  # the store unreachable while looking: say that, not damage
+                raise
             except DECODE_ERRORS:
                 bad = span
                 break

@@ -19,7 +19,7 @@ from .encodings import PER_ENTRY, encoding_for, get_encoding, id_dtype, id_fill
 from .errors import ConfigError, StoreFormatError
 from .jsonfields import parse_int, reject_unknown
 from .layout import Unit, num_units
-from .meta import StoreMeta, validate_domain_name
+from .meta import StoreMeta, validate_domain_name, version_before
 
 #: A unit marker is one row of ARR_UNITS: column MARKER_DONE_COL holds UNIT_DONE once the unit is written, then one
 #: crc32 per data array of the group (:func:`data_arrays`), in that order. MARKER_WIDTH and GROUP_ARRAYS are those of
@@ -131,7 +131,7 @@ class GroupLayout:
 
 def sharded(meta: StoreMeta) -> bool:
     """Whether a store's data arrays are sharded, one object per write unit (format 1.2 and later)."""
-    return tuple(int(x) for x in meta.format_version.split(".")) >= spec.SHARDED_SINCE
+    return not version_before(meta.format_version, spec.SHARDED_SINCE)
 
 
 def new_layout(meta: StoreMeta, n_rows: int, chunk_rows: int, unit_rows: int) -> GroupLayout:

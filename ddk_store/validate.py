@@ -67,6 +67,12 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
     v = meta.tokenizer.vocab_size
     enc = encoding_for(meta)
     for dom in meta.domain_names:
+        try:  # the domain's own group document (reads open its splits' groups only)
+            reader.check_group(dom)
+        except StoreIOError:
+            raise
+        except DdkError as e:
+            issues.append(Issue(dom, str(e)))
         for split in spec.SPLITS:
             path = group_path(dom, split)
             if progress:
@@ -130,6 +136,8 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                         continue
                     try:
                         data = read(lambda: arr[start:stop], f"{where} {name}")
+                    except StoreIOError:  # an outage past the retry budget (a DdkError, so a ValueError): not damage
+                        raise
                     except ValueError as e:
                         issues.append(Issue(f"{where} {name}", f"chunk fails its crc32c checksum or cannot be "
                                                               f"decoded (flipped or truncated bytes): "
@@ -171,6 +179,8 @@ def _check_heldout_stats(reader: StoreReader, dom: str, arrays: Mapping[str, Any
     try:
         target = retry_call(lambda: arrays[spec.ARR_TARGET_LOGPROBS][:], what=f"reading {dom}/heldout target "
                             "log-probs", url=reader.url)
+    except StoreIOError:  # an outage past the retry budget: not damage, and not to be passed over
+        raise
     except ValueError:
         return []  # already reported per unit
     if not np.isfinite(target).all():

@@ -169,6 +169,7 @@ def problems(cfg: Stage2Config) -> list[str]:
     need(cfg.gamma >= 0.0, f"--gamma must be >= 0, got {cfg.gamma}")
     need(cfg.temperature > 0.0, f"--temperature must be > 0, got {cfg.temperature}")
     need(cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
+    need(0 <= cfg.seed < 2**63, f"--seed must be in [0, 2^63), got {cfg.seed}")
     need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
     need(cfg.grad_accum >= 1, f"--grad-accum must be >= 1, got {cfg.grad_accum}")
     need(cfg.lr > 0.0, f"--lr must be > 0, got {cfg.lr}")

@@ -32,7 +32,7 @@ from . import reweighting as rw
 from .checkpoint import CheckpointWriter, finish_writes, latest_checkpoint, load_checkpoint
 from .config import Stage2Config, write_config
 from .data import Prefetcher
-from .evaluate import evaluate, heldout_row_count, teacher_heldout_ppl
+from .evaluate import evaluate, teacher_heldout_ppl
 from .loss_step import student_loss
 from .readpool import default_read_workers
 from .repeats import find_repeats
@@ -41,6 +41,7 @@ from .rundir import CONFIG_FILE, interval_record, step_record
 from .sampler import DomainSampler
 from .schedule import lr_at
 from .sinks import open_sink
+from .store_checks import check_store_rows
 from .student import load_student
 
 
@@ -118,16 +119,7 @@ def train(cfg: Stage2Config) -> Path:
     D = len(domains)
     static = rw.static_weights_vector(cfg.static_weight_map(), domains) if cfg.mixing == "static" else None
     num_rows = [reader.num_rows(d, "train") for d in domains]
-    rw.check_epoch_cap(cfg.max_epochs_per_domain, num_rows, steps=cfg.steps, rows_per_step=B,
-                       sampled=None if static is None else [w > 0 for w in static], why="--static-weights")
-    for i, (d, n) in enumerate(zip(domains, num_rows)):
-        if n == 0 and (cfg.mixing in ("ddk", "wo-fs", "uniform") or (static is not None and static[i] > 0)):
-            raise ConfigError(f"store {cfg.store}: domain {d!r} has no training rows; mixing {cfg.mixing!r} samples "
-                              + ("every domain" if static is None else f"it at weight {static[i]:g} (--static-weights: "
-                                 f"give {d} weight 0)"))
-        if heldout_row_count(reader, d, cfg.heldout_rows) == 0:
-            raise ConfigError(f"store {cfg.store}: domain {d!r} has no held-out rows; every domain's held-out "
-                              "perplexity is measured (and Eq. 1 steers by it)")
+    check_store_rows(cfg, reader, num_rows, static, B)  # training and held-out rows, the epoch cap
     # Reads every held-out target log-prob and checks the recorded teacher statistics against them (seconds): a
     # damaged or edited store stops here, before the student is even loaded. Chunks read later are checked as read.
     ppl_teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)

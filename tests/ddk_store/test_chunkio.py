@@ -116,3 +116,44 @@ def test_other_layouts_keep_zarrs_path(tmp_path):
     split = root.create_array("q", shape=(4, 6), chunks=(1, 3), dtype="<u2",
                               compressors=[BloscCodec(cname="zstd", clevel=1), Crc32cCodec()])  # split columns
     assert chunkio.chunk_codec(plain) is None and chunkio.chunk_codec(split) is None
+
+
+@pytest.mark.parametrize("writer", ["chunkio", "zarr"])
+def test_object_ok_finds_the_index_of_a_shard_of_any_number_of_chunks(tmp_path, writer):
+    # The local cache keeps a fetched object only when object_ok verifies it; a shard of more than 4,096 chunks
+    # (--unit-rows 5000 with one row per chunk) was never verified, so every read fetched it whole again.
+    store = LocalStore(tmp_path / "s")
+    n = 5000
+    data = np.random.default_rng(2).integers(0, 60000, size=(n, 2, 1)).astype("<u2")
+    arr = _array(store, "x", shape=data.shape, chunk_rows=1, shard_rows=n)
+    if writer == "zarr":
+        arr[:] = data
+    else:
+        _write(store, chunkio.chunk_codec(arr), data)
+    shard = (tmp_path / "s" / "x" / "c" / "0" / "0" / "0").read_bytes()
+    index = np.frombuffer(shard[-4 - 16 * n:-4], dtype="<u8").reshape(n, 2)
+    assert index.shape == (n, 2) and chunkio.framed_ok(shard[-4 - 16 * n:])  # it is a shard of n chunks
+    assert chunkio.object_ok(shard)
+    first = int(index[0, 0])
+    flipped = bytearray(shard)
+    flipped[first] ^= 0xFF  # a byte of the first chunk
+    assert not chunkio.object_ok(bytes(flipped))
+
+
+def test_object_ok_still_finds_a_small_index_after_a_gap():
+    # A shard whose chunks do not fill the bytes before the index (a gap, as a rewrite in place may leave): found by
+    # trying every index size up to max_chunks.
+    import google_crc32c
+
+    def framed(body: bytes) -> bytes:
+        return body + google_crc32c.value(body).to_bytes(4, "little")
+
+    a, b = framed(b"first chunk"), framed(b"second")
+    body = a + b"\0" * 7 + b
+    index = np.array([[0, len(a)], [len(a) + 7, len(b)]], dtype="<u8").tobytes()
+    shard = body + framed(index)
+    assert chunkio.object_ok(shard)
+    assert not chunkio.object_ok(shard, max_chunks=1)  # the index holds 2 entries
+    bad = bytearray(shard)
+    bad[len(a) + 8] ^= 1  # inside the second chunk
+    assert not chunkio.object_ok(bytes(bad))

@@ -194,3 +194,17 @@ def test_group_layout_refuses_unknown_fields_but_keeps_extensions():
     assert GroupLayout.from_dict({**doc, "x_note": "kept"}, "alpha/train.ddk_group") == GroupLayout(8, 2, 4)
     with pytest.raises(StoreFormatError, match=r"unknown field\(s\) \['surprise'\] in 'alpha/train.ddk_group'"):
         GroupLayout.from_dict({**doc, "surprise": 1}, "alpha/train.ddk_group")
+
+
+def test_a_minor_version_of_thousands_of_digits_is_compared_as_text_not_int():
+    # int() of a string of 4,300+ digits raises (Python's int-string limit): `verify` crashed with a traceback on a
+    # format_version that parses as a valid 1.x
+    from ddk_store.schema import sharded
+
+    meta = tiny_meta()
+    assert sharded(meta)  # today's format
+    huge = type(meta).from_dict({**meta.to_dict(), "format_version": "1." + "9" * 5000})
+    assert sharded(huge)
+    from ddk_store.meta import version_before
+
+    assert version_before("1." + "0" * 5000 + "1", (1, 2)) and not version_before("1." + "9" * 5000, (1, 2))

@@ -426,6 +426,45 @@ def test_verify_rides_out_a_store_outage_instead_of_calling_it_damage(tmp_path, 
         validate_store(url)
 
 
+def test_an_outage_past_the_retry_budget_is_never_reported_as_damage(tmp_path, monkeypatch):
+    """Markers read fine, but every read of the data arrays (or of the held-out log-probs) fails as an unreachable
+    store does (faked: ConnectionError from the storage layer). verify, repair, info and the held-out check end in
+    StoreUnreachableError: none of them calls the units damaged (repair would have reset good units for a re-dump)."""
+    from click.testing import CliRunner
+    from zarr.storage import LocalStore
+
+    from ddk_store import StoreUnreachableError
+    from ddk_store.cli import main as store_cli
+    from ddk_store.testing import StoreFiles
+
+    url = str(tmp_path / "s")
+    make_tiny_store(url, unit_rows=4)
+    real_get = LocalStore.get
+    failing = ["/topk_ids/"]
+
+    async def unreachable(self, key, *args, **kwargs):
+        if any(part in key for part in failing):
+            raise ConnectionError(f"faked outage reading {key}")
+        return await real_get(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(LocalStore, "get", unreachable)
+    monkeypatch.setenv("DDK_RETRY_SECONDS", "0.2")
+    with pytest.raises(StoreUnreachableError):
+        validate_store(url)
+    res = CliRunner().invoke(store_cli, ["repair", url])
+    assert res.exit_code == 2 and "store unreachable" in res.output, res.output
+    assert "reset" not in res.output and StoreFiles(url).status() == spec.STATUS_COMPLETE
+    failing[:] = ["heldout/target_logprobs/"]
+    with pytest.raises(StoreUnreachableError):
+        open_store(url).heldout_nll("alpha")
+    with pytest.raises(StoreUnreachableError):
+        validate_store(url)
+    failing[:] = ["/units/"]
+    StoreFiles(url).edit_root_meta(lambda m: m.update(status=spec.STATUS_WRITING))  # info reads the markers
+    res = CliRunner().invoke(store_cli, ["info", url])
+    assert res.exit_code == 2 and "store unreachable" in res.output, res.output
+
+
 def test_url_schemes_are_case_insensitive_and_object_keys_are_not_paths():
     from ddk_store.errors import ConfigError
     from ddk_store.storage import check_store_url

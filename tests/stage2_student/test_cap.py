@@ -122,6 +122,21 @@ def test_an_impossible_cap_is_refused_with_both_row_counts():
     assert rw.min_epoch_cap([16, 32], steps=10, rows_per_step=5) == 1.042  # 50 / 48 = 1.0417, rounded up
 
 
+def test_the_smallest_cap_the_refusal_suggests_is_accepted():
+    # E x total in floating point can land just below the rows drawn (1.16 x 25 = 28.999999999999996 < 29), and the
+    # refusal then named the very value it had refused
+    rw.check_epoch_cap(1.16, [25], steps=29, rows_per_step=1)
+    rw.check_epoch_cap(1.025, [400, 40, 40, 160, 240, 80], steps=123, rows_per_step=8)  # 1.025 x 960 = 984 rows
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        rows = rng.integers(1, 500, size=rng.integers(1, 7)).tolist()
+        steps, per_step = int(rng.integers(1, 2000)), int(rng.integers(1, 33))
+        rw.check_epoch_cap(rw.min_epoch_cap(rows, steps=steps, rows_per_step=per_step), rows, steps=steps,
+                           rows_per_step=per_step)
+    with pytest.raises(ConfigError):  # a real shortfall is still refused: 1.159 x 25 = 28.975 < 29
+        rw.check_epoch_cap(1.159, [25], steps=29, rows_per_step=1)
+
+
 def test_a_whole_run_stays_within_the_cap():
     """The sampler and the cap together, as train.py uses them: a DDK-like mixture that wants 90% of a 10-row domain
     draws it at most E passes (plus one row of rounding per interval) while the run's other rows go elsewhere."""

@@ -139,6 +139,23 @@ def _root_is_array(ws: Workspace, tmp: Path) -> Path:
     return store
 
 
+def _group_doc_not_json(ws: Workspace, tmp: Path, *group: str) -> Path:
+    """A copy of the store whose zarr.json of ``group`` (a domain, or a domain and split) is not JSON."""
+    store = _copy(ws.store, tmp / "store")
+    write(store / node_doc_key(*group), b"{not json")
+    return store
+
+
+def _no_training_rows(ws: Workspace, tmp: Path) -> Path:
+    """A complete store of the workspace's tokenizer whose every domain has held-out rows and no training rows."""
+    from transformers import AutoTokenizer
+
+    from ..stores import make_store
+
+    make_store(tmp / "store", AutoTokenizer.from_pretrained(str(ws.tokenizer)), train_rows=0, heldout_rows=2)
+    return tmp / "store"
+
+
 def _unknown_codec(ws: Workspace, tmp: Path) -> Path:
     store = _copy(ws.store, tmp / "store")
     meta = store / node_doc_key("alpha", spec.SPLIT_TRAIN, spec.ARR_TOKENS)
@@ -388,6 +405,9 @@ CASES: list[BadInput] = [
              lambda ws, t: train(ws, t, store=ws.store_plain_zarr), ("not a ddk store",)),
     BadInput("train-store-root-not-json", "ddk-student", "store root zarr.json is not JSON",
              lambda ws, t: train(ws, t, store=ws.store_bad_json), ("zarr.json is not valid JSON",)),
+    BadInput("train-store-group-doc-not-json", "ddk-student", "the store's alpha/train zarr.json is not JSON",
+             lambda ws, t: train(ws, t, store=_group_doc_not_json(ws, t, "alpha", spec.SPLIT_TRAIN)),
+             ("group 'alpha/train'", "not a zarr group's", "restore it from a copy of the store")),
     # ------------------------------------------------------------------ ddk-student train: the student
     BadInput("train-student-missing", "ddk-student", "--student names a directory that does not exist",
              lambda ws, t: train(ws, t, student=t / "no-student"), ("--student", "no-student", "does not exist")),
@@ -409,6 +429,11 @@ CASES: list[BadInput] = [
              lambda ws, t: train(ws, t, "--steps", "0"), ("--steps must be >= 1",)),
     BadInput("train-batch-size-negative", "ddk-student", "--batch-size -2",
              lambda ws, t: train(ws, t, "--batch-size", "-2"), ("--batch-size must be >= 1",)),
+    BadInput("train-seed-negative", "ddk-student", "--seed -1", lambda ws, t: train(ws, t, "--seed", "-1"),
+             ("--seed must be in [0, 2^63), got -1",)),
+    BadInput("train-store-no-training-rows", "ddk-student", "--mixing natural on a store none of whose domains has "
+             "training rows", lambda ws, t: train(ws, t, "--mixing", "natural", store=_no_training_rows(ws, t)),
+             ("no domain has training rows", "dump the store again")),
     BadInput("train-lr-zero", "ddk-student", "--lr 0", lambda ws, t: train(ws, t, "--lr", "0"), ("--lr must be > 0",)),
     BadInput("train-temperature-zero", "ddk-student", "--temperature 0",
              lambda ws, t: train(ws, t, "--temperature", "0"), ("--temperature must be > 0",)),
@@ -534,6 +559,15 @@ CASES: list[BadInput] = [
              lambda ws, t: ["info", "memory://nothing-here"], ("no ddk store", "memory://nothing-here")),
     BadInput("info-root-doc-is-an-array", "ddk-store", "info on a store whose root zarr.json says node_type array",
              lambda ws, t: ["info", str(_root_is_array(ws, t))], ("zarr.json", "not a zarr group")),
+    BadInput("info-group-doc-not-json", "ddk-store", "info on a store whose alpha/train zarr.json is not JSON",
+             lambda ws, t: ["info", str(_group_doc_not_json(ws, t, "alpha", spec.SPLIT_TRAIN))],
+             ("group 'alpha/train'", "not a zarr group's", "dump the store again")),
+    BadInput("verify-group-doc-not-json", "ddk-store", "verify a store whose alpha/train zarr.json is not JSON",
+             lambda ws, t: ["verify", str(_group_doc_not_json(ws, t, "alpha", spec.SPLIT_TRAIN))], ("problem(s)",),
+             in_output=("FAIL alpha/train", "not a zarr group's")),
+    BadInput("verify-domain-doc-not-json", "ddk-store", "verify a store whose alpha zarr.json (the domain's group) "
+             "is not JSON", lambda ws, t: ["verify", str(_group_doc_not_json(ws, t, "alpha"))], ("1 problem(s)",),
+             in_output=("FAIL alpha: group 'alpha'", "not a zarr group's")),
     BadInput("verify-unknown-codec", "ddk-store", "verify a store whose tokens array declares codec 'evil.exec'",
              lambda ws, t: ["verify", str(_unknown_codec(ws, t))], ("problem(s)",), in_output=("evil.exec",)),
     BadInput("info-storage-option-malformed", "ddk-store", "info --storage-option endpoint (no '=')",
