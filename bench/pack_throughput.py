@@ -79,7 +79,8 @@ def child(corpus: str, teacher_dir: str, seq_len: int, heldout: int, workers: in
     corpora = load_corpora(corpus)
     settings = settings_of(corpora, heldout_seqs=heldout, max_rows_per_domain=0, on_bad_utf8="skip",
                            trust_remote_code=False, bos_token_id=bos)
-    identity = pack_identity(seq_len=seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+    identity = pack_identity(seq_len=seq_len, fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id,
+                             settings=settings)
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
         c0 = cpu_seconds(resource.RUSAGE_SELF), cpu_seconds(resource.RUSAGE_CHILDREN)

@@ -218,9 +218,11 @@ def verify(url: str, storage_options: dict[str, Any]) -> None:
     for line in _fail_lines(issues):
         click.echo(f"FAIL {line}", err=True)
     hints = []
-    if any(i.unwritten for i in issues) or any(i.where == STATUS_ISSUE for i in issues):
-        hints.append(unfinished_hint(url, sum(i.unwritten for i in issues), storage_options))
-    if any(i.unit is not None and not i.unwritten for i in issues):
+    damaged = any(i.unit is not None and not i.unwritten for i in issues)
+    unwritten = sum(i.unwritten for i in issues)
+    if unwritten or (any(i.where == STATUS_ISSUE for i in issues) and not damaged):  # (damaged: repair, then dump)
+        hints.append(unfinished_hint(url, unwritten, storage_options))
+    if damaged:
         hints.append(f"`{PROG} repair {target(url, storage_options)}` marks the damaged units for rewriting by the "
                      "same dump command")
     if any(i.pack for i in issues):

@@ -18,11 +18,11 @@ from .errors import DdkError, StoreCorruptError, StoreFormatError, StoreNotFound
 from .layout import Unit
 from .meta import StoreMeta
 from .retry import retry_call
-from .schema import DOC_ATTRIBUTES, GroupLayout, group_path, group_schema, node_doc_key
+from .schema import DOC_ATTRIBUTES, GroupLayout, chunk_prefix, group_path, group_schema, node_doc_key
 from .storage import options_without_s3
 
 __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_meta_from_doc", "root_claim",
-           "open_group", "read_group_layout"]
+           "list_chunk_keys", "open_group", "read_group_layout"]
 
 
 def array_specs(meta: StoreMeta, layout: GroupLayout) -> dict[str, dict[str, Any]]:
@@ -98,23 +98,37 @@ def root_claim(doc: Mapping[str, Any] | None) -> Any:
     return ((doc or {}).get(DOC_ATTRIBUTES) or {}).get(spec.CLAIM_ATTR)
 
 
-def open_group(root: zarr.Group, path: str) -> zarr.Group:
-    """Group ``path`` of ``root``. StoreFormatError when it is missing, or its zarr.json is not a group's (damaged
-    bytes, not JSON, another node type): one line, not zarr's traceback."""
+#: How a store whose group is missing or damaged is mended, unless a caller knows better.
+GROUP_FIX = ("a dump stopped while creating the store leaves it so: rerun the same `ddk-teacher dump`; in a finished "
+             "store it was damaged or edited: restore it from a copy of the store, or dump the store again")
+
+
+def open_group(root: zarr.Group, path: str, hint: str = GROUP_FIX) -> zarr.Group:
+    """Group ``path`` of ``root``. StoreFormatError ending with ``hint`` when it is missing, or its zarr.json is not
+    a group's (damaged bytes, not JSON, another node type): one line, not zarr's traceback."""
     try:
         node = root[path]
     except KeyError:
-        raise StoreFormatError(f"group '{path}' is missing") from None
+        raise StoreFormatError(f"group '{path}' is missing; {hint}") from None
     except DdkError:
         raise
     except ZARR_METADATA_ERRORS as e:
-        raise StoreFormatError(f"group '{path}': its zarr.json is not a zarr group's ({describe(e, 160)}); the "
-                               "file was damaged or edited: restore it from a copy of the store, or dump the store "
-                               "again") from None
+        raise StoreFormatError(f"group '{path}': its zarr.json is not a zarr group's ({describe(e, 160)}); "
+                               f"{hint}") from None
     if not isinstance(node, zarr.Group):
-        raise StoreFormatError(f"'{path}' is an array, not a group: the store's metadata was edited; restore it "
-                               "from a copy of the store, or dump the store again")
+        raise StoreFormatError(f"'{path}' is an array, not a group; {hint}")
     return node
+
+
+def list_chunk_keys(store: Store, url: str, domain: str, split: str, name: str) -> set[str]:
+    """Keys of the stored objects of one array (see :func:`schema.chunk_key`); a listing only."""
+    prefix = chunk_prefix(domain, split, name) + "/"
+
+    async def collect() -> set[str]:
+        return {k async for k in store.list_prefix(prefix)}
+
+    return retry_call(lambda: sync(collect()), what=f"listing the chunks of {group_path(domain, split)}/{name}",
+                      url=url)
 
 
 def read_group_layout(root: zarr.Group, domain: str, split: str) -> GroupLayout:
@@ -147,7 +161,10 @@ def open_group_arrays(root: Any, url: str, domain: str, split: str, names: Seque
     ``hint``: how to recover) when it is missing, when zarr cannot read its metadata, or when it declares a codec
     outside the allowlist (:func:`refuse_foreign_codecs`)."""
     path = group_path(domain, split)
-    grp, arrs = root[path], {}
+    try:
+        grp, arrs = open_group(root, path), {}  # (a missing group: GROUP_FIX, which knows unfinished dumps)
+    except StoreFormatError as e:
+        raise StoreFormatError(f"store {url}: {e}") from None
     for name in names:
         where = f"store {url}: array '{path}/{name}'"
         try:

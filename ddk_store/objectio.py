@@ -20,6 +20,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from .chunkio import EMPTY, ChunkCodec, decode_chunk, decode_chunk_into, shard_index
+from .paths import flush_fd, sync_entry
 
 #: EMPTY as a Python int (shard indexes are cached as lists).
 _EMPTY = int(EMPTY)
@@ -47,7 +48,11 @@ def write_local(root: Path, files: Mapping[str, bytes]) -> None:
     harmless within one dump; the rename also covers two identical dumps joined on one store (stage1.md), where a
     process killed while rewriting a unit the other had already marked done would otherwise leave it damaged. A
     unit's objects are few (one shard or a few chunks per array), so the renames cost nothing measurable.
+
+    Each file is flushed to the disk before its rename, and the directories after: the unit's marker, written by a
+    later call, can then never outlive its data through a power loss.
     """
+    parents = set()
     for key, data in files.items():
         path = os.path.join(root, key)
         parent = os.path.dirname(path)
@@ -64,12 +69,16 @@ def write_local(root: Path, files: Mapping[str, bytes]) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            flush_fd(fd)
         except BaseException:
             os.unlink(target)
             raise
         finally:
             os.close(fd)
         os.replace(target, path)
+        parents.add(parent)
+    for parent in parents:
+        sync_entry(Path(parent))
 
 
 async def put_objects(store: Store, files: Mapping[str, bytes]) -> None:

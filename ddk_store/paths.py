@@ -135,10 +135,20 @@ def sync_entry(entry: Path) -> None:
     filesystem cannot sync (:data:`_CANNOT_SYNC`) is skipped; an I/O error is raised."""
     try:
         fd = os.open(entry, os.O_RDONLY if os.path.isdir(entry) else os.O_WRONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    except OSError as e:
+        if e.errno not in _CANNOT_SYNC:
+            raise
+        return
+    try:
+        flush_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def flush_fd(fd: int) -> None:
+    """fsync an open file or directory; skipped where the filesystem cannot sync it (:data:`_CANNOT_SYNC`)."""
+    try:
+        os.fsync(fd)
     except OSError as e:
         if e.errno not in _CANNOT_SYNC:
             raise

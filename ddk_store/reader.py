@@ -12,7 +12,7 @@ from zarr.core.sync import sync
 
 from . import chunkio, codec, objectio, spec
 from .errors import DdkError, StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
-from .groups import (DECODE_ERRORS, ZARR_METADATA_ERRORS, no_store, open_group, open_group_arrays,
+from .groups import (DECODE_ERRORS, ZARR_METADATA_ERRORS, list_chunk_keys, no_store, open_group, open_group_arrays,
                      read_group_layout, read_root_doc, rewrite_hint, root_meta_from_doc)
 from .heldout import heldout_nll, stats_mismatch
 from .layout import contiguous_runs
@@ -82,8 +82,11 @@ class StoreReader:
         if key not in self._layouts:
             if domain not in self.meta.domain_names:
                 raise KeyError(f"no domain {domain!r} in store {self.url}; domains: {self.domains}")
-            self._layouts[key] = retry_call(lambda: read_group_layout(self._root, domain, split), url=self.url,
-                                            what=f"reading the layout of {domain}/{split}")
+            try:
+                self._layouts[key] = retry_call(lambda: read_group_layout(self._root, domain, split), url=self.url,
+                                                what=f"reading the layout of {domain}/{split}")
+            except StoreFormatError as e:
+                raise type(e)(f"store {self.url}: {e}") from None
         return self._layouts[key]
 
     def check_group(self, path: str) -> None:
@@ -324,13 +327,7 @@ class StoreReader:
 
     def chunk_keys(self, domain: str, split: str, name: str) -> set[str]:
         """Keys of the chunks of one array that exist in the store (see :func:`schema.chunk_key`); a listing only."""
-        prefix = chunk_prefix(domain, split, name) + "/"
-
-        async def collect() -> set[str]:
-            return {k async for k in self._zstore.list_prefix(prefix)}
-
-        return retry_call(lambda: sync(collect()), what=f"listing the chunks of {group_path(domain, split)}/{name}",
-                          url=self.url)
+        return list_chunk_keys(self._zstore, self.url, domain, split, name)
 
 
 def open_store(url: str, *, storage_options: Mapping[str, Any] | None = None, allow_incomplete: bool = False,

@@ -85,6 +85,12 @@ def chunk_key(domain: str, split: str, name: str, index: int) -> str:
     return f"{chunk_prefix(domain, split, name)}/{index}" + "/0" * (len(DIMENSIONS[name]) - 1)
 
 
+def object_indices(lay: GroupLayout, start: int, stop: int) -> range:
+    """Indices (for :func:`chunk_key`) of the stored objects, chunks or shards, that hold rows [start, stop) of a data
+    array of a group of layout ``lay``."""
+    return range(start // lay.object_rows, -(-stop // lay.object_rows))
+
+
 def marker_key(domain: str, split: str, unit: int) -> str:
     """Key of the chunk holding unit ``unit``'s marker (ARR_UNITS has one marker per chunk)."""
     return chunk_key(domain, split, spec.ARR_UNITS, unit)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import sys
@@ -104,7 +105,11 @@ def _type_ok(base: str, value: Any) -> bool:
 
 def _type_problem(f: dataclasses.Field, value: Any) -> str | None:
     base, optional = kind(f)
-    if (value is None and optional) or _type_ok(base, value):
+    if value is None and optional:
+        return None
+    if _type_ok(base, value):
+        if base == "float" and not math.isfinite(value):  # (an infinite size or rate crashes far from its flag)
+            return f"{flag_of(f)} must be a finite number, got {value!r}"
         return None
     want = "a mapping of KEY: VALUE" if base == "mapping" else base
     return f"field {f.name!r}: expected {want}, got {value!r} ({flag_of(f)}: expected {want})"

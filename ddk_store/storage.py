@@ -99,6 +99,10 @@ def check_store_url(url: str | os.PathLike[str]) -> str:
                        f", e.g. s3://{parsed.netloc}/{'/'.join(p for p in parts if p not in ('', '.'))}")
             raise ConfigError(f"store URL {url!r}: an empty, '.' or '..' part in the prefix (object keys are not "
                               f"resolved like paths); write the prefix without them{example}")
+        if any(c in url for c in "*?[]"):  # s3fs expands them in deletes: --overwrite would remove other prefixes
+            raise ConfigError(f"store URL {url!r}: '*', '?', '[' and ']' are wildcards to the S3 client, and deleting "
+                              "the store (--overwrite, repair) would delete every prefix they match; name the store "
+                              "without them")
     return url
 
 
@@ -125,6 +129,7 @@ def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, A
         ConfigError: the endpoint is not an http(s) URL (botocore would fail later with a bare ValueError).
     """
     opts = dict(storage_options or {})
+    check_s3_option_names(opts)
     opts.setdefault("use_listings_cache", False)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint and "endpoint_url" not in opts and "client_kwargs" not in opts:
@@ -137,6 +142,38 @@ def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, A
             raise ConfigError(f"object store endpoint {given!r} (--storage-option endpoint_url=, or AWS_ENDPOINT_URL) "
                               "is not an http:// or https:// URL; give e.g. endpoint_url=http://127.0.0.1:8333")
     return opts
+
+
+def _s3_option_names() -> set[str]:
+    """Every option the S3 client accepts: s3fs's own, fsspec's (listing cache, instance cache, event loop) and the
+    botocore session's, to which s3fs passes any other name (and which refuses it when it first connects)."""
+    import inspect
+
+    import aiobotocore.session
+    import fsspec.asyn
+    import fsspec.dircache
+    import s3fs
+
+    names = {"skip_instance_cache"}  # (fsspec's instance cache reads it before any __init__)
+    for init in (s3fs.S3FileSystem.__init__, fsspec.asyn.AsyncFileSystem.__init__, fsspec.dircache.DirCache.__init__,
+                 aiobotocore.session.AioSession.__init__):
+        names |= {p.name for p in inspect.signature(init).parameters.values()
+                  if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
+    return names
+
+
+def check_s3_option_names(opts: Mapping[str, Any]) -> None:
+    """ConfigError for a storage option the S3 client does not know (it would fail at the first request with a bare
+    TypeError), or a ``client_kwargs``/``config_kwargs`` that is not a mapping."""
+    unknown = sorted(set(map(str, opts)) - _s3_option_names())
+    if unknown:
+        raise ConfigError(f"--storage-option {unknown[0]}: not an option of the S3 client (s3fs); the common ones are "
+                          "endpoint_url, key, secret, token, anon, profile, client_kwargs and config_kwargs (a region "
+                          "goes in client_kwargs, e.g. client_kwargs={\"region_name\": \"eu-west-1\"})")
+    for name in ("client_kwargs", "config_kwargs", "s3_additional_kwargs"):
+        if name in opts and not isinstance(opts[name], Mapping):
+            raise ConfigError(f"--storage-option {name}: must be a JSON object, e.g. {name}={{\"region_name\": "
+                              f"\"eu-west-1\"}}; got {type(opts[name]).__name__}")
 
 
 def options_without_s3(url: str, storage_options: Mapping[str, Any] | None) -> str | None:

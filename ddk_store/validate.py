@@ -17,7 +17,7 @@ from .reader import StoreReader
 from .retry import retry_call
 from .encodings import Encoding, encoding_for
 from .schema import (MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width,
-                     sharded)
+                     object_indices, sharded)
 
 
 #: ``Issue.where`` of the problem "the store is not finalized" (its status is still 'writing').
@@ -129,7 +129,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                 good = {}
                 for col, name in enumerate(names, start=MARKER_DONE_COL + 1):
                     arr = arrays[name]
-                    missing = [c for c in range(start // lay.object_rows, -(-stop // lay.object_rows))
+                    missing = [c for c in object_indices(lay, start, stop)
                                if chunk_key(dom, split, name, c) not in present[name]]
                     if missing:
                         issues.append(Issue(f"{where} {name}", f"chunk(s) {missing} missing", uid))

@@ -31,7 +31,8 @@ class DomainSource:
 
     name: str
     format: str  # one of FORMATS, or "dataset"
-    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated local files (file formats; local data_files)
+    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated local files (file formats; local data_files;
+    # a local dataset directory's files)
     patterns: tuple[str, ...] = ()  # 'paths' (or 'data_files') as written, for messages and provenance
     text_field: str | None = None
     dataset: str | None = None  # as written
@@ -191,10 +192,24 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
     if local and spec.get("revision") is not None:
         raise ConfigError(f"{where}: 'revision' pins a hub dataset; {dataset!r} is read from local files")
     files = match_files(patterns, base, where, "data_files", missing_ok) if local else ()
+    data_files = files if local else patterns
+    if local_dir is not None and not patterns and os.path.isdir(local_dir):
+        files = directory_files(local_dir)  # what a resume checks and the provenance hashes; `datasets` reads the dir
     return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
-                        patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
+                        patterns=patterns, data_files=data_files, dataset_config=spec.get("config"),
                         split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
                         revision=spec.get("revision"), **shared)
+
+
+def directory_files(root: str) -> tuple[str, ...]:
+    """Every regular file under ``root``, sorted, without hidden files and directories (a ``.cache``, say): the
+    files a local dataset directory named without ``data_files`` is read from."""
+    out = []
+    for parent, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [os.path.join(parent, n) for n in names if not n.startswith(".")
+                and os.path.isfile(os.path.join(parent, n))]
+    return tuple(sorted(out))
 
 
 def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
@@ -237,13 +252,29 @@ def _decode(raw: bytes, where: str, on_bad_utf8: str, stats: ReadStats) -> str |
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        if on_bad_utf8 == "fail":
-            raise ConfigError(f"{where}: not valid UTF-8 ({e.reason} at byte {e.start}); fix the file, "
-                              f"or pass --on-bad-utf8 skip to skip and count such documents") from None
-        stats.n_skipped += 1
-        if len(stats.skipped_where) < 5:
-            stats.skipped_where.append(where)
-        return None
+        return _bad_text(f"not valid UTF-8 ({e.reason} at byte {e.start})", where, on_bad_utf8, stats)
+
+
+def _unicode_ok(text: str, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
+    """``text``, or None (counted) when it holds a lone surrogate: a JSON escape such as \\ud800 (half of an emoji
+    cut by a scraper) is valid JSON and valid UTF-8 bytes, but no UTF-8 text, and tokenizers refuse it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return _bad_text(f"a lone surrogate {text[e.start]!r} at character {e.start} (a broken \\u escape), not "
+                         f"valid UTF-8 text", where, on_bad_utf8, stats)
+    return text
+
+
+def _bad_text(what: str, where: str, on_bad_utf8: str, stats: ReadStats) -> None:
+    """--on-bad-utf8: fail naming ``where`` and ``what``, or skip the document and count it."""
+    if on_bad_utf8 == "fail":
+        raise ConfigError(f"{where}: {what}; fix the file, or pass --on-bad-utf8 skip to skip and count such "
+                          f"documents")
+    stats.n_skipped += 1
+    if len(stats.skipped_where) < 5:
+        stats.skipped_where.append(where)
+    return None
 
 
 def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
@@ -260,8 +291,9 @@ def source_labels(src: DomainSource) -> dict[str, str]:
     separated): the part of a document's identity that does not change when the corpus moves."""
     if not src.files:
         return {}
-    root = os.path.commonpath([os.path.dirname(p) for p in src.files])
-    return {p: Path(os.path.relpath(p, root)).as_posix() for p in src.files}
+    absolute = {p: os.path.abspath(p) for p in src.files}  # (a domain may list relative and absolute paths)
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute.values()])
+    return {p: Path(os.path.relpath(a, root)).as_posix() for p, a in absolute.items()}
 
 
 def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stats: ReadStats | None = None,
@@ -309,12 +341,12 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ConfigError(f"domain {src.name!r}: {where}: not valid JSON ({e.msg})") from None
-                    text = _field(rec, src, where)
-                    if text.strip():
+                    text = _unicode_ok(_field(rec, src, where), where, on_bad_utf8, stats)
+                    if text is not None and text.strip():
                         stats.n_documents += 1
                         yield label, text
         elif src.format == "parquet":
-            for text in read_parquet(path, src, stats):
+            for text in read_parquet(path, src, stats, lambda raw, where: _decode(raw, where, on_bad_utf8, stats)):
                 yield label, text
         else:  # pragma: no cover - _parse_domain admits only FORMATS
             raise AssertionError(src.format)

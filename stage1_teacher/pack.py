@@ -36,13 +36,19 @@ POLL_S = 2.0
 
 
 
-def pack_identity(*, seq_len: int, fingerprint: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that decide the packed rows, laid out as in the store identity (so RESUME_FLAGS name them)."""
-    return {"seq_len": seq_len, "tokenizer": {"fingerprint": fingerprint}, "settings": dict(settings)}
+def pack_identity(*, seq_len: int, fingerprint: str, eos_token_id: int, settings: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """The settings that decide the packed rows, laid out as in the store identity (so RESUME_FLAGS name them). The
+    fingerprint covers the vocabulary and the set of special tokens, not which of them ends a document."""
+    return {"seq_len": seq_len, "tokenizer": {"fingerprint": fingerprint, "eos_token_id": eos_token_id},
+            "settings": dict(settings)}
 
 
 def identity_problem(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
-    """The first difference between a pack's identity and this run's, by flag name where there is one."""
+    """The first difference between a pack's identity and this run's, by flag name where there is one. A pack
+    written before the identity held the EOS id is compared without it."""
+    if "eos_token_id" not in (have.get("tokenizer") or {}):
+        want = {**want, "tokenizer": {k: v for k, v in (want.get("tokenizer") or {}).items() if k != "eos_token_id"}}
     for path, name in RESUME_FLAGS.items():
         if "*" not in path and first_difference(value_at(have, path), value_at(want, path)) is not None:
             return f"{name} was {value_at(have, path)!r}, this run has {value_at(want, path)!r}"
@@ -307,7 +313,8 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
     """
     bos_id = bos_to_add(tok)
     settings = pack_settings(cfg, corpora, tok)
-    identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+    identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok),
+                             eos_token_id=tok.eos_token_id, settings=settings)
     with DocTokenizer(tok, workers=cfg.workers or CORES) as coder:
         packed = pack_corpora(cfg.store, corpora, coder, identity=identity, heldout_seqs=cfg.heldout_seqs,
                               max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8,

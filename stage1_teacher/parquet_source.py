@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ddk_store.errors import ConfigError, describe
@@ -11,8 +11,14 @@ if TYPE_CHECKING:
     from .corpus import DomainSource, ReadStats
 
 
-def read_parquet(path: str, src: DomainSource, stats: ReadStats) -> Iterator[str]:
-    """The non-blank strings of ``src.text_field`` in parquet file ``path``, in file order; counted in ``stats``."""
+def read_parquet(path: str, src: DomainSource, stats: ReadStats,
+                 decode: Callable[[bytes, str], str | None]) -> Iterator[str]:
+    """The non-blank texts of ``src.text_field`` in parquet file ``path``, in file order; counted in ``stats``.
+
+    The column (string or binary) is read as bytes and each value goes through ``decode(raw, where)``: invalid
+    UTF-8 (writers outside Arrow do not always check it) is skipped or refused as --on-bad-utf8 says, naming the row.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
@@ -23,9 +29,18 @@ def read_parquet(path: str, src: DomainSource, stats: ReadStats) -> Iterator[str
     if src.text_field not in names:
         raise ConfigError(f"domain {src.name!r}: {path}: no column {src.text_field!r} (columns: {names}); "
                           f"fix 'text_field' in the corpora file")
+    kind = pf.schema_arrow.field(src.text_field).type
+    as_bytes = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}.get(kind, kind)
+    if as_bytes not in (pa.binary(), pa.large_binary()):
+        raise ConfigError(f"domain {src.name!r}: {path}: column {src.text_field!r} holds {kind}, not text; fix "
+                          f"'text_field' in the corpora file")
     # Row groups one at a time: memory stays bounded for large files; order is the file's order.
+    row = 0
     for i in range(pf.num_row_groups):
-        for text in pf.read_row_group(i, columns=[src.text_field]).column(0).to_pylist():
-            if isinstance(text, str) and text.strip():
+        column = pf.read_row_group(i, columns=[src.text_field]).column(0).cast(as_bytes)
+        for raw in column.to_pylist():
+            row += 1
+            text = None if raw is None else decode(raw, f"{path}: row {row}")
+            if text is not None and text.strip():
                 stats.n_documents += 1
                 yield text

@@ -44,6 +44,7 @@ RESUME_FLAGS = {
     "teacher.dtype": "--dtype",
     "teacher.revision": "--teacher (weights)",
     "tokenizer.fingerprint": "--teacher (tokenizer)",
+    "tokenizer.eos_token_id": "--teacher (tokenizer: EOS)",
     "settings.bos_token_id": "--teacher (tokenizer: BOS)",
 }
 

@@ -568,3 +568,58 @@ def test_a_domain_with_no_held_out_rows_finalizes_with_no_statistics(tmp_path):
     meta = make_tiny_store(url, heldout_rows={"alpha": 0, "beta": 4, "gamma": 4}, finalize=False).finalize()
     assert [d.heldout_nll is None for d in meta.domains] == [True, False, False]
     assert validate_store(url) == []
+
+
+def test_finalize_refuses_a_unit_marked_written_whose_data_object_is_gone(tmp_path):
+    """A marker outliving its data (a power loss before the data reached the disk, a deleted object): finalize refuses
+    the store naming the unit and how it is rewritten, and verify's hint is repair, not finalize."""
+    from ddk_store.testing import StoreFiles
+
+    url = str(tmp_path / "s")
+    make_tiny_store(url, unit_rows=4)
+    StoreFiles(url).edit_root_meta(lambda m: m.update(status=spec.STATUS_WRITING))  # every unit written, not final
+    shard = tmp_path / "s" / "beta" / "train" / "tokens" / "c" / "1" / "0"
+    assert shard.is_file()
+    shard.unlink()
+    res = CliRunner().invoke(store_cli, ["finalize", url])
+    assert res.exit_code == 2, res.output
+    assert "1 unit(s) are marked written but a data object of theirs is missing (first: beta/train unit 1" in \
+        res.output and "ddk-store repair" in res.output, res.output
+    assert StoreFiles(url).status() == spec.STATUS_WRITING
+    res = CliRunner().invoke(store_cli, ["verify", url])
+    assert res.exit_code == 1 and "repair" in res.output and "run `ddk-store finalize" not in res.output, res.output
+
+
+def test_a_units_objects_reach_the_disk_before_their_rename_and_the_marker_after_them(tmp_path, monkeypatch):
+    """write_local flushes each file before renaming it and its directories after; write_unit's marker comes later.
+    (Recorded by wrapping os.fsync and os.replace: the order is the point, the disk is real.)"""
+    import os
+
+    from ddk_store import objectio
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(objectio.os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    make_tiny_store(str(tmp_path / "s"), domains=("alpha",), unit_rows=4)
+    renames = [i for i, (kind, p) in enumerate(events) if kind == "rename" and "/c/" in p]  # the units' objects
+    assert renames
+    for i in renames:
+        target = events[i][1]
+        assert any(k == "fsync" and p.startswith(target + ".") and p.endswith(".partial") for k, p in events[:i]), \
+            target  # the file's data, flushed under its temporary name before the rename
+    data = [i for i in renames if "/tokens/c/" in events[i][1]]
+    markers = [i for i in renames if "/units/c/" in events[i][1]]
+    assert data and markers
+    first_data_dir = os.path.dirname(events[data[0]][1])
+    synced_dir = next(i for i, (k, p) in enumerate(events) if k == "fsync" and p == first_data_dir)
+    assert synced_dir < min(m for m in markers if m > data[0])  # its directory flushed before the unit's marker

@@ -32,7 +32,8 @@ corpora = load_corpora(corpora_yaml)
 bos = bos_to_add(tok)
 settings = settings_of(corpora, heldout_seqs=4, max_rows_per_domain=0, on_bad_utf8="skip", trust_remote_code=False,
                        bos_token_id=bos)
-identity = pack_identity(seq_len=32, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+identity = pack_identity(seq_len=32, fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id,
+                         settings=settings)
 with DocTokenizer(tok, workers=2, batch=16) as coder:
     pack_corpora(store, corpora, coder, identity=identity, heldout_seqs=4, max_rows_per_domain=0, on_bad_utf8="skip",
                  eos_id=tok.eos_token_id, bos_id=bos, vocab_size=len(tok), chunk_rows=4, echo=lambda m: None)

@@ -63,6 +63,54 @@ def test_bad_utf8_is_skipped_and_counted_or_fails_by_flag(tmp_path):
         docs_of(src, on_bad_utf8="fail")
 
 
+def test_a_jsonl_text_with_a_lone_surrogate_escape_is_bad_utf8_text(tmp_path):
+    # '\\ud800' is valid JSON and valid UTF-8 bytes, but no UTF-8 text: tokenizers refuse it (it was a traceback)
+    (tmp_path / "r.jsonl").write_text('{"t": "good"}\n{"t": "bad \\ud800 half an emoji"}\n{"t": "fine"}\n')
+    (src,) = load_corpora(write_yaml(tmp_path, "domains:\n  rec: {paths: [r.jsonl], format: jsonl, text_field: t}\n"))
+    docs, stats = docs_of(src, on_bad_utf8="skip")
+    assert docs == ["good", "fine"] and stats.n_skipped == 1 and stats.skipped_where == [f"{tmp_path}/r.jsonl:2"]
+    with pytest.raises(ConfigError, match=r"r\.jsonl:2: a lone surrogate '\\ud800' at character 4 .*--on-bad-utf8 "
+                                          r"skip"):
+        docs_of(src, on_bad_utf8="fail")
+
+
+def test_parquet_text_is_decoded_row_by_row_binary_columns_too(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    raw = [b"good", b"bad \xff\xfe bytes", None, b"fine"]
+    # A string column holding invalid UTF-8 (Arrow's view does not validate, as writers outside Arrow may not)
+    pq.write_table(pa.table({"s": pa.array(raw, pa.binary()).view(pa.string())}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"b": pa.array(raw, pa.binary())}), tmp_path / "b.parquet")
+    pq.write_table(pa.table({"n": [1, 2]}), tmp_path / "n.parquet")
+    srcs = {s.name: s for s in load_corpora(write_yaml(tmp_path, """
+domains:
+  s: {paths: [s.parquet], format: parquet, text_field: s}
+  b: {paths: [b.parquet], format: parquet, text_field: b}
+  n: {paths: [n.parquet], format: parquet, text_field: n}
+"""))}
+    for name in ("s", "b"):
+        docs, stats = docs_of(srcs[name], on_bad_utf8="skip")
+        assert docs == ["good", "fine"] and stats.skipped_where == [f"{tmp_path}/{name}.parquet: row 2"], name
+    with pytest.raises(ConfigError, match=r"s\.parquet: row 2: not valid UTF-8"):
+        docs_of(srcs["s"], on_bad_utf8="fail")
+    with pytest.raises(ConfigError, match=r"n\.parquet: column 'n' holds int64, not text"):
+        docs_of(srcs["n"])
+
+
+def test_a_domain_listing_relative_and_absolute_paths_gets_labels_from_their_common_directory(tmp_path, monkeypatch):
+    from stage1_teacher.corpus import source_labels
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "sub" / "b.txt").write_text("b\n")
+    monkeypatch.chdir(tmp_path)
+    write_yaml(tmp_path, f"domains:\n  d: {{paths: [a.txt, {tmp_path}/sub/b.txt], format: lines}}\n")
+    (src,) = load_corpora("corpora.yaml")
+    assert sorted(source_labels(src).values()) == ["a.txt", "sub/b.txt"]
+    assert docs_of(src)[0] == ["a", "b"]
+
+
 def test_missing_paths_and_bad_fields_are_all_reported_at_once(tmp_path):
     y = write_yaml(tmp_path, """
 domains:
@@ -165,6 +213,27 @@ def test_local_datasets_directory_streams_in_order(tmp_path):
     (src,) = load_corpora(y)
     assert src.format == "dataset" and src.text_field == "text"
     assert docs_of(src)[0] == [f"doc {i}" for i in range(5)]
+
+
+def test_a_local_dataset_directorys_files_are_its_provenance_and_a_resume_sees_them_change(tmp_path):
+    # Named without data_files, the directory's documents came from files no resume compared: a record added to
+    # them moved every held-out position, and a resumed pack trained on held-out documents.
+    from stage1_teacher.pack import files_problem
+    from stage1_teacher.plan import provenance
+
+    d = tmp_path / "ds"
+    (d / ".cache").mkdir(parents=True)
+    (d / ".cache" / "x.lock").write_text("")  # hidden: not the dataset's
+    (d / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
+    (src,) = load_corpora(write_yaml(tmp_path, f"domains:\n  web: {{dataset: {d}, split: train}}\n"))
+    assert src.files == (str(d / "train.jsonl"),) and src.data_files == ()  # `datasets` still reads the directory
+    assert docs_of(src)[0] == [f"doc {i}" for i in range(5)]
+    packed = [s.to_dict() for s in provenance(src)]
+    assert packed[0]["uri"].endswith("ds/train.jsonl") and packed[0]["sha256"]
+    assert files_problem(src, packed, files_complete=True) is None
+    with open(d / "train.jsonl", "a") as f:
+        f.write(json.dumps({"text": "doc 5"}) + "\n")
+    assert files_problem(src, packed, files_complete=True) == packed[0]["uri"]
 
 
 def test_unreachable_hub_dataset_fails_fast_with_a_clear_message(tmp_path):

@@ -56,7 +56,8 @@ def _setup(tiny_teacher, corpora_yaml, max_rows=0, heldout=HELDOUT):
     corpora = load_corpora(corpora_yaml)
     settings = settings_of(corpora, heldout_seqs=heldout, max_rows_per_domain=max_rows, on_bad_utf8="skip",
                            trust_remote_code=False, bos_token_id=bos_to_add(tok))
-    identity = pack_identity(seq_len=SEQ_LEN, fingerprint=tokenizer_fingerprint(tok), settings=settings)
+    identity = pack_identity(seq_len=SEQ_LEN, fingerprint=tokenizer_fingerprint(tok), eos_token_id=tok.eos_token_id,
+                             settings=settings)
     kw = dict(identity=identity, heldout_seqs=heldout, max_rows_per_domain=max_rows, on_bad_utf8="skip",
               eos_id=tok.eos_token_id, bos_id=bos_to_add(tok), vocab_size=len(tok), echo=lambda m: None)
     return tok, corpora, kw
@@ -246,3 +247,17 @@ def test_a_resumed_pack_refuses_damaged_held_out_document_ordinals(tiny_teacher,
     with DocTokenizer(tok, workers=1) as coder, pytest.raises(StoreCorruptError) as e:
         pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
     assert f"{where}: {said}" in str(e.value) and "delete _pack" in str(e.value), str(e.value)
+
+
+def test_a_tokenizer_that_ends_documents_with_another_eos_is_another_pack():
+    # Two tokenizers with the same vocabulary and special tokens but another EOS (a base and an instruct variant)
+    # share a fingerprint; a pack resumed with the other would mix separators mid-domain.
+    from stage1_teacher.pack import identity_problem
+
+    a = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=0, settings={"heldout_seqs": 2})
+    b = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=384, settings={"heldout_seqs": 2})
+    assert identity_problem(a, a) is None
+    assert identity_problem(a, b) == "--teacher (tokenizer: EOS) was 0, this run has 384"
+    legacy = {**a, "tokenizer": {"fingerprint": "sha256:x"}}  # a pack written before the identity held it
+    assert identity_problem(legacy, b) is None
+    assert identity_problem(legacy, {**b, "seq_len": 32}) == "--seq-len was 16, this run has 32"

@@ -156,6 +156,13 @@ def _no_training_rows(ws: Workspace, tmp: Path) -> Path:
     return tmp / "store"
 
 
+def _writing_without_group(ws: Workspace, tmp: Path) -> Path:
+    """The workspace's 'writing' store without its alpha/heldout group (a dump killed while creating the store)."""
+    store = _copy(ws.store_writing, tmp / "store")
+    shutil.rmtree(store / "alpha" / spec.SPLIT_HELDOUT)
+    return store
+
+
 def _unknown_codec(ws: Workspace, tmp: Path) -> Path:
     store = _copy(ws.store, tmp / "store")
     meta = store / node_doc_key("alpha", spec.SPLIT_TRAIN, spec.ARR_TOKENS)
@@ -434,6 +441,9 @@ CASES: list[BadInput] = [
     BadInput("train-store-no-training-rows", "ddk-student", "--mixing natural on a store none of whose domains has "
              "training rows", lambda ws, t: train(ws, t, "--mixing", "natural", store=_no_training_rows(ws, t)),
              ("no domain has training rows", "dump the store again")),
+    BadInput("train-cache-max-gib-inf", "ddk-student", "--cache-max-gib inf",
+             lambda ws, t: train(ws, t, "--cache-dir", str(t / "cache"), "--cache-max-gib", "inf"),
+             ("--cache-max-gib must be a finite number, got inf",)),
     BadInput("train-lr-zero", "ddk-student", "--lr 0", lambda ws, t: train(ws, t, "--lr", "0"), ("--lr must be > 0",)),
     BadInput("train-temperature-zero", "ddk-student", "--temperature 0",
              lambda ws, t: train(ws, t, "--temperature", "0"), ("--temperature must be > 0",)),
@@ -539,6 +549,12 @@ CASES: list[BadInput] = [
     BadInput("verify-s3-double-slash", "ddk-store", "verify s3://bucket//stores/a (an empty part in the prefix)",
              lambda ws, t: ["verify", "s3://bucket//stores/a"],
              ("an empty, '.' or '..' part in the prefix", "e.g. s3://bucket/stores/a")),
+    BadInput("info-s3-wildcard", "ddk-store", "info s3://bucket/runs/exp[1] (a wildcard to the S3 client)",
+             lambda ws, t: ["info", "s3://bucket/runs/exp[1]"], ("'*', '?', '[' and ']' are wildcards",
+                                                                 "name the store without them")),
+    BadInput("info-storage-option-unknown", "ddk-store", "info s3://bucket/stores/a --storage-option region_name=x",
+             lambda ws, t: ["info", "s3://bucket/stores/a", "--storage-option", "region_name=eu-west-1"],
+             ("--storage-option region_name: not an option of the S3 client", "client_kwargs")),
     BadInput("info-s3-dot-dot", "ddk-store", "info s3://bucket/stores/../a", lambda ws, t: ["info", "s3://bucket/stores/../a"],
              ("an empty, '.' or '..' part in the prefix",)),
     BadInput("info-file-url-relative", "ddk-store", "info file://store (host part, not a path)",
@@ -584,6 +600,9 @@ CASES: list[BadInput] = [
     BadInput("finalize-units-missing", "ddk-store", "finalize a 'writing' store whose units are not written",
              lambda ws, t: ["finalize", str(_copy(ws.store_writing, t / "w"))],
              ("unit(s) are not written yet", "rerun the dump")),
+    BadInput("finalize-group-missing", "ddk-store", "finalize a 'writing' store whose alpha/heldout group is missing "
+             "(its dump was killed while creating it)", lambda ws, t: ["finalize", str(_writing_without_group(ws, t))],
+             ("group 'alpha/heldout' is missing", "rerun the same `ddk-teacher dump`")),
     BadInput("finalize-format-2.0", "ddk-store", "finalize a store of format_version 2.0",
              lambda ws, t: ["finalize", str(ws.store_v2)], ("format version 2.0 is not supported",)),
     BadInput("finalize-missing", "ddk-store", "finalize a path that does not exist",
