@@ -156,7 +156,14 @@ def fit_problems(teacher: Teacher, tokenizer_size: int, backend, *, seq_len: int
     if top_k > limit:
         problems.append(f"--top-k {top_k} exceeds the {backend.name} backend's limit for this teacher "
                         f"(vocabulary of {teacher.vocab_size}); use --top-k <= {limit}")
-    if tokenizer_size > teacher.vocab_size:
-        problems.append(f"--teacher {teacher.name}: tokenizer has {tokenizer_size} tokens but the model outputs "
-                        f"only {teacher.vocab_size}; tokenizer and model do not match")
+    if problem := tokenizer_fit_problem(teacher, tokenizer_size):
+        problems.append(problem)
     return problems
+
+
+def tokenizer_fit_problem(teacher: Teacher, tokenizer_size: int) -> str | None:
+    """A tokenizer of ``tokenizer_size`` tokens with ids the teacher's output layer does not have, or None."""
+    if tokenizer_size > teacher.vocab_size:
+        return (f"--teacher {teacher.name}: tokenizer has {tokenizer_size} tokens but the model outputs only "
+                f"{teacher.vocab_size}; tokenizer and model do not match")
+    return None

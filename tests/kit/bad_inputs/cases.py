@@ -75,14 +75,23 @@ def dump_config(body: str) -> Build:
     return build
 
 
-def dump_teacher(edit: Callable[[Path], None]) -> Build:
-    """A dump whose teacher is a copy of the workspace teacher changed by ``edit``."""
+def dump_teacher(edit: Callable[[Path], None], command: str = "dump") -> Build:
+    """A dump (or ``pack``: the same flags but the scoring ones) whose teacher is a copy of the workspace teacher
+    changed by ``edit``."""
     def build(ws: Workspace, tmp: Path) -> list[str]:
         teacher = tmp / "teacher"
         shutil.copytree(ws.teacher, teacher)
         edit(teacher)
-        return dump(ws, tmp, teacher=teacher)
+        argv = dump(ws, tmp, teacher=teacher)
+        if command == "pack":
+            argv = ["pack", *argv[1:argv.index("--seq-len")], "--seq-len", "16", "--heldout-seqs", "2", "--no-progress"]
+        return argv
     return build
+
+
+def _model_smaller_than_its_tokenizer(teacher: Path) -> None:
+    """The config's vocab_size 8 below the tokenizer's size: ids the model cannot score."""
+    _edit_json(teacher / "config.json", vocab_size=json.loads((teacher / "config.json").read_text())["vocab_size"] - 8)
 
 
 def train(ws: Workspace, tmp: Path, *extra: str, store: Path | str | None = None,
@@ -219,6 +228,12 @@ CASES: list[BadInput] = [
              ("--teacher", "cannot load its tokenizer")),
     BadInput("teacher-tokenizer-without-eos", "ddk-teacher", "teacher tokenizer defines no EOS token",
              dump_teacher(_no_eos), ("--teacher", "no EOS token")),
+    BadInput("teacher-tokenizer-larger-than-model", "ddk-teacher", "the teacher's tokenizer has ids its output layer "
+             "lacks (config vocab_size too small)", dump_teacher(_model_smaller_than_its_tokenizer),
+             ("--teacher", "tokens but the model outputs only", "do not match")),
+    BadInput("pack-tokenizer-larger-than-model", "ddk-teacher", "pack with a teacher whose tokenizer has ids its output "
+             "layer lacks", dump_teacher(_model_smaller_than_its_tokenizer, "pack"),
+             ("--teacher", "tokens but the model outputs only", "do not match")),
     BadInput("corpora-missing-file", "ddk-teacher", "--corpora file does not exist",
              lambda ws, t: dump(ws, t, corpora=t / "nope.yaml"), ("--corpora", "nope.yaml", "not found")),
     BadInput("corpora-is-a-directory", "ddk-teacher", "--corpora is a directory",
