@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from . import spec
+from .settings import looks_secret
 from .encodings import get_encoding
 from .entry import CONTEXT_SETTINGS, EntryGroup, storage_option, version_option
 from .errors import DdkError, StoreCorruptError, StoreIOError, StoreNotFoundError
@@ -108,17 +109,13 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
-#: Parts of a storage option's name that mark a secret, never echoed into a suggested command.
-_SECRET_PARTS = ("key", "secret", "token", "password", "credential")
-
-
 def target(url: str, storage_options: dict[str, Any] | None = None) -> str:
     """``url`` plus the plain ``--storage-option`` flags the user gave (an endpoint, say), shell-quoted, for a command
     to copy. Options whose name looks secret, and every structured one (``client_kwargs={...}`` may hold keys), are
     left out: they stay in the user's environment or command history only."""
     flags = [f" --storage-option {shlex.quote(f'{k}={v if isinstance(v, str) else json.dumps(v)}')}"
              for k, v in (storage_options or {}).items()
-             if isinstance(v, (str, int, float, bool)) and not any(part in k.lower() for part in _SECRET_PARTS)]
+             if isinstance(v, (str, int, float, bool)) and not looks_secret(k)]
     return shlex.quote(url) + "".join(flags)
 
 

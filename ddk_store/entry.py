@@ -9,6 +9,7 @@ exit status 2, no traceback. Ctrl-C says that rerunning the same command resumes
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import signal
@@ -65,7 +66,26 @@ def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, termina
         click.echo(f"error: {one_line(str(e))}", err=True)
         _quiet_shutdown(argv)
         sys.exit(EXIT_USER_ERROR)
+    except OSError as e:
+        if e.filename is None or e.errno not in _FILE_ERRNOS:
+            raise  # not the user's filesystem refusing a path: a bug, with its traceback
+        click.echo(f"error: {one_line(file_error(e))}", err=True)
+        _quiet_shutdown(argv)
+        sys.exit(EXIT_USER_ERROR)
     sys.exit(0)
+
+
+#: What a filesystem answers for a path the user gave that cannot be written or read (any command, any file).
+_FILE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR,
+                          errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EEXIST})
+
+
+def file_error(e: OSError) -> str:
+    """One line for a filesystem error on a path: what, where, how to fix."""
+    fix = {errno.ENOSPC: "free some space there", errno.EDQUOT: "free some space there (disk quota)",
+           errno.EROFS: "give a writable location", errno.ELOOP: "a link stands there; remove it"}.get(
+        e.errno, "check the path and its permissions, or give another location")
+    return f"{e.filename}: {e.strerror or e}; {fix}"
 
 
 @contextlib.contextmanager

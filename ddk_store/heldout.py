@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -25,10 +26,18 @@ def heldout_nll(target_logprobs: np.ndarray) -> float | None:
     ``target_logprobs`` holds the teacher's log-probability of each realized next token, any shape (n rows x P
     positions). None when it holds no position. Missing data (NaN) gives NaN: callers check finiteness first.
     """
-    a = np.asarray(target_logprobs)
-    if a.size == 0:
-        return None
-    return float(-np.mean(a, dtype=np.float64))
+    return heldout_nll_of_blocks([target_logprobs])
+
+
+def heldout_nll_of_blocks(blocks: Iterable[np.ndarray]) -> float | None:
+    """:func:`heldout_nll` of the rows of ``blocks`` taken together, one block in memory at a time (for one block,
+    the same float as over the whole array: both are numpy's pairwise float64 sum over the count)."""
+    total, count = 0.0, 0
+    for block in blocks:
+        a = np.asarray(block)
+        total += float(np.sum(a, dtype=np.float64))
+        count += a.size
+    return None if count == 0 else -total / count
 
 
 def heldout_ppl(nll: float) -> float:

@@ -35,7 +35,6 @@ import os
 import re
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -47,6 +46,7 @@ from zarr.storage import WrapperStore
 
 from .chunkio import framed_ok, object_ok
 from .paths import cache_dir as ddk_cache_dir
+from .paths import replace_file
 from .storage import url_scheme
 
 #: ``--cache-dir auto``: ``$DDK_CACHE/stores``.
@@ -117,14 +117,7 @@ def read_range(f: BinaryIO, size: int, byte_range: ByteRequest | None) -> bytes:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a uniquely named temporary file in the same directory and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(path, data, suffix=_TMP_SUFFIX)
 
 
 def evict(root: Path, max_bytes: int, keep_fraction: float = 0.8) -> int:

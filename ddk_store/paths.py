@@ -130,6 +130,27 @@ def sync_tree(path: Path) -> None:
 _CANNOT_SYNC = (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.EBADF)
 
 
+def replace_file(path: str | os.PathLike[str], data: bytes | str, *, suffix: str = ".tmp") -> None:
+    """Write ``data`` (text as UTF-8) to ``path`` through a new, uniquely named file beside it (created exclusively,
+    never through a link) and a rename, which replaces ``path`` itself: a link planted at ``path`` (in a directory a
+    team shares) is replaced, never followed, and a kill leaves the old file or the new one."""
+    import uuid
+
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}{suffix}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as e:  # named by the file the caller writes, not by its temporary name
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def sync_entry(entry: Path) -> None:
     """fsync one file (opened for writing) or directory (the names in it, e.g. after a rename into it). An entry the
     filesystem cannot sync (:data:`_CANNOT_SYNC`) is skipped; an I/O error is raised."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import zarr
@@ -14,7 +14,7 @@ from . import chunkio, codec, objectio, spec
 from .errors import DdkError, StoreCorruptError, StoreFormatError, StoreIncompleteError, describe
 from .groups import (DECODE_ERRORS, ZARR_METADATA_ERRORS, list_chunk_keys, no_store, open_group, open_group_arrays,
                      read_group_layout, read_root_doc, rewrite_hint, root_meta_from_doc)
-from .heldout import heldout_nll, stats_mismatch
+from .heldout import heldout_nll_of_blocks, stats_mismatch
 from .layout import contiguous_runs
 from .localcache import cached_store
 from .meta import StoreMeta
@@ -23,6 +23,11 @@ from .rows import RowBatch, StoredRows
 from .encodings import encoding_for
 from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_path, group_schema
 from .storage import normalize_url, open_zarr_store
+
+
+#: The largest block of held-out target log-probs :meth:`StoreReader.heldout_nll` holds at once (whole chunks, at least
+#: one).
+HELDOUT_BLOCK_BYTES = 64 << 20
 
 
 class StoreReader:
@@ -159,19 +164,31 @@ class StoreReader:
         info = self.meta.domain(domain)
         if n == 0:
             return None
-        # Only target_logprobs (4 bytes per position), not the top-k arrays: a few MB per domain even for big stores.
+        # Only target_logprobs (4 bytes per position), not the top-k arrays: a few MB per domain even for big stores,
+        # read in blocks of whole chunks of at most HELDOUT_BLOCK_BYTES, so that a row count edited into the
+        # metadata costs neither the memory it names nor more than one block past the first missing chunk.
         split, name = spec.SPLIT_HELDOUT, spec.ARR_TARGET_LOGPROBS
         arr = self.arrays(domain, split)[name]
-        try:
-            target = retry_call(lambda: arr[:n], what=f"reading {group_path(domain, split)}/{name}", url=self.url)
-        except DdkError:  # an outage past the retry budget (a ValueError too): not damage
-            raise
-        except DECODE_ERRORS as e:  # crc32c mismatch or undecodable chunk
-            raise StoreCorruptError(self._locate_bad_chunk(domain, split, name, np.arange(n), e)) from None
-        missing = np.flatnonzero(np.isnan(target).any(axis=1))  # (n, P): NaN is the fill value
-        if missing.size:
-            raise StoreCorruptError(self._missing_chunk_message(domain, split, name, int(missing[0])))
-        nll = heldout_nll(target)
+        lay = self.layout(domain, split)
+        per = max(1, HELDOUT_BLOCK_BYTES // (4 * self.meta.positions * lay.chunk_rows)) * lay.chunk_rows
+
+        def blocks() -> Iterator[np.ndarray]:
+            for lo in range(0, n, per):
+                hi = min(n, lo + per)
+                try:
+                    target = retry_call(lambda: arr[lo:hi], what=f"reading {group_path(domain, split)}/{name}",
+                                        url=self.url)
+                except DdkError:  # an outage past the retry budget (a ValueError too): not damage
+                    raise
+                except DECODE_ERRORS as e:  # crc32c mismatch or undecodable chunk
+                    raise StoreCorruptError(self._locate_bad_chunk(domain, split, name, np.arange(lo, hi), e)
+                                            ) from None
+                missing = np.flatnonzero(np.isnan(target).any(axis=1))  # (rows, P): NaN is the fill value
+                if missing.size:
+                    raise StoreCorruptError(self._missing_chunk_message(domain, split, name, lo + int(missing[0])))
+                yield target
+
+        nll = heldout_nll_of_blocks(blocks())
         bad = stats_mismatch(info.heldout_nll, info.heldout_ppl, nll)
         if bad is not None:
             field, recorded, computed = bad

@@ -41,7 +41,13 @@ CONFIG_PARAM = "config_file"
 #: Path kinds of a field (``setting(path=...)``): a local path or store URL, or a model (local directory or hub id).
 PATH, MODEL = "path", "model"
 #: Keys of a mapping setting (storage options) never written to a saved settings file: credentials.
-_SECRET = re.compile(r"(^key$|secret|token|password)", re.IGNORECASE)
+_SECRET = re.compile(r"key|secret|token|password|credential|session", re.IGNORECASE)
+
+
+def looks_secret(name: str) -> bool:
+    """Whether an option's name marks a credential (``key``, ``aws_secret_access_key``, ``session_token``...): never
+    written to a file or echoed into a suggested command."""
+    return bool(_SECRET.search(str(name)))
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 #: Help of the storage-options setting of every command that opens a store.
 STORAGE_OPTION_HELP = ("Option for s3:// stores as KEY=VALUE, e.g. endpoint_url=http://127.0.0.1:8333 (in a --config "
@@ -244,8 +250,15 @@ def saved_dict(obj: Any) -> dict[str, Any]:
     values = resolve_paths(type(obj), dataclasses.asdict(obj), Path.cwd())
     for name, f in fields_of(obj).items():
         if kind(f)[0] == "mapping" and isinstance(values[name], Mapping):
-            values[name] = {k: v for k, v in values[name].items() if not _SECRET.search(k)} or None
+            values[name] = without_secrets(values[name]) or None
     return values
+
+
+def without_secrets(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` without the entries whose name looks like a credential, at any depth (``client_kwargs`` may hold
+    ``aws_secret_access_key``)."""
+    return {k: without_secrets(v) if isinstance(v, Mapping) else v for k, v in options.items()
+            if not looks_secret(k)}
 
 
 def build(cls: type, *layers: Mapping[str, Any]) -> Any:

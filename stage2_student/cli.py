@@ -107,20 +107,25 @@ def _model_dir_hint(model: str) -> None:
                       f"--out, a checkpoint RUN/checkpoints/step-N, or a Hugging Face model directory")
 
 
+#: :func:`_run_heldout_rows` of a run that was not a ddk run, or whose settings cannot be read.
+_UNKNOWN = -1
+
+
 def _run_heldout_rows(model: str) -> int | None:
-    """The --heldout-rows of the run that --model is (its --out) or belongs to (a checkpoint), when it set one."""
+    """The --heldout-rows of the run that --model is (its --out) or belongs to (a checkpoint): a number, None for
+    every row, :data:`_UNKNOWN` when --model is not such a run."""
     from .checkpoint import read_state
     from .resume import read_saved
 
     path = Path(model).expanduser()
     if not path.is_dir():
-        return None
+        return _UNKNOWN
     try:
         saved = ((read_state(path) or {}).get("config") or read_saved(path) or {})
     except ConfigError:
-        return None
-    rows = saved.get("heldout_rows")
-    return rows if isinstance(rows, int) else None
+        return _UNKNOWN
+    rows = saved.get("heldout_rows", _UNKNOWN)
+    return rows if rows is None or (isinstance(rows, int) and rows > 0) else _UNKNOWN
 
 
 @cli.command("eval")
@@ -160,10 +165,10 @@ def eval_cmd(**_: object) -> None:
     teacher = teacher_heldout_ppl(reader, domains, cfg.heldout_rows)
     ratio = [s / t for s, t in zip(ev["ppl"], teacher)]
     run_rows = _run_heldout_rows(cfg.model)
-    if run_rows is not None and cfg.heldout_rows != run_rows:
-        click.echo(f"note: the run evaluated on at most {run_rows} held-out rows per domain (--heldout-rows "
-                   f"{run_rows}); this evaluation uses {cfg.heldout_rows or 'all'}, so its figures differ from "
-                   f"metrics.jsonl's", err=True)
+    if run_rows != _UNKNOWN and cfg.heldout_rows != run_rows:
+        had = "every held-out row" if run_rows is None else f"at most {run_rows} held-out rows per domain"
+        click.echo(f"note: the run evaluated on {had} (--heldout-rows {run_rows or 'unset'}); this evaluation uses "
+                   f"{cfg.heldout_rows or 'all'}, so its figures differ from metrics.jsonl's", err=True)
     if cfg.json:
         click.echo(json.dumps({"store": cfg.store, "model": cfg.model, "domains": domains, "ppl_student": ev["ppl"],
                                "ppl_teacher": teacher, "ratio": ratio, "tokens": ev["tokens"]}))

@@ -16,7 +16,7 @@ import yaml
 
 from ddk_store import settings
 from ddk_store.errors import ConfigError
-from ddk_store.paths import model_ref_problem
+from ddk_store.paths import model_ref_problem, replace_file
 from ddk_store.settings import MODEL, PATH, setting
 from ddk_store.storage import check_store_url
 from ddk_store.yamlio import UniqueKeyLoader  # noqa: F401 (re-exported: the loader every --config goes through)
@@ -29,11 +29,12 @@ TOPK_DECODE = ("auto", "host", "device")
 #: The mixings whose weights follow the held-out ratios (Eq. 1): they evaluate to reweight, not only to report.
 REWEIGHTED = ("ddk", "wo-fs")
 #: Fields that change how a run executes but not what it computes: they may differ on --resume (``out`` too: a run
-#: directory may have been moved).
+#: directory may have been moved). ``trust_remote_code`` is never taken from the saved run (resume.resume_layer): a
+#: config.yaml in a shared run directory must not switch on code execution; the user types it again.
 RUNTIME_ONLY_FIELDS = frozenset({"out", "resume", "overwrite", "prefetch", "log_every", "keep_checkpoints",
                                  "save_every", "device", "eval_batch_size", "storage_options", "progress",
                                  "report_to", "compile", "activation_checkpointing", "read_workers", "topk_decode",
-                                 "cache_dir", "cache_max_gib"})
+                                 "cache_dir", "cache_max_gib", "trust_remote_code"})
 
 
 #: Readers ignore storage options on a store that is not s3:// (a run's saved settings may carry an S3 run's options
@@ -283,11 +284,7 @@ def write_config(cfg: Stage2Config, path: str | Path) -> None:
     """Save ``cfg`` as a run's config.yaml: absolute paths (``--config RUN/config.yaml`` works from anywhere), K and
     the warm-up as used (a run extended by a larger --steps keeps them), no credentials; written to a temporary file
     and renamed, so a kill leaves the old or the new file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    values = saved_values(cfg)
-    tmp.write_text(yaml.safe_dump(values, sort_keys=False))
-    os.replace(tmp, path)
+    replace_file(path, yaml.safe_dump(saved_values(cfg), sort_keys=False))
 
 
 def _writable_dir(path: Path) -> bool:

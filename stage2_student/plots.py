@@ -4,9 +4,12 @@ several runs side by side). matplotlib only, Agg backend (no display on training
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from ddk_store.paths import replace_file
 
 from .summary import format_ratio
 
@@ -28,7 +31,9 @@ def _finish(fig: Any, ax: Any, path: Path) -> None:
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()  # before the legend: the axes keep the figure's width, the saved image grows to the right
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=110, bbox_inches="tight")
+    replace_file(path, png.getvalue())  # (a link planted at path is replaced, not written through)
 
 
 def _teacher_line(ax: Any) -> None:
@@ -123,7 +128,9 @@ def ratio_bars(groups: Sequence[str], arms: Sequence[tuple[str, Sequence[float],
     if summary_from is not None:
         ax.axvline(summary_from - 0.5, color="grey", linewidth=1.0)
     _teacher_line(ax)
-    _log_ratio_axis(ax, [m for _, means, _ in arms for m in means])
+    # the axis holds every error bar: mean + sd, and mean - sd where it stays above 0 (a log axis)
+    _log_ratio_axis(ax, [v for _, means, sds in arms for m, sd in zip(means, sds)
+                         for v in (m, m + (sd or 0.0), m - (sd or 0.0)) if v > 0])
     ax.set_ylabel(RATIO_LABEL)
     ax.set_title(title)
     _finish(fig, ax, path)

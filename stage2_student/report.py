@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ddk_store.errors import DdkError, ReportError, describe
+from ddk_store.paths import replace_file
 
 from . import plots
 from .rundir import METRICS_FILE, RATIOS_PNG, REPORT_FILE, WEIGHTS_PNG, read_config, read_metrics
@@ -142,7 +143,7 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
                       baseline_label="baseline " + base_label.replace("`", ""),
                       title=f"{run_dir.name}: student/teacher perplexity ratio per domain")
 
-    rows, _ = natural_rows(run_dir, last, cfg)
+    rows, no_rows = natural_rows(run_dir, last, cfg)
     before, after = summarize(first["ratio"], rows), summarize(last["ratio"], rows)
     b_after = summarize(base[-1]["ratio"], base[-1].get("train_rows") or rows) if base else None
     intervals = records[:-1] if final else records
@@ -203,6 +204,8 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
               f"{_mix(domains, last['weights'])}"]
     if rows:
         lines.append(f"- natural (each domain's share of the training rows): {_mix(domains, natural_mixture(rows))}")
+    elif no_rows:  # (the natural-weighted mean, the passes and the repeated-rows check need the rows)
+        lines.append(f"- natural mixture, passes over each domain's rows: unknown ({no_rows})")
     if floor is not None:
         lines.append(f"- DDK's floor: Eq. 2 keeps every domain at (1 - alpha) / N = {floor:.3f} or more; the rest "
                      "follows the domains' ratios (a softmax over them, so a gap of a few units already decides)"
@@ -234,5 +237,5 @@ def write_report(run_dir: str | Path, baseline: str | Path | None = None) -> Pat
         "",
     ]
     path = run_dir / REPORT_FILE
-    path.write_text("\n".join(lines))
+    replace_file(path, "\n".join(lines))
     return path

@@ -59,7 +59,8 @@ def resume_layer(given: Mapping[str, Any]) -> dict[str, Any]:
     if not given.get("resume") or not given.get("out"):
         return {}
     saved = read_saved(given["out"]) or {}
-    saved = {k: v for k, v in saved.items() if k not in ("resume", "overwrite")}
+    # (trust_remote_code: never from a file a teammate could have edited; typed again, or off)
+    saved = {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "trust_remote_code")}
     if saved and "steps" in given and given["steps"] != saved.get("steps"):
         run = settings.build(Stage2Config, saved)
         saved["interval"], saved["warmup_steps"] = run.interval_steps, run.warmup

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import yaml
 
 from ddk_store.errors import ReportError, StudentError, describe
+from ddk_store.paths import replace_file
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -143,7 +144,7 @@ def step_record(step: int, *, loss: float, ce: float, kl: float, lr: float, grad
 def start_metrics(run_dir: str | Path) -> Path:
     """Create (or empty) the metrics file of a new run; return its path."""
     path = Path(run_dir) / METRICS_FILE
-    path.write_text("")
+    replace_file(path, "")
     return path
 
 
@@ -155,7 +156,10 @@ class RecordSink(Protocol):
 
 def append_record(run_dir: str | Path, record: dict[str, Any], sink: RecordSink | None = None) -> None:
     """Append one record as one line (a single write, so a kill leaves whole lines), then hand it to ``sink``."""
-    with (Path(run_dir) / METRICS_FILE).open("a") as f:
+    # (never through a link planted in a shared run directory: O_NOFOLLOW refuses one)
+    fd = os.open(Path(run_dir) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0),
+                 0o644)
+    with os.fdopen(fd, "a") as f:
         f.write(json.dumps(record) + "\n")
     if sink is not None:
         sink.write(record)
@@ -177,9 +181,7 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
                 raise StudentError(f"{path}: line {i + 1} is not JSON ({ln[:60]!r}); the run's records are damaged "
                                    "there: restore the file, or start afresh with --overwrite") from None
     keep = [ln for ln, rec in records if rec.get("event") != FINAL and rec["step"] <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    replace_file(path, "".join(ln + "\n" for ln in keep))
 
 
 # ----------------------------------------------------------------------------------------------------- reading

@@ -8,6 +8,7 @@ keys, help text, --version, storage options, --no-progress, Ctrl-C, and the comp
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from pathlib import Path
@@ -182,6 +183,14 @@ def test_saved_settings_have_absolute_paths_and_no_credentials(tmp_path: Path, m
     assert (saved["store"], saved["student"], saved["out"]) == (
         str(tmp_path / "stores" / "x"), str(tmp_path / "model"), str(tmp_path / "run"))
     assert saved["storage_options"] == {"endpoint_url": "http://h"}
+    # at any depth: client_kwargs may carry the keys botocore takes, a profile's session token too
+    cfg = Stage2Config(store="s3://b/x", student="model", out="run", storage_options={
+        "client_kwargs": {"region_name": "eu-west-1", "aws_access_key_id": "AKIA", "aws_secret_access_key": "S3CR3T",
+                          "aws_session_token": "T0K"}, "config_kwargs": {"connect_timeout": 5}})
+    saved = settings.saved_dict(cfg)
+    assert saved["storage_options"] == {"client_kwargs": {"region_name": "eu-west-1"},
+                                        "config_kwargs": {"connect_timeout": 5}}
+    assert "S3CR3T" not in json.dumps(saved) and "AKIA" not in json.dumps(saved) and "T0K" not in json.dumps(saved)
 
 
 @pytest.mark.parametrize("command", [DUMP, TRAIN, EVAL])

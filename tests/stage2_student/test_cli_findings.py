@@ -258,6 +258,14 @@ def test_eval_of_a_run_that_used_fewer_heldout_rows_says_its_figures_differ(tmp_
     result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(run), "--heldout-rows", "2",
                                      "--no-progress"])
     assert result.code == 0 and "note:" not in result.output, result.output
+    # the other way round: the run used every held-out row (its setting unset), this evaluation fewer
+    result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(finished_run), "--heldout-rows",
+                                     "1", "--no-progress"])
+    assert result.code == 0, result.output
+    assert "note: the run evaluated on every held-out row (--heldout-rows unset); this evaluation uses 1" \
+        in result.output
+    result = run_cli("ddk-student", ["eval", "--store", store_url, "--model", str(finished_run), "--no-progress"])
+    assert result.code == 0 and "note:" not in result.output, result.output
 
 
 def test_weight_on_a_domain_without_training_rows_is_refused_before_anything_is_written(tmp_path, tiny_tokenizer,

@@ -71,6 +71,40 @@ def test_report_explains_itself_and_has_before_after_and_the_mixture(tmp_path):
         assert (run / png).read_bytes()[:8] == PNG
 
 
+def test_report_replaces_links_planted_in_a_shared_run_directory_instead_of_writing_through_them(tmp_path):
+    # A teammate who can write into the run directory plants report.md and weights.png as links to the victim's
+    # files; `report` replaces the links and leaves the files they point to as they were. Appending a record
+    # through a planted metrics.jsonl link is refused.
+    run = write_run(tmp_path / "run", [[4.0, 8.0], [3.0, 6.0], [2.0, 5.0]])
+    victims = {name: tmp_path / f"victim-{name}" for name in (rundir.REPORT_FILE, rundir.WEIGHTS_PNG)}
+    for name, victim in victims.items():
+        victim.write_text("precious")
+        (run / name).symlink_to(victim)
+    res = CliRunner().invoke(cli, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    for name, victim in victims.items():
+        assert victim.read_text() == "precious" and not (run / name).is_symlink()
+    assert "**Lower is better" in (run / rundir.REPORT_FILE).read_text()
+    victim = tmp_path / "victim-metrics"
+    victim.write_text("precious")
+    (run / rundir.METRICS_FILE).unlink()
+    (run / rundir.METRICS_FILE).symlink_to(victim)
+    with pytest.raises(OSError):
+        rundir.append_record(run, {"event": "step", "step": 5})
+    assert victim.read_text() == "precious"
+
+
+def test_report_says_why_the_natural_mixture_is_missing(tmp_path):
+    # an older run (no train_rows in its records) whose store cannot be read: the sections that need the rows say why
+    run = write_run(tmp_path / "old", [[4.0, 8.0], [2.0, 5.0]], train_rows=None)
+    res = CliRunner().invoke(cli, ["report", str(run)])
+    assert res.exit_code == 0, res.output
+    md = (run / "report.md").read_text()
+    assert "- natural mixture, passes over each domain's rows: unknown (" in md
+    assert "records no train_rows and its store s cannot be read" in md
+    assert "| domain | training rows |" not in md
+
+
 def test_report_of_an_unfinished_run_says_how_far_it_got_and_a_change_that_rounds_away_has_no_sign(tmp_path):
     run = write_run(tmp_path / "running", [[4.0, 8.0], [4.0 * (1 - 1e-5), 8.0 * (1 + 1e-5)]], final=False)
     assert CliRunner().invoke(cli, ["report", str(run)]).exit_code == 0
@@ -182,6 +216,19 @@ def test_compare_draws_next_to_the_current_directory_by_default(tmp_path, monkey
     assert (tmp_path / "compare.png").read_bytes()[:8] == PNG
 
 
+def test_an_output_path_the_filesystem_refuses_is_one_error_line(tmp_path):
+    # (through the console entry point: its error contract is the point) a chart path under a regular file
+    from ddk_testkit.processes import run_cli
+
+    run = write_run(tmp_path / "r", [[4.0, 4.0], [1.5, 2.0]])
+    (tmp_path / "file.txt").write_text("not a directory")
+    res = run_cli("ddk-student", ["compare", str(run), "--out", str(tmp_path / "file.txt" / "c.png")])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert errors[0].startswith(f"error: {tmp_path / 'file.txt'}") and errors[0].endswith(
+        "; check the path and its permissions, or give another location"), errors[0]
+
+
 def test_compare_refuses_twice_given_arms_and_runs_and_a_chart_that_is_not_png(tmp_path):
     a = write_run(tmp_path / "a", [[4.0, 4.0], [1.5, 2.0]])
     b = write_run(tmp_path / "b", [[4.0, 4.0], [2.5, 3.0]])
@@ -228,3 +275,21 @@ def test_ratios_and_perplexities_are_formatted_to_fit_a_column():
     # a student far past a weak teacher: significant digits, not a column of 0.000
     assert [format_ratio(x) for x in (2.9e-05, 0.00042, 0.0005, 0.0, -0.00031)] == [
         "2.9e-05", "0.00042", "0.001", "0.000", "-0.00031"]
+
+
+def test_the_bar_charts_axis_holds_every_error_bar(tmp_path, monkeypatch):
+    # an arm of mean 2.0 and sd 1.414 spans 0.586-3.414; the axis was sized from the means alone (0.8-2.5)
+    from stage2_student import plots
+
+    limits = []
+    real = plots._log_ratio_axis
+
+    def observed(ax, values):
+        real(ax, values)
+        limits.append(ax.get_ylim())
+
+    monkeypatch.setattr(plots, "_log_ratio_axis", observed)
+    plots.ratio_bars(["a"], [("x", [2.0], [1.414])], tmp_path / "c.png", title="t")
+    (lo, hi), = limits
+    assert lo < 2.0 - 1.414 and hi > 2.0 + 1.414
+    assert (tmp_path / "c.png").read_bytes()[:8] == PNG

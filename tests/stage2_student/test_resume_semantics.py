@@ -113,6 +113,20 @@ def test_resume_still_refuses_a_setting_that_changes_the_result(run: Path) -> No
     assert result.code == 2 and "--steps 4 is below the step of its latest checkpoint (6)" in result.output
 
 
+def test_resume_never_takes_trust_remote_code_from_the_saved_config(run: Path) -> None:
+    # A config.yaml in a shared run directory, edited to say trust_remote_code: true, must not switch on code
+    # execution for whoever resumes the run; the flag is typed again, and typing it or not is no settings mismatch.
+    from stage2_student.resume import resume_layer
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**saved, "trust_remote_code": True}))
+    layer = resume_layer({"out": str(run), "resume": True})
+    assert layer and "trust_remote_code" not in layer and layer["lr"] == saved["lr"]
+    result = run_cli("ddk-student", ["train", "--out", str(run), "--resume", "--steps", "8"])
+    assert result.code == 0, result.output  # resumed with it off: no mismatch
+    assert yaml.safe_load((run / "config.yaml").read_text())["trust_remote_code"] is False
+
+
 def test_resume_where_there_is_no_run_says_it_starts_afresh(tmp_path: Path, store_url: str,
                                                            student_dir: Path) -> None:
     out = tmp_path / "new"
