@@ -254,6 +254,24 @@ def test_a_pack_document_naming_a_path_is_reported_and_not_followed(tmp_path: Pa
     assert not any("missing or unreadable" in i for i in issues), issues  # nothing was looked up at that path
 
 
+def test_a_pack_document_counting_a_trillion_rows_is_one_problem_not_a_loop(tmp_path: Path) -> None:
+    """verify checked each chunk the pack document counts, one request each: an edited count of 10^12 rows ran
+    forever. Past a hundred chunks more than are stored, the shortfall is one problem."""
+    from ddk_store.codec import id_dtype
+
+    store = tmp_path / "store"
+    make_tiny_store(str(store), domains=("alpha",), train_rows=4, heldout_rows=2)
+    pack = PackedRows(str(store))
+    pack.write_state({"seq_len": 16}, {"alpha": {"state": "packed", "train_rows": 10**12, "heldout_rows": 3,
+                                                 "chunk_rows": 1}})
+    pack._rows("alpha", "train", 16, 1, id_dtype(64))  # the arrays' documents, no chunks
+    pack._rows("alpha", "heldout", 16, 1, id_dtype(64))
+    issues = [str(i) for i in validate_store(str(store)) if i.pack]
+    assert "_pack/alpha.train: the pack document counts 1,000,000,000,000 item(s) in 1,000,000,000,000 chunk(s), " \
+        "but 0 are stored" in " ".join(issues), issues
+    assert sum("alpha.heldout chunk" in i for i in issues) == 3, issues  # a small shortfall: each chunk named
+
+
 @pytest.mark.parametrize("codec", MALICIOUS_CODECS.values(), ids=MALICIOUS_CODECS.keys())
 def test_planted_codec_is_refused_in_one_line(ws: Workspace, tmp_path: Path, codec: dict[str, Any]) -> None:
     store = tmp_path / "store"
