@@ -18,7 +18,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import google_crc32c
 import numpy as np
@@ -145,27 +145,30 @@ def framed_ok(data: bytes) -> bool:
     return len(data) >= 4 and _crc(np.frombuffer(data, dtype=np.uint8)[:-4]) == bytes(data[-4:])
 
 
-def _index_sizes(view: np.ndarray, max_chunks: int) -> list[int]:
-    """The chunk counts n a shard index at the end of ``view`` may have, most likely first: every n whose last n
-    entries give chunks that exactly fill the bytes before them (how zarr and ddk write a shard: chunks back to back
-    from offset 0, then the index), whatever n is; then every n up to ``max_chunks`` (a shard laid out otherwise)."""
+def _index_sizes(view: np.ndarray, max_chunks: int) -> Iterator[int]:
+    """The chunk counts n a shard index at the end of ``view`` may have: every n up to ``max_chunks`` (each a crc32c
+    of 16n bytes: cheap for the shards ddk writes), then, past it, every n whose last n entries give chunks that
+    exactly fill the bytes before them (how zarr and ddk write a shard: chunks back to back from offset 0, then the
+    index), whatever n is."""
     most = (len(view) - 4) // 16
+    yield from range(1, min(max_chunks, most) + 1)
+    if most <= max_chunks:
+        return
     entries = np.frombuffer(view[len(view) - 4 - 16 * most: len(view) - 4], dtype="<u8").reshape(most, 2)
     nbytes = np.where((entries[:, 0] == EMPTY) & (entries[:, 1] == EMPTY), np.uint64(0), entries[:, 1])
     with np.errstate(over="ignore"):  # garbage sizes wrap around: they only make a candidate fail below
         filled = np.cumsum(nbytes[::-1], dtype=np.uint64)  # filled[n-1]: the bytes the last n entries point to
     n = np.arange(1, most + 1, dtype=np.uint64)
-    packed = (np.flatnonzero(filled == np.uint64(len(view) - 4) - np.uint64(16) * n) + 1).tolist()
-    tried = set(packed)
-    return packed + [k for k in range(1, min(max_chunks, most) + 1) if k not in tried]
+    yield from (k for k in (np.flatnonzero(filled == np.uint64(len(view) - 4) - np.uint64(16) * n) + 1).tolist()
+                if k > max_chunks)
 
 
 def object_ok(data: bytes, max_chunks: int = 4096) -> bool:
     """Whether ``data`` is an intact stored object without knowing its array: a chunk whose crc32c matches, or a
     shard whose index (found by its crc32c: an index of n chunks is the 16n bytes before the last 4) and every chunk
-    it points to match theirs. Used by the local cache (localcache.py) to keep only verified objects. A shard
-    written back to back (as zarr and ddk write them) is found with any number of chunks; one laid out otherwise,
-    with up to ``max_chunks``."""
+    it points to match theirs. Used by the local cache (localcache.py) to keep only verified objects. A shard of up
+    to ``max_chunks`` chunks is found however it is laid out; one of more, when written back to back (as zarr and
+    ddk write them)."""
     if framed_ok(data):
         return True
     view = np.frombuffer(data, dtype=np.uint8)

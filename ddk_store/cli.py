@@ -308,7 +308,7 @@ def repair(url: str, storage_options: dict[str, Any]) -> None:
                                 "delete the store (or give another --store) and rerun the `ddk-teacher dump` command that made it "
                                 "(--overwrite does not replace a store of the same settings)")
     if pack:
-        delete_pack(open_zarr_store(url, read_only=False, storage_options=storage_options))
+        delete_pack(open_zarr_store(url, read_only=False, storage_options=storage_options), url)
         click.echo(f"deleted {PACK_PREFIX}: {pack[0]}" + (f" (and {len(pack) - 1} more)" if len(pack) > 1 else "")
                    + "; readers never use the packed rows, and the next `ddk-teacher dump` packs the corpora again")
         issues = [i for i in issues if not i.pack]

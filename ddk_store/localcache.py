@@ -267,7 +267,7 @@ class CachedStore(WrapperStore[Store]):
             await drop()
             return None
         data = buf.to_bytes()
-        if not checksum_ok(data):
+        if not await asyncio.to_thread(checksum_ok, data):  # (a large shard: not on the event loop)
             self.unverified += 1
             await drop()
         elif await asyncio.to_thread(self._fill, path, data):

@@ -84,8 +84,10 @@ def delete_whole_store(store: Store, url: str) -> None:
     sync(delete_store_prefix(store, url))
 
 
-def delete_pack(store: Store) -> None:
+def delete_pack(store: Store, url: str) -> None:
     """Delete the packed rows (readers never need them; a dump packs the corpora again), their document first."""
+    if why := undeletable_reason(normalize_url(url)):
+        raise ConfigError(why)
     with contextlib.suppress(FileNotFoundError, KeyError):
         sync(store.delete(f"{PACK_PREFIX}/zarr.json"))
     sync(store.delete_dir(PACK_PREFIX))

@@ -57,8 +57,15 @@ def write_local(root: Path, files: Mapping[str, bytes]) -> None:
         path = os.path.join(root, key)
         parent = os.path.dirname(path)
         if parent not in _MADE:  # a new unit's objects lie in new directories: make them before, not after, a failure
+            top = parent
+            while not os.path.isdir(top) and os.path.dirname(top) != top:
+                top = os.path.dirname(top)
             os.makedirs(parent, exist_ok=True)
             _remember(parent)
+            new = parent  # each directory made here is an entry of its parent: flushed too
+            while new != top:
+                new = os.path.dirname(new)
+                parents.add(new)
         target = f"{path}.{uuid.uuid4().hex}.partial"  # zarr's own name for it: a kill's leftover is cleaned up
         try:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

@@ -99,10 +99,6 @@ def check_store_url(url: str | os.PathLike[str]) -> str:
                        f", e.g. s3://{parsed.netloc}/{'/'.join(p for p in parts if p not in ('', '.'))}")
             raise ConfigError(f"store URL {url!r}: an empty, '.' or '..' part in the prefix (object keys are not "
                               f"resolved like paths); write the prefix without them{example}")
-        if any(c in url for c in "*?[]"):  # s3fs expands them in deletes: --overwrite would remove other prefixes
-            raise ConfigError(f"store URL {url!r}: '*', '?', '[' and ']' are wildcards to the S3 client, and deleting "
-                              "the store (--overwrite, repair) would delete every prefix they match; name the store "
-                              "without them")
     return url
 
 
@@ -211,7 +207,11 @@ def open_zarr_store(url: str, *, read_only: bool, storage_options: Mapping[str, 
 
 
 def undeletable_reason(url: str) -> str | None:
-    """Why the store at ``url`` must never be deleted (a local filesystem root or the home directory), or None."""
+    """Why the store at ``url`` must never be deleted, wholly or in part (a local filesystem root or the home
+    directory; an s3:// prefix with wildcards), or None."""
+    if url_scheme(url) == "s3" and any(c in url for c in "*?[]"):  # s3fs expands them in deletes
+        return (f"store URL {url!r}: '*', '?', '[' and ']' are wildcards to the S3 client, which would delete every "
+                "prefix they match with this store's; copy the store to a prefix without them to replace or repair it")
     path = local_path(url)
     if path is None:
         return None
@@ -223,12 +223,11 @@ def undeletable_reason(url: str) -> str | None:
 
 async def delete_store_prefix(store: Store, url: str) -> None:
     """Delete everything under the store's own prefix (never a parent directory, never a bucket)."""
+    if why := undeletable_reason(url):
+        raise ConfigError(why)
     path = local_path(url)
     if path is not None:
         path = path.resolve()
-        why = undeletable_reason(url)
-        if why:
-            raise ConfigError(why)
         if path.exists():
             shutil.rmtree(path)
         return

@@ -31,8 +31,7 @@ class DomainSource:
 
     name: str
     format: str  # one of FORMATS, or "dataset"
-    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated local files (file formats; local data_files;
-    # a local dataset directory's files)
+    files: tuple[str, ...] = ()  # resolved, sorted, de-duplicated local files (file formats; local data_files)
     patterns: tuple[str, ...] = ()  # 'paths' (or 'data_files') as written, for messages and provenance
     text_field: str | None = None
     dataset: str | None = None  # as written
@@ -192,24 +191,10 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
     if local and spec.get("revision") is not None:
         raise ConfigError(f"{where}: 'revision' pins a hub dataset; {dataset!r} is read from local files")
     files = match_files(patterns, base, where, "data_files", missing_ok) if local else ()
-    data_files = files if local else patterns
-    if local_dir is not None and not patterns and os.path.isdir(local_dir):
-        files = directory_files(local_dir)  # what a resume checks and the provenance hashes; `datasets` reads the dir
     return DomainSource(name=name, format="dataset", dataset=dataset, dataset_dir=local_dir, files=files,
-                        patterns=patterns, data_files=data_files, dataset_config=spec.get("config"),
+                        patterns=patterns, data_files=files if local else patterns, dataset_config=spec.get("config"),
                         split=spec.get("split") or "train", text_field=spec.get("text_field") or "text",
                         revision=spec.get("revision"), **shared)
-
-
-def directory_files(root: str) -> tuple[str, ...]:
-    """Every regular file under ``root``, sorted, without hidden files and directories (a ``.cache``, say): the
-    files a local dataset directory named without ``data_files`` is read from."""
-    out = []
-    for parent, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        out += [os.path.join(parent, n) for n in names if not n.startswith(".")
-                and os.path.isfile(os.path.join(parent, n))]
-    return tuple(sorted(out))
 
 
 def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:

@@ -63,7 +63,13 @@ def dataset_label(src: DomainSource) -> str:
 
 def unpinned_note(src: DomainSource) -> str | None:
     """The note for a hub dataset without 'revision': the select and train passes, and any resume, each read the
-    hub's current main branch, so a push in between changes the documents (and which ones are held out)."""
+    hub's current main branch, so a push in between changes the documents (and which ones are held out). Likewise
+    for a local dataset directory named without 'data_files': no file of it is in the provenance a resume checks."""
+    if src.format == "dataset" and src.dataset_dir is not None and not src.data_files:
+        return (f"note: domain {src.name!r}: dataset directory {src.dataset_dir} is read whole, so a resume cannot "
+                "tell whether its files changed since they were packed (a change would mix held-out documents into "
+                "training): name its data files with 'data_files' in the corpora file, and their sha256 goes into "
+                "the provenance a resume checks")
     if not is_on_hub(src) or src.revision:
         return None
     return (f"note: domain {src.name!r}: hub dataset {src.dataset!r} is not pinned; the pack reads it twice (and again "

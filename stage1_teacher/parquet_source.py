@@ -30,14 +30,19 @@ def read_parquet(path: str, src: DomainSource, stats: ReadStats,
         raise ConfigError(f"domain {src.name!r}: {path}: no column {src.text_field!r} (columns: {names}); "
                           f"fix 'text_field' in the corpora file")
     kind = pf.schema_arrow.field(src.text_field).type
-    as_bytes = {pa.string(): pa.binary(), pa.large_string(): pa.large_binary()}.get(kind, kind)
-    if as_bytes not in (pa.binary(), pa.large_binary()):
+    # text as it is stored: plain, large, dictionary-encoded (a pandas categorical) or view strings, or bytes
+    values = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not (pa.types.is_string(values) or pa.types.is_large_string(values) or pa.types.is_binary(values)
+            or pa.types.is_large_binary(values) or str(values) in ("string_view", "binary_view")):
         raise ConfigError(f"domain {src.name!r}: {path}: column {src.text_field!r} holds {kind}, not text; fix "
                           f"'text_field' in the corpora file")
     # Row groups one at a time: memory stays bounded for large files; order is the file's order.
     row = 0
     for i in range(pf.num_row_groups):
-        column = pf.read_row_group(i, columns=[src.text_field]).column(0).cast(as_bytes)
+        column = pf.read_row_group(i, columns=[src.text_field]).column(0)
+        if pa.types.is_dictionary(column.type) or str(column.type).endswith("_view"):
+            column = column.cast(pa.large_binary() if "binary" in str(values) else pa.large_string())
+        column = column.cast(pa.large_binary())  # (no UTF-8 check: each value is decoded below, named by row)
         for raw in column.to_pylist():
             row += 1
             text = None if raw is None else decode(raw, f"{path}: row {row}")

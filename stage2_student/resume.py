@@ -90,10 +90,12 @@ def inputs_inside(cfg: Stage2Config, out: Path) -> list[str]:
     return found
 
 
-def resume_command(out: str | Path, world: int = 1, local_world: int | None = None) -> str:
+def resume_command(out: str | Path, world: int = 1, local_world: int | None = None, *,
+                   trust_remote_code: bool = False) -> str:
     """The command that continues run ``out`` written by ``world`` processes (``local_world`` per host), quoted for a
-    message: ranks must match the run's, so a torchrun run is resumed by the same torchrun launch."""
-    cmd = f"train --out {out} --resume"
+    message: ranks must match the run's, so a torchrun run is resumed by the same torchrun launch. A student that
+    needs its own code needs ``--trust-remote-code`` typed again (never taken from the saved settings)."""
+    cmd = f"train --out {out} --resume" + (" --trust-remote-code" if trust_remote_code else "")
     if world == 1:
         return f"`ddk-student {cmd}`"
     per_host = local_world or world
@@ -185,7 +187,8 @@ def continue_advice(cfg: Stage2Config, world: int = 1, local_world: int | None =
                 f"`ddk-student report {out}` writes report.md and its plots")
     ckpt = latest_checkpoint(out)
     since = f"its last checkpoint, step {checkpoint_step(ckpt)}" if ckpt else "the start (no checkpoint yet)"
-    return f"{resume_command(out, world, local_world)} continues the run from {since} with its saved settings"
+    return (f"{resume_command(out, world, local_world, trust_remote_code=cfg.trust_remote_code)} continues the run "
+            f"from {since} with its saved settings")
 
 
 def run_finished(out: Path, steps: int) -> bool:

@@ -623,3 +623,26 @@ def test_a_units_objects_reach_the_disk_before_their_rename_and_the_marker_after
     first_data_dir = os.path.dirname(events[data[0]][1])
     synced_dir = next(i for i, (k, p) in enumerate(events) if k == "fsync" and p == first_data_dir)
     assert synced_dir < min(m for m in markers if m > data[0])  # its directory flushed before the unit's marker
+    made_in = os.path.dirname(first_data_dir)  # the unit's directory was made: its entry lives in its parent
+    assert any(k == "fsync" and p == made_in for k, p in events[:min(m for m in markers if m > data[0])]), made_in
+
+
+def test_an_s3_store_whose_url_holds_wildcards_is_never_deleted_from():
+    """s3fs expands * ? [ ] in deletes: replacing s3://b/runs/exp[1] deleted the sibling store runs/exp1. Such a
+    store is still read and written; every delete path refuses it before touching the store."""
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    from ddk_store.errors import ConfigError
+    from ddk_store.location import delete_all_but_pack, delete_pack
+    from ddk_store.storage import check_store_url, delete_store_prefix, undeletable_reason
+
+    url = "s3://bucket/runs/exp[1]"
+    assert check_store_url(url) == url  # readable and writable
+    assert "wildcards to the S3 client" in undeletable_reason(url)
+    assert undeletable_reason("s3://bucket/runs/exp1") is None
+    store = MemoryStore()
+    for delete in (lambda: sync(delete_store_prefix(store, url)), lambda: delete_pack(store, url),
+                   lambda: delete_all_but_pack(store, url)):
+        with pytest.raises(ConfigError, match=r"wildcards to the S3 client"):
+            delete()

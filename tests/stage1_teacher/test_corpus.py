@@ -83,8 +83,10 @@ def test_parquet_text_is_decoded_row_by_row_binary_columns_too(tmp_path):
     pq.write_table(pa.table({"s": pa.array(raw, pa.binary()).view(pa.string())}), tmp_path / "s.parquet")
     pq.write_table(pa.table({"b": pa.array(raw, pa.binary())}), tmp_path / "b.parquet")
     pq.write_table(pa.table({"n": [1, 2]}), tmp_path / "n.parquet")
+    pq.write_table(pa.table({"d": pa.array(["x", "y", "x"]).dictionary_encode()}), tmp_path / "d.parquet")  # categorical
     srcs = {s.name: s for s in load_corpora(write_yaml(tmp_path, """
 domains:
+  d: {paths: [d.parquet], format: parquet, text_field: d}
   s: {paths: [s.parquet], format: parquet, text_field: s}
   b: {paths: [b.parquet], format: parquet, text_field: b}
   n: {paths: [n.parquet], format: parquet, text_field: n}
@@ -94,6 +96,7 @@ domains:
         assert docs == ["good", "fine"] and stats.skipped_where == [f"{tmp_path}/{name}.parquet: row 2"], name
     with pytest.raises(ConfigError, match=r"s\.parquet: row 2: not valid UTF-8"):
         docs_of(srcs["s"], on_bad_utf8="fail")
+    assert docs_of(srcs["d"])[0] == ["x", "y", "x"]
     with pytest.raises(ConfigError, match=r"n\.parquet: column 'n' holds int64, not text"):
         docs_of(srcs["n"])
 
@@ -215,25 +218,20 @@ def test_local_datasets_directory_streams_in_order(tmp_path):
     assert docs_of(src)[0] == [f"doc {i}" for i in range(5)]
 
 
-def test_a_local_dataset_directorys_files_are_its_provenance_and_a_resume_sees_them_change(tmp_path):
-    # Named without data_files, the directory's documents came from files no resume compared: a record added to
-    # them moved every held-out position, and a resumed pack trained on held-out documents.
-    from stage1_teacher.pack import files_problem
-    from stage1_teacher.plan import provenance
+def test_a_local_dataset_directory_read_whole_gets_a_note_that_a_resume_cannot_check_it(tmp_path):
+    # Named without data_files, its documents come from files no resume compares (a record added before a resume
+    # moved the held-out documents into training): the dump and pack say so, and how to have them checked.
+    from stage1_teacher.dataset_source import unpinned_note
 
     d = tmp_path / "ds"
-    (d / ".cache").mkdir(parents=True)
-    (d / ".cache" / "x.lock").write_text("")  # hidden: not the dataset's
+    d.mkdir()
     (d / "train.jsonl").write_text("".join(json.dumps({"text": f"doc {i}"}) + "\n" for i in range(5)))
-    (src,) = load_corpora(write_yaml(tmp_path, f"domains:\n  web: {{dataset: {d}, split: train}}\n"))
-    assert src.files == (str(d / "train.jsonl"),) and src.data_files == ()  # `datasets` still reads the directory
-    assert docs_of(src)[0] == [f"doc {i}" for i in range(5)]
-    packed = [s.to_dict() for s in provenance(src)]
-    assert packed[0]["uri"].endswith("ds/train.jsonl") and packed[0]["sha256"]
-    assert files_problem(src, packed, files_complete=True) is None
-    with open(d / "train.jsonl", "a") as f:
-        f.write(json.dumps({"text": "doc 5"}) + "\n")
-    assert files_problem(src, packed, files_complete=True) == packed[0]["uri"]
+    (whole,) = load_corpora(write_yaml(tmp_path, f"domains:\n  web: {{dataset: {d}, split: train}}\n"))
+    note = unpinned_note(whole)
+    assert note is not None and f"dataset directory {d} is read whole" in note and "'data_files'" in note
+    (named,) = load_corpora(write_yaml(tmp_path, f"domains:\n  web: {{dataset: {d}, data_files: ds/train.jsonl, "
+                                                 f"split: train}}\n"))
+    assert unpinned_note(named) is None and named.files == (str(d / "train.jsonl"),)
 
 
 def test_unreachable_hub_dataset_fails_fast_with_a_clear_message(tmp_path):

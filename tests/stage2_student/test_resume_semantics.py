@@ -125,6 +125,9 @@ def test_resume_never_takes_trust_remote_code_from_the_saved_config(run: Path) -
     result = run_cli("ddk-student", ["train", "--out", str(run), "--resume", "--steps", "8"])
     assert result.code == 0, result.output  # resumed with it off: no mismatch
     assert yaml.safe_load((run / "config.yaml").read_text())["trust_remote_code"] is False
+    from stage2_student.resume import resume_command  # the advice after an interruption names the flag again
+
+    assert resume_command(run, trust_remote_code=True) == f"`ddk-student train --out {run} --resume --trust-remote-code`"
 
 
 def test_resume_where_there_is_no_run_says_it_starts_afresh(tmp_path: Path, store_url: str,
