@@ -215,8 +215,7 @@ def verify(url: str, storage_options: dict[str, Any]) -> None:
     for line in _fail_lines(issues):
         click.echo(f"FAIL {line}", err=True)
     hints = []
-    damaged = any(i.unit is not None and not i.unwritten for i in issues)
-    unwritten = sum(i.unwritten for i in issues)
+    damaged, unwritten = any(i.unit is not None and not i.unwritten for i in issues), sum(i.unwritten for i in issues)
     if unwritten or (any(i.where == STATUS_ISSUE for i in issues) and not damaged):  # (damaged: repair, then dump)
         hints.append(unfinished_hint(url, unwritten, storage_options))
     if damaged:

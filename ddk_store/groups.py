@@ -18,7 +18,8 @@ from .errors import DdkError, StoreCorruptError, StoreFormatError, StoreNotFound
 from .layout import Unit
 from .meta import StoreMeta
 from .retry import retry_call
-from .schema import DOC_ATTRIBUTES, GroupLayout, chunk_prefix, group_path, group_schema, node_doc_key
+from .schema import (DOC_ATTRIBUTES, GroupLayout, chunk_key, chunk_prefix, group_path, group_schema, node_doc_key,
+                     object_indices)
 from .storage import options_without_s3
 
 __all__ = ["GroupLayout", "group_path", "array_specs", "read_root_doc", "root_meta_from_doc", "root_claim",
@@ -153,6 +154,21 @@ def refuse_foreign_codecs(array: Any, where: str, hint: str) -> None:
     if bad:
         raise StoreFormatError(f"{where} declares codec(s) {bad}, outside the store format's "
                                f"{sorted(spec.ALLOWED_CODECS)}; refusing to decode it; {hint}")
+
+
+def units_without_data(store: Store, url: str, names: Sequence[str],
+                       groups: Sequence[tuple[str, str, GroupLayout, Sequence[Unit], Any]]) -> list[Unit]:
+    """Of ``groups`` ((domain, split, layout, units, done flags) each), the units marked done that lack an object of
+    an array of ``names`` (a file lost after its marker: a power loss before it reached the disk, a deleted
+    object). A listing of each array; no data is read."""
+    lost: list[Unit] = []
+    for dom, split, lay, units, done in groups:
+        if not done.any():
+            continue
+        present = {n: list_chunk_keys(store, url, dom, split, n) for n in names}
+        lost += [u for u in units if done[u.index] and any(chunk_key(dom, split, n, c) not in present[n]
+                                                           for n in names for c in object_indices(lay, u.start, u.stop))]
+    return lost
 
 
 def open_group_arrays(root: Any, url: str, domain: str, split: str, names: Sequence[str],

@@ -25,9 +25,7 @@ from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_
 from .storage import normalize_url, open_zarr_store
 
 
-#: The largest block of held-out target log-probs :meth:`StoreReader.heldout_nll` holds at once (whole chunks, at least
-#: one).
-HELDOUT_BLOCK_BYTES = 64 << 20
+HELDOUT_BLOCK_BYTES = 64 << 20  #: held-out log-probs :meth:`StoreReader.heldout_nll` holds at once (whole chunks)
 
 
 class StoreReader:
@@ -95,8 +93,7 @@ class StoreReader:
         return self._layouts[key]
 
     def check_group(self, path: str) -> None:
-        """StoreFormatError when group ``path`` (a domain's, say, which reads never open) is missing or its
-        zarr.json is not a group's."""
+        """StoreFormatError when group ``path`` (a domain's: reads never open it) is missing or not a group."""
         retry_call(lambda: open_group(self._root, path), what=f"opening group {path}", url=self.url)
 
     def num_rows(self, domain: str, split: str) -> int:
@@ -164,12 +161,10 @@ class StoreReader:
         info = self.meta.domain(domain)
         if n == 0:
             return None
-        # Only target_logprobs (4 bytes per position), not the top-k arrays: a few MB per domain even for big stores,
-        # read in blocks of whole chunks of at most HELDOUT_BLOCK_BYTES, so that a row count edited into the
-        # metadata costs neither the memory it names nor more than one block past the first missing chunk.
+        # Only target_logprobs, in blocks of whole chunks: a row count edited into the metadata costs neither the
+        # memory it names nor more than one block past the first missing chunk.
         split, name = spec.SPLIT_HELDOUT, spec.ARR_TARGET_LOGPROBS
-        arr = self.arrays(domain, split)[name]
-        lay = self.layout(domain, split)
+        arr, lay = self.arrays(domain, split)[name], self.layout(domain, split)
         per = max(1, HELDOUT_BLOCK_BYTES // (4 * self.meta.positions * lay.chunk_rows)) * lay.chunk_rows
 
         def blocks() -> Iterator[np.ndarray]:

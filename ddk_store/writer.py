@@ -21,16 +21,16 @@ from .difference import identity_difference
 from .encodings import encoding_for
 from .errors import ConfigError, StoreCorruptError, StoreExistsError, StoreFormatError, StoreIncompleteError
 from .crc import crc32_combine, crc32_of
-from .groups import (list_chunk_keys, no_store, open_group_arrays, read_group_layout, read_root_doc, read_unit_array,
-                     rewrite_hint, root_claim, root_meta_from_doc)
+from .groups import (no_store, open_group_arrays, read_group_layout, read_root_doc, read_unit_array, rewrite_hint,
+                     root_claim, root_meta_from_doc, units_without_data)
 from .heldout import heldout_nll, heldout_ppl
 from .layout import Unit, default_chunk_rows, default_unit_rows, shard_owns, unit_range
 from .meta import StoreMeta
 from .location import delete_whole_store, holds_only_pack
 from .retry import retry_call
 from .nodes import ensure_nodes, layout_difference, resume_difference, wanted_layouts
-from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, chunk_key,
-                     cleared_marker, data_arrays, done_marker, group_arrays, group_path, object_indices)
+from .schema import (MARKER_DONE_COL, GroupLayout, check_rows, check_unit_data, check_unit_values, cleared_marker,
+                     data_arrays, done_marker, group_arrays, group_path)
 from .storage import is_lost_partial, normalize_url, open_zarr_store, remove_stale_partials
 
 Rows = Mapping[str, Mapping[str, int]]
@@ -311,38 +311,21 @@ class StoreWriter:
             self._retry(lambda: arr.__setitem__(unit.index, cleared), f"clearing the marker of {unit}")
 
     # ----------------------------------------------------------------- finalize
-    def missing_units(self) -> list[Unit]:
-        return self.pending_units()
-
-    def units_without_data(self) -> list[Unit]:
-        """Units marked written that lack a data object (a file lost after its marker: a power loss before it reached
-        the disk, a deleted object). A listing of each data array; no data is read."""
-        names, lost = data_arrays(self.meta.encoding), []
-        for dom in self.meta.domain_names:
-            for split in spec.SPLITS:
-                done = self.done_flags(dom, split)
-                if not done.any():
-                    continue
-                lay = self.layout(dom, split)
-                present = {n: list_chunk_keys(self._store, self.url, dom, split, n) for n in names}
-                lost += [u for u in self.units(dom, split) if done[u.index] and any(
-                    chunk_key(dom, split, n, c) not in present[n] for n in names
-                    for c in object_indices(lay, u.start, u.stop))]
-        return lost
-
     def finalize(self) -> StoreMeta:
         """Check every unit is written, record teacher held-out statistics, and mark the store complete.
 
         The status flip is one write of the root zarr.json (atomic on local disks and object stores), and it comes
         last: a reader sees either a complete store or one it refuses.
         """
-        missing = self.missing_units()
+        missing = self.pending_units()
         if missing:
             raise StoreIncompleteError(
                 f"cannot finalize {self.url}: {len(missing)} unit(s) are not written yet (first: {missing[0]}); "
                 "rerun the dump (every --shard) with the same settings to write them, then finalize"
             )
-        lost = self.units_without_data()
+        lost = units_without_data(self._store, self.url, data_arrays(self.meta.encoding),
+                                  [(d, s, self.layout(d, s), self.units(d, s), self.done_flags(d, s))
+                                   for d in self.meta.domain_names for s in spec.SPLITS])
         if lost:
             raise StoreCorruptError(f"cannot finalize {self.url}: {len(lost)} unit(s) are marked written but a data "
                                     f"object of theirs is missing (first: {lost[0]}); {rewrite_hint(self.url)}")

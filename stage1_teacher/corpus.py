@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from ddk_store.yamlio import read_yaml
 from .dataset_source import LOCAL_BUILDERS, dataset_dir, dataset_label, read_dataset, unpinned_note
 from .filehash import hashed_lines
 from .parquet_source import read_parquet
+from .text_decode import ReadStats, decode_text, unicode_ok
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
 _FILE_KEYS = {"paths", "format", "text_field", "max_rows", "heldout_seed"}
@@ -58,15 +59,6 @@ class DomainSource:
     def row_cap(self, default: int) -> int:
         """Training-row cap for this domain: its own ``max_rows``, else the command's default (0 = no cap)."""
         return default if self.max_rows is None else self.max_rows
-
-
-@dataclass
-class ReadStats:
-    """Counters filled while a domain's documents are read."""
-
-    n_documents: int = 0
-    n_skipped: int = 0  # documents dropped for invalid UTF-8 (on_bad_utf8="skip")
-    skipped_where: list[str] = field(default_factory=list)  # first few locations, for the summary
 
 
 def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSource]:
@@ -233,35 +225,6 @@ def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
     return tuple(first.values())
 
 
-def _decode(raw: bytes, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return _bad_text(f"not valid UTF-8 ({e.reason} at byte {e.start})", where, on_bad_utf8, stats)
-
-
-def _unicode_ok(text: str, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
-    """``text``, or None (counted) when it holds a lone surrogate: a JSON escape such as \\ud800 (half of an emoji
-    cut by a scraper) is valid JSON and valid UTF-8 bytes, but no UTF-8 text, and tokenizers refuse it."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return _bad_text(f"a lone surrogate {text[e.start]!r} at character {e.start} (a broken \\u escape), not "
-                         f"valid UTF-8 text", where, on_bad_utf8, stats)
-    return text
-
-
-def _bad_text(what: str, where: str, on_bad_utf8: str, stats: ReadStats) -> None:
-    """--on-bad-utf8: fail naming ``where`` and ``what``, or skip the document and count it."""
-    if on_bad_utf8 == "fail":
-        raise ConfigError(f"{where}: {what}; fix the file, or pass --on-bad-utf8 skip to skip and count such "
-                          f"documents")
-    stats.n_skipped += 1
-    if len(stats.skipped_where) < 5:
-        stats.skipped_where.append(where)
-    return None
-
-
 def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
                    stats: ReadStats | None = None) -> Iterator[str]:
     """Yield the documents of one domain in a deterministic order (files sorted; rows in file order).
@@ -301,7 +264,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
         if src.format == "lines":
             with open(path, "rb") as f:
                 for lineno, raw in enumerate(hashed_lines(f, path, hashes), 1):
-                    text = _decode(raw, f"{path}:{lineno}", on_bad_utf8, stats)
+                    text = decode_text(raw, f"{path}:{lineno}", on_bad_utf8, stats)
                     text = text.rstrip("\r\n") if text is not None else None
                     if text and text.strip():
                         stats.n_documents += 1
@@ -311,7 +274,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
                 data = f.read()
             if hashes is not None:
                 hashes[path] = (hashlib.sha256(data).hexdigest(), len(data))
-            text = _decode(data, path, on_bad_utf8, stats)
+            text = decode_text(data, path, on_bad_utf8, stats)
             if text and text.strip():
                 stats.n_documents += 1
                 yield label, text
@@ -319,19 +282,19 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
             with open(path, "rb") as f:
                 for lineno, raw in enumerate(hashed_lines(f, path, hashes), 1):
                     where = f"{path}:{lineno}"
-                    line = _decode(raw, where, on_bad_utf8, stats)
+                    line = decode_text(raw, where, on_bad_utf8, stats)
                     if line is None or not line.strip():
                         continue
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ConfigError(f"domain {src.name!r}: {where}: not valid JSON ({e.msg})") from None
-                    text = _unicode_ok(_field(rec, src, where), where, on_bad_utf8, stats)
+                    text = unicode_ok(_field(rec, src, where), where, on_bad_utf8, stats)
                     if text is not None and text.strip():
                         stats.n_documents += 1
                         yield label, text
         elif src.format == "parquet":
-            for text in read_parquet(path, src, stats, lambda raw, where: _decode(raw, where, on_bad_utf8, stats)):
+            for text in read_parquet(path, src, stats, lambda raw, where: decode_text(raw, where, on_bad_utf8, stats)):
                 yield label, text
         else:  # pragma: no cover - _parse_domain admits only FORMATS
             raise AssertionError(src.format)

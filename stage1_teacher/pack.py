@@ -18,8 +18,7 @@ import numpy as np
 
 from ddk_store import DomainInfo, SourceInfo, tokenizer_fingerprint
 from ddk_store.codec import id_dtype
-from ddk_store.difference import first_difference, value_at
-from ddk_store.errors import ConfigError, StoreExistsError, StoreFormatError, describe
+from ddk_store.errors import ConfigError, StoreFormatError, describe
 from ddk_store.location import check_pack_location, delete_whole_store
 from ddk_store.packed import HELDOUT_DOCS, PACKED, TRAINING, PackedRows, pack_chunk_rows
 
@@ -28,36 +27,12 @@ from .corpus import DomainSource, load_corpora
 from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
 from .domain_size import DomainTooSmall, check_split_size, heldout_leftover_note, too_small_together
-from .plan import RESUME_FLAGS, settings_of, source_uri
+from .plan import identity_problem, pack_identity, refusal, settings_of, source_uri  # noqa: F401 (re-exported)
 from .tokenize import DocTokenizer, bos_to_add
 
 #: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.
 POLL_S = 2.0
 
-
-
-def pack_identity(*, seq_len: int, fingerprint: str, eos_token_id: int, settings: Mapping[str, Any]
-                  ) -> dict[str, Any]:
-    """The settings that decide the packed rows, laid out as in the store identity (so RESUME_FLAGS name them). The
-    fingerprint covers the vocabulary and the set of special tokens, not which of them ends a document."""
-    return {"seq_len": seq_len, "tokenizer": {"fingerprint": fingerprint, "eos_token_id": eos_token_id},
-            "settings": dict(settings)}
-
-
-def identity_problem(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
-    """The first difference between a pack's identity and this run's, by flag name where there is one. A pack
-    written before the identity held the EOS id is compared without it."""
-    if "eos_token_id" not in (have.get("tokenizer") or {}):
-        want = {**want, "tokenizer": {k: v for k, v in (want.get("tokenizer") or {}).items() if k != "eos_token_id"}}
-    for path, name in RESUME_FLAGS.items():
-        if "*" not in path and first_difference(value_at(have, path), value_at(want, path)) is not None:
-            return f"{name} was {value_at(have, path)!r}, this run has {value_at(want, path)!r}"
-    return first_difference({"pack": dict(have)}, {"pack": dict(want)})
-
-
-def refusal(url: str, diff: str) -> StoreExistsError:
-    return StoreExistsError(f"{url} already holds a ddk store made with different settings ({diff}); rerun with the "
-                            "store's settings to resume it, choose another --store, or pass --overwrite to replace it")
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,13 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ddk_store import DomainInfo, SourceInfo
-from ddk_store.errors import ConfigError
+from ddk_store.difference import first_difference, value_at
+from ddk_store.errors import ConfigError, StoreExistsError
 
 from .corpus import DomainSource, ReadStats, read_sourced_documents
 from .dataset_source import dataset_ref
@@ -154,3 +156,28 @@ def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_
         "temperature": 1.0,
         "trust_remote_code": trust_remote_code,
     }
+
+
+# ----------------------------------------------------------------------------------- the packed rows' identity
+def pack_identity(*, seq_len: int, fingerprint: str, eos_token_id: int, settings: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """The settings that decide the packed rows, laid out as in the store identity (so RESUME_FLAGS name them). The
+    fingerprint covers the vocabulary and the set of special tokens, not which of them ends a document."""
+    return {"seq_len": seq_len, "tokenizer": {"fingerprint": fingerprint, "eos_token_id": eos_token_id},
+            "settings": dict(settings)}
+
+
+def identity_problem(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
+    """The first difference between a pack's identity and this run's, by flag name where there is one. A pack
+    written before the identity held the EOS id is compared without it."""
+    if "eos_token_id" not in (have.get("tokenizer") or {}):
+        want = {**want, "tokenizer": {k: v for k, v in (want.get("tokenizer") or {}).items() if k != "eos_token_id"}}
+    for path, name in RESUME_FLAGS.items():
+        if "*" not in path and first_difference(value_at(have, path), value_at(want, path)) is not None:
+            return f"{name} was {value_at(have, path)!r}, this run has {value_at(want, path)!r}"
+    return first_difference({"pack": dict(have)}, {"pack": dict(want)})
+
+
+def refusal(url: str, diff: str) -> StoreExistsError:
+    return StoreExistsError(f"{url} already holds a ddk store made with different settings ({diff}); rerun with the "
+                            "store's settings to resume it, choose another --store, or pass --overwrite to replace it")
