@@ -166,8 +166,8 @@ def units_without_data(store: Store, url: str, names: Sequence[str],
         if not done.any():
             continue
         present = {n: list_chunk_keys(store, url, dom, split, n) for n in names}
-        lost += [u for u in units if done[u.index] and any(chunk_key(dom, split, n, c) not in present[n]
-                                                           for n in names for c in object_indices(lay, u.start, u.stop))]
+        lost += [u for u in units if done[u.index] and any(
+            chunk_key(dom, split, n, c) not in present[n] for n in names for c in object_indices(lay, u.start, u.stop))]
     return lost
 
 

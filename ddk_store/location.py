@@ -19,11 +19,11 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from . import spec
-from .errors import ConfigError, StoreExistsError, StoreFormatError
+from .errors import StoreExistsError, StoreFormatError
 from .groups import read_root_doc, root_meta_from_doc
 from .retry import retry_call
 from .schema import NODE_DOC
-from .storage import delete_store_prefix, local_path, normalize_url, undeletable_reason
+from .storage import delete_store_prefix, local_path, normalize_url, refuse_undeletable
 
 PACK_PREFIX = spec.PACK_PREFIX
 
@@ -86,8 +86,7 @@ def delete_whole_store(store: Store, url: str) -> None:
 
 def delete_pack(store: Store, url: str) -> None:
     """Delete the packed rows (readers never need them; a dump packs the corpora again), their document first."""
-    if why := undeletable_reason(normalize_url(url)):
-        raise ConfigError(why)
+    refuse_undeletable(url)
     with contextlib.suppress(FileNotFoundError, KeyError):
         sync(store.delete(f"{PACK_PREFIX}/zarr.json"))
     sync(store.delete_dir(PACK_PREFIX))
@@ -117,8 +116,7 @@ def delete_all_but_pack(store: Store, url: str, *, keep_root_doc: bool = False) 
     """Delete the store's Zarr hierarchy (groups, arrays, then the root document unless ``keep_root_doc``) and keep
     its packed rows: what ``--overwrite`` does once the pack phase has written rows this run is going to score. The
     root document goes last: until then the location still reads as a ddk store (``--overwrite`` may finish)."""
-    if why := undeletable_reason(normalize_url(url)):
-        raise ConfigError(why)
+    refuse_undeletable(url)
     refuse_foreign_entries(store, url)
     path = local_path(normalize_url(url))
     names = sorted(top_level_names(store) - {PACK_PREFIX} - ({NODE_DOC} if keep_root_doc else set()),

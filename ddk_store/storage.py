@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -140,7 +141,8 @@ def s3_storage_options(storage_options: Mapping[str, Any] | None) -> dict[str, A
     return opts
 
 
-def _s3_option_names() -> set[str]:
+@functools.cache
+def _s3_option_names() -> frozenset[str]:
     """Every option the S3 client accepts: s3fs's own, fsspec's (listing cache, instance cache, event loop) and the
     botocore session's, to which s3fs passes any other name (and which refuses it when it first connects)."""
     import inspect
@@ -155,7 +157,7 @@ def _s3_option_names() -> set[str]:
                  aiobotocore.session.AioSession.__init__):
         names |= {p.name for p in inspect.signature(init).parameters.values()
                   if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
-    return names
+    return frozenset(names)
 
 
 def check_s3_option_names(opts: Mapping[str, Any]) -> None:
@@ -221,10 +223,15 @@ def undeletable_reason(url: str) -> str | None:
     return None
 
 
+def refuse_undeletable(url: str) -> None:
+    """ConfigError with :func:`undeletable_reason`, before any delete from the store at ``url``."""
+    if why := undeletable_reason(normalize_url(url)):
+        raise ConfigError(why)
+
+
 async def delete_store_prefix(store: Store, url: str) -> None:
     """Delete everything under the store's own prefix (never a parent directory, never a bucket)."""
-    if why := undeletable_reason(url):
-        raise ConfigError(why)
+    refuse_undeletable(url)
     path = local_path(url)
     if path is not None:
         path = path.resolve()

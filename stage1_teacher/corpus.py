@@ -294,7 +294,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
                         stats.n_documents += 1
                         yield label, text
         elif src.format == "parquet":
-            for text in read_parquet(path, src, stats, lambda raw, where: decode_text(raw, where, on_bad_utf8, stats)):
+            for text in read_parquet(path, src, stats, on_bad_utf8):
                 yield label, text
         else:  # pragma: no cover - _parse_domain admits only FORMATS
             raise AssertionError(src.format)

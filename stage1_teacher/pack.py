@@ -27,7 +27,7 @@ from .corpus import DomainSource, load_corpora
 from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
 from .domain_size import DomainTooSmall, check_split_size, heldout_leftover_note, too_small_together
-from .plan import identity_problem, pack_identity, refusal, settings_of, source_uri  # noqa: F401 (re-exported)
+from .plan import identity_problem, pack_identity, refusal, settings_of, source_uri
 from .tokenize import DocTokenizer, bos_to_add
 
 #: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ddk_store.errors import ConfigError, describe
 
+from .text_decode import ReadStats, decode_text
+
 if TYPE_CHECKING:
-    from .corpus import DomainSource, ReadStats
+    from .corpus import DomainSource
 
 
-def read_parquet(path: str, src: DomainSource, stats: ReadStats,
-                 decode: Callable[[bytes, str], str | None]) -> Iterator[str]:
+def read_parquet(path: str, src: DomainSource, stats: ReadStats, on_bad_utf8: str) -> Iterator[str]:
     """The non-blank texts of ``src.text_field`` in parquet file ``path``, in file order; counted in ``stats``.
 
-    The column (string or binary) is read as bytes and each value goes through ``decode(raw, where)``: invalid
-    UTF-8 (writers outside Arrow do not always check it) is skipped or refused as --on-bad-utf8 says, naming the row.
+    The column (string or binary) is read as bytes and each value decoded: invalid UTF-8 (writers outside Arrow do
+    not always check it) is skipped or refused as ``on_bad_utf8`` (--on-bad-utf8) says, naming the row.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -45,7 +46,7 @@ def read_parquet(path: str, src: DomainSource, stats: ReadStats,
         column = column.cast(pa.large_binary())  # (no UTF-8 check: each value is decoded below, named by row)
         for raw in column.to_pylist():
             row += 1
-            text = None if raw is None else decode(raw, f"{path}: row {row}")
+            text = None if raw is None else decode_text(raw, f"{path}: row {row}", on_bad_utf8, stats)
             if text is not None and text.strip():
                 stats.n_documents += 1
                 yield text

@@ -101,8 +101,9 @@ class Stage2Config:
     read_workers: int | None = setting(None, "Threads reading and decoding micro-batches at once, results in plan "
                                        "order. Default: the host's cores over its ranks, at least 2, at most 8.")
     topk_decode: str = setting("auto", "Where the teacher's top-k is decoded: 'device' ships the default encoding's "
-                               "stored bytes (3 per entry, not 8; 5 for a vocabulary of 65,535 ids or more) and decodes them on the training device, 'host' "
-                               "decodes in the read threads; auto: device on CUDA, host otherwise.",
+                               "stored bytes (3 per entry, not 8; 5 for a vocabulary of 65,535 ids or more) and "
+                               "decodes them on the training device, 'host' decodes in the read threads; auto: device "
+                               "on CUDA, host otherwise.",
                                choices=TOPK_DECODE)
     cache_dir: str | None = setting(None, "Local disk cache of an s3:// store's chunks, shared by runs and ranks on "
                                     "this host and keyed by the store's identity (a rewritten store is never served "
