@@ -19,7 +19,7 @@ from ddk_store.yamlio import read_yaml
 from .dataset_source import LOCAL_BUILDERS, dataset_dir, dataset_label, read_dataset, unpinned_note
 from .filehash import hashed_lines
 from .parquet_source import read_parquet
-from .text_decode import ReadStats, decode_text, unicode_ok
+from .text_decode import ReadStats, decode_text, unicode_ok, without_bom
 
 FORMATS = ("lines", "files", "jsonl", "parquet")
 _FILE_KEYS = {"paths", "format", "text_field", "max_rows", "heldout_seed"}
@@ -108,7 +108,7 @@ def _shared_files(path: Path, sources: list[DomainSource]) -> list[str]:
     for src in sources:
         for f in src.files:
             text = None if src.format in ("lines", "files") else src.text_field  # lines and files: the whole text
-            other = owner.setdefault((os.path.realpath(f), text), src.name)
+            other = owner.setdefault((same_file_key(f), text), src.name)
             if other != src.name:
                 problems.append(f"{path}: file {f} is read by domains {other!r} and {src.name!r}, whose documents "
                                 "would then share its text (one could train on the other's held-out documents): "
@@ -201,7 +201,7 @@ def _patterns(value: Any, key: str, where: str) -> tuple[str, ...]:
 def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
                 missing_ok: bool = False) -> tuple[str, ...]:
     """The readable files ``patterns`` (field ``key``, relative to ``base``) match: sorted per pattern, each real file
-    once, under its first path (one read twice, via overlapping globs or a symlink, would train on its held-out text).
+    once, under its first path (one read twice, via overlapping globs or a link, would train on its held-out text).
 
     Raises:
         ConfigError: a pattern matches no file, or a match is not readable.
@@ -219,10 +219,17 @@ def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
             if not os.access(m, os.R_OK):
                 raise ConfigError(f"{where}: file {m} is not readable (check its permissions)")
         files.extend(matches)
-    first: dict[str, str] = {}  # real path -> the path that matched it first (as _shared_files compares files)
+    first: dict[object, str] = {}  # the file -> the path that matched it first (as _shared_files compares files)
     for f in files:
-        first.setdefault(os.path.realpath(f), f)
+        first.setdefault(same_file_key(f), f)
     return tuple(first.values())
+
+
+def same_file_key(path: str) -> object:
+    """Equal for two paths to the same file: through a symbolic link, or a hard link (another name for the same
+    data). The real path where the filesystem numbers no inodes."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
 
 
 def read_documents(src: DomainSource, *, on_bad_utf8: str = "skip",
@@ -264,6 +271,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
         if src.format == "lines":
             with open(path, "rb") as f:
                 for lineno, raw in enumerate(hashed_lines(f, path, hashes), 1):
+                    raw = without_bom(raw) if lineno == 1 else raw
                     text = decode_text(raw, f"{path}:{lineno}", on_bad_utf8, stats)
                     text = text.rstrip("\r\n") if text is not None else None
                     if text and text.strip():
@@ -274,7 +282,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
                 data = f.read()
             if hashes is not None:
                 hashes[path] = (hashlib.sha256(data).hexdigest(), len(data))
-            text = decode_text(data, path, on_bad_utf8, stats)
+            text = decode_text(without_bom(data), path, on_bad_utf8, stats)
             if text and text.strip():
                 stats.n_documents += 1
                 yield label, text
@@ -282,7 +290,7 @@ def read_sourced_documents(src: DomainSource, *, on_bad_utf8: str = "skip", stat
             with open(path, "rb") as f:
                 for lineno, raw in enumerate(hashed_lines(f, path, hashes), 1):
                     where = f"{path}:{lineno}"
-                    line = decode_text(raw, where, on_bad_utf8, stats)
+                    line = decode_text(without_bom(raw) if lineno == 1 else raw, where, on_bad_utf8, stats)
                     if line is None or not line.strip():
                         continue
                     try:

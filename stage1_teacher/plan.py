@@ -21,6 +21,7 @@ from .corpus import DomainSource, ReadStats, read_sourced_documents
 from .dataset_source import dataset_ref
 from .filehash import file_sha256
 from .packing import HELDOUT_SCHEME, PACKING_SCHEME, doc_key, pack_domain
+from .text_decode import starts_with_bom
 from .tokenize import DocTokenizer
 
 #: Bumped when stage 1 changes what it writes for the same inputs, so old stores are not resumed by new code.
@@ -40,6 +41,8 @@ RESUME_FLAGS = {
     "settings.heldout_seqs": "--heldout-seqs",
     "settings.max_rows_per_domain": "--max-rows-per-domain",
     "settings.on_bad_utf8": "--on-bad-utf8",
+    "settings.utf8_bom": "the byte-order mark that starts a corpus file (this ddk drops it, the store's version "
+                         "kept it: dump into a new --store, or pass --overwrite)",
     "settings.corpora": "--corpora (domain definitions)",
     "domains.*.sources": "--corpora (source files or their contents)",
     "teacher.backend": "--backend",
@@ -143,6 +146,10 @@ def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_
                 trust_remote_code: bool, bos_token_id: int | None) -> dict:
     """The settings a resumed run must share with the store (the rest of its identity is in StoreMeta)."""
     spec = {s.name: s.spec_dict() for s in corpora}
+    # Present only where a file starts with a byte-order mark, which the reader drops (versions before 2026-12-04
+    # kept it): a store they packed from files without one holds the same rows, and still resumes.
+    bom = {"utf8_bom": "dropped"} if any(starts_with_bom(p) for s in corpora if s.format in ("lines", "files", "jsonl")
+                                         for p in s.files) else {}
     return {
         "stage1_scheme": STAGE1_SCHEME,
         "corpora": spec,
@@ -150,6 +157,7 @@ def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_
         "heldout_seqs": heldout_seqs,
         "max_rows_per_domain": max_rows_per_domain,
         "on_bad_utf8": on_bad_utf8,
+        **bom,
         "packing": PACKING_SCHEME,
         "heldout_selection": HELDOUT_SCHEME,
         "bos_token_id": bos_token_id,

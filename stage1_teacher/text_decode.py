@@ -17,6 +17,23 @@ class ReadStats:
 
 
 
+#: The UTF-8 byte-order mark. Editors on Windows start text files with it: at the start of a file it marks the
+#: encoding and is dropped (it is no text, and would become a token of the file's first document, or of every
+#: document of a ``files`` domain); anywhere else it is kept, as the character U+FEFF.
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(raw: bytes) -> bytes:
+    """``raw``, the first line or whole contents of a file, without a leading UTF-8 byte-order mark."""
+    return raw[len(UTF8_BOM):] if raw.startswith(UTF8_BOM) else raw
+
+
+def starts_with_bom(path: str) -> bool:
+    """Whether the file at ``path`` starts with a UTF-8 byte-order mark."""
+    with open(path, "rb") as f:
+        return f.read(len(UTF8_BOM)) == UTF8_BOM
+
+
 def decode_text(raw: bytes, where: str, on_bad_utf8: str, stats: ReadStats) -> str | None:
     """``raw`` as UTF-8 text, or None (counted) when it is not valid UTF-8."""
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -181,6 +182,19 @@ domains:
     assert load_corpora(y)[0].files == (str(tmp_path / "s_link.txt"),)
 
 
+def test_a_hard_link_is_the_same_file(tmp_path):
+    # Another name for the same data (cp -l, a deduplicating sync): its real path differs, its text does not.
+    (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
+    os.link(tmp_path / "a.txt", tmp_path / "b.txt")
+    (tmp_path / "c.txt").write_text("one\ntwo\n", encoding="utf-8")  # a copy is another file (equal text is allowed)
+    y = write_yaml(tmp_path, "domains:\n  prose: {paths: ['*.txt'], format: lines}\n")
+    assert load_corpora(y)[0].files == (str(tmp_path / "a.txt"), str(tmp_path / "c.txt"))
+    y.write_text("domains:\n  x: {paths: [a.txt], format: lines}\n  y: {paths: [b.txt], format: files}\n",
+                 encoding="utf-8")
+    with pytest.raises(ConfigError, match=f"file {tmp_path / 'b.txt'} is read by domains 'x' and 'y'"):
+        load_corpora(y)
+
+
 def test_file_level_errors(tmp_path):
     with pytest.raises(ConfigError, match="--corpora .*nope.yaml: file not found"):
         load_corpora(tmp_path / "nope.yaml")
@@ -273,3 +287,20 @@ def test_per_domain_heldout_seed_is_parsed_validated_and_part_of_the_identity(tm
     for bad in ("-1", "some", "true", "1.5"):
         with pytest.raises(ConfigError, match=r"domain 'a'.*'heldout_seed' must be an integer >= 0"):
             load_corpora(write_yaml(tmp_path, f"domains:\n  a: {{paths: [a.txt], format: lines, heldout_seed: {bad}}}\n"))
+
+
+def test_a_byte_order_mark_at_the_start_of_a_file_is_dropped_and_kept_elsewhere(tmp_path):
+    bom = "\ufeff"
+    (tmp_path / "a.txt").write_text(f"{bom}first\nsecond {bom}mid\n", encoding="utf-8")
+    (tmp_path / "only.txt").write_text(f"{bom}\nreal\n", encoding="utf-8")  # a mark alone on its line: no document
+    (tmp_path / "d1.txt").write_text(f"{bom}doc one\n", encoding="utf-8")
+    (tmp_path / "r.jsonl").write_text(f'{bom}{{"t": "one"}}\n{{"t": "{bom}two"}}\n', encoding="utf-8")
+    srcs = {s.name: s for s in load_corpora(write_yaml(tmp_path, """
+domains:
+  prose: {paths: [a.txt, only.txt], format: lines}
+  docs: {paths: [d1.txt], format: files}
+  rec: {paths: [r.jsonl], format: jsonl, text_field: t}
+"""))}
+    assert docs_of(srcs["prose"])[0] == ["first", f"second {bom}mid", "real"]
+    assert docs_of(srcs["docs"])[0] == ["doc one\n"]
+    assert docs_of(srcs["rec"])[0] == ["one", f"{bom}two"]  # (a JSONL file with a mark was refused as bad JSON)

@@ -261,3 +261,26 @@ def test_a_tokenizer_that_ends_documents_with_another_eos_is_another_pack():
     legacy = {**a, "tokenizer": {"fingerprint": "sha256:x"}}  # a pack written before the identity held it
     assert identity_problem(legacy, b) is None
     assert identity_problem(legacy, {**b, "seq_len": 32}) == "--seq-len was 16, this run has 32"
+
+
+def test_a_file_starting_with_a_byte_order_mark_changes_the_identity_and_no_other_file_does(tmp_path):
+    # The reader drops a leading mark (earlier versions kept it): a pack of such files written before holds other
+    # rows, so the settings record it; without a marked file they are unchanged and older packs still resume.
+    from stage1_teacher.pack import identity_problem
+
+    (tmp_path / "a.txt").write_text("plain\n", encoding="utf-8")
+    (tmp_path / "b.txt").write_text("\ufeffmarked\n", encoding="utf-8")
+
+    def settings(name):
+        y = tmp_path / f"{name}.yaml"
+        y.write_text(f"domains:\n  prose: {{paths: [{name}.txt], format: lines}}\n", encoding="utf-8")
+        return settings_of(load_corpora(y), heldout_seqs=2, max_rows_per_domain=0, on_bad_utf8="skip",
+                           trust_remote_code=False, bos_token_id=None)
+
+    plain, marked = settings("a"), settings("b")
+    assert "utf8_bom" not in plain and marked["utf8_bom"] == "dropped"
+    old = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=0,
+                        settings={k: v for k, v in marked.items() if k != "utf8_bom"})
+    new = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=0, settings=marked)
+    assert identity_problem(new, new) is None
+    assert identity_problem(old, new).startswith("the byte-order mark that starts a corpus file (this ddk drops it")

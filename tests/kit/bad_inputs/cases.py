@@ -69,6 +69,13 @@ def dump_corpora(body: str, *flags: str, **files: str | bytes) -> Build:
     return build
 
 
+def _hard_linked_in_two_domains(ws: Workspace, tmp: Path) -> list[str]:
+    """a.txt read by one domain and, as b.txt (another name for the same file), by another."""
+    os.link(write(tmp / "a.txt", TEXT), tmp / "b.txt")
+    return dump_corpora("domains:\n  prose: {paths: [a.txt], format: lines}\n"
+                        "  other: {paths: [b.txt], format: lines}\n")(ws, tmp)
+
+
 def dump_config(body: str) -> Build:
     def build(ws: Workspace, tmp: Path) -> list[str]:
         return dump(ws, tmp, "--config", str(write(tmp / "dump.yaml", body)))
@@ -309,6 +316,10 @@ CASES: list[BadInput] = [
              dump_corpora("domains:\n  prose: {paths: [a.txt], format: lines}\n"
                           "  whole: {paths: [a.txt], format: files}\n", **{"a.txt": TEXT}),
              ("is read by domains 'prose' and 'whole'",)),
+    BadInput("corpora-hard-link-in-two-domains", "ddk-teacher", "a text file read by a domain, and through a hard "
+             "link by another",
+             _hard_linked_in_two_domains,
+             ("b.txt is read by domains 'prose' and 'other'",)),
     BadInput("corpora-paths-wrong-type", "ddk-teacher", "domain paths: 5",
              dump_corpora("domains:\n  prose: {paths: 5, format: lines}\n"), ("domain 'prose'", "'paths'")),
     BadInput("corpora-domain-path-traversal", "ddk-teacher", "domain named '../x'",
