@@ -110,8 +110,10 @@ def checkpoint_student(path: str | Path) -> str | None:
 
 
 def _rng_state() -> dict[str, torch.Tensor]:
+    """The CPU generator's state, and this rank's GPU's where the run uses one (``--device cpu`` on a GPU host
+    starts no CUDA context for it, which would be on GPU 0 for every rank)."""
     out = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state()
     return out
 
@@ -302,7 +304,7 @@ def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimize
     try:  # (a well-formed file of another optimizer or generator: torch's ValueError or RuntimeError)
         optimizer.load_state_dict(load_optimizer(path, f"optimizer-rank{rank}" if sharded else "optimizer"))
         torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng and torch.cuda.is_available():
+        if "cuda" in rng and torch.cuda.is_initialized():  # (the student is on this rank's GPU by now)
             torch.cuda.set_rng_state(rng["cuda"])
     except DdkError:
         raise

@@ -165,9 +165,10 @@ def append_record(run_dir: str | Path, record: dict[str, Any], sink: RecordSink 
         sink.write(record)
 
 
-def truncate_metrics(run_dir: str | Path, step: int) -> None:
-    """Drop the records written after checkpoint ``step`` (a resumed run writes them again), atomically. A last line
-    that is not whole JSON (a write cut by a full disk or a kill) is dropped too: it is a record after the step."""
+def truncate_metrics(run_dir: str | Path, step: int, *, redo_interval: bool = False) -> None:
+    """Drop the records written after checkpoint ``step`` (a resumed run writes them again), atomically, and with
+    ``redo_interval`` the interval record at ``step`` too (the resumed run reweights there again). A last line that
+    is not whole JSON (a write cut by a full disk or a kill) is dropped too: it is a record after the step."""
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return
@@ -180,7 +181,8 @@ def truncate_metrics(run_dir: str | Path, step: int) -> None:
             if i < len(lines) - 1:
                 raise StudentError(f"{path}: line {i + 1} is not JSON ({ln[:60]!r}); the run's records are damaged "
                                    "there: restore the file, or start afresh with --overwrite") from None
-    keep = [ln for ln, rec in records if rec.get("event") != FINAL and rec["step"] <= step]
+    keep = [ln for ln, rec in records if rec.get("event") != FINAL and rec["step"] <= step
+            and not (redo_interval and rec.get("event") == INTERVAL and rec["step"] == step)]
     replace_file(path, "".join(ln + "\n" for ln in keep))
 
 

@@ -102,9 +102,10 @@ def train(cfg: Stage2Config) -> Path:
     # more ranks on a host than GPUs, or --device cuda without CUDA: refused before --out is touched
     device = parallel.pick_device(cfg.device, env)
     sink = open_sink(cfg.report_to, out)  # --report-to: a missing package is refused here too; None for none
+    # before the batch check: a resume by another number of processes is refused there, naming the launch it needs
+    resuming = prepare_out_dir(cfg, rank=rank, world=world)
     if B % (world * A):
         raise ConfigError(f"--batch-size {B} must be divisible by world_size x --grad-accum = {world} x {A}")
-    resuming = prepare_out_dir(cfg, rank=rank, world=world)
     if resuming and run_finished(out, cfg.steps):
         return out  # (prepare_out_dir said so) nothing to train, evaluate or save again
     # refuses incomplete stores, unknown versions and encodings
@@ -217,11 +218,13 @@ def train(cfg: Stage2Config) -> Path:
         history.extend(h for h in saved if h.get("weights") is not None)
         warned.update(f.domain for i in range(2, len(saved) + 1) if rank == 0  # warned before: not again
                       for f in find_repeats(saved[:i], B, num_rows, steps=cfg.steps))
+        # a finished run extended by --steps: its end is a boundary again (a killed extension's record there goes)
+        extend = step % K == 0 and step < cfg.steps and sampler.interval < step // K
         if rank == 0:
-            rundir.truncate_metrics(out, step)
+            rundir.truncate_metrics(out, step, redo_interval=extend)
             write_config(cfg, out / CONFIG_FILE)  # the settings it continues with (a larger --steps, say)
-        if step % K == 0 and step < cfg.steps and sampler.interval < step // K:
-            new_interval(step)  # a finished run extended by --steps: its last boundary was the end of the run
+        if extend:
+            new_interval(step)
     else:
         step = 0
         ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows

@@ -84,3 +84,13 @@ def test_ddp_two_gloo_ranks_agree_with_one_process(tmp_path, store_url, student_
     assert code == 2 and "Traceback" not in err, err
     assert (f"its checkpoint at step 8 was written by 2 process(es), this run has 1; the number must be the same: "
             f"`torchrun --nproc_per_node 2 -m stage2_student.cli train --out {ddp} --resume`") in err, err
+
+    # And the other way: 3 ranks do not divide its batch (4 rows, --grad-accum 2), but what they are refused for
+    # is the launch (each rank prints the line; torchrun may stop the others once the first has exited)
+    p = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "3", "-m", "stage2_student.cli", "train",
+                        "--out", str(single), "--resume"], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                       timeout=240)
+    lines = {ln for ln in p.stderr.splitlines() if ln.startswith("error:")}
+    assert p.returncode != 0 and lines == {
+        f"error: --resume {single}: its checkpoint at step 8 was written by 1 process(es), this run has 3; the "
+        f"number must be the same: `ddk-student train --out {single} --resume`"}, p.stderr[-3000:]

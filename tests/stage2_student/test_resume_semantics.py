@@ -84,6 +84,21 @@ def test_resume_needs_only_out_and_what_changes_and_extends_a_finished_run(run: 
     assert (run / "model.safetensors").is_file()
 
 
+def test_an_extension_killed_before_its_first_checkpoint_logs_its_reweighting_once(run: Path, tmp_path: Path) -> None:
+    # An extension reweights at the old end (step 6), logs that interval record, then rewrites checkpoint 6; killed
+    # before the rewrite commits, it leaves the old checkpoint 6 and the new record, and the next --resume
+    # reweights at 6 again: the record must not be there twice.
+    done = tmp_path / "done"
+    shutil.copytree(run, done)
+    train("--out", str(done), "--resume", "--steps", "10")
+    (redone,) = [r for r in records(done) if r["event"] == "interval" and r["step"] == 6]
+    killed = [r for r in records(run) if r["event"] != "final"] + [redone]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in killed))
+    train("--out", str(run), "--resume", "--steps", "10")
+    assert [r["step"] for r in records(run) if r["event"] == "interval"] == [0, 2, 4, 6, 8]
+    assert [r for r in records(run) if r["event"] != "step"] == [r for r in records(done) if r["event"] != "step"]
+
+
 def test_config_of_the_run_resumes_from_another_directory(run: Path, tmp_path: Path, monkeypatch) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
