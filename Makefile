@@ -1,4 +1,6 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`. Both create and reuse .venv.
+# Settings: PYTHON (the interpreter the venv is made from), VENV (where), WITH_VLLM=auto|1|0 (scripts/setup_env.sh),
+# BASELINE=1 (make demo), and DDK_CACHE (where models, corpora and stores go).
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,8 +11,8 @@ STAMP  := $(VENV)/.ddk-setup
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml scripts/setup_env.sh
-	PYTHON=$(PYTHON) VENV=$(VENV) bash scripts/setup_env.sh
+$(STAMP): pyproject.toml scripts/setup_env.sh ddk_store/_kernels.c
+	PYTHON="$(PYTHON)" VENV="$(VENV)" bash scripts/setup_env.sh
 	touch $(STAMP)
 
 # The whole suite, vLLM and the real S3 server included; it ends with its 15 slowest tests (CI keeps an eye on time).
@@ -26,7 +28,7 @@ lint: setup
 
 # BASELINE=1: also train plain KD from the same warm student and compare the two in the report.
 demo: setup
-	bash examples/demo.sh $(if $(filter 1 yes true on,$(BASELINE)),--baseline)
+	VENV="$(VENV)" bash examples/demo.sh $(if $(filter 1 yes true on,$(BASELINE)),--baseline)
 
 bench: setup
 	$(PY) bench/store_codec.py

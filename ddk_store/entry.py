@@ -3,7 +3,8 @@
 Every console script (``ddk-teacher``, ``ddk-student``, ``ddk-store``, the built-in asset builders) runs through
 :func:`main_entry`, so a user's own mistake ends the same way everywhere: one ``error: ...`` line on stderr and
 exit status 2, no traceback. Ctrl-C says that rerunning the same command resumes, or what else continues the work
-(a command's own :class:`~ddk_store.errors.Interrupted`), and exits 130; SIGTERM does the same with exit 143.
+(a command's own :class:`~ddk_store.errors.Interrupted`), and exits 130; SIGTERM does the same with exit 143, and
+SIGHUP (a closed terminal or SSH session) with exit 129.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 #: Exit status after SIGTERM (128 + SIGTERM): a scheduler stopping the job.
 EXIT_TERMINATED = 143
+#: Exit status after SIGHUP (128 + SIGHUP): the terminal or SSH session the command ran in closed.
+EXIT_HANGUP = 129
 INTERRUPTED = "interrupted; rerun the same command to resume where it stopped"
 
 #: click settings every command group uses.
@@ -44,19 +47,20 @@ def one_line(text: str) -> str:
 def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = None) -> NoReturn:
     """Run a click command or group as a console script with ddk's error contract, then exit."""
     tune_allocator()
-    with _sigterm_as_ctrl_c() as terminated:
-        _run(cli, prog_name, argv, terminated)
+    with _signals_as_ctrl_c() as stopped_by:
+        _run(cli, prog_name, argv, stopped_by)
 
 
-def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, terminated: list[bool]) -> NoReturn:
+def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, stopped_by: list[int]) -> NoReturn:
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort) as e:
         cause = e.__cause__ if isinstance(e, click.exceptions.Abort) else e  # click wraps Ctrl-C in Abort
         advice = one_line(str(cause)) if isinstance(cause, Interrupted) and str(cause) else INTERRUPTED
-        click.echo(f"{prog_name}: {advice}", err=True)
+        with contextlib.suppress(OSError):  # (after SIGHUP the terminal may be gone)
+            click.echo(f"{prog_name}: {advice}", err=True)
         _quiet_shutdown(argv)
-        sys.exit(EXIT_TERMINATED if terminated[0] else EXIT_INTERRUPTED)
+        sys.exit(_EXIT_AFTER.get(stopped_by[0], EXIT_INTERRUPTED))
     except click.exceptions.Exit as e:  # --help, --version
         sys.exit(e.exit_code)
     except click.exceptions.ClickException as e:  # usage errors: unknown flag, missing argument, bad choice
@@ -88,26 +92,36 @@ def file_error(e: OSError) -> str:
     return f"{e.filename}: {e.strerror or e}; {fix}"
 
 
+#: The exit status after each signal that stops a command as Ctrl-C does.
+_EXIT_AFTER = {signal.SIGTERM: EXIT_TERMINATED, signal.SIGHUP: EXIT_HANGUP}
+
+
 @contextlib.contextmanager
-def _sigterm_as_ctrl_c() -> Iterator[list[bool]]:
-    """While a command runs, SIGTERM (what SLURM or Kubernetes send before they kill a job) stops it as Ctrl-C does:
-    the same cleanup (finally blocks, a checkpoint being written completes) and the same advice, with exit status
-    143. Yields a flag that turns True once SIGTERM arrived. Only in the main thread (where Python runs signal
-    handlers); the previous handler is restored afterwards, so a caller in the same interpreter keeps its own."""
-    got = [False]
+def _signals_as_ctrl_c() -> Iterator[list[int]]:
+    """While a command runs, SIGTERM (what SLURM or Kubernetes send before they kill a job) and SIGHUP (a closed
+    terminal or SSH session) stop it as Ctrl-C does: the same cleanup (finally blocks remove half-built folders, a
+    checkpoint being written completes) and the same advice, with exit status 143 or 129. Yields a list whose item
+    becomes the signal's number once one arrived. A SIGHUP ignored by whoever started the command (``nohup``) stays
+    ignored. Only in the main thread (where Python runs signal handlers); the previous handlers are restored
+    afterwards, so a caller in the same interpreter keeps its own."""
+    got = [0]
     if threading.current_thread() is not threading.main_thread():
         yield got
         return
 
-    def on_sigterm(signum: int, frame: object) -> None:
-        got[0] = True
+    def on_signal(signum: int, frame: object) -> None:
+        got[0] = signum
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    previous = {sig: before for sig in _EXIT_AFTER for before in [signal.getsignal(sig)]
+                if before is not None and (sig == signal.SIGTERM or before == signal.SIG_DFL)}
+    for sig in previous:
+        signal.signal(sig, on_signal)
     try:
         yield got
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
 
 
 def _quiet_shutdown(argv: Sequence[str] | None) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -184,6 +186,33 @@ def check_replaceable(out: Path, owner_file: str) -> None:
                           f"not replaced; choose another output directory or remove it yourself")
 
 
+#: A build's temporary sibling untouched for this long belongs to a build that was killed (SIGKILL, power loss):
+#: the next build of the same folder removes it. (A build in progress writes into it far more often.)
+STALE_AFTER_S = 24 * 3600
+
+
+def remove_stale_siblings(out: Path) -> None:
+    """Remove the temporary siblings of ``out`` (:func:`atomic_dir`'s ``.NAME.tmp-*`` and ``.NAME.old-*``) that no
+    build has touched for :data:`STALE_AFTER_S`: a killed build leaves them (hundreds of MB for a teacher)."""
+    now = time.time()
+    for pattern in (f".{glob.escape(out.name)}.tmp-*", f".{glob.escape(out.name)}.old-*"):
+        for p in out.parent.glob(pattern):
+            with contextlib.suppress(OSError):  # (another build removing it first, or not ours to remove)
+                if p.is_symlink() or now - _newest_mtime(p) < STALE_AFTER_S:
+                    continue
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _newest_mtime(path: Path) -> float:
+    """The latest modification time of ``path`` and everything under it."""
+    newest = path.lstat().st_mtime
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            with contextlib.suppress(OSError):
+                newest = max(newest, os.lstat(os.path.join(root, name)).st_mtime)
+    return newest
+
+
 @contextlib.contextmanager
 def atomic_dir(out: Path, *, owner_file: str) -> Iterator[Path]:
     """Build a directory in a temporary sibling of ``out``; on success move it to ``out``, replacing what is there.
@@ -200,6 +229,7 @@ def atomic_dir(out: Path, *, owner_file: str) -> Iterator[Path]:
     out = Path(out)
     check_replaceable(out, owner_file)
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp

@@ -27,7 +27,7 @@ for arg in "$@"; do
     *) echo "examples/demo.sh: unknown argument '$arg'; the only one is --baseline" >&2; exit 2 ;;
   esac
 done
-BIN=.venv/bin
+BIN=${VENV:-.venv}/bin  # (make demo passes its VENV)
 PY=$BIN/python
 # $DDK_CACHE (default ~/.cache/ddk), and the store encoding: a store of an older default is not reused
 { read -r CACHE; read -r ENCODING; } < <($PY -c 'from ddk_store.paths import cache_dir; from ddk_store import spec

@@ -208,9 +208,14 @@ def match_files(patterns: tuple[str, ...], base: Path, where: str, key: str,
     """
     files: list[str] = []
     for pat in patterns:
-        full = os.path.expanduser(pat if os.path.isabs(os.path.expanduser(pat)) else str(base / pat))
+        absolute = os.path.isabs(os.path.expanduser(pat))
+        full = os.path.expanduser(pat if absolute else str(base / pat))
+        # The YAML's folder is a place, not a pattern: a cache or checkout path with [ ] in it must still match.
+        pattern = os.path.expanduser(pat) if absolute else os.path.join(glob.escape(str(base)), pat)
         # sorted(): glob order depends on the filesystem; the document order must not.
-        matches = sorted(m for m in glob.glob(full, recursive=True) if os.path.isfile(m))
+        matches = sorted(m for m in glob.glob(pattern, recursive=True) if os.path.isfile(m))
+        if not matches and os.path.isfile(full):
+            matches = [full]  # a file named with [ ] or ? written as it is (glob reads them as a pattern)
         if not matches and not missing_ok:
             kind = "matches no file" if glob.has_magic(full) else "does not exist or is not a file"
             noun = "path" if key == "paths" else key

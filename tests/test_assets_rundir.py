@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,26 @@ def test_atomic_dir_replaces_whole_or_not_at_all(tmp_path):
         (tmp / "b").write_text("3")
     assert sorted(p.name for p in out.iterdir()) == ["b"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thing"]  # no temporary or old copy left
+
+
+def test_a_build_removes_what_a_killed_build_left_a_day_ago_and_nothing_younger(tmp_path):
+    # SIGKILL (or a power loss) skips the cleanup: the temporary sibling stays (540 MB for the teacher).
+    from ddk_store.paths import STALE_AFTER_S
+
+    out = tmp_path / "thing"
+    old_tmp, old_aside, young = tmp_path / ".thing.tmp-a1", tmp_path / ".thing.old-b2", tmp_path / ".thing.tmp-c3"
+    other = tmp_path / ".other.tmp-d4"  # another folder's build: not this one's to remove
+    for d in (old_tmp, old_aside, young, other):
+        (d / "sub").mkdir(parents=True)
+        (d / "sub" / "f").write_text("x")
+    day_ago = time.time() - STALE_AFTER_S - 60
+    for d in (old_tmp, old_aside, other):
+        for p in (d, d / "sub", d / "sub" / "f"):
+            os.utime(p, (day_ago, day_ago))
+    os.utime(young, (day_ago, day_ago))  # an old folder with a file written a minute ago: a build in progress
+    with atomic_dir(out, owner_file="a") as tmp:
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-d4", ".thing.tmp-c3", "thing"]
 
 
 def test_atomic_dir_is_on_the_disk_before_its_rename_and_tolerates_mounts_that_cannot_sync(tmp_path, monkeypatch):

@@ -464,3 +464,19 @@ def test_default_cache_locations_follow_ddk_cache(monkeypatch, tmp_path, corpus_
     assert corpus_mod.default_out_dir() == tmp_path / "corpus"
     monkeypatch.delenv("DDK_CACHE")
     assert default_teacher_dir() == Path(os.path.expanduser("~")) / ".cache" / "ddk" / "teacher" / "smollm2-135m"
+
+
+def test_the_written_corpora_yaml_finds_a_corpus_in_a_folder_with_brackets(corpus_mod, tmp_path):
+    # DDK_CACHE=/runs/exp[1]: the absolute patterns of CORPORA.yaml must not read the folder as a character class.
+    from stage1_teacher.corpus import load_corpora
+
+    out = tmp_path / "exp[1]" / "corpus"
+    (out / "scripture").mkdir(parents=True)
+    (out / "scripture" / "kjv.txt").write_text("In the beginning\n", encoding="utf-8")
+    (out / "python" / "pkg").mkdir(parents=True)
+    (out / "python" / "pkg" / "m.py").write_text("x = 1\n", encoding="utf-8")
+    y = out / "CORPORA.yaml"
+    y.write_text(corpus_mod.corpora_yaml(out, ["scripture", "python"], relative=False), encoding="utf-8")
+    files = {s.name: s.files for s in load_corpora(y)}
+    assert files == {"scripture": (str(out / "scripture" / "kjv.txt"),),
+                     "python": (str(out / "python" / "pkg" / "m.py"),)}

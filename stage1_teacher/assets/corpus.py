@@ -26,6 +26,7 @@ and the command to run. ``--no-install`` never calls apt-get.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import sys
@@ -153,7 +154,8 @@ def corpora_yaml(out: Path, domains: list[str], *, relative: bool) -> str:
     ]
     for d in domains:
         spec = DOMAINS[d]
-        path = f"{d}/{spec.pattern}" if relative else f"{out}/{d}/{spec.pattern}"
+        # (the folder escaped: a cache path such as /runs/exp[1] is a place, not a pattern)
+        path = f"{d}/{spec.pattern}" if relative else f"{glob.escape(str(out))}/{d}/{spec.pattern}"
         rows.append(f"  {(d + ':').ljust(width)} {{paths: [{_yaml_str(path)}], format: {spec.format}}}")
     return "\n".join(rows) + "\n"
 

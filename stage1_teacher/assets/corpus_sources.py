@@ -183,13 +183,16 @@ def missing_packages(packages: list[str]) -> list[str]:
 
 def install_packages(packages: list[str]) -> None:
     """``apt-get install`` the given packages (running ``apt-get update`` once if the first try fails)."""
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    # Wait up to 10 minutes for another apt user (a second set-up, a fresh VM's unattended upgrades) instead of
+    # failing on dpkg's lock at once.
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]
+    cmd = [*apt, "install", "-y", "--no-install-recommends", *packages]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     say(f"installing {' '.join(packages)} with apt-get")
     if subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL).returncode == 0:
         return
     say("apt-get install failed; running apt-get update and retrying")
-    subprocess.run(["apt-get", "update"], env=env, stdout=subprocess.DEVNULL)
+    subprocess.run([*apt, "update"], env=env, stdout=subprocess.DEVNULL)
     proc = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -213,7 +216,10 @@ def ensure_sources(domains: list[str], *, install: bool) -> None:
             how = "this is not root or has no apt-get"
         else:
             how = "apt-get did not provide it"
-        fix = f"install them with `sudo apt-get install -y --no-install-recommends {' '.join(pkgs)}`" if pkgs else ""
+        # (with the recipe's other packages: the legal domain's rows depend on every package installed)
+        all_missing = sorted(set(pkgs) | set(missing_packages(APT_PACKAGES)))
+        fix = (f"install them with `sudo apt-get install -y --no-install-recommends {' '.join(all_missing)}`"
+               if pkgs else "")
         raise CorpusError(
             f"missing corpus sources ({how}): {what}. "
             + (f"Needed Debian packages: {', '.join(pkgs)}; {fix}, " if pkgs else "")

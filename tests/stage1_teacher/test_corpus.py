@@ -304,3 +304,18 @@ domains:
     assert docs_of(srcs["prose"])[0] == ["first", f"second {bom}mid", "real"]
     assert docs_of(srcs["docs"])[0] == ["doc one\n"]
     assert docs_of(srcs["rec"])[0] == ["one", f"{bom}two"]  # (a JSONL file with a mark was refused as bad JSON)
+
+
+def test_brackets_in_the_yaml_folder_or_a_file_name_are_not_patterns(tmp_path):
+    # DDK_CACHE=/runs/exp[1] made every domain of the built-in corpus "match no file": glob read the folder as a
+    # character class. A file named a[1].txt, written as it is, is that file.
+    base = tmp_path / "exp[1]"
+    (base / "docs").mkdir(parents=True)
+    (base / "docs" / "a.txt").write_text("one\n", encoding="utf-8")
+    (base / "docs" / "b[1].txt").write_text("two\n", encoding="utf-8")
+    y = base / "corpora.yaml"
+    y.write_text("domains:\n  globbed: {paths: ['docs/*.txt'], format: lines}\n", encoding="utf-8")
+    assert docs_of(load_corpora(y)[0])[0] == ["one", "two"]
+    y.write_text(f"domains:\n  named: {{paths: ['docs/b[1].txt', '{base}/docs/a.txt'], format: lines}}\n",
+                 encoding="utf-8")
+    assert docs_of(load_corpora(y)[0])[0] == ["two", "one"]
