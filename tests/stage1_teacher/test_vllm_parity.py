@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,8 @@ from ddk_testkit.commands import DUMP_FLAGS, SEQ_LEN, TOP_K
 
 _ok, _why = vllm_usability()
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(not _ok, reason=f"vLLM cannot run here: {_why}")]
+#: The engine variables as the user set them, read at collection, before any engine starts.
+PRESET = {k: os.environ.get(k) for k in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU")}
 
 
 @pytest.fixture(scope="session")
@@ -43,8 +47,6 @@ def assert_parity(a, b, tol=1e-3):
 
 
 def test_the_cpu_engine_starts_with_ddks_defaults_set(vllm_backend):
-    import os
-
     import torch
 
     from stage1_teacher.backends.vllm import cpu_engine_env
@@ -52,8 +54,10 @@ def test_the_cpu_engine_starts_with_ddks_defaults_set(vllm_backend):
 
     if torch.cuda.is_available():
         pytest.skip("the CPU engine's defaults: a CUDA machine starts the GPU engine")
-    for key in cpu_engine_env(CORES):
-        assert os.environ.get(key), key  # set by the backend before LLM(...) when the user had not
+    defaults = cpu_engine_env(CORES)
+    assert set(defaults) <= set(PRESET)
+    for key, value in defaults.items():  # set by the backend before LLM(...) where the user had not
+        assert os.environ.get(key) == (PRESET[key] or value), key
 
 
 def test_auto_picks_vllm_and_says_so():

@@ -51,6 +51,10 @@ def test_equals_reference_in_float64(tail, T, t2, chunk):
         assert float(a) == pytest.approx(float(b), rel=1e-12, abs=1e-14)
     for a, b in zip(g_fused, g_ref):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    formula = formula_loss(h @ W.T, targets, ids, lp, mask, V=23, gamma=0.7, T=T, tail=tail, t2_scale=t2)
+    assert float(out.total) == pytest.approx(float(formula), rel=1e-12)  # (and the definition, not only the sibling)
+    for a, b in zip(g_fused, grads_of(2.5 * formula, h, W)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
     assert torch.all(g_fused[1][23:] == 0)  # padded vocabulary rows get no gradient
     assert torch.all(g_fused[0][:, -1] == 0)  # the last position predicts nothing
 
@@ -64,6 +68,12 @@ def test_bias_and_logit_scale():
     g_ref = grads_of(ref.total, h, W, b)
     assert float(out.total) == pytest.approx(float(ref.total), rel=1e-12)
     for a, c in zip(g_fused, g_ref):
+        torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-13)
+    # and against the loss written from its definition (bias and scale are checked nowhere else)
+    formula = formula_loss(0.25 * (h @ W.T + b), targets, ids, lp, mask, V=23, gamma=0.3, T=1.0, tail="bucket")
+    g_formula = grads_of(formula, h, W, b)
+    assert float(out.total) == pytest.approx(float(formula), rel=1e-12)
+    for a, c in zip(g_fused, g_formula):
         torch.testing.assert_close(a, c, rtol=1e-10, atol=1e-13)
 
 
