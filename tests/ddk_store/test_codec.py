@@ -57,3 +57,10 @@ def test_roundtrip_property(k, vocab, n, enc, seed):
 def test_unknown_encoding_is_refused():
     with pytest.raises(Exception, match="unknown top-k encoding"):
         codec.encode_topk(np.zeros((1, 1)), np.zeros((1, 1)), encoding="topk-magic", vocab_size=4)
+
+
+def test_sort_by_rank_breaks_ties_by_ascending_id():
+    # (a quantized store holds many equal log-probs: the order among them is part of the contract)
+    topk = codec.TopK(np.array([[5, 2, 9]]), np.array([[-1.0, -1.0, -0.5]], dtype=np.float32), None)
+    out = codec.sort_by_rank(topk)
+    assert out.ids.tolist() == [[9, 2, 5]] and out.logprobs.tolist() == [[-0.5, -1.0, -1.0]]

@@ -208,3 +208,11 @@ def test_a_minor_version_of_thousands_of_digits_is_compared_as_text_not_int():
     from ddk_store.meta import version_before
 
     assert version_before("1." + "0" * 5000 + "1", (1, 2)) and not version_before("1." + "9" * 5000, (1, 2))
+
+
+def test_recorded_statistics_agree_within_the_documented_tolerance_and_report_the_perplexity():
+    # docs/store-format.md: recorded and recomputed statistics agree to 1e-6 relative
+    assert agrees(2.0, 2.0 * (1 + 5e-7)) and not agrees(2.0, 2.0 * (1 + 5e-6))
+    field, recorded, computed = stats_mismatch(3.0, math.exp(3.0) * 1.1, 3.0)
+    assert field == "heldout_ppl" and recorded == math.exp(3.0) * 1.1
+    assert computed == pytest.approx(math.exp(3.0), rel=1e-12)  # the perplexity the data gives, not its NLL

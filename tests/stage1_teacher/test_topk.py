@@ -96,3 +96,10 @@ def test_hf_backend_row_by_row_and_whole_batch_top_k_agree(tiny_teacher):
     assert np.allclose(a.topk_logprobs, b.topk_logprobs, atol=1e-5)
     assert np.allclose(a.target_logprobs, b.target_logprobs, atol=1e-5)
     assert np.isfinite(a.target_logprobs).all() and (a.topk_logprobs <= 0).all()
+
+
+def test_a_logit_far_above_the_rest_stays_finite():
+    # shifting by the k-th logit instead of the largest would overflow exp(100 - (-1)) in float32 sums
+    out = topk_logprobs(torch.tensor([[[100.0, 0.0, -1.0]]]), 2)
+    assert torch.isfinite(out.logprobs).all()
+    assert out.logprobs[0, 0].tolist() == pytest.approx([0.0, -100.0], abs=1e-4)

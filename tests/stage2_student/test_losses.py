@@ -280,3 +280,14 @@ def test_float64_logits_are_computed_in_float64():
     ref.backward()
     assert float(out.total) == pytest.approx(float(ref), rel=1e-12)
     torch.testing.assert_close(x.grad[:, :6, :23], ref_x.grad[:, :6, :23], rtol=1e-10, atol=1e-13)
+
+
+def test_a_quantized_top_k_summing_past_one_is_renormalized_and_a_tiny_tail_keeps_its_digits():
+    from stage2_student.losses import tempered_teacher
+
+    # (0.6, 0.4001): 1e-4 over one, as quantized log-probs can give: renormalized, no tail
+    lp, log_tail = tempered_teacher(torch.tensor([[math.log(0.6), math.log(0.4001)]], dtype=torch.float64), 10, 1.0)
+    assert float(lp.exp().sum()) == pytest.approx(1.0, abs=1e-12) and float(log_tail) == -math.inf
+    # a top-1 of 1 - 1e-6 in float32: the tail 1e-6 must come out to 4 digits (log(1 - s) loses them)
+    _, log_tail = tempered_teacher(torch.tensor([[math.log1p(-1e-6)]], dtype=torch.float32), 10, 1.0)
+    assert float(log_tail) == pytest.approx(math.log(1e-6), rel=1e-4)

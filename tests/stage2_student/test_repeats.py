@@ -202,3 +202,45 @@ def test_a_run_resumed_after_a_warning_does_not_repeat_it(repeated_run, tmp_path
     resumed = warnings_of(resumed_from(out, at, tmp_path))
     assert resumed == [f"warning: {f.message()}" for f in flagged if f.step > at]
     assert len(resumed) < len(warnings_of(stderr))
+
+
+def test_rows_by_record_carries_rounding_and_trusts_recorded_rows():
+    # B = 3 at (.25, .75) for 2 steps per record: exact (1.5, 4.5) per record; carried, the running totals follow
+    # the exact target (3, 9) at the third record, not three times the first record's rounding (2, 4)
+    records = [rec(2 * i, [1, 1], [0.25, 0.75]) for i in range(4)]
+    assert rows_by_record(records, 3) == [[0, 0], [2, 4], [3, 9], [5, 13]]
+    logged = [{**rec(0, [1, 1], [.5, .5]), "rows_trained": [0, 0]},
+              {**rec(2, [1, 1], [.5, .5]), "rows_trained": [1, 5]}]
+    assert rows_by_record(logged, 3)[-1] == [1, 5]  # what the run logged, not a re-derivation
+
+
+def test_the_repeat_rule_at_its_boundaries():
+    # b: 30 training rows, drawn exactly once (10 rows x 2 steps x .75 x 2 records): one pass is no repeat
+    once = [rec(0, [1, 3.0], [.25, .75]), rec(2, [1, 2.0], [.25, .75]), rec(4, [1, 2.5], [.25, .75])]
+    assert find_repeats(once, 10, [10, 30]) == []
+    # two records are enough to see a rise: a (10 rows) drew 8 x 4 = 32 rows, its ratio rose 8 -> 9
+    assert [f.domain for f in find_repeats([rec(0, [8.0, 3.0], [.8, .2]), rec(4, [9.0, 3.0], [.8, .2])], 10,
+                                           [10, 30])] == ["a"]
+    # tied lowest ratios: the earliest is the best point, and the cap suggested is the passes it had
+    tied = [rec(4 * i, [ra, 3.0], w) for i, (ra, w) in enumerate(zip([12.0, 8.0, 8.0, 9.0],
+                                                                     [[.5, .5], [.8, .2], [.8, .2], [.8, .2]]))]
+    (f,) = find_repeats(tied, 10, [10, 30])
+    assert (f.domain, f.best_step, f.best_passes) == ("a", 4, 2.0)
+    # above its natural pace: a (natural share 10/40 = .25) drew at .3, 12 rows against 10 (less a row of slack)
+    above = [rec(4 * i, [ra, 3.0], [.3, .7]) for i, ra in enumerate([12.0, 10.0, 8.0, 9.0])]
+    assert [f.domain for f in find_repeats(above, 10, [10, 30])] == ["a"]
+    # b (natural .75 of 3 rows a step) drew 4 rows by step 4 against a natural 4.5, within a row: flagged
+    paced = [rec(2 * i, [1, rb], [.25, .75]) for i, rb in enumerate([3.0, 2.5, 2.0, 2.5])]
+    assert [f.domain for f in find_repeats(paced, 3, [2, 6])] == ["b"]
+    # b drew 4 rows against a natural 6, more than a row below its pace: the rise is not its repeats
+    slow = [rec(0, [1, 3.0], [.25, .75]), rec(1, [1, 2.0], [.5, .5]), rec(2, [1, 2.5], [.5, .5])]
+    assert find_repeats(slow, 8, [2, 6]) == []
+
+
+def test_a_rise_of_two_percent_is_the_threshold():
+    def rose_to(last: float) -> list[str]:
+        records = [rec(4 * i, [ra, 3.0], [.8, .2]) for i, ra in enumerate([9.0, 8.0, last])]
+        return [f.domain for f in find_repeats(records, 10, [10, 30])]
+
+    assert RISE_TOL == 0.02
+    assert rose_to(8.2) == ["a"] and rose_to(8.15) == []  # 2.5% flagged, 1.9% not

@@ -111,3 +111,10 @@ def test_static_weight_parsing():
         rw.parse_static_weights("a=0.5,a=0.5")
     with pytest.raises(ConfigError, match="unknown domain.*'zeta'.*the store has: a, b"):
         rw.static_weights_vector({"zeta": 1.0}, ["a", "b"])
+
+
+def test_static_weights_must_sum_to_one_closely_and_natural_weights_need_rows():
+    with pytest.raises(ConfigError):
+        rw.parse_static_weights("a=0.5,b=0.4999")  # off by 1e-4: a typo, not rounding
+    with pytest.raises(ValueError):
+        rw.natural_weights([0, 0])

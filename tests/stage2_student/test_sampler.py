@@ -195,3 +195,17 @@ def test_rows_trained_counts_the_rows_read_so_far_mid_interval_and_after_a_resum
     resumed = DomainSampler([7, 5, 30], rows_per_interval=12, seed=3)
     resumed.load_state_dict(json.loads(json.dumps(s.state_dict())))
     assert resumed.rows_trained(2, batch_size=4) == read.tolist()
+
+
+def test_ties_go_to_the_lower_index_with_more_than_sixteen_domains():
+    # 24 rows over weights summing to 28: the weight-2 domains get 1 row each by the floor (24 * 2/28 = 1.714), the
+    # weight-1 domains none (0.857); the remainders .857 > .714 rank the weight-1 domains first (7 rows), and the
+    # last 7 rows go to the 7 lowest-indexed weight-2 domains (remainder .714 each: a tie an unstable sort breaks
+    # at random past 16 entries)
+    w = [1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 2, 2, 1, 1, 2, 2]
+    assert largest_remainder(w, 24).tolist() == [1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1]
+
+
+def test_weights_that_are_not_numbers_are_refused():
+    with pytest.raises(ValueError):
+        largest_remainder([float("nan"), 1.0], 4)

@@ -23,3 +23,10 @@ def test_monotone_decay_without_warmup():
     assert lrs[0] == pytest.approx(3e-4)
     assert all(b <= a for a, b in zip(lrs, lrs[1:]))
     assert lrs[-1] > 0
+
+
+def test_the_final_rate_is_a_share_of_the_peak_not_the_share_itself():
+    # (every other test uses peak_lr = 1, where the two are the same number)
+    assert lr_at(500, peak_lr=3e-4, total_steps=110, warmup_steps=10, final_lr_ratio=0.1) == pytest.approx(3e-5)
+    assert lr_at(109, peak_lr=3e-4, total_steps=110, warmup_steps=10, final_lr_ratio=0.1) == pytest.approx(
+        3e-5 + 0.5 * (3e-4 - 3e-5) * (1 + math.cos(math.pi * 99 / 100)))
