@@ -203,7 +203,7 @@ def open_zarr_store(url: str, *, read_only: bool, storage_options: Mapping[str, 
     try:
         import s3fs  # noqa: F401
     except ImportError:
-        raise MissingDependencyError("s3:// stores need s3fs: pip install 'ddk[s3]'") from None
+        raise MissingDependencyError("s3:// stores need s3fs: pip install s3fs (or pip install -e '.[s3]' in the ddk checkout)") from None
     quiet_orphaned_transient_errors()
     return FsspecStore.from_url(url, storage_options=s3_storage_options(storage_options), read_only=read_only)
 

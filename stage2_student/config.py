@@ -220,7 +220,7 @@ def problems(cfg: Stage2Config) -> list[str]:
             try:
                 parse_static_weights(cfg.static_weights)
             except ConfigError as e:
-                p.append(f"--{e}".replace("--static_weights", "--static-weights"))
+                p.append(str(e))
     elif cfg.static_weights:
         p.append(f"--static-weights is only used with --mixing static (got --mixing {cfg.mixing})")
     if cfg.init_mixture != "natural" and cfg.mixing not in REWEIGHTED:

@@ -36,7 +36,7 @@ def evenly_spaced_layers(num_teacher_layers: int, num_student_layers: int) -> li
         raise ConfigError(f"layers must be an int or a list of ints, got {num_student_layers!r}")
     if not 1 <= num_student_layers <= num_teacher_layers:
         raise ConfigError(
-            f"layers={num_student_layers}: the teacher has {num_teacher_layers} layers, so a student can keep "
+            f"--layers {num_student_layers}: the teacher has {num_teacher_layers} layers, so a student can keep "
             f"between 1 and {num_teacher_layers}"
         )
     if num_student_layers == 1:
@@ -54,24 +54,24 @@ def resolve_layers(num_teacher_layers: int, layers: int | list[int] | tuple[int,
         for part in (p for p in re.split(r"[,\s]+", text) if p):
             m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
             if not m or (m[2] is not None and int(m[2]) < int(m[1])):
-                raise ConfigError(f"layers={layers!r}: expected a count like 6, indices like 0,6,12,29 or ranges "
+                raise ConfigError(f"--layers {layers!r}: expected a count like 6, indices like 0,6,12,29 or ranges "
                                   f"like 0-9,16-29 (first <= last); {part!r} is none of these")
             parts += range(int(m[1]), int(m[2] if m[2] is not None else m[1]) + 1)
         layers = parts[0] if len(parts) == 1 and not re.search(r"[,-]", text) else parts
     if isinstance(layers, int) and not isinstance(layers, bool):
         return evenly_spaced_layers(num_teacher_layers, layers)
     if not isinstance(layers, (list, tuple)) or not layers:
-        raise ConfigError(f"layers={layers!r}: expected a count like 6 or a non-empty list of layer indices")
+        raise ConfigError(f"--layers {layers!r}: expected a count like 6 or a non-empty list of layer indices")
     bad = [i for i in layers if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < num_teacher_layers]
     if bad:
         raise ConfigError(
-            f"layers={list(layers)}: indices {bad} are not layers of the teacher, which has layers "
+            f"--layers {list(layers)}: indices {bad} are not layers of the teacher, which has layers "
             f"0..{num_teacher_layers - 1}"
         )
     if len(set(layers)) != len(layers):
-        raise ConfigError(f"layers={list(layers)}: an index appears twice; each teacher layer can be kept once")
+        raise ConfigError(f"--layers {list(layers)}: an index appears twice; each teacher layer can be kept once")
     if list(layers) != sorted(layers):
-        raise ConfigError(f"layers={list(layers)}: indices must be in increasing order (e.g. {sorted(layers)})")
+        raise ConfigError(f"--layers {list(layers)}: indices must be in increasing order (e.g. {sorted(layers)})")
     return list(layers)
 
 

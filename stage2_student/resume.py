@@ -58,7 +58,13 @@ def resume_layer(given: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not given.get("resume") or not given.get("out"):
         return {}
-    saved = read_saved(given["out"]) or {}
+    out = given["out"]
+    saved = read_saved(out)
+    if saved is None and not (given.get("store") and given.get("student")):
+        there = f"no {CONFIG_FILE} in it" if Path(out).is_dir() else "no such directory"
+        raise ConfigError(f"--resume {out}: no ddk-student run there ({there}); check --out, or give --store and "
+                          "--student to start a new run there")
+    saved = saved or {}
     # (trust_remote_code: never from a file a teammate could have edited; typed again, or off)
     saved = {k: v for k, v in saved.items() if k not in ("resume", "overwrite", "trust_remote_code")}
     if saved and "steps" in given and given["steps"] != saved.get("steps"):

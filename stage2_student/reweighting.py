@@ -103,19 +103,19 @@ def parse_static_weights(text: str) -> dict[str, float]:
             w = float(value)
         except ValueError:
             raise ConfigError(
-                f"static_weights: cannot parse {item!r}; expected DOMAIN=WEIGHT items separated by commas, "
+                f"--static-weights: cannot parse {item!r}; expected DOMAIN=WEIGHT items separated by commas, "
                 f"e.g. 'python=0.6,wiki=0.4'"
             ) from None
         if name in out:
-            raise ConfigError(f"static_weights: domain {name!r} is given twice")
+            raise ConfigError(f"--static-weights: domain {name!r} is given twice")
         if not np.isfinite(w) or w < 0:
-            raise ConfigError(f"static_weights: weight of {name!r} must be finite and >= 0, got {value!r}")
+            raise ConfigError(f"--static-weights: weight of {name!r} must be finite and >= 0, got {value!r}")
         out[name] = w
     if not out:
-        raise ConfigError("static_weights: empty; give DOMAIN=WEIGHT items, e.g. 'python=0.6,wiki=0.4'")
+        raise ConfigError("--static-weights: empty; give DOMAIN=WEIGHT items, e.g. 'python=0.6,wiki=0.4'")
     total = sum(out.values())
     if abs(total - 1.0) > WEIGHT_SUM_TOL:
-        raise ConfigError(f"static_weights: weights must sum to 1, got {total:.6g} from {text!r}")
+        raise ConfigError(f"--static-weights: weights must sum to 1, got {total:.6g} from {text!r}")
     return out
 
 
@@ -128,7 +128,7 @@ def static_weights_vector(weights: Mapping[str, float], domains: Sequence[str]) 
     unknown = sorted(set(weights) - set(domains))
     if unknown:
         raise ConfigError(
-            f"static_weights: unknown domain(s) {', '.join(map(repr, unknown))}; the store has: {', '.join(domains)}"
+            f"--static-weights: unknown domain(s) {', '.join(map(repr, unknown))}; the store has: {', '.join(domains)}"
         )
     return np.array([float(weights.get(d, 0.0)) for d in domains], dtype=np.float64)
 
@@ -218,8 +218,8 @@ def cap_weights(weights: Sequence[float], cap: Sequence[float], *,
     above the others'), the excess goes to the uncapped domains of ``spill`` (default: all) in proportion to their
     caps, each filling the same share of the rows it has left. When it has nowhere to go (the caps sum to < 1 over
     the domains that may take it), the capped weights are rescaled to sum to 1, so each such domain exceeds its cap
-    by the same factor; the training loop refuses such a cap up front (:func:`check_epoch_cap`), so there this
-    happens only through rounding.
+    by the same factor, and when every cap is 0 the weights are returned as given; the training loop refuses such a
+    cap up front (:func:`check_epoch_cap`), so there this happens only through rounding.
 
     Args:
         weights: w, shape (D,), a distribution (the DDK factor, or any mixture).
@@ -236,6 +236,7 @@ def cap_weights(weights: Sequence[float], cap: Sequence[float], *,
             or abs(w.sum() - 1) > WEIGHT_SUM_TOL):
         raise ValueError(f"weights {w.tolist()} (a distribution), cap {cap.tolist()} and spill {spill.tolist()} "
                          "must be equal-length, >= 0")
+    given = w
     out = w.copy()  # a cap that holds no domain changes nothing, bit for bit
     held = np.zeros(w.shape, dtype=bool)
     while True:
@@ -251,7 +252,8 @@ def cap_weights(weights: Sequence[float], cap: Sequence[float], *,
             base, w = cap[free].sum(), np.where(free, cap, 0.0)
         if left <= 0 or base <= 0:  # all capped: nothing can take the excess
             held |= out > 0
-            return out / out.sum(), held
+            total = out.sum()
+            return (out / total if total > 0 else given.copy()), held
         out[free] = w[free] * (left / base)
 
 

@@ -74,8 +74,8 @@ class TensorBoardSink:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise MissingDependencyError(
-                "--report-to tensorboard needs the tensorboard package; install it (pip install tensorboard, or the "
-                "ddk[tensorboard] extra) or use --report-to none") from None
+                "--report-to tensorboard needs the tensorboard package; install it (pip install tensorboard, or "
+                "pip install -e '.[tensorboard]' in the ddk checkout) or use --report-to none") from None
         self._summary_writer = SummaryWriter
         self.run_dir = Path(run_dir)
         self.log_dir = self.run_dir / rundir.TENSORBOARD_DIR

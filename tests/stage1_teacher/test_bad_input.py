@@ -222,4 +222,4 @@ def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, 
     monkeypatch.setitem(sys.modules, "vllm", None)  # fake the package's absence (imports now raise ImportError)
     argv = dump_argv(broken_teacher, corpora_yaml, tmp_path / "s")
     argv[argv.index("--backend") + 1] = "vllm"
-    expect_error(argv, "backend 'vllm' needs: pip install ddk[vllm]", "--backend hf")
+    expect_error(argv, "backend 'vllm' needs: pip install -e '.[vllm]'", "--backend hf")

@@ -66,6 +66,16 @@ def test_all_domains_capped_scales_the_caps_to_a_distribution():
     assert held.tolist() == [True, True]
 
 
+def test_every_cap_zero_keeps_the_weights_instead_of_nan():
+    # nothing may take any weight (every domain's rows used up, reachable only through rounding): the weights are
+    # kept as given; rescaling the caps would divide 0 by 0
+    w, held = rw.cap_weights([0.7, 0.3], [0.0, 0.0])
+    np.testing.assert_array_equal(w, [0.7, 0.3])
+    assert held.tolist() == [True, True]
+    w, _ = rw.cap_weights([1.0, 0.0], [0.0, 0.0], spill=[True, False])
+    np.testing.assert_array_equal(w, [1.0, 0.0])
+
+
 def test_a_large_cap_changes_nothing():
     ddk = np.array([0.083, 0.583, 0.083, 0.083, 0.084, 0.084])
     ddk = ddk / ddk.sum()

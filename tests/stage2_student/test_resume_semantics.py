@@ -153,6 +153,19 @@ def test_resume_where_there_is_no_run_says_it_starts_afresh(tmp_path: Path, stor
     assert [r["step"] for r in records(out) if r["event"] == "final"] == [3]
 
 
+@pytest.mark.parametrize("there", ["missing", "unrelated files"])
+def test_resume_alone_where_there_is_no_run_says_so_not_which_flags_are_required(tmp_path: Path, there: str) -> None:
+    out = tmp_path / "typo"
+    if there == "unrelated files":
+        out.mkdir()
+        (out / "notes.txt").write_text("x")
+    result = run_cli("ddk-student", ["train", "--out", str(out), "--resume"])
+    why = "no such directory" if there == "missing" else "no config.yaml in it"
+    assert result.code == 2, result.output
+    assert result.output.strip() == (f"error: --resume {out}: no ddk-student run there ({why}); check --out, or give "
+                                     "--store and --student to start a new run there"), result.output
+
+
 def test_a_run_extended_after_its_report_says_the_report_is_from_before(run: Path) -> None:
     assert run_cli("ddk-student", ["report", str(run)]).code == 0
     output = train("--out", str(run), "--resume", "--steps", "8")
