@@ -28,7 +28,7 @@ from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
 from .domain_size import DomainTooSmall, check_split_size, heldout_leftover_note, too_small_together
 from .plan import identity_problem, pack_identity, refusal, settings_of, source_uri
-from .tokenize import DocTokenizer, bos_to_add
+from .tokenize import DocTokenizer, bos_to_add, tokenization_hash
 
 #: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.
 POLL_S = 2.0
@@ -288,9 +288,10 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
     """
     bos_id = bos_to_add(tok)
     settings = pack_settings(cfg, corpora, tok)
-    identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok),
-                             eos_token_id=tok.eos_token_id, settings=settings)
     with DocTokenizer(tok, workers=cfg.workers or CORES) as coder:
+        identity = pack_identity(seq_len=cfg.seq_len, fingerprint=tokenizer_fingerprint(tok),
+                                 eos_token_id=tok.eos_token_id, settings=settings,
+                                 tokenization=tokenization_hash(coder))
         packed = pack_corpora(cfg.store, corpora, coder, identity=identity, heldout_seqs=cfg.heldout_seqs,
                               max_rows_per_domain=cfg.max_rows_per_domain, on_bad_utf8=cfg.on_bad_utf8,
                               eos_id=tok.eos_token_id, bos_id=bos_id, vocab_size=vocab_size,

@@ -50,6 +50,8 @@ RESUME_FLAGS = {
     "teacher.revision": "--teacher (weights)",
     "tokenizer.fingerprint": "--teacher (tokenizer)",
     "tokenizer.eos_token_id": "--teacher (tokenizer: EOS)",
+    "tokenizer.tokenization": "--teacher (tokenizer: how it splits text; its normalizer, pre-tokenizer or merges "
+                              "changed)",
     "settings.bos_token_id": "--teacher (tokenizer: BOS)",
 }
 
@@ -167,19 +169,28 @@ def settings_of(corpora: list[DomainSource], *, heldout_seqs: int, max_rows_per_
 
 
 # ----------------------------------------------------------------------------------- the packed rows' identity
-def pack_identity(*, seq_len: int, fingerprint: str, eos_token_id: int, settings: Mapping[str, Any]
-                  ) -> dict[str, Any]:
+def pack_identity(*, seq_len: int, fingerprint: str, eos_token_id: int, settings: Mapping[str, Any],
+                  tokenization: str | None = None) -> dict[str, Any]:
     """The settings that decide the packed rows, laid out as in the store identity (so RESUME_FLAGS name them). The
-    fingerprint covers the vocabulary and the set of special tokens, not which of them ends a document."""
-    return {"seq_len": seq_len, "tokenizer": {"fingerprint": fingerprint, "eos_token_id": eos_token_id},
-            "settings": dict(settings)}
+    fingerprint covers the vocabulary and the set of special tokens, not which of them ends a document, nor how
+    text is split into tokens: ``tokenization`` (:func:`.tokenize.tokenization_hash`) covers that."""
+    tokenizer = {"fingerprint": fingerprint, "eos_token_id": eos_token_id}
+    if tokenization is not None:
+        tokenizer["tokenization"] = tokenization
+    return {"seq_len": seq_len, "tokenizer": tokenizer, "settings": dict(settings)}
+
+
+#: Keys of a pack identity's ``tokenizer`` that a pack written by an earlier version lacks: such a pack is compared
+#: without them.
+_LATER_TOKENIZER_KEYS = ("eos_token_id", "tokenization")
 
 
 def identity_problem(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
     """The first difference between a pack's identity and this run's, by flag name where there is one. A pack
-    written before the identity held the EOS id is compared without it."""
-    if "eos_token_id" not in (have.get("tokenizer") or {}):
-        want = {**want, "tokenizer": {k: v for k, v in (want.get("tokenizer") or {}).items() if k != "eos_token_id"}}
+    written before the identity held the EOS id or the tokenization hash is compared without it."""
+    missing = [k for k in _LATER_TOKENIZER_KEYS if k not in (have.get("tokenizer") or {})]
+    if missing:
+        want = {**want, "tokenizer": {k: v for k, v in (want.get("tokenizer") or {}).items() if k not in missing}}
     for path, name in RESUME_FLAGS.items():
         if "*" not in path and first_difference(value_at(have, path), value_at(want, path)) is not None:
             return f"{name} was {value_at(have, path)!r}, this run has {value_at(want, path)!r}"

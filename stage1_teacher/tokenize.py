@@ -44,6 +44,28 @@ def bos_to_add(tok) -> int | None:
     return int(bos) if special[:1] == [bos] and special[1 : 1 + len(plain)] == plain and plain[:1] != [bos] else None
 
 
+#: Text whose ids show how a tokenizer splits text: cased prose, digits, runs of spaces, tabs and newlines, code,
+#: accents composed and decomposed, full-width and ligature forms, CJK, an emoji and a special token's spelling.
+#: A normalizer (case, Unicode form), pre-tokenizer, merges or added-token change that a corpus would notice almost
+#: always changes some of these ids.
+TOKENIZATION_PROBE = (
+    "The Quick Brown Fox, 1234567 and 3.14159: it's DONE!\n"
+    "    def f(x):\n\treturn x  +  1  # tabs\tand  spaces\n\n\n"
+    "caf\u00e9 cafe\u0301 na\u00efve \uff21\uff22\uff23 \ufb01le \u00bd \u2460 "
+    "\u4e2d\u6587\u5206\u8bcd \u65e5\u672c\u8a9e \U0001f600 <|endoftext|> </s> <s>"
+)
+
+
+def tokenization_hash(coder: "DocTokenizer") -> str:
+    """``"sha256:<hex>"`` of the ids ``coder`` gives :data:`TOKENIZATION_PROBE`: the part of a tokenizer that the
+    vocabulary fingerprint does not cover (its normalizer, pre-tokenizer, merges and added tokens), taken from how
+    it behaves rather than from its serialization, which differs between library versions."""
+    import hashlib
+
+    ids = next(coder.encode([TOKENIZATION_PROBE]))
+    return "sha256:" + hashlib.sha256(np.asarray(ids, dtype="<i4").tobytes()).hexdigest()
+
+
 def _split(flat: array, lengths: array) -> list[np.ndarray]:
     """The ids of each text (views of one int32 array) from :func:`tokenworker.flat_ids`' result."""
     if not lengths:

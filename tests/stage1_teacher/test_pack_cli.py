@@ -70,6 +70,33 @@ def test_a_store_packed_with_other_settings_is_one_line_naming_the_flag(tiny_tea
     assert code == 0 and "packing domain" in err, err
 
 
+def test_a_tokenizer_that_splits_text_otherwise_with_the_same_vocabulary_is_another_pack(tiny_teacher, corpus,
+                                                                                         tmp_path):
+    """The vocabulary fingerprint (what stage 2 checks) misses a normalizer edit; the packed rows would change."""
+    from transformers import AutoTokenizer
+
+    from ddk_store import tokenizer_fingerprint
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_teacher, teacher)
+    store = tmp_path / "s"
+    code, err = run_cli("ddk-teacher", pack_argv(teacher, corpus, store, "--max-rows-per-domain", "3"))
+    assert code == 0, err
+    before = tokenizer_fingerprint(AutoTokenizer.from_pretrained(teacher))
+    config = json.loads((teacher / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{{ messages }}"  # a change that splits no text otherwise: the pack still counts
+    (teacher / "tokenizer_config.json").write_text(json.dumps(config))
+    code, err = run_cli("ddk-teacher", pack_argv(teacher, corpus, store, "--max-rows-per-domain", "3"))
+    assert code == 0 and "already packed with these settings" in err, err
+    doc = json.loads((teacher / "tokenizer.json").read_text())
+    doc["normalizer"] = {"type": "Lowercase"}
+    (teacher / "tokenizer.json").write_text(json.dumps(doc))
+    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(teacher)) == before
+    line = one_line_error(*run_cli("ddk-teacher", pack_argv(teacher, corpus, store, "--max-rows-per-domain", "3")))
+    assert "--teacher (tokenizer: how it splits text; its normalizer, pre-tokenizer or merges changed) was " in line
+    assert "--overwrite" in line, line
+
+
 def test_packed_rows_of_another_version_are_refused_and_replaced_with_overwrite(tiny_teacher, corpus, tmp_path):
     """The refusal says to pass --overwrite, and --overwrite does replace them."""
     store = tmp_path / "s"

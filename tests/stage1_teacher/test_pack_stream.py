@@ -261,6 +261,14 @@ def test_a_tokenizer_that_ends_documents_with_another_eos_is_another_pack():
     legacy = {**a, "tokenizer": {"fingerprint": "sha256:x"}}  # a pack written before the identity held it
     assert identity_problem(legacy, b) is None
     assert identity_problem(legacy, {**b, "seq_len": 32}) == "--seq-len was 16, this run has 32"
+    # the tokenization hash likewise: a pack written before it is compared without it, a later one by it
+    c = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=0, settings={"heldout_seqs": 2},
+                      tokenization="sha256:t1")
+    d = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=0, settings={"heldout_seqs": 2},
+                      tokenization="sha256:t2")
+    assert identity_problem(a, c) is None and identity_problem(c, c) is None
+    assert identity_problem(c, d).startswith("--teacher (tokenizer: how it splits text")
+    assert identity_problem(legacy, d) is None
 
 
 def test_a_file_starting_with_a_byte_order_mark_changes_the_identity_and_no_other_file_does(tmp_path):
