@@ -25,6 +25,7 @@ CLI and ``bench/quality.py`` read through it. No deep-learning imports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -68,8 +69,9 @@ def claim_run_dir(out: str | Path) -> int | None:
 
     The lock is an ``flock`` on ``$DDK_CACHE/locks/<sha256 of the resolved path>.lock`` (nothing is written into
     ``out``, which may not exist yet), so it guards against a second training on the same host; one started on
-    another host that shares the directory is not seen. Returns the lock's file descriptor, or None when the cache
-    is not writable (no lock is taken then).
+    another host that shares the directory is not seen. The file is removed on release (a killed run leaves it, and
+    the next claim reuses it). Returns the lock's file descriptor, or None when the cache is not writable (no lock
+    is taken then).
 
     Raises:
         ConfigError: another process holds the lock; it names that process.
@@ -83,27 +85,55 @@ def claim_run_dir(out: str | Path) -> int | None:
 
     resolved = Path(out).expanduser().resolve()
     place = cache_dir("locks") / (hashlib.sha256(str(resolved).encode()).hexdigest()[:32] + ".lock")
-    try:
-        place.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(place, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+    for _ in range(_CLAIM_TRIES):
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(place, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise ConfigError(f"--out {out}: {holder} is training this run right now; wait for it to end or stop it "
+                              f"(a torchrun killed alone leaves its workers running: stop them too), then "
+                              f"rerun") from None
+        if _still_at(fd, place):  # else its holder removed it on release after we opened it: open the new one
+            os.ftruncate(fd, 0)
+            os.write(fd, f"`ddk-student train` (pid {os.getpid()} on {socket.gethostname()})".encode())
+            _LOCK_FILES[fd] = place
+            return fd
         os.close(fd)
-        raise ConfigError(f"--out {out}: {holder} is training this run right now; wait for it to end or stop it "
-                          f"(a torchrun killed alone leaves its workers running: stop them too), then rerun") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"`ddk-student train` (pid {os.getpid()} on {socket.gethostname()})".encode())
-    return fd
+    return None
+
+
+#: Attempts at :func:`claim_run_dir` while the lock file keeps being removed under it (each removal is a holder
+#: releasing it, so a second attempt nearly always succeeds).
+_CLAIM_TRIES = 5
+#: The lock file of each descriptor :func:`claim_run_dir` returned, for :func:`release_run_dir` to remove.
+_LOCK_FILES: dict[int, Path] = {}
+
+
+def _still_at(fd: int, place: Path) -> bool:
+    """Whether ``place`` still names the file open as ``fd`` (not removed, nor replaced by a new one)."""
+    try:
+        here, ours = os.stat(place), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 def release_run_dir(fd: int | None) -> None:
-    """Give up the lock :func:`claim_run_dir` took."""
-    if fd is not None:
-        os.close(fd)
+    """Give up the lock :func:`claim_run_dir` took, and remove its file (one per run directory would pile up in the
+    cache otherwise). Removed while still held, so a process that opened it meanwhile sees it gone and opens anew."""
+    if fd is None:
+        return
+    place = _LOCK_FILES.pop(fd, None)
+    if place is not None and _still_at(fd, place):
+        with contextlib.suppress(OSError):
+            place.unlink()
+    os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------- records

@@ -138,3 +138,51 @@ def test_a_second_training_of_a_run_in_progress_is_refused(tmp_path, store_url, 
             proc.kill()
     # Once it is gone (SIGKILL included), the run is free again
     release_run_dir(claim_run_dir(out))
+
+
+def test_a_released_lock_leaves_no_file_and_one_opened_before_its_release_is_not_taken(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    from ddk_store.paths import cache_dir
+
+    monkeypatch.setenv("DDK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    fd = claim_run_dir(out)
+    [lock] = list(cache_dir("locks").iterdir())
+    stale = os.open(lock, os.O_RDWR)  # a second process that opened the file just before the first let go
+    release_run_dir(fd)
+    assert not lock.exists()  # one file per run directory no longer piles up in the cache
+    fcntl.flock(stale, fcntl.LOCK_EX | fcntl.LOCK_NB)  # it gets the old file's lock, which guards nothing now...
+    try:
+        again = claim_run_dir(out)  # ...so a claim opens a new file, which it holds alone
+        assert again is not None and lock.exists() and os.fstat(again).st_ino != os.fstat(stale).st_ino
+        with pytest.raises(ConfigError, match="is training this run right now"):
+            claim_run_dir(out)
+        release_run_dir(again)
+    finally:
+        os.close(stale)
+
+
+def test_a_claim_whose_file_is_removed_before_it_locks_it_opens_the_new_one(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    from ddk_store.paths import cache_dir
+
+    monkeypatch.setenv("DDK_CACHE", str(tmp_path / "cache"))
+    real, calls = fcntl.flock, []
+
+    def released_meanwhile(fd, op):  # the holder lets go between this claim's open and its flock
+        if not calls:
+            for f in cache_dir("locks").iterdir():
+                f.unlink()
+        calls.append(fd)
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", released_meanwhile)
+    fd = claim_run_dir(tmp_path / "run")
+    [lock] = list(cache_dir("locks").iterdir())
+    assert len(calls) == 2 and os.fstat(fd).st_ino == os.stat(lock).st_ino  # the second try holds the file there
+    release_run_dir(fd)
+    assert not lock.exists()
