@@ -5,8 +5,8 @@ look there. Its nodes are written directly (never through zarr's parent creation
 document: the root stays absent until the score phase creates the store, and a store that holds only ``_pack`` is
 still "new" to the writer.
 
-- ``_pack/zarr.json``: a group whose attribute ``ddk_pack`` is the pack document, rewritten whole after every chunk
-  (a single object write): the pack's identity (the settings that decide the rows) and each domain's state,
+- ``_pack/zarr.json``: a group whose attribute ``ddk_pack`` is the pack document, rewritten whole after a chunk
+  (a single object write; how often is the packer's choice, stage1_teacher/pack.py): the pack's identity (the settings that decide the rows) and each domain's state,
   including its resume cursor;
 - ``_pack/<domain>.<split>``: an array [2**40, T] of token ids (the store's id dtype) in chunks of ``chunk_rows``
   rows; only the rows the state counts are meaningful (the shape never changes, so no write ever resizes);

@@ -100,20 +100,23 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
 
 def _shared_files(path: Path, sources: list[DomainSource]) -> list[str]:
     """A file whose text two domains read gives both the same text, so one domain's held-out documents would be
-    another's training rows: one problem per such file. A text file's text is the same whether it is read as
-    ``lines`` or as ``files`` (one document per line, or one for the file); a file of records (JSONL, Parquet, a
-    dataset's data files) read through two text fields gives two sets of documents and is fine."""
+    another's training rows: one problem per pair of domains, naming the first such file (and how many more). A
+    text file's text is the same whether it is read as ``lines`` or as ``files`` (one document per line, or one
+    for the file); a file of records (JSONL, Parquet, a dataset's data files) read through two text fields gives
+    two sets of documents and is fine."""
     owner: dict[tuple[str, str | None], str] = {}
-    problems = []
+    shared: dict[tuple[str, str], list[str]] = {}
     for src in sources:
         for f in src.files:
             text = None if src.format in ("lines", "files") else src.text_field  # lines and files: the whole text
             other = owner.setdefault((same_file_key(f), text), src.name)
             if other != src.name:
-                problems.append(f"{path}: file {f} is read by domains {other!r} and {src.name!r}, whose documents "
-                                "would then share its text (one could train on the other's held-out documents): "
-                                "list the file under one of them")
-    return problems
+                shared.setdefault((other, src.name), []).append(f)
+    return [f"{path}: file {files[0]}{f' and {len(files) - 1:,} more' if len(files) > 1 else ''} "
+            f"{'is' if len(files) == 1 else 'are'} read by domains {a!r} and {b!r}, whose documents would then share "
+            f"{'its' if len(files) == 1 else 'their'} text (one could train on the other's held-out documents): list "
+            f"{'the file' if len(files) == 1 else 'each file'} under one of them"
+            for (a, b), files in shared.items()]
 
 
 def _int_field(spec: dict, key: str, where: str, *, least: int, meaning: str, default: str) -> int | None:

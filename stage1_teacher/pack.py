@@ -32,6 +32,11 @@ from .tokenize import DocTokenizer, bos_to_add, tokenization_hash
 
 #: Seconds between two looks at the pack document by a shard waiting for shard 0 to pack.
 POLL_S = 2.0
+#: A training chunk's cursor is saved only once this many seconds passed since the pack document was last written,
+#: and SAVE_COST_FACTOR times as long as that write took: the document lists every source file of every domain, so
+#: with 100,000 files it is about 20 MB, and rewriting it after each 256k-token chunk would write far more than the
+#: rows. A kill loses at most that much packing; the rerun writes the same chunks again.
+SAVE_EVERY_S, SAVE_COST_FACTOR = 2.0, 20
 
 
 
@@ -223,9 +228,14 @@ def _pack_domain(pack: PackedRows, src: DomainSource, coder: DocTokenizer, st: M
     name, chunk_rows = src.name, st["chunk_rows"]
     st = dict(st)
 
+    last = [time.monotonic(), 0.0]  # (when the document was last written, how long that took)
+
     def saved(c: Cursor) -> None:
         st["cursor"] = c.to_dict()
-        save(dict(st))
+        if time.monotonic() - last[0] >= max(SAVE_EVERY_S, SAVE_COST_FACTOR * last[1]):
+            t0 = time.monotonic()
+            save(dict(st))
+            last[:] = [time.monotonic(), time.monotonic() - t0]
 
     held = pack.read_ints(name, HELDOUT_DOCS, st[HELDOUT_DOCS])  # (missing or damaged: StoreCorruptError)
     train_rows, train_tokens = pack_training(

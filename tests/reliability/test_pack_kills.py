@@ -26,6 +26,8 @@ from stage1_teacher.plan import settings_of
 from stage1_teacher.teacher import load_tokenizer, resolve_teacher
 from stage1_teacher.tokenize import DocTokenizer, bos_to_add
 
+import stage1_teacher.pack
+stage1_teacher.pack.SAVE_EVERY_S = stage1_teacher.pack.SAVE_COST_FACTOR = 0  # a cursor after every chunk
 teacher, corpora_yaml, store = sys.argv[1:4]
 tok = load_tokenizer(resolve_teacher(teacher))
 corpora = load_corpora(corpora_yaml)

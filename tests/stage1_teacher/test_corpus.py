@@ -159,6 +159,19 @@ domains:
     assert "both.jsonl" not in msg  # two text fields of one file: two sets of documents, allowed
 
 
+def test_many_files_two_domains_share_are_one_problem_naming_the_first(tmp_path):
+    (tmp_path / "d").mkdir()
+    for i in range(500):
+        (tmp_path / "d" / f"{i:03d}.txt").write_text(f"document {i}\n", encoding="utf-8")
+    y = write_yaml(tmp_path, "domains:\n  a: {paths: ['d/*.txt'], format: files}\n"
+                             "  b: {paths: ['d/0*.txt'], format: lines}\n")
+    with pytest.raises(ConfigError) as e:
+        load_corpora(y)
+    assert str(e.value) == (f"{y}: file {tmp_path / 'd' / '000.txt'} and 99 more are read by domains 'a' and 'b', "
+                            "whose documents would then share their text (one could train on the other's held-out "
+                            "documents): list each file under one of them")
+
+
 def test_a_file_reached_twice_within_a_domain_is_read_once_under_its_first_path(tmp_path):
     # A symbolic link (or a linked directory) matched beside its target: read twice, each held-out document's copy
     # would train. Kept once, under the path matched first; a link into another domain's file is still refused.

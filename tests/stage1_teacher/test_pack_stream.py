@@ -292,3 +292,68 @@ def test_a_file_starting_with_a_byte_order_mark_changes_the_identity_and_no_othe
     new = pack_identity(seq_len=16, fingerprint="sha256:x", eos_token_id=0, settings=marked)
     assert identity_problem(new, new) is None
     assert identity_problem(old, new).startswith("the byte-order mark that starts a corpus file (this ddk drops it")
+
+
+def test_the_pack_document_is_rewritten_per_chunk_only_as_often_as_its_cost_allows(tiny_teacher, corpora_yaml,
+                                                                                  tmp_path, monkeypatch):
+    """The document lists every source file, so with many files a rewrite per chunk would cost more than the rows:
+    its writes are spaced in time (stage1_teacher.pack.SAVE_EVERY_S, SAVE_COST_FACTOR) and the rows and the final
+    document are the same."""
+    import stage1_teacher.pack as pack_module
+
+    writes = []
+    real = PackedRows.write_state
+
+    def counted(self, identity, domains):
+        writes.append({d: st.get("cursor", {}).get("rows") for d, st in domains.items()})
+        return real(self, identity, domains)
+
+    monkeypatch.setattr(PackedRows, "write_state", counted)
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
+    runs = {}
+    for every in (0.0, 3600.0):
+        monkeypatch.setattr(pack_module, "SAVE_EVERY_S", every)
+        monkeypatch.setattr(pack_module, "SAVE_COST_FACTOR", 0 if every == 0 else 20)
+        writes.clear()
+        with DocTokenizer(tok, workers=1, batch=16) as coder:
+            packed = pack_corpora(str(tmp_path / f"s{every}"), corpora, coder, chunk_rows=4, **kw)
+        runs[every] = (list(writes), packed)
+    per_chunk, spaced = runs[0.0][0], runs[3600.0][0]
+    chunks = sum(-(-st["train_rows"] // 4) for st in runs[0.0][1].domains.values())
+    assert len(per_chunk) >= chunks > 3 * len(corpora)  # a cursor after (nearly) every training chunk...
+    assert len(spaced) == 2 * len(corpora)  # ...or only each domain's two states: selected, then packed
+    for d in runs[0.0][1].domains:
+        for split in ("train", "heldout"):
+            assert np.array_equal(_rows(runs[0.0][1], d, split), _rows(runs[3600.0][1], d, split))
+    docs = [PackedRows(p.url, read_only=True).read_state() for _, p in runs.values()]
+    assert docs[0] == docs[1]
+
+
+def test_a_pack_stopped_chunks_after_its_last_saved_cursor_resumes_to_the_same_rows(tiny_teacher, corpora_yaml,
+                                                                                    tmp_path, monkeypatch):
+    import stage1_teacher.pack as pack_module
+
+    monkeypatch.setattr(pack_module, "SAVE_EVERY_S", 3600.0)  # no cursor saved within a domain's training pass
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
+    with DocTokenizer(tok, workers=1, batch=16) as coder:
+        ref = pack_corpora(str(tmp_path / "ref"), corpora, coder, chunk_rows=4, **kw)
+    real, written = PackedRows.write_chunk, []
+
+    def dies_mid_domain(self, domain, split, index, rows, **k):
+        if split == "train" and domain == corpora[1].name and index == 5:
+            raise RuntimeError("killed")  # five chunks of the second domain written, its cursor still at 0
+        written.append((domain, split, index))
+        return real(self, domain, split, index, rows, **k)
+
+    monkeypatch.setattr(PackedRows, "write_chunk", dies_mid_domain)
+    with DocTokenizer(tok, workers=1, batch=16) as coder, pytest.raises(RuntimeError, match="killed"):
+        pack_corpora(str(tmp_path / "s"), corpora, coder, chunk_rows=4, **kw)
+    state = PackedRows(str(tmp_path / "s"), read_only=True).read_state()["domains"][corpora[1].name]
+    assert state["state"] == "training" and state["cursor"]["rows"] == 0 and (corpora[1].name, "train", 4) in written
+    monkeypatch.setattr(PackedRows, "write_chunk", real)
+    with DocTokenizer(tok, workers=1, batch=16) as coder:
+        again = pack_corpora(str(tmp_path / "s"), corpora, coder, chunk_rows=4, **kw)
+    for d in ref.domains:
+        for split in ("train", "heldout"):
+            assert np.array_equal(_rows(again, d, split), _rows(ref, d, split)), (d, split)
+    assert PackedRows(again.url, read_only=True).read_state() == PackedRows(ref.url, read_only=True).read_state()
