@@ -24,7 +24,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +57,15 @@ STORAGE_OPTION_HELP = ("Option for s3:// stores as KEY=VALUE, e.g. endpoint_url=
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, required: bool = False,
             path: str | None = None, flag: str | None = None, aliases: tuple[str, ...] = (),
-            metavar: str | None = None) -> Any:
+            metavar: str | None = None, typed_only: bool = False) -> Any:
     """A settings field: its default and help text (the single source of the option's help and the docs).
 
     ``required``: must be given (flag or --config); shown as ``[required]``. ``path``: :data:`PATH` or :data:`MODEL`;
     relative values in a --config file are read from the file's folder. ``flag``: the spelling of the option in
     messages and docs when it is not the field's name with dashes (which is accepted too). ``aliases``: more option
-    names for the same field. ``metavar``: the value's name in --help (e.g. ``URL``).
+    names for the same field. ``metavar``: the value's name in --help (e.g. ``URL``). ``typed_only``: a switch that
+    is on only when typed: a settings file (which a teammate could have edited) may not turn it on
+    (:func:`read_config`).
     """
     meta: dict[str, Any] = {"help": help}
     if choices:
@@ -78,6 +80,8 @@ def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, 
         meta["aliases"] = tuple(aliases)
     if metavar:
         meta["metavar"] = metavar
+    if typed_only:
+        meta["typed_only"] = True
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -216,14 +220,28 @@ def normalize(cls: type, data: Mapping[Any, Any], where: str, *, base_dir: Path 
     return resolve_paths(cls, out, base_dir) if base_dir is not None else out
 
 
-def read_config(cls: type, path: str | Path, *, flag: str = "--config") -> dict[str, Any]:
-    """The field values in a YAML settings file (see :func:`normalize`); relative paths are read from its folder."""
+def read_config(cls: type, path: str | Path, *, flag: str = "--config", saved: bool = False,
+                typed: Collection[str] = ()) -> dict[str, Any]:
+    """The field values in a YAML settings file (see :func:`normalize`); relative paths are read from its folder.
+
+    A ``typed_only`` field (:func:`setting`) is never taken from the file: off there, it is dropped; on, it is refused
+    (a file that turns on, say, a model's own code could have been edited by anyone who can write it), unless its
+    flag was typed too (``typed``: the fields typed on the command line) or the file is ``saved`` (a run's own
+    record of what it used, read to compare or resume).
+    """
     data = read_yaml(path, flag)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{flag} {path}: expected a mapping of field: value, got {type(data).__name__}")
-    return normalize(cls, data, f"{flag} {path}", base_dir=Path(path).expanduser().resolve().parent)
+    values = normalize(cls, data, f"{flag} {path}", base_dir=Path(path).expanduser().resolve().parent)
+    for name, f in fields_of(cls).items():
+        if f.metadata.get("typed_only") and name in values:
+            if values.pop(name) and not saved and name not in typed:
+                option = flag_of(f)
+                raise ConfigError(f"{flag} {path}: {name}: true is not taken from a file, which anyone who can "
+                                  f"write it could have edited; type {option} to turn it on")
+    return values
 
 
 def resolve_paths(cls: type, values: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
@@ -276,7 +294,8 @@ def from_mapping(cls: type, data: Mapping[Any, Any], where: str = "config") -> A
 
 def resolve(cls: type, typed: Mapping[str, Any], config: str | Path | None = None) -> Any:
     """defaults < ``config`` (a --config YAML file) < ``typed`` (flags typed on the command line; None = not typed)."""
-    return build(cls, read_config(cls, config) if config else {}, {k: v for k, v in typed.items() if v is not None})
+    typed = {k: v for k, v in typed.items() if v is not None}
+    return build(cls, read_config(cls, config, typed=typed) if config else {}, typed)
 
 
 # ----------------------------------------------------------------------------------------------- click

@@ -62,7 +62,8 @@ class Stage1Config:
     on_bad_utf8: str = setting("skip", "Non-UTF-8 text: skip the document and count it, or fail.",
                                choices=ON_BAD_UTF8)
     teacher_revision: str = setting("", "Hub revision of a hub-id teacher (branch, tag or commit; '' = main).")
-    trust_remote_code: bool = setting(False, "Allow custom model code from the teacher repository (off: safer).")
+    trust_remote_code: bool = setting(False, "Allow custom model code from the teacher repository (off: safer).",
+                                      typed_only=True)
     storage_options: dict[str, Any] | None = setting(
         None, settings.STORAGE_OPTION_HELP + " Refused with a --store that is not s3:// (it would become a local folder).",
         flag="--storage-option")

@@ -34,8 +34,8 @@ def cli() -> None:
 def train_settings(ctx: click.Context) -> Stage2Config:
     """defaults < the run's saved config.yaml (with --resume) < --config FILE < the flags typed."""
     config_file = ctx.params.get(settings.CONFIG_PARAM)
-    from_file = settings.read_config(Stage2Config, config_file) if config_file else {}
     typed = settings.typed_params(ctx, Stage2Config)
+    from_file = settings.read_config(Stage2Config, config_file, typed=typed) if config_file else {}
     if config_file and "out" not in typed:
         _check_moved_run(Path(config_file), from_file.get("out"))
     return settings.build(Stage2Config, resume_layer({**from_file, **typed}), from_file, typed)

@@ -114,7 +114,8 @@ class Stage2Config:
                                 "boundaries).")
     keep_checkpoints: int = setting(2, "Resumable checkpoints to keep in out/checkpoints/.")
     log_every: int = setting(1, "Write a 'step' line to metrics.jsonl every N steps.")
-    trust_remote_code: bool = setting(False, "Allow the student's own modelling code from its repo (off: safer).")
+    trust_remote_code: bool = setting(False, "Allow the student's own modelling code from its repo (off: safer).",
+                                      typed_only=True)
     storage_options: dict[str, Any] | None = setting(None, _READ_OPTION_HELP, flag="--storage-option")
     progress: bool = setting(True, "Show a progress bar on stderr.")
     report_to: str = setting("none", "Also write every metrics.jsonl record as TensorBoard scalars into "
@@ -257,7 +258,8 @@ class EvalConfig:
                                    "is the same flag).", aliases=("--batch-size",))
     heldout_rows: int | None = setting(None, "Use at most this many held-out rows per domain (default: all).")
     device: str = setting("auto", "auto (cuda if available), cpu or cuda.", choices=DEVICES)
-    trust_remote_code: bool = setting(False, "Allow the model's own modelling code from its repo (off: safer).")
+    trust_remote_code: bool = setting(False, "Allow the model's own modelling code from its repo (off: safer).",
+                                      typed_only=True)
     storage_options: dict[str, Any] | None = setting(None, _READ_OPTION_HELP, flag="--storage-option")
     progress: bool = setting(True, "Show the model loading bars on stderr.")
 

@@ -44,7 +44,7 @@ def read_saved(out: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return settings.read_config(Stage2Config, path, flag=f"--resume {out}:")
+        return settings.read_config(Stage2Config, path, flag=f"--resume {out}:", saved=True)
     except ConfigError as e:
         raise ConfigError(f"{e}; it is not a config this tool wrote: {_RESTORE}") from None
 

@@ -89,7 +89,9 @@ def test_a_boolean_from_the_file_can_be_switched_off_on_the_command_line(tmp_pat
     y = tmp_path / "c.yaml"
     y.write_text(f"store: memory://s\nstudent: {model_dir}\nout: {tmp_path / 'run'}\nkl_t2_scale: true\n"
                  "trust_remote_code: true\nprogress: false\n")
-    assert train_from(["--config", str(y)]).kl_t2_scale is True
+    with pytest.raises(ConfigError, match="trust_remote_code: true is not taken from a file"):
+        train_from(["--config", str(y)])  # (a typed-only switch: test_a_typed_only_switch_is_never_taken_from_a_file)
+    assert train_from(["--config", str(y), "--trust-remote-code"]).kl_t2_scale is True
     cfg = train_from(["--config", str(y), "--no-kl-t2-scale", "--no-trust-remote-code", "--progress"])
     assert (cfg.kl_t2_scale, cfg.trust_remote_code, cfg.progress) == (False, False, True)
     y.write_text("teacher: t\ncorpora: c.yaml\nstore: memory://s\noverwrite: true\nprogress: false\n")
@@ -305,3 +307,19 @@ def test_the_flag_tables_of_the_docs_show_every_setting_with_its_default(doc: st
             flags.add("--no-" + settings.flag_of(f)[2:])
     extra = {flag for flag in table if flag not in flags}
     assert not extra, f"docs/{doc}: the table of {cls.__name__} names flags the command does not have: {sorted(extra)}"
+
+
+def test_a_typed_only_switch_is_never_taken_from_a_file(tmp_path: Path) -> None:
+    from stage1_teacher.config import Stage1Config
+    from stage2_student.config import Stage2Config
+
+    on, off = tmp_path / "on.yaml", tmp_path / "off.yaml"
+    for cls, other in ((Stage1Config, "top_k"), (Stage2Config, "seed")):
+        on.write_text(f"trust_remote_code: true\n{other}: 8\n")
+        off.write_text(f"trust_remote_code: false\n{other}: 8\n")
+        left = {other: 8}
+        with pytest.raises(ConfigError, match="trust_remote_code: true is not taken from a file"):
+            settings.read_config(cls, on)
+        assert settings.read_config(cls, off) == left  # off: dropped, the default is off anyway
+        assert settings.read_config(cls, on, typed={"trust_remote_code"}) == left  # the typed flag decides
+        assert settings.read_config(cls, on, saved=True) == left  # a run's own record: read, not obeyed

@@ -385,6 +385,24 @@ def test_remote_code_runs_only_with_the_flag(ws: Workspace, tmp_path: Path, evil
     assert marker.exists()
 
 
+@pytest.mark.parametrize("kind", ["dump", "train", "eval"])
+def test_a_config_file_cannot_turn_on_remote_code(ws: Workspace, tmp_path: Path, evil_model: tuple[Path, Path],
+                                                  kind: str) -> None:
+    """A --config file (a run's config.yaml in a shared folder, say) saying trust_remote_code: true is refused; the
+    typed flag alone turns it on, and a file saying false is read as before."""
+    model, marker = evil_model
+    cli, argv = _remote_code_argv(kind, model, ws, tmp_path)
+    config = tmp_path / "settings.yaml"
+    config.write_text("trust_remote_code: true\n")
+    line = one_error_line(run_cli(cli, [*argv, "--config", str(config)]))
+    assert not marker.exists(), f"ddk {kind} ran the model's own code because a --config file said so"
+    assert line == (f"error: --config {config}: trust_remote_code: true is not taken from a file, which anyone who "
+                    "can write it could have edited; type --trust-remote-code to turn it on"), line
+    config.write_text("trust_remote_code: false\n")
+    line = one_error_line(run_cli(cli, [*argv, "--config", str(config)]))  # read: then the model's refusal
+    assert not marker.exists() and ("custom code" in line or "trust-remote-code" in line), line
+
+
 PY_TAGS = ["!!python/object/apply:os.system ['touch {m}']", "!!python/object/new:os.system ['touch {m}']",
            "{{run: !!python/object/apply:subprocess.call [['touch', '{m}']]}}"]
 
