@@ -70,6 +70,12 @@ def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, stopped
         click.echo(f"error: {one_line(str(e))}", err=True)
         _quiet_shutdown(argv)
         sys.exit(EXIT_USER_ERROR)
+    except MemoryError as e:  # numpy names the shape it could not allocate: sizes read from a file, or a host too small
+        click.echo(f"error: out of memory ({one_line(str(e)) or 'no details'}): a size read from the inputs (a "
+                   "store's row count, a flag) is larger than this host can hold; check the inputs and flags, or "
+                   "run on a host with more memory", err=True)
+        _quiet_shutdown(argv)
+        sys.exit(EXIT_USER_ERROR)
     except OSError as e:
         if e.filename is None or e.errno not in _FILE_ERRNOS:
             raise  # not the user's filesystem refusing a path: a bug, with its traceback

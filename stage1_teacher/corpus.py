@@ -16,7 +16,7 @@ from ddk_store.meta import validate_domain_name
 from ddk_store.settings import unknown_key_hints
 from ddk_store.yamlio import read_yaml
 
-from .dataset_source import LOCAL_BUILDERS, dataset_dir, dataset_label, read_dataset, unpinned_note
+from .dataset_source import LOCAL_BUILDERS, REFUSED_BUILDERS, dataset_dir, dataset_label, read_dataset, unpinned_note
 from .filehash import hashed_lines
 from .parquet_source import read_parquet
 from .text_decode import ReadStats, decode_text, unicode_ok, without_bom
@@ -177,6 +177,8 @@ def _parse_dataset(name: str, spec: dict, base: Path, where: str, shared: dict[s
         if not (isinstance(value, str) and value.strip() and "\0" not in value) and not (optional and value is None):
             raise ConfigError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
     dataset = spec["dataset"]
+    if dataset in REFUSED_BUILDERS:
+        raise ConfigError(f"{where}: dataset {dataset!r} is not read: {REFUSED_BUILDERS[dataset]}")
     local_dir = dataset_dir(dataset, base, where, missing_ok)
     patterns = () if spec.get("data_files") is None else _patterns(spec["data_files"], "data_files", where)
     if dataset in LOCAL_BUILDERS and not patterns:

@@ -22,7 +22,11 @@ if TYPE_CHECKING:
     from .corpus import DomainSource, ReadStats
 
 #: `datasets` builders that read local files named by ``data_files`` (they need it: without it they read the cwd).
-LOCAL_BUILDERS = ("arrow", "csv", "json", "pandas", "parquet", "text")
+LOCAL_BUILDERS = ("arrow", "csv", "json", "parquet", "text")
+#: Builders refused by name: `pandas` reads pickle files (datasets releases before 3.4 call pandas.read_pickle), and
+#: ddk never loads pickle.
+REFUSED_BUILDERS = {"pandas": "it reads pickle files, which ddk never loads; convert them to Parquet or JSONL "
+                              "(DataFrame.to_parquet) and use dataset: parquet"}
 
 
 def dataset_dir(name: str, base: Path, where: str, missing_ok: bool = False) -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import os
 import shutil
 import sys
 from collections.abc import Callable, Mapping
@@ -25,7 +26,7 @@ from ddk_store.errors import ConfigError
 from ddk_store.storage import local_path
 
 from .config import RUNTIME_ONLY_FIELDS, Stage2Config
-from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_ENTRIES
+from .rundir import CHECKPOINTS_DIR, CONFIG_FILE, RUN_ENTRIES, TENSORBOARD_DIR
 
 _RESTORE = "restore it, or start afresh with --overwrite"
 
@@ -238,6 +239,11 @@ def prepare_out_dir(cfg: Stage2Config, *, rank: int = 0, world: int = 1,
         raise ConfigError(f"--out {out} is inside the store {cfg.store} (read-only to training, and often shared); "
                           f"write the run outside it")
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    for name in (CHECKPOINTS_DIR, TENSORBOARD_DIR):  # folders ddk writes and deletes in: never through a link
+        if (out / name).is_symlink():
+            raise ConfigError(f"--out {out}: {name} is a symbolic link (to {os.readlink(out / name)}); ddk writes and "
+                              f"deletes files in it, so it must be a folder of the run: move what it points to, or "
+                              f"replace the link with a folder")
     if entries and not is_run_dir(out):
         if cfg.resume:
             read_saved(out)  # a run's damaged config.yaml says so (and how to restore it)

@@ -26,6 +26,7 @@ CLI and ``bench/quality.py`` read through it. No deep-learning imports.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -88,8 +89,10 @@ def claim_run_dir(out: str | Path) -> int | None:
     for _ in range(_CLAIM_TRIES):
         try:
             place.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(place, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:
+            fd = os.open(place, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            if e.errno == errno.ELOOP:  # planted in a shared cache, it would have us truncate what it points to
+                raise ConfigError(f"--out {out}: its lock file {place} is a symbolic link; remove it") from None
             return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -272,6 +272,25 @@ def test_a_pack_document_counting_a_trillion_rows_is_one_problem_not_a_loop(tmp_
     assert sum("alpha.heldout chunk" in i for i in issues) == 3, issues  # a small shortfall: each chunk named
 
 
+def test_a_store_claiming_a_trillion_rows_ends_training_in_one_line(ws: Workspace, tmp_path: Path) -> None:
+    """Consistent shapes of 2^40 rows (zarr stores them sparsely): training must not end in a traceback."""
+    from ddk_store.testing import StoreFiles
+
+    store = tmp_path / "store"
+    shutil.copytree(ws.store, store)
+    files, n = StoreFiles(store), 2**40
+    domain = json.loads((store / "zarr.json").read_text())["attributes"]["ddk"]["domains"][0]["name"]
+    layout = files.read_doc(domain, "train")["attributes"]["ddk_group"]
+    files.edit_doc(lambda d: d["attributes"]["ddk_group"].update(n_rows=n), domain, "train")
+    for array in ("tokens", "topk_ids", "topk_logprobs", "target_logprobs", "topk_tail", "units"):
+        rows = -(-n // layout["unit_rows"]) if array == "units" else n
+        files.edit_doc(lambda d, rows=rows: d["shape"].__setitem__(0, rows), domain, "train", array)
+    line = one_error_line(run_cli("ddk-student", ["train", "--store", str(store), "--student", str(ws.student),
+                                                  "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size",
+                                                  "2", "--device", "cpu", "--no-progress"]))
+    assert line.startswith("error: "), line
+
+
 @pytest.mark.parametrize("codec", MALICIOUS_CODECS.values(), ids=MALICIOUS_CODECS.keys())
 def test_planted_codec_is_refused_in_one_line(ws: Workspace, tmp_path: Path, codec: dict[str, Any]) -> None:
     store = tmp_path / "store"

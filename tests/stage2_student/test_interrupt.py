@@ -186,3 +186,20 @@ def test_a_claim_whose_file_is_removed_before_it_locks_it_opens_the_new_one(tmp_
     assert len(calls) == 2 and os.fstat(fd).st_ino == os.stat(lock).st_ino  # the second try holds the file there
     release_run_dir(fd)
     assert not lock.exists()
+
+
+def test_a_lock_file_that_is_a_link_is_refused_not_followed(tmp_path, monkeypatch):
+    import hashlib
+
+    from ddk_store.paths import cache_dir
+
+    monkeypatch.setenv("DDK_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone's file\n")
+    place = cache_dir("locks") / (hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:32] + ".lock")
+    place.parent.mkdir(parents=True)
+    place.symlink_to(victim)  # planted in a cache shared between users
+    with pytest.raises(ConfigError, match=f"its lock file {re.escape(str(place))} is a symbolic link; remove it"):
+        claim_run_dir(out)
+    assert victim.read_text() == "someone's file\n"

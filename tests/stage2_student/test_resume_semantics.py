@@ -211,3 +211,25 @@ def test_resume_refuses_a_store_dumped_again_at_the_runs_path(tmp_path: Path, ti
     make_store(store, tiny_tokenizer, train_rows=16, heldout_rows=4, overwrite=True)  # the original again: resumes
     train("--out", str(out), "--resume", "--steps", "6")
     assert [r["step"] for r in records(out) if r["event"] == "final"] == [6]
+
+
+@pytest.mark.parametrize("folder", ["checkpoints", "tensorboard"])
+def test_a_run_folder_replaced_by_a_link_is_refused_before_anything_is_written_through_it(run: Path, tmp_path: Path,
+                                                                                         folder: str) -> None:
+    # Checkpoint rotation and --report-to tensorboard delete in these folders: through a link planted in a shared
+    # run directory they would delete whatever it points to.
+    victim = tmp_path / "victim"
+    (victim / "precious.tmp").mkdir(parents=True)  # names rotation would delete (an unfinished write)...
+    (victim / "step-00000001").mkdir()  # ...and an old checkpoint
+    if (run / folder).exists():
+        shutil.copytree(run / folder, victim, dirs_exist_ok=True)
+        shutil.rmtree(run / folder)
+    (run / folder).symlink_to(victim)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    anew = ["--store", saved["store"], "--student", saved["student"], "--steps", "8", "--overwrite",
+            "--report-to", "tensorboard", "--device", "cpu"]
+    for argv in (["--resume", "--steps", "8"], anew):
+        result = run_cli("ddk-student", ["train", "--out", str(run), *argv])
+        assert result.code == 2, result.output
+        assert f"--out {run}: {folder} is a symbolic link (to {victim})" in result.output, result.output
+    assert (victim / "precious.tmp").is_dir() and (victim / "step-00000001").is_dir()
