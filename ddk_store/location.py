@@ -23,7 +23,7 @@ from .errors import StoreExistsError, StoreFormatError
 from .groups import read_root_doc, root_meta_from_doc
 from .retry import retry_call
 from .schema import NODE_DOC
-from .storage import delete_store_prefix, local_path, normalize_url, refuse_undeletable
+from .storage import PARTIAL_NAME, delete_store_prefix, local_path, normalize_url, refuse_undeletable
 
 PACK_PREFIX = spec.PACK_PREFIX
 
@@ -60,19 +60,32 @@ def top_level_names(store: Store) -> set[str]:
 
 def refuse_foreign_entries(store: Store, url: str) -> None:
     """Before ``--overwrite`` deletes a store: refuse (StoreExistsError) when its location also holds entries that are
-    not the store's own, i.e. neither the root document, nor the packed rows, nor a Zarr node (a domain group has
-    its zarr.json): a user's notes or results kept beside the store are never deleted with it."""
+    not the store's own, i.e. neither the root document, nor the packed rows, nor a domain group (one the root
+    metadata lists; any Zarr node when that cannot be read), nor a temporary ``<name>.<32 hex>.partial`` a killed
+    write left: a user's notes or results kept beside the store, a Zarr group of theirs included, are never deleted
+    with it."""
     async def is_node(name: str) -> bool:
         return await store.exists(f"{name}/zarr.json")
 
     names = top_level_names(store) - {NODE_DOC, PACK_PREFIX}
-    # (a temporary file a killed local write left, "<key>.<32 hex>.partial", is the store's own too)
-    foreign = sorted(n for n in names if not n.endswith(".partial") and not sync(is_node(n)))
+    domains = _domain_names(store)
+    foreign = sorted(n for n in names if not PARTIAL_NAME.search(n)
+                     and not (n in domains if domains is not None else sync(is_node(n))))
     if foreign:
         shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
         raise StoreExistsError(f"{url} also holds {shown}, which {'is' if len(foreign) == 1 else 'are'} not part of "
                                "the ddk store, so --overwrite does not delete it; move that out of the store's "
                                "location first")
+
+
+def _domain_names(store: Store) -> set[str] | None:
+    """The domains the root metadata lists, or None when there is no readable root document."""
+    try:
+        doc = read_root_doc(store)
+        domains = (doc or {}).get("attributes", {}).get(spec.ROOT_ATTR, {}).get("domains")
+        return {d["name"] for d in domains if isinstance(d.get("name"), str)} if isinstance(domains, list) else None
+    except (StoreFormatError, AttributeError, TypeError):
+        return None
 
 
 def delete_whole_store(store: Store, url: str) -> None:

@@ -243,13 +243,13 @@ async def delete_store_prefix(store: Store, url: str) -> None:
 
 #: zarr's LocalStore writes a chunk to "<key>.<32 hex>.partial" and renames it into place; a kill in between
 #: leaves the temporary file behind (object stores write whole objects and leave nothing).
-_PARTIAL = re.compile(r"\.[0-9a-f]{32}\.partial$")
+PARTIAL_NAME = re.compile(r"\.[0-9a-f]{32}\.partial$")
 
 
 def is_lost_partial(exc: BaseException) -> bool:
     """A local chunk write failed because its temporary file vanished: a finalize of the same store by another writer
     (the same dump started twice) removed it. Writing the chunk again is harmless."""
-    return isinstance(exc, FileNotFoundError) and bool(_PARTIAL.search(str(exc.filename or "")))
+    return isinstance(exc, FileNotFoundError) and bool(PARTIAL_NAME.search(str(exc.filename or "")))
 
 
 def remove_stale_partials(url: str) -> int:
@@ -263,7 +263,7 @@ def remove_stale_partials(url: str) -> int:
         return 0
     n = 0
     for f in path.rglob("*.partial"):
-        if _PARTIAL.search(f.name) and f.is_file():
+        if PARTIAL_NAME.search(f.name) and f.is_file():
             f.unlink(missing_ok=True)
             n += 1
     return n

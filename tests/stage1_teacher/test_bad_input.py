@@ -137,6 +137,15 @@ def test_existing_store_with_other_settings_needs_overwrite(reference_store, tin
     assert open_store(str(store)).top_k == 8  # the store itself is untouched too
     (store / "NOTES.md").unlink()
     (store / "results").rmdir()
+    # Entries that only look like the store's own: a Zarr group of the user's (no domain of the store) and a folder
+    # whose name ends in .partial without a killed write's 32 hex digits
+    (store / "mydata").mkdir()
+    (store / "mydata" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "group"}')
+    (store / "results.partial").mkdir()
+    expect_error(overwrite, "also holds mydata, results.partial, which are not part of the ddk store")
+    assert (store / "mydata" / "zarr.json").is_file() and (store / "results.partial").is_dir()
+    shutil.rmtree(store / "mydata")
+    (store / "results.partial").rmdir()
     code, err = run_cli("ddk-teacher", overwrite)
     assert code == 0, err
     assert open_store(str(store)).top_k == 4
