@@ -8,7 +8,7 @@ Measures, on the built-in corpus and the built-in teacher's tokenizer (the comma
   CPU s     of the packing process and of its tokenizer workers (what the speed-up can be at most, whatever else
             runs on the machine: total CPU / max(packing process, total / cores));
   peak RSS  of the process that packs (--workers 1: it also tokenizes), for the corpus at 1x and 8x its size
-            (8 symlinked copies of every file); the streaming pack keeps it flat.
+            (8 copies of every file); the streaming pack keeps it flat.
 
     .venv/bin/python bench/pack_throughput.py [--corpus CORPORA.yaml] [--teacher DIR] [--seq-len 1024]
                                               [--heldout 50] [--workers 1,2] [--scales 1,8] [--repeat 3]

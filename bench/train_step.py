@@ -168,12 +168,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="steps per run of a variant; the first is not timed")
     ap.add_argument("--rounds", type=int, default=2, help="runs of each variant, interleaved; the fastest counts")
     ap.add_argument("--chunk-sizes", type=int, nargs="+", default=[1024, 256],
-                    help="positions per loss chunk; the first is also the unfused loss's (the default of train)")
+                    help="positions per loss chunk; the first is also the unfused loss's chunk")
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--top-k", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: torch's own)")
-    ap.add_argument("--device", default="cuda" if os.environ.get("CUDA_VISIBLE_DEVICES") else "cpu")
+    ap.add_argument("--device", default="", help="cuda or cpu (default: cuda when torch sees a GPU)")
     ap.add_argument("--json", action="store_true", help="also print one JSON line with every result")
     ap.add_argument("--_child", nargs=4, metavar=("VARIANT", "VOCAB", "CHUNK", "BATCHES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -184,6 +184,7 @@ def main() -> None:
 
     import torch
 
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
         print("warning: --device cuda but torch sees no CUDA device: measuring the CPU", file=sys.stderr)
         args.device = "cpu"

@@ -3,7 +3,7 @@
 Each trial starts a fresh dump of the tiny real teacher (ddk_testkit.models) over a 3-domain corpus as a real process,
 kills it with SIGKILL at one moment of a seeded schedule, reruns the very same command to the end, and checks that the
 store verifies and equals an uninterrupted dump array for array and in every metadata document (creation time and the
-creator's claim token aside). Moments are drawn four ways:
+creator's claim token aside). Moments are drawn five ways:
 
   start     a fraction of the uninterrupted run's start-up (imports, corpus packing, store creation), from launch
   write     a fraction of the uninterrupted run's writing phase (scoring, chunks, markers, finalize), counted

@@ -4,7 +4,7 @@ Each trial starts a fresh training run of a tiny real student (ddk_testkit.model
 kills it with SIGKILL at one moment of a seeded schedule, reruns the same command with --resume to the end, and
 checks that metrics.jsonl holds the identical trajectory (every step's loss, ce, kl, lr and grad norm; every
 interval's perplexities, ratios and weights; wall-clock throughput aside) and that the final parameters are
-bit-identical to an uninterrupted run. Moments are drawn four ways:
+bit-identical to an uninterrupted run. Moments are drawn five ways:
 
   start  a fraction of the uninterrupted run's start-up (imports, store checks, student load, first evaluation)
   train  a fraction of the uninterrupted run's training phase, counted from this run's first metrics line
