@@ -20,6 +20,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from .chunkio import EMPTY, ChunkCodec, decode_chunk, decode_chunk_into, shard_index
+from .errors import StoreFormatError
 from .paths import flush_fd, sync_entry
 
 #: EMPTY as a Python int (shard indexes are cached as lists).
@@ -41,6 +42,20 @@ def _remember(directory: str) -> None:
     _MADE.add(directory)
 
 
+def _refuse_links_out(root: Path, directory: str) -> None:
+    """Refuse to write into ``directory`` when a symbolic link inside the store leads it out of ``root``: a link
+    planted in a shared store (say, a chunk folder) would have a dump write, and a later overwrite delete, there."""
+    real_root = os.path.realpath(root)
+    deepest = directory
+    while not os.path.lexists(deepest) and os.path.dirname(deepest) != deepest:
+        deepest = os.path.dirname(deepest)  # (directories still to make hold no link)
+    real = os.path.realpath(deepest)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise StoreFormatError(f"{root}: {os.path.relpath(deepest, root)} leads outside the store (to {real}) "
+                               "through a symbolic link; ddk never writes through one: remove the link, then run "
+                               "`ddk-store repair` and the same dump")
+
+
 def write_local(root: Path, files: Mapping[str, bytes]) -> None:
     """Write objects under ``root``, each through a temporary file in its directory and a rename: never torn.
 
@@ -57,6 +72,7 @@ def write_local(root: Path, files: Mapping[str, bytes]) -> None:
         path = os.path.join(root, key)
         parent = os.path.dirname(path)
         if parent not in _MADE:  # a new unit's objects lie in new directories: make them before, not after, a failure
+            _refuse_links_out(root, parent)
             top = parent
             while not os.path.isdir(top) and os.path.dirname(top) != top:
                 top = os.path.dirname(top)

@@ -157,3 +157,18 @@ def test_object_ok_still_finds_a_small_index_after_a_gap():
     bad = bytearray(shard)
     bad[len(a) + 8] ^= 1  # inside the second chunk
     assert not chunkio.object_ok(bytes(bad))
+
+
+def test_a_local_write_never_goes_through_a_link_that_leads_out_of_the_store(tmp_path):
+    from ddk_store.errors import StoreFormatError
+
+    root, outside = tmp_path / "store", tmp_path / "victim"
+    (root / "inner").mkdir(parents=True)
+    outside.mkdir()
+    (root / "legal").symlink_to(outside)  # planted in a shared store: a chunk folder pointing elsewhere
+    with pytest.raises(StoreFormatError, match=r"legal leads outside the store .* through a symbolic link"):
+        objectio.write_local(root, {"legal/train/tokens/c/0/0": b"rows"})
+    assert list(outside.iterdir()) == []
+    (root / "alias").symlink_to(root / "inner")  # a link that stays inside the store is no escape
+    objectio.write_local(root, {"alias/c/0": b"rows"})
+    assert (root / "inner" / "c" / "0").read_bytes() == b"rows"
