@@ -157,9 +157,10 @@ def check_same_store(out: Path, ckpt: Path, store: str, *, domains: list[str], n
 #: What ``train`` writes into a run directory beside the files of rundir.py: the final student (``save_pretrained``
 #: of the model and its tokenizer, with a --trust-remote-code model's own code) and what a killed write leaves.
 _MODEL_FILES = ("config.json", "generation_config.json", "model.safetensors", "model-*.safetensors",
-                "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer*",
-                "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt", "merges.txt",
-                "chat_template.jinja", "chat_template.json", "*.model", "configuration_*.py", "modeling_*.py",
+                "model.safetensors.index.json", "pytorch_model*.bin", "pytorch_model.bin.index.json", "tokenizer.*",
+                "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                "merges.txt", "chat_template.jinja", "chat_template.json", "spiece.model", "sentencepiece.bpe.model",
+                "tekken.json", "configuration_*.py", "modeling_*.py",
                 "tokenization_*.py", "config.yaml.tmp", "metrics.tmp")
 
 

@@ -161,11 +161,12 @@ def test_overwrite_keeps_a_run_with_files_of_the_users_and_until_the_new_run_pas
     run = tmp_path / "run"
     shutil.copytree(finished_run, run)
     before = sorted(p.name for p in run.iterdir())
-    # 1. a file the user put there: named, nothing deleted
-    (run / "NOTES.md").write_text("keep")
-    line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, run, overwrite=True)))
-    assert "replaces only what a run wrote there" in line and "NOTES.md" in line
-    (run / "NOTES.md").unlink()
+    # 1. a file the user put there: named, nothing deleted (also one named like a tokenizer's or a model's file)
+    for mine in ("NOTES.md", "tokenizer_comparison_notes.md", "baseline.model"):
+        (run / mine).write_text("keep")
+        line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, run, overwrite=True)))
+        assert "replaces only what a run wrote there" in line and mine in line, line
+        (run / mine).unlink()
     assert sorted(p.name for p in run.iterdir()) == before
     # 2. a mistake found after --out is checked (an unknown domain): the old run is still whole
     line = one_error_line(run_cli("ddk-student", train_args(store_url, student_dir, run, overwrite=True,
