@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -20,7 +21,7 @@ from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
 from .chunkio import EMPTY, ChunkCodec, decode_chunk, decode_chunk_into, shard_index
-from .errors import StoreFormatError
+from .errors import StoreCorruptError, StoreFormatError
 from .paths import flush_fd, sync_entry
 
 #: EMPTY as a Python int (shard indexes are cached as lists).
@@ -30,6 +31,28 @@ _EMPTY = int(EMPTY)
 def local_root(store: Store) -> Path | None:
     """The directory of a local-disk store (objects are then written and read in the calling thread)."""
     return Path(store.root) if isinstance(store, LocalStore) else None
+
+
+#: The largest metadata document (zarr.json) a local store's reader opens: a root document lists every corpus file
+#: (about 210 bytes each), so a million files is about 210 MB; a bigger one is damage or a planted sparse file.
+MAX_DOC_BYTES = 1 << 30
+
+
+def check_local_docs(root: Path | None, keys: Sequence[str], url: str) -> None:
+    """Refuse (StoreFormatError, naming the key) a metadata document of a local store that is a symbolic link, not a
+    regular file (a FIFO would hang the reader, a device feed it forever) or over MAX_DOC_BYTES; a missing one is
+    left to the usual checks (``root`` None, a store that is not local: nothing to check). A store shared by a team
+    may have been written by someone else."""
+    for key in keys if root is not None else ():
+        try:
+            st = os.lstat(os.path.join(root, key))
+        except FileNotFoundError:
+            continue
+        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file" if not stat.S_ISREG(st.st_mode)
+                else f"{st.st_size:,} bytes (more than {MAX_DOC_BYTES:,})" if st.st_size > MAX_DOC_BYTES else "")
+        if what:
+            raise StoreFormatError(f"store {url}: {key} is {what}; a ddk store's metadata documents are plain files "
+                                   "its writer made: this store was damaged or tampered with, dump it again")
 
 
 #: Directories this process made or found (bounded: a hint, never trusted over a FileNotFoundError).
@@ -123,11 +146,14 @@ class _Source:
         out: list[bytes | None] = []
         for key, r in requests:
             try:
-                fd = os.open(os.path.join(self.root, key), os.O_RDONLY)
+                fd = os.open(os.path.join(self.root, key), os.O_RDONLY | os.O_NONBLOCK)  # (a FIFO would block)
             except FileNotFoundError:
                 out.append(None)
                 continue
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise StoreCorruptError(f"{key}: not a regular file (a chunk or shard is one); the store was "
+                                            "damaged or tampered with: `ddk-store repair` it, then dump again")
                 if r is None:
                     size = os.fstat(fd).st_size
                     out.append(os.pread(fd, size, 0))

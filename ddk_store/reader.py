@@ -21,7 +21,7 @@ from .meta import StoreMeta
 from .retry import is_transient, retry_call
 from .rows import RowBatch, StoredRows
 from .encodings import encoding_for
-from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_path, group_schema
+from .schema import GroupLayout, chunk_prefix, data_arrays, group_arrays, group_path, group_schema, store_doc_keys
 from .storage import normalize_url, open_zarr_store
 
 
@@ -38,18 +38,19 @@ class StoreReader:
         self.url = normalize_url(url)
         self.verifying = verifying
         self._zstore = open_zarr_store(self.url, read_only=True, storage_options=storage_options)
+        objectio.check_local_docs(local := objectio.local_root(self._zstore), store_doc_keys(), self.url)
         doc = retry_call(lambda: read_root_doc(self._zstore), what="reading the root metadata", url=self.url)
         if doc is None:
             raise no_store(self._zstore, self.url, storage_options)
         self.meta: StoreMeta = root_meta_from_doc(doc, self.url)
+        objectio.check_local_docs(local, store_doc_keys(self.meta.domain_names, self.meta.encoding), self.url)
         # remote stores only: chunks read through a local disk cache keyed by this root document (localcache.py)
         self._zstore = cached_store(self._zstore, self.url, doc, cache_dir, max_bytes=cache_max_bytes)
         if self.meta.status != spec.STATUS_COMPLETE and not allow_incomplete:
             raise StoreIncompleteError(
                 f"store {self.url} is incomplete (status '{self.meta.status}'): its dump was interrupted or is still "
                 "running. Resume it by rerunning the same `ddk-teacher dump ... --store` command; after sharded dumps "
-                f"run `ddk-store finalize {self.url}`"
-            )
+                f"run `ddk-store finalize {self.url}`")
         def open_root() -> zarr.Group:
             try:
                 return zarr.open_group(self._zstore, mode="r")
@@ -146,9 +147,8 @@ class StoreReader:
         Raises:
             StoreFormatError: a group or array is missing or does not match the metadata (names which and how).
         """
-        for dom in self.domains:
-            for split in spec.SPLITS:
-                self.arrays(dom, split)
+        for dom, split in ((d, s) for d in self.domains for s in spec.SPLITS):
+            self.arrays(dom, split)
 
     def heldout_nll(self, domain: str) -> float | None:
         """Teacher mean NLL over the domain's held-out split, computed from the data and checked against the metadata.

@@ -10,7 +10,7 @@ docs/store-format.md is the normative text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -72,6 +72,12 @@ def group_path(domain: str, split: str) -> str:
 def node_doc_key(*path: str) -> str:
     """Key of the metadata document of the root (no argument), a group or an array: ``node_doc_key(d, s, name)``."""
     return "/".join((*path, NODE_DOC))
+
+
+def store_doc_keys(domains: Sequence[str] = (), encoding: str = "") -> list[str]:
+    """The metadata documents of the root, then of every domain's group, split groups and arrays."""
+    return [node_doc_key()] + [node_doc_key(*node) for d in domains for node in [(d,)] + [(d, s) for s in spec.SPLITS]
+                               + [(d, s, a) for s in spec.SPLITS for a in group_arrays(encoding)]]
 
 
 def chunk_prefix(domain: str, split: str, name: str) -> str:

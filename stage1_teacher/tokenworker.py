@@ -39,12 +39,33 @@ def flat_ids(encode: Encode, texts: list[str]) -> tuple[array, array]:
 _ENCODE: Encode | None = None
 
 
+#: Seconds between a worker's looks at whether the process that started it is still there.
+PARENT_POLL_S = 1.0
+
+
+def _exit_with_parent() -> None:
+    """End this worker once its parent is gone. A pool's workers wait on a queue whose write end they hold too, so a
+    parent killed with SIGKILL (or the OOM killer) left them waiting forever, each holding a tokenizer."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="ddk-exit-with-parent", daemon=True).start()
+
+
 def init(tokenizer_path: str) -> None:
     """A worker's initializer: the tokenizer from its JSON file."""
     # One process per core: no Rust thread pool of the tokenizer's own (belt and braces: backend_encoder never
     # calls the batch API that would start one).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
+    _exit_with_parent()
     global _ENCODE
     with open(tokenizer_path, encoding="utf-8") as f:
         _ENCODE = backend_encoder(f.read())

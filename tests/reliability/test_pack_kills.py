@@ -115,3 +115,51 @@ def test_sigkill_pack_at_five_moments_then_rerun_is_identical(inputs, tmp_path):
         same = got[k] == reference[k] if isinstance(reference[k], str) else np.array_equal(got[k], reference[k])
         assert same, (k, fired)
     assert sum(f for _, f, _ in fired) >= 4, fired  # the kills hit live processes
+
+
+POOL_SCRIPT = """
+import sys, time
+from stage1_teacher.teacher import load_tokenizer, resolve_teacher
+from stage1_teacher.tokenize import DocTokenizer
+coder = DocTokenizer(load_tokenizer(resolve_teacher(sys.argv[1])), workers=2, batch=4)
+list(coder.encode(["a few words of text"] * 64))  # more than one batch: the worker pool starts
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_tokenizer_workers_end_when_their_process_is_killed(inputs):
+    """SIGKILL (or the OOM killer) on a dump left its tokenizer workers waiting forever on their queue."""
+    teacher = inputs[0]
+    proc = subprocess.Popen([sys.executable, "-c", POOL_SCRIPT, str(teacher)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2 and all(_running(w) for w in workers), workers
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    deadline = time.monotonic() + 15
+    while any(_running(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [w for w in workers if _running(w)], "tokenizer workers outlived the killed process"

@@ -38,7 +38,7 @@ from ddk_store.storage import delete_store_prefix
 from ddk_store.testing import make_tiny_store, tiny_meta
 from ddk_store.validate import validate_store
 from ddk_testkit.bad_inputs import DUMP_FLAGS, Workspace
-from ddk_testkit.processes import REPO, CliResult, run_cli
+from ddk_testkit.processes import REPO, CliResult, run_cli, run_process
 from ddk_testkit.s3 import SeaweedS3
 from stage1_teacher.corpus import load_corpora
 
@@ -625,3 +625,42 @@ def test_overwrite_on_s3_keeps_sibling_prefixes(s3_server: SeaweedS3) -> None:
     assert writer.meta.top_k == 3
     fs.invalidate_cache()
     assert {k: fs.cat(k) for k in siblings} == siblings
+
+
+@pytest.mark.parametrize("plant", ["fifo", "link to /dev/zero", "sparse 2 GiB"])
+def test_a_planted_metadata_document_is_refused_before_it_is_read(tmp_path: Path, plant: str) -> None:
+    """A FIFO hung `ddk-store info`, a link to a device or a huge sparse file had it read without end: each is one
+    line naming the document, within the test's timeout."""
+    import os
+
+    store = tmp_path / "store"
+    make_tiny_store(str(store), domains=("alpha", "beta"), train_rows=4, heldout_rows=2)
+    doc = store / "beta" / "train" / "zarr.json"
+    doc.unlink()
+    if plant == "fifo":
+        os.mkfifo(doc)
+    elif plant == "link to /dev/zero":
+        doc.symlink_to("/dev/zero")
+    else:
+        with open(doc, "wb") as f:
+            f.truncate(2 << 30)
+    proc = run_process("ddk_store.cli", ["info", str(store)], timeout=120)  # (a subprocess: a hang fails, not waits)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    what = {"fifo": "not a regular file", "link to /dev/zero": "a symbolic link",
+            "sparse 2 GiB": "2,147,483,648 bytes (more than 1,073,741,824)"}[plant]
+    assert f"beta/train/zarr.json is {what}" in line, line
+
+
+def test_a_chunk_that_is_not_a_regular_file_is_one_problem_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    from ddk_store.errors import StoreCorruptError
+
+    store = tmp_path / "store"
+    make_tiny_store(str(store), domains=("alpha",), train_rows=4, heldout_rows=2)
+    shard = next(p for p in (store / "alpha" / "train" / "tokens").rglob("*") if p.is_file() and p.name != "zarr.json")
+    shard.unlink()
+    os.mkfifo(shard)
+    with pytest.raises(StoreCorruptError, match="not a regular file"):
+        open_store(str(store)).read_rows("alpha", "train", range(4))
