@@ -664,3 +664,15 @@ def test_a_chunk_that_is_not_a_regular_file_is_one_problem_not_a_hang(tmp_path: 
     os.mkfifo(shard)
     with pytest.raises(StoreCorruptError, match="not a regular file"):
         open_store(str(store)).read_rows("alpha", "train", range(4))
+
+
+def test_metadata_holding_terminal_control_characters_is_refused_not_printed(tmp_path: Path) -> None:
+    """`ddk-store info` printed a teacher name as stored: an escape sequence planted there reached the terminal."""
+    store = tmp_path / "store"
+    make_tiny_store(str(store), domains=("alpha",), train_rows=4, heldout_rows=2)
+    doc = json.loads((store / "zarr.json").read_text())
+    doc["attributes"]["ddk"]["teacher"]["name"] = "teacher\x1b]0;owned\x07\r"
+    (store / "zarr.json").write_text(json.dumps(doc))
+    result = run_cli("ddk-store", ["info", str(store)])
+    line = one_error_line(result)
+    assert "field 'teacher.name': holds control characters" in line and "\x1b" not in result.output, line
