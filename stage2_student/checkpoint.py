@@ -283,11 +283,36 @@ def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torc
         raise damaged(path, describe(e, 200)) from None
 
 
+def _state_problem(doc: dict[str, Any]) -> str | None:
+    """What makes a state.json document (edited by hand, say) unusable for a resume: a field of the wrong type (the
+    training state fields are checked where present: unit tests save checkpoints without them)."""
+    def whole(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+
+    s = doc.get("sampler", {})
+    checks = {"step": whole(doc.get("step")) and doc["step"] >= 0, "world_size": whole(doc.get("world_size")),
+              "factor": numbers(doc.get("factor", [])), "weights": numbers(doc.get("weights", [])),
+              "sampler": isinstance(s, dict)}
+    if isinstance(s, dict) and s:
+        checks.update({"sampler.seed": whole(s.get("seed")), "sampler.interval": whole(s.get("interval")),
+                       "sampler.rows_per_interval": whole(s.get("rows_per_interval")),
+                       "sampler.num_rows": numbers(s.get("num_rows")) and all(map(whole, s["num_rows"])),
+                       "sampler.consumed_at_start": numbers(s.get("consumed_at_start")),
+                       "sampler.weights": s.get("weights") is None or numbers(s.get("weights"))})
+    bad = [k for k, ok in checks.items() if not ok]
+    return f"field(s) {', '.join(bad)} missing or of the wrong type" if bad else None
+
+
 def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, world_size: int,
           sharded: bool) -> dict[str, Any]:
     doc = json.loads((path / "state.json").read_text())
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise damaged(path, f"state.json is not the state of a checkpoint written by ddk (format {FORMAT!r})")
+    if problem := _state_problem(doc):
+        raise damaged(path, f"state.json: {problem}")
     if doc["world_size"] != world_size:
         raise ValueError(
             f"checkpoint {path} was written by {doc['world_size']} rank(s), this run has {world_size}; resume with "

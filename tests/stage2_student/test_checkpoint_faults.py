@@ -6,6 +6,7 @@ faults are a raised exception at a chosen moment, a truncated file, a half-writt
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -223,6 +224,30 @@ def test_a_checkpoint_with_foreign_or_damaged_files_is_one_error(tmp_path, damag
     if damage in ("weights truncated", "rank file missing"):
         with pytest.raises(StudentError, match="is damaged"):
             load_weights(fresh, path)
+
+
+@pytest.mark.parametrize("edit", [{"step": "2"}, {"factor": ["x"]}, {"sampler": {"interval": "x"}},
+                                  {"sampler": {"num_rows": [1.5]}}, {"sampler": []}])
+def test_a_state_json_edited_to_a_wrong_type_is_one_error(tmp_path, edit):
+    """An interval of "x" in a hand-edited state.json ended a resume in a TypeError traceback from the sampler."""
+    from stage2_student.sampler import DomainSampler
+
+    model, opt = model_and_optimizer(0)
+    sampler = DomainSampler([4, 4], rows_per_interval=2, seed=0)
+    state = {"factor": [0.5, 0.5], "weights": [0.5, 0.5], "sampler": sampler.state_dict()}
+    path = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, state=state)
+    doc = json.loads((path / "state.json").read_text())
+    for key, value in edit.items():
+        if isinstance(value, dict):
+            doc[key].update(value)
+        else:
+            doc[key] = value
+    (path / "state.json").write_text(json.dumps(doc))
+    fresh, fresh_opt = model_and_optimizer(1)
+    field = next(iter(edit)) + (f".{next(iter(edit[next(iter(edit))]))}" if isinstance(edit[next(iter(edit))], dict)
+                                else "")
+    with pytest.raises(StudentError, match=rf"is damaged: state.json: field\(s\) {re.escape(field)} missing or"):
+        load_checkpoint(path, model=fresh, optimizer=fresh_opt)
 
 
 def test_a_set_aside_checkpoint_whose_successor_was_committed_is_cleaned_up(tmp_path):
