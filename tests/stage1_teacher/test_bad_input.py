@@ -232,3 +232,10 @@ def test_vllm_backend_requested_but_not_installed(broken_teacher, corpora_yaml, 
     argv = dump_argv(broken_teacher, corpora_yaml, tmp_path / "s")
     argv[argv.index("--backend") + 1] = "vllm"
     expect_error(argv, "backend 'vllm' needs: pip install -e '.[vllm]'", "--backend hf")
+
+
+def test_a_teacher_path_with_control_characters_is_refused_before_any_store(tiny_teacher, corpora_yaml, tmp_path):
+    odd = tmp_path / "teach\ner"  # a store records the name, and its readers refuse control characters in it
+    shutil.copytree(tiny_teacher, odd)
+    expect_error(dump_argv(odd, corpora_yaml, tmp_path / "s"), "holds control characters")
+    assert not (tmp_path / "s").exists()
