@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -200,3 +201,16 @@ storage_option = click.option(
 #: The progress flag, identical on every long-running command.
 progress_option = click.option("--progress/--no-progress", default=None,
                                help="Show progress bars on stderr [default: on].")
+
+
+def hide_library_progress_bars() -> None:
+    """``--no-progress``: hide the Hugging Face libraries' own bars (downloads, weight loading) as well.
+
+    Their switch is an environment variable read when they are imported; when they already are (in-process
+    callers), their runtime switch is flipped too. Nothing is imported here.
+    """
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    for module, switch in (("huggingface_hub.utils", "disable_progress_bars"),
+                           ("transformers.utils.logging", "disable_progress_bar")):
+        if (loaded := sys.modules.get(module)) is not None:
+            getattr(loaded, switch)()

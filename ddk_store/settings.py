@@ -21,9 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import os
 import re
-import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -224,10 +222,9 @@ def read_config(cls: type, path: str | Path, *, flag: str = "--config", saved: b
                 typed: Collection[str] = ()) -> dict[str, Any]:
     """The field values in a YAML settings file (see :func:`normalize`); relative paths are read from its folder.
 
-    A ``typed_only`` field (:func:`setting`) is never taken from the file: off there, it is dropped; on, it is refused
-    (a file that turns on, say, a model's own code could have been edited by anyone who can write it), unless its
-    flag was typed too (``typed``: the fields typed on the command line) or the file is ``saved`` (a run's own
-    record of what it used, read to compare or resume).
+    A ``typed_only`` field (:func:`setting`) is never taken from the file: off, it is dropped; on, it is refused (a
+    file anyone who can write it could have edited), unless its flag was typed too (``typed``) or the file is
+    ``saved`` (a run's own record of what it used, read to compare or resume).
     """
     data = read_yaml(path, flag)
     if data is None:
@@ -351,15 +348,3 @@ def from_command(cls: type, ctx: click.Context | None = None) -> Any:
     ctx = ctx or click.get_current_context()
     return resolve(cls, typed_params(ctx, cls), ctx.params.get(CONFIG_PARAM))
 
-
-def hide_library_progress_bars() -> None:
-    """``--no-progress``: hide the Hugging Face libraries' own bars (downloads, weight loading) as well.
-
-    Their switch is an environment variable read when they are imported; when they already are (in-process
-    callers), their runtime switch is flipped too. Nothing is imported here.
-    """
-    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    for module, switch in (("huggingface_hub.utils", "disable_progress_bars"),
-                           ("transformers.utils.logging", "disable_progress_bar")):
-        if (loaded := sys.modules.get(module)) is not None:
-            getattr(loaded, switch)()

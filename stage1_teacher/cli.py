@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ddk_store import settings
-from ddk_store.entry import CONTEXT_SETTINGS, EntryGroup, main_entry, version_option
+from ddk_store.entry import CONTEXT_SETTINGS, EntryGroup, hide_library_progress_bars, main_entry, version_option
 from ddk_store.errors import ConfigError
 from ddk_store.storage import memory_note
 
@@ -51,7 +51,7 @@ def dump_one(cfg: Stage1Config) -> None:
     if note := memory_note(cfg.store):
         click.echo(note, err=True)
     if not cfg.progress:
-        settings.hide_library_progress_bars()
+        hide_library_progress_bars()
     from .run import run
 
     run(cfg)
@@ -69,7 +69,7 @@ def pack(**_: object) -> None:
     if note := memory_note(cfg.store):
         click.echo(note, err=True)
     if not cfg.progress:
-        settings.hide_library_progress_bars()  # a hub tokenizer's download bars
+        hide_library_progress_bars()  # a hub tokenizer's download bars
     from .pack import run_pack
 
     run_pack(cfg, echo=lambda msg: click.echo(msg, err=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from ddk_store import settings
-from ddk_store.entry import CONTEXT_SETTINGS, EntryGroup, main_entry, version_option
+from ddk_store.entry import CONTEXT_SETTINGS, EntryGroup, hide_library_progress_bars, main_entry, version_option
 from ddk_store.errors import ConfigError
 
 from .config import EvalConfig, Stage2Config
@@ -62,7 +62,7 @@ def train_cmd(**_: object) -> None:
     """
     cfg = train_settings(click.get_current_context())
     if not cfg.progress:
-        settings.hide_library_progress_bars()
+        hide_library_progress_bars()
     from .parallel import dist_env
     from .train import train  # torch/transformers load only once the config is known to be valid
 
@@ -138,7 +138,7 @@ def eval_cmd(**_: object) -> None:
     """
     cfg = settings.from_command(EvalConfig)
     if not cfg.progress:
-        settings.hide_library_progress_bars()
+        hide_library_progress_bars()
     _model_dir_hint(cfg.model)
     import torch
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ddk_store import settings
+from ddk_store import entry, settings
 from ddk_store._version import __version__
 from ddk_store.errors import ConfigError
 from ddk_testkit.processes import REPO, run_cli
@@ -206,7 +206,7 @@ def test_no_progress_hides_the_libraries_bars_too(monkeypatch) -> None:
 
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     try:
-        settings.hide_library_progress_bars()
+        entry.hide_library_progress_bars()
         assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
         assert not hf_logging.is_progress_bar_enabled() and are_progress_bars_disabled()
     finally:
