@@ -68,10 +68,12 @@ def _remember(directory: str) -> None:
 def _refuse_links_out(root: Path, directory: str) -> None:
     """Refuse to write into ``directory`` when a symbolic link inside the store leads it out of ``root``: a link
     planted in a shared store (say, a chunk folder) would have a dump write, and a later overwrite delete, there."""
-    real_root = os.path.realpath(root)
+    real_root, inside = os.path.realpath(root), os.path.normpath(root) + os.sep
     deepest = directory
     while not os.path.lexists(deepest) and os.path.dirname(deepest) != deepest:
         deepest = os.path.dirname(deepest)  # (directories still to make hold no link)
+    if not os.path.normpath(deepest).startswith(inside):
+        return  # the store's folder itself is not there (yet, or any more): nothing in it can be a link
     real = os.path.realpath(deepest)
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
         raise StoreFormatError(f"{root}: {os.path.relpath(deepest, root)} leads outside the store (to {real}) "

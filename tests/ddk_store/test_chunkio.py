@@ -172,3 +172,5 @@ def test_a_local_write_never_goes_through_a_link_that_leads_out_of_the_store(tmp
     (root / "alias").symlink_to(root / "inner")  # a link that stays inside the store is no escape
     objectio.write_local(root, {"alias/c/0": b"rows"})
     assert (root / "inner" / "c" / "0").read_bytes() == b"rows"
+    objectio.write_local(tmp_path / "new", {"a/c/0": b"rows"})  # a store folder not made yet is no escape
+    assert (tmp_path / "new" / "a" / "c" / "0").read_bytes() == b"rows"
