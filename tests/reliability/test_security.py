@@ -547,9 +547,10 @@ def test_store_listing_a_bad_domain_is_refused(ws: Workspace, tmp_path: Path, na
     doc = json.loads((store / "zarr.json").read_text())
     doc["attributes"]["ddk"]["domains"][0]["name"] = name
     (store / "zarr.json").write_text(json.dumps(doc))
-    with pytest.raises(StoreFormatError, match="invalid domain name"):
+    why = "holds control characters" if "\n" in name else "invalid domain name"  # (any string field refuses those)
+    with pytest.raises(StoreFormatError, match=why):
         open_store(str(store))
-    assert "invalid domain name" in one_error_line(run_cli("ddk-store", ["info", str(store)]))
+    assert why in one_error_line(run_cli("ddk-store", ["info", str(store)]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
 
 
