@@ -39,12 +39,17 @@ def require(d: Mapping[str, Any], key: str, ctx: str) -> Any:
     return d[key]
 
 
+def has_control_chars(text: str) -> bool:
+    """Whether ``text`` holds a C0 or C1 control character (a terminal escape, a newline): no name ddk records does."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
+
 def parse_str(d: Mapping[str, Any], key: str, ctx: str = "", *, allow_empty: bool = True) -> str:
     value = require(d, key, ctx)
     if not isinstance(value, str) or (not allow_empty and not value):
         kind = "a non-empty string" if not allow_empty else "a string"
         raise StoreFormatError(f"field '{field_path(ctx, key)}': expected {kind}, got {short_repr(value)}")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):  # printed by `ddk-store info`: no escapes
+    if has_control_chars(value):  # printed by `ddk-store info`: no escapes
         raise StoreFormatError(f"field '{field_path(ctx, key)}': holds control characters, which no name, path or "
                                f"value a writer records has ({short_repr(value)}); the metadata was tampered with")
     return value

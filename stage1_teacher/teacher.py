@@ -44,7 +44,9 @@ def resolve_teacher(name: str, *, revision: str = "", trust_remote_code: bool = 
     """
     from transformers import AutoConfig
 
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in name):  # the store records it; readers refuse those
+    from ddk_store.jsonfields import has_control_chars
+
+    if has_control_chars(name):  # the store records it; readers refuse those
         raise ConfigError(f"--teacher {name!r}: holds control characters; rename the directory (or link it under a "
                           "plain name) and pass that")
     path = Path(name).expanduser()
