@@ -201,7 +201,9 @@ def main() -> None:
     for name, label in labels.items():
         print(f"{label:<52}{n_tok / best[name]:>14,.0f}{best['forward'] / best[name]:>11.3f}")
     ratio = best["forward"] / best["dump"]
-    print(f"\ndump/forward = {ratio:.3f} (target >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); per round: "
+    verdict = ("a test of this script, not a measurement: the target is judged at real shapes on a GPU" if tiny else
+               "met" if ratio >= 0.95 else "NOT met")
+    print(f"\ndump/forward = {ratio:.3f} (target >= 0.95: {verdict}); per round: "
           + ", ".join(f"{x:.3f}" for x in dump_ratio_rounds))
 
 

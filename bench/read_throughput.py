@@ -162,9 +162,7 @@ def main() -> None:
                   flush=True)
             sources = [("local", str(local), None, None, None)]
             if server is not None:
-                import s3fs
-
-                fs = s3fs.S3FileSystem(**server.storage_options, skip_instance_cache=True)
+                fs = server.client()
                 fs.put(str(local), f"{server.BUCKET}/bench/store-{T}", recursive=True)
                 url, opts = f"s3://{server.BUCKET}/bench/store-{T}", server.storage_options
                 sources += [("s3", url, opts, None, None)]

@@ -4,11 +4,38 @@ once per session."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from ddk_testkit.models import build_tiny_tokenizer
 from ddk_testkit.s3 import WEED_MISSING, SeaweedS3, weed_binary
+
+
+#: The cache folders a session reuses from the user's own $DDK_CACHE when they are there (slow to build, read only
+#: as inputs); everything else the suite caches (file and weight hashes, tokenizer probes, run locks, store caches)
+#: goes to a folder of the session's own, removed at its end, so that `make test` leaves nothing in the user's cache.
+REUSED_CACHE = ("teacher", "corpus")
+_session_cache: Path | None = None
+
+
+def pytest_configure(config):
+    global _session_cache
+    from ddk_store.paths import CACHE_ENV, cache_dir
+
+    user_cache = cache_dir()
+    _session_cache = Path(tempfile.mkdtemp(prefix="ddk-test-cache-"))
+    for name in REUSED_CACHE:
+        if (user_cache / name).is_dir():
+            (_session_cache / name).symlink_to(user_cache / name, target_is_directory=True)
+    os.environ[CACHE_ENV] = str(_session_cache)  # (subprocesses inherit it)
+
+
+def pytest_unconfigure(config):
+    if _session_cache is not None:
+        shutil.rmtree(_session_cache, ignore_errors=True)  # (the links only: rmtree does not follow them)
 
 
 @pytest.fixture(scope="session")

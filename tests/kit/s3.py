@@ -7,6 +7,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from .processes import child_env, free_port
@@ -43,6 +45,7 @@ class SeaweedS3:
         self.secret = self.SECRET
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self._clients: list = []
 
     @property
     def storage_options(self) -> dict[str, str]:
@@ -74,13 +77,23 @@ class SeaweedS3:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         self.starts += 1
         t0 = time.monotonic()
-        import s3fs
-
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited early ({self.proc.returncode}): {self.log_tail()}")
             try:
-                fs = s3fs.S3FileSystem(**self.storage_options, skip_instance_cache=True)
+                # (a plain HTTP request until the port answers: an s3fs client whose connection failed leaves an
+                # aiohttp session that asyncio reports as a traceback when it is collected)
+                urllib.request.urlopen(self.endpoint_url, timeout=2).close()
+            except urllib.error.HTTPError:
+                pass  # an answer (403 without credentials): S3 is listening
+            except OSError:
+                if time.monotonic() - t0 > timeout:
+                    raise RuntimeError(f"S3 did not answer on {self.endpoint_url} within {timeout} s: "
+                                       f"{self.log_tail()}") from None
+                time.sleep(0.2)
+                continue
+            try:
+                fs = self.client()
                 fs.pipe(f"{self.BUCKET}/_probe", b"ok")
                 if fs.cat(f"{self.BUCKET}/_probe") == b"ok":
                     fs.rm(f"{self.BUCKET}/_probe")
@@ -90,6 +103,15 @@ class SeaweedS3:
                     raise RuntimeError(f"S3 did not answer on {self.endpoint_url} within {timeout} s: "
                                        f"{self.log_tail()}") from None
                 time.sleep(0.2)
+
+    def client(self):
+        """A new s3fs client of this server, kept alive as long as the server object: s3fs closes a collected
+        client on whatever event loop runs in the collecting thread, and when that is another loop (zarr's, say)
+        asyncio prints a "Task exception was never retrieved" traceback."""
+        import s3fs
+
+        self._clients.append(s3fs.S3FileSystem(**self.storage_options, skip_instance_cache=True))
+        return self._clients[-1]
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, as an operator or orchestrator would); its data stays on disk."""
@@ -110,10 +132,8 @@ class SeaweedS3:
 
     def count(self, prefix: str, contains: str = "") -> int:
         """Objects under s3://BUCKET/prefix whose key contains ``contains`` (0 while the server is down)."""
-        import s3fs
-
         try:
-            fs = s3fs.S3FileSystem(**self.storage_options, skip_instance_cache=True)
+            fs = self.client()
             return sum(1 for k in fs.find(f"{self.BUCKET}/{prefix}") if contains in k)
         except Exception:
             return 0
