@@ -77,3 +77,19 @@ def heldout_leftover_note(domain: str, fmt: str, *, docs: int, held_tokens: int,
             f"rows, used in neither split (held-out rows take whole documents, and none trains); to keep them, split "
             f"long {_DOCUMENTS[fmt]} into shorter ones, or raise --heldout-seqs (up to {held_tokens // seq_len}; it "
             f"applies to every domain) so the held-out rows use them")
+
+
+#: Source files per domain beyond which a dump says that its store's metadata grows large (docs/stage1.md).
+MANY_FILES = 100_000
+
+
+def many_files_note(domain: str, files: Sequence[str]) -> str | None:
+    """The note for a domain read from more than :data:`MANY_FILES` files: the store's root metadata lists each
+    (its URI, SHA-256 and size, some 110 bytes besides the path), and every reader loads it when it opens the
+    store. None for fewer files."""
+    if len(files) <= MANY_FILES:
+        return None
+    size = sum(len(f) + 110 for f in files)
+    return (f"note: domain {domain}: {len(files):,} source files; the store's metadata lists each (about "
+            f"{size / 1e6:,.0f} MB that every reader of the store loads when it opens it): give this many documents "
+            f"as JSONL or Parquet shards instead (docs/stage1.md, corpora)")

@@ -26,7 +26,8 @@ from .config import CORES, Stage1Config
 from .corpus import DomainSource, load_corpora
 from .filehash import cached_file_sha256
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
-from .domain_size import DomainTooSmall, check_split_size, heldout_leftover_note, too_small_together
+from .domain_size import (DomainTooSmall, check_split_size, heldout_leftover_note, many_files_note,
+                          too_small_together)
 from .plan import identity_problem, pack_identity, refusal, settings_of, source_uri
 from .tokenize import DocTokenizer, bos_to_add, tokenization_hash
 
@@ -144,6 +145,8 @@ def pack_corpora(url: str, corpora: list[DomainSource], coder: DocTokenizer, *, 
                 todo.append((src, st))
             continue
         echo(f"packing domain {src.name}: selecting the held-out documents")
+        if note := many_files_note(src.name, src.files):
+            echo(note)
         try:
             sel = select_heldout(src, coder, seq_len=seq_len, heldout_seqs=heldout_seqs,
                                  max_train_rows=src.row_cap(max_rows_per_domain), on_bad_utf8=on_bad_utf8,
