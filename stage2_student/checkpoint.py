@@ -273,19 +273,26 @@ def save_checkpoint(out_dir: str | Path, step: int, *, model: torch.nn.Module, o
 
 
 def load_checkpoint(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    rank: int = 0, world_size: int = 1, sharded: bool = False) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from ``path``; return the state.json document. A checkpoint
-    whose files are missing, truncated or not what ddk writes is a StudentError saying how to go on."""
+                    rank: int = 0, world_size: int = 1, sharded: bool = False,
+                    required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Restore model, optimizer and this rank's RNG from ``path``; return the state.json document, which must hold
+    the fields ``required`` (a training run's: TRAINING_FIELDS). A checkpoint whose files are missing, truncated or
+    not what ddk writes is a StudentError saying how to go on."""
     path = Path(path)
     try:
-        return _load(path, model=model, optimizer=optimizer, rank=rank, world_size=world_size, sharded=sharded)
+        return _load(path, model=model, optimizer=optimizer, rank=rank, world_size=world_size, sharded=sharded,
+                     required=required)
     except (OSError, SafetensorError, json.JSONDecodeError, KeyError) as e:
         raise damaged(path, describe(e, 200)) from None
 
 
-def _state_problem(doc: dict[str, Any]) -> str | None:
-    """What makes a state.json document (edited by hand, say) unusable for a resume: a field of the wrong type (the
-    training state fields are checked where present: unit tests save checkpoints without them)."""
+#: The state.json fields a training run resumes from (unit tests save checkpoints without them).
+TRAINING_FIELDS = ("factor", "weights", "sampler")
+
+
+def _state_problem(doc: dict[str, Any], required: tuple[str, ...] = ()) -> str | None:
+    """What makes a state.json document (edited by hand, say) unusable for a resume: a field ``required`` missing,
+    or a field of the wrong type (the others are checked where present)."""
     def whole(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
@@ -302,16 +309,17 @@ def _state_problem(doc: dict[str, Any]) -> str | None:
                        "sampler.num_rows": numbers(s.get("num_rows")) and all(map(whole, s["num_rows"])),
                        "sampler.consumed_at_start": numbers(s.get("consumed_at_start")),
                        "sampler.weights": s.get("weights") is None or numbers(s.get("weights"))})
-    bad = [k for k, ok in checks.items() if not ok]
+    bad = [k for k in required if k not in doc]
+    bad += [k for k, ok in checks.items() if not ok and k not in bad]
     return f"field(s) {', '.join(bad)} missing or of the wrong type" if bad else None
 
 
 def _load(path: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rank: int, world_size: int,
-          sharded: bool) -> dict[str, Any]:
+          sharded: bool, required: tuple[str, ...]) -> dict[str, Any]:
     doc = json.loads((path / "state.json").read_text())
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise damaged(path, f"state.json is not the state of a checkpoint written by ddk (format {FORMAT!r})")
-    if problem := _state_problem(doc):
+    if problem := _state_problem(doc, required):
         raise damaged(path, f"state.json: {problem}")
     if doc["world_size"] != world_size:
         raise ValueError(

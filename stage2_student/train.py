@@ -29,7 +29,7 @@ from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError,
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
-from .checkpoint import CheckpointWriter, finish_writes, latest_checkpoint, load_checkpoint
+from .checkpoint import TRAINING_FIELDS, CheckpointWriter, finish_writes, latest_checkpoint, load_checkpoint
 from .config import Stage2Config, write_config
 from .data import Prefetcher
 from .evaluate import evaluate, teacher_heldout_ppl
@@ -208,7 +208,8 @@ def train(cfg: Stage2Config) -> Path:
     # -- 3. restore, or start: evaluate the initial student, r_0 by Eq. 1, interval-0 mixture
     if resuming:
         ckpt = latest_checkpoint(out)
-        doc = load_checkpoint(ckpt, model=model, optimizer=optimizer, rank=rank, world_size=world, sharded=fsdp)
+        doc = load_checkpoint(ckpt, model=model, optimizer=optimizer, rank=rank, world_size=world, sharded=fsdp,
+                              required=TRAINING_FIELDS)
         step = int(doc["step"])
         factor, weights = np.asarray(doc["factor"]), np.asarray(doc["weights"])
         sampler.load_state_dict(doc["sampler"])

@@ -250,6 +250,26 @@ def test_a_state_json_edited_to_a_wrong_type_is_one_error(tmp_path, edit):
         load_checkpoint(path, model=fresh, optimizer=fresh_opt)
 
 
+@pytest.mark.parametrize("missing", ["factor", "weights", "sampler"])
+def test_a_state_json_missing_a_training_field_is_one_error(tmp_path, missing):
+    """A hand-edited state.json without "factor" passed the checks and ended a resume in a KeyError traceback."""
+    from stage2_student.checkpoint import TRAINING_FIELDS
+    from stage2_student.sampler import DomainSampler
+
+    model, opt = model_and_optimizer(0)
+    state = {"factor": [0.5, 0.5], "weights": [0.5, 0.5],
+             "sampler": DomainSampler([4, 4], rows_per_interval=2, seed=0).state_dict()}
+    path = save_checkpoint(tmp_path, 2, model=model, optimizer=opt, state=state)
+    fresh, fresh_opt = model_and_optimizer(1)
+    assert load_checkpoint(path, model=fresh, optimizer=fresh_opt, required=TRAINING_FIELDS)["factor"] == [0.5, 0.5]
+    doc = json.loads((path / "state.json").read_text())
+    del doc[missing]
+    (path / "state.json").write_text(json.dumps(doc))
+    with pytest.raises(StudentError, match=rf"is damaged: state.json: field\(s\) {missing} missing or"):
+        load_checkpoint(path, model=fresh, optimizer=fresh_opt, required=TRAINING_FIELDS)
+    load_checkpoint(path, model=fresh, optimizer=fresh_opt)  # (a checkpoint of no training run needs none of them)
+
+
 def test_a_set_aside_checkpoint_whose_successor_was_committed_is_cleaned_up(tmp_path):
     """A kill after the new step-N was committed but before its set-aside step-N.replaced was deleted left both:
     an extra checkpoint beyond --keep-checkpoints, taken for step N again once retention removed step-N."""
