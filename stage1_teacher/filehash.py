@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -93,3 +93,23 @@ def cached_file_sha256(path: str) -> str:
     """The hex sha256 of a local file, hashed again only when its size or modification time changed."""
     p = Path(path)
     return cached(FILE_KIND, p, stat_key([p]), lambda: file_sha256(path)[0])
+
+
+#: How much older than the reading a file's modification time must be for its hash to be cached (filesystems keep
+#: modification times as coarsely as 1-2 s).
+SEED_SLACK_NS = 2_000_000_000
+
+
+def seed_file_hashes(hashes: Mapping[str, tuple[str, int]], *, read_since_ns: int) -> None:
+    """Put into the file-hash cache the (sha256, size) of files hashed as they were read, the reading having started
+    at ``read_since_ns`` (``time.time_ns()``), so that a resume's check of the corpus does not read every file again.
+    Only a file last modified before the reading (by :data:`SEED_SLACK_NS`) and still of the size hashed: one
+    written while it was read is hashed again when asked."""
+    for path, (digest, size) in hashes.items():
+        p = Path(path)
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        if st.st_size == size and st.st_mtime_ns < read_since_ns - SEED_SLACK_NS:
+            cached(FILE_KIND, p, stat_key([p]), lambda d=digest: d)

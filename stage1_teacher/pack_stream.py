@@ -21,6 +21,7 @@ document read, in corpus order.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from ddk_store import SourceInfo
 
 from .corpus import DomainSource, ReadStats, read_documents
 from .domain_size import check_domain_size, check_split_size
+from .filehash import seed_file_hashes
 from .packing import HeldoutHeap, RowPacker, pack_rows, with_bos
 from .plan import keyed_texts, provenance
 from .tokenize import DocTokenizer
@@ -117,6 +119,7 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     heap = HeldoutHeap(heldout_seqs * seq_len)
     stats = ReadStats()
     hashes: dict[str, tuple[str, int]] = {}
+    read_since_ns = time.time_ns()
     cap_tokens = max_train_rows * seq_len
     sent: deque[tuple[int, int]] = deque()  # (ordinal, key) of the documents sent to the tokenizer
     read = [0]
@@ -160,11 +163,12 @@ def select_heldout(src: DomainSource, coder: DocTokenizer, *, seq_len: int, held
     # Raised only when every document was tokenized (heap not full, or no training row), so n_tokens is exact.
     check_split_size(src.name, n_tokens, seq_len, heldout_seqs, rows.shape[0], int(train_tokens >= seq_len),
                      held_documents=len(held), train_tokens=train_tokens)
+    hashes.update(coder.hash_files(f for f in src.files if f not in hashes))
+    seed_file_hashes(hashes, read_since_ns=read_since_ns)  # a resume's check of the files needs not read them again
     return Selection(heldout_rows=rows, heldout_docs=np.array([o for o, _ in held], dtype=np.int64),
                      held_tokens=heap.tokens, n_read=n_read, n_tokens=n_tokens if cap_tokens else None,
                      n_skipped=stats.n_skipped, skipped_where=tuple(stats.skipped_where),
-                     sources=provenance(src, known={**hashes, **coder.hash_files(f for f in src.files
-                                                                                 if f not in hashes)}))
+                     sources=provenance(src, known=hashes))
 
 
 @dataclass
