@@ -64,3 +64,12 @@ def test_sort_by_rank_breaks_ties_by_ascending_id():
     topk = codec.TopK(np.array([[5, 2, 9]]), np.array([[-1.0, -1.0, -0.5]], dtype=np.float32), None)
     out = codec.sort_by_rank(topk)
     assert out.ids.tolist() == [[9, 2, 5]] and out.logprobs.tolist() == [[-0.5, -1.0, -1.0]]
+
+
+def test_rank_f16_clamps_positive_logprobs_to_zero():
+    # a backend can hand over +1e-3 for a sure token (rounding); a stored log-prob > 0 is what verify calls corrupt
+    s_ids, s_lp = codec.encode_topk(np.array([[3, 1]]), np.array([[1e-3, -2.0]], dtype=np.float32),
+                                    encoding=spec.ENC_RANK_F16, vocab_size=4)
+    assert s_lp.tolist() == [[0.0, -2.0]]
+    dec = codec.decode_topk(s_ids, s_lp, encoding=spec.ENC_RANK_F16)
+    assert dec.ids.tolist() == [[3, 1]] and dec.logprobs.tolist() == [[0.0, -2.0]]

@@ -265,3 +265,57 @@ def test_verify_refuses_a_format_version_its_encoding_or_layout_contradict(tmp_p
     assert validate_store(str(old)) == []
     StoreFiles(str(old)).edit_root_meta(lambda m: m.__setitem__("format_version", "1.2"))
     assert any("unsharded arrays in a store of format 1.2" in str(i) for i in validate_store(str(old)))
+
+
+def test_the_floor_keeps_code_253_and_drops_code_254():
+    # -253/32 nats is code 253, the last kept code; -254/32 is code 254: below the floor, into the tail
+    ids = np.array([[6, 3, 8]])
+    lp = np.array([[-0.01, -253 / 32, -254 / 32]], dtype=np.float32)
+    st = codec.encode_arrays(ids, lp, encoding=spec.ENC_IDSORT_Q8_TAIL, vocab_size=10)
+    assert st[spec.ARR_TOPK_IDS].tolist() == [[3, 3, 0]]  # kept ids 3 and 6 by ascending id, then one absent slot
+    assert st[spec.ARR_TOPK_LOGPROBS].tolist() == [[253, 0, 254]]
+    mass = 1 - np.exp(-0.01) - np.exp(-253 / 32)  # float64, from the definition
+    assert float(st[spec.ARR_TOPK_TAIL][0]) == pytest.approx(np.log(mass), rel=1e-3)
+
+
+def test_a_position_with_every_entry_below_the_floor_keeps_its_most_probable_one():
+    # a flat teacher: p = 2e-4, 1e-4, 1e-4 (codes 273, 295, 295, all past 253). Rank 0 is kept anyway, saturated at
+    # code 253, so no position is left without an entry; the tail is the rest, 1 - 2e-4, and decoding rescales the
+    # kept entry back to its true probability 2e-4
+    ids = np.array([[4, 1, 7]])
+    lp = np.log(np.array([[2e-4, 1e-4, 1e-4]])).astype(np.float32)
+    st = codec.encode_arrays(ids, lp, encoding=spec.ENC_IDSORT_Q8_TAIL, vocab_size=10)
+    assert st[spec.ARR_TOPK_IDS].tolist() == [[4, 0, 0]]
+    assert st[spec.ARR_TOPK_LOGPROBS].tolist() == [[253, 254, 254]]
+    assert float(st[spec.ARR_TOPK_TAIL][0]) == pytest.approx(np.log1p(-2e-4), rel=1e-3)
+    dec = codec.decode_arrays(st, encoding=spec.ENC_IDSORT_Q8_TAIL)
+    assert dec.ids.tolist() == [[4, 4, 4]]
+    assert float(dec.logprobs[0, 0]) == pytest.approx(np.log(2e-4), abs=1e-2)
+    assert np.isneginf(dec.logprobs[0, 1:]).all()
+
+
+def test_a_top_k_whose_float32_probabilities_sum_past_one_has_an_empty_tail_not_nan():
+    # a backend's log-prob of exactly 0 for a sure token, plus a small other one: in float32 the probabilities sum past
+    # 1, and the mass outside them is 0 (stored log -inf), not negative (log NaN, which verify reads as missing data)
+    ids = np.array([[2, 5]])
+    lp = np.array([[0.0, -7.0]], dtype=np.float32)
+    st = codec.encode_arrays(ids, lp, encoding=spec.ENC_IDSORT_Q8_TAIL, vocab_size=10)
+    assert np.isneginf(st[spec.ARR_TOPK_TAIL]).all()
+    assert get_encoding(spec.ENC_IDSORT_Q8_TAIL).invariants(spec.ARR_TOPK_TAIL, st[spec.ARR_TOPK_TAIL], 10) == []
+
+
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
+def test_a_tail_of_log_zero_leaves_the_kept_log_probs_finite(path, monkeypatch):
+    # log-tail 0 (float16 rounds log(1 - 3e-8) to 0): the kept mass 1 - m is 0 and the shift log(0) - log(s) is not a
+    # number; the kept code then decodes as stored (-v/32) instead of -inf or NaN
+    from ddk_store import kernels
+
+    if path == "numpy":
+        monkeypatch.setenv(kernels.KERNELS_ENV, "0")
+    else:
+        assert kernels.available(), "ddk_store/_kernels*.so is not built: pip install -e . with a C compiler"
+    enc = get_encoding(spec.ENC_IDSORT_Q8_TAIL)
+    dec = enc.decode({spec.ARR_TOPK_IDS: np.array([[4, 0]], dtype=np.uint16),
+                      spec.ARR_TOPK_LOGPROBS: np.array([[253, 254]], dtype=np.uint8),
+                      spec.ARR_TOPK_TAIL: np.array([0.0], dtype=np.float16)}, scale=32)
+    assert float(dec.logprobs[0, 0]) == pytest.approx(-253 / 32, abs=1e-6)

@@ -219,3 +219,18 @@ def test_excess_never_spills_onto_a_domain_outside_spill():
     w, held = rw.cap_weights([1.0, 0.0, 0.0], [0.125, 1.0, 0.5], spill=[True, False, False])
     np.testing.assert_allclose(w, [1.0, 0.0, 0.0])
     assert held.tolist() == [True, False, False]
+
+
+def test_a_weight_only_just_over_its_cap_is_still_capped():
+    # w = [0.5, 0.5], cap = [0.4995, 1.0]: domain 0 is 5e-4 over its cap (far above float rounding): held at 0.4995,
+    # its 5e-4 goes to domain 1 -> [0.4995, 0.5005]
+    w, held = rw.cap_weights([0.5, 0.5], [0.4995, 1.0])
+    np.testing.assert_allclose(w, [0.4995, 0.5005], rtol=0, atol=1e-15)
+    assert held.tolist() == [True, False]
+
+
+@pytest.mark.parametrize("w,cap", [([0.5, 0.6], [1.0, 1.0]), ([0.3, 0.3], [1.0, 1.0]), ([1.2, -0.2], [1.0, 1.0]),
+                                   ([0.5, 0.5], [1.0, -0.1]), ([0.5, 0.5], [1.0])])
+def test_cap_weights_refuses_what_is_not_a_distribution_and_a_cap(w, cap):
+    with pytest.raises(ValueError):
+        rw.cap_weights(w, cap)

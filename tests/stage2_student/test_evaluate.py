@@ -43,3 +43,33 @@ def test_held_out_perplexity_matches_the_definition(padded_student_dir, store_ur
         assert got["tokens"][i] == tokens == n * (reader.meta.seq_len - 1)
         assert got["nll"][i] == pytest.approx(nll, rel=1e-6)
         assert got["ppl"][i] == pytest.approx(math.exp(nll), rel=1e-5)
+
+
+@pytest.mark.parametrize("limit", [None, 2, 3])
+def test_teacher_perplexity_is_scored_on_the_same_heldout_rows(store_url, limit):
+    """The denominator of every DDK ratio: exp(-mean of the teacher's stored target log-probs) over exactly the
+    held-out rows the student is scored on (the first ``limit`` with --heldout-rows), in float64."""
+    from stage2_student.evaluate import teacher_heldout_ppl
+
+    reader = open_store(store_url)
+    got = teacher_heldout_ppl(reader, reader.domains, limit)
+    for i, d in enumerate(reader.domains):
+        n_all = reader.num_rows(d, spec.SPLIT_HELDOUT)
+        n = n_all if limit is None else min(limit, n_all)
+        tl = reader.read_rows(d, spec.SPLIT_HELDOUT, np.arange(n)).target_logprobs.astype(np.float64)
+        want = math.exp(-tl.sum() / tl.size)
+        assert got[i] == pytest.approx(want, rel=1e-9)
+        if n < n_all:  # the case is only a test if fewer rows give another figure
+            all_rows = reader.read_rows(d, spec.SPLIT_HELDOUT, np.arange(n_all)).target_logprobs.astype(np.float64)
+            assert abs(math.exp(-all_rows.mean()) / want - 1) > 1e-6
+
+
+def test_evaluate_puts_a_training_model_back_in_training_mode(student_dir, store_url):
+    # evaluate() switches to eval mode (no dropout) for scoring; a student with dropout must train on with it after
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32).train()
+    reader = open_store(store_url)
+    evaluate(model, reader, reader.domains[:1], vocab_size=reader.vocab_size, heldout_rows=1)
+    assert model.training and all(m.training for m in model.modules())
+    model.eval()
+    evaluate(model, reader, reader.domains[:1], vocab_size=reader.vocab_size, heldout_rows=1)
+    assert not model.training

@@ -291,3 +291,36 @@ def test_a_quantized_top_k_summing_past_one_is_renormalized_and_a_tiny_tail_keep
     # a top-1 of 1 - 1e-6 in float32: the tail 1e-6 must come out to 4 digits (log(1 - s) loses them)
     _, log_tail = tempered_teacher(torch.tensor([[math.log1p(-1e-6)]], dtype=torch.float32), 10, 1.0)
     assert float(log_tail) == pytest.approx(math.log(1e-6), rel=1e-4)
+
+
+def test_full_vocab_top_k_of_a_teacher_summing_below_one_matches_the_formula():
+    """K = V with stored (quantized) teacher probabilities summing to 0.98: no id lies outside the top-k, so there is
+    no tail outcome and the KL is sum_j p_j (log p_j - log q_j) over the stored p as they are. Its gradient is
+    (sum_j p_j) q - p; a gradient that takes the teacher as normalized (q - p) is off by 0.02 q."""
+    V = 5
+    p = torch.tensor([0.4, 0.3, 0.15, 0.1, 0.03], dtype=torch.float64)
+    ids = torch.tensor([3, 0, 4, 1, 2]).view(1, 1, V)  # any order
+    lp = p.log()[ids.view(V)].view(1, 1, V)
+    z = torch.randn(1, 2, V, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    targets = torch.tensor([[2]])
+    for gamma in (1.0, 0.2):
+        x = z.clone().requires_grad_(True)
+        out = distill_loss(x, targets, ids, lp, gamma=gamma)
+        out.total.backward()
+        ref_x = z.clone().requires_grad_(True)
+        logq = torch.log_softmax(ref_x[0, 0], -1)
+        ref = -logq[2] + gamma * (p * (p.log() - logq)).sum()  # p indexed by token id
+        ref.backward()
+        assert float(out.total) == pytest.approx(float(ref), rel=1e-12)
+        torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=0.0), dict(temperature=-1.0), dict(gamma=-0.1)])
+def test_a_negative_gamma_or_a_non_positive_temperature_is_refused(kw):
+    from stage2_student.fused_loss import fused_distill_loss
+
+    logits, targets, ids, lp, mask, _ = make_case()
+    with pytest.raises(ValueError, match="gamma >= 0 and temperature > 0"):
+        distill_loss(logits, targets, ids, lp, mask, vocab_size=23, **kw)
+    with pytest.raises(ValueError, match="gamma >= 0 and temperature > 0"):
+        fused_distill_loss(logits.detach()[..., :23], torch.eye(23), targets, ids, lp, mask, **kw)

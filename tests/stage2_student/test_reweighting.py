@@ -118,3 +118,18 @@ def test_static_weights_must_sum_to_one_closely_and_natural_weights_need_rows():
         rw.parse_static_weights("a=0.5,b=0.4999")  # off by 1e-4: a typo, not rounding
     with pytest.raises(ValueError):
         rw.natural_weights([0, 0])
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5, 2.0])
+def test_eq2_refuses_alpha_outside_the_unit_interval(alpha):
+    # alpha > 1 makes the (1 - alpha) / N "floor" negative: r would not be a distribution
+    with pytest.raises(ValueError, match="alpha"):
+        rw.smooth_update([0.5, 0.5], [1.0, 2.0], alpha)
+
+
+@pytest.mark.parametrize("s,t", [([0.0, 2.0], [1.0, 1.0]), ([-3.0, 2.0], [1.0, 1.0]), ([2.0, 2.0], [0.0, 1.0]),
+                                 ([math.inf, 2.0], [1.0, 1.0]), ([math.nan, 2.0], [1.0, 1.0])])
+def test_perplexity_ratio_refuses_non_positive_or_non_finite_perplexities(s, t):
+    # a perplexity is exp(NLL) > 0: a zero, negative or non-finite value is a bug upstream, not a ratio to steer by
+    with pytest.raises(ValueError, match="finite and > 0"):
+        rw.perplexity_ratio(s, t)

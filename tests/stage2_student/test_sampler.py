@@ -209,3 +209,19 @@ def test_ties_go_to_the_lower_index_with_more_than_sixteen_domains():
 def test_weights_that_are_not_numbers_are_refused():
     with pytest.raises(ValueError):
         largest_remainder([float("nan"), 1.0], 4)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_each_interval_is_shuffled_across_domains_and_afresh(seed):
+    # Algorithm 1, line 13: D_t is shuffled, so a step's batch mixes domains, and every interval has its own order.
+    # 20 + 20 rows every interval: the domain column differs between intervals only through the shuffle.
+    s = DomainSampler([50, 50], rows_per_interval=40, seed=seed)
+    orders = []
+    for t in range(3):
+        dom = s.start_interval(t, [0.5, 0.5])[:, 0]
+        assert np.bincount(dom, minlength=2).tolist() == [20, 20]
+        assert np.any(np.diff(dom) < 0)  # not the domain-by-domain order the plan is built in
+        # 5 batches of 8: under a fair shuffle a batch is single-domain with probability 0.3%
+        assert sum(len(set(dom[i : i + 8].tolist())) == 2 for i in range(0, 40, 8)) >= 4
+        orders.append(dom.tolist())
+    assert orders[0] != orders[1] and orders[1] != orders[2] and orders[0] != orders[2]
