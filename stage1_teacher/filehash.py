@@ -13,7 +13,7 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,9 +23,10 @@ T = TypeVar("T")
 
 #: The version of the cache entries' key: bump it when what a key holds changes.
 HASH_CACHE_SCHEME = 1
-#: The cache folders, one per kind of hash.
+#: The cache folders, one per kind of hash: a model directory's weights (one document per model), and corpus files
+#: (one document per directory of files: a corpus of a million small files must not leave a million cache files).
 WEIGHTS_KIND = "weights-hash"
-FILE_KIND = "file-hash"
+FILE_KIND = "dir-file-hash"
 
 
 def file_sha256(path: str) -> tuple[str, int]:
@@ -89,10 +90,29 @@ def cached(kind: str, target: Path, key: Any, compute: Callable[[], T]) -> T:
     return value
 
 
+def cached_file_sha256s(paths: Iterable[str]) -> dict[str, str]:
+    """path -> hex sha256 of each local file, hashed again only when its size or modification time changed since it
+    was last hashed. The hashes of a directory's files are one cache document, read and written once per call."""
+    out: dict[str, str] = {}
+    for directory, files in _by_directory(paths).items():
+        place = cache_entry_path(FILE_KIND, Path(directory))
+        entries, new = _read_entries(place, directory), {}
+        for path, name in files:
+            st = os.stat(path)  # (before the hash: a file changed while it is read is not cached under its new time)
+            entry = entries.get(name)
+            if _is_entry(entry) and entry[:2] == [st.st_size, st.st_mtime_ns]:
+                out[path] = entry[2]
+            else:
+                out[path] = digest = file_sha256(path)[0]
+                new[name] = [st.st_size, st.st_mtime_ns, digest]
+        if new:
+            _write_entries(place, directory, new)
+    return out
+
+
 def cached_file_sha256(path: str) -> str:
     """The hex sha256 of a local file, hashed again only when its size or modification time changed."""
-    p = Path(path)
-    return cached(FILE_KIND, p, stat_key([p]), lambda: file_sha256(path)[0])
+    return cached_file_sha256s([path])[path]
 
 
 #: How much older than the reading a file's modification time must be for its hash to be cached (filesystems keep
@@ -105,11 +125,55 @@ def seed_file_hashes(hashes: Mapping[str, tuple[str, int]], *, read_since_ns: in
     at ``read_since_ns`` (``time.time_ns()``), so that a resume's check of the corpus does not read every file again.
     Only a file last modified before the reading (by :data:`SEED_SLACK_NS`) and still of the size hashed: one
     written while it was read is hashed again when asked."""
-    for path, (digest, size) in hashes.items():
-        p = Path(path)
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        if st.st_size == size and st.st_mtime_ns < read_since_ns - SEED_SLACK_NS:
-            cached(FILE_KIND, p, stat_key([p]), lambda d=digest: d)
+    for directory, files in _by_directory(hashes).items():
+        new = {}
+        for path, name in files:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            digest, size = hashes[path]
+            if st.st_size == size and st.st_mtime_ns < read_since_ns - SEED_SLACK_NS:
+                new[name] = [st.st_size, st.st_mtime_ns, digest]
+        if new:
+            _write_entries(cache_entry_path(FILE_KIND, Path(directory)), directory, new)
+
+
+def _by_directory(paths: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
+    """The paths grouped by the real directory of their file: {directory: [(path, file name)]}."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for path in paths:
+        real = os.path.realpath(path)
+        groups.setdefault(os.path.dirname(real), []).append((path, os.path.basename(real)))
+    return groups
+
+
+def _is_entry(entry: Any) -> bool:
+    return (isinstance(entry, list) and len(entry) == 3 and all(isinstance(x, int) for x in entry[:2])
+            and isinstance(entry[2], str))
+
+
+def _read_entries(place: Path, directory: str) -> dict[str, Any]:
+    """The cached {file name: [size, mtime_ns, sha256]} of ``directory``; empty when there is none (or a damaged
+    one, or one of another directory or scheme)."""
+    try:
+        doc = json.loads(place.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(doc, dict) and doc.get("scheme") == HASH_CACHE_SCHEME and doc.get("directory") == directory
+    return doc["files"] if ok and isinstance(doc.get("files"), dict) else {}
+
+
+def _write_entries(place: Path, directory: str, new: Mapping[str, list[Any]]) -> None:
+    """Add ``new`` entries to ``directory``'s cache document (read again just before: another process may have
+    added its own; a write lost to a race costs a rehash). An unwritable cache only costs a rehash."""
+    entries = {**_read_entries(place, directory), **new}
+    tmp = place.with_name(f"{place.name}.{os.getpid()}.tmp")
+    try:
+        place.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"scheme": HASH_CACHE_SCHEME, "directory": directory, "files": entries}),
+                       encoding="utf-8")
+        os.replace(tmp, place)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -24,7 +24,7 @@ from ddk_store.packed import HELDOUT_DOCS, PACKED, TRAINING, PackedRows, pack_ch
 
 from .config import CORES, Stage1Config
 from .corpus import DomainSource, load_corpora
-from .filehash import cached_file_sha256
+from .filehash import cached_file_sha256s
 from .pack_stream import Cursor, EncodingCache, Selection, pack_training, select_heldout
 from .domain_size import (DomainTooSmall, check_split_size, heldout_leftover_note, many_files_note,
                           too_small_together)
@@ -278,7 +278,7 @@ def files_problem(src: DomainSource, sources: list[Mapping[str, Any]], files_com
     sha256 where they still exist; with ``files_complete``, the same set of files): the first changed file, or None.
 
     Sizes are compared first; contents only when every size matches, each file hashed again only when its
-    modification time changed since it was last hashed (:func:`.filehash.cached_file_sha256`).
+    modification time changed since it was last hashed (:func:`.filehash.cached_file_sha256s`).
     """
     if not src.files:
         return None
@@ -288,8 +288,8 @@ def files_problem(src: DomainSource, sources: list[Mapping[str, Any]], files_com
     if files_complete and set(here) != set(packed):
         changed = changed or sorted(set(here) ^ set(packed))
     if not changed:
-        changed = [u for u, f in here.items()
-                   if packed[u].get("sha256") and cached_file_sha256(f) != packed[u]["sha256"]]
+        digests = cached_file_sha256s(f for u, f in here.items() if packed[u].get("sha256"))
+        changed = [u for u, f in here.items() if f in digests and digests[f] != packed[u]["sha256"]]
     return changed[0] if changed else None
 
 

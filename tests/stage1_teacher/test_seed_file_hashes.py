@@ -5,6 +5,7 @@ while or after it was read is not cached from that reading."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 
@@ -41,9 +42,9 @@ def test_only_files_unchanged_since_before_the_reading_are_seeded(tmp_path, monk
     digest = hashlib.sha256(b"some text\n").hexdigest()
     seed_file_hashes({str(old): (digest, 10), str(recent): (digest, 10), str(resized): (digest, 9)},
                      read_since_ns=time.time_ns())
-    assert cache_entry_path(FILE_KIND, old).is_file()
-    assert not cache_entry_path(FILE_KIND, recent).exists()  # modified within the slack of the reading
-    assert not cache_entry_path(FILE_KIND, resized).exists()  # not the size that was hashed
+    cached = json.loads(cache_entry_path(FILE_KIND, tmp_path).read_text())["files"]
+    assert cached == {"old.txt": [10, old.stat().st_mtime_ns, digest]}  # not recent.txt: modified within the slack
+    # of the reading; not resized.txt: not the size that was hashed
     no_hashing(monkeypatch)
     assert cached_file_sha256(str(old)) == digest
     with pytest.raises(AssertionError, match="hashed again"):
@@ -61,7 +62,9 @@ def test_a_rerun_on_a_packed_store_checks_the_files_without_reading_them(tiny_te
     cfg = Stage1Config(teacher=str(tiny_teacher), corpora=str(yaml), store=str(tmp_path / "s"), seq_len=SEQ_LEN,
                        top_k=TOP_K, heldout_seqs=HELDOUT, workers=1, progress=False)
     run_pack(cfg, echo=lambda _: None)
-    assert all(cache_entry_path(FILE_KIND, p).is_file() for p in files)
+    for d in {p.parent for p in files}:
+        cached = json.loads(cache_entry_path(FILE_KIND, d).read_text())["files"]
+        assert sorted(cached) == sorted(p.name for p in files if p.parent == d)
     no_hashing(monkeypatch)
     packed = run_pack(cfg, echo=lambda _: None)  # the packed domains' files are checked against their hashes
     assert packed.domains and all(st["state"] == "packed" for st in packed.domains.values())
