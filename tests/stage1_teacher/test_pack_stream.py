@@ -357,3 +357,61 @@ def test_a_pack_stopped_chunks_after_its_last_saved_cursor_resumes_to_the_same_r
         for split in ("train", "heldout"):
             assert np.array_equal(_rows(again, d, split), _rows(ref, d, split)), (d, split)
     assert PackedRows(again.url, read_only=True).read_state() == PackedRows(ref.url, read_only=True).read_state()
+
+
+def test_row_packer_hands_out_the_last_full_chunk_under_a_cap_from_add():
+    """With max_rows a multiple of chunk_rows, the chunk that reaches the cap is a chunk like any other: add yields it
+    (so pack_training writes it and saves a cursor after it) and finish has nothing left."""
+    from stage1_teacher.packing import RowPacker
+
+    packer = RowPacker(3, 99, 2, max_rows=4)
+    chunks = list(packer.add(0, np.arange(20, dtype=np.int64)))  # 21 stream tokens: 7 rows' worth, capped at 4
+    expected = np.arange(12, dtype=np.int32).reshape(2, 2, 3)
+    assert len(chunks) == 2
+    for got, want in zip(chunks, expected):
+        np.testing.assert_array_equal(got, want)
+    assert packer.full and packer.rows_done == 4
+    assert packer.cursor() == (0, 12)
+    assert packer.finish().shape == (0, 3)
+
+
+def test_row_packer_counts_the_full_documents_before_its_cursor():
+    """tokens_before_cursor: stream tokens (ids + EOS) of every document wholly before the cursor's document, counted
+    in full even where that document was added with a skip; summed here from the documents' lengths."""
+    docs = _docs(3, 40)
+    p = RowPacker(8, 0, 3)
+    for i, d in enumerate(docs):
+        for _ in p.add(i, d):
+            doc, _skip = p.cursor()
+            assert p.tokens_before_cursor() == sum(len(x) + 1 for x in docs[:doc]), (i, doc)
+
+
+def test_a_resumed_pack_records_the_same_domain_figures(tiny_teacher, corpora_yaml, tmp_path, monkeypatch):
+    """A pack stopped mid-domain and resumed records the same per-domain figures (n_tokens included: the cursor's
+    token count carries the training tokens before it) as an uninterrupted pack. The cursor is saved after every
+    chunk here (not rate-limited), so the resumed run starts mid-domain, past training documents already in rows."""
+    import stage1_teacher.pack as pack_mod
+
+    monkeypatch.setattr(pack_mod, "SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(pack_mod, "SAVE_COST_FACTOR", 0.0)
+    tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
+    with DocTokenizer(tok, workers=1) as coder:
+        ref = pack_corpora(str(tmp_path / "ref"), corpora, coder, chunk_rows=4, **kw)
+        real = PackedRows.write_chunk
+        for stops in ((3,), (5,), (3, 2)):  # (3, 2): stopped, resumed, stopped again, resumed
+            url = str(tmp_path / ("s" + "_".join(map(str, stops))))
+            for stop_at in stops:
+                count = [0]
+
+                def failing(self, *a, _stop=stop_at, _count=count, **k):
+                    _count[0] += 1
+                    if _count[0] == _stop:
+                        raise Stop
+                    return real(self, *a, **k)
+
+                monkeypatch.setattr(PackedRows, "write_chunk", failing)
+                with pytest.raises(Stop):
+                    pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+            monkeypatch.setattr(PackedRows, "write_chunk", real)
+            again = pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+            assert again.domains == ref.domains, stops

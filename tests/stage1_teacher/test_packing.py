@@ -73,3 +73,12 @@ def test_tokenize_batched_preserves_order_across_batches():
 
     out = list(tokenize_batched(["a", "bb", "ccc", "dddd", "eeeee"], enc, batch=2))
     assert out == [[1], [2], [3], [4], [5]] and calls == [2, 2, 1]
+
+
+def test_batched_with_a_character_budget_still_caps_the_count():
+    """With max_chars a batch ends at ``size`` items or at ``max_chars`` characters, whichever comes first."""
+    from stage1_teacher.packing import batched
+
+    assert list(batched(["a"] * 5, 2, max_chars=100)) == [["a", "a"], ["a", "a"], ["a"]]
+    assert list(batched(["abc", "d", "efgh", "i"], 10, max_chars=4)) == [["abc", "d"], ["efgh"], ["i"]]
+    assert list(batched(["a"] * 5, 2)) == [["a", "a"], ["a", "a"], ["a"]]

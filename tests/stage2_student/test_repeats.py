@@ -244,3 +244,26 @@ def test_a_rise_of_two_percent_is_the_threshold():
 
     assert RISE_TOL == 0.02
     assert rose_to(8.2) == ["a"] and rose_to(8.15) == []  # 2.5% flagged, 1.9% not
+
+
+def test_a_rise_of_exactly_the_tolerance_is_not_flagged():
+    """Condition 2 is a rise by *more than* RISE_TOL: a ratio exactly 2% above the lowest is not flagged (the
+    threshold test above stays a few tenths of a percent away from the boundary on both sides)."""
+    def rose_to(last: float) -> list[str]:
+        records = [rec(4 * i, [ra, 3.0], [.8, .2]) for i, ra in enumerate([2.0, 1.0, last])]
+        return [f.domain for f in find_repeats(records, 10, [10, 30])]
+
+    assert 1.0 * (1.0 + RISE_TOL) == 1.02  # the boundary is exact in binary: the comparison alone decides
+    assert rose_to(1.02) == []
+    assert rose_to(1.0201) == ["a"]
+
+
+def test_a_min_cap_equal_to_the_lowest_passes_does_not_bind():
+    """The run's smallest cap binds only when it is *larger* than the passes at the lowest ratio; equal, the
+    suggestion is those passes and the message does not blame the run's steps."""
+    f = RepeatFinding(domain="a", train_rows=10, best_step=4, best_ratio=8.0, best_passes=2.0, step=8, ratio=9.0,
+                      passes=4.0, min_cap=2.0)
+    assert f.suggested_cap() == 2.0
+    assert not f.binds()
+    assert "least this run's steps allow" not in f.message()
+    assert RepeatFinding(**{**f.__dict__, "min_cap": 2.5}).binds()
