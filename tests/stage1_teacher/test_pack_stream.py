@@ -95,27 +95,35 @@ class Stop(Exception):
     """A fault injected into the store writes: the process 'dies' after some chunks."""
 
 
+def stop_pack_at(stop_at: int, monkeypatch, url: str, corpora, coder, kw) -> None:
+    """Pack into ``url`` until the ``stop_at``-th chunk write, where the process 'dies' (the rest is left to a
+    rerun); the store's writes are the real ones again afterwards."""
+    real = PackedRows.write_chunk
+    count = [0]
+
+    def failing(self, *a, **k):
+        count[0] += 1
+        if count[0] == stop_at:
+            raise Stop
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(PackedRows, "write_chunk", failing)
+    try:
+        with pytest.raises(Stop):
+            pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
+    finally:
+        monkeypatch.setattr(PackedRows, "write_chunk", real)
+
+
 def test_a_pack_stopped_after_any_chunk_resumes_to_the_same_rows(tiny_teacher, corpora_yaml, tmp_path, monkeypatch):
     tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
     with DocTokenizer(tok, workers=1) as coder:
         ref = pack_corpora(str(tmp_path / "ref"), corpora, coder, chunk_rows=4, **kw)
         ref_state = PackedRows(ref.url).read_state()
         n_chunks = sum(-(-st["train_rows"] // 4) + -(-st["heldout_rows"] // 4) for st in ref.domains.values())
-        real = PackedRows.write_chunk
         for stop_at in (1, 5, n_chunks // 2, n_chunks - 1):
             url = str(tmp_path / f"s{stop_at}")
-            count = [0]
-
-            def failing(self, *a, **k):
-                count[0] += 1
-                if count[0] == stop_at:
-                    raise Stop
-                return real(self, *a, **k)
-
-            monkeypatch.setattr(PackedRows, "write_chunk", failing)
-            with pytest.raises(Stop):
-                pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
-            monkeypatch.setattr(PackedRows, "write_chunk", real)
+            stop_pack_at(stop_at, monkeypatch, url, corpora, coder, kw)
             again = pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
             assert PackedRows(url).read_state() == ref_state, stop_at
             for d in ref.domains:
@@ -397,21 +405,9 @@ def test_a_resumed_pack_records_the_same_domain_figures(tiny_teacher, corpora_ya
     tok, corpora, kw = _setup(tiny_teacher, corpora_yaml)
     with DocTokenizer(tok, workers=1) as coder:
         ref = pack_corpora(str(tmp_path / "ref"), corpora, coder, chunk_rows=4, **kw)
-        real = PackedRows.write_chunk
         for stops in ((3,), (5,), (3, 2)):  # (3, 2): stopped, resumed, stopped again, resumed
             url = str(tmp_path / ("s" + "_".join(map(str, stops))))
             for stop_at in stops:
-                count = [0]
-
-                def failing(self, *a, _stop=stop_at, _count=count, **k):
-                    _count[0] += 1
-                    if _count[0] == _stop:
-                        raise Stop
-                    return real(self, *a, **k)
-
-                monkeypatch.setattr(PackedRows, "write_chunk", failing)
-                with pytest.raises(Stop):
-                    pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
-            monkeypatch.setattr(PackedRows, "write_chunk", real)
+                stop_pack_at(stop_at, monkeypatch, url, corpora, coder, kw)
             again = pack_corpora(url, corpora, coder, chunk_rows=4, **kw)
             assert again.domains == ref.domains, stops
