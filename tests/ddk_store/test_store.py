@@ -510,11 +510,14 @@ def test_suggested_commands_keep_the_endpoint_and_never_a_secret():
     assert not any(secret in hint for secret in ("AKIA", "s3cr3t", "tok-123", "client_kwargs"))
 
 
-@pytest.mark.parametrize("encoding", [spec.ENC_RANK_F16, spec.ENC_IDSORT_Q8])
-def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, monkeypatch, encoding):
+@pytest.mark.parametrize("encoding,found", [
+    (spec.ENC_RANK_F16, "repeated top-k id within a position"), (spec.ENC_IDSORT_Q8, "repeated top-k id within a position"),
+    # id deltas: a repeat is a zero delta on a kept entry, seen only across its ids and log-prob codes
+    (spec.ENC_IDSORT_Q8_TAIL, "topk_ids: repeated kept id within a position (zero delta on a kept entry)")])
+def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, monkeypatch, encoding, found):
     """The format requires the K ids of a position to be distinct (store-format.md, section 6): the writer refuses
-    a repeat, and a store written without that check (an earlier ddk) is caught by verify in every 1.0 encoding;
-    the same store with distinct ids passes."""
+    a repeat, and a store written without that check (an earlier ddk) is caught by verify in every top-k encoding
+    (each array alone is valid); the same store with distinct ids passes."""
     def write(url: str, ids_of_position: list[int]) -> None:
         meta = tiny_meta(domains=("alpha",), seq_len=4, top_k=3, vocab_size=64, encoding=encoding)
         w = StoreWriter.open_or_create(url, meta, {"alpha": {"train": 2, "heldout": 1}})
@@ -533,7 +536,9 @@ def test_verify_finds_a_top_k_id_repeated_within_a_position(tmp_path, monkeypatc
     monkeypatch.setattr(writer_module, "check_unit_values", lambda *args: None)  # the fault: a writer without it
     write(str(tmp_path / "bad"), [5, 5, 7])
     issues = [str(i) for i in validate_store(str(tmp_path / "bad"))]
-    assert issues and all("repeated top-k id within a position" in i for i in issues), issues
+    assert [i.split(") ", 1)[0] + ")" for i in issues] == [f"alpha/{s} unit 0 (rows 0-{n - 1}" + ")"
+                                                          for s, n in (("train", 2), ("heldout", 1))], issues
+    assert all(found in i for i in issues), issues
 
 
 @pytest.mark.s3
