@@ -8,7 +8,8 @@ sees exactly the batches of a serial reader.
 
 Memory is bounded: at most ``inflight`` items are being read or waiting to be consumed. A read that raises hands
 its exception to the consumer, which re-raises it when it reaches that item (the items before it are delivered
-first); no item after a failed one is started. ``close()`` (also on Ctrl-C, via the caller's ``finally``) stops
+first); no item after a failed one is started. A consumer waiting for an item that no live worker will read
+raises instead of waiting forever. ``close()`` (also on Ctrl-C, via the caller's ``finally``) stops
 handing out work and returns at once: reads already running finish in their daemon threads and are dropped
 (``join`` waits for them; the trainer's Prefetcher waits up to 5 s).
 
@@ -37,6 +38,9 @@ MAX_DEFAULT_WORKERS = 8
 #: Seconds the interpreter's exit waits for the reads still running: a read's torch calls take milliseconds; a read
 #: stuck retrying an unreachable store is in Python, which the exit may end, and must not hold the exit for long.
 EXIT_WAIT_S = 5.0
+
+#: Seconds between the consumer's checks that some worker is still alive while it waits for a result.
+_LIVENESS_S = 1.0
 
 _OPEN: weakref.WeakSet[ReadPool] = weakref.WeakSet()  # pools whose workers may still run (their threads hold them)
 
@@ -124,7 +128,11 @@ class ReadPool(Generic[T, R]):
                 while self._next_out not in self._done:
                     if self._closed:
                         return
-                    self._cond.wait()
+                    if not self._cond.wait(_LIVENESS_S) and self._stranded():
+                        self.close()  # every worker has exited and none will ever read it: fail, never hang
+                        raise RuntimeError(f"ddk read pool: every worker thread exited before item {self._next_out} "
+                                           f"of {len(self._items)} was read (an internal error: please report it; "
+                                           "rerunning the same command resumes from the last checkpoint)")
                 result = self._done.pop(self._next_out)
                 self._next_out += 1
                 self._cond.notify_all()  # a slot is free: a waiting worker may start the next read
@@ -132,6 +140,11 @@ class ReadPool(Generic[T, R]):
                 self.close()
                 raise result.exc
             yield result
+
+    def _stranded(self) -> bool:
+        """(Under the lock) the consumer's next item is not read, and no worker is left to read it."""
+        return (not self._closed and self._next_out not in self._done
+                and not any(t.is_alive() for t in self._threads))
 
     def close(self) -> None:
         """Stop: no new reads start, results not taken are dropped; idle workers exit now, busy ones after their read."""

@@ -372,3 +372,28 @@ def test_an_extension_pins_k_and_the_warmup_a_config_left_to_their_defaults(run_
     layer = resume_layer({"out": str(run_copy), "resume": True, "steps": 120})
     assert (layer["interval"], layer["warmup_steps"]) == (2, 2)
 
+
+
+def test_a_consumer_whose_workers_all_exited_raises_instead_of_waiting_forever():
+    """The fault: workers that exit without reading (as a bookkeeping bug or a thread dying outside its read would
+    leave them). The consumer names the item it waited for and raises; the pool is closed."""
+
+    class ExitingWorkers(ReadPool):
+        def _work(self) -> None:
+            return
+
+    pool = ExitingWorkers(lambda i: i, range(3), workers=2, inflight=2)
+    done = []
+
+    def consume():
+        try:
+            list(pool)
+        except RuntimeError as e:
+            done.append(str(e))
+
+    t = threading.Thread(target=consume, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the consumer still waits"
+    assert len(done) == 1 and "every worker thread exited before item 0 of 3 was read" in done[0]
+    assert pool.join(1)
