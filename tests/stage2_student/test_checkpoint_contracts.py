@@ -19,14 +19,7 @@ from stage2_student.checkpoint import (list_checkpoints, latest_checkpoint, load
                                        save_checkpoint)
 from stage2_student.checkpoint_files import load_weights
 
-
-def model_and_optimizer(seed: int):
-    torch.manual_seed(seed)
-    model = torch.nn.Linear(4, 3)
-    opt = torch.optim.AdamW(model.parameters())
-    model(torch.randn(2, 4)).sum().backward()
-    opt.step()
-    return model, opt
+from .test_checkpoint_faults import model_and_optimizer
 
 
 def test_a_plain_checkpoint_wins_over_one_set_aside_at_the_same_step(tmp_path):
