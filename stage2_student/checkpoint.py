@@ -232,7 +232,7 @@ class CheckpointWriter:
             tmp.mkdir(parents=True)
         _barrier(self.world)
         save_file(_rng_state(), str(tmp / f"rng-rank{self.rank}.safetensors"))
-        doc = {"format": FORMAT, "step": step, "world_size": self.world, "sharded": self.sharded, **state}
+        doc = {**state, "format": FORMAT, "step": step, "world_size": self.world, "sharded": self.sharded}
         if self.sharded:
             save_file(model_snapshot(model), str(tmp / f"model-rank{self.rank}.safetensors"),
                       metadata={"sharded": sharded_keys(model)})

@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ddk_store.errors import StudentError
-from stage2_student.checkpoint import (list_checkpoints, latest_checkpoint, load_checkpoint, read_state,
-                                       save_checkpoint)
+from stage2_student import checkpoint
+from stage2_student.checkpoint import (checkpoint_step, list_checkpoints, latest_checkpoint, load_checkpoint,
+                                       read_state, save_checkpoint)
 from stage2_student.checkpoint_files import load_weights
 
 from .test_checkpoint_faults import model_and_optimizer
@@ -202,3 +203,40 @@ def test_two_empty_tensors_are_both_saved(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     ckpt = save_checkpoint(tmp_path, 6, model=model, optimizer=opt, state={})
     assert sorted(load_file(str(ckpt / "model.safetensors"))) == ["a", "b", "w"]
+
+
+def test_the_checkpoints_own_fields_win_over_the_callers_state(tmp_path):
+    # format, step, world size and layout describe the files written, whatever a caller's state says
+    model, opt = model_and_optimizer(0)
+    ckpt = save_checkpoint(tmp_path, 6, model=model, optimizer=opt,
+                           state={"step": 99, "format": "other", "world_size": 4, "sharded": True, "note": 1})
+    doc = json.loads((ckpt / "state.json").read_text())
+    assert (doc["step"], doc["world_size"], doc["sharded"], doc["note"]) == (6, 1, False, 1)
+    assert read_state(ckpt) is not None  # its format is ddk's
+    load_checkpoint(ckpt, model=model, optimizer=opt)
+
+
+def test_the_next_save_waits_for_the_write_before_and_raises_its_error(tmp_path, monkeypatch):
+    """A replicated run's checkpoint is written in the background; the next save first waits for it, so two writes
+    never run at once and a failed one stops training at the next save instead of going unseen."""
+    import time
+
+    model, opt = model_and_optimizer(0)
+    real_save, calls = checkpoint.save_optimizer, []
+
+    def slow_then_failing_save(*args, **kw):  # the first write: slow, then a full disk; later ones as they are
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.5)
+            raise OSError(28, "No space left on device")
+        return real_save(*args, **kw)
+
+    monkeypatch.setattr(checkpoint, "save_optimizer", slow_then_failing_save)
+    writer = checkpoint.CheckpointWriter(tmp_path)
+    writer.save(4, model=model, optimizer=opt, state={})
+    with pytest.raises(OSError, match="No space left"):
+        writer.save(8, model=model, optimizer=opt, state={})
+    assert len(calls) == 1 and latest_checkpoint(tmp_path) is None  # step 8 was not started beside the failing write
+    writer.save(8, model=model, optimizer=opt, state={})
+    writer.wait()
+    assert checkpoint_step(latest_checkpoint(tmp_path)) == 8
