@@ -8,10 +8,10 @@ sees exactly the batches of a serial reader.
 
 Memory is bounded: at most ``inflight`` items are being read or waiting to be consumed. A read that raises hands
 its exception to the consumer, which re-raises it when it reaches that item (the items before it are delivered
-first); no item after a failed one is started. A consumer waiting for an item that no live worker will read
-raises instead of waiting forever. ``close()`` (also on Ctrl-C, via the caller's ``finally``) stops
-handing out work and returns at once: reads already running finish in their daemon threads and are dropped
-(``join`` waits for them; the trainer's Prefetcher waits up to 5 s).
+first); no item after a failed one is started. A consumer waiting for an item that no worker will hand back (none
+is alive, or the one that took it dropped it) raises instead of waiting forever. ``close()`` (also on Ctrl-C, via
+the caller's ``finally``) stops handing out work and returns at once: reads already running finish in their daemon
+threads and are dropped (``join`` waits for them; the trainer's Prefetcher waits up to 5 s).
 
 No worker may still be reading when the interpreter exits: a daemon thread inside a torch call that released the
 GIL is ended by the interpreter's finalization through C++ frames that cannot unwind, and the process aborts
@@ -82,6 +82,7 @@ class ReadPool(Generic[T, R]):
         self._done: dict[int, R | _Failed] = {}  # index -> result, until the consumer takes it
         self._next_start = 0  # next index a worker will read
         self._next_out = 0  # next index the consumer will take
+        self._reading: set[int] = set()  # indexes a worker has taken and not yet handed back
         self._failed = False  # a read raised: start nothing after it
         self._closed = False
         n = max(1, min(workers, inflight, len(self._items)))
@@ -103,8 +104,9 @@ class ReadPool(Generic[T, R]):
                 if self._next_start - self._next_out < self._inflight:
                     i = self._next_start
                     self._next_start += 1
+                    self._reading.add(i)
                     return i
-                self._cond.wait()
+                self._cond.wait(_LIVENESS_S)  # (a timeout: a wake-up lost to a bug delays a read, never hangs it)
 
     def _work(self) -> None:
         while (i := self._take_index()) is not None:
@@ -113,6 +115,7 @@ class ReadPool(Generic[T, R]):
             except BaseException as e:  # handed to the consumer, which re-raises it with its traceback
                 result = _Failed(e)
             with self._cond:
+                self._reading.discard(i)
                 if self._closed:
                     return
                 self._done[i] = result
@@ -128,11 +131,10 @@ class ReadPool(Generic[T, R]):
                 while self._next_out not in self._done:
                     if self._closed:
                         return
-                    if not self._cond.wait(_LIVENESS_S) and self._stranded():
-                        self.close()  # every worker has exited and none will ever read it: fail, never hang
-                        raise RuntimeError(f"ddk read pool: every worker thread exited before item {self._next_out} "
-                                           f"of {len(self._items)} was read (an internal error: please report it; "
-                                           "rerunning the same command resumes from the last checkpoint)")
+                    if not self._cond.wait(_LIVENESS_S) and (why := self._stranded()):
+                        self.close()  # no worker will ever hand it back: fail, never hang
+                        raise RuntimeError(f"ddk read pool: {why} (an internal error: please report it; rerunning "
+                                           "the same command resumes from the last checkpoint)")
                 result = self._done.pop(self._next_out)
                 self._next_out += 1
                 self._cond.notify_all()  # a slot is free: a waiting worker may start the next read
@@ -141,10 +143,17 @@ class ReadPool(Generic[T, R]):
                 raise result.exc
             yield result
 
-    def _stranded(self) -> bool:
-        """(Under the lock) the consumer's next item is not read, and no worker is left to read it."""
-        return (not self._closed and self._next_out not in self._done
-                and not any(t.is_alive() for t in self._threads))
+    def _stranded(self) -> str:
+        """(Under the lock) why the consumer's next item will never be handed back, or "" while it may be: no worker
+        is left to read it, or a worker took it and is no longer reading it."""
+        i, n = self._next_out, len(self._items)
+        if self._closed or i in self._done:
+            return ""
+        if not any(t.is_alive() for t in self._threads):
+            return f"every worker thread exited before item {i} of {n} was read"
+        if i < self._next_start and i not in self._reading:
+            return f"a worker took item {i} of {n} and never handed it back"
+        return ""
 
     def close(self) -> None:
         """Stop: no new reads start, results not taken are dropped; idle workers exit now, busy ones after their read."""

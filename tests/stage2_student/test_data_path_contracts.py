@@ -374,15 +374,27 @@ def test_an_extension_pins_k_and_the_warmup_a_config_left_to_their_defaults(run_
 
 
 
-def test_a_consumer_whose_workers_all_exited_raises_instead_of_waiting_forever():
-    """The fault: workers that exit without reading (as a bookkeeping bug or a thread dying outside its read would
-    leave them). The consumer names the item it waited for and raises; the pool is closed."""
+class _ExitingWorkers(ReadPool):
+    def _work(self) -> None:  # exits without reading (a bookkeeping bug, or a thread dying outside its read)
+        return
 
-    class ExitingWorkers(ReadPool):
-        def _work(self) -> None:
-            return
 
-    pool = ExitingWorkers(lambda i: i, range(3), workers=2, inflight=2)
+class _DroppingWorkers(ReadPool):
+    def _work(self) -> None:  # takes items and goes on without handing them back, staying alive
+        while (i := self._take_index()) is not None:
+            with self._cond:
+                self._reading.discard(i)
+                self._cond.notify_all()
+
+
+@pytest.mark.parametrize("pool_type, words", [
+    (_ExitingWorkers, "every worker thread exited before item 0 of 3 was read"),
+    (_DroppingWorkers, "a worker took item 0 of 3 and never handed it back"),
+])
+def test_a_consumer_whose_item_no_worker_will_hand_back_raises_instead_of_waiting_forever(pool_type, words):
+    """The faults: every worker exited without reading, or a live worker dropped the item it took. The consumer
+    names the item it waited for and raises; the pool is closed."""
+    pool = pool_type(lambda i: i, range(3), workers=2, inflight=2)
     done = []
 
     def consume():
@@ -395,5 +407,5 @@ def test_a_consumer_whose_workers_all_exited_raises_instead_of_waiting_forever()
     t.start()
     t.join(30)
     assert not t.is_alive(), "the consumer still waits"
-    assert len(done) == 1 and "every worker thread exited before item 0 of 3 was read" in done[0]
-    assert pool.join(1)
+    assert len(done) == 1 and words in done[0]
+    assert pool.join(5)
