@@ -180,7 +180,7 @@ class DocTokenizer:
             path, temporary = _json_file(self._json)
             self._temp_json = path if temporary else None
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=init, initargs=(path,))
+                                             initializer=init, initargs=(path, os.getpid()))
         return self._pool
 
     def close(self) -> None:

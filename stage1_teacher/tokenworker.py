@@ -43,13 +43,14 @@ _ENCODE: Encode | None = None
 PARENT_POLL_S = 1.0
 
 
-def _exit_with_parent() -> None:
-    """End this worker once its parent is gone. A pool's workers wait on a queue whose write end they hold too, so a
-    parent killed with SIGKILL (or the OOM killer) left them waiting forever, each holding a tokenizer."""
+def _exit_with_parent(parent: int) -> None:
+    """End this worker once its parent (the process id ``parent``, given by the parent itself) is gone. A pool's
+    workers wait on a queue whose write end they hold too, so a parent killed with SIGKILL (or the OOM killer) left
+    them waiting forever, each holding a tokenizer. The id is the parent's own, not this process's parent at the
+    time it looks: a worker still starting when its parent was killed has been adopted by then, and would watch its
+    adopter forever."""
     import threading
     import time
-
-    parent = os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -59,13 +60,13 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="ddk-exit-with-parent", daemon=True).start()
 
 
-def init(tokenizer_path: str) -> None:
-    """A worker's initializer: the tokenizer from its JSON file."""
+def init(tokenizer_path: str, parent: int) -> None:
+    """A worker's initializer: the tokenizer from its JSON file; the worker ends when process ``parent`` does."""
     # One process per core: no Rust thread pool of the tokenizer's own (belt and braces: backend_encoder never
     # calls the batch API that would start one).
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     os.environ["RAYON_NUM_THREADS"] = "1"
-    _exit_with_parent()
+    _exit_with_parent(parent)
     global _ENCODE
     with open(tokenizer_path, encoding="utf-8") as f:
         _ENCODE = backend_encoder(f.read())

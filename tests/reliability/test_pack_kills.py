@@ -163,3 +163,16 @@ def test_tokenizer_workers_end_when_their_process_is_killed(inputs):
     while any(_running(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [w for w in workers if _running(w)], "tokenizer workers outlived the killed process"
+
+
+def test_a_tokenizer_worker_whose_parent_is_gone_when_it_starts_ends(inputs):
+    """A worker still starting up when its dump is killed is adopted before its initializer runs (seen under load:
+    the test above then found it alive). It watches the process id its parent gave it, not whichever process is its
+    parent when it first looks, so it ends instead of watching its adopter forever."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that is no one's parent any more
+    script = ("import sys, time; from stage1_teacher.tokenworker import init\n"
+              f"init(sys.argv[1], {gone.pid}); time.sleep(60); print('still here')")
+    proc = subprocess.run([sys.executable, "-c", script, str(inputs[0] / "tokenizer.json")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "still here" not in proc.stdout, (proc.stdout, proc.stderr)
