@@ -25,7 +25,8 @@ from tqdm import tqdm
 from ddk_store import open_store, settings
 from ddk_store.paths import share_permissions
 from ddk_store.encodings import encoding_for
-from ddk_store.errors import ConfigError, Interrupted, PeerFailed, StoreIOError, TrainingDiverged, describe
+from ddk_store.errors import (ConfigError, Interrupted, PeerFailed, StoreIOError, StudentError, TrainingDiverged,
+                              describe)
 
 from . import parallel, rundir, runtime
 from . import reweighting as rw
@@ -169,13 +170,16 @@ def train(cfg: Stage2Config) -> Path:
                 warned.add(found.domain)
                 tqdm.write(f"warning: {found.message()}", file=sys.stderr)
 
-    def run_eval() -> tuple[dict[str, list[float]], np.ndarray]:
+    def run_eval(untrained: bool = False) -> tuple[dict[str, list[float]], np.ndarray]:
         ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
                       heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=eval_rank,
                       world_size=eval_world)
         bad = [f"{d} {p:g}" for d, p in zip(domains, ev["ppl"]) if not math.isfinite(p)]
-        if bad:
-            raise TrainingDiverged(_diverged(cfg, f"held-out perplexity {', '.join(bad)}"))
+        if bad:  # before any step no learning rate made it: the student's weights did
+            raise (StudentError(f"--student {cfg.student}: held-out perplexity {', '.join(bad)} before any training "
+                                "step: its predictions overflow on these rows. Check its weights (damaged or "
+                                "rescaled?), or start from one made by `ddk-student init`") if untrained else
+                   TrainingDiverged(_diverged(cfg, f"held-out perplexity {', '.join(bad)}")))
         return ev, rw.perplexity_ratio(ev["ppl"], ppl_teacher)
 
     def checkpoint(step: int) -> None:
@@ -228,7 +232,7 @@ def train(cfg: Stage2Config) -> Path:
             new_interval(step)
     else:
         step = 0
-        ev, ratio = run_eval()  # also fails fast (seconds) on a student that cannot run on these rows
+        ev, ratio = run_eval(untrained=True)  # also fails fast (seconds) on a student that cannot run on these rows
         replace_run(cfg, rank=rank)  # --overwrite: only now that the store and the student have passed every check
         if world > 1:
             dist.barrier()  # rank 0 may have just deleted the old run

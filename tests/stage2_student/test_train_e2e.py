@@ -32,6 +32,21 @@ def trained(tmp_path_factory, store_url, student_dir):
     return out
 
 
+def assert_rows_replay(records, *, batch_size: int, rows_per_interval: int) -> None:
+    """The rows each interval/final record counts are the rows the sampler draws from the logged weights, replayed
+    step by step (seed 0, one process)."""
+    from stage2_student.sampler import DomainSampler
+
+    replay = DomainSampler(records[0]["train_rows"], rows_per_interval=rows_per_interval, seed=0)
+    read = np.zeros(len(records[0]["train_rows"]), dtype=np.int64)
+    for r, nxt in zip(records, records[1:]):
+        replay.start_interval(r["interval"], r["weights"])
+        for step in range(nxt["step"] - r["step"]):
+            rows = replay.rows_for(step, batch_size=batch_size, chunk=0, num_chunks=1)
+            read += np.bincount(rows[:, 0], minlength=len(read))
+        assert nxt["rows_trained"] == read.tolist()
+
+
 def test_exact_output_files(trained):
     assert {p.name for p in trained.iterdir()} == RUN_FILES
     ckpts = sorted(p.name for p in (trained / "checkpoints").iterdir())
@@ -115,7 +130,6 @@ def test_records_count_the_rows_trained_per_domain_even_in_a_cut_last_interval(t
     # 10 steps of interval 4: the last interval stops after 2 of its 4 steps. Every record counts the rows trained
     # before its step; report and compare take the passes from them.
     from stage2_student.report import write_report
-    from stage2_student.sampler import DomainSampler
 
     out = tmp_path / "run"
     res = CliRunner().invoke(cli, train_args(store_url, student_dir, out, steps=10, interval=4))
@@ -124,14 +138,7 @@ def test_records_count_the_rows_trained_per_domain_even_in_a_cut_last_interval(t
     assert [r["step"] for r in records] == [0, 4, 8, 10]
     for r in records:
         assert sum(r["rows_trained"]) == r["step"] * 4  # batch size 4
-    # The same rows, replayed step by step through the sampler with the logged weights
-    replay = DomainSampler(records[0]["train_rows"], rows_per_interval=16, seed=0)
-    read = np.zeros(3, dtype=np.int64)
-    for r, nxt in zip(records, records[1:]):
-        replay.start_interval(r["interval"], r["weights"])
-        for step in range(nxt["step"] - r["step"]):
-            read += np.bincount(replay.rows_for(step, batch_size=4, chunk=0, num_chunks=1)[:, 0], minlength=3)
-        assert nxt["rows_trained"] == read.tolist()
+    assert_rows_replay(records, batch_size=4, rows_per_interval=16)
     report = write_report(out).read_text()
     for d, rows, n in zip(records[-1]["domains"], records[-1]["train_rows"], records[-1]["rows_trained"]):
         assert f"| {d} | {rows} | {n:,} | {n / rows:.2f} |" in report
