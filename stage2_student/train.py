@@ -176,10 +176,10 @@ def train(cfg: Stage2Config) -> Path:
                       world_size=eval_world)
         bad = [f"{d} {p:g}" for d, p in zip(domains, ev["ppl"]) if not math.isfinite(p)]
         if bad:  # before any step no learning rate made it: the student's weights did
-            raise (StudentError(f"--student {cfg.student}: held-out perplexity {', '.join(bad)} before any training "
-                                "step: its predictions overflow on these rows. Check its weights (damaged or "
-                                "rescaled?), or start from one made by `ddk-student init`") if untrained else
-                   TrainingDiverged(_diverged(cfg, f"held-out perplexity {', '.join(bad)}")))
+            what = f"held-out perplexity {', '.join(bad)}"
+            raise (StudentError(f"--student {cfg.student}: {what} before any training step: its predictions overflow "
+                                "on these rows. Check its weights (damaged or rescaled?), or start from one made by "
+                                "`ddk-student init`") if untrained else TrainingDiverged(_diverged(cfg, what)))
         return ev, rw.perplexity_ratio(ev["ppl"], ppl_teacher)
 
     def checkpoint(step: int) -> None:
