@@ -22,6 +22,10 @@ def interval_lines(out):
             if json.loads(ln)["event"] in ("interval", "final")]
 
 
+def step_lines(out):
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["event"] == "step"]
+
+
 def params(out):
     return load_file(str(out / "model.safetensors"))
 
@@ -51,15 +55,14 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, store_url, student_
     assert pa.keys() == pb.keys()
     for k in pa:
         assert torch.equal(pa[k], pb[k]), f"{k} differs after resume"
-    steps = [json.loads(ln)["step"] for ln in (run_out / "metrics.jsonl").read_text().splitlines()
-             if json.loads(ln)["event"] == "step"]
+    steps = [r["step"] for r in step_lines(run_out)]
     assert steps == list(range(1, 41))  # no duplicated or missing step lines after the resume
 
 
 def test_ddp_two_gloo_ranks_agree_with_one_process(tmp_path, store_url, student_dir):
     if shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None:
         pytest.skip("torchrun not installed next to this interpreter")
-    flags = dict(steps=8, interval=4, batch_size=4)
+    flags = dict(steps=8, interval=4, batch_size=4, log_every=1)
     single, ddp = tmp_path / "single", tmp_path / "ddp"
     # One process with grad_accum=2 reads the same two half-batches per step as two ranks with grad_accum=1.
     p1 = spawn("stage2_student.cli", train_args(store_url, student_dir, single, grad_accum=2, **flags))
@@ -74,6 +77,12 @@ def test_ddp_two_gloo_ranks_agree_with_one_process(tmp_path, store_url, student_
     for ra, rb in zip(a, b):
         assert rb["weights"] == pytest.approx(ra["weights"], rel=1e-6, abs=1e-9)
         assert rb["ppl_student"] == pytest.approx(ra["ppl_student"], rel=1e-5)
+    # Each step's logged loss is the mean over all ranks' rows, as one process's over the same rows
+    sa, sb = step_lines(single), step_lines(ddp)
+    assert [r["step"] for r in sa] == [r["step"] for r in sb] == list(range(1, 9))
+    for ra, rb in zip(sa, sb):
+        for key in ("loss", "ce", "kl"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-5), (ra["step"], key)
     pa, pb = params(single), params(ddp)
     for k in pa:
         torch.testing.assert_close(pb[k], pa[k], atol=1e-5, rtol=1e-4)
