@@ -102,3 +102,20 @@ def test_none_writes_nothing_and_a_missing_package_is_one_error(tmp_path, monkey
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if the package were not installed
     with pytest.raises(MissingDependencyError, match="--report-to tensorboard needs the tensorboard package"):
         sinks.open_sink("tensorboard", tmp_path)
+
+
+def test_a_live_run_shows_each_interval_at_once(tmp_path):
+    """Someone watching a run in TensorBoard sees each interval's ratios and weights as soon as it is recorded, not
+    at the next 10-s flush or at the end of the run (the writer stays open here, as in a running training)."""
+    from stage2_student import rundir
+
+    sink = sinks.open_sink("tensorboard", tmp_path)
+    step = {"event": "step", "step": 1, "loss": 2.0, "ce": 1.5, "kl": 2.5, "lr": 1e-3, "grad_norm": 0.5,
+            "tokens_per_s": 100.0}
+    rundir.append_record(tmp_path, step, sink)
+    for at, ratio in ((4, [3.0, 5.0]), (8, [2.5, 4.0])):
+        rundir.append_record(tmp_path, {"event": "interval", "step": at, "domains": ["a", "b"], "ratio": ratio,
+                                        "weights": [0.3, 0.7], "train_rows": [10, 10]}, sink)
+        got = _events(tmp_path)
+        assert got["ratio/b"][-1] == (at, ratio[1]) and got["summary/worst"][-1] == (at, ratio[1])
+    sink.close()
