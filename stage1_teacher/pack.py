@@ -332,8 +332,9 @@ def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
     tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
     if problem := tokenizer_fit_problem(teacher, len(tok)):  # (as dump refuses it: rows with ids it cannot score)
         raise ConfigError(problem)
+    packed_before = packed_domains(cfg)  # (as for a dump: a packed domain's dataset needs neither hub nor directory)
     for src in corpora:
-        if src.format == "dataset" and (note := check_dataset_source(src)):
+        if src.format == "dataset" and src.name not in packed_before and (note := check_dataset_source(src)):
             echo(note)
     packed, _ = pack_phase(cfg, corpora, tok, vocab_size=teacher.vocab_size, files_complete=files_complete,
                            echo=echo, packer=True)
