@@ -256,6 +256,11 @@ def objects(codec: ChunkCodec, first_chunk: int, chunks: Sequence[bytes]) -> dic
     return out
 
 
+#: Offsets and sizes in a shard index at or above this are damage (no object is that large; offset + size then
+#: still fits the OS's signed 64-bit file offsets).
+_MAX_INDEX_VALUE = np.uint64(2**62)
+
+
 def shard_index(codec: ChunkCodec, data: bytes | None) -> np.ndarray | None:
     """(chunks_per_shard, 2) uint64 (offset, nbytes) of a shard's index bytes (None: the shard is missing)."""
     if data is None:
@@ -263,4 +268,10 @@ def shard_index(codec: ChunkCodec, data: bytes | None) -> np.ndarray | None:
     body = _check_crc(data)
     if len(body) != codec.chunks_per_shard * 16:
         raise ValueError(f"shard index has {len(body)} bytes, expected {codec.chunks_per_shard * 16}")
-    return np.frombuffer(body, dtype="<u8").reshape(-1, 2)
+    index = np.frombuffer(body, dtype="<u8").reshape(-1, 2)
+    # Its crc32c only says the index is as written: an entry that is not EMPTY in both fields and lies beyond any
+    # file (written by another tool, or tampered with) is damage, not a read at an offset the OS cannot take.
+    empty = (index[:, 0] == EMPTY) & (index[:, 1] == EMPTY)
+    if np.any(~empty & ((index[:, 0] >= _MAX_INDEX_VALUE) | (index[:, 1] >= _MAX_INDEX_VALUE))):
+        raise ValueError("shard index has an entry out of range (offset or size beyond any object)")
+    return index

@@ -91,8 +91,9 @@ def _domain_names(store: Store) -> set[str] | None:
 def delete_whole_store(store: Store, url: str) -> None:
     """``--overwrite`` of a store and its packed rows: everything under its prefix, once
     :func:`refuse_foreign_entries` has found nothing there that is not the store's own. The groups go first, then
-    the packed rows and the root document: a kill part-way leaves a store or packed rows, which the next
-    ``--overwrite`` deletes, never a location refused as holding something else."""
+    the rest (packed rows and root document, in whatever order the storage deletes a prefix): a kill part-way
+    leaves a store's root document or packed rows, which the next ``--overwrite`` deletes, never a location refused
+    as holding something else."""
     delete_all_but_pack(store, url, keep_root_doc=True)
     sync(delete_store_prefix(store, url))
 
