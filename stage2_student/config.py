@@ -211,8 +211,9 @@ def problems(cfg: Stage2Config) -> list[str]:
         need(cfg.mixing not in REWEIGHTED or cfg.interval != cfg.steps,
              f"--interval {cfg.interval} is the whole run (--steps {cfg.steps}): --mixing {cfg.mixing} would compute "
              f"its weights only at the final evaluation and never sample by them; lower --interval or raise --steps")
-    need(cfg.batch_size % cfg.grad_accum == 0,
-         f"--batch-size {cfg.batch_size} must be divisible by --grad-accum {cfg.grad_accum}")
+    if cfg.grad_accum >= 1:  # (--grad-accum 0 is named above; batch_size % 0 would raise instead)
+        need(cfg.batch_size % cfg.grad_accum == 0,
+             f"--batch-size {cfg.batch_size} must be divisible by --grad-accum {cfg.grad_accum}")
     need(not (cfg.resume and cfg.overwrite), "--resume and --overwrite exclude each other; pick one")
     if cfg.mixing == "static":
         if not cfg.static_weights:

@@ -104,11 +104,11 @@ def _subset_config(config, keep: list[int], n_teacher: int) -> list[str]:
     return changed
 
 
-def _load_from(auto_class, teacher_dir: Path, problem: str):
-    """``auto_class.from_pretrained(teacher_dir)`` without remote code; a failure is ``problem`` (a template with
-    ``{teacher}`` and ``{err}``) as a ConfigError."""
+def _load_from(auto_class, teacher_dir: Path, problem: str, **kw):
+    """``auto_class.from_pretrained(teacher_dir, **kw)`` without remote code; a failure is ``problem`` (a template
+    with ``{teacher}`` and ``{err}``) as a ConfigError."""
     try:
-        return auto_class.from_pretrained(str(teacher_dir), trust_remote_code=False)
+        return auto_class.from_pretrained(str(teacher_dir), trust_remote_code=False, **kw)
     except (OSError, ValueError) as err:
         raise ConfigError(problem.format(teacher=teacher_dir, err=describe(err))) from None
 
@@ -169,9 +169,9 @@ def init_student_from_teacher(
     n_config = getattr(config, "num_hidden_layers", None)
     if isinstance(n_config, int) and n_config > 0:
         resolve_layers(n_config, layers)  # bad choices fail before the weights are loaded
-    teacher = AutoModelForCausalLM.from_pretrained(
-        str(teacher_dir), dtype=dtype if dtype is not None else "auto", trust_remote_code=False
-    )
+    teacher = _load_from(AutoModelForCausalLM, teacher_dir, "teacher {teacher}: cannot load its weights ({err}); "
+                         "pass the complete directory save_pretrained wrote (config, weights and tokenizer)",
+                         dtype=dtype if dtype is not None else "auto")
     layers_name, teacher_layers = _decoder_layers(teacher, str(teacher_dir))
     n_teacher = len(teacher_layers)
     keep = resolve_layers(n_teacher, layers)
