@@ -235,15 +235,16 @@ def test_retry_policy_retries_connection_and_server_errors_only(server, monkeypa
     import errno
 
     import s3fs
-    from botocore.exceptions import ClientError, EndpointConnectionError
+    from botocore.exceptions import EndpointConnectionError
     from s3fs.errors import translate_boto_error
 
     from ddk_store.errors import StoreNoSpaceError, StoreUnreachableError
     from ddk_store.retry import is_transient, retry_call
 
-    def client_error(code: str, status: int) -> BaseException:
-        return translate_boto_error(ClientError({"Error": {"Code": code, "Message": code},
-                                                 "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"))
+    from .test_retry_contracts import client_error as raw_client_error
+
+    def client_error(code: str, status: int) -> BaseException:  # as s3fs raises the server's answer
+        return translate_boto_error(raw_client_error(code, status))
 
     assert is_transient(EndpointConnectionError(endpoint_url=server.endpoint_url))
     assert is_transient(client_error("SlowDown", 503)) and is_transient(client_error("InternalError", 500))
