@@ -1,8 +1,10 @@
 """Per-domain held-out perplexity of a student (and the teacher's, from the store): the inputs of Eq. 1 and Eq. 2.
 
 Perplexity = exp(token-weighted mean next-token NLL over the domain's held-out rows) (docs/reweighting.md): NLL and
-token counts are summed over all rows first, then divided, never averaged per batch. Under DDP each rank scores a
-strided share of the rows and the sums are all-reduced, so every rank gets the same numbers.
+token counts are summed over all rows first, then divided, never averaged per batch. Under DDP and FSDP each rank
+scores a strided share of the rows and the sums are all-reduced, so every rank gets the same numbers. Every rank runs
+the same number of forward passes per domain (under FSDP a forward is a collective): a rank whose share ran out
+scores a filler batch and discards it.
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ def teacher_heldout_ppl(reader, domains: Sequence[str], limit: int | None) -> li
     return out
 
 
+def lockstep_batches(n_rows: int, world_size: int, batch_size: int) -> int:
+    """Forward passes every rank runs over a domain of ``n_rows`` held-out rows: those of the largest strided share
+    (rank 0's, ceil(n_rows / world_size) rows), so that no rank waits in a collective for a forward that never
+    comes."""
+    return -(-(-(-n_rows // world_size)) // batch_size)
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -77,16 +86,21 @@ def evaluate(
     device = torch.device(device)
     sums = torch.zeros((len(domains), 2), dtype=torch.float64)  # (D, [nll_sum, tokens])
     for i, d in enumerate(domains):
-        rows = np.arange(heldout_row_count(reader, d, heldout_rows))[rank::world_size]  # this rank's share
-        for s in range(0, len(rows), batch_size):
-            pairs = np.stack([np.full(len(rows[s : s + batch_size]), i), rows[s : s + batch_size]], axis=1)
+        n_rows = heldout_row_count(reader, d, heldout_rows)
+        rows = np.arange(n_rows)[rank::world_size]  # this rank's share
+        for s in range(0, lockstep_batches(n_rows, world_size, batch_size) * batch_size, batch_size):
+            share = rows[s : s + batch_size]
+            filler = len(share) == 0  # the other ranks still have rows: run the forward on row 0, keep nothing
+            picked = share if not filler else np.zeros(1, dtype=np.int64)
+            pairs = np.stack([np.full(len(picked), i), picked], axis=1)
             batch = read_batch(reader, domains, pairs, split=spec.SPLIT_HELDOUT).to(device)
             ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
             with ctx:
                 logits = model(input_ids=batch.tokens, use_cache=False).logits  # (b, T, Vm)
-            nll, n = token_nll_sum(logits, batch.tokens[:, 1:], vocab_size=vocab_size)
-            sums[i, 0] += nll
-            sums[i, 1] += n
+            if not filler:
+                nll, n = token_nll_sum(logits, batch.tokens[:, 1:], vocab_size=vocab_size)
+                sums[i, 0] += nll
+                sums[i, 1] += n
             del logits
     if world_size > 1:
         sums = all_reduce_sum(sums)

@@ -140,9 +140,6 @@ def train(cfg: Stage2Config) -> Path:
     fsdp = cfg.fsdp and world > 1  # one process has nothing to shard over
     if fsdp:
         parallel.shard_fsdp(model, device)  # before the optimizer: it holds the sharded parameters
-    # evaluation: a strided share of the rows per rank under DDP; every row on every rank under FSDP (its forward
-    # is a collective, so every rank must run the same number of batches)
-    eval_rank, eval_world = (0, 1) if fsdp else (rank, world)
     V = reader.vocab_size
     # bf16 autocast on CUDA (fp32 master weights and optimizer); plain fp32 on CPU, where bf16 matmuls are slow.
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
@@ -172,8 +169,8 @@ def train(cfg: Stage2Config) -> Path:
 
     def run_eval(untrained: bool = False) -> tuple[dict[str, list[float]], np.ndarray]:
         ev = evaluate(model, reader, domains, vocab_size=V, batch_size=cfg.eval_batch_size,
-                      heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=eval_rank,
-                      world_size=eval_world)
+                      heldout_rows=cfg.heldout_rows, device=device, autocast_dtype=amp_dtype, rank=rank,
+                      world_size=world)
         bad = [f"{d} {p:g}" for d, p in zip(domains, ev["ppl"]) if not math.isfinite(p)]
         if bad:  # before any step no learning rate made it: the student's weights did
             what = f"held-out perplexity {', '.join(bad)}"

@@ -73,3 +73,40 @@ def test_evaluate_puts_a_training_model_back_in_training_mode(student_dir, store
     model.eval()
     evaluate(model, reader, reader.domains[:1], vocab_size=reader.vocab_size, heldout_rows=1)
     assert not model.training
+
+
+@pytest.mark.parametrize("n_rows", range(0, 12))
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+@pytest.mark.parametrize("batch_size", [1, 2, 5])
+def test_every_rank_runs_the_forwards_of_the_largest_share(n_rows, world, batch_size):
+    """Under FSDP a forward is a collective: every rank runs as many as rank 0's strided share needs."""
+    from stage2_student.evaluate import lockstep_batches
+
+    shares = [len(range(r, n_rows, world)) for r in range(world)]
+    assert lockstep_batches(n_rows, world, batch_size) == max(math.ceil(s / batch_size) for s in shares)
+
+
+def test_strided_shares_add_up_to_one_process_with_the_same_forward_count(student_dir, store_url):
+    """Three ranks' strided shares of 4 held-out rows, batch 1: rank 0 has two rows, ranks 1 and 2 one each and a
+    filler forward that counts nothing. Each rank's sums (as all-reduce would add them) make one process's figures,
+    and every rank runs the same number of forwards."""
+    model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    reader = open_store(store_url)
+    domains = reader.domains
+    assert all(reader.num_rows(d, spec.SPLIT_HELDOUT) == 4 for d in domains)
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    whole = evaluate(model, reader, domains, vocab_size=reader.vocab_size, batch_size=1)
+    forwards, parts = [], []
+    for rank in range(3):
+        calls.clear()
+        parts.append(evaluate(model, reader, domains, vocab_size=reader.vocab_size, batch_size=1, rank=rank,
+                              world_size=3))  # no process group: each rank's own sums, as all-reduce receives them
+        forwards.append(len(calls))
+    assert forwards == [2 * len(domains)] * 3
+    for i in range(len(domains)):
+        assert [p["tokens"][i] for p in parts] == [2 * (reader.meta.seq_len - 1), reader.meta.seq_len - 1,
+                                                   reader.meta.seq_len - 1]
+        total = sum(p["nll"][i] * p["tokens"][i] for p in parts)
+        assert sum(p["tokens"][i] for p in parts) == whole["tokens"][i]
+        assert total / whole["tokens"][i] == pytest.approx(whole["nll"][i], rel=1e-6)

@@ -18,7 +18,8 @@ from ddk_testkit.kills import kill_after_checkpoint, last_checkpoint_step
 from ddk_testkit.processes import REPO, child_env, free_port, spawn
 
 TORCHRUN = os.path.join(os.path.dirname(sys.executable), "torchrun")
-FLAGS = dict(steps=16, interval=8, batch_size=4, save_every=3, log_every=1)
+# 3 held-out rows, batch 1: rank 0 scores two rows, rank 1 one and a filler forward (evaluation in lockstep)
+FLAGS = dict(steps=16, interval=8, batch_size=4, save_every=3, log_every=1, heldout_rows=3, eval_batch_size=1)
 
 pytestmark = pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None,
                                 reason="torchrun not installed next to this interpreter")
