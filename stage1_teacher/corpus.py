@@ -78,6 +78,7 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
     base = path.parent
     out: list[DomainSource] = []
     problems: list[str] = []
+    written: dict[str, object] = {}  # domain name -> its key as YAML read it
     for name, spec in doc["domains"].items():
         where = f"{path}: domain {name!r}"
         try:
@@ -85,6 +86,11 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
         except DdkError as e:
             problems.append(f"{where}: {e}")
             continue
+        if str(name) in written:  # YAML reads 1 and '1' as two keys; both name domain '1'
+            problems.append(f"{where}: domain {str(name)!r} is defined twice (as {written[str(name)]!r} and "
+                            f"{name!r}); keep one of them")
+            continue
+        written[str(name)] = name
         if not isinstance(spec, dict):
             problems.append(f"{where}: expected a mapping like {{paths: [...], format: lines}}, got {spec!r}")
             continue
@@ -102,14 +108,16 @@ def _shared_files(path: Path, sources: list[DomainSource]) -> list[str]:
     """A file whose text two domains read gives both the same text, so one domain's held-out documents would be
     another's training rows: one problem per pair of domains, naming the first such file (and how many more). A
     text file's text is the same whether it is read as ``lines`` or as ``files`` (one document per line, or one
-    for the file); a file of records (JSONL, Parquet, a dataset's data files) read through two text fields gives
-    two sets of documents and is fine."""
-    owner: dict[tuple[str, str | None], str] = {}
+    for the file), and holds every field of a file of records read so; a file of records (JSONL, Parquet, a
+    dataset's data files) read through two text fields gives two sets of documents and is fine."""
+    readers: dict[object, dict[str | None, str]] = {}  # a file -> how it is read (None: its whole text) -> domain
     shared: dict[tuple[str, str], list[str]] = {}
     for src in sources:
         for f in src.files:
             text = None if src.format in ("lines", "files") else src.text_field  # lines and files: the whole text
-            other = owner.setdefault((same_file_key(f), text), src.name)
+            by = readers.setdefault(same_file_key(f), {})
+            other = next((d for t, d in by.items() if d != src.name and (t == text or None in (t, text))), src.name)
+            by.setdefault(text, src.name)
             if other != src.name:
                 shared.setdefault((other, src.name), []).append(f)
     return [f"{path}: file {files[0]}{f' and {len(files) - 1:,} more' if len(files) > 1 else ''} "

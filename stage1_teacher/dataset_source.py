@@ -104,8 +104,16 @@ def read_dataset(src: DomainSource, stats: ReadStats) -> Iterator[str]:
         hint = ("offline? use local files, or set HF_DATASETS_OFFLINE=0 with network access" if on_hub else
                 "check the files, 'config' and 'split' in the corpora file")
         raise ConfigError(f"domain {src.name!r}: cannot open {label}: {describe(e, 300)} ({hint})") from None
-    first = True
-    for rec in ds:
+    first, records = True, iter(ds)
+    while True:
+        try:  # streaming reads lazily: a damaged file (a JSON line cut short) fails here, not in load_dataset
+            rec = next(records)
+        except StopIteration:
+            return
+        except Exception as e:
+            hint = ("the hub's answer broke off, or a file of it is damaged: rerun, or pin another 'revision'" if on_hub
+                    else "a file of it is damaged or not of the builder's format: check the files it reads")
+            raise ConfigError(f"domain {src.name!r}: cannot read {label}: {describe(e, 300)} ({hint})") from None
         if first and src.text_field not in rec:
             raise ConfigError(f"domain {src.name!r}: {label} has no field {src.text_field!r} "
                               f"(fields: {sorted(rec)}); fix 'text_field' in the corpora file")

@@ -30,6 +30,9 @@ def read_parquet(path: str, src: DomainSource, stats: ReadStats, on_bad_utf8: st
     if src.text_field not in names:
         raise ConfigError(f"domain {src.name!r}: {path}: no column {src.text_field!r} (columns: {names}); "
                           f"fix 'text_field' in the corpora file")
+    if names.count(src.text_field) > 1:  # (pyarrow would raise a KeyError saying the column does not exist)
+        raise ConfigError(f"domain {src.name!r}: {path}: {names.count(src.text_field)} columns are named "
+                          f"{src.text_field!r}; write the file with one column of that name")
     kind = pf.schema_arrow.field(src.text_field).type
     # text as it is stored: plain, large, dictionary-encoded (a pandas categorical) or view strings, or bytes
     values = kind.value_type if pa.types.is_dictionary(kind) else kind
@@ -40,7 +43,11 @@ def read_parquet(path: str, src: DomainSource, stats: ReadStats, on_bad_utf8: st
     # Row groups one at a time: memory stays bounded for large files; order is the file's order.
     row = 0
     for i in range(pf.num_row_groups):
-        column = pf.read_row_group(i, columns=[src.text_field]).column(0)
+        try:  # the footer read above is whole; a damaged page is found only as its row group is read
+            column = pf.read_row_group(i, columns=[src.text_field]).column(0)
+        except Exception as e:  # (OSError or ArrowInvalid, by the damage)
+            raise ConfigError(f"domain {src.name!r}: {path}: row group {i + 1} of {pf.num_row_groups} is damaged "
+                              f"({describe(e)}); write the file again") from None
         if pa.types.is_dictionary(column.type) or str(column.type).endswith("_view"):
             column = column.cast(pa.large_binary() if "binary" in str(values) else pa.large_string())
         column = column.cast(pa.large_binary())  # (no UTF-8 check: each value is decoded below, named by row)

@@ -291,9 +291,10 @@ def test_per_domain_max_rows_is_parsed_validated_and_part_of_the_identity(tmp_pa
 def test_per_domain_heldout_seed_is_parsed_validated_and_part_of_the_identity(tmp_path):
     (tmp_path / "a.txt").write_text("one\ntwo\n", encoding="utf-8")
     (tmp_path / "b.txt").write_text("one\ntwo\n", encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text('{"text": "one"}\n', encoding="utf-8")
     srcs = load_corpora(write_yaml(tmp_path, "domains:\n  a: {paths: [a.txt], format: lines, heldout_seed: 3}\n"
                                              "  b: {paths: [b.txt], format: lines, heldout_seed: 0}\n"
-                                             "  c: {dataset: json, data_files: a.txt, heldout_seed: 2}\n"))
+                                             "  c: {dataset: json, data_files: c.jsonl, heldout_seed: 2}\n"))
     assert [s.heldout_seed for s in srcs] == [3, 0, 2]
     assert srcs[0].spec_dict()["heldout_seed"] == 3
     assert "heldout_seed" not in srcs[1].spec_dict()  # draw 0: the same identity as before the key existed
