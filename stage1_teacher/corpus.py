@@ -87,7 +87,7 @@ def load_corpora(path: str | Path, *, missing_ok: bool = False) -> list[DomainSo
             problems.append(f"{where}: {e}")
             continue
         if str(name) in written:  # YAML reads 1 and '1' as two keys; both name domain '1'
-            problems.append(f"{where}: domain {str(name)!r} is defined twice (as {written[str(name)]!r} and "
+            problems.append(f"{path}: domain {str(name)!r} is defined twice (as {written[str(name)]!r} and "
                             f"{name!r}); keep one of them")
             continue
         written[str(name)] = name

@@ -69,6 +69,34 @@ def dump_corpora(body: str, *flags: str, **files: str | bytes) -> Build:
     return build
 
 
+def _parquet(table_of: Callable[[], object], *, damage_pages: bool = False) -> Build:
+    """A parquet domain reading t.parquet, written from ``table_of()``; ``damage_pages``: every byte between the
+    magic number and the footer overwritten (the footer intact, so the file opens and fails as a row group is read)."""
+    def build(ws: Workspace, tmp: Path) -> list[str]:
+        import pyarrow.parquet as pq
+
+        pq.write_table(table_of(), tmp / "t.parquet")
+        if damage_pages:
+            data = bytearray((tmp / "t.parquet").read_bytes())
+            footer = int.from_bytes(data[-8:-4], "little") + 8
+            data[4:-footer] = b"\xff" * (len(data) - footer - 4)
+            (tmp / "t.parquet").write_bytes(bytes(data))
+        return dump_corpora("domains:\n  tab: {paths: [t.parquet], format: parquet, text_field: text}\n")(ws, tmp)
+    return build
+
+
+def _two_text_columns() -> object:
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"])], names=["text", "text"])
+
+
+def _rows_of_text() -> object:
+    import pyarrow as pa
+
+    return pa.table({"text": [f"row {i}" for i in range(100)]})
+
+
 def _hard_linked_in_two_domains(ws: Workspace, tmp: Path) -> list[str]:
     """a.txt read by one domain and, as b.txt (another name for the same file), by another."""
     os.link(write(tmp / "a.txt", TEXT), tmp / "b.txt")
@@ -316,6 +344,14 @@ CASES: list[BadInput] = [
              dump_corpora("domains:\n  prose: {paths: [a.txt], format: lines}\n"
                           "  whole: {paths: [a.txt], format: files}\n", **{"a.txt": TEXT}),
              ("is read by domains 'prose' and 'whole'",)),
+    BadInput("corpora-records-file-read-whole-by-another-domain", "ddk-teacher", "a JSONL file read by its text "
+             "field by one domain, whole (format files) by another",
+             dump_corpora("domains:\n  notes: {paths: [n.jsonl], format: jsonl, text_field: text}\n"
+                          "  whole: {paths: [n.jsonl], format: files}\n", **{"n.jsonl": '{"text": "x"}\n'}),
+             ("n.jsonl is read by domains 'notes' and 'whole'",)),
+    BadInput("corpora-domain-under-two-keys", "ddk-teacher", "domain written as 1 and as '1' (two YAML keys, one name)",
+             dump_corpora("domains:\n  1: {paths: [a.txt], format: lines}\n  '1': {paths: [b.txt], format: lines}\n",
+                          **{"a.txt": TEXT, "b.txt": TEXT + "more\n"}), ("domain '1' is defined twice",)),
     BadInput("corpora-hard-link-in-two-domains", "ddk-teacher", "a text file read by a domain, and through a hard "
              "link by another",
              _hard_linked_in_two_domains,
@@ -419,6 +455,14 @@ CASES: list[BadInput] = [
     BadInput("corpus-bad-parquet", "ddk-teacher", "parquet domain whose file is not parquet",
              dump_corpora("domains:\n  tab: {paths: [t.parquet], format: parquet, text_field: text}\n",
                           **{"t.parquet": b"PAR1 this is not parquet"}), ("t.parquet", "not a readable parquet file")),
+    BadInput("corpus-parquet-two-text-columns", "ddk-teacher", "parquet file with two columns named like text_field",
+             _parquet(_two_text_columns), ("t.parquet: 2 columns are named 'text'",)),
+    BadInput("corpus-parquet-damaged-pages", "ddk-teacher", "parquet file whose data pages are damaged (footer intact)",
+             _parquet(_rows_of_text, damage_pages=True), ("t.parquet: row group 1 of 1 is damaged", "write the file")),
+    BadInput("corpus-dataset-json-damaged-line", "ddk-teacher", "dataset: json whose second line is cut short",
+             dump_corpora("domains:\n  web: {dataset: json, data_files: a.jsonl}\n",
+                          **{"a.jsonl": '{"text": "fine"}\n{"text": "cut sh\n'}),
+             ("domain 'web': cannot read dataset 'json'", "damaged or not of the builder's format")),
     # ------------------------------------------------------------------ ddk-student train: the store
     BadInput("train-store-missing", "ddk-student", "--store path does not exist",
              lambda ws, t: train(ws, t, store=t / "no-store"), ("no ddk store", "no-store")),
