@@ -55,9 +55,7 @@ def store_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any]:
                 units_written += int(done.sum())
         domains.append(row)
     return {
-        "url": url,
-        "status": meta.status,
-        "format_version": meta.format_version,
+        "url": url, "status": meta.status, "format_version": meta.format_version,
         "teacher": meta.teacher.to_dict(),
         "tokenizer": meta.tokenizer.to_dict(),
         "seq_len": meta.seq_len,
@@ -86,23 +84,24 @@ def packed_summary(url: str, storage_options: dict[str, Any]) -> dict[str, Any] 
     state = PackedRows(url, storage_options=storage_options, read_only=True).read_state()
     if state is None:
         return None
-    domains = []
-    for name, st in (state.get("domains") or {}).items():
-        done = st.get("state") == PACKED
-        try:
+    domains, name = [], None
+    try:  # (a document edited by hand: any part may be missing, or a list or text where an object belongs)
+        seq_len = (state.get("identity") or {}).get("seq_len")
+        for name, st in (state.get("domains") or {}).items():
+            done = st.get("state") == PACKED
             domains.append({"name": name, "state": "packed" if done else "packing",
                             "train_rows": st["train_rows"] if done else st["cursor"]["rows"],
                             "heldout_rows": st["heldout_rows"]})
-        except (KeyError, TypeError) as e:
-            raise StoreCorruptError(f"{url}: the packed rows' document lacks {e} for domain {name!r} (edited or "
-                                    f"damaged); delete the location and pack again") from None
+    except (KeyError, TypeError, AttributeError) as e:
+        what = f"lacks {e}" if isinstance(e, KeyError) else f"has the wrong shape ({e})"
+        raise StoreCorruptError(f"{url}: the packed rows' document {what}{f' for domain {name!r}' if name else ''} "
+                                "(edited or damaged); delete the location and pack again") from None
     where = target(url, storage_options)
     next_step = (f"run `ddk-teacher dump` with the same settings and --store {where} to score them"
                  if domains and all(d["state"] == "packed" for d in domains) else
                  f"rerun the same `ddk-teacher pack` (or `ddk-teacher dump`) command with --store {where} to finish "
                  "packing")
-    return {"url": url, "status": "packed", "seq_len": (state.get("identity") or {}).get("seq_len"),
-            "domains": domains, "next": next_step}
+    return {"url": url, "status": "packed", "seq_len": seq_len, "domains": domains, "next": next_step}
 
 
 def _fmt(x: Any, digits: int = 3) -> str:

@@ -32,7 +32,7 @@ from zarr.storage import MemoryStore
 
 from . import spec
 from .errors import DdkError, InvalidNameError, StoreCorruptError, StoreFormatError, describe
-from .groups import refuse_foreign_codecs
+from .groups import DECODE_ERRORS, refuse_foreign_codecs
 from .meta import validate_domain_name
 from .retry import retry_call
 from .storage import normalize_url, open_zarr_store
@@ -206,7 +206,7 @@ class PackedRows:
                               what=f"reading {key}", url=self.url), ""
         except DdkError:  # the store unreachable past the retry budget: not damage
             raise
-        except ValueError as e:  # zarr's crc32c codec: "Stored and computed checksum do not match"
+        except DECODE_ERRORS as e:  # zarr's crc32c codec (checksums do not match), Blosc's (a frame not decoded)
             return None, f"fails its crc32c checksum or cannot be decoded ({describe(e, 120)})"
 
     def _read_chunk(self, arr: zarr.Array, name: str, index: int, count: int, what: str = "") -> np.ndarray:

@@ -16,6 +16,7 @@ from .packed import PACK_PREFIX, PackedRows
 from .reader import StoreReader
 from .retry import retry_call
 from .encodings import Encoding, encoding_for
+from .groups import DECODE_ERRORS
 from .schema import (MARKER_DONE_COL, MARKER_DTYPE, chunk_key, data_arrays, group_path, group_schema, marker_width,
                      object_indices, sharded)
 
@@ -138,7 +139,7 @@ def validate_store(url: str, *, storage_options: Mapping[str, Any] | None = None
                         data = read(lambda: arr[start:stop], f"{where} {name}")
                     except StoreIOError:  # an outage past the retry budget (a DdkError, so a ValueError): not damage
                         raise
-                    except ValueError as e:
+                    except DECODE_ERRORS as e:  # a failed checksum, or a Blosc frame that does not decode
                         issues.append(Issue(f"{where} {name}", f"chunk fails its crc32c checksum or cannot be "
                                                               f"decoded (flipped or truncated bytes): "
                                                               f"{describe(e)}", uid))
@@ -181,7 +182,7 @@ def _check_heldout_stats(reader: StoreReader, dom: str, arrays: Mapping[str, Any
                             "log-probs", url=reader.url)
     except StoreIOError:  # an outage past the retry budget: not damage, and not to be passed over
         raise
-    except ValueError:
+    except DECODE_ERRORS:
         return []  # already reported per unit
     if not np.isfinite(target).all():
         return []
