@@ -107,13 +107,17 @@ def run_rank(cfg: Stage1Config, rank: int, world: int, local: int, run_one: Call
     """One torchrun rank: its GPU(s), its shard; rank 0 then waits for every unit of the host shard and finalizes."""
     if cfg.overwrite:  # (before any rank opens the store; each rank's own shard would be refused less clearly)
         raise ConfigError(overwrite_refusal(f"a torchrun launch of {world} ranks", "rank", "start torchrun"))
+    if not 0 <= rank < world or local < 0:  # (compose_shard would end in a traceback)
+        raise ConfigError(f"torchrun environment: {RANK_ENV}={rank} must be in [0, {WORLD_ENV}={world}) and "
+                          f"{LOCAL_RANK_ENV}={local} >= 0")
     if cfg.device != "cpu":
         visible = os.environ.get(VISIBLE_ENV)
         per = cfg.tensor_parallel_size
-        mine = visible.split(",")[local * per : (local + 1) * per] if visible else \
+        listed = visible_gpus() if visible else []  # (as --devices N reads it: "0, 1," is "0,1")
+        mine = listed[local * per : (local + 1) * per] if visible else \
             [str(x) for x in range(local * per, (local + 1) * per)]
         if len(mine) < per:  # an empty list would hide every GPU: the rank would score on the CPU
-            fits = len(visible.split(",")) // per
+            fits = len(listed) // per
             how = (f"launch with --nproc_per_node {fits} or fewer" if fits else
                    f"make {per} GPUs visible to each rank, or give a smaller --tensor-parallel-size")
             raise ConfigError(f"torchrun rank {rank} (LOCAL_RANK {local}) needs GPUs {local * per}-"
