@@ -322,7 +322,7 @@ def pack_phase(cfg: Stage1Config, corpora: list[DomainSource], tok: Any, *, voca
 def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
     """`ddk-teacher pack`: the pack phase alone (the teacher's tokenizer and config, never its weights)."""
     from .corpus import check_dataset_source
-    from .teacher import load_tokenizer, resolve_teacher, tokenizer_fit_problem
+    from .teacher import load_tokenizer, resolve_teacher, token_id_bound, tokenizer_fit_problem
 
     t0 = time.perf_counter()
     corpora, files_complete = load_corpora_for(cfg)
@@ -330,7 +330,7 @@ def run_pack(cfg: Stage1Config, *, echo: Callable[[str], None]) -> PackedStore:
     teacher = resolve_teacher(cfg.teacher, revision=cfg.teacher_revision, trust_remote_code=cfg.trust_remote_code,
                               weights=False)
     tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
-    if problem := tokenizer_fit_problem(teacher, len(tok)):  # (as dump refuses it: rows with ids it cannot score)
+    if problem := tokenizer_fit_problem(teacher, token_id_bound(tok)):  # (as dump refuses it: rows with ids it cannot score)
         raise ConfigError(problem)
     packed_before = packed_domains(cfg)  # (as for a dump: a packed domain's dataset needs neither hub nor directory)
     for src in corpora:

@@ -34,7 +34,7 @@ from .devices import FINALIZER_ENV
 from .pack import files_problem, load_corpora_for, pack_phase, pack_settings, packed_domains
 from .plan import RESUME_FLAGS
 from .scoring import score_units
-from .teacher import fit_problems, load_tokenizer, resolve_teacher
+from .teacher import fit_problems, load_tokenizer, resolve_teacher, token_id_bound
 
 
 @dataclass
@@ -81,7 +81,7 @@ def run(cfg: Stage1Config, *, echo: Callable[[str], None] | None = None, backend
     corpora, files_complete = load_corpora_for(cfg)
     teacher = resolve_teacher(cfg.teacher, revision=cfg.teacher_revision, trust_remote_code=cfg.trust_remote_code)
     tok = load_tokenizer(teacher, trust_remote_code=cfg.trust_remote_code)
-    problems = fit_problems(teacher, len(tok), cls, seq_len=cfg.seq_len, top_k=cfg.top_k)
+    problems = fit_problems(teacher, token_id_bound(tok), cls, seq_len=cfg.seq_len, top_k=cfg.top_k)
     if problems:
         raise ConfigError("; ".join(problems))
     packed = packed_domains(cfg)  # (their datasets are not read again: a packed domain needs neither hub nor dir)

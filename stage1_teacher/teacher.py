@@ -147,9 +147,10 @@ def load_tokenizer(teacher: Teacher, *, trust_remote_code: bool = False):
     return tok
 
 
-def fit_problems(teacher: Teacher, tokenizer_size: int, backend, *, seq_len: int, top_k: int) -> list[str]:
+def fit_problems(teacher: Teacher, id_bound: int, backend, *, seq_len: int, top_k: int) -> list[str]:
     """What keeps ``backend`` (a TeacherBackend class) from scoring rows of ``seq_len`` with ``top_k`` for
-    ``teacher``, and a tokenizer of ``tokenizer_size`` tokens that does not fit its output layer (flag-named)."""
+    ``teacher``, and a tokenizer whose ids (``id_bound``, :func:`token_id_bound`) do not fit its output layer
+    (flag-named)."""
     problems = []
     most = backend.max_seq_len(teacher.max_context) if teacher.max_context is not None else None
     if most is not None and seq_len > most:
@@ -161,14 +162,21 @@ def fit_problems(teacher: Teacher, tokenizer_size: int, backend, *, seq_len: int
     if top_k > limit:
         problems.append(f"--top-k {top_k} exceeds the {backend.name} backend's limit for this teacher "
                         f"(vocabulary of {teacher.vocab_size}); use --top-k <= {limit}")
-    if problem := tokenizer_fit_problem(teacher, tokenizer_size):
+    if problem := tokenizer_fit_problem(teacher, id_bound):
         problems.append(problem)
     return problems
 
 
-def tokenizer_fit_problem(teacher: Teacher, tokenizer_size: int) -> str | None:
-    """A tokenizer of ``tokenizer_size`` tokens with ids the teacher's output layer does not have, or None."""
-    if tokenizer_size > teacher.vocab_size:
-        return (f"--teacher {teacher.name}: tokenizer has {tokenizer_size} tokens but the model outputs only "
+def token_id_bound(tokenizer) -> int:
+    """One more than the largest id ``tokenizer`` can give: its length for a dense vocabulary, more where a
+    hand-built vocabulary's ids have gaps (the teacher's output layer must have every id, not only as many)."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
+def tokenizer_fit_problem(teacher: Teacher, id_bound: int) -> str | None:
+    """A tokenizer whose ids (``id_bound``, :func:`token_id_bound`) reach beyond the teacher's output layer, or
+    None."""
+    if id_bound > teacher.vocab_size:
+        return (f"--teacher {teacher.name}: tokenizer has token ids 0-{id_bound - 1} but the model outputs only "
                 f"{teacher.vocab_size}; tokenizer and model do not match")
     return None

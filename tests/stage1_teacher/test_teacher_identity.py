@@ -152,3 +152,23 @@ def test_a_node_another_process_creates_this_instant_is_taken_as_it_is(tmp_path,
         w.write_unit(unit, **synth_rows(rng, unit.n_rows, meta.seq_len, meta.top_k, 64))
     w.finalize()
     assert validate_store(str(tmp_path / "s")) == [] and open_store(str(tmp_path / "s")).top_k == 2
+
+
+def test_a_tokenizer_whose_ids_have_gaps_is_checked_by_its_largest_id(tiny_teacher):
+    """A hand-built vocabulary of 4 tokens whose largest id lies beyond the teacher's output layer: it has fewer
+    tokens than the teacher has outputs, yet rows with that id could not be scored, so dump and pack refuse it."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from stage1_teacher.teacher import token_id_bound
+
+    t = resolve_teacher(str(tiny_teacher))
+    vocab = {"[UNK]": 0, "</s>": 3, "hi": 40, "there": t.vocab_size + 5}
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")),
+                                  eos_token="</s>")
+    assert len(tok) == 4 and token_id_bound(tok) == t.vocab_size + 6
+    assert fit_problems(t, token_id_bound(tok), backend_class("hf"), seq_len=16, top_k=8) == [
+        f"--teacher {t.name}: tokenizer has token ids 0-{t.vocab_size + 5} but the model outputs only "
+        f"{t.vocab_size}; tokenizer and model do not match"]
+    dense = load_tokenizer(t)
+    assert token_id_bound(dense) == len(dense) <= t.vocab_size

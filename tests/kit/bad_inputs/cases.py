@@ -265,10 +265,10 @@ CASES: list[BadInput] = [
              dump_teacher(_no_eos), ("--teacher", "no EOS token")),
     BadInput("teacher-tokenizer-larger-than-model", "ddk-teacher", "the teacher's tokenizer has ids its output layer "
              "lacks (config vocab_size too small)", dump_teacher(_model_smaller_than_its_tokenizer),
-             ("--teacher", "tokens but the model outputs only", "do not match")),
+             ("--teacher", "but the model outputs only", "do not match")),
     BadInput("pack-tokenizer-larger-than-model", "ddk-teacher", "pack with a teacher whose tokenizer has ids its output "
              "layer lacks", dump_teacher(_model_smaller_than_its_tokenizer, "pack"),
-             ("--teacher", "tokens but the model outputs only", "do not match")),
+             ("--teacher", "but the model outputs only", "do not match")),
     BadInput("corpora-missing-file", "ddk-teacher", "--corpora file does not exist",
              lambda ws, t: dump(ws, t, corpora=t / "nope.yaml"), ("--corpora", "nope.yaml", "not found")),
     BadInput("corpora-is-a-directory", "ddk-teacher", "--corpora is a directory",
