@@ -59,7 +59,8 @@ def lockstep_batches(n_rows: int, world_size: int, batch_size: int) -> int:
     """Forward passes every rank runs over a domain of ``n_rows`` held-out rows: those of the largest strided share
     (rank 0's, ceil(n_rows / world_size) rows), so that no rank waits in a collective for a forward that never
     comes."""
-    return -(-(-(-n_rows // world_size)) // batch_size)
+    largest_share = -(-n_rows // world_size)  # (ceiling division)
+    return -(-largest_share // batch_size)
 
 
 @torch.no_grad()
