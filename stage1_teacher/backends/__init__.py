@@ -124,7 +124,7 @@ def vllm_usability() -> tuple[bool, str]:
     """Whether vLLM can run here, and why, decided from package metadata only (importing vllm takes ~10 s)."""
     try:
         installed = importlib.util.find_spec("vllm") is not None
-    except ValueError:  # a module entry set to None (how a test hides a package) raises instead of returning None
+    except ValueError:  # an imported stand-in module without a __spec__ raises instead of returning None
         installed = False
     if not installed:
         return False, "vllm is not installed"
