@@ -54,7 +54,9 @@ def main_entry(cli: click.Command, prog_name: str, argv: Sequence[str] | None = 
 
 def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, stopped_by: list[int]) -> NoReturn:
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
+        # Outside standalone mode click returns what ctx.exit(n) asked for (--help and --version: 0) instead of
+        # raising Exit, and a command's own return value otherwise (every ddk command returns None).
+        status = cli.main(args=list(argv) if argv is not None else None, prog_name=prog_name, standalone_mode=False)
     except (KeyboardInterrupt, click.exceptions.Abort) as e:
         cause = e.__cause__ if isinstance(e, click.exceptions.Abort) else e  # click wraps Ctrl-C in Abort
         advice = one_line(str(cause)) if isinstance(cause, Interrupted) and str(cause) else INTERRUPTED
@@ -62,8 +64,6 @@ def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, stopped
             click.echo(f"{prog_name}: {advice}", err=True)
         _quiet_shutdown(argv)
         sys.exit(_EXIT_AFTER.get(stopped_by[0], EXIT_INTERRUPTED))
-    except click.exceptions.Exit as e:  # --help, --version
-        sys.exit(e.exit_code)
     except click.exceptions.ClickException as e:  # usage errors: unknown flag, missing argument, bad choice
         e.show()
         sys.exit(EXIT_USER_ERROR if e.exit_code == 2 else e.exit_code)
@@ -83,7 +83,7 @@ def _run(cli: click.Command, prog_name: str, argv: Sequence[str] | None, stopped
         click.echo(f"error: {one_line(file_error(e))}", err=True)
         _quiet_shutdown(argv)
         sys.exit(EXIT_USER_ERROR)
-    sys.exit(0)
+    sys.exit(status if isinstance(status, int) and not isinstance(status, bool) else 0)
 
 
 #: What a filesystem answers for a path the user gave that cannot be written or read (any command, any file).

@@ -226,7 +226,7 @@ def read_config(cls: type, path: str | Path, *, flag: str = "--config", saved: b
     file anyone who can write it could have edited), unless its flag was typed too (``typed``) or the file is
     ``saved`` (a run's own record of what it used, read to compare or resume).
     """
-    data = read_yaml(path, flag)
+    data = read_yaml(Path(path).expanduser(), flag)  # (no shell expands the ~ of --config=~/x.yaml)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -314,7 +314,7 @@ def _option(f: dataclasses.Field) -> Callable:
     names = list(dict.fromkeys([flag, "--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]))
     help_text = f.metadata["help"] + _default_text(f)
     if base == "bool":
-        return click.option(f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text)
+        return click.option(*(f"{n}/--no-{n[2:]}" for n in names), f.name, default=None, help=help_text)
     if base == "mapping":
         return click.option(*names, f.name, multiple=True, metavar="KEY=VALUE", callback=storage_options_callback(flag, none_when_empty=True),
                             help=help_text + " Repeatable.")

@@ -10,6 +10,7 @@ import pytest
 
 from ddk_store import StoreCorruptError, StoreFormatError, StoreWriter, open_store, spec
 from ddk_store.testing import StoreFiles, make_tiny_store
+from ddk_testkit.outages import fake_outage
 
 GZIP = {"name": "gzip", "configuration": {"level": 1}}  # a codec zarr knows and the store format does not allow
 
@@ -97,22 +98,11 @@ def test_an_outage_while_locating_a_damaged_chunk_is_an_outage_not_damage(tmp_pa
     """finalize's read of the held-out targets meets a flipped byte; while it reads unit by unit to name the damaged
     one, the store becomes unreachable (faked: ConnectionError from the storage layer on any object read a second
     time). That is StoreUnreachableError, not damage of the first unit it could not read."""
-    from zarr.storage import LocalStore
-
     from ddk_store import StoreUnreachableError
 
     url = unfinished_store_with_a_flipped_target(tmp_path)
     writer = StoreWriter.resume(url)
-    real_get, seen = LocalStore.get, set()
-
-    async def get(self, key, *args, **kwargs):
-        if f"beta/heldout/{spec.ARR_TARGET_LOGPROBS}/c/" in key:
-            if key in seen:
-                raise ConnectionError(f"faked outage reading {key}")
-            seen.add(key)
-        return await real_get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(LocalStore, "get", get)
+    fake_outage(monkeypatch, f"beta/heldout/{spec.ARR_TARGET_LOGPROBS}/c/", "repeat")
     monkeypatch.setenv("DDK_RETRY_SECONDS", "0.2")
     with pytest.raises(StoreUnreachableError):
         writer.finalize()

@@ -17,6 +17,7 @@ from ddk_store.errors import StoreFormatError
 from ddk_store.testing import StoreFiles, make_tiny_store, synth_rows, tiny_meta
 from ddk_store import writer as writer_module
 from ddk_store.validate import validate_store
+from ddk_testkit.outages import fake_outage
 
 ROWS = {"alpha": {"train": 10, "heldout": 3}, "beta": {"train": 7, "heldout": 2}}
 
@@ -399,28 +400,16 @@ def test_verify_rides_out_a_store_outage_instead_of_calling_it_damage(tmp_path, 
     """A connection failure while verify reads markers and data (faked: the first read of each such chunk raises
     ConnectionError, as an unreachable object store does) is retried, not reported as damage; an outage that
     outlasts the retry budget ends the check in one StoreUnreachableError."""
-    from zarr.storage import LocalStore
-
     from ddk_store import StoreUnreachableError
 
     url = str(tmp_path / "s")
     make_tiny_store(url, unit_rows=4)
-    real_get = LocalStore.get
-    failed: set[str] = set()
-
-    async def get_once_failing(self, key, *args, **kwargs):
-        if key.startswith("beta/train/") and ("/units/" in key or "/topk_ids/" in key):
-            if key not in failed or always:
-                failed.add(key)
-                raise ConnectionError(f"faked outage reading {key}")
-        return await real_get(self, key, *args, **kwargs)
-
-    always = False
-    monkeypatch.setattr(LocalStore, "get", get_once_failing)
+    outage = fake_outage(
+        monkeypatch, lambda key: key.startswith("beta/train/") and ("/units/" in key or "/topk_ids/" in key), "first")
     monkeypatch.setenv("DDK_RETRY_SECONDS", "5")
     assert validate_store(url) == []
-    assert any("/units/" in k for k in failed) and any("/topk_ids/" in k for k in failed)
-    always = True
+    assert any("/units/" in k for k in outage.seen) and any("/topk_ids/" in k for k in outage.seen)
+    outage.mode = "all"
     monkeypatch.setenv("DDK_RETRY_SECONDS", "0.5")
     with pytest.raises(StoreUnreachableError):
         validate_store(url)
@@ -431,7 +420,6 @@ def test_an_outage_past_the_retry_budget_is_never_reported_as_damage(tmp_path, m
     store does (faked: ConnectionError from the storage layer). verify, repair, info and the held-out check end in
     StoreUnreachableError: none of them calls the units damaged (repair would have reset good units for a re-dump)."""
     from click.testing import CliRunner
-    from zarr.storage import LocalStore
 
     from ddk_store import StoreUnreachableError
     from ddk_store.cli import main as store_cli
@@ -439,15 +427,8 @@ def test_an_outage_past_the_retry_budget_is_never_reported_as_damage(tmp_path, m
 
     url = str(tmp_path / "s")
     make_tiny_store(url, unit_rows=4)
-    real_get = LocalStore.get
     failing = ["/topk_ids/"]
-
-    async def unreachable(self, key, *args, **kwargs):
-        if any(part in key for part in failing):
-            raise ConnectionError(f"faked outage reading {key}")
-        return await real_get(self, key, *args, **kwargs)
-
-    monkeypatch.setattr(LocalStore, "get", unreachable)
+    fake_outage(monkeypatch, lambda key: any(part in key for part in failing))
     monkeypatch.setenv("DDK_RETRY_SECONDS", "0.2")
     with pytest.raises(StoreUnreachableError):
         validate_store(url)

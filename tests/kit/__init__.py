@@ -10,6 +10,7 @@ and nothing puts the repository on ``sys.path``. Nothing here fakes a component 
   vocabulary; ``corpora``: the tiny three-domain corpus and its CORPORA.yaml;
 - ``commands``: the argv of the tiny dumps and training runs every campaign uses;
 - ``snapshots``: a store or a run reduced to what "identical" compares, and their differences;
+- ``outages``: a storage outage faked where the store's objects are read (LocalStore.get);
 - ``watch``: what a running dump or training run has on disk, read cheaply while it writes;
 - ``kills``: kill moments, seeded schedules and kill-then-resume chains for dump and train;
 - ``reference``: one uninterrupted reference dump, built once per process;
